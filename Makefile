@@ -1,0 +1,37 @@
+# Two commands matter: `make demo` (the main job) and `make test` (the test suite).
+# Both create ./.venv on first use and install the project into it; nothing needs installing by hand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: demo test install install-dev bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@ $(VENV)/.demo-installed
+
+install: $(VENV)/.demo-installed
+install-dev: $(VENV)/.dev-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/moram-ref demo --out runs/demo
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m moram_ref.bench
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

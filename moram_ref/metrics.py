@@ -1,0 +1,148 @@
+"""Continual-learning metrics from an accuracy matrix (spec §6). Backend-free: NumPy only.
+
+Convention everywhere: ``a[i, j]`` is the score on task/dataset ``j`` after training task ``i``
+(rows = time, columns = evaluation set), 0-based. A genuine 0.0 is a value; a missing entry is NaN
+and is an error wherever the metric needs it.
+
+* CLIP (X-TAIL / MTIL): Transfer, Average, Last — theory.md#eq-metrics-clip.
+* LLM (TRACE / O-LoRA): OP, BWT (standard) and the paper's clipped BWT — theory.md#eq-metrics-llm.
+  The LLM convention in the paper writes ``R[i, t]`` (task i after step t); :func:`op` and the BWTs
+  take the matrix in this module's orientation ``a[t, i]`` — transpose a paper-style matrix first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _square(name: str, a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty square (tasks × tasks) matrix, got shape {a.shape}")
+    return a
+
+
+def _need(name: str, values: np.ndarray, what: str) -> np.ndarray:
+    if np.isnan(values).any():
+        raise ValueError(f"{name} has missing (NaN) entries needed for {what}")
+    return values
+
+
+def transfer(a: np.ndarray) -> float:
+    """Mean over datasets ``j ≥ 1`` (0-based) of the mean of ``a[i, j]`` over ``i < j`` (spec §6).
+
+    The zero-shot ability on domains not learned yet. NaN for a single task.
+    """
+    a = _square("accuracy matrix", a)
+    if a.shape[0] == 1:
+        return math.nan
+    upper = a[np.triu_indices(a.shape[0], k=1)]  # the entries with i < j
+    _need("accuracy matrix", upper, "Transfer")
+    return float(np.mean([a[:j, j].mean() for j in range(1, a.shape[0])]))
+
+
+def average(a: np.ndarray) -> float:
+    """Mean over ``j`` of the mean over all ``i`` of ``a[i, j]`` (spec §6)."""
+    a = _need("accuracy matrix", _square("accuracy matrix", a), "Average")
+    return float(a.mean(axis=0).mean())
+
+
+def last(a: np.ndarray) -> float:
+    """Mean of the final row: every dataset after the last task (spec §6)."""
+    a = _square("accuracy matrix", a)
+    return float(_need("accuracy matrix", a[-1], "Last").mean())
+
+
+def op(a: np.ndarray) -> float:
+    """Overall performance: mean score on every task after the last task (spec §6)."""
+    return last(a)
+
+
+def bwt(a: np.ndarray) -> float:
+    """Standard backward transfer ``(1/(T−1)) Σ_{i<T} (a[T, i] − a[i, i])`` (spec §6). NaN for T = 1."""
+    a = _square("accuracy matrix", a)
+    t = a.shape[0]
+    if t == 1:
+        return math.nan
+    diffs = _need("accuracy matrix", a[-1, :-1] - np.diag(a)[:-1], "BWT")
+    return float(diffs.mean())
+
+
+def bwt_clipped(a: np.ndarray) -> float:
+    """The paper's clipped BWT ``(1/T) Σ_i min(a[T, i] − a[i, i], 0)`` (spec §6), a value ≤ 0.
+
+    The paper prints its negation as a positive "lower is better" number; see :func:`summary`.
+    """
+    a = _square("accuracy matrix", a)
+    diffs = _need("accuracy matrix", a[-1] - np.diag(a), "clipped BWT")
+    return float(np.minimum(diffs, 0.0).mean())
+
+
+def summary(a: np.ndarray) -> dict[str, float]:
+    """Every metric of spec §6 for one matrix; ``forgetting`` is the paper's positive clipped BWT."""
+    return {
+        "transfer": transfer(a),
+        "average": average(a),
+        "last": last(a),
+        "bwt": bwt(a),
+        "bwt_clipped": bwt_clipped(a),
+        "forgetting": -bwt_clipped(a) + 0.0,
+    }
+
+
+def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the Student-t confidence interval over seeds.
+
+    One value gives a half-width of NaN (no spread can be estimated).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {v.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if v.size == 1:
+        return float(v[0]), math.nan
+    t_crit = _student_t_quantile(0.5 + level / 2, v.size - 1)
+    return float(v.mean()), float(t_crit * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def _student_t_quantile(q: float, dof: int) -> float:
+    """Quantile of Student's t by bisection on its CDF (regularised incomplete beta, stdlib only)."""
+    def cdf(t: float) -> float:
+        x = dof / (dof + t * t)
+        tail = 0.5 * _betainc(dof / 2, 0.5, x)
+        return 1 - tail if t > 0 else tail
+
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes' Lentz form)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * f / a

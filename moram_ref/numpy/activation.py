@@ -1,0 +1,93 @@
+"""Self-activation, one pure function per step of spec §3 (NumPy reference).
+
+Every function works on any leading shape: a token is the last axis. Index letters follow the
+equations: ``r`` an atom, ``i`` an input feature, ``o`` an output feature.
+
+    p = A x                 responses              (..., R)
+    s = p / max(‖p‖₂, ε)     normalised scores      (..., R)
+    keep = top-k_eff(s)      hard mask              (..., R) bool
+    w = softmax(s_keep / τ)  mixing weights         (..., R), 0 off the mask
+    w ← w ⊙ 1{s ≥ δ}         threshold gate         (..., R), no renormalisation
+    Δ = B (w ⊙ p)            update                 (..., d_out)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moram_ref.config import MoRAMConfig
+
+
+def responses(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Raw key responses ``p = A x`` — theory.md#eq-responses (spec §3 step 1).
+
+    x: (..., d_in); keys: (R, d_in) -> p: (..., R).
+    """
+    return np.einsum("...i,ri->...r", x, keys)  # (..., R)
+
+
+def normalise(p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Scores normalised across the bank, ``s = p / max(‖p‖₂, ε)`` — theory.md#eq-normalise (step 2)."""
+    norm = np.sqrt(np.sum(p * p, axis=-1, keepdims=True))  # (..., 1)
+    return p / np.maximum(norm, eps)  # (..., R)
+
+
+def top_k_mask(s: np.ndarray, k: int) -> np.ndarray:
+    """Keep the ``k`` largest signed scores, ties to the lower atom index — theory.md#eq-topk (step 3).
+
+    Exactly ``min(k, R)`` atoms are kept per token. Atoms strictly above the k-th largest value are
+    kept; among atoms equal to it, the lowest indices fill the remaining places.
+    """
+    n_atoms = s.shape[-1]
+    k = min(k, n_atoms)
+    if k <= 0:
+        return np.zeros(s.shape, dtype=bool)
+    kth = -np.partition(-s, k - 1, axis=-1)[..., k - 1 : k]  # (..., 1) the k-th largest score
+    above = s > kth  # (..., R)
+    tied = s == kth  # (..., R)
+    free_places = k - above.sum(axis=-1, keepdims=True)  # (..., 1)
+    tie_rank = np.cumsum(tied, axis=-1)  # (..., R) 1-based rank among the tied, by index
+    return above | (tied & (tie_rank <= free_places))  # (..., R)
+
+
+def masked_softmax(s: np.ndarray, keep: np.ndarray, temperature: float) -> np.ndarray:
+    """Mixing weights ``w = softmax(s_keep / τ)``, exactly 0 off the mask — theory.md#eq-softmax (step 4).
+
+    A token with no kept atom (only possible with an empty bank) gets all-zero weights.
+    """
+    z = np.where(keep, s / temperature, -np.inf)  # (..., R)
+    z_max = np.max(z, axis=-1, keepdims=True, initial=-np.inf)  # (..., 1)
+    z_max = np.where(np.isfinite(z_max), z_max, 0.0)
+    e = np.where(keep, np.exp(z - z_max), 0.0)  # (..., R)
+    total = e.sum(axis=-1, keepdims=True)  # (..., 1)
+    return e / np.where(total > 0, total, 1.0)  # (..., R)
+
+
+def threshold_gate(w: np.ndarray, s: np.ndarray, threshold: float) -> np.ndarray:
+    """``w ⊙ 1{s ≥ δ}``, no renormalisation — theory.md#eq-threshold (step 5)."""
+    return np.where(s >= threshold, w, 0.0)  # (..., R)
+
+
+def update(w: np.ndarray, p: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The layer's update ``Δ = B (w ⊙ p)`` — the gate multiplies the raw ``p`` — theory.md#eq-update (step 6).
+
+    w, p: (..., R); values: (d_out, R) -> Δ: (..., d_out).
+    """
+    return np.einsum("...r,or->...o", w * p, values)  # (..., d_out)
+
+
+def mixing_weights(p: np.ndarray, config: MoRAMConfig, training: bool) -> dict[str, np.ndarray]:
+    """Steps 2–5 of spec §3 composed — theory.md#eq-self-activation. Returns every intermediate.
+
+    p: (..., R) -> {"s", "keep", "w_soft" (before the gate), "gated" (atoms the gate let through),
+    "w" (final)}, each (..., R).
+    """
+    s = normalise(p, config.eps)  # (..., R)
+    keep = top_k_mask(s, config.k_eff(p.shape[-1]))  # (..., R)
+    w_soft = masked_softmax(s, keep, config.temperature)  # (..., R)
+    if config.threshold_active(training):
+        w = threshold_gate(w_soft, s, config.threshold)  # (..., R)
+        gated = s >= config.threshold  # (..., R)
+    else:
+        w, gated = w_soft, np.ones(s.shape, dtype=bool)
+    return {"s": s, "keep": keep, "w_soft": w_soft, "gated": gated, "w": w}
