@@ -1,0 +1,28 @@
+"""``moram-ref``: the command line. Sub-commands: ``demo`` (the NumPy main job), ``bench`` (layer speed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moram-ref", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from moram_ref.experiments.toy import demo  # noqa: PLC0415
+
+    demo.add_arguments(sub.add_parser("demo", help="NumPy continual-learning demo: recall + digits streams"))
+    sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        demo.run(args)
+        return 0
+    from moram_ref import bench  # noqa: PLC0415
+
+    return bench.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The NumPy continual-learning demo: associative recall (synthetic) and digits (real data)."""

@@ -1,0 +1,48 @@
+"""The "pretrained" base of the digits stream: a small MLP encoder trained once on plain digits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moram_ref.numpy.optim import Adam
+
+
+@dataclass
+class BaseEncoder:
+    """``z = W2 relu(W1 x + b1) + b2`` (frozen after pretraining); ``embed`` L2-normalises z."""
+
+    w1: np.ndarray  # (H, 64)
+    b1: np.ndarray  # (H,)
+    w2: np.ndarray  # (E, H)
+    b2: np.ndarray  # (E,)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        z = np.maximum(x @ self.w1.T + self.b1, 0.0) @ self.w2.T + self.b2
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def pretrain_encoder(x: np.ndarray, y: np.ndarray, settings, rng: np.random.Generator) -> BaseEncoder:
+    """Train encoder + a throw-away 10-way linear head with softmax cross-entropy (Adam, full batch)."""
+    h, e = settings.hidden, settings.embed
+    p = {
+        "w1": rng.standard_normal((h, 64)) / 8.0, "b1": np.zeros(h),
+        "w2": rng.standard_normal((e, h)) / np.sqrt(h), "b2": np.zeros(e),
+        "head": rng.standard_normal((10, e)) / np.sqrt(e),
+    }
+    opt = Adam(lr=3e-3, weight_decay=1e-4)
+    onehot = np.eye(10)[y]
+    for _ in range(settings.pretrain_steps):
+        a1 = x @ p["w1"].T + p["b1"]
+        h1 = np.maximum(a1, 0.0)
+        z = h1 @ p["w2"].T + p["b2"]
+        logits = z @ p["head"].T
+        prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob /= prob.sum(axis=1, keepdims=True)
+        g_logits = (prob - onehot) / len(x)
+        g_z = g_logits @ p["head"]
+        g_h1 = (g_z @ p["w2"]) * (a1 > 0)
+        grads = {"head": g_logits.T @ z, "w2": g_z.T @ h1, "b2": g_z.sum(0), "w1": g_h1.T @ x, "b1": g_h1.sum(0)}
+        opt.step(p, grads)
+    return BaseEncoder(p["w1"], p["b1"], p["w2"], p["b2"])
