@@ -1,0 +1,34 @@
+"""Shared fixtures: explicit random generators, a NumPy layer with a bank from several tasks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from moram_ref.config import MoRAMConfig  # noqa: E402
+from moram_ref.numpy.layer import MoRAMLinear  # noqa: E402
+
+
+def build_numpy_layer(rng, d_in=6, d_out=5, tasks=3, config=None, in_task=True, dtype=np.float64):
+    """A layer with ``tasks`` frozen tasks (random trained-looking values) and optionally a current one."""
+    config = config or MoRAMConfig(atoms_per_task=3, top_k=4, temperature=0.3, threshold=0.1)
+    layer = MoRAMLinear(rng.standard_normal((d_out, d_in)).astype(dtype),
+                        rng.standard_normal(d_out).astype(dtype), config)
+    for t in range(tasks + (1 if in_task else 0)):
+        layer.begin_task(rng)
+        layer.values[...] = rng.standard_normal(layer.values.shape)
+        layer.keys[...] += 0.3 * rng.standard_normal(layer.keys.shape)
+        if t < tasks:
+            layer.end_task()
+    return layer
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
