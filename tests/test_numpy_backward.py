@@ -84,7 +84,7 @@ def test_baseline_backward(rng, cls):
     layer = getattr(baselines, cls)(rng.standard_normal((4, 6)), rng.standard_normal(4), 2, scale=1.5)
     for t in range(3):
         layer.begin_task(rng)
-        for v in layer.parameters().values():
+        for v in layer.current_parameters().values():
             v[...] = rng.standard_normal(v.shape)
         if t < 2:
             layer.end_task()
@@ -94,7 +94,7 @@ def test_baseline_backward(rng, cls):
     def loss():
         return float(np.sum(layer.forward(x)[0] * gy))
 
-    for name, arr in [*layer.parameters().items(), ("x", x)]:
+    for name, arr in [*layer.current_parameters().items(), ("x", x)]:
         np.testing.assert_allclose(grads[name], numeric_grad(loss, arr), rtol=1e-6, atol=1e-7, err_msg=name)
 
 

@@ -64,7 +64,7 @@ class LoRALinear(_AdapterBase):
     def end_task(self) -> None:
         """Nothing is frozen: sequential fine-tuning of one adapter."""
 
-    def parameters(self) -> dict[str, np.ndarray]:
+    def current_parameters(self) -> dict[str, np.ndarray]:
         return {} if self.lora_a is None else {"lora_a": self.lora_a, "lora_b": self.lora_b}
 
     def forward(self, x: np.ndarray, training: bool = False, rng: Any = None) -> tuple[np.ndarray, dict]:
@@ -111,7 +111,7 @@ class MoELoRALinear(_AdapterBase):
         self.router_rows.append(self.current["router"].copy())
         self.current = {}
 
-    def parameters(self) -> dict[str, np.ndarray]:
+    def current_parameters(self) -> dict[str, np.ndarray]:
         return self.current
 
     def _all(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:

@@ -15,6 +15,7 @@ from moram_ref.config import MoRAMConfig
 from moram_ref.numpy import activation, backward
 from moram_ref.shapes import check_last_dim, check_ndim, check_shape
 
+TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
 
 
@@ -74,7 +75,7 @@ class MoRAMLinear:
     def in_task(self) -> bool:
         return self.keys.shape[0] > 0
 
-    def parameters(self) -> dict[str, np.ndarray]:
+    def current_parameters(self) -> dict[str, np.ndarray]:
         """The trainable arrays: the current task's atoms only (updated in place by the optimiser)."""
         return {"keys": self.keys, "values": self.values}
 
@@ -142,6 +143,11 @@ class MoRAMLinear:
         return y, cache
 
     __call__ = forward
+
+    def trace(self, x: np.ndarray, training: bool = False) -> dict[str, np.ndarray]:
+        """Every intermediate of spec §3 (``p, s, keep, w_soft, gated, w, delta, y``), for comparisons."""
+        _, cache = self.forward(x, training=training)
+        return {k: cache[k] for k in TRACE_KEYS}
 
     def backward(self, grad_y: np.ndarray, cache: dict[str, Any]) -> dict[str, np.ndarray]:
         """Gradients for the current atoms and the input — theory.md#eq-backward.

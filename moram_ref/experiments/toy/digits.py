@@ -156,7 +156,7 @@ def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, strea
                 _, grads = two_term_loss(e, stream["class_emb"][:n_seen], dom["y_train"][idx],
                                           n_masked=10 * t, logit_scale=settings.logit_scale)
                 for layer, g, o in zip(enc.layers, enc.backward(grads["image"], cache), opt):
-                    o.step(layer.parameters(), {k: v for k, v in g.items() if k != "x"})
+                    o.step(layer.current_parameters(), {k: v for k, v in g.items() if k != "x"})
             for layer in enc.layers:
                 layer.end_task()
         acc[t] = evaluate(enc, stream, seen=t + 1)

@@ -38,7 +38,7 @@ def make_layer(method: str, weight: np.ndarray, bias: np.ndarray | None, config:
 
 
 def count_trainable(layers) -> int:
-    return int(sum(a.size for layer in layers for a in layer.parameters().values()))
+    return int(sum(a.size for layer in layers for a in layer.current_parameters().values()))
 
 
 def activation_mass(layer: MoRAMLinear, x: np.ndarray, groups: np.ndarray, n_tasks: int) -> np.ndarray:

@@ -79,7 +79,7 @@ def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, strea
                 y, cache = layer.forward(task["keys"], training=True, rng=rng)
                 grad_y = (y - task["targets"]) / len(y)  # d/dy of ½ mean ‖y − y*‖²
                 grads = layer.backward(grad_y, cache)
-                opt.step(layer.parameters(), {k: g for k, g in grads.items() if k != "x"})
+                opt.step(layer.current_parameters(), {k: g for k, g in grads.items() if k != "x"})
             layer.end_task()
         acc[t] = [recall_accuracy(layer, other, settings.tolerance) for other in tasks]
         err[t] = [relative_error(layer, other).mean() for other in tasks]

@@ -1,0 +1,154 @@
+"""Put MoRAM (or a baseline) on any model, PEFT-style: wrap, never fork (torch only).
+
+``attach(model, config, target_modules)`` replaces the named ``nn.Linear`` layers by adapter layers that
+keep the original as ``base_layer``; ``detach(model)`` puts the originals back (the same objects, so
+bit for bit). ``begin_task`` / ``end_task`` act on every attached layer; ``trainable_parameters``
+yields the current task's tensors only. Target names, as PEFT users expect:
+
+* a ``str``: a regular expression that must match a module's full name (``re.fullmatch``);
+* a list: each entry matches a module whose full name equals it or ends with ``"." + entry``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.torch.baselines import LoRALinear, MoELoRALinear
+from moram_ref.torch.layer import MoRAMLinear
+
+METHODS = ("moram", "dense_moram", "seq_lora", "moe_lora")
+ADAPTER_TYPES = (MoRAMLinear, LoRALinear, MoELoRALinear)
+
+
+def match_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` modules selected by ``target_modules``; unknown names raise."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _inside_adapter(model, n)]
+    if isinstance(target_modules, str):
+        pattern = re.compile(target_modules)
+        chosen = [n for n in linear if pattern.fullmatch(n)]
+        if not chosen:
+            raise ValueError(f"target_modules regex {target_modules!r} matches no nn.Linear; "
+                             f"some names: {linear[:8]}")
+        return chosen
+    if not target_modules:
+        raise ValueError("target_modules is empty")
+    chosen, unknown = [], []
+    for target in target_modules:
+        hits = [n for n in linear if n == target or n.endswith("." + target)]
+        if not hits:
+            unknown.append(target)
+        chosen += [h for h in hits if h not in chosen]
+    if unknown:
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear} | set(linear))
+        hints = {t: difflib.get_close_matches(t, suffixes, n=3, cutoff=0.5) for t in unknown}
+        raise ValueError(f"target_modules {unknown} match no nn.Linear in the model; close matches: {hints}")
+    return chosen
+
+
+def _inside_adapter(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:i])), ADAPTER_TYPES):
+            return True
+    return False
+
+
+def make_adapter(base: nn.Linear, config: MoRAMConfig, method: str = "moram", dtype: torch.dtype | None = None):
+    """The adapter layer of ``method`` around ``base`` (same trainable atoms per task for every method)."""
+    if method == "moram":
+        return MoRAMLinear(base, config, dtype)
+    if method == "dense_moram":
+        return MoRAMLinear(base, config.dense(), dtype)
+    if method == "seq_lora":
+        return LoRALinear(base, config.atoms_per_task, config.scale, dtype)
+    if method == "moe_lora":
+        return MoELoRALinear(base, config.atoms_per_task, config.scale, dtype)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def attach(
+    model: nn.Module,
+    config: MoRAMConfig,
+    target_modules: str | Sequence[str],
+    method: str = "moram",
+    dtype: torch.dtype | None = None,
+) -> dict[str, nn.Linear]:
+    """Replace the target linear layers by adapters; freeze everything else. Returns {name: original}.
+
+    Nothing is replaced if any target is invalid (names are resolved first).
+    """
+    if next(attached_layers(model), None) is not None:
+        raise RuntimeError("model already has attached layers; detach(model) first")
+    names = match_targets(model, target_modules)
+    adapters = {n: make_adapter(model.get_submodule(n), config, method, dtype) for n in names}
+    model._moram_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False)
+    replaced = {}
+    for name, adapter in adapters.items():
+        replaced[name] = adapter.base_layer
+        _set_submodule(model, name, adapter)
+    return replaced
+
+
+def detach(model: nn.Module) -> dict[str, nn.Module]:
+    """Put every original linear layer back (and the requires_grad flags); returns {name: removed adapter}."""
+    removed = dict(attached_layers(model))
+    for name, adapter in removed.items():
+        _set_submodule(model, name, adapter.base_layer)
+    flags = getattr(model, "_moram_requires_grad", {})
+    for name, param in model.named_parameters():
+        param.requires_grad_(flags.get(name, param.requires_grad))
+    if hasattr(model, "_moram_requires_grad"):
+        del model._moram_requires_grad
+    return removed
+
+
+def attached_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES))
+
+
+def begin_task(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """``begin_task`` on every attached layer, in module order (so one generator gives reproducible atoms)."""
+    layers = list(attached_layers(model))
+    if not layers:
+        raise RuntimeError("no attached layers; call attach(model, ...) first")
+    for _, layer in layers:
+        layer.begin_task(generator)
+
+
+def end_task(model: nn.Module) -> None:
+    for _, layer in attached_layers(model):
+        layer.end_task()
+
+
+def trainable_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The current task's tensors of every attached layer, and nothing else."""
+    for _, layer in attached_layers(model):
+        yield from layer.current_parameters().values()
+
+
+def parameter_count(model: nn.Module) -> dict[str, int]:
+    """``trainable``: current task's parameters; ``frozen_atoms``: parameters held in frozen banks."""
+    trainable = sum(p.numel() for p in trainable_parameters(model))
+    frozen = sum(b.numel() for _, layer in attached_layers(model) for n, b in layer.named_buffers(recurse=False))
+    return {"trainable": int(trainable), "frozen_atoms": int(frozen)}
+
+
+def set_recording(model: nn.Module, on: bool = True) -> None:
+    """Make every MoRAM layer keep its last final weights ``w`` (for activation maps)."""
+    for _, layer in attached_layers(model):
+        if isinstance(layer, MoRAMLinear):
+            layer.record = on
+            layer.last_weights = None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

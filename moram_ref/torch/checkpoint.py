@@ -1,0 +1,152 @@
+"""Checkpoints of the attached state: safetensors + JSON metadata, written atomically (torch only).
+
+One ``.safetensors`` file holds every adapter tensor (frozen banks, current atoms) under its module
+path, and in its header a JSON document: format version, method, config, task count, the attached
+layers with their shapes (the architecture fingerprint) and any caller metadata. The file is written
+to a temporary name in the same folder, flushed and fsync'd, then renamed over the target, so a crash
+mid-write leaves the previous checkpoint intact. Nothing is ever loaded with pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.torch.attach import attached_layers
+
+FORMAT = "moram_ref.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into this model: the message says why."""
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter tensor (buffers and parameters, not the base layers), by full name."""
+    state = {}
+    for name, layer in attached_layers(model):
+        for key, tensor in layer.state_dict().items():
+            if not key.startswith("base_layer."):
+                state[f"{name}.{key}"] = tensor
+    return state
+
+
+def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {name: {"type": type(layer).__name__, "d_in": layer.base_layer.in_features,
+                   "d_out": layer.base_layer.out_features} for name, layer in attached_layers(model)}
+
+
+def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_done: int,
+         method: str = "moram", extra: dict[str, Any] | None = None) -> Path:
+    """Write the attached state of ``model`` to ``path`` atomically; returns the path."""
+    layers = describe_layers(model)
+    if not layers:
+        raise CheckpointError("model has no attached layers; nothing to save")
+    path = Path(path)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "method": method, "config": config.to_dict(),
+        "tasks_done": int(tasks_done), "layers": layers,
+        "atoms": {n: int(getattr(layer, "n_atoms", 0)) for n, layer in attached_layers(model)},
+        "extra": extra or {},
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state(model).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"moram_ref": json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("moram_ref")
+    except Exception as exc:  # safetensors raises its own error types on corrupt headers
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
+    if raw is None:
+        raise CheckpointError(f"checkpoint {path} has no moram_ref metadata (not written by moram_ref)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta['format_version']}, newer than "
+                              f"this moram_ref reads ({FORMAT_VERSION}); upgrade moram_ref")
+    return meta
+
+
+def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None = None,
+         method: str | None = None) -> dict[str, Any]:
+    """Restore every adapter of ``model`` from ``path``; returns the metadata.
+
+    Checks first (format, method, config, layer names, types and shapes, every tensor readable), then
+    assigns: a checkpoint that does not fit leaves the model unchanged.
+    """
+    meta = read_metadata(path)
+    if method is not None and meta["method"] != method:
+        raise CheckpointError(f"checkpoint method {meta['method']!r} differs from this model's {method!r}")
+    if config is not None and meta["config"] != config.to_dict():
+        diff = {k: (meta["config"].get(k), v) for k, v in config.to_dict().items() if meta["config"].get(k) != v}
+        raise CheckpointError(f"checkpoint config differs from this model's (checkpoint, model): {diff}")
+    layers = describe_layers(model)
+    if meta["layers"] != layers:
+        missing = sorted(set(layers) - set(meta["layers"]))
+        extra = sorted(set(meta["layers"]) - set(layers))
+        changed = sorted(n for n in set(layers) & set(meta["layers"]) if layers[n] != meta["layers"][n])
+        raise CheckpointError(f"checkpoint was written for another architecture: layers missing from it "
+                              f"{missing[:5]}, not in this model {extra[:5]}, different shape/type {changed[:5]}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc})") from exc
+    expected = set(adapter_state(model))
+    if _required(expected) != _required(set(tensors)):
+        raise CheckpointError(f"checkpoint tensors do not match the attached layers: missing "
+                              f"{sorted(expected - set(tensors))[:5]}, unexpected {sorted(set(tensors) - expected)[:5]}")
+    # every layer must accept its tensors; on the first refusal, every layer is put back as it was
+    originals = {name: _adapter_part(layer) for name, layer in attached_layers(model)}
+    current = None
+    try:
+        for current, layer in attached_layers(model):
+            part = {k[len(current) + 1:]: v for k, v in tensors.items() if k.startswith(current + ".")}
+            _load_layer(layer, part)
+    except Exception as exc:
+        for name, layer in attached_layers(model):
+            _load_layer(layer, originals[name])
+        raise CheckpointError(f"checkpoint {path} does not fit layer {current}: {exc}") from exc
+    return meta
+
+
+OPTIONAL = ("lora_a", "lora_b", "router")  # the baselines' current tensors exist only during a task
+
+
+def _required(keys: set[str]) -> set[str]:
+    return {k for k in keys if k.rsplit(".", 1)[-1] not in OPTIONAL}
+
+
+def _adapter_part(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in layer.state_dict().items() if not k.startswith("base_layer.")}
+
+
+def _load_layer(layer: nn.Module, part: dict[str, torch.Tensor]) -> None:
+    base = {k: v for k, v in layer.state_dict().items() if k.startswith("base_layer.")}
+    layer.load_state_dict({**base, **part}, strict=True)

@@ -1,0 +1,179 @@
+"""MoRAMLinear in PyTorch: wraps a frozen ``nn.Linear`` and adds a growing bank of rank-1 atoms (spec §3–§4).
+
+Mirror of :class:`moram_ref.numpy.layer.MoRAMLinear`, with torch's conventions: training vs
+evaluation follows ``module.training``; gradients come from autograd. Storage:
+
+* ``frozen_keys (R_old, d_in)`` and ``frozen_values (d_out, R_old)``: persistent buffers, stored once,
+  contiguously, extended only at ``end_task()`` (the scale α is folded into the values then);
+* ``keys (r, d_in)`` and ``values (d_out, r)``: the current task's atoms, ``nn.Parameter``s
+  (0 rows between tasks).
+
+No weight matrix is concatenated per call: the two key blocks give two response blocks, and the two
+value blocks are applied separately and summed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.shapes import check_last_dim, check_shape
+from moram_ref.torch import activation
+
+TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
+STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Responses, normaliser and softmax run in at least float32 (bf16/fp16 inputs are upcast)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class MoRAMLinear(nn.Module):
+    """``y = base_layer(x) + B (w(x) ⊙ A x)`` with a growing, freezing bank — theory.md#eq-output.
+
+    Args:
+        base: the ``nn.Linear`` to adapt; kept as ``base_layer`` and frozen.
+        config: a :class:`MoRAMConfig`.
+        dtype: dtype of the atoms (default: the base weight's); e.g. float32 atoms on a bf16 model.
+    """
+
+    def __init__(self, base: nn.Linear, config: MoRAMConfig, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        if not isinstance(config, MoRAMConfig):
+            raise ValueError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+        self.base_layer = base
+        base.requires_grad_(False)
+        self.config = config
+        w = base.weight.detach().to(dtype=dtype or base.weight.dtype)
+        self.register_buffer("frozen_keys", w.new_zeros(0, self.d_in))  # (R_old, d_in)
+        self.register_buffer("frozen_values", w.new_zeros(self.d_out, 0))  # (d_out, R_old)
+        self.keys = nn.Parameter(w.new_zeros(0, self.d_in))  # (r or 0, d_in)
+        self.values = nn.Parameter(w.new_zeros(self.d_out, 0))  # (d_out, r or 0)
+        self.record = False  # when True, forward keeps the last final weights in ``last_weights``
+        self.last_weights: torch.Tensor | None = None
+
+    # --- sizes ---------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def d_out(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def n_atoms(self) -> int:
+        return self.frozen_keys.shape[0] + self.keys.shape[0]
+
+    @property
+    def in_task(self) -> bool:
+        return self.keys.shape[0] > 0
+
+    def current_parameters(self) -> dict[str, nn.Parameter]:
+        """The trainable tensors: the current task's atoms only."""
+        return {"keys": self.keys, "values": self.values} if self.in_task else {}
+
+    def bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys ``A`` (R, d_in) and effective values ``B`` (d_out, R), frozen first (a copy, for inspection)."""
+        keys = torch.cat([self.frozen_keys, self.keys.detach()], dim=0)
+        values = torch.cat([self.frozen_values, self.config.scale * self.values.detach()], dim=1)
+        return keys, values
+
+    # --- lifecycle (spec §4) -------------------------------------------------------------------
+    @torch.no_grad()
+    def begin_task(self, generator: torch.Generator | None = None) -> None:
+        """Append ``r`` fresh atoms: keys ``U(-1/√d_in, 1/√d_in)``, values 0 — theory.md#eq-begin-task."""
+        if self.in_task:
+            raise RuntimeError("begin_task() called while a task is in progress; call end_task() first")
+        w = self.base_layer.weight
+        r, bound = self.config.atoms_per_task, 1.0 / math.sqrt(self.d_in)
+        gen_device = generator.device if generator is not None else w.device
+        keys = torch.rand(r, self.d_in, generator=generator, dtype=torch.float64, device=gen_device)
+        keys = ((2 * keys - 1) * bound).to(device=w.device, dtype=self.frozen_keys.dtype)
+        self.keys = nn.Parameter(keys)
+        self.values = nn.Parameter(self.frozen_values.new_zeros(self.d_out, r))
+
+    @torch.no_grad()
+    def end_task(self) -> None:
+        """Freeze the current atoms into the bank, folding ``α`` into the values — theory.md#eq-end-task."""
+        if not self.in_task:
+            raise RuntimeError("end_task() called with no task in progress; call begin_task() first")
+        self.frozen_keys = torch.cat([self.frozen_keys, self.keys.detach()], dim=0).contiguous()
+        scaled = self.values.detach() * self.config.scale
+        self.frozen_values = torch.cat([self.frozen_values, scaled], dim=1).contiguous()
+        self.keys = nn.Parameter(self.frozen_keys.new_zeros(0, self.d_in))
+        self.values = nn.Parameter(self.frozen_values.new_zeros(self.d_out, 0))
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)[0]
+
+    def trace(self, x: torch.Tensor, training: bool = False) -> dict[str, torch.Tensor]:
+        """Every intermediate of spec §3 (``p, s, keep, w_soft, gated, w, delta, y``), for comparisons."""
+        was = self.training
+        self.train(training)
+        try:
+            return self._forward(x)[1]
+        finally:
+            self.train(was)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        check_last_dim("x", x, self.d_in)
+        y = self.base_layer(x)  # (..., d_out)
+        if self.n_atoms == 0:
+            return y, {"y": y}
+        cdt = compute_dtype(x.dtype)
+        x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
+        x_d = x_d.to(cdt)
+        n_old = self.frozen_keys.shape[0]
+        blocks = []
+        if n_old:
+            blocks.append(activation.responses(x_d, self.frozen_keys.to(cdt)))  # (..., R_old)
+        if self.in_task:
+            blocks.append(activation.responses(x_d, self.keys.to(cdt)))  # (..., r)
+        p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
+        trace = activation.mixing_weights(p, self.config, self.training)
+        c = trace["w"] * p  # (..., R) gated responses
+        delta = None
+        if n_old:
+            delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(cdt))  # (..., d_out)
+        if self.in_task:
+            cur = nn.functional.linear(c[..., n_old:], self.values.to(cdt)) * self.config.scale
+            delta = cur if delta is None else delta + cur
+        if self.record:
+            self.last_weights = trace["w"].detach()
+        out = y + delta.to(y.dtype)
+        return out, {"p": p, **trace, "delta": delta, "y": out}
+
+    # --- state ---------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Resize the bank to the incoming sizes (a bank of any size loads), after checking consistency."""
+        get = {k: state_dict.get(prefix + k) for k in ("frozen_keys", "frozen_values", "keys", "values")}
+        if all(v is not None for v in get.values()):
+            fk, fv, k, v = get["frozen_keys"], get["frozen_values"], get["keys"], get["values"]
+            check_shape(prefix + "frozen_keys", fk, (-1, self.d_in))
+            check_shape(prefix + "frozen_values", fv, (self.d_out, fk.shape[0]))
+            check_shape(prefix + "keys", k, (-1, self.d_in))
+            check_shape(prefix + "values", v, (self.d_out, k.shape[0]))
+            if k.shape[0] not in (0, self.config.atoms_per_task):
+                raise ValueError(
+                    f"{prefix}keys must have 0 or atoms_per_task={self.config.atoms_per_task} rows, got {tuple(k.shape)}"
+                )
+            dev, dt = self.frozen_keys.device, self.frozen_keys.dtype
+            self.frozen_keys = torch.empty(fk.shape, device=dev, dtype=dt)
+            self.frozen_values = torch.empty(fv.shape, device=dev, dtype=dt)
+            self.keys = nn.Parameter(torch.empty(k.shape, device=dev, dtype=dt))
+            self.values = nn.Parameter(torch.empty(v.shape, device=dev, dtype=dt))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"d_in={self.d_in}, d_out={self.d_out}, atoms={self.n_atoms} (current {self.keys.shape[0]}), "
+                f"k={c.top_k}, τ={c.temperature}, δ={c.threshold} ({c.threshold_mode})")
