@@ -60,9 +60,9 @@ def predicted_crosstalk(n_pairs: int, d_in: int) -> float:
     return float(np.sqrt((n_pairs - 1) / d_in))
 
 
-def random_unit_keys(rng: np.random.Generator, n_pairs: int, d_in: int) -> np.ndarray:
+def random_unit_keys(generator: np.random.Generator, n_pairs: int, d_in: int) -> np.ndarray:
     """N independent keys uniform on the unit sphere of R^d_in. -> (N, d_in)."""
-    k = rng.standard_normal((n_pairs, d_in))
+    k = generator.standard_normal((n_pairs, d_in))
     return k / np.linalg.norm(k, axis=1, keepdims=True)
 
 

@@ -86,8 +86,14 @@ def attach(
     if next(attached_layers(model), None) is not None:
         raise RuntimeError("model already has attached layers; detach(model) first")
     names = match_targets(model, target_modules)
-    adapters = {n: make_adapter(model.get_submodule(n), config, method, dtype) for n in names}
-    model._moram_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        adapters = {n: make_adapter(model.get_submodule(n), config, method, dtype) for n in names}
+    except Exception:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        raise
+    model._moram_requires_grad = flags
     model.requires_grad_(False)
     replaced = {}
     for name, adapter in adapters.items():

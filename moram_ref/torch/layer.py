@@ -28,7 +28,7 @@ TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Responses, normaliser and softmax run in at least float32 (bf16/fp16 inputs are upcast)."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -129,7 +129,7 @@ class MoRAMLinear(nn.Module):
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}
-        cdt = compute_dtype(x.dtype)
+        cdt = _compute_dtype(x.dtype)
         x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
         x_d = x_d.to(cdt)
         n_old = self.frozen_keys.shape[0]

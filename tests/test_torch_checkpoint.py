@@ -1,0 +1,102 @@
+"""Checkpoints: round trip at several task counts; corrupt, truncated or mismatched files rejected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.torch import attach as A
+from moram_ref.torch import checkpoint as C
+from test_torch_attach import CFG, tiny_model
+
+TARGETS = ["q_proj", "v_proj", "fc"]
+
+
+def trained(tasks, in_task=False, method="moram", seed=0):
+    m = tiny_model()
+    A.attach(m, CFG, TARGETS, method=method)
+    g = torch.Generator().manual_seed(seed)
+    for t in range(tasks + int(in_task)):
+        A.begin_task(m, g)
+        with torch.no_grad():
+            for p in A.trainable_parameters(m):
+                p.normal_(generator=g)
+        if t < tasks:
+            A.end_task(m)
+    return m.eval()
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+@pytest.mark.parametrize(("tasks", "in_task"), [(0, True), (1, False), (3, False), (3, True)])
+def test_round_trip(tmp_path, method, tasks, in_task):
+    m = trained(tasks, in_task, method)
+    x = torch.randn(3, 4, 8, dtype=torch.float64)
+    path = C.save(m, tmp_path / "ck.safetensors", CFG, tasks_done=tasks, method=method)
+    fresh = tiny_model()
+    A.attach(fresh, CFG, TARGETS, method=method)
+    meta = C.load(fresh, path, CFG, method)
+    assert meta["tasks_done"] == tasks
+    assert torch.equal(fresh.eval()(x), m(x))
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ck.safetensors"
+    C.save(trained(1), path, CFG, tasks_done=1)
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C, "save_file", crash)
+    with pytest.raises(OSError):
+        C.save(trained(2), path, CFG, tasks_done=2)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_files_are_rejected_and_model_unchanged(tmp_path, damage):
+    path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 50, "empty": b""}[damage])
+    target = trained(1, seed=5)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(C.CheckpointError):
+        C.load(target, path, CFG)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_mismatches_give_clear_errors(tmp_path):
+    path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)
+    other_arch = tiny_model()
+    A.attach(other_arch, CFG, ["q_proj"])
+    with pytest.raises(C.CheckpointError, match="another architecture"):
+        C.load(other_arch, path)
+    same = tiny_model()
+    A.attach(same, CFG, TARGETS)
+    with pytest.raises(C.CheckpointError, match="config differs"):
+        C.load(same, path, MoRAMConfig(atoms_per_task=2, top_k=3, temperature=0.1))
+    with pytest.raises(C.CheckpointError, match="method"):
+        C.load(same, path, CFG, method="seq_lora")
+    with pytest.raises(C.CheckpointError, match="does not exist"):
+        C.load(same, tmp_path / "missing.safetensors")
+
+
+def test_newer_format_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "future.safetensors"
+    meta = {"format": C.FORMAT, "format_version": C.FORMAT_VERSION + 1}
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"moram_ref": json.dumps(meta)})
+    with pytest.raises(C.CheckpointError, match="newer"):
+        C.read_metadata(path)
+
+
+def test_no_pickle_anywhere():
+    import inspect
+
+    src = inspect.getsource(C)
+    assert "torch.load" not in src and "pickle" not in src.replace("Nothing is ever loaded with pickle", "")
