@@ -32,3 +32,11 @@ def build_numpy_layer(rng, d_in=6, d_out=5, tasks=3, config=None, in_task=True, 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+# Hypothesis: CI runs a fixed, reproducible set of examples (derandomized); locally every run explores
+# new ones. HYPOTHESIS_PROFILE=thorough multiplies the examples for a deeper search.
+from hypothesis import settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
+_hyp_settings.register_profile("thorough", max_examples=1000, print_blob=True)
+_hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))

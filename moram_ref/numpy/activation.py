@@ -23,7 +23,7 @@ def responses(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
     x: (..., d_in); keys: (R, d_in) -> p: (..., R).
     """
-    return np.einsum("...i,ri->...r", x, keys)  # (..., R)
+    return x @ keys.T  # (..., R)  p_r = Σ_i A_ri x_i
 
 
 def normalise(p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -50,6 +50,21 @@ def top_k_mask(s: np.ndarray, k: int) -> np.ndarray:
     return above | (tied & (tie_rank <= free_places))  # (..., R)
 
 
+def top_k_indices(s: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest signed scores, ties to the lower atom index — theory.md#eq-topk (step 3).
+
+    Returns (..., min(k, R)) int64, ascending by atom index: the positions :func:`top_k_mask` keeps.
+    """
+    return _kept_indices(top_k_mask(s, k), min(k, s.shape[-1]))
+
+
+def _kept_indices(keep: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the ``k`` True entries of each row of ``keep`` (..., R), ascending. -> (..., k)."""
+    if k == 0:
+        return np.zeros((*keep.shape[:-1], 0), dtype=np.int64)
+    return np.nonzero(keep.reshape(-1, keep.shape[-1]))[1].reshape(*keep.shape[:-1], k)
+
+
 def masked_softmax(s: np.ndarray, keep: np.ndarray, temperature: float) -> np.ndarray:
     """Mixing weights ``w = softmax(s_keep / τ)``, exactly 0 off the mask — theory.md#eq-softmax (step 4).
 
@@ -73,14 +88,14 @@ def update(w: np.ndarray, p: np.ndarray, values: np.ndarray) -> np.ndarray:
 
     w, p: (..., R); values: (d_out, R) -> Δ: (..., d_out).
     """
-    return np.einsum("...r,or->...o", w * p, values)  # (..., d_out)
+    return (w * p) @ values.T  # (..., d_out)  Δ_o = Σ_r B_or w_r p_r
 
 
 def mixing_weights(p: np.ndarray, config: MoRAMConfig, training: bool) -> dict[str, np.ndarray]:
     """Steps 2–5 of spec §3 composed — theory.md#eq-self-activation. Returns every intermediate.
 
     p: (..., R) -> {"s", "keep", "w_soft" (before the gate), "gated" (atoms the gate let through),
-    "w" (final)}, each (..., R).
+    "w" (final)}, each (..., R), and "idx" (..., k), the kept atoms ascending.
     """
     s = normalise(p, config.eps)  # (..., R)
     keep = top_k_mask(s, config.k_eff(p.shape[-1]))  # (..., R)
@@ -90,4 +105,5 @@ def mixing_weights(p: np.ndarray, config: MoRAMConfig, training: bool) -> dict[s
         gated = s >= config.threshold  # (..., R)
     else:
         w, gated = w_soft, np.ones(s.shape, dtype=bool)
-    return {"s": s, "keep": keep, "w_soft": w_soft, "gated": gated, "w": w}
+    idx = _kept_indices(keep, config.k_eff(p.shape[-1]))  # (..., k)
+    return {"s": s, "idx": idx, "keep": keep, "w_soft": w_soft, "gated": gated, "w": w}

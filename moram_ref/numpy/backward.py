@@ -55,11 +55,11 @@ def update_backward(
     """
     w, w_soft, s, gated = trace["w"], trace["w_soft"], trace["s"], trace["gated"]
     c = w * p  # (N, R)
-    grad_values = np.einsum("no,nr->or", grad_delta, c)  # (d_out, R)
-    grad_c = np.einsum("no,or->nr", grad_delta, values)  # (N, R)
+    grad_values = grad_delta.T @ c  # (d_out, R)
+    grad_c = grad_delta @ values  # (N, R)
     grad_w_soft = grad_c * p * gated  # (N, R)
     grad_s = masked_softmax_backward(grad_w_soft, w_soft, temperature)  # (N, R)
     grad_p = grad_c * w + normalise_backward(grad_s, p, s, eps)  # (N, R)
-    grad_keys = np.einsum("nr,ni->ri", grad_p, x)  # (R, d_in)
-    grad_x = np.einsum("nr,ri->ni", grad_p, keys)  # (N, d_in)
+    grad_keys = grad_p.T @ x  # (R, d_in)
+    grad_x = grad_p @ keys  # (N, d_in)
     return {"keys": grad_keys, "values": grad_values, "x": grad_x}

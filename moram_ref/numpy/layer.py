@@ -132,7 +132,7 @@ class MoRAMLinear:
             mask = (rng.random(x.shape) >= drop) / (1.0 - drop)  # (..., d_in) inverted dropout
             x_d = (x * mask).astype(x.dtype)
         keys, values = self.bank()
-        y0 = np.einsum("...i,oi->...o", x, self.weight)  # (..., d_out)
+        y0 = x @ self.weight.T  # (..., d_out)
         if self.bias is not None:
             y0 = y0 + self.bias
         p = activation.responses(x_d, keys)  # (..., R)
@@ -169,7 +169,7 @@ class MoRAMLinear:
         grad_x_d = grads["x"].reshape(*lead, self.d_in)
         if cache["mask"] is not None:
             grad_x_d = grad_x_d * cache["mask"]
-        grad_x = np.einsum("...o,oi->...i", grad_y, self.weight) + grad_x_d  # (..., d_in)
+        grad_x = grad_y @ self.weight + grad_x_d  # (..., d_in)
         return {
             "keys": grads["keys"][n_frozen:],  # (r, d_in)
             "values": self.config.scale * grads["values"][:, n_frozen:],  # (d_out, r)

@@ -120,11 +120,11 @@ class MoRAMLinear(nn.Module):
         was = self.training
         self.train(training)
         try:
-            return self._forward(x)[1]
+            return self._forward(x, explicit_delta=True)[1]
         finally:
             self.train(was)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _forward(self, x: torch.Tensor, explicit_delta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check_last_dim("x", x, self.d_in)
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
@@ -141,15 +141,26 @@ class MoRAMLinear(nn.Module):
         p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
         trace = activation.mixing_weights(p, self.config, self.training)
         c = trace["w"] * p  # (..., R) gated responses
-        delta = None
-        if n_old:
-            delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(cdt))  # (..., d_out)
-        if self.in_task:
-            cur = nn.functional.linear(c[..., n_old:], self.values.to(cdt)) * self.config.scale
-            delta = cur if delta is None else delta + cur
         if self.record:
             self.last_weights = trace["w"].detach()
-        out = y + delta.to(y.dtype)
+        c2 = c.reshape(-1, c.shape[-1])  # (N, R)
+        if not explicit_delta and c2.dtype == y.dtype == self.frozen_values.dtype:
+            # fused: y + c Bᵀ in one kernel per block (no separate Δ tensor, no per-call concatenation)
+            y2 = y.reshape(-1, self.d_out)
+            out2 = y2
+            if n_old:
+                out2 = torch.addmm(out2, c2[:, :n_old], self.frozen_values.T)
+            if self.in_task:
+                out2 = torch.addmm(out2, c2[:, n_old:], self.values.T, alpha=self.config.scale)
+            out, delta = out2.reshape(y.shape), None
+        else:  # explicit Δ (traces; mixed precision: the value product in the compute dtype, cast back)
+            delta = None
+            if n_old:
+                delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(cdt))
+            if self.in_task:
+                cur = nn.functional.linear(c[..., n_old:], self.values.to(cdt)) * self.config.scale
+                delta = cur if delta is None else delta + cur
+            out = y + delta.to(y.dtype)
         return out, {"p": p, **trace, "delta": delta, "y": out}
 
     # --- state ---------------------------------------------------------------------------------
