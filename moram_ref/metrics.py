@@ -31,7 +31,7 @@ def _need(name: str, values: np.ndarray, what: str) -> np.ndarray:
 
 
 def transfer(a: np.ndarray) -> float:
-    """Mean over datasets ``j ≥ 1`` (0-based) of the mean of ``a[i, j]`` over ``i < j`` (spec §6).
+    """Transfer — theory.md#eq-metrics-clip: mean over ``j ≥ 1`` of the mean of ``a[i, j]`` over ``i < j``.
 
     The zero-shot ability on domains not learned yet. NaN for a single task.
     """
@@ -44,24 +44,24 @@ def transfer(a: np.ndarray) -> float:
 
 
 def average(a: np.ndarray) -> float:
-    """Mean over ``j`` of the mean over all ``i`` of ``a[i, j]`` (spec §6)."""
+    """Average — theory.md#eq-metrics-clip: mean over ``j`` of the mean over all ``i`` of ``a[i, j]``."""
     a = _need("accuracy matrix", _square("accuracy matrix", a), "Average")
     return float(a.mean(axis=0).mean())
 
 
 def last(a: np.ndarray) -> float:
-    """Mean of the final row: every dataset after the last task (spec §6)."""
+    """Last — theory.md#eq-metrics-clip: mean of the final row, every dataset after the last task."""
     a = _square("accuracy matrix", a)
     return float(_need("accuracy matrix", a[-1], "Last").mean())
 
 
 def op(a: np.ndarray) -> float:
-    """Overall performance: mean score on every task after the last task (spec §6)."""
+    """OP — theory.md#eq-metrics-llm: mean score on every task after the last task."""
     return last(a)
 
 
 def bwt(a: np.ndarray) -> float:
-    """Standard backward transfer ``(1/(T−1)) Σ_{i<T} (a[T, i] − a[i, i])`` (spec §6). NaN for T = 1."""
+    """Standard BWT — theory.md#eq-metrics-llm: ``(1/(T−1)) Σ_{i<T} (a[T, i] − a[i, i])``; NaN for T = 1."""
     a = _square("accuracy matrix", a)
     t = a.shape[0]
     if t == 1:
@@ -71,7 +71,7 @@ def bwt(a: np.ndarray) -> float:
 
 
 def bwt_clipped(a: np.ndarray) -> float:
-    """The paper's clipped BWT ``(1/T) Σ_i min(a[T, i] − a[i, i], 0)`` (spec §6), a value ≤ 0.
+    """The paper's clipped BWT — theory.md#eq-metrics-llm: ``(1/T) Σ_i min(a[T, i] − a[i, i], 0)`` ≤ 0.
 
     The paper prints its negation as a positive "lower is better" number; see :func:`summary`.
     """
