@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench notebooks docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m moram_ref.bench
+
+notebooks: $(VENV)/.dev-installed
+	$(BIN)/pip install -q jupytext
+	$(BIN)/jupytext --to ipynb tutorials/[0-9][0-9]_*.py
+
+docs: $(VENV)/.dev-installed
+	$(BIN)/pip install -q mkdocs
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

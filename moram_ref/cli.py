@@ -1,4 +1,5 @@
-"""``moram-ref``: the command line. Sub-commands: ``demo`` (the NumPy main job), ``bench`` (layer speed)."""
+"""``moram-ref``: the command line. Sub-commands: ``demo`` (the NumPy main job), ``text-cl`` (the real-encoder
+experiment), ``bench`` (layer speed)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     from moram_ref.experiments.toy import demo  # noqa: PLC0415
 
     demo.add_arguments(sub.add_parser("demo", help="NumPy continual-learning demo: recall + digits streams"))
+    text = sub.add_parser("text-cl", help="real pretrained encoder (MiniLM) on the O-LoRA tasks, all methods × seeds")
+    from moram_ref.experiments.textcl import run as textcl  # noqa: PLC0415  (argument definitions only)
+
+    textcl.add_arguments(text)
     sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
     args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
+    if args.command in ("demo", "text-cl"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        demo.run(args)
+        (demo.run if args.command == "demo" else textcl.run)(args)
         return 0
     from moram_ref import bench  # noqa: PLC0415
 

@@ -60,3 +60,51 @@ def activation_map(weights: np.ndarray, groups: np.ndarray, atoms_per_task: int,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def token_activation_maps(maps: dict[str, dict[str, np.ndarray]], atoms_per_task: int, path: Path, title: str) -> None:
+    """Rows: one example per task; columns: after which task. Each panel: atoms (grouped by task) × tokens."""
+    plt = _pyplot()
+    stages = list(maps)
+    examples = list(maps[stages[0]])
+    fig, axes = plt.subplots(len(examples), len(stages), figsize=(4.2 * len(stages), 1.9 * len(examples)),
+                             squeeze=False)
+    for j, stage in enumerate(stages):
+        for i, name in enumerate(examples):
+            w = maps[stage][name].T  # (R, L)
+            ax = axes[i][j]
+            ax.imshow(w, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=1)
+            for g in range(1, w.shape[0] // atoms_per_task):
+                ax.axhline(g * atoms_per_task - 0.5, color="cyan", lw=0.5)
+            ax.set_title(f"{name} example, {stage.replace('_', ' ')}", fontsize=8)
+            ax.set_xlabel("token", fontsize=7)
+            ax.set_ylabel("atom (task blocks)", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def atoms_for_mass(curves: dict[str, list[dict[str, float]]], router_active: list[int], path: Path, title: str) -> None:
+    """Atoms carrying 99 % of the mass per layer against the task index, beside a router MoE's active rank."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for method, per_task in curves.items():
+        if not per_task:
+            continue
+        layers = list(per_task[0])
+        mean = [np.mean([d[layer] for layer in layers]) for d in per_task]
+        tasks = np.arange(1, len(per_task) + 1)
+        for layer in layers:
+            ax.plot(tasks, [d[layer] for d in per_task], color="0.8", lw=0.6)
+        ax.plot(tasks, mean, marker="o", lw=2, label=f"{method}: mean over layers")
+    ax.plot(np.arange(1, len(router_active) + 1), router_active, "k--", marker="s",
+            label="MoE-LoRA: active rank (every expert weighted)")
+    ax.set_xlabel("after task")
+    ax.set_ylabel("atoms per token (99 % of Σw)")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

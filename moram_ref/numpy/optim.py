@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moram_ref.config import check_adam_hyperparameters
+
 
 class Adam:
     """Adam over a dict of named arrays, updated in place — theory.md#eq-adam.
@@ -22,14 +24,7 @@ class Adam:
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        check_adam_hyperparameters(lr, betas, eps, weight_decay)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.state: dict[str, dict[str, np.ndarray | int]] = {}
 

@@ -1,0 +1,157 @@
+"""One method, one seed, through a task sequence: train per task, evaluate after every task.
+
+Loss (spec §6, text version): input→label cross-entropy over every label seen so far with earlier
+tasks' labels masked, plus label→input cross-entropy; label embeddings of the current task carry
+gradient, earlier ones are computed once per task without. Optimiser as the paper's CLIP column:
+AdamW, betas (0.9, 0.9999), weight decay 0, cosine schedule, no warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.textcl.data import TaskData
+from moram_ref.experiments.textcl.encoder import CachedEncoder
+from moram_ref.torch import attach as A
+from moram_ref.torch.layer import MoRAMLinear
+from moram_ref.torch.losses import two_term_loss
+
+METHODS = ("zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 100  # per task
+    batch: int = 16
+    lr: float = 5e-4
+    logit_scale: float = 20.0  # fixed, learnable-free (all-MiniLM-L6-v2 was trained with scale 20)
+    placement: str = "all"
+    moram: MoRAMConfig = field(default_factory=lambda: MoRAMConfig(atoms_per_task=8, top_k=8, temperature=0.1,
+                                                                    threshold=0.2))
+    probe_per_task: int = 8  # test texts per task for the 99 %-mass statistic
+    eval_split: str = "test"  # "val" for hyperparameter sweeps (carved out of train.json)
+
+
+def class_offsets(tasks: list[TaskData]) -> list[int]:
+    return list(np.cumsum([0] + [len(t.labels) for t in tasks]))
+
+
+@torch.no_grad()
+def evaluate(enc: CachedEncoder, tasks: list[TaskData], split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy on every task's ``split`` over the union of all labels, and over the task's own labels."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    offsets = class_offsets(tasks)
+    labels = enc.embed([p for t in tasks for p in t.prompts])  # (n_classes, D)
+    union, own = [], []
+    for j, task in enumerate(tasks):
+        texts, y = getattr(task, f"{split}_text"), torch.as_tensor(getattr(task, f"{split}_y"))
+        emb = torch.cat([enc.embed(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+        scores = emb @ labels.T  # (N, n_classes)
+        union.append(float((scores.argmax(1) == y + offsets[j]).float().mean()))
+        own.append(float((scores[:, offsets[j] : offsets[j + 1]].argmax(1) == y).float().mean()))
+    return np.array(union), np.array(own)
+
+
+def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],
+               progress=None) -> dict:
+    """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    A.detach(enc.top)
+    trained = method != "zero_shot"
+    if trained:
+        A.attach(enc.top, settings.moram, enc.target_names(settings.placement), method=method)
+    enc.top.eval()  # the backbone's own dropout stays off; adapters switch train/eval themselves
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    offsets = class_offsets(tasks)
+    n = len(tasks)
+    union, own = np.zeros((n, n)), np.zeros((n, n))
+    out: dict = {"trainable_per_task": [], "seconds_per_task": [], "n99": [], "activation": {}}
+    for t, task in enumerate(tasks):
+        t0 = time.perf_counter()
+        if trained:
+            A.begin_task(enc.top, gen)
+            params = list(A.trainable_parameters(enc.top))
+            out["trainable_per_task"].append(int(sum(p.numel() for p in params)))
+            opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.9999), weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / settings.steps)))
+            with torch.no_grad():
+                seen = enc.embed([p for prev in tasks[:t] for p in prev.prompts]) if t else None
+            _set_adapter_mode(enc, training=True)
+            for step in range(settings.steps):
+                idx = rng.choice(len(task.train_text), size=min(settings.batch, len(task.train_text)), replace=False)
+                emb = enc.embed([task.train_text[i] for i in idx])
+                cur = enc.embed(task.prompts)
+                classes = cur if seen is None else torch.cat([seen, cur])
+                y = torch.as_tensor(task.train_y[idx]) + offsets[t]
+                loss = two_term_loss(emb, classes, y, n_masked=offsets[t], logit_scale=settings.logit_scale)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                if progress is not None:
+                    progress(f"{method} seed {seed} task {t + 1}/{n} ({task.name}) step {step + 1}/{settings.steps} "
+                             f"loss {loss.item():.3f}")
+            _set_adapter_mode(enc, training=False)
+            A.end_task(enc.top)
+        union[t], own[t] = evaluate(enc, tasks, settings.eval_split)
+        out["seconds_per_task"].append(time.perf_counter() - t0)
+        if method in ("moram", "dense_moram"):
+            out["n99"].append(atoms_for_mass(enc, tasks, settings.probe_per_task))
+            if t in (0, n - 1):
+                out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
+    out.update(union=union, own=own)
+    return out
+
+
+def _set_adapter_mode(enc: CachedEncoder, training: bool) -> None:
+    for _, layer in A.attached_layers(enc.top):
+        layer.train(training)
+
+
+def moram_layers(enc: CachedEncoder) -> list[tuple[str, MoRAMLinear]]:
+    return [(n, m) for n, m in A.attached_layers(enc.top) if isinstance(m, MoRAMLinear)]
+
+
+@torch.no_grad()
+def atoms_for_mass(enc: CachedEncoder, tasks: list[TaskData], per_task: int, mass: float = 0.99) -> dict[str, float]:
+    """Per MoRAM layer: mean over real tokens of the fewest atoms whose weights reach 99 % of Σw (spec §8.2)."""
+    texts = [t.test_text[i] for t in tasks for i in range(min(per_task, len(t.test_text)))]
+    A.set_recording(enc.top, True)
+    enc.embed(texts)
+    lengths = torch.tensor([enc.token_count(x) for x in texts])
+    result = {}
+    for name, layer in moram_layers(enc):
+        w = layer.last_weights  # (B, L, R)
+        real = torch.arange(w.shape[1])[None, :] < lengths[:, None]  # (B, L)
+        srt = w.sort(dim=-1, descending=True).values
+        total = srt.sum(-1, keepdim=True)
+        needed = (srt.cumsum(-1) < mass * total - 1e-12).sum(-1) + (total[..., 0] > 0).long()  # (B, L)
+        result[name] = float(needed[real].float().mean())
+    A.set_recording(enc.top, False)
+    return result
+
+
+@torch.no_grad()
+def activation_examples(enc: CachedEncoder, tasks: list[TaskData], layer_suffix: str = "attention.self.key") -> dict:
+    """Final weights ``w`` (tokens × atoms) at the first adapted block's key projection, one test text per task."""
+    layers = [m for n, m in moram_layers(enc) if n.endswith(layer_suffix)]
+    if not layers:
+        return {}
+    A.set_recording(enc.top, True)
+    out = {}
+    for task in tasks:
+        text = task.test_text[0]
+        enc.embed([text])
+        out[task.name] = layers[0].last_weights[0].numpy()  # (L, R)
+    A.set_recording(enc.top, False)
+    return out
