@@ -17,12 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     from moram_ref.experiments.textcl import run as textcl  # noqa: PLC0415  (argument definitions only)
 
     textcl.add_arguments(text)
+    from moram_ref.experiments.llm import run as llm  # noqa: PLC0415  (argument definitions only)
+
+    llm.add_arguments(sub.add_parser("llm", help="TRACE / O-LoRA sequences on causal LMs (real or tiny)"))
     sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("demo", "text-cl"):
+    if args.command in ("demo", "text-cl", "llm"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        (demo.run if args.command == "demo" else textcl.run)(args)
+        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run}[args.command](args)
         return 0
     from moram_ref import bench  # noqa: PLC0415
 

@@ -9,7 +9,7 @@ import pytest
 
 MIRRORED = ("memory", "activation", "layer", "loops", "optim", "losses", "baselines")
 NUMPY_ONLY = {"backward"}  # the hand-written backward; torch uses autograd
-TORCH_ONLY = {"attach", "checkpoint"}  # putting layers on models; checkpoints
+TORCH_ONLY = {"attach", "checkpoint", "olora"}  # putting layers on models; checkpoints; the O-LoRA baseline
 # methods that differ by design: NumPy passes training/rng explicitly and returns (y, cache);
 # torch follows nn.Module (training flag on the module, forward returns y, autograd for backward)
 METHOD_EXCEPTIONS = {"backward", "parameters"}

@@ -21,9 +21,10 @@ from torch import nn
 from moram_ref.config import MoRAMConfig
 from moram_ref.torch.baselines import LoRALinear, MoELoRALinear
 from moram_ref.torch.layer import MoRAMLinear
+from moram_ref.torch.olora import OLoRALinear
 
-METHODS = ("moram", "dense_moram", "seq_lora", "moe_lora")
-ADAPTER_TYPES = (MoRAMLinear, LoRALinear, MoELoRALinear)
+METHODS = ("moram", "dense_moram", "seq_lora", "moe_lora", "olora")
+ADAPTER_TYPES = (MoRAMLinear, LoRALinear, MoELoRALinear, OLoRALinear)
 
 
 def match_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
@@ -69,6 +70,8 @@ def make_adapter(base: nn.Linear, config: MoRAMConfig, method: str = "moram", dt
         return LoRALinear(base, config.atoms_per_task, config.scale, dtype)
     if method == "moe_lora":
         return MoELoRALinear(base, config.atoms_per_task, config.scale, dtype)
+    if method == "olora":
+        return OLoRALinear(base, config.atoms_per_task, config.scale, dtype)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -33,6 +33,7 @@ class _AdapterBase(nn.Module):
         self.dtype = dtype or base.weight.dtype
 
     _current: tuple[str, ...] = ()  # names of the current-task parameters (absent between tasks)
+    _grow_dim: dict[str, int] = {}  # frozen buffers and the axis along which they grow per task
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         """Create or drop the current-task parameters and resize frozen buffers to match the state."""
@@ -41,9 +42,12 @@ class _AdapterBase(nn.Module):
             incoming = state_dict.get(prefix + name)
             setattr(self, name, None if incoming is None else nn.Parameter(
                 torch.empty(incoming.shape, device=dev, dtype=self.dtype)))
-        for name, buf in list(self._buffers.items()):
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None and buf is not None and incoming.shape[1:] == buf.shape[1:]:
+        for name, axis in self._grow_dim.items():
+            buf, incoming = self._buffers[name], state_dict.get(prefix + name)
+            if incoming is None or incoming.ndim != buf.ndim:
+                continue  # the strict load reports it
+            same = all(a == b for i, (a, b) in enumerate(zip(incoming.shape, buf.shape)) if i != axis)
+            if same:  # a bank of another size: make room; other shape errors are left to the strict load
                 self._buffers[name] = torch.empty(incoming.shape, device=dev, dtype=buf.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -80,6 +84,7 @@ class MoELoRALinear(_AdapterBase):
     """``y = base(x) + α Σ_t π_t(x) B_t A_t x``, ``π = softmax(G x)``; earlier experts and router rows frozen."""
 
     _current = ("lora_a", "lora_b", "router")
+    _grow_dim = {"frozen_a": 0, "frozen_b": 0, "frozen_router": 0}
 
     def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dtype: torch.dtype | None = None) -> None:
         super().__init__(base, rank, scale, dtype)

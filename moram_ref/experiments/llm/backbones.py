@@ -1,0 +1,75 @@
+"""Causal LMs for the LLM track: real checkpoints from a local path or hub name, and tiny random ones.
+
+Real runs: ``AutoModelForCausalLM.from_pretrained(name_or_path)`` (bf16 on GPU). Tests and CPU demos:
+a tiny LLaMA-, Qwen2- or Gemma-style decoder built from a config, with a byte-level BPE tokenizer
+trained locally on the task text (nothing is fetched from a hub). Target layers by family: the
+attention q, k, v, o projections (spec §5); other targets are a flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+FAMILIES = ("llama", "qwen2", "gemma")
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000, out_dir: str | Path | None = None):
+    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast`` (offline)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: PLC0415
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                intermediate: int = 128, max_positions: int = 2048):
+    """A small config of the given family (random weights when instantiated)."""
+    import transformers  # noqa: PLC0415
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaConfig(**common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if family == "gemma":
+        return transformers.GemmaConfig(head_dim=hidden // heads, **common)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def tiny_model(family: str, vocab_size: int, seed: int = 0, dtype=None, **sizes):
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, vocab_size, **sizes))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.config.use_cache = True
+    return model.eval()
+
+
+def load_pretrained(name_or_path: str, dtype=None, device: str = "cpu"):
+    """(model, tokenizer) from a local folder (or a hub name where the network allows it)."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype or torch.float32).to(device)
+    return model.eval(), tokenizer

@@ -1,0 +1,213 @@
+"""Train through a task sequence and evaluate after every task (spec §5–§6), resumable, any process count.
+
+Determinism across resumes and process counts: the fresh atoms of task ``t`` come from a generator
+seeded by ``(seed, t)``, the data order of (task, epoch) from ``(seed, t, epoch)``; nothing depends on
+what ran before in the process. Every global batch (``batch`` samples) is split into micro-batches dealt
+round-robin to the processes; each micro-batch loss is its summed token loss divided by the *global*
+batch's answer-token count, times the process count (DDP averages gradients), so the update equals the
+one-process update and the learning rate means the same at any scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.llm import scoring
+from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
+from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
+from moram_ref.experiments.llm.generate import generate
+from moram_ref.torch import attach as A
+from moram_ref.torch import checkpoint
+from moram_ref.torch.olora import orthogonality_penalty
+
+METHODS = ("zero_shot", "seq_lora", "olora", "dense_moram", "moram")
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    method: str = "moram"
+    epochs: int | None = None  # None: the paper's TRACE epochs per task, 1 for other tasks
+    batch: int = 32  # effective (global) batch
+    micro_batch: int = 4
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    max_prompt: int = 1024
+    max_answer: int = 512
+    max_new_tokens: int = 64
+    eval_batch: int = 16
+    olora_lambda: float = 0.5
+    numglue_mode: str = "numeric"
+    seed: int = 1234
+    targets: tuple[str, ...] = tuple(ATTENTION_TARGETS)
+    moram: MoRAMConfig = field(default_factory=MoRAMConfig.paper_llm)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.batch < 1 or self.micro_batch < 1:
+            raise ValueError(f"batch and micro_batch must be >= 1, got {self.batch}, {self.micro_batch}")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def epochs_for(task: str, settings: LLMSettings) -> int:
+    return settings.epochs if settings.epochs is not None else TRACE_EPOCHS.get(task, 1)
+
+
+def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist: Dist, log=None) -> dict:
+    """``begin_task``, the epochs of task ``t``, ``end_task``. Returns counts (steps, truncations)."""
+    gen = torch.Generator().manual_seed(settings.seed * 1000 + t)
+    A.begin_task(model, gen)
+    params = list(A.trainable_parameters(model))
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
+    enc = encode_examples(tokenizer, task.train, MAX_PROMPT.get(task.name, settings.max_prompt), settings.max_answer)
+    device = next(model.parameters()).device
+    steps = 0
+    for epoch in range(epochs_for(task.name, settings)):
+        order = np.random.default_rng([settings.seed, t, epoch]).permutation(len(enc.input_ids))
+        for start in range(0, len(order), settings.batch):
+            batch = order[start : start + settings.batch]
+            n_tokens = sum(sum(lbl != -100 for lbl in enc.labels[i]) for i in batch)
+            n_micro = dist.world * math.ceil(len(batch) / (dist.world * settings.micro_batch))
+            micro = [batch[m::n_micro] for m in range(n_micro)][dist.rank :: dist.world]
+            opt.zero_grad(set_to_none=True)
+            for j, idx in enumerate(micro):
+                sync = j == len(micro) - 1
+                ctx = net.no_sync() if (dist.world > 1 and not sync) else _null()
+                with ctx:
+                    loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world, device)
+                    if settings.method == "olora" and settings.olora_lambda:
+                        loss = loss + settings.olora_lambda * orthogonality_penalty(model) / len(micro)
+                    loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.clip)
+            opt.step()
+            steps += 1
+            if log is not None and dist.rank == 0:
+                log(f"task {t + 1} {task.name} epoch {epoch + 1} step {steps}")
+    A.end_task(model)
+    return {"steps": steps, "truncated": enc.truncated, "trainable": sum(p.numel() for p in params)}
+
+
+def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device):
+    if len(idx) == 0:  # an empty share keeps every process's backward count equal
+        return sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
+    ids, mask, labels = collate([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx], pad_id)
+    logits = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+    token_loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                   shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return token_loss * world / n_tokens
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def evaluate_tasks(model, tokenizer, tasks: list[Task], settings: LLMSettings, dist: Dist) -> dict[str, dict]:
+    """Greedy answers for every test prompt of ``tasks`` (sharded over processes) and each task's score."""
+    out = {}
+    for task in tasks:
+        mine = list(range(dist.rank, len(task.test), dist.world))
+        preds = generate(model, tokenizer, [task.test[i]["prompt"] for i in mine], settings.max_new_tokens,
+                         settings.eval_batch, MAX_PROMPT.get(task.name, settings.max_prompt))
+        gathered = dist.gather(list(zip(mine, preds)))
+        by_index = dict(pair for part in gathered for pair in part)
+        predictions = [by_index[i] for i in range(len(task.test))]
+        targets = [r["answer"] for r in task.test]
+        sources = [r["prompt"] for r in task.test]
+        score = scoring.score_task(task.name, predictions, targets, sources, settings.numglue_mode)
+        out[task.name] = {"score": score, "predictions": predictions}
+    return out
+
+
+def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out: Path, resume: bool = False,
+                 eval_only: bool = False, dist: Dist | None = None, log=print) -> np.ndarray:
+    """The whole sequence with a checkpoint and an evaluation row after every task; returns ``a[t, i]``."""
+    dist = dist or Dist()
+    out = Path(out)
+    ck_dir = out / "checkpoints"
+    n = len(tasks)
+    progress_path = out / "progress.json"
+    progress = {"tasks_done": 0, "matrix": [[math.nan] * n for _ in range(n)], "train": []}
+    if dist.rank == 0:
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"settings": _jsonable(asdict(settings)),
+                                                     "tasks": [t.name for t in tasks]}, indent=1))
+    dist.barrier()
+    trained = settings.method != "zero_shot"
+    if trained:
+        A.attach(model, settings.moram, list(settings.targets), method=settings.method)
+    if (resume or eval_only) and progress_path.is_file():
+        progress = json.loads(progress_path.read_text())
+        if resume and progress["tasks_done"] and trained:
+            checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method)
+            log(f"resumed after task {progress['tasks_done']}")
+    start = 0 if eval_only else progress["tasks_done"]
+    for t in range(start, n):
+        if eval_only:
+            if trained:
+                checkpoint.load(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, settings.method)
+        elif trained:
+            info = train_task(model, tokenizer, tasks[t], t, settings, dist)
+            progress["train"].append({"task": tasks[t].name, **info})
+            if dist.rank == 0:
+                checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method)
+            dist.barrier()
+        results = evaluate_tasks(model, tokenizer, tasks[: t + 1], settings, dist)
+        progress["matrix"][t][: t + 1] = [results[task.name]["score"] for task in tasks[: t + 1]]
+        progress["tasks_done"] = t + 1
+        if dist.rank == 0:
+            pred_dir = out / "predictions" / f"after_task{t + 1}"
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            for name, r in results.items():
+                (pred_dir / f"{name}.json").write_text(json.dumps(r, indent=1))
+            if not eval_only:
+                _atomic_write(progress_path, json.dumps(progress, indent=1))
+            log(f"after task {t + 1}/{n} ({tasks[t].name}): " +
+                ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
+        dist.barrier()
+    return np.array(progress["matrix"], dtype=float)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

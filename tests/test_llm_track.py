@@ -1,0 +1,170 @@
+"""The LLM track on tiny random decoders and the real benchmark data: masks, tokenizer, generation,
+complete runs, resume after a crash, and two processes equal to one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from moram_ref.config import MoRAMConfig  # noqa: E402
+from moram_ref.experiments.llm import backbones, data  # noqa: E402
+from moram_ref.experiments.llm.generate import generate  # noqa: E402
+from moram_ref.experiments.llm.train import Dist, LLMSettings, run_sequence  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm-cl-benchmark-500"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+CFG = MoRAMConfig(atoms_per_task=4, top_k=4, temperature=0.03, threshold=0.2, scale=2.0, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = ["the quick brown fox jumps over the lazy dog", "Answer: positive negative neutral 0 1 2 3",
+             "def f(x): return x + 1"] * 20
+    return backbones.build_tokenizer(texts, vocab_size=300)
+
+
+def test_tokenizer_is_local_and_round_trips(tokenizer):
+    ids = tokenizer("the lazy fox")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "the lazy fox"
+
+
+def test_answer_only_loss_mask_and_truncation_report(tokenizer):
+    rows = [{"prompt": "the quick brown fox", "answer": "positive"},
+            {"prompt": "the quick brown fox " * 30, "answer": "negative " * 20}]
+    enc = data.encode_examples(tokenizer, rows, max_prompt=16, max_answer=5)
+    p_len = len(tokenizer("the quick brown fox")["input_ids"])
+    a_ids = tokenizer("positive", add_special_tokens=False)["input_ids"]
+    assert enc.labels[0] == [-100] * p_len + a_ids + [tokenizer.eos_token_id]
+    assert enc.input_ids[0][p_len:] == a_ids + [tokenizer.eos_token_id]
+    assert enc.truncated == {"prompt": 1, "answer": 1}
+    assert len(enc.input_ids[1]) == 16 + 5 + 1 and enc.input_ids[1][0] == tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize("family", backbones.FAMILIES)
+def test_batched_generation_equals_one_by_one(tokenizer, family):
+    model = backbones.tiny_model(family, len(tokenizer), seed=0, dtype=torch.float64)
+    prompts = ["the quick", "the quick brown fox jumps over", "def f(x):", "Answer: 0 1 2 3 positive", "lazy"]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=5)
+    single = [generate(model, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    (tmp_path / "T").mkdir()
+    (tmp_path / "T" / "test.json").write_text("[]")
+    with pytest.raises(data.MissingSplitError, match="train.json"):
+        data.load_sequence(tmp_path, ["T"])
+
+
+def _tiny_run(tmp_path, sequence, method="moram", names=None, dist=None, **overrides):
+    tasks, skipped = data.load_sequence(DATA, names or sequence, skip_missing=True, max_train=8, max_test=4)
+    tok_dir = tmp_path / "tok"
+    texts = [r["prompt"] + " " + r["answer"] for t in tasks for r in t.train]
+    if (tok_dir / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    else:
+        tok = backbones.build_tokenizer(texts, vocab_size=400, out_dir=tok_dir)
+    model = backbones.tiny_model("llama", len(tok), seed=0, dtype=torch.float64)
+    settings = LLMSettings(method=method, epochs=1, batch=8, micro_batch=2, max_prompt=96, max_answer=16,
+                           max_new_tokens=6, eval_batch=4, moram=CFG, **overrides)
+    return tasks, model, tok, settings
+
+
+@needs_data
+@pytest.mark.parametrize("method", ["moram", "olora", "seq_lora", "dense_moram", "zero_shot"])
+def test_trace_shaped_run_gives_a_full_matrix(tmp_path, method):
+    names = ["C-STANCE", "Py150", "20Minuten"]
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, method, names)
+    matrix = run_sequence(model, tok, tasks, settings, tmp_path / "run", log=lambda *_: None)
+    assert matrix.shape == (3, 3)
+    assert not np.isnan(matrix[np.tril_indices(3)]).any() and np.isnan(matrix[np.triu_indices(3, 1)]).all()
+    assert (tmp_path / "run" / "predictions" / "after_task3" / "Py150.json").is_file()
+    if method != "zero_shot":
+        assert (tmp_path / "run" / "checkpoints" / "task3.safetensors").is_file()
+
+
+@needs_data
+def test_olora_standard_sequence_run(tmp_path):
+    tasks, model, tok, settings = _tiny_run(tmp_path, "olora-1", "moram")
+    matrix = run_sequence(model, tok, tasks, settings, tmp_path / "run", log=lambda *_: None)
+    assert matrix.shape == (4, 4) and not np.isnan(matrix[-1]).any()
+
+
+@needs_data
+def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, monkeypatch):
+    from moram_ref.experiments.llm import train as T
+
+    names = ["C-STANCE", "FOMC", "ScienceQA"]
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    full = run_sequence(model, tok, tasks, settings, tmp_path / "full", log=lambda *_: None)
+
+    real = T.train_task
+
+    def crash_on_third(model, tokenizer, task, t, *args, **kwargs):
+        if t == 2:
+            raise RuntimeError("simulated crash")
+        return real(model, tokenizer, task, t, *args, **kwargs)
+
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    monkeypatch.setattr(T, "train_task", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_sequence(model, tok, tasks, settings, tmp_path / "crashed", log=lambda *_: None)
+    monkeypatch.setattr(T, "train_task", real)
+    assert json.loads((tmp_path / "crashed" / "progress.json").read_text())["tasks_done"] == 2
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)  # a fresh process
+    resumed = run_sequence(model, tok, tasks, settings, tmp_path / "crashed", resume=True, log=lambda *_: None)
+    np.testing.assert_array_equal(resumed, full)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    again = run_sequence(model, tok, tasks, settings, tmp_path / "crashed", eval_only=True, log=lambda *_: None)
+    np.testing.assert_array_equal(again, full)
+
+
+def _ddp_worker(rank, world, init_file, tmp, result_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"])
+        matrix = run_sequence(model, tok, tasks, settings, Path(tmp) / "ddp", dist=Dist(rank, world),
+                              log=lambda *_: None)
+        if rank == 0:
+            from moram_ref.torch.checkpoint import adapter_state
+
+            torch.save({"matrix": torch.from_numpy(matrix), "state": adapter_state(model)}, result_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@needs_data
+@pytest.mark.slow
+def test_two_processes_reproduce_one(tmp_path):
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", ["C-STANCE", "FOMC"])
+    single = run_sequence(model, tok, tasks, settings, tmp_path / "one", log=lambda *_: None)
+    from moram_ref.torch.checkpoint import adapter_state
+
+    single_state = adapter_state(model)
+    result = tmp_path / "ddp.pt"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(result)),
+                                nprocs=2, join=True)
+    got = torch.load(result)  # written by this test, tensors only
+    np.testing.assert_array_equal(got["matrix"].numpy(), single)
+    for k, v in single_state.items():
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not os.environ.get("MORAM_LLM_PATH"), reason="set MORAM_LLM_PATH to a local causal-LM folder")
+def test_real_model_attaches_and_generates():
+    model, tok = backbones.load_pretrained(os.environ["MORAM_LLM_PATH"])
+    from moram_ref.torch import attach as A
+
+    A.attach(model, CFG, backbones.ATTENTION_TARGETS)
+    assert generate(model, tok, ["Hello"], max_new_tokens=4)
