@@ -98,10 +98,15 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
         tr = activation.mixing_weights(p, cfg, training=False)
         return base(inp) + sparse_update(tr["w"], p, values_all, tr["idx"])
 
+    cases = {"moram_dense": lambda: layer(x), "moram_sparse": lambda: sparse_path(x),
+             "authors_style": lambda: authors_style(x), "lora": lambda: lora(x)}
+    tol = 1e-4 if dt in (torch.float32, torch.float64) else 5e-2
     with torch.no_grad():
-        torch.testing.assert_close(sparse_path(x), layer(x), rtol=1e-4, atol=1e-4)  # same result, proven here
-        evals = _timeit({"moram_dense": lambda: layer(x), "moram_sparse": lambda: sparse_path(x),
-                         "authors_style": lambda: authors_style(x), "lora": lambda: lora(x)}, repeat)
+        try:
+            torch.testing.assert_close(sparse_path(x), layer(x), rtol=tol, atol=tol)  # same result, proven here
+        except (NotImplementedError, RuntimeError):  # e.g. no bf16 sparse CSR product on this device
+            del cases["moram_sparse"]
+        evals = _timeit(cases, repeat)
     out = {
         "shapes": {"d_in": d, "d_out": d, "R": n_atoms, "r": r, "k": k, "tokens": tokens, "dtype": dtype, "device": device},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -110,7 +115,7 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
         "ratios": {
             "train_moram_over_lora": train["moram"] / train["lora"],
             "eval_dense_over_lora": evals["moram_dense"] / evals["lora"],
-            "eval_sparse_over_dense": evals["moram_sparse"] / evals["moram_dense"],
+            "eval_sparse_over_dense": evals["moram_sparse"] / evals["moram_dense"] if "moram_sparse" in evals else None,
             "eval_authors_style_over_dense": evals["authors_style"] / evals["moram_dense"],
         },
     }
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<32} {1e3 * val:9.1f} ms")
     for group in ("ratios", "ratios_numpy"):
         for name, val in res.get(group, {}).items():
-            print(f"  {name:<32} {val:9.3f}")
+            print(f"  {name:<32} " + ("  (n/a)" if val is None else f"{val:9.3f}"))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=1)

@@ -9,7 +9,8 @@ import pytest
 
 MIRRORED = ("memory", "activation", "layer", "loops", "optim", "losses", "baselines")
 NUMPY_ONLY = {"backward"}  # the hand-written backward; torch uses autograd
-TORCH_ONLY = {"attach", "checkpoint", "olora"}  # putting layers on models; checkpoints; the O-LoRA baseline
+# putting layers on models; checkpoints; the O-LoRA baseline; open_clip-style attention split into q/k/v/out
+TORCH_ONLY = {"attach", "checkpoint", "olora", "split_attention"}
 # methods that differ by design: NumPy passes training/rng explicitly and returns (y, cache);
 # torch follows nn.Module (training flag on the module, forward returns y, autograd for backward)
 METHOD_EXCEPTIONS = {"backward", "parameters"}

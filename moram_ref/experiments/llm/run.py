@@ -92,6 +92,7 @@ def build(args, tasks, out: Path, seed: int):
         model = backbones.tiny_model(args.tiny, len(tok), seed=seed, dtype=dtype).to(device)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
     return model, tok
 
 

@@ -180,6 +180,10 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         elif trained:
             info = train_task(model, tokenizer, tasks[t], t, settings, dist)
             progress["train"].append({"task": tasks[t].name, **info})
+            cut = info["truncated"]
+            if cut["prompt"] or cut["answer"]:
+                log(f"{tasks[t].name}: truncated {cut['prompt']} prompt(s) to their last tokens and "
+                    f"{cut['answer']} answer(s) (max prompt {settings.max_prompt}, max answer {settings.max_answer})")
             if dist.rank == 0:
                 checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method)
             dist.barrier()

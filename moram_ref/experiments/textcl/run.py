@@ -19,7 +19,7 @@ from moram_ref.config import MoRAMConfig
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
 DEFAULTS = dict(steps=60, batch=16, lr=2e-3, adapt_layers=2, max_length=128, placement="all",
-                atoms_per_task=8, top_k=8, temperature=0.1, threshold=0.2)
+                atoms_per_task=8, top_k=8, temperature=0.01, threshold=0.2)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
