@@ -51,11 +51,11 @@ class MoRAMLinear(nn.Module):
         self.base_layer = base
         base.requires_grad_(False)
         self.config = config
-        w = base.weight.detach().to(dtype=dtype or base.weight.dtype)
-        self.register_buffer("frozen_keys", w.new_zeros(0, self.d_in))  # (R_old, d_in)
-        self.register_buffer("frozen_values", w.new_zeros(self.d_out, 0))  # (d_out, R_old)
-        self.keys = nn.Parameter(w.new_zeros(0, self.d_in))  # (r or 0, d_in)
-        self.values = nn.Parameter(w.new_zeros(self.d_out, 0))  # (d_out, r or 0)
+        kw = dict(dtype=dtype or base.weight.dtype, device=base.weight.device)
+        self.register_buffer("frozen_keys", torch.zeros(0, self.d_in, **kw))  # (R_old, d_in)
+        self.register_buffer("frozen_values", torch.zeros(self.d_out, 0, **kw))  # (d_out, R_old)
+        self.keys = nn.Parameter(torch.zeros(0, self.d_in, **kw))  # (r or 0, d_in)
+        self.values = nn.Parameter(torch.zeros(self.d_out, 0, **kw))  # (d_out, r or 0)
         self.record = False  # when True, forward keeps the last final weights in ``last_weights``
         self.last_weights: torch.Tensor | None = None
 
@@ -92,11 +92,11 @@ class MoRAMLinear(nn.Module):
         """Append ``r`` fresh atoms: keys ``U(-1/√d_in, 1/√d_in)``, values 0 — theory.md#eq-begin-task."""
         if self.in_task:
             raise RuntimeError("begin_task() called while a task is in progress; call end_task() first")
-        w = self.base_layer.weight
         r, bound = self.config.atoms_per_task, 1.0 / math.sqrt(self.d_in)
-        gen_device = generator.device if generator is not None else w.device
+        device = self.frozen_keys.device
+        gen_device = generator.device if generator is not None else device
         keys = torch.rand(r, self.d_in, generator=generator, dtype=torch.float64, device=gen_device)
-        keys = ((2 * keys - 1) * bound).to(device=w.device, dtype=self.frozen_keys.dtype)
+        keys = ((2 * keys - 1) * bound).to(device=device, dtype=self.frozen_keys.dtype)
         self.keys = nn.Parameter(keys)
         self.values = nn.Parameter(self.frozen_values.new_zeros(self.d_out, r))
 

@@ -165,14 +165,17 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                                                      "tasks": [t.name for t in tasks]}, indent=1))
     dist.barrier()
     trained = settings.method != "zero_shot"
-    if trained:
-        A.attach(model, settings.moram, list(settings.targets), method=settings.method)
+    if trained:  # atoms in float32 on a bf16/fp16 model (they are few; Adam on half-precision weights is lossy)
+        base_dtype = next(model.parameters()).dtype
+        atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
+        A.attach(model, settings.moram, list(settings.targets), method=settings.method, dtype=atoms_dtype)
     if (resume or eval_only) and progress_path.is_file():
         progress = json.loads(progress_path.read_text())
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method)
             log(f"resumed after task {progress['tasks_done']}")
     start = 0 if eval_only else progress["tasks_done"]
+    frozen_results: dict[str, dict] = {}  # the frozen model's answers never change: generate each task once
     for t in range(start, n):
         if eval_only:
             if trained:
@@ -187,7 +190,12 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
             if dist.rank == 0:
                 checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method)
             dist.barrier()
-        results = evaluate_tasks(model, tokenizer, tasks[: t + 1], settings, dist)
+        if trained:
+            results = evaluate_tasks(model, tokenizer, tasks[: t + 1], settings, dist)
+        else:
+            todo = [task for task in tasks[: t + 1] if task.name not in frozen_results]
+            frozen_results.update(evaluate_tasks(model, tokenizer, todo, settings, dist))
+            results = {task.name: frozen_results[task.name] for task in tasks[: t + 1]}
         progress["matrix"][t][: t + 1] = [results[task.name]["score"] for task in tasks[: t + 1]]
         progress["tasks_done"] = t + 1
         if dist.rank == 0:
