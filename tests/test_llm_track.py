@@ -130,6 +130,8 @@ def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, monkeypatch):
 
 
 def _ddp_worker(rank, world, init_file, tmp, result_file):
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"])
@@ -139,6 +141,7 @@ def _ddp_worker(rank, world, init_file, tmp, result_file):
             from moram_ref.torch.checkpoint import adapter_state
 
             torch.save({"matrix": torch.from_numpy(matrix), "state": adapter_state(model)}, result_file)
+        torch.distributed.barrier()  # nobody tears the group down while another process still works
     finally:
         torch.distributed.destroy_process_group()
 

@@ -44,6 +44,7 @@ def train(model, rank, world, tasks=2):
 
 
 def worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         state = train(build(), rank, world)
@@ -51,6 +52,7 @@ def worker(rank, world, init_file, out_dir):
         dist.all_gather(gathered, state)
         if rank == 0:
             torch.save({"ranks": gathered}, os.path.join(out_dir, "ddp.pt"))
+        dist.barrier()  # nobody tears the group down while another process still works
     finally:
         dist.destroy_process_group()
 
