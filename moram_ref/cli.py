@@ -20,12 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     from moram_ref.experiments.llm import run as llm  # noqa: PLC0415  (argument definitions only)
 
     llm.add_arguments(sub.add_parser("llm", help="TRACE / O-LoRA sequences on causal LMs (real or tiny)"))
+    from moram_ref.experiments.clip import run as clip  # noqa: PLC0415  (argument definitions only)
+
+    clip.add_arguments(sub.add_parser("clip", help="X-TAIL on open_clip (real or tiny); --verify checks the data"))
     sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("demo", "text-cl", "llm"):
+    if args.command in ("demo", "text-cl", "llm", "clip"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run}[args.command](args)
+        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run, "clip": clip.run}[args.command](args)
         return 0
     from moram_ref import bench  # noqa: PLC0415
 

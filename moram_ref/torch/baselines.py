@@ -32,6 +32,15 @@ class _AdapterBase(nn.Module):
         self.rank, self.scale = rank, float(scale)
         self.dtype = dtype or base.weight.dtype
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base weight (code that reads ``.weight`` of a linear layer keeps working)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     _current: tuple[str, ...] = ()  # names of the current-task parameters (absent between tasks)
     _grow_dim: dict[str, int] = {}  # frozen buffers and the axis along which they grow per task
 

@@ -69,6 +69,15 @@ class MoRAMLinear(nn.Module):
         return self.base_layer.out_features
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base weight ``W0`` (code that reads ``.weight`` of a linear layer keeps working)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
     def n_atoms(self) -> int:
         return self.frozen_keys.shape[0] + self.keys.shape[0]
 

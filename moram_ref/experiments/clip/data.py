@@ -1,0 +1,141 @@
+"""X-TAIL data from ``--data-root``: CoOp split files, Aircraft's official lists, torchvision MNIST;
+few-shot subsets drawn once and stored as manifests; a verify report of what is on disk.
+
+Few-shot rule (documented, reproducible whatever else consumes randomness): for dataset ``d``, shots
+``K`` and seed ``s``, a ``numpy.random.default_rng([s, K, crc32(d)])`` permutes each class's training
+items (classes in label order) and keeps the first ``K`` (all of them if fewer). The chosen indices are
+written to ``<run>/manifests/<d>_<K>shot_seed<s>.json`` and read back on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+
+def xtail_spec() -> dict:
+    return json.loads(resources.files("moram_ref.experiments.clip").joinpath("xtail.json").read_text())
+
+
+@dataclass
+class Split:
+    paths: list[Path]  # image files (or "mnist:<train|test>:<index>")
+    labels: np.ndarray  # (N,) int
+
+
+@dataclass
+class Domain:
+    key: str
+    classnames: list[str]
+    template: str
+    train: Split
+    test: Split
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.template.format(c) for c in self.classnames]
+
+
+def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
+    split_path = root / spec["split_file"]
+    if not split_path.is_file():
+        raise FileNotFoundError(f"{split_path} missing ({spec['source']})")
+    split = json.loads(split_path.read_text())
+    image_root = root / spec["image_root"]
+    names: dict[int, str] = {}
+    for _, label, name in split["train"]:
+        names.setdefault(int(label), name)
+    classnames = [names[i] + spec.get("classname_suffix", "") for i in sorted(names)]
+
+    def make(entries):
+        return Split([image_root / p for p, _, _ in entries], np.array([int(lbl) for _, lbl, _ in entries]))
+
+    return classnames, make(split["train"]), make(split["test"])
+
+
+def _aircraft(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
+    variants = root / "variants.txt"
+    if not variants.is_file():
+        raise FileNotFoundError(f"{variants} missing ({spec['source']})")
+    classnames = [ln.strip() for ln in variants.read_text().splitlines() if ln.strip()]
+
+    def make(split: str) -> Split:
+        path = root / f"images_variant_{split}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing ({spec['source']})")
+        rows = [ln.strip().split(" ", 1) for ln in path.read_text().splitlines() if ln.strip()]
+        return Split([root / spec["image_root"] / f"{i}.jpg" for i, _ in rows],
+                     np.array([classnames.index(v) for _, v in rows]))
+
+    return classnames, make("train"), make("test")
+
+
+def _mnist(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
+    from torchvision.datasets import MNIST  # noqa: PLC0415
+
+    splits = {}
+    for name, train in (("train", True), ("test", False)):
+        try:
+            ds = MNIST(str(root), train=train, download=False)
+        except RuntimeError as exc:
+            raise FileNotFoundError(f"MNIST not found under {root}/MNIST/raw ({spec['source']}): {exc}") from exc
+        splits[name] = Split([Path(f"mnist:{name}:{i}") for i in range(len(ds))], ds.targets.numpy().copy())
+    classnames = [spec["classname_format"].format(c) for c in MNIST.classes]
+    return classnames, splits["train"], splits["test"]
+
+
+LOADERS = {"coop": _coop, "aircraft": _aircraft, "mnist": _mnist}
+
+
+def load_domain(data_root: str | Path, key: str, spec: dict | None = None) -> Domain:
+    spec = spec or xtail_spec()["datasets"][key]
+    root = Path(data_root) / spec["folder"]
+    classnames, train, test = LOADERS[spec["loader"]](root, spec)
+    return Domain(key, classnames, spec["template"], train, test)
+
+
+def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.ndarray:
+    """Indices into ``domain.train`` of the K-shot subset, from (or written to) its manifest."""
+    path = Path(manifest_dir) / f"{domain.key}_{shots}shot_seed{seed}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data["n_train"] != len(domain.train.labels):
+            raise ValueError(f"manifest {path} was drawn from {data['n_train']} training items, "
+                             f"the data on disk has {len(domain.train.labels)}")
+        return np.array(data["indices"])
+    rng = np.random.default_rng([seed, shots, zlib.crc32(domain.key.encode())])
+    chosen = []
+    for c in range(len(domain.classnames)):
+        members = np.flatnonzero(domain.train.labels == c)
+        chosen.extend(rng.permutation(members)[:shots].tolist())
+    indices = np.array(sorted(chosen))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,
+                                "n_train": len(domain.train.labels), "indices": indices.tolist()}))
+    return indices
+
+
+def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, dict]:
+    """Per dataset: what is on disk against what is expected, and where it comes from."""
+    spec = xtail_spec()
+    report = {}
+    for key in keys or spec["order"]:
+        s = spec["datasets"][key]
+        entry: dict = {"source": s["source"], "expected": s["expected"]}
+        try:
+            d = load_domain(data_root, key, s)
+            found = {"train": len(d.train.labels), "test": len(d.test.labels)}
+            missing = [str(p) for p in d.train.paths[:2000] + d.test.paths[:2000]
+                       if not str(p).startswith("mnist:") and not p.is_file()]
+            entry.update(found=found, classes=len(d.classnames), missing_files_sampled=len(missing),
+                         first_missing=missing[:3],
+                         ok=not missing and all(found[k] == s["expected"].get(k, found[k]) for k in found))
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            entry.update(ok=False, error=str(exc))
+        report[key] = entry
+    return report

@@ -1,0 +1,182 @@
+"""X-TAIL training and task-agnostic evaluation on open_clip (spec §5–§6), resumable.
+
+Per task: ``begin_task`` (fresh atoms from a generator seeded by ``(seed, t)``), the K-shot subset from its
+manifest, ``iterations`` steps of ``batch`` images in an order seeded by ``(seed, t)``, AdamW (0.9, 0.9999),
+weight decay 0, cosine schedule, the two-term loss with earlier classes masked; the text features of the
+current classes carry gradient, those of earlier classes are computed once per task without. Then
+``end_task`` and an evaluation on every domain's test set over the union of all domains' classes, each
+domain with its own template. The text classifier is computed once per evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.clip.data import Domain, few_shot
+from moram_ref.torch import attach as A
+from moram_ref.torch import checkpoint
+from moram_ref.torch.losses import two_term_loss
+
+METHODS = ("zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram")
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    method: str = "moram"
+    shots: int = 16
+    iterations: int = 500
+    batch: int = 64
+    lr: float = 5e-4
+    eval_batch: int = 256
+    seed: int = 42
+    targets: str = ""  # a regex from backbone.target_regex(); empty: both encoders, attention + MLP
+    workers: int = 0
+    moram: MoRAMConfig = field(default_factory=MoRAMConfig.paper_clip)
+
+
+class ImageList(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, transform, mnist_root: Path | None = None):
+        self.paths, self.labels, self.transform, self.mnist_root = paths, labels, transform, mnist_root
+        self._mnist = {}
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image  # noqa: PLC0415
+
+        p = str(self.paths[i])
+        if p.startswith("mnist:"):
+            _, split, idx = p.split(":")
+            if split not in self._mnist:
+                from torchvision.datasets import MNIST  # noqa: PLC0415
+
+                self._mnist[split] = MNIST(str(self.mnist_root), train=split == "train", download=False)
+            img = self._mnist[split][int(idx)][0]
+        else:
+            img = Image.open(p)
+        return self.transform(img.convert("RGB")), int(self.labels[i])
+
+
+def _features(model, images=None, tokens=None):
+    if images is not None:
+        return F.normalize(model.encode_image(images), dim=-1)
+    return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+@torch.no_grad()
+def text_classifier(model, tokenizer, domains: list[Domain], device, batch: int = 256) -> torch.Tensor:
+    prompts = [p for d in domains for p in d.prompts]
+    feats = [_features(model, tokens=tokenizer(prompts[i : i + batch]).to(device)) for i in range(0, len(prompts), batch)]
+    return torch.cat(feats)  # (n_classes, D)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, device,
+             data_root: Path | None = None) -> np.ndarray:
+    """Top-1 accuracy (%) on every domain's test set over the union label space of all domains."""
+    model.eval()
+    classifier = text_classifier(model, tokenizer, domains, device)
+    offsets = np.cumsum([0] + [len(d.classnames) for d in domains])
+    accs = []
+    for j, d in enumerate(domains):
+        loader = torch.utils.data.DataLoader(ImageList(d.test.paths, d.test.labels, transform, data_root),
+                                             batch_size=settings.eval_batch, num_workers=settings.workers)
+        hits, total = 0, 0
+        for images, labels in loader:
+            pred = (_features(model, images=images.to(device)) @ classifier.T).argmax(1).cpu()
+            hits += int((pred == labels + int(offsets[j])).sum())
+            total += len(labels)
+        accs.append(100.0 * hits / total)
+    return np.array(accs)
+
+
+def train_task(model, tokenizer, transform, domains: list[Domain], t: int, settings: ClipSettings, device,
+               manifest_dir: Path, data_root: Path | None = None, log=None) -> dict:
+    d = domains[t]
+    idx = few_shot(d, settings.shots, settings.seed, manifest_dir)
+    A.begin_task(model, torch.Generator().manual_seed(settings.seed * 1000 + t))
+    params = list(A.trainable_parameters(model))
+    opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.9999), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / settings.iterations)))
+    offset = sum(len(x.classnames) for x in domains[:t])
+    model.eval()
+    with torch.no_grad():
+        seen = text_classifier(model, tokenizer, domains[:t], device) if t else None
+    cur_tokens = tokenizer(d.prompts).to(device)
+    data = ImageList([d.train.paths[i] for i in idx], d.train.labels[idx], transform, data_root)
+    rng = np.random.default_rng([settings.seed, t])
+    order = np.concatenate([rng.permutation(len(data)) for _ in range(
+        math.ceil(settings.iterations * settings.batch / max(len(data), 1)))])[: settings.iterations * settings.batch]
+    loader = torch.utils.data.DataLoader(data, batch_size=settings.batch, sampler=order.tolist(),
+                                         num_workers=settings.workers, drop_last=False)
+    for layer in (m for _, m in A.attached_layers(model)):
+        layer.train()
+    scale = model.logit_scale.exp().detach()
+    for step, (images, labels) in enumerate(loader):
+        img = _features(model, images=images.to(device))
+        cur = _features(model, tokens=cur_tokens)
+        classes = cur if seen is None else torch.cat([seen, cur])
+        loss = two_term_loss(img, classes, labels.to(device) + offset, n_masked=offset, logit_scale=scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log is not None and (step + 1) % max(1, settings.iterations // 10) == 0:
+            log(f"  task {t + 1} ({d.key}) step {step + 1}/{settings.iterations} loss {loss.item():.3f}")
+    model.eval()
+    A.end_task(model)
+    return {"steps": settings.iterations, "train_images": len(data), "trainable": sum(p.numel() for p in params)}
+
+
+def run_xtail(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, out: Path, device="cpu",
+              resume: bool = False, eval_only: bool = False, data_root: Path | None = None, log=print) -> np.ndarray:
+    """Every task in order with a checkpoint and an evaluation row after each; returns ``a[t, j]`` (%)."""
+    from moram_ref.experiments.clip.backbone import target_regex  # noqa: PLC0415
+
+    out = Path(out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    n = len(domains)
+    progress_path = out / "progress.json"
+    progress = {"tasks_done": 0, "matrix": [[math.nan] * n for _ in range(n)], "train": []}
+    trained = settings.method != "zero_shot"
+    if trained:
+        A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
+    if (resume or eval_only) and progress_path.is_file():
+        progress = json.loads(progress_path.read_text())
+        if resume and progress["tasks_done"] and trained:
+            checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
+                            settings.moram, settings.method)
+            log(f"resumed after task {progress['tasks_done']}")
+    start = 0 if eval_only else progress["tasks_done"]
+    zero_shot_row = None
+    for t in range(start, n):
+        if eval_only and trained:
+            checkpoint.load(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, settings.method)
+        elif trained:
+            info = train_task(model, tokenizer, transform, domains, t, settings, device, out / "manifests", data_root, log)
+            progress["train"].append({"task": domains[t].key, **info})
+            checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,
+                            settings.method)
+        if trained:
+            row = evaluate(model, tokenizer, transform, domains, settings, device, data_root)
+        else:  # the frozen model's row never changes: evaluate once
+            zero_shot_row = zero_shot_row if zero_shot_row is not None else evaluate(
+                model, tokenizer, transform, domains, settings, device, data_root)
+            row = zero_shot_row
+        progress["matrix"][t] = row.tolist()
+        progress["tasks_done"] = t + 1
+        if not eval_only:
+            tmp = progress_path.with_name("progress.json.tmp")
+            tmp.write_text(json.dumps(progress, indent=1))
+            tmp.replace(progress_path)
+        log(f"after task {t + 1}/{n} ({domains[t].key}): " + " ".join(f"{v:.1f}" for v in row))
+    return np.array(progress["matrix"], dtype=float)

@@ -1,0 +1,161 @@
+"""The CLIP track on a tiny random open_clip model and generated image folders in CoOp format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+pytest.importorskip("torchvision")
+
+from moram_ref.experiments.clip import backbone  # noqa: E402
+from moram_ref.experiments.clip.data import few_shot, load_domain, verify, xtail_spec  # noqa: E402
+from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_xtail  # noqa: E402
+from moram_ref.torch import attach as A  # noqa: E402
+
+KEYS = ["caltech101", "dtd", "eurosat"]
+
+
+def make_coop_dataset(root, key, n_classes=3, n_train=5, n_test=2, seed=0, gray=False):
+    """Images whose colour depends on the class (learnable), a CoOp split file, the spec's layout."""
+    from PIL import Image
+
+    spec = xtail_spec()["datasets"][key]
+    folder = root / spec["folder"]
+    rng = np.random.default_rng(seed)
+    split = {"train": [], "val": [], "test": []}
+    for c in range(n_classes):
+        for part, count in (("train", n_train), ("test", n_test)):
+            for i in range(count):
+                rel = f"class{c}/{part}_{i}.jpg"
+                path = folder / spec["image_root"] / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                base = np.zeros((24, 24, 3)) + 40 * c + rng.integers(0, 30, (24, 24, 3))
+                img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+                (img.convert("L") if gray else img).save(path)
+                split[part].append([rel, c, f"{key} thing {c}"])
+    (folder / spec["split_file"]).write_text(json.dumps(split))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clipdata")
+    for i, key in enumerate(KEYS):
+        make_coop_dataset(root, key, seed=i, gray=key == "dtd")
+    return root
+
+
+def test_split_attention_keeps_open_clip_outputs():
+    torch.manual_seed(0)
+    cfg = dict(embed_dim=32, vision_cfg={"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+               text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2})
+    model = open_clip.CLIP(**cfg).double().eval()
+    img, txt = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.randint(0, 49408, (3, 16))
+    with torch.no_grad():
+        ref = model.encode_image(img), model.encode_text(txt)
+    assert len(backbone.prepare(model)) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(img), ref[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model.encode_text(txt), ref[1], rtol=1e-12, atol=1e-12)
+
+
+def test_targets_per_encoder_and_kind():
+    model, *_ = backbone.tiny_clip()
+    both = A.match_targets(model, backbone.target_regex())
+    assert len(both) == 2 * 2 * 6  # 2 towers × 2 blocks × (q, k, v, out, c_fc, c_proj)
+    img_attn = A.match_targets(model, backbone.target_regex(["image"], ["attention"]))
+    assert len(img_attn) == 8 and all(n.startswith("visual.") and ".attn." in n for n in img_attn)
+    with pytest.raises(ValueError, match="encoders"):
+        backbone.target_regex(["audio"])
+
+
+def test_attach_leaves_outputs_unchanged_and_only_atoms_train():
+    model, _, tf, tok = backbone.tiny_clip()
+    img = torch.randn(2, 3, 32, 32)
+    # attach freezes the model, and torch picks other (1-ulp different) kernels for frozen LayerNorm
+    # parameters; the reference is therefore taken from the frozen model
+    model.requires_grad_(False)
+    with torch.no_grad():
+        before = model.encode_image(img)
+    A.attach(model, ClipSettings().moram, backbone.target_regex())
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(img), before)
+    A.begin_task(model, torch.Generator().manual_seed(0))
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in A.trainable_parameters(model)}
+    assert not model.logit_scale.requires_grad
+
+
+def test_loaders_manifests_and_verify(data_root, tmp_path):
+    d = load_domain(data_root, "eurosat")
+    assert d.classnames[0] == "eurosat thing 0 satellite location"  # MoRAM's EuroSAT rewrite
+    assert d.prompts[0] == "a centered satellite photo of the eurosat thing 0 satellite location."
+    a = few_shot(d, 2, 42, tmp_path / "m1")
+    b = few_shot(d, 2, 42, tmp_path / "m2")
+    assert np.array_equal(a, b) and len(a) == 6
+    assert np.array_equal(few_shot(d, 2, 42, tmp_path / "m1"), a)  # read back from the manifest
+    assert not np.array_equal(few_shot(d, 2, 7, tmp_path / "m3"), a) or len(a) == len(d.train.labels)
+    report = verify(data_root, KEYS + ["food101"])
+    assert not report["food101"]["ok"] and "split_zhou_Food101.json" in report["food101"]["error"]
+    assert report["dtd"]["found"] == {"train": 15, "test": 6} and report["dtd"]["missing_files_sampled"] == 0
+
+
+def _run(data_root, out, method="moram", **kw):
+    model, _, tf, tok = backbone.tiny_clip(seed=0)
+    domains = [load_domain(data_root, k) for k in KEYS]
+    settings = ClipSettings(method=method, shots=3, iterations=4, batch=4, eval_batch=5,
+                            moram=ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1,
+                                                                 threshold=0.2))
+    return run_xtail(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None, **kw), model
+
+
+@pytest.mark.parametrize("method", ["moram", "seq_lora", "moe_lora", "dense_moram", "zero_shot"])
+def test_xtail_end_to_end_full_matrix(data_root, tmp_path, method):
+    matrix, _ = _run(data_root, tmp_path / method, method)
+    assert matrix.shape == (3, 3) and not np.isnan(matrix).any()
+    assert ((0 <= matrix) & (matrix <= 100)).all()
+
+
+def test_resume_and_eval_only_reproduce_the_matrix(data_root, tmp_path, monkeypatch):
+    from moram_ref.experiments.clip import train as T
+
+    full, _ = _run(data_root, tmp_path / "full")
+    real = T.train_task
+
+    def crash(model, tok, tf, domains, t, *args, **kwargs):
+        if t == 2:
+            raise RuntimeError("simulated crash")
+        return real(model, tok, tf, domains, t, *args, **kwargs)
+
+    monkeypatch.setattr(T, "train_task", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _run(data_root, tmp_path / "crash")
+    monkeypatch.setattr(T, "train_task", real)
+    resumed, _ = _run(data_root, tmp_path / "crash", resume=True)
+    np.testing.assert_array_equal(resumed, full)
+    again, _ = _run(data_root, tmp_path / "crash", eval_only=True)
+    np.testing.assert_array_equal(again, full)
+
+
+def test_logits_do_not_depend_on_eval_batch_size(data_root, tmp_path):
+    _, model = _run(data_root, tmp_path / "b")
+    domains = [load_domain(data_root, k) for k in KEYS]
+    tf = backbone.tiny_clip()[2]
+    tok = backbone.tiny_clip()[3]
+    a = evaluate(model, tok, tf, domains, ClipSettings(eval_batch=1), "cpu", data_root)
+    b = evaluate(model, tok, tf, domains, ClipSettings(eval_batch=64), "cpu", data_root)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
+    from moram_ref.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["clip", "--tiny", "--data-root", str(data_root), "--out", str(out), "--datasets", *KEYS,
+                 "--shots", "2", "--iterations", "2", "--batch", "4", "--methods", "moram", "zero_shot",
+                 "--atoms-per-task", "4", "--top-k", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "Transfer" in printed and (out / "moram" / "matrix.csv").is_file() and (out / "accuracy.png").is_file()
+    assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 0
