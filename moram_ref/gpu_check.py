@@ -2,6 +2,8 @@
 
 ``python -m moram_ref.gpu_check --out gpu_check.json`` runs, each section timed and guarded:
 * ``layer``: the layer benchmark on CUDA in float32 and bfloat16 (ratios vs plain LoRA);
+* ``clip``: a random-initialised ViT-B-16 with adapters on both encoders, an X-TAIL-shaped step
+  (batch 64), images/s for the frozen backbone (forward only), sequential LoRA and MoRAM, peak memory;
 * ``llm``: a random-initialised decoder of Llama-3.2-1B's shape in bf16, MoRAM on q/k/v/o, a few
   training steps (tokens/s, peak memory) and batched greedy generation throughput.
 ``--small`` shrinks every section so that the same code runs on a CPU in seconds (tested in CI).
@@ -94,7 +96,57 @@ def llm_section(device: str, small: bool, steps: int = 5) -> dict:
     }
 
 
-SECTIONS = {"layer": layer_section, "llm": llm_section}
+def clip_section(device: str, small: bool, steps: int = 5) -> dict:
+    """An X-TAIL-shaped step (batch 64, both encoders) on a random ViT-B-16: images/s per method, peak memory."""
+    from moram_ref.config import MoRAMConfig
+    from moram_ref.experiments.clip import backbone
+    from moram_ref.torch import attach as A
+    from moram_ref.torch.losses import two_term_loss
+
+    out = {}
+    batch, n_classes = (4, 6) if small else (64, 200)
+    for method in ("none", "seq_lora", "moram"):
+        if small:
+            model, _, _, tokenizer = backbone.tiny_clip()
+            size = 32
+        else:
+            model, _, _, tokenizer = backbone.load_clip("ViT-B-16", pretrained=None, device=device)
+            size = 224
+        model = model.to(device)
+        model.requires_grad_(False)
+        opt = None
+        if method != "none":  # "none": the frozen backbone alone, forward and loss only
+            A.attach(model, MoRAMConfig.paper_clip(), backbone.target_regex(), method=method)
+            A.begin_task(model, torch.Generator().manual_seed(0))
+            opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
+        images = torch.randn(batch, 3, size, size, device=device)
+        tokens = tokenizer([f"a photo of a class {i}." for i in range(n_classes)]).to(device)
+        labels = torch.randint(n_classes // 2, n_classes, (batch,), device=device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
+                    torch.set_grad_enabled(opt is not None):
+                img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+                txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+                loss = two_term_loss(img.float(), txt.float(), labels, n_classes // 2, 100.0)
+            if opt is not None:
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        step_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
+        out[method] = {"seconds_per_step": step_s, "images_per_s": batch / step_s,
+                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None}
+    out["shapes"] = {"batch": batch, "classes": n_classes, "model": "tiny" if small else "ViT-B-16 (random init)"}
+    return out
+
+
+SECTIONS = {"layer": layer_section, "llm": llm_section, "clip": clip_section}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,22 @@ def summary(a: np.ndarray) -> dict[str, float]:
     }
 
 
+def atoms_for_mass(w: np.ndarray, mass: float = 0.99) -> np.ndarray:
+    """Per token, the fewest atoms whose weights reach ``mass`` of the token's total ``Σw`` (spec §8.2).
+
+    w: (..., R) non-negative final weights -> (...,) counts; a token with ``Σw = 0`` needs 0 atoms.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim < 1 or (w < 0).any():
+        raise ValueError(f"w must be non-negative weights of shape (..., R), got shape {w.shape}")
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
+    srt = -np.sort(-w, axis=-1)  # descending
+    total = srt.sum(axis=-1, keepdims=True)
+    below = (np.cumsum(srt, axis=-1) < mass * total - 1e-12).sum(axis=-1)  # atoms before reaching the mass
+    return np.where(total[..., 0] > 0, below + 1, 0)
+
+
 def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of the Student-t confidence interval over seeds.
 

@@ -13,31 +13,11 @@ pytest.importorskip("torchvision")
 
 from moram_ref.experiments.clip import backbone  # noqa: E402
 from moram_ref.experiments.clip.data import few_shot, load_domain, verify, xtail_spec  # noqa: E402
+from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
 from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_xtail  # noqa: E402
 from moram_ref.torch import attach as A  # noqa: E402
 
 KEYS = ["caltech101", "dtd", "eurosat"]
-
-
-def make_coop_dataset(root, key, n_classes=3, n_train=5, n_test=2, seed=0, gray=False):
-    """Images whose colour depends on the class (learnable), a CoOp split file, the spec's layout."""
-    from PIL import Image
-
-    spec = xtail_spec()["datasets"][key]
-    folder = root / spec["folder"]
-    rng = np.random.default_rng(seed)
-    split = {"train": [], "val": [], "test": []}
-    for c in range(n_classes):
-        for part, count in (("train", n_train), ("test", n_test)):
-            for i in range(count):
-                rel = f"class{c}/{part}_{i}.jpg"
-                path = folder / spec["image_root"] / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                base = np.zeros((24, 24, 3)) + 40 * c + rng.integers(0, 30, (24, 24, 3))
-                img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
-                (img.convert("L") if gray else img).save(path)
-                split[part].append([rel, c, f"{key} thing {c}"])
-    (folder / spec["split_file"]).write_text(json.dumps(split))
 
 
 @pytest.fixture(scope="module")
@@ -158,4 +138,7 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
                  "--atoms-per-task", "4", "--top-k", "4"]) == 0
     printed = capsys.readouterr().out
     assert "Transfer" in printed and (out / "moram" / "matrix.csv").is_file() and (out / "accuracy.png").is_file()
+    assert (out / "activation_moram.png").is_file() and (out / "atoms_for_99_mass_moram.png").is_file()
+    progress = json.loads((out / "moram" / "progress.json").read_text())
+    assert len(progress["n99"]) == 3 and set(progress["maps"]) == {"after_task_1", "after_task_2", "after_task_3"}
     assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 0

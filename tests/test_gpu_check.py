@@ -15,5 +15,7 @@ def test_gpu_check_small_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     assert gpu_check.main(["--small", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["sections"]["llm"]["ok"] and report["sections"]["layer"]["ok"]
+    assert all(s["ok"] for s in report["sections"].values()), report
+    assert set(report["sections"]) == {"layer", "llm", "clip"}
+    assert report["sections"]["clip"]["moram"]["images_per_s"] > 0
     assert report["sections"]["llm"]["generate"]["new_tokens_per_s"] > 0

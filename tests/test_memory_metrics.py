@@ -84,3 +84,13 @@ def test_confidence_interval_on_known_numbers():
     assert mean == 2.0 and half == pytest.approx(4.302652729 * 1.0 / math.sqrt(3), rel=1e-6)
     mean, half = metrics.confidence_interval(np.array([5.0]))
     assert mean == 5.0 and math.isnan(half)
+
+
+def test_atoms_for_mass():
+    w = np.array([[0.5, 0.3, 0.15, 0.05], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    np.testing.assert_array_equal(metrics.atoms_for_mass(w, 0.99), [4, 1, 0, 4])
+    np.testing.assert_array_equal(metrics.atoms_for_mass(w, 0.8), [2, 1, 0, 4])
+    gated = np.array([[0.3, 0.0, 0.1]])  # after the threshold: mass is relative to what is left
+    np.testing.assert_array_equal(metrics.atoms_for_mass(gated, 0.7), [1])
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.atoms_for_mass(np.array([[-0.1, 1.1]]))

@@ -93,7 +93,29 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
                             args.out / "accuracy.png", "X-TAIL accuracy matrices")
+    _probe_figures(args, config, keys)
     return summary
+
+
+def _probe_figures(args, config, keys) -> None:
+    """Activation maps (atoms × image tokens) and atoms for 99 % mass vs task, from the MoRAM run's probes."""
+    from moram_ref import plots
+
+    for method in ("moram", "dense_moram"):
+        path = args.out / method / "progress.json"
+        if method not in args.methods or not path.is_file():
+            continue
+        progress = json.loads(path.read_text())
+        if progress.get("maps"):
+            stages = {stage: {k: np.array(v) for k, v in entry["maps"].items()} for stage, entry in progress["maps"].items()}
+            layer = next(iter(progress["maps"].values()))["layer"]
+            plots.token_activation_maps(stages, config.atoms_per_task, args.out / f"activation_{method}.png",
+                                        f"{LABELS[method]}: weights w at {layer}")
+        if progress.get("n99"):
+            plots.atoms_for_mass({LABELS[method]: progress["n99"]},
+                                 [config.atoms_per_task * (t + 1) for t in range(len(progress["n99"]))],
+                                 args.out / f"atoms_for_99_mass_{method}.png",
+                                 "image encoder: atoms carrying 99 % of the weight, per layer")
 
 
 def format_table(summary: dict) -> str:

@@ -174,6 +174,14 @@ def run_xtail(model, tokenizer, transform, domains: list[Domain], settings: Clip
             row = zero_shot_row
         progress["matrix"][t] = row.tolist()
         progress["tasks_done"] = t + 1
+        if settings.method in ("moram", "dense_moram") and not eval_only:
+            from moram_ref.experiments.clip.probes import probe  # noqa: PLC0415
+
+            p = probe(model, transform, domains, device=device)
+            progress.setdefault("n99", []).append(p["n99"])
+            if t in (0, 1, n - 1):
+                maps = {k: v.tolist() for k, v in p["maps"].items()}
+                progress.setdefault("maps", {})[f"after_task_{t + 1}"] = {"layer": p["map_layer"], "maps": maps}
         if not eval_only:
             tmp = progress_path.with_name("progress.json.tmp")
             tmp.write_text(json.dumps(progress, indent=1))

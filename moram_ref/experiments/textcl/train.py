@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments.textcl.data import TaskData
 from moram_ref.experiments.textcl.encoder import CachedEncoder
@@ -132,11 +133,8 @@ def atoms_for_mass(enc: CachedEncoder, tasks: list[TaskData], per_task: int, mas
     result = {}
     for name, layer in moram_layers(enc):
         w = layer.last_weights  # (B, L, R)
-        real = torch.arange(w.shape[1])[None, :] < lengths[:, None]  # (B, L)
-        srt = w.sort(dim=-1, descending=True).values
-        total = srt.sum(-1, keepdim=True)
-        needed = (srt.cumsum(-1) < mass * total - 1e-12).sum(-1) + (total[..., 0] > 0).long()  # (B, L)
-        result[name] = float(needed[real].float().mean())
+        real = (torch.arange(w.shape[1])[None, :] < lengths[:, None]).numpy()  # (B, L)
+        result[name] = float(metrics.atoms_for_mass(w.numpy(), mass)[real].mean())
     A.set_recording(enc.top, False)
     return result
 
