@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from moram_ref.torch.layer import _WrapsLinear
+
 
 def _new_pair(base: nn.Linear, rank: int, generator: torch.Generator | None, dtype: torch.dtype):
     bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform(a=√5), as MoRAM keys (spec §4)
@@ -20,7 +22,7 @@ def _new_pair(base: nn.Linear, rank: int, generator: torch.Generator | None, dty
     return nn.Parameter(a), nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=dtype))
 
 
-class _AdapterBase(nn.Module):
+class _AdapterBase(_WrapsLinear):
     def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -31,15 +33,6 @@ class _AdapterBase(nn.Module):
         base.requires_grad_(False)
         self.rank, self.scale = rank, float(scale)
         self.dtype = dtype or base.weight.dtype
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen base weight (code that reads ``.weight`` of a linear layer keeps working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     _current: tuple[str, ...] = ()  # names of the current-task parameters (absent between tasks)
     _grow_dim: dict[str, int] = {}  # frozen buffers and the axis along which they grow per task

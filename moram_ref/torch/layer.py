@@ -33,7 +33,31 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-class MoRAMLinear(nn.Module):
+class _WrapsLinear(nn.Module):
+    """An adapter around ``self.base_layer`` (an ``nn.Linear``) that still looks like one from outside:
+    ``weight``, ``bias``, ``in_features``, ``out_features`` are the base layer's (libraries read them,
+    e.g. open_clip asks ``mlp.c_fc.weight.dtype``)."""
+
+    base_layer: nn.Linear
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+
+class MoRAMLinear(_WrapsLinear):
     """``y = base_layer(x) + B (w(x) ⊙ A x)`` with a growing, freezing bank — theory.md#eq-output.
 
     Args:
@@ -67,15 +91,6 @@ class MoRAMLinear(nn.Module):
     @property
     def d_out(self) -> int:
         return self.base_layer.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen base weight ``W0`` (code that reads ``.weight`` of a linear layer keeps working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     @property
     def n_atoms(self) -> int:
