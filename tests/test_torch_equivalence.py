@@ -158,3 +158,21 @@ def test_loops_oracle_in_torch_equals_layer(rng):
         y_loop = forward_loops(x, t_layer.base_layer.weight, t_layer.base_layer.bias, keys, values,
                                t_layer.config, training)
         torch.testing.assert_close(t_layer(x), y_loop, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_lean_final_weights_match_the_full_trace(training):
+    from moram_ref.numpy import activation as na
+    from moram_ref.torch import activation as ta
+
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal((6, 11))
+    cfg = MoRAMConfig(atoms_per_task=4, top_k=3, temperature=0.2, threshold=0.15)
+    full = na.mixing_weights(p, cfg, training)
+    for (name, a), b in zip((("s", full["s"]), ("idx", full["idx"]), ("w", full["w"])),
+                            (na.final_weights(p, cfg, training)[i] for i in (0, 1, 4))):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    s, idx, s_k, w_soft_k, w = ta.final_weights(torch.from_numpy(p), cfg, training)
+    np.testing.assert_allclose(w.numpy(), full["w"], rtol=1e-12, atol=1e-15)
+    assert np.array_equal(np.sort(idx.numpy(), axis=-1), full["idx"])
+    np.testing.assert_allclose(np.sort(w_soft_k.numpy(), -1), np.sort(np.take_along_axis(full["w_soft"], full["idx"], -1), -1), rtol=1e-12)

@@ -91,6 +91,14 @@ def update(w: np.ndarray, p: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (w * p) @ values.T  # (..., d_out)  Δ_o = Σ_r B_or w_r p_r
 
 
+def final_weights(p: np.ndarray, config: MoRAMConfig, training: bool):
+    """The lean core of :func:`mixing_weights`: ``(s, idx, s_k, ŵ_k, w)`` with only ``w`` at full width (..., R)."""
+    tr = mixing_weights(p, config, training)
+    s_k = np.take_along_axis(tr["s"], tr["idx"], axis=-1)  # (..., k)
+    w_soft_k = np.take_along_axis(tr["w_soft"], tr["idx"], axis=-1)  # (..., k)
+    return tr["s"], tr["idx"], s_k, w_soft_k, tr["w"]
+
+
 def mixing_weights(p: np.ndarray, config: MoRAMConfig, training: bool) -> dict[str, np.ndarray]:
     """Steps 2–5 of spec §3 composed — theory.md#eq-self-activation. Returns every intermediate.
 

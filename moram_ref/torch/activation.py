@@ -97,17 +97,26 @@ def mixing_weights(p: torch.Tensor, config: MoRAMConfig, training: bool) -> dict
     numbers as :func:`masked_softmax` and :func:`threshold_gate` on the dense mask (tested), at a
     fraction of the cost when ``k ≪ R``.
     """
+    s, idx, s_k, w_soft_k, w = final_weights(p, config, training)
+    keep = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, idx, True)  # (..., R)
+    if config.threshold_active(training):
+        w_soft = torch.zeros_like(s).scatter(-1, idx, w_soft_k)  # (..., R)
+        gated = s.detach() >= config.threshold  # (..., R)
+    else:
+        w_soft, gated = w, torch.ones_like(keep)
+    return {"s": s, "idx": idx, "keep": keep, "w_soft": w_soft, "gated": gated, "w": w}
+
+
+def final_weights(p: torch.Tensor, config: MoRAMConfig, training: bool):
+    """The lean core of :func:`mixing_weights` (what the layer's forward needs): ``(s, idx, s_k, ŵ_k, w)``.
+
+    Only the final weights ``w`` are materialised at full width (..., R); the kept scores ``s_k`` and
+    their softmax ``ŵ_k`` stay (..., k).
+    """
     s = normalise(p, config.eps)  # (..., R)
     idx = top_k_indices(s.detach(), config.k_eff(p.shape[-1]))  # (..., k)
     s_k = s.gather(-1, idx)  # (..., k)
     w_soft_k = torch.softmax(s_k / config.temperature, dim=-1)  # (..., k)
-    zeros = torch.zeros_like(s)
-    keep = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, idx, True)  # (..., R)
-    w_soft = zeros.scatter(-1, idx, w_soft_k)  # (..., R)
-    if config.threshold_active(training):
-        gated = s.detach() >= config.threshold  # (..., R)
-        w = zeros.scatter(-1, idx, w_soft_k.masked_fill(s_k.detach() < config.threshold, 0.0))  # (..., R)
-    else:
-        gated = torch.ones_like(keep)
-        w = w_soft
-    return {"s": s, "idx": idx, "keep": keep, "w_soft": w_soft, "gated": gated, "w": w}
+    w_k = w_soft_k.masked_fill(s_k.detach() < config.threshold, 0.0) if config.threshold_active(training) else w_soft_k
+    w = torch.zeros_like(s).scatter(-1, idx, w_k)  # (..., R)
+    return s, idx, s_k, w_soft_k, w

@@ -163,10 +163,15 @@ class MoRAMLinear(_WrapsLinear):
         if self.in_task:
             blocks.append(activation.responses(x_d, self.keys.to(cdt)))  # (..., r)
         p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
-        trace = activation.mixing_weights(p, self.config, self.training)
-        c = trace["w"] * p  # (..., R) gated responses
+        if explicit_delta:  # every intermediate, for trace()
+            trace = activation.mixing_weights(p, self.config, self.training)
+            w = trace["w"]
+        else:  # the lean path: only the final weights at full width
+            w = activation.final_weights(p, self.config, self.training)[-1]
+            trace = {"w": w}
+        c = w * p  # (..., R) gated responses
         if self.record:
-            self.last_weights = trace["w"].detach()
+            self.last_weights = w.detach()
         c2 = c.reshape(-1, c.shape[-1])  # (N, R)
         if not explicit_delta and c2.dtype == y.dtype == self.frozen_values.dtype:
             # fused: y + c Bᵀ in one kernel per block (no separate Δ tensor, no per-call concatenation)
