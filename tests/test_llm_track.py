@@ -129,14 +129,14 @@ def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again, full)
 
 
-def _ddp_worker(rank, world, init_file, tmp, result_file):
+def _ddp_worker(rank, world, init_file, tmp, result_file, fsdp=False):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"])
-        matrix = run_sequence(model, tok, tasks, settings, Path(tmp) / "ddp", dist=Dist(rank, world),
-                              log=lambda *_: None)
+        tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"], fsdp=fsdp)
+        matrix = run_sequence(model, tok, tasks, settings, Path(tmp) / ("fsdp" if fsdp else "ddp"),
+                              dist=Dist(rank, world), log=lambda *_: None)
         if rank == 0:
             from moram_ref.torch.checkpoint import adapter_state
 
@@ -148,14 +148,15 @@ def _ddp_worker(rank, world, init_file, tmp, result_file):
 
 @needs_data
 @pytest.mark.slow
-def test_two_processes_reproduce_one(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_reproduce_one(tmp_path, fsdp):
     tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", ["C-STANCE", "FOMC"])
     single = run_sequence(model, tok, tasks, settings, tmp_path / "one", log=lambda *_: None)
     from moram_ref.torch.checkpoint import adapter_state
 
     single_state = adapter_state(model)
     result = tmp_path / "ddp.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(result)),
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(result), fsdp),
                                 nprocs=2, join=True)
     got = torch.load(result)  # written by this test, tensors only
     np.testing.assert_array_equal(got["matrix"].numpy(), single)

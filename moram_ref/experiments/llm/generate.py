@@ -19,8 +19,11 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
-             max_prompt: int = 1024) -> list[str]:
-    """Greedy continuations of every prompt, ``batch_size`` at a time, left-padded; decoded new tokens only."""
+             max_prompt: int = 1024, synced: bool = False) -> list[str]:
+    """Greedy continuations of every prompt, ``batch_size`` at a time, left-padded; decoded new tokens only.
+
+    ``synced``: every process keeps stepping until all are done (needed when the model is sharded).
+    """
     model.eval()
     device = next(model.parameters()).device
     outputs: list[str] = []
@@ -32,7 +35,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
         ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+                             eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
         for row, i in enumerate(idx):
             results[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
     outputs = [results[i] for i in range(len(prompts))]

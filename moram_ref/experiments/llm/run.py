@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--fsdp", action="store_true", help="shard the frozen model over the torchrun processes (FSDP2)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         settings = LLMSettings(method=method, epochs=args.epochs, batch=args.batch, micro_batch=args.micro_batch,
                                lr=args.lr, max_prompt=args.max_prompt, max_answer=args.max_answer,
                                max_new_tokens=args.max_new_tokens, eval_batch=args.eval_batch,
-                               numglue_mode=args.numglue_mode, seed=args.seed, targets=tuple(args.targets), moram=config)
+                               numglue_mode=args.numglue_mode, seed=args.seed, targets=tuple(args.targets), moram=config,
+                               fsdp=args.fsdp)
         model, tok = build(args, tasks, args.out, args.seed)
         matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only,
                               dist=dist, log=log if dist.rank == 0 else (lambda *_: None))

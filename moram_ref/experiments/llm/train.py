@@ -46,6 +46,7 @@ class LLMSettings:
     olora_lambda: float = 0.5
     numglue_mode: str = "numeric"
     seed: int = 1234
+    fsdp: bool = False  # shard the frozen model over the processes (FSDP2); the atoms stay replicated
     targets: tuple[str, ...] = tuple(ATTENTION_TARGETS)
     moram: MoRAMConfig = field(default_factory=MoRAMConfig.paper_llm)
 
@@ -83,7 +84,7 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
     A.begin_task(model, gen)
     params = list(A.trainable_parameters(model))
     net = model
-    if dist.world > 1:
+    if dist.world > 1 and not settings.fsdp:
         net = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
     enc = encode_examples(tokenizer, task.train, MAX_PROMPT.get(task.name, settings.max_prompt), settings.max_answer)
@@ -99,12 +100,18 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
             opt.zero_grad(set_to_none=True)
             for j, idx in enumerate(micro):
                 sync = j == len(micro) - 1
-                ctx = net.no_sync() if (dist.world > 1 and not sync) else _null()
+                ctx = net.no_sync() if (dist.world > 1 and not settings.fsdp and not sync) else _null()
                 with ctx:
-                    loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world, device)
+                    loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world, device,
+                                       always_forward=settings.fsdp)
                     if settings.method == "olora" and settings.olora_lambda:
                         loss = loss + settings.olora_lambda * orthogonality_penalty(model) / len(micro)
                     loss.backward()
+            if settings.fsdp and dist.world > 1:  # the replicated atoms: average their gradients by hand
+                for p in params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= dist.world
             torch.nn.utils.clip_grad_norm_(params, settings.clip)
             opt.step()
             steps += 1
@@ -114,8 +121,11 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
     return {"steps": steps, "truncated": enc.truncated, "trainable": sum(p.numel() for p in params)}
 
 
-def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device):
-    if len(idx) == 0:  # an empty share keeps every process's backward count equal
+def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device, always_forward=False):
+    if len(idx) == 0:  # an empty share keeps every process's backward (and, sharded, forward) count equal
+        if always_forward:  # FSDP: every process must take part in every forward's all-gather
+            out = net(input_ids=torch.full((1, 1), pad_id, device=device)).logits
+            return out.sum() * 0.0 + sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
         return sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
     ids, mask, labels = collate([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx], pad_id)
     logits = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
@@ -138,8 +148,13 @@ def evaluate_tasks(model, tokenizer, tasks: list[Task], settings: LLMSettings, d
     out = {}
     for task in tasks:
         mine = list(range(dist.rank, len(task.test), dist.world))
-        preds = generate(model, tokenizer, [task.test[i]["prompt"] for i in mine], settings.max_new_tokens,
-                         settings.eval_batch, MAX_PROMPT.get(task.name, settings.max_prompt))
+        prompts = [task.test[i]["prompt"] for i in mine]
+        synced = settings.fsdp and dist.world > 1
+        if synced:  # equal work everywhere: pad each share to the largest with a repeated prompt
+            share = math.ceil(len(task.test) / dist.world)
+            prompts = prompts + [task.test[0]["prompt"]] * (share - len(prompts))
+        preds = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.eval_batch,
+                         MAX_PROMPT.get(task.name, settings.max_prompt), synced=synced)[: len(mine)]
         gathered = dist.gather(list(zip(mine, preds)))
         by_index = dict(pair for part in gathered for pair in part)
         predictions = [by_index[i] for i in range(len(task.test))]
@@ -165,6 +180,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                                                      "tasks": [t.name for t in tasks]}, indent=1))
     dist.barrier()
     trained = settings.method != "zero_shot"
+    if settings.fsdp and dist.world > 1:
+        shard(model)
     if trained:  # atoms in float32 on a bf16/fp16 model (they are few; Adam on half-precision weights is lossy)
         base_dtype = next(model.parameters()).dtype
         atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
@@ -209,6 +226,25 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                 ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
         dist.barrier()
     return np.array(progress["matrix"], dtype=float)
+
+
+def shard(model) -> int:
+    """FSDP2: shard every decoder layer (modules named ``*DecoderLayer``) and the root over all processes.
+
+    Done before the adapters are attached: the frozen base weights are sharded, the atoms (created later
+    by ``begin_task``) stay ordinary, replicated parameters whose gradients :func:`train_task` averages.
+    """
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    device = next(model.parameters()).device.type
+    mesh = init_device_mesh(device, (torch.distributed.get_world_size(),))
+    model.requires_grad_(False)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return len(layers)
 
 
 def _atomic_write(path: Path, text: str) -> None:
