@@ -142,3 +142,42 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     progress = json.loads((out / "moram" / "progress.json").read_text())
     assert len(progress["n99"]) == 3 and set(progress["maps"]) == {"after_task_1", "after_task_2", "after_task_3"}
     assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 0
+
+
+def test_aircraft_loader_reads_the_official_lists(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "fgvc_aircraft"
+    (root / "images").mkdir(parents=True)
+    (root / "variants.txt").write_text("707-320\nA320\nF/A-18\n")
+    rows = {"train": [("0001", "A320"), ("0002", "F/A-18"), ("0003", "707-320")], "test": [("0004", "A320")]}
+    for split, items in rows.items():
+        (root / f"images_variant_{split}.txt").write_text("".join(f"{i} {v}\n" for i, v in items))
+        for i, _ in items:
+            Image.new("RGB", (8, 8)).save(root / "images" / f"{i}.jpg")
+    d = load_domain(tmp_path, "aircraft")
+    assert d.classnames == ["707-320", "A320", "F/A-18"] and list(d.train.labels) == [1, 2, 0]
+    assert d.prompts[2] == "a photo of a F/A-18, a type of aircraft."
+    assert verify(tmp_path, ["aircraft"])["aircraft"]["found"] == {"train": 3, "test": 1}
+
+
+def test_mnist_loader_reads_torchvision_files(tmp_path):
+    import struct
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 3)):
+        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+    d = load_domain(tmp_path, "mnist")
+    assert len(d.train.labels) == 6 and len(d.test.labels) == 3
+    # MoRAM's X-TAIL code rewrites the class to 'number: "<class>"' and also uses the template
+    # 'a photo of the number: "{}".' — the doubled prefix is the authors' prompt, reproduced as is
+    assert d.classnames[0] == 'number: "0 - zero"' and d.prompts[1] == 'a photo of the number: "number: "1 - one"".'
+    from moram_ref.experiments.clip.train import ImageList
+
+    img, label = ImageList(d.test.paths, d.test.labels, backbone.tiny_clip()[2], tmp_path)[2]
+    assert img.shape == (3, 32, 32) and label == 2  # grayscale converted to RGB
