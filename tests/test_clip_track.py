@@ -14,7 +14,7 @@ pytest.importorskip("torchvision")
 from moram_ref.experiments.clip import backbone  # noqa: E402
 from moram_ref.experiments.clip.data import few_shot, load_domain, verify, xtail_spec  # noqa: E402
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
-from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_xtail  # noqa: E402
+from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_sequence  # noqa: E402
 from moram_ref.torch import attach as A  # noqa: E402
 
 KEYS = ["caltech101", "dtd", "eurosat"]
@@ -88,7 +88,7 @@ def _run(data_root, out, method="moram", **kw):
     settings = ClipSettings(method=method, shots=3, iterations=4, batch=4, eval_batch=5,
                             moram=ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1,
                                                                  threshold=0.2))
-    return run_xtail(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None, **kw), model
+    return run_sequence(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None, **kw), model
 
 
 @pytest.mark.parametrize("method", ["moram", "seq_lora", "moe_lora", "dense_moram", "zero_shot"])

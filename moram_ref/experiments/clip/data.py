@@ -24,7 +24,7 @@ def xtail_spec() -> dict:
 
 @dataclass
 class Split:
-    paths: list[Path]  # image files (or "mnist:<train|test>:<index>")
+    paths: list[Path]  # image files, or "tv:<dataset>:<split>:<index>" items of torchvision datasets
     labels: np.ndarray  # (N,) int
 
 
@@ -76,16 +76,17 @@ def _aircraft(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
 
 
 def _mnist(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
-    from torchvision.datasets import MNIST  # noqa: PLC0415
+    from moram_ref.experiments.clip.tvdata import dataset, labels_of  # noqa: PLC0415
 
     splits = {}
-    for name, train in (("train", True), ("test", False)):
+    for name in ("train", "test"):
         try:
-            ds = MNIST(str(root), train=train, download=False)
-        except RuntimeError as exc:
+            ds = dataset("mnist", str(root), name)
+        except FileNotFoundError as exc:
             raise FileNotFoundError(f"MNIST not found under {root}/MNIST/raw ({spec['source']}): {exc}") from exc
-        splits[name] = Split([Path(f"mnist:{name}:{i}") for i in range(len(ds))], ds.targets.numpy().copy())
-    classnames = [spec["classname_format"].format(c) for c in MNIST.classes]
+        labels = labels_of(ds)
+        splits[name] = Split([Path(f"tv:mnist:{name}:{i}") for i in range(len(labels))], labels.copy())
+    classnames = [spec["classname_format"].format(c) for c in ds.classes]
     return classnames, splits["train"], splits["test"]
 
 
@@ -131,7 +132,7 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
             d = load_domain(data_root, key, s)
             found = {"train": len(d.train.labels), "test": len(d.test.labels)}
             missing = [str(p) for p in d.train.paths[:2000] + d.test.paths[:2000]
-                       if not str(p).startswith("mnist:") and not p.is_file()]
+                       if not str(p).startswith("tv:") and not p.is_file()]
             entry.update(found=found, classes=len(d.classnames), missing_files_sampled=len(missing),
                          first_missing=missing[:3],
                          ok=not missing and all(found[k] == s["expected"].get(k, found[k]) for k in found))

@@ -22,7 +22,7 @@ def map_layer(model) -> str | None:
 
 
 @torch.no_grad()
-def probe(model, transform, domains: list[Domain], per_domain: int = 4, device="cpu") -> dict:
+def probe(model, transform, domains: list[Domain], per_domain: int = 4, device="cpu", data_root=None) -> dict:
     """Per MoRAM layer the mean atoms-for-99 % over image tokens of a few test images per domain, and the
     final weights (tokens × atoms) at :func:`map_layer` for the first test image of each domain."""
     from moram_ref.experiments.clip.train import ImageList  # noqa: PLC0415
@@ -35,7 +35,7 @@ def probe(model, transform, domains: list[Domain], per_domain: int = 4, device="
         target = map_layer(model)
         for d in domains:
             k = min(per_domain, len(d.test.paths))
-            images = torch.stack([ImageList(d.test.paths, d.test.labels, transform)[i][0] for i in range(k)])
+            images = torch.stack([ImageList(d.test.paths, d.test.labels, transform, data_root)[i][0] for i in range(k)])
             model.encode_image(images.to(device))
             for name, layer in moram_layers(model):
                 if name.startswith("visual.") and layer.last_weights is not None:

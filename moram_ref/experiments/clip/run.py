@@ -1,4 +1,4 @@
-"""``moram-ref clip``: X-TAIL on open_clip — one command per experiment, table at the end, resumable."""
+"""``moram-ref clip``: X-TAIL and MTIL on open_clip — one command per experiment, table at the end, resumable."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lor
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.clip.train import METHODS
 
-    p.add_argument("--benchmark", default="xtail", choices=["xtail"], help="MTIL comes with a later release")
+    p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"])
+    p.add_argument("--order", default="1", choices=["1", "2"], help="MTIL order I or II")
+    p.add_argument("--classnames-json", type=Path, default=None,
+                   help="MTIL: class names per dataset ({key: [names]} or a datasets.json-style file)")
+    p.add_argument("--classnames-field", default=None, help="the list to use in a datasets.json-style file")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("runs/xtail"))
-    p.add_argument("--datasets", nargs="+", default=None, help="a subset of the X-TAIL order (default: all 10)")
+    p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="ViT-B-16", help="open_clip model name")
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
@@ -31,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--verify", action="store_true", help="check the data on disk and exit")
-    p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--shots", type=int, default=16, help="K-shot training subsets; 0 = every training image")
+    p.add_argument("--iterations", type=int, default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--eval-batch", type=int, default=256)
@@ -52,16 +56,34 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     from moram_ref.experiments.clip import backbone
     from moram_ref.experiments.clip.data import load_domain, verify, xtail_spec
-    from moram_ref.experiments.clip.train import ClipSettings, run_xtail
+    from moram_ref.experiments.clip.train import ClipSettings, run_sequence
+    from moram_ref.experiments.clip.tvdata import load_mtil_domain, mtil_spec, read_classnames
 
-    keys = args.datasets or xtail_spec()["order"]
+    mtil = args.benchmark == "mtil"
+    keys = args.datasets or (mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])
+    if args.verify and mtil:
+        report = {}
+        for key in keys:
+            try:
+                d = load_mtil_domain(args.data_root, key)
+                report[key] = {"ok": True, "found": {"train": len(d.train.labels), "test": len(d.test.labels)},
+                               "classes": len(d.classnames)}
+            except (FileNotFoundError, ValueError) as exc:
+                report[key] = {"ok": False, "error": str(exc)}
+            log(f"{key:14s} {'ok' if report[key]['ok'] else 'PROBLEM'}  "
+                + json.dumps({k: v for k, v in report[key].items() if k != 'ok'}))
+        return report
     if args.verify:
         report = verify(args.data_root, keys)
         for key, entry in report.items():
             log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
         return report
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    domains = [load_domain(args.data_root, k) for k in keys]
+    if mtil:
+        names = read_classnames(args.classnames_json, args.classnames_field) if args.classnames_json else {}
+        domains = [load_mtil_domain(args.data_root, k, names.get(k)) for k in keys]
+    else:
+        domains = [load_domain(args.data_root, k) for k in keys]
     config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
                          threshold=args.threshold)
     summary = {}
@@ -71,14 +93,15 @@ def run(args: argparse.Namespace, log=print) -> dict:
         else:
             model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
         model = model.to(device)
-        settings = ClipSettings(method=method, shots=args.shots, iterations=args.iterations, batch=args.batch,
+        settings = ClipSettings(method=method, protocol=args.benchmark, shots=args.shots or None,
+                                iterations=args.iterations, batch=args.batch,
                                 lr=args.lr, eval_batch=args.eval_batch, seed=args.seed, workers=args.workers,
                                 targets=backbone.target_regex(args.encoders, args.kinds), moram=config)
         out = args.out / method
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                      "moram": config.to_dict(), "datasets": keys}, indent=1))
-        matrix = run_xtail(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
+        matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
                            Path(args.data_root), log)
         summary[method] = {"matrix": matrix.tolist(), **{k: v for k, v in metrics.summary(matrix / 100).items()}}
         with open(out / "matrix.csv", "w", newline="") as fh:
@@ -87,12 +110,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
             for k, row in zip(keys, matrix):
                 w.writerow([k] + [f"{v:.2f}" for v in row])
         (out / "matrix.json").write_text(json.dumps(summary[method], indent=1))
-    log("\n" + format_table(summary))
+    log("\n" + format_table(summary, args.benchmark))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     from moram_ref import plots
 
     plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
-                            args.out / "accuracy.png", "X-TAIL accuracy matrices")
+                            args.out / "accuracy.png", f"{args.benchmark.upper()} accuracy matrices")
     _probe_figures(args, config, keys)
     return summary
 
@@ -118,9 +141,10 @@ def _probe_figures(args, config, keys) -> None:
                                  "image encoder: atoms carrying 99 % of the weight, per layer")
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, benchmark: str = "xtail") -> str:
     lines = ["method               Transfer  Average     Last", ]
     for method, s in summary.items():
         lines.append(f"{LABELS[method]:<18} " + " ".join(f"{100 * s[k]:8.1f}" for k in ("transfer", "average", "last")))
-    lines.append("(paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot Transfer 62.4 — spec §7)")
+    lines.append("(paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot Transfer 62.4 — spec §7)" if benchmark == "xtail"
+                 else "(ViT-B/16 MTIL order I: zero-shot 69.4 / 65.3 / 65.3; ZSCL 68.1 / 75.4 / 83.6 — spec §7)")
     return "\n".join(lines)

@@ -1,11 +1,12 @@
-"""X-TAIL training and task-agnostic evaluation on open_clip (spec §5–§6), resumable.
+"""X-TAIL and MTIL training and evaluation on open_clip (spec §5–§6), resumable.
 
 Per task: ``begin_task`` (fresh atoms from a generator seeded by ``(seed, t)``), the K-shot subset from its
 manifest, ``iterations`` steps of ``batch`` images in an order seeded by ``(seed, t)``, AdamW (0.9, 0.9999),
 weight decay 0, cosine schedule, the two-term loss with earlier classes masked; the text features of the
 current classes carry gradient, those of earlier classes are computed once per task without. Then
 ``end_task`` and an evaluation on every domain's test set over the union of all domains' classes, each
-domain with its own template. The text classifier is computed once per evaluation.
+domain with its own template. The text classifier is computed once per evaluation. MTIL (``protocol="mtil"``):
+the loss sees the current dataset's classes only and each dataset is scored in its own label space.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ METHODS = ("zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram")
 @dataclass(frozen=True)
 class ClipSettings:
     method: str = "moram"
-    shots: int = 16
+    protocol: str = "xtail"  # "xtail": union label space, earlier classes masked; "mtil": per-dataset
+    shots: int | None = 16  # None: every training image (full-shot)
     iterations: int = 500
     batch: int = 64
     lr: float = 5e-4
@@ -43,9 +45,10 @@ class ClipSettings:
 
 
 class ImageList(torch.utils.data.Dataset):
-    def __init__(self, paths, labels, transform, mnist_root: Path | None = None):
-        self.paths, self.labels, self.transform, self.mnist_root = paths, labels, transform, mnist_root
-        self._mnist = {}
+    """Images (files, or ``tv:`` items of torchvision datasets under ``data_root``) as RGB tensors."""
+
+    def __init__(self, paths, labels, transform, data_root: Path | None = None):
+        self.paths, self.labels, self.transform, self.data_root = paths, labels, transform, data_root
 
     def __len__(self):
         return len(self.paths)
@@ -54,13 +57,10 @@ class ImageList(torch.utils.data.Dataset):
         from PIL import Image  # noqa: PLC0415
 
         p = str(self.paths[i])
-        if p.startswith("mnist:"):
-            _, split, idx = p.split(":")
-            if split not in self._mnist:
-                from torchvision.datasets import MNIST  # noqa: PLC0415
+        if p.startswith("tv:"):
+            from moram_ref.experiments.clip.tvdata import open_item  # noqa: PLC0415
 
-                self._mnist[split] = MNIST(str(self.mnist_root), train=split == "train", download=False)
-            img = self._mnist[split][int(idx)][0]
+            img = open_item(p, str(self.data_root))
         else:
             img = Image.open(p)
         return self.transform(img.convert("RGB")), int(self.labels[i])
@@ -82,7 +82,8 @@ def text_classifier(model, tokenizer, domains: list[Domain], device, batch: int 
 @torch.no_grad()
 def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, device,
              data_root: Path | None = None) -> np.ndarray:
-    """Top-1 accuracy (%) on every domain's test set over the union label space of all domains."""
+    """Top-1 accuracy (%) on every domain's test set: over the union label space of all domains (X-TAIL),
+    or over the domain's own classes (MTIL)."""
     model.eval()
     classifier = text_classifier(model, tokenizer, domains, device)
     offsets = np.cumsum([0] + [len(d.classnames) for d in domains])
@@ -91,9 +92,13 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
         loader = torch.utils.data.DataLoader(ImageList(d.test.paths, d.test.labels, transform, data_root),
                                              batch_size=settings.eval_batch, num_workers=settings.workers)
         hits, total = 0, 0
+        own = slice(int(offsets[j]), int(offsets[j + 1]))
         for images, labels in loader:
-            pred = (_features(model, images=images.to(device)) @ classifier.T).argmax(1).cpu()
-            hits += int((pred == labels + int(offsets[j])).sum())
+            scores = _features(model, images=images.to(device)) @ classifier.T
+            if settings.protocol == "mtil":
+                hits += int((scores[:, own].argmax(1).cpu() == labels).sum())
+            else:
+                hits += int((scores.argmax(1).cpu() == labels + int(offsets[j])).sum())
             total += len(labels)
         accs.append(100.0 * hits / total)
     return np.array(accs)
@@ -102,15 +107,16 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
 def train_task(model, tokenizer, transform, domains: list[Domain], t: int, settings: ClipSettings, device,
                manifest_dir: Path, data_root: Path | None = None, log=None) -> dict:
     d = domains[t]
-    idx = few_shot(d, settings.shots, settings.seed, manifest_dir)
+    idx = few_shot(d, settings.shots, settings.seed, manifest_dir) if settings.shots else np.arange(len(d.train.labels))
     A.begin_task(model, torch.Generator().manual_seed(settings.seed * 1000 + t))
     params = list(A.trainable_parameters(model))
     opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.9999), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / settings.iterations)))
-    offset = sum(len(x.classnames) for x in domains[:t])
+    mtil = settings.protocol == "mtil"  # MTIL: the current dataset's classes only; X-TAIL: earlier ones masked
+    offset = 0 if mtil else sum(len(x.classnames) for x in domains[:t])
     model.eval()
     with torch.no_grad():
-        seen = text_classifier(model, tokenizer, domains[:t], device) if t else None
+        seen = text_classifier(model, tokenizer, domains[:t], device) if t and not mtil else None
     cur_tokens = tokenizer(d.prompts).to(device)
     data = ImageList([d.train.paths[i] for i in idx], d.train.labels[idx], transform, data_root)
     rng = np.random.default_rng([settings.seed, t])
@@ -137,8 +143,8 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
     return {"steps": settings.iterations, "train_images": len(data), "trainable": sum(p.numel() for p in params)}
 
 
-def run_xtail(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, out: Path, device="cpu",
-              resume: bool = False, eval_only: bool = False, data_root: Path | None = None, log=print) -> np.ndarray:
+def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, out: Path, device="cpu",
+                 resume: bool = False, eval_only: bool = False, data_root: Path | None = None, log=print) -> np.ndarray:
     """Every task in order with a checkpoint and an evaluation row after each; returns ``a[t, j]`` (%)."""
     from moram_ref.experiments.clip.backbone import target_regex  # noqa: PLC0415
 
@@ -177,7 +183,7 @@ def run_xtail(model, tokenizer, transform, domains: list[Domain], settings: Clip
         if settings.method in ("moram", "dense_moram") and not eval_only:
             from moram_ref.experiments.clip.probes import probe  # noqa: PLC0415
 
-            p = probe(model, transform, domains, device=device)
+            p = probe(model, transform, domains, device=device, data_root=data_root)
             progress.setdefault("n99", []).append(p["n99"])
             if t in (0, 1, n - 1):
                 maps = {k: v.tolist() for k, v in p["maps"].items()}

@@ -1,0 +1,131 @@
+"""MTIL's data, the ZSCL protocol: torchvision datasets under ``--data-root`` (never downloaded).
+
+Official train/test splits, except Caltech101, EuroSAT and SUN397, which have none: for those the full
+dataset is split 80/20 exactly as ``torch.utils.data.random_split(ds, [int(0.8 N), N − int(0.8 N)],
+generator=torch.Generator().manual_seed(42))`` does (SUN397's file order is sorted first, so the split
+is reproducible on any filesystem). Items are referred to as ``"tv:<dataset>:<split>:<index>"`` and
+opened by :func:`open_item`, which builds each torchvision dataset once per process.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from moram_ref.experiments.clip.data import Domain, Split
+
+
+def mtil_spec() -> dict:
+    return json.loads(resources.files("moram_ref.experiments.clip").joinpath("mtil.json").read_text())
+
+
+def _construct(key: str, root: str, split: str):
+    from torchvision import datasets as D  # noqa: PLC0415
+
+    train = split == "train"
+    makers = {
+        "aircraft": lambda: D.FGVCAircraft(root, split="train" if train else "test"),
+        "caltech101": lambda: D.Caltech101(root),
+        "cifar100": lambda: D.CIFAR100(root, train=train),
+        "dtd": lambda: D.DTD(root, split="train" if train else "test", partition=1),
+        "eurosat": lambda: D.EuroSAT(root),
+        "flowers102": lambda: D.Flowers102(root, split="train" if train else "test"),
+        "food101": lambda: D.Food101(root, split="train" if train else "test"),
+        "mnist": lambda: D.MNIST(root, train=train),
+        "oxford_pets": lambda: D.OxfordIIITPet(root, split="trainval" if train else "test"),
+        "stanford_cars": lambda: D.StanfordCars(root, split="train" if train else "test"),
+        "sun397": lambda: D.SUN397(root),
+    }
+    if key not in makers:
+        raise ValueError(f"unknown MTIL dataset {key!r}; known: {sorted(makers)}")
+    try:
+        ds = makers[key]()
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise FileNotFoundError(f"torchvision {key} not found under {root} (download it with torchvision "
+                                f"first; this project never downloads): {exc}") from exc
+    if key == "sun397":  # rglob order depends on the filesystem: sort for a reproducible split
+        order = np.argsort([str(p) for p in ds._image_files], kind="stable")
+        ds._image_files = [ds._image_files[i] for i in order]
+        ds._labels = [ds._labels[i] for i in order]
+    return ds
+
+
+@lru_cache(maxsize=None)
+def dataset(key: str, root: str, split: str):
+    """The torchvision dataset for (key, split); the random-split datasets share one full object."""
+    full = split if key not in mtil_spec()["random_split"] else "full"
+    return _construct(key, root, "train" if full == "full" else split)
+
+
+def labels_of(ds) -> np.ndarray:
+    for attr in ("targets", "_labels", "y"):
+        if hasattr(ds, attr):
+            return np.asarray(getattr(ds, attr))
+    if hasattr(ds, "_samples"):  # StanfordCars
+        return np.asarray([lbl for _, lbl in ds._samples])
+    raise ValueError(f"cannot read labels of {type(ds).__name__}")
+
+
+def classes_of(ds) -> list[str] | None:
+    for attr in ("classes", "categories"):
+        if hasattr(ds, attr):
+            return list(getattr(ds, attr))
+    return None
+
+
+def random_split_indices(n: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """``random_split``'s partition of ``range(n)`` into int(0.8 n) / rest, with its seeded generator."""
+    import torch  # noqa: PLC0415
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    cut = int(0.8 * n)
+    return perm[:cut], perm[cut:]
+
+
+def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | None = None,
+                     template: str | None = None) -> Domain:
+    root = str(data_root)
+    spec = mtil_spec()
+    if key in spec["random_split"]:
+        full = dataset(key, root, "train")
+        labels = labels_of(full)
+        tr, te = random_split_indices(len(labels))
+        train = Split([Path(f"tv:{key}:train:{i}") for i in tr], labels[tr])
+        test = Split([Path(f"tv:{key}:train:{i}") for i in te], labels[te])
+        names = classes_of(full)
+    else:
+        ds_tr, ds_te = dataset(key, root, "train"), dataset(key, root, "test")
+        y_tr, y_te = labels_of(ds_tr), labels_of(ds_te)
+        train = Split([Path(f"tv:{key}:train:{i}") for i in range(len(y_tr))], y_tr)
+        test = Split([Path(f"tv:{key}:test:{i}") for i in range(len(y_te))], y_te)
+        names = classes_of(ds_tr)
+    if classnames is None:  # torchvision's folder-style names: underscores become spaces
+        classnames = None if names is None else [n.replace("_", " ") for n in names]
+    if not classnames:
+        raise ValueError(f"torchvision's {key} has no class names: pass them with --classnames-json")
+    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    if len(classnames) < n_classes:
+        raise ValueError(f"{key}: {len(classnames)} class names for {n_classes} labels")
+    return Domain(key, list(classnames[:n_classes]), template or spec["template"], train, test)
+
+
+def open_item(ref: str, data_root: str):
+    """The PIL image behind ``"tv:<dataset>:<split>:<index>"``."""
+    _, key, split, idx = ref.split(":")
+    return dataset(key, data_root, split)[int(idx)][0]
+
+
+def read_classnames(path: str | Path, field: str | None = None) -> dict[str, list[str]]:
+    """Class names per dataset from a JSON file: ``{key: [names]}``, or a ``{"datasets": {key: {"classnames":
+    {field: [names]}}}}`` document with ``field`` naming the list to use."""
+    data = json.loads(Path(path).read_text())
+    if "datasets" in data:
+        if field is None:
+            raise ValueError(f"{path} holds several class-name lists per dataset: name one with --classnames-field")
+        return {k: v["classnames"][field] for k, v in data["datasets"].items()
+                if isinstance(v.get("classnames", {}).get(field), list)}
+    return {k: v for k, v in data.items() if isinstance(v, list)}

@@ -1,0 +1,115 @@
+"""MTIL on a tiny open_clip model and generated torchvision-layout datasets (MNIST, DTD, EuroSAT)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+pytest.importorskip("torchvision")
+
+from moram_ref.experiments.clip import backbone  # noqa: E402
+from moram_ref.experiments.clip.train import ClipSettings, run_sequence  # noqa: E402
+from moram_ref.experiments.clip.tvdata import load_mtil_domain, random_split_indices, read_classnames  # noqa: E402
+
+KEYS = ["mnist", "dtd", "eurosat"]
+
+
+def _image(path, colour, rng):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((colour + rng.integers(0, 40, (20, 20, 3))).clip(0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def tv_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tv")
+    rng = np.random.default_rng(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        images = (labels[:, None, None] * 80 + rng.integers(0, 30, (n, 28, 28))).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+    dtd = root / "dtd" / "dtd"
+    for split, n in (("train", 4), ("test", 2), ("val", 1)):
+        lines = []
+        for c, cls in enumerate(["banded", "dotted", "zigzagged"]):
+            for i in range(n):
+                name = f"{cls}_{split}_{i}.jpg"
+                _image(dtd / "images" / cls / name, np.array([60 * c, 40, 200 - 60 * c]), rng)
+                lines.append(f"{cls}/{name}")
+        (dtd / "labels").mkdir(parents=True, exist_ok=True)
+        (dtd / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+    for c, cls in enumerate(["AnnualCrop", "Forest", "SeaLake"]):
+        for i in range(5):
+            _image(root / "eurosat" / "2750" / cls / f"{cls}_{i}.jpg", np.array([40, 70 * c, 90]), rng)
+    return root
+
+
+def test_torchvision_layouts_and_the_80_20_rule(tv_root):
+    m = load_mtil_domain(tv_root, "mnist")
+    assert len(m.train.labels) == 12 and len(m.test.labels) == 6 and m.classnames[0] == "0 - zero"
+    d = load_mtil_domain(tv_root, "dtd")
+    assert d.classnames == ["banded", "dotted", "zigzagged"] and len(d.train.labels) == 12
+    e = load_mtil_domain(tv_root, "eurosat")
+    assert len(e.train.labels) == int(0.8 * 15) and len(e.test.labels) == 15 - int(0.8 * 15)
+    tr, te = random_split_indices(15)
+    assert sorted(tr.tolist() + te.tolist()) == list(range(15))
+    # the same partition torch.utils.data.random_split makes
+    sub = torch.utils.data.random_split(range(15), [12, 3], generator=torch.Generator().manual_seed(42))
+    assert list(sub[0].indices) == tr.tolist() and list(sub[1].indices) == te.tolist()
+    assert e.classnames == ["AnnualCrop", "Forest", "SeaLake"]
+
+
+def test_class_names_from_a_file(tv_root, tmp_path):
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"datasets": {"eurosat": {"classnames": {"zscl_mtil": ["annual crop land", "forest",
+                                                                                     "sea or lake"]}}}}))
+    names = read_classnames(path, "zscl_mtil")
+    assert load_mtil_domain(tv_root, "eurosat", names["eurosat"]).classnames[2] == "sea or lake"
+    with pytest.raises(ValueError, match="classnames-field"):
+        read_classnames(path)
+
+
+def _run(tv_root, out, **kw):
+    model, _, tf, tok = backbone.tiny_clip()
+    domains = [load_mtil_domain(tv_root, k) for k in KEYS]
+    cfg = ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1, threshold=0.2)
+    settings = ClipSettings(protocol="mtil", shots=None, iterations=3, batch=4, eval_batch=8, moram=cfg)
+    return run_sequence(model, tok, tf, domains, settings, out, data_root=tv_root, log=lambda *_: None, **kw)
+
+
+def test_mtil_full_shot_run_resume_and_eval_only(tv_root, tmp_path):
+    full = _run(tv_root, tmp_path / "a")
+    assert full.shape == (3, 3) and not np.isnan(full).any()
+    again = _run(tv_root, tmp_path / "a", eval_only=True)
+    np.testing.assert_array_equal(again, full)
+
+
+def test_mtil_per_dataset_label_space_is_easier_than_the_union(tv_root):
+    """Per-dataset scoring can only be right more often than scoring over every dataset's classes."""
+    from moram_ref.experiments.clip.train import evaluate
+
+    model, _, tf, tok = backbone.tiny_clip()
+    domains = [load_mtil_domain(tv_root, k) for k in KEYS]
+    own = evaluate(model, tok, tf, domains, ClipSettings(protocol="mtil"), "cpu", tv_root)
+    union = evaluate(model, tok, tf, domains, ClipSettings(protocol="xtail"), "cpu", tv_root)
+    assert (own >= union).all()
+
+
+def test_cli_mtil(tv_root, tmp_path, capsys):
+    from moram_ref.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["clip", "--benchmark", "mtil", "--tiny", "--data-root", str(tv_root), "--datasets", *KEYS,
+                 "--shots", "0", "--iterations", "2", "--batch", "4", "--out", str(out), "--methods", "moram",
+                 "--atoms-per-task", "4", "--top-k", "4"]) == 0
+    assert "MTIL" in capsys.readouterr().out
+    assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(tv_root), "--datasets", *KEYS]) == 0
