@@ -181,3 +181,41 @@ def test_mnist_loader_reads_torchvision_files(tmp_path):
 
     img, label = ImageList(d.test.paths, d.test.labels, backbone.tiny_clip()[2], tmp_path)[2]
     assert img.shape == (3, 32, 32) and label == 2  # grayscale converted to RGB
+
+
+def _ddp_worker(rank, world_size, init_file, data_root, out, result):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        matrix, model = _run_double(data_root, out)
+        if rank == 0:
+            from moram_ref.torch.checkpoint import adapter_state
+
+            torch.save({"matrix": torch.from_numpy(matrix), "state": adapter_state(model)}, result)
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _run_double(data_root, out):
+    model, _, tf, tok = backbone.tiny_clip(seed=0)
+    model = model.double()
+    domains = [load_domain(data_root, k) for k in KEYS]
+    cfg = ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1, threshold=0.2)
+    settings = ClipSettings(shots=3, iterations=4, batch=4, eval_batch=3, moram=cfg)
+    return run_sequence(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None), model
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_one(data_root, tmp_path):
+    single, model = _run_double(data_root, tmp_path / "one")
+    from moram_ref.torch.checkpoint import adapter_state
+
+    state = adapter_state(model)
+    result = tmp_path / "two.pt"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), data_root, tmp_path / "two", result),
+                                nprocs=2, join=True)
+    got = torch.load(result)  # written by this test, tensors only
+    np.testing.assert_array_equal(got["matrix"].numpy(), single)
+    for k, v in state.items():
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-11)

@@ -36,7 +36,7 @@ def probe(model, transform, domains: list[Domain], per_domain: int = 4, device="
         for d in domains:
             k = min(per_domain, len(d.test.paths))
             images = torch.stack([ImageList(d.test.paths, d.test.labels, transform, data_root)[i][0] for i in range(k)])
-            model.encode_image(images.to(device))
+            model.encode_image(images.to(device=device, dtype=next(model.parameters()).dtype))
             for name, layer in moram_layers(model):
                 if name.startswith("visual.") and layer.last_weights is not None:
                     n99.setdefault(name, []).append(float(metrics.atoms_for_mass(layer.last_weights.cpu().numpy()).mean()))

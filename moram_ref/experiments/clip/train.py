@@ -66,8 +66,21 @@ class ImageList(torch.utils.data.Dataset):
         return self.transform(img.convert("RGB")), int(self.labels[i])
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one (``torchrun`` sets it up)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if world()[1] > 1:
+        torch.distributed.barrier()
+
+
 def _features(model, images=None, tokens=None):
     if images is not None:
+        images = images.to(dtype=next(model.parameters()).dtype)
         return F.normalize(model.encode_image(images), dim=-1)
     return F.normalize(model.encode_text(tokens), dim=-1)
 
@@ -88,9 +101,11 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
     classifier = text_classifier(model, tokenizer, domains, device)
     offsets = np.cumsum([0] + [len(d.classnames) for d in domains])
     accs = []
+    rank, size = world()
     for j, d in enumerate(domains):
-        loader = torch.utils.data.DataLoader(ImageList(d.test.paths, d.test.labels, transform, data_root),
-                                             batch_size=settings.eval_batch, num_workers=settings.workers)
+        items = ImageList(d.test.paths, d.test.labels, transform, data_root)
+        share = torch.utils.data.Subset(items, list(range(rank, len(items), size)))  # sharded evaluation
+        loader = torch.utils.data.DataLoader(share, batch_size=settings.eval_batch, num_workers=settings.workers)
         hits, total = 0, 0
         own = slice(int(offsets[j]), int(offsets[j + 1]))
         for images, labels in loader:
@@ -100,6 +115,10 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
             else:
                 hits += int((scores.argmax(1).cpu() == labels + int(offsets[j])).sum())
             total += len(labels)
+        if size > 1:
+            counts = torch.tensor([hits, total], dtype=torch.long, device=device)
+            torch.distributed.all_reduce(counts)
+            hits, total = (int(c) for c in counts)
         accs.append(100.0 * hits / total)
     return np.array(accs)
 
@@ -107,6 +126,10 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
 def train_task(model, tokenizer, transform, domains: list[Domain], t: int, settings: ClipSettings, device,
                manifest_dir: Path, data_root: Path | None = None, log=None) -> dict:
     d = domains[t]
+    rank, size = world()
+    if settings.shots and rank == 0:
+        few_shot(d, settings.shots, settings.seed, manifest_dir)  # one process writes the manifest
+    _barrier()
     idx = few_shot(d, settings.shots, settings.seed, manifest_dir) if settings.shots else np.arange(len(d.train.labels))
     A.begin_task(model, torch.Generator().manual_seed(settings.seed * 1000 + t))
     params = list(A.trainable_parameters(model))
@@ -128,15 +151,25 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
         layer.train()
     scale = model.logit_scale.exp().detach()
     for step, (images, labels) in enumerate(loader):
-        img = _features(model, images=images.to(device))
+        # several processes: each encodes its share of the global batch; the features are all-gathered
+        # (with autograd), so every process computes the loss of the whole batch (the text→image term
+        # couples the batch), and the atoms' gradients are averaged by hand — the one-process update
+        img = _features(model, images=images[rank::size].to(device))
+        if size > 1:
+            img = torch.cat(torch.distributed.nn.functional.all_gather(img))
+            labels = torch.cat([labels[r::size] for r in range(size)])
         cur = _features(model, tokens=cur_tokens)
         classes = cur if seen is None else torch.cat([seen, cur])
         loss = two_term_loss(img, classes, labels.to(device) + offset, n_masked=offset, logit_scale=scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if size > 1:
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= size
         opt.step()
         sched.step()
-        if log is not None and (step + 1) % max(1, settings.iterations // 10) == 0:
+        if log is not None and rank == 0 and (step + 1) % max(1, settings.iterations // 10) == 0:
             log(f"  task {t + 1} ({d.key}) step {step + 1}/{settings.iterations} loss {loss.item():.3f}")
     model.eval()
     A.end_task(model)
@@ -149,6 +182,9 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
     from moram_ref.experiments.clip.backbone import target_regex  # noqa: PLC0415
 
     out = Path(out)
+    rank, _ = world()
+    if rank:
+        log = lambda *_: None  # noqa: E731  (one process reports)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     n = len(domains)
     progress_path = out / "progress.json"
@@ -170,8 +206,10 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         elif trained:
             info = train_task(model, tokenizer, transform, domains, t, settings, device, out / "manifests", data_root, log)
             progress["train"].append({"task": domains[t].key, **info})
-            checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,
-                            settings.method)
+            if rank == 0:
+                checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,
+                                settings.method)
+            _barrier()
         if trained:
             row = evaluate(model, tokenizer, transform, domains, settings, device, data_root)
         else:  # the frozen model's row never changes: evaluate once
@@ -180,7 +218,7 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
             row = zero_shot_row
         progress["matrix"][t] = row.tolist()
         progress["tasks_done"] = t + 1
-        if settings.method in ("moram", "dense_moram") and not eval_only:
+        if settings.method in ("moram", "dense_moram") and not eval_only and rank == 0:
             from moram_ref.experiments.clip.probes import probe  # noqa: PLC0415
 
             p = probe(model, transform, domains, device=device, data_root=data_root)
@@ -188,9 +226,10 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
             if t in (0, 1, n - 1):
                 maps = {k: v.tolist() for k, v in p["maps"].items()}
                 progress.setdefault("maps", {})[f"after_task_{t + 1}"] = {"layer": p["map_layer"], "maps": maps}
-        if not eval_only:
+        if not eval_only and rank == 0:
             tmp = progress_path.with_name("progress.json.tmp")
             tmp.write_text(json.dumps(progress, indent=1))
             tmp.replace(progress_path)
+        _barrier()
         log(f"after task {t + 1}/{n} ({domains[t].key}): " + " ".join(f"{v:.1f}" for v in row))
     return np.array(progress["matrix"], dtype=float)
