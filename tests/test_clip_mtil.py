@@ -113,3 +113,62 @@ def test_cli_mtil(tv_root, tmp_path, capsys):
                  "--atoms-per-task", "4", "--top-k", "4"]) == 0
     assert "MTIL" in capsys.readouterr().out
     assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(tv_root), "--datasets", *KEYS]) == 0
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "clip" / "datasets.json"
+
+
+def test_mtil_orders_and_metrics_on_a_hand_made_matrix():
+    from moram_ref import metrics
+    from moram_ref.experiments.clip.tvdata import mtil_spec
+
+    orders = mtil_spec()["orders"]
+    assert len(orders["1"]) == len(orders["2"]) == 11 and set(orders["1"]) == set(orders["2"])
+    assert "cifar10" not in orders["1"]  # CIFAR10 is never part of the sequence, so never counted
+    a = np.full((11, 11), 50.0)
+    a[np.triu_indices(11, 1)] = 40.0  # not learned yet
+    a[-1] = 70.0
+    s = metrics.summary(a / 100)
+    assert s["transfer"] == pytest.approx(0.40) and s["last"] == pytest.approx(0.70)
+    assert s["average"] == pytest.approx(np.mean(a / 100))
+
+
+def test_prompt_ensemble_averages_normalised_features():
+    from moram_ref.experiments.clip.data import Domain, Split
+    from moram_ref.experiments.clip.train import text_classifier
+
+    model, _, _, tok = backbone.tiny_clip()
+    empty = Split([], np.array([], dtype=int))
+    d = Domain("x", ["cat", "dog"], "a photo of a {}.", empty, empty, ["a photo of a {}.", "a sketch of a {}."])
+    ens = text_classifier(model, tok, [d], "cpu", ensemble=True)
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(model.encode_text(tok(["a photo of a cat.", "a sketch of a cat."])), dim=-1)
+    torch.testing.assert_close(ens[0], torch.nn.functional.normalize(f.mean(0), dim=-1))
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="../shared/data not present")
+def test_zscl_names_and_template_ensemble_from_a_datasets_json(tv_root):
+    names = read_classnames(SHARED, "zscl_mtil")
+    templates = read_classnames(SHARED, "zscl_mtil_ensemble", "templates")
+    from moram_ref.experiments.clip.tvdata import mtil_spec
+
+    assert set(mtil_spec()["orders"]["1"]) <= set(names) and len(templates["dtd"]) > 1
+    assert len(names["cifar100"]) == 100 and len(names["sun397"]) == 397
+    d = load_mtil_domain(tv_root, "mnist", names["mnist"], eval_templates=templates["mnist"])
+    assert d.classnames == names["mnist"][:3] and len(d.eval_prompts()[0]) == len(templates["mnist"])
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not __import__("os").environ.get("MORAM_CLIP_PRETRAINED"),
+                    reason="set MORAM_CLIP_PRETRAINED=openai (weights cached) on a machine that has them")
+def test_real_vit_b16_split_attention_keeps_the_function():
+    import os
+
+    import open_clip
+
+    ref, _, _ = open_clip.create_model_and_transforms("ViT-B-16", pretrained=os.environ["MORAM_CLIP_PRETRAINED"])
+    model, _, _, tok = backbone.load_clip("ViT-B-16", os.environ["MORAM_CLIP_PRETRAINED"])
+    img, txt = torch.randn(2, 3, 224, 224), tok(["a photo of a cat."])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(img), ref.eval().encode_image(img), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(txt), ref.encode_text(txt), rtol=1e-4, atol=1e-5)

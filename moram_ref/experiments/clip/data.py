@@ -32,13 +32,19 @@ class Split:
 class Domain:
     key: str
     classnames: list[str]
-    template: str
+    template: str  # the training prompt (and the evaluation prompt without an ensemble)
     train: Split
     test: Split
+    eval_templates: list[str] | None = None  # an ensemble: class features averaged over these (ZSCL's MTIL)
 
     @property
     def prompts(self) -> list[str]:
         return [self.template.format(c) for c in self.classnames]
+
+    def eval_prompts(self) -> list[list[str]]:
+        """Per class, the prompts whose normalised features are averaged at evaluation."""
+        templates = self.eval_templates or [self.template]
+        return [[tp.format(c) for tp in templates] for c in self.classnames]
 
 
 def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:

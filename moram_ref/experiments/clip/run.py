@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classnames-json", type=Path, default=None,
                    help="MTIL: class names per dataset ({key: [names]} or a datasets.json-style file)")
     p.add_argument("--classnames-field", default=None, help="the list to use in a datasets.json-style file")
+    p.add_argument("--templates-json", type=Path, default=None,
+                   help="MTIL: an evaluation template ensemble per dataset ({key: [templates]} or datasets.json-style)")
+    p.add_argument("--templates-field", default=None, help="the list to use in a datasets.json-style file")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("runs/xtail"))
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if mtil:
         names = read_classnames(args.classnames_json, args.classnames_field) if args.classnames_json else {}
-        domains = [load_mtil_domain(args.data_root, k, names.get(k)) for k in keys]
+        ensembles = read_classnames(args.templates_json, args.templates_field, "templates") if args.templates_json else {}
+        domains = [load_mtil_domain(args.data_root, k, names.get(k), eval_templates=ensembles.get(k)) for k in keys]
     else:
         domains = [load_domain(args.data_root, k) for k in keys]
     config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,

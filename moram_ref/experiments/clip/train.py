@@ -78,6 +78,19 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def _progress(total: int, desc: str, rank: int):
+    """A tqdm bar on an interactive terminal (process 0 only); None elsewhere."""
+    import sys  # noqa: PLC0415
+
+    if rank or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
+
+
 def _features(model, images=None, tokens=None):
     if images is not None:
         images = images.to(dtype=next(model.parameters()).dtype)
@@ -86,10 +99,17 @@ def _features(model, images=None, tokens=None):
 
 
 @torch.no_grad()
-def text_classifier(model, tokenizer, domains: list[Domain], device, batch: int = 256) -> torch.Tensor:
-    prompts = [p for d in domains for p in d.prompts]
-    feats = [_features(model, tokens=tokenizer(prompts[i : i + batch]).to(device)) for i in range(0, len(prompts), batch)]
-    return torch.cat(feats)  # (n_classes, D)
+def text_classifier(model, tokenizer, domains: list[Domain], device, batch: int = 256,
+                    ensemble: bool = False) -> torch.Tensor:
+    """Normalised class features (n_classes, D); with ``ensemble``, each class's features averaged over the
+    domain's evaluation templates and renormalised (CLIP's prompt ensembling)."""
+    per_class = [[p] for d in domains for p in d.prompts] if not ensemble else \
+        [ps for d in domains for ps in d.eval_prompts()]
+    flat = [p for ps in per_class for p in ps]
+    feats = torch.cat([_features(model, tokens=tokenizer(flat[i : i + batch]).to(device))
+                       for i in range(0, len(flat), batch)])  # (n_prompts, D)
+    sizes = [len(ps) for ps in per_class]
+    return F.normalize(torch.stack([f.mean(0) for f in torch.split(feats, sizes)]), dim=-1)  # (n_classes, D)
 
 
 @torch.no_grad()
@@ -98,7 +118,9 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
     """Top-1 accuracy (%) on every domain's test set: over the union label space of all domains (X-TAIL),
     or over the domain's own classes (MTIL)."""
     model.eval()
-    classifier = text_classifier(model, tokenizer, domains, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+    with autocast:
+        classifier = text_classifier(model, tokenizer, domains, device, ensemble=True).float()
     offsets = np.cumsum([0] + [len(d.classnames) for d in domains])
     accs = []
     rank, size = world()
@@ -109,7 +131,8 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
         hits, total = 0, 0
         own = slice(int(offsets[j]), int(offsets[j + 1]))
         for images, labels in loader:
-            scores = _features(model, images=images.to(device)) @ classifier.T
+            with autocast:  # bf16 on a GPU
+                scores = _features(model, images=images.to(device)).float() @ classifier.T
             if settings.protocol == "mtil":
                 hits += int((scores[:, own].argmax(1).cpu() == labels).sum())
             else:
@@ -150,6 +173,7 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
     for layer in (m for _, m in A.attached_layers(model)):
         layer.train()
     scale = model.logit_scale.exp().detach()
+    bar = _progress(len(loader), f"task {t + 1} {d.key}", rank)
     for step, (images, labels) in enumerate(loader):
         # several processes: each encodes its share of the global batch; the features are all-gathered
         # (with autograd), so every process computes the loss of the whole batch (the text→image term
@@ -169,8 +193,11 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
                 p.grad /= size
         opt.step()
         sched.step()
-        if log is not None and rank == 0 and (step + 1) % max(1, settings.iterations // 10) == 0:
-            log(f"  task {t + 1} ({d.key}) step {step + 1}/{settings.iterations} loss {loss.item():.3f}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if bar is not None:
+        bar.close()
     model.eval()
     A.end_task(model)
     return {"steps": settings.iterations, "train_images": len(data), "trainable": sum(p.numel() for p in params)}

@@ -87,7 +87,7 @@ def random_split_indices(n: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray
 
 
 def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | None = None,
-                     template: str | None = None) -> Domain:
+                     template: str | None = None, eval_templates: list[str] | None = None) -> Domain:
     root = str(data_root)
     spec = mtil_spec()
     if key in spec["random_split"]:
@@ -110,7 +110,8 @@ def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | No
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
     if len(classnames) < n_classes:
         raise ValueError(f"{key}: {len(classnames)} class names for {n_classes} labels")
-    return Domain(key, list(classnames[:n_classes]), template or spec["template"], train, test)
+    template = template or (eval_templates[0] if eval_templates else spec["template"])
+    return Domain(key, list(classnames[:n_classes]), template, train, test, eval_templates)
 
 
 def open_item(ref: str, data_root: str):
@@ -119,13 +120,13 @@ def open_item(ref: str, data_root: str):
     return dataset(key, data_root, split)[int(idx)][0]
 
 
-def read_classnames(path: str | Path, field: str | None = None) -> dict[str, list[str]]:
-    """Class names per dataset from a JSON file: ``{key: [names]}``, or a ``{"datasets": {key: {"classnames":
-    {field: [names]}}}}`` document with ``field`` naming the list to use."""
+def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames") -> dict[str, list[str]]:
+    """Lists per dataset from a JSON file: ``{key: [..]}``, or a ``{"datasets": {key: {section: {field: [..]}}}}``
+    document (``section`` "classnames" or "templates") with ``field`` naming the list to use."""
     data = json.loads(Path(path).read_text())
     if "datasets" in data:
         if field is None:
-            raise ValueError(f"{path} holds several class-name lists per dataset: name one with --classnames-field")
-        return {k: v["classnames"][field] for k, v in data["datasets"].items()
-                if isinstance(v.get("classnames", {}).get(field), list)}
+            raise ValueError(f"{path} holds several lists per dataset: name one with --{section}-field")
+        return {k: v[section][field] for k, v in data["datasets"].items()
+                if isinstance(v.get(section, {}).get(field), list)}
     return {k: v for k, v in data.items() if isinstance(v, list)}
