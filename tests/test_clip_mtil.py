@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -19,37 +18,14 @@ from moram_ref.experiments.clip.tvdata import load_mtil_domain, random_split_ind
 KEYS = ["mnist", "dtd", "eurosat"]
 
 
-def _image(path, colour, rng):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((colour + rng.integers(0, 40, (20, 20, 3))).clip(0, 255).astype(np.uint8)).save(path)
-
-
 @pytest.fixture(scope="module")
 def tv_root(tmp_path_factory):
+    from moram_ref.experiments.clip import synthetic
+
     root = tmp_path_factory.mktemp("tv")
-    rng = np.random.default_rng(0)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", 12), ("t10k", 6)):
-        labels = (np.arange(n) % 3).astype(np.uint8)
-        images = (labels[:, None, None] * 80 + rng.integers(0, 30, (n, 28, 28))).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
-    dtd = root / "dtd" / "dtd"
-    for split, n in (("train", 4), ("test", 2), ("val", 1)):
-        lines = []
-        for c, cls in enumerate(["banded", "dotted", "zigzagged"]):
-            for i in range(n):
-                name = f"{cls}_{split}_{i}.jpg"
-                _image(dtd / "images" / cls / name, np.array([60 * c, 40, 200 - 60 * c]), rng)
-                lines.append(f"{cls}/{name}")
-        (dtd / "labels").mkdir(parents=True, exist_ok=True)
-        (dtd / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
-    for c, cls in enumerate(["AnnualCrop", "Forest", "SeaLake"]):
-        for i in range(5):
-            _image(root / "eurosat" / "2750" / cls / f"{cls}_{i}.jpg", np.array([40, 70 * c, 90]), rng)
+    synthetic.make_torchvision_mnist(root)
+    synthetic.make_torchvision_dtd(root)
+    synthetic.make_torchvision_eurosat(root)
     return root
 
 

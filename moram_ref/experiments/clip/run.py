@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates-json", type=Path, default=None,
                    help="MTIL: an evaluation template ensemble per dataset ({key: [templates]} or datasets.json-style)")
     p.add_argument("--templates-field", default=None, help="the list to use in a datasets.json-style file")
-    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, default=None, help="required except with --make-synthetic")
+    p.add_argument("--make-synthetic", type=Path, default=None, metavar="DIR",
+                   help="write small synthetic X-TAIL (DIR/xtail) and MTIL (DIR/mtil) data sets and exit")
     p.add_argument("--out", type=Path, default=Path("runs/xtail"))
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
@@ -62,6 +64,15 @@ def run(args: argparse.Namespace, log=print) -> dict:
     from moram_ref.experiments.clip.train import ClipSettings, run_sequence
     from moram_ref.experiments.clip.tvdata import load_mtil_domain, mtil_spec, read_classnames
 
+    if args.make_synthetic:
+        from moram_ref.experiments.clip.synthetic import make_all
+
+        roots = make_all(args.make_synthetic)
+        log(f"wrote X-TAIL-layout data to {roots['xtail']} (caltech101 dtd eurosat) and torchvision-layout "
+            f"data to {roots['mtil']} (mnist dtd eurosat)")
+        return {k: str(v) for k, v in roots.items()}
+    if args.data_root is None:
+        raise SystemExit("moram-ref clip: --data-root is required")
     mtil = args.benchmark == "mtil"
     keys = args.datasets or (mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])
     if args.verify and mtil:

@@ -1,7 +1,8 @@
-"""Small synthetic image domains in the CoOp layout, for tests, tutorials and CPU smoke runs.
+"""Small synthetic image domains for tests, tutorials and CPU smoke runs, in the real on-disk layouts:
+CoOp's (X-TAIL) and torchvision's (MTIL: MNIST, DTD, EuroSAT), so the real loaders read them unchanged.
 
-Each class has its own mean colour (so the task is learnable) plus noise; the folder, image root and
-split file follow the X-TAIL spec of the named dataset, so the real loaders read them unchanged.
+Each class has its own mean colour (so the task is learnable) plus noise. ``moram-ref clip
+--make-synthetic DIR`` writes ``DIR/xtail`` (caltech101, dtd, eurosat) and ``DIR/mtil`` (mnist, dtd, eurosat).
 """
 
 from __future__ import annotations
@@ -38,3 +39,58 @@ def make_coop_dataset(root: str | Path, key: str, n_classes: int = 3, n_train: i
                 split[part].append([rel, c, f"{key} thing {c}"])
     (folder / spec["split_file"]).write_text(json.dumps(split))
     return folder
+
+
+def _image(path: Path, colour: np.ndarray, rng: np.random.Generator, size: int = 20) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((colour + rng.integers(0, 40, (size, size, 3))).clip(0, 255).astype(np.uint8)).save(path)
+
+
+def make_torchvision_mnist(root: str | Path, n_train: int = 12, n_test: int = 6, n_classes: int = 3) -> None:
+    """``root/MNIST/raw/*-ubyte`` in the IDX format torchvision reads; labels cycle over ``n_classes``."""
+    import struct  # noqa: PLC0415
+
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % n_classes).astype(np.uint8)
+        images = (labels[:, None, None] * 80 + rng.integers(0, 30, (n, 28, 28))).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+
+
+def make_torchvision_dtd(root: str | Path, classes=("banded", "dotted", "zigzagged"), n=(4, 2, 1)) -> None:
+    """``root/dtd/dtd/{images,labels}`` with partition-1 train/test/val lists."""
+    base = Path(root) / "dtd" / "dtd"
+    rng = np.random.default_rng(1)
+    for split, count in zip(("train", "test", "val"), n):
+        lines = []
+        for c, cls in enumerate(classes):
+            for i in range(count):
+                name = f"{cls}_{split}_{i}.jpg"
+                _image(base / "images" / cls / name, np.array([60 * c, 40, 200 - 60 * c]), rng)
+                lines.append(f"{cls}/{name}")
+        (base / "labels").mkdir(parents=True, exist_ok=True)
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+
+
+def make_torchvision_eurosat(root: str | Path, classes=("AnnualCrop", "Forest", "SeaLake"), per_class: int = 5) -> None:
+    """``root/eurosat/2750/<class>/*.jpg`` (an ImageFolder)."""
+    rng = np.random.default_rng(2)
+    for c, cls in enumerate(classes):
+        for i in range(per_class):
+            _image(Path(root) / "eurosat" / "2750" / cls / f"{cls}_{i}.jpg", np.array([40, 70 * c, 90]), rng)
+
+
+def make_all(directory: str | Path) -> dict[str, Path]:
+    """Both layouts under ``directory``: ``xtail/`` and ``mtil/``; returns the two data roots."""
+    directory = Path(directory)
+    for i, key in enumerate(("caltech101", "dtd", "eurosat")):
+        make_coop_dataset(directory / "xtail", key, n_train=8, n_test=4, seed=i)
+    make_torchvision_mnist(directory / "mtil")
+    make_torchvision_dtd(directory / "mtil")
+    make_torchvision_eurosat(directory / "mtil")
+    return {"xtail": directory / "xtail", "mtil": directory / "mtil"}
