@@ -103,7 +103,7 @@ def test_reduced_run_end_to_end(tmp_path):
                  "--steps", "3", "--batch", "4", "--max-train", "16", "--max-test", "12", "--max-length", "48",
                  "--adapt-layers", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram"}
+    assert set(results["methods"]) == {"zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram"}
     m = results["methods"]["moram"]["union"]["mean_matrix"]
     assert np.array(m).shape == (2, 2)
     assert "Transfer" in (out / "table.md").read_text()
@@ -111,7 +111,7 @@ def test_reduced_run_end_to_end(tmp_path):
     for fig in ("accuracy_union.png", "atoms_for_99_mass.png", "activation_moram.png"):
         assert (out / fig).stat().st_size > 0
     counts = {k: v["trainable_per_task"] for k, v in results["methods"].items()}
-    assert counts["moram"] == counts["seq_lora"] == counts["dense_moram"]
+    assert counts["moram"] == counts["seq_lora"] == counts["dense_moram"] == counts["olora"]
 
 
 @needs_data

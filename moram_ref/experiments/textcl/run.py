@@ -16,7 +16,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 
-LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
+LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
 DEFAULTS = dict(steps=60, batch=16, lr=2e-3, adapt_layers=2, max_length=128, placement="all",
                 atoms_per_task=8, top_k=8, temperature=0.01, threshold=0.2)

@@ -22,8 +22,9 @@ from moram_ref.experiments.textcl.encoder import CachedEncoder
 from moram_ref.torch import attach as A
 from moram_ref.torch.layer import MoRAMLinear
 from moram_ref.torch.losses import two_term_loss
+from moram_ref.torch.olora import orthogonality_penalty
 
-METHODS = ("zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram")
+METHODS = ("zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TrainSettings:
     moram: MoRAMConfig = field(default_factory=lambda: MoRAMConfig(atoms_per_task=8, top_k=8, temperature=0.01,
                                                                     threshold=0.2))
     probe_per_task: int = 8  # test texts per task for the 99 %-mass statistic
+    olora_lambda: float = 0.5  # O-LoRA's orthogonality weight (its paper's λ1)
     eval_split: str = "test"  # "val" for hyperparameter sweeps (carved out of train.json)
 
 
@@ -95,6 +97,8 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 classes = cur if seen is None else torch.cat([seen, cur])
                 y = torch.as_tensor(task.train_y[idx]) + offsets[t]
                 loss = two_term_loss(emb, classes, y, n_masked=offsets[t], logit_scale=settings.logit_scale)
+                if method == "olora":
+                    loss = loss + settings.olora_lambda * orthogonality_penalty(enc.top)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
