@@ -17,7 +17,7 @@ LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lor
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from moram_ref.experiments.clip.train import METHODS
+    from moram_ref.experiments.clip import METHODS
 
     p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"])
     p.add_argument("--order", default="1", choices=["1", "2"], help="MTIL order I or II")

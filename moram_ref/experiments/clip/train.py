@@ -26,7 +26,7 @@ from moram_ref.torch import attach as A
 from moram_ref.torch import checkpoint
 from moram_ref.torch.losses import two_term_loss
 
-METHODS = ("zero_shot", "seq_lora", "moe_lora", "dense_moram", "moram")
+from moram_ref.experiments.clip import METHODS  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ LABELS = {"zero_shot": "frozen (zero-shot)", "seq_lora": "sequential LoRA", "olo
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.llm.data import SEQUENCES
-    from moram_ref.experiments.llm.train import METHODS
+    from moram_ref.experiments.llm import METHODS
 
     p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence")
     p.add_argument("--data-root", type=Path, required=True)

@@ -27,7 +27,7 @@ from moram_ref.torch import attach as A
 from moram_ref.torch import checkpoint
 from moram_ref.torch.olora import orthogonality_penalty
 
-METHODS = ("zero_shot", "seq_lora", "olora", "dense_moram", "moram")
+from moram_ref.experiments.llm import METHODS  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ DEFAULTS = dict(steps=60, batch=16, lr=2e-3, adapt_layers=2, max_length=128, pla
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.textcl.data import SEQUENCES
-    from moram_ref.experiments.textcl.train import METHODS
+    from moram_ref.experiments.textcl import METHODS
 
     p.add_argument("--data-root", type=Path, required=True, help="folder with one sub-folder per task (JSON)")
     p.add_argument("--out", type=Path, default=Path("runs/text-cl"))

@@ -24,7 +24,7 @@ from moram_ref.torch.layer import MoRAMLinear
 from moram_ref.torch.losses import two_term_loss
 from moram_ref.torch.olora import orthogonality_penalty
 
-METHODS = ("zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram")
+from moram_ref.experiments.textcl import METHODS  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
