@@ -12,7 +12,7 @@ open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("torchvision")
 
 from moram_ref.experiments.clip import backbone  # noqa: E402
-from moram_ref.experiments.clip.data import few_shot, load_domain, verify, xtail_spec  # noqa: E402
+from moram_ref.experiments.clip.data import few_shot, load_domain, verify  # noqa: E402
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
 from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_sequence  # noqa: E402
 from moram_ref.torch import attach as A  # noqa: E402

@@ -6,6 +6,7 @@ Modules (mirrored name for name by :mod:`moram_ref.torch`):
     layer       MoRAMLinear: forward, lifecycle (spec §4), state dict
     loops       the slow oracle: spec §3 with explicit loops
     optim       Adam / AdamW
+    losses      the CLIP two-term loss of spec §6 (with its gradient)
     baselines   LoRA and MoE-LoRA layers for the comparisons
 NumPy only (torch uses autograd): backward — the hand-written backward pass.
 """

@@ -149,12 +149,23 @@ def parameter_count(model: nn.Module) -> dict[str, int]:
     return {"trainable": int(trainable), "frozen_atoms": int(frozen)}
 
 
+def moram_layers(model: nn.Module) -> list[tuple[str, MoRAMLinear]]:
+    """The attached MoRAM layers (not the baselines), by full name."""
+    return [(n, m) for n, m in attached_layers(model) if isinstance(m, MoRAMLinear)]
+
+
+def set_training(model: nn.Module, on: bool = True) -> None:
+    """Switch the attached layers alone to training (threshold off, dropout on) or evaluation; the
+    backbone keeps its own mode (its dropout stays off)."""
+    for _, layer in attached_layers(model):
+        layer.train(on)
+
+
 def set_recording(model: nn.Module, on: bool = True) -> None:
     """Make every MoRAM layer keep its last final weights ``w`` (for activation maps)."""
-    for _, layer in attached_layers(model):
-        if isinstance(layer, MoRAMLinear):
-            layer.record = on
-            layer.last_weights = None
+    for _, layer in moram_layers(model):
+        layer.record = on
+        layer.last_weights = None
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -8,16 +8,11 @@ import torch
 from moram_ref import metrics
 from moram_ref.experiments.clip.data import Domain
 from moram_ref.torch import attach as A
-from moram_ref.torch.layer import MoRAMLinear
-
-
-def moram_layers(model) -> list[tuple[str, MoRAMLinear]]:
-    return [(n, m) for n, m in A.attached_layers(model) if isinstance(m, MoRAMLinear)]
 
 
 def map_layer(model) -> str | None:
     """The image encoder's attention k-projection of the middle block (the paper's Fig. 1 choice)."""
-    names = [n for n, _ in moram_layers(model) if n.startswith("visual.") and n.endswith("attn.k_proj")]
+    names = [n for n, _ in A.moram_layers(model) if n.startswith("visual.") and n.endswith("attn.k_proj")]
     return names[len(names) // 2] if names else None
 
 
@@ -37,11 +32,11 @@ def probe(model, transform, domains: list[Domain], per_domain: int = 4, device="
             k = min(per_domain, len(d.test.paths))
             images = torch.stack([ImageList(d.test.paths, d.test.labels, transform, data_root)[i][0] for i in range(k)])
             model.encode_image(images.to(device=device, dtype=next(model.parameters()).dtype))
-            for name, layer in moram_layers(model):
+            for name, layer in A.moram_layers(model):
                 if name.startswith("visual.") and layer.last_weights is not None:
                     n99.setdefault(name, []).append(float(metrics.atoms_for_mass(layer.last_weights.cpu().numpy()).mean()))
             if target is not None:
-                w = dict(moram_layers(model))[target].last_weights  # (L, B, R) or (B, L, R)
+                w = dict(A.moram_layers(model))[target].last_weights  # (L, B, R) or (B, L, R)
                 w = w.cpu().numpy()
                 maps[d.key] = w[:, 0] if w.shape[1] == k and w.shape[0] != k else w[0]
         return {"n99": {n: float(np.mean(v)) for n, v in n99.items()}, "maps": maps, "map_layer": target}

@@ -170,8 +170,7 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
         math.ceil(settings.iterations * settings.batch / max(len(data), 1)))])[: settings.iterations * settings.batch]
     loader = torch.utils.data.DataLoader(data, batch_size=settings.batch, sampler=order.tolist(),
                                          num_workers=settings.workers, drop_last=False)
-    for layer in (m for _, m in A.attached_layers(model)):
-        layer.train()
+    A.set_training(model, True)
     scale = model.logit_scale.exp().detach()
     bar = _progress(len(loader), f"task {t + 1} {d.key}", rank)
     for step, (images, labels) in enumerate(loader):
@@ -254,9 +253,7 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
                 maps = {k: v.tolist() for k, v in p["maps"].items()}
                 progress.setdefault("maps", {})[f"after_task_{t + 1}"] = {"layer": p["map_layer"], "maps": maps}
         if not eval_only and rank == 0:
-            tmp = progress_path.with_name("progress.json.tmp")
-            tmp.write_text(json.dumps(progress, indent=1))
-            tmp.replace(progress_path)
+            checkpoint.write_text_atomic(progress_path, json.dumps(progress, indent=1))
         _barrier()
         log(f"after task {t + 1}/{n} ({domains[t].key}): " + " ".join(f"{v:.1f}" for v in row))
     return np.array(progress["matrix"], dtype=float)

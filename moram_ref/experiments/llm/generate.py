@@ -26,7 +26,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     """
     model.eval()
     device = next(model.parameters()).device
-    outputs: list[str] = []
     encoded = [encode_prompt(tokenizer, p, max_prompt)[0] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
     results: dict[int, str] = {}
@@ -38,5 +37,4 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
                              eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
         for row, i in enumerate(idx):
             results[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
-    outputs = [results[i] for i in range(len(prompts))]
-    return outputs
+    return [results[i] for i in range(len(prompts))]

@@ -7,7 +7,6 @@ import argparse
 import csv
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

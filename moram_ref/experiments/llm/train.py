@@ -10,6 +10,7 @@ one-process update and the learning rate means the same at any scale.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -100,7 +101,7 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
             opt.zero_grad(set_to_none=True)
             for j, idx in enumerate(micro):
                 sync = j == len(micro) - 1
-                ctx = net.no_sync() if (dist.world > 1 and not settings.fsdp and not sync) else _null()
+                ctx = net.no_sync() if (dist.world > 1 and not settings.fsdp and not sync) else contextlib.nullcontext()
                 with ctx:
                     loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world, device,
                                        always_forward=settings.fsdp)
@@ -135,12 +136,6 @@ def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device, always_fo
     return token_loss * world / n_tokens
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[Task], settings: LLMSettings, dist: Dist) -> dict[str, dict]:
@@ -221,7 +216,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
             for name, r in results.items():
                 (pred_dir / f"{name}.json").write_text(json.dumps(r, indent=1))
             if not eval_only:
-                _atomic_write(progress_path, json.dumps(progress, indent=1))
+                checkpoint.write_text_atomic(progress_path, json.dumps(progress, indent=1))
             log(f"after task {t + 1}/{n} ({tasks[t].name}): " +
                 ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
         dist.barrier()
@@ -245,12 +240,6 @@ def shard(model) -> int:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return len(layers)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _jsonable(obj):

@@ -56,7 +56,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder
     from moram_ref.experiments.textcl.train import TrainSettings, run_method
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
                          threshold=args.threshold)

@@ -20,7 +20,6 @@ from moram_ref.config import MoRAMConfig
 from moram_ref.experiments.textcl.data import TaskData
 from moram_ref.experiments.textcl.encoder import CachedEncoder
 from moram_ref.torch import attach as A
-from moram_ref.torch.layer import MoRAMLinear
 from moram_ref.torch.losses import two_term_loss
 from moram_ref.torch.olora import orthogonality_penalty
 
@@ -89,7 +88,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / settings.steps)))
             with torch.no_grad():
                 seen = enc.embed([p for prev in tasks[:t] for p in prev.prompts]) if t else None
-            _set_adapter_mode(enc, training=True)
+            A.set_training(enc.top, True)
             for step in range(settings.steps):
                 idx = rng.choice(len(task.train_text), size=min(settings.batch, len(task.train_text)), replace=False)
                 emb = enc.embed([task.train_text[i] for i in idx])
@@ -106,7 +105,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 if progress is not None:
                     progress(f"{method} seed {seed} task {t + 1}/{n} ({task.name}) step {step + 1}/{settings.steps} "
                              f"loss {loss.item():.3f}")
-            _set_adapter_mode(enc, training=False)
+            A.set_training(enc.top, False)
             A.end_task(enc.top)
         union[t], own[t] = evaluate(enc, tasks, settings.eval_split)
         out["seconds_per_task"].append(time.perf_counter() - t0)
@@ -118,15 +117,6 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     return out
 
 
-def _set_adapter_mode(enc: CachedEncoder, training: bool) -> None:
-    for _, layer in A.attached_layers(enc.top):
-        layer.train(training)
-
-
-def moram_layers(enc: CachedEncoder) -> list[tuple[str, MoRAMLinear]]:
-    return [(n, m) for n, m in A.attached_layers(enc.top) if isinstance(m, MoRAMLinear)]
-
-
 @torch.no_grad()
 def atoms_for_mass(enc: CachedEncoder, tasks: list[TaskData], per_task: int, mass: float = 0.99) -> dict[str, float]:
     """Per MoRAM layer: mean over real tokens of the fewest atoms whose weights reach 99 % of Σw (spec §8.2)."""
@@ -135,7 +125,7 @@ def atoms_for_mass(enc: CachedEncoder, tasks: list[TaskData], per_task: int, mas
     enc.embed(texts)
     lengths = torch.tensor([enc.token_count(x) for x in texts])
     result = {}
-    for name, layer in moram_layers(enc):
+    for name, layer in A.moram_layers(enc.top):
         w = layer.last_weights  # (B, L, R)
         real = (torch.arange(w.shape[1])[None, :] < lengths[:, None]).numpy()  # (B, L)
         result[name] = float(metrics.atoms_for_mass(w.numpy(), mass)[real].mean())
@@ -146,7 +136,7 @@ def atoms_for_mass(enc: CachedEncoder, tasks: list[TaskData], per_task: int, mas
 @torch.no_grad()
 def activation_examples(enc: CachedEncoder, tasks: list[TaskData], layer_suffix: str = "attention.self.key") -> dict:
     """Final weights ``w`` (tokens × atoms) at the first adapted block's key projection, one test text per task."""
-    layers = [m for n, m in moram_layers(enc) if n.endswith(layer_suffix)]
+    layers = [m for n, m in A.moram_layers(enc.top) if n.endswith(layer_suffix)]
     if not layers:
         return {}
     A.set_recording(enc.top, True)

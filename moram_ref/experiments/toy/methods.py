@@ -6,8 +6,6 @@ adds its router row, counted separately). ``frozen`` is the base model alone.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from moram_ref.config import MoRAMConfig
@@ -60,6 +58,3 @@ def silent_fraction(layer: MoRAMLinear, x: np.ndarray) -> float:
     w = cache["w"].reshape(-1, max(layer.n_atoms, 1))
     return float(np.mean(np.all(w == 0, axis=1))) if layer.n_atoms else 1.0
 
-
-def with_overrides(config: MoRAMConfig, **kw) -> MoRAMConfig:
-    return replace(config, **{k: v for k, v in kw.items() if v is not None})
