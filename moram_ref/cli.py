@@ -23,8 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     from moram_ref.experiments.clip import run as clip  # noqa: PLC0415  (argument definitions only)
 
     clip.add_arguments(sub.add_parser("clip", help="X-TAIL on open_clip (real or tiny); --verify checks the data"))
+    from moram_ref import report  # noqa: PLC0415
+
+    report.add_arguments(sub.add_parser("report", help="render a results table (README's generated blocks)"))
     sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "report":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return report.run(args)
     if args.command in ("demo", "text-cl", "llm", "clip"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -9,15 +9,25 @@ from moram_ref.cli import main
 
 def test_demo_writes_results_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "30"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "30", "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Transfer" in printed and "MoRAM" in printed and "activation mass" in printed
+    assert "validation sweep of τ" in printed and "key norm" in printed
     results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
     for stream in ("recall", "digits"):
-        methods = results["streams"][stream]["methods"]
-        assert set(methods) == {"frozen", "seq_lora", "moe_lora", "dense_moram", "moram"}
-        for res in methods.values():
-            assert len(res["accuracy"]) == 5 and len(res["accuracy"][0]) == 5
-        assert methods["moram"]["trainable_per_task"] == methods["seq_lora"]["trainable_per_task"]
+        res = results["streams"][stream]
+        expected = {"frozen", "seq_lora", "moe_lora", "dense_moram", "moram"} | (
+            {"moram_swept"} if stream == "digits" else set())
+        assert set(res["methods"]) == expected == set(res["summary"])
+        for runs in res["methods"].values():
+            assert len(runs) == 2
+            for run in runs:
+                assert len(run["accuracy"]) == 5 and len(run["accuracy"][0]) == 5
+        assert res["methods"]["moram"][0]["trainable_per_task"] == res["methods"]["seq_lora"][0]["trainable_per_task"]
+        assert len(res["methods"]["moram"][0]["key_norms"]) == 5  # one entry per task
+        for cell in res["summary"]["moram"].values():
+            assert 0 <= cell["ci95"] and -1 <= cell["mean"] <= 1
         assert (out / f"{stream}_accuracy.png").stat().st_size > 0
         assert (out / f"{stream}_activation_map.png").stat().st_size > 0
+    assert results["streams"]["digits"]["sweep"]["chosen"] in results["streams"]["digits"]["sweep"]["temperatures"]

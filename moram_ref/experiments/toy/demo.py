@@ -1,6 +1,10 @@
-"""The main job: both NumPy streams, every method, tables, results.json and figures.
+"""The main job: both NumPy streams, every method, several seeds, tables, results.json and figures.
 
-Run it with ``moram-ref demo --out runs/demo`` (see ``moram-ref demo --help``).
+Run it with ``moram-ref demo --out runs/demo`` (see ``moram-ref demo --help``). Per stream and seed it
+trains every method through the 5 tasks; on the digits stream it also chooses MoRAM's temperature τ on
+a validation split carved from the training images (test images are never used to choose) and runs
+MoRAM with the chosen τ beside the paper's. Tables give the mean and the 95 % confidence half-width
+over seeds; ``moram-ref report`` renders them from ``results.json`` (the README's table comes from there).
 """
 
 from __future__ import annotations
@@ -21,14 +25,19 @@ from moram_ref.experiments.toy.methods import LABELS, METHODS
 
 # The paper's CLIP column (spec §5) with r = k = 8 for these small layers; δ = 0.2 eval-only as in the paper.
 DEMO_CONFIG = MoRAMConfig(atoms_per_task=8, top_k=8, temperature=0.01, threshold=0.2, threshold_mode="eval")
+SWEEP_TEMPERATURES = (0.01, 0.03, 0.1, 0.3)  # the digits stream's validation sweep of τ (0.01 = the paper's)
+SWEPT = "moram_swept"  # the extra row: MoRAM with the τ chosen on the validation split
+METRICS = ("transfer", "average", "last", "bwt", "forgetting")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (created)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--seed", type=int, default=0, help="first seed; seed s draws the data and the atoms of run s")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI")
     p.add_argument("--steps", type=int, default=None, help="training steps per task (both streams)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"])
+    p.add_argument("--no-sweep", action="store_true", help="skip the digits stream's validation sweep of τ")
     p.add_argument("--atoms-per-task", type=int, default=DEMO_CONFIG.atoms_per_task)
     p.add_argument("--top-k", type=int, default=DEMO_CONFIG.top_k)
     p.add_argument("--temperature", type=float, default=DEMO_CONFIG.temperature)
@@ -36,78 +45,138 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold-mode", default=DEMO_CONFIG.threshold_mode, choices=["eval", "always", "never"])
     p.add_argument("--overlap", type=float, default=recall.RecallSettings.overlap,
                    help="recall stream: share of each key drawn from the subspace all tasks share")
+    p.add_argument("--no-layer-norm", action="store_true",
+                   help="digits stream: an encoder without LayerNorm (raw non-negative pixels reach the adapters)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (no matplotlib needed)")
+
+
+def _stream(name: str, args: argparse.Namespace, seed: int):
+    """(module, settings, data, task names) of one stream for one seed."""
+    rng = np.random.default_rng(seed)
+    if name == "recall":
+        settings = recall.RecallSettings(overlap=args.overlap)
+        settings = replace(settings, steps=args.steps) if args.steps is not None else settings
+        return recall, settings, recall.make_stream(settings, rng), [f"T{t + 1}" for t in range(settings.n_tasks)]
+    settings = digits.DigitsSettings(layer_norm=not args.no_layer_norm)
+    settings = replace(settings, steps=args.steps) if args.steps is not None else settings
+    return digits, settings, digits.make_stream(settings, rng), list(digits.DOMAINS)
+
+
+def _sweep(settings, streams: list[dict], config: MoRAMConfig, seeds: list[int]) -> dict:
+    """Validation score (mean over seeds of Average, in [0, 1]) of MoRAM for each τ; the best τ."""
+    scores = {}
+    for tau in SWEEP_TEMPERATURES:
+        cfg = replace(config, temperature=tau)
+        vals = []
+        for seed, stream in zip(seeds, streams):
+            val = digits.validation_stream(stream, np.random.default_rng(10_000 + seed))
+            vals.append(metrics.average(digits.run_method("moram", cfg, settings, val, seed=seed + 1)["accuracy"]))
+        scores[tau] = float(np.mean(vals))
+    best = max(scores, key=lambda t: (scores[t], -t))  # ties: the smaller τ (closer to the paper's)
+    return {"temperatures": list(SWEEP_TEMPERATURES), "validation_average": [scores[t] for t in SWEEP_TEMPERATURES],
+            "chosen": best}
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
                          threshold=args.threshold, threshold_mode=args.threshold_mode)
+    seeds = [args.seed + i for i in range(args.seeds)]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"config": config.to_dict(), "seed": args.seed, "streams": {}}
+    results: dict = {"config": config.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]", "streams": {}}
     for stream_name in args.streams:
-        rng = np.random.default_rng(args.seed)
-        if stream_name == "recall":
-            settings = recall.RecallSettings(overlap=args.overlap)
-            settings = replace(settings, steps=args.steps) if args.steps else settings
-            module, data = recall, recall.make_stream(settings, rng)
-            task_names = [f"T{t + 1}" for t in range(settings.n_tasks)]
-        else:
-            settings = digits.DigitsSettings()
-            settings = replace(settings, steps=args.steps) if args.steps else settings
-            module, data = digits, digits.make_stream(settings, rng)
-            task_names = list(digits.DOMAINS)
-        log(f"\n== stream: {stream_name} ({len(task_names)} tasks: {', '.join(task_names)}) ==")
-        per_method = {}
-        for i, method in enumerate(args.methods):
+        built = [_stream(stream_name, args, seed) for seed in seeds]
+        module, settings, _, task_names = built[0]
+        data = [b[2] for b in built]
+        log(f"\n== stream: {stream_name} ({len(task_names)} tasks: {', '.join(task_names)}; seeds {seeds}) ==")
+        runs = {m: [] for m in args.methods}
+        sweep = None
+        if stream_name == "digits" and "moram" in args.methods and not args.no_sweep:
             t0 = time.perf_counter()
-            res = module.run_method(method, config, settings, data, seed=args.seed + 1)
-            res["seconds"] = time.perf_counter() - t0
-            res["metrics"] = metrics.summary(res["accuracy"])
-            per_method[method] = res
-            log(f"[{i + 1}/{len(args.methods)}] {LABELS[method]:<18} {res['seconds']:5.1f} s")
-        _print_stream(per_method, task_names, log)
+            sweep = _sweep(settings, data, config, seeds)
+            runs[SWEPT] = []
+            log(f"validation sweep of τ (MoRAM, mean Average over seeds): "
+                + ", ".join(f"τ={t}: {100 * v:.1f}" for t, v in zip(sweep["temperatures"], sweep["validation_average"]))
+                + f" -> τ = {sweep['chosen']} ({time.perf_counter() - t0:.1f} s)")
+        for method in runs:
+            t0 = time.perf_counter()
+            cfg = replace(config, temperature=sweep["chosen"]) if method == SWEPT else config
+            for seed, stream in zip(seeds, data):
+                res = module.run_method("moram" if method == SWEPT else method, cfg, settings, stream, seed=seed + 1)
+                res["metrics"] = metrics.summary(res["accuracy"])
+                runs[method].append(res)
+            log(f"{label(method, sweep):<22} {time.perf_counter() - t0:5.1f} s ({len(seeds)} seeds)")
+        summary = {m: summarise(rs) for m, rs in runs.items()}
+        _print_stream(runs, summary, task_names, sweep, log)
         results["streams"][stream_name] = {
             "settings": asdict(settings),
             "tasks": task_names,
-            "methods": {m: _jsonable(r) for m, r in per_method.items()},
+            "sweep": sweep,
+            "labels": {m: label(m, sweep) for m in runs},
+            "summary": summary,
+            "methods": {m: [_jsonable(r) for r in rs] for m, rs in runs.items()},
         }
         if not args.no_plots:
-            _figures(per_method, task_names, config, out, stream_name)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+            _figures(runs, task_names, config, out, stream_name, sweep)
+    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     log(f"\nwrote {out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
     return results
 
 
-def _print_stream(per_method: dict, task_names: list[str], log: Callable[[str], None]) -> None:
-    for method, res in per_method.items():
-        log(f"\n{LABELS[method]} — accuracy (%), row i = after task i, column j = task j")
+def label(method: str, sweep: dict | None) -> str:
+    if method == SWEPT:
+        return f"MoRAM (τ={sweep['chosen']}, val.)"
+    return LABELS[method]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per metric, the mean and the 95 % CI half-width over seeds (half-width None for one seed)."""
+    out = {}
+    for key in METRICS:
+        mean, half = metrics.confidence_interval(np.array([r["metrics"][key] for r in runs]))
+        out[key] = {"mean": mean, "ci95": None if np.isnan(half) else half}
+    return out
+
+
+def _print_stream(runs: dict, summary: dict, task_names: list[str], sweep, log: Callable[[str], None]) -> None:
+    for method, rs in runs.items():
+        mean_acc = np.mean([r["accuracy"] for r in rs], axis=0)
+        log(f"\n{label(method, sweep)} — accuracy (%), mean over seeds; row i = after task i, column j = task j")
         log("          " + " ".join(f"{n[:7]:>7}" for n in task_names))
-        for i, row in enumerate(res["accuracy"]):
+        for i, row in enumerate(mean_acc):
             log(f"after {task_names[i][:4]:<4}" + " ".join(f"{100 * v:7.1f}" for v in row))
-        if "activation_mass" in res:
+        if "activation_mass" in rs[0]:
+            mass = np.mean([r["activation_mass"] for r in rs], axis=0)
             log("  activation mass Σw of each task's atoms (rows) on each task's inputs (columns), layer 1:")
-            for g, row in enumerate(res["activation_mass"]):
+            for g, row in enumerate(mass):
                 log(f"  atoms {task_names[g][:8]:<8}" + " ".join(f"{v:7.2f}" for v in row))
-            log(f"  inputs with every atom switched off by δ at evaluation: {100 * res['silent_fraction']:.1f}%")
-    log("\nmethod              Transfer  Average     Last      BWT  forgetting  trainable/task")
-    for method, res in per_method.items():
-        m = res["metrics"]
-        params = res["trainable_per_task"][0] if res["trainable_per_task"] else 0
-        log(f"{LABELS[method]:<18} " + " ".join(f"{100 * m[k]:8.1f}" for k in ("transfer", "average", "last", "bwt"))
-            + f" {100 * m['forgetting']:11.1f} {params:15d}")
+            norms = np.mean([r["key_norms"][-1][0] for r in rs], axis=0)
+            log("  mean key norm of each task's atoms after the last task, layer 1: "
+                + " ".join(f"{v:.2f}" for v in norms))
+            silent = np.mean([r["silent_fraction"] for r in rs])
+            log(f"  inputs with every atom switched off by δ at evaluation: {100 * silent:.1f}%")
+    log("\nmethod (mean ± 95% CI)   " + "".join(f"{k:>15}" for k in ("Transfer", "Average", "Last", "BWT", "forgetting")))
+    for method, s in summary.items():
+        log(f"{label(method, sweep):<24} " + "".join(f"{format_cell(s[k]):>15}" for k in METRICS))
 
 
-def _figures(per_method: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str) -> None:
+def format_cell(cell: dict) -> str:
+    """``mean ± half-width`` in percent, one decimal (``mean`` alone for one seed)."""
+    text = f"{100 * cell['mean']:.1f}"
+    return text if cell["ci95"] is None else f"{text} ± {100 * cell['ci95']:.1f}"
+
+
+def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str, sweep) -> None:
     from moram_ref import plots  # noqa: PLC0415  (matplotlib only when figures are wanted)
 
-    plots.accuracy_heatmaps({LABELS[m]: r["accuracy"] for m, r in per_method.items()}, task_names,
-                            out / f"{stream}_accuracy.png", f"{stream}: accuracy matrices")
-    if "moram" in per_method:
-        r = per_method["moram"]
+    mean_acc = {label(m, sweep): np.mean([r["accuracy"] for r in rs], axis=0) for m, rs in runs.items()}
+    plots.accuracy_heatmaps(mean_acc, task_names, out / f"{stream}_accuracy.png",
+                            f"{stream}: accuracy matrices (mean over {len(next(iter(runs.values())))} seeds)")
+    if "moram" in runs:
+        r = runs["moram"][0]
         plots.activation_map(r["weights"], r["groups"], config.atoms_per_task, task_names,
                              out / f"{stream}_activation_map.png",
-                             f"{stream}: MoRAM weights w after the last task (layer 1, evaluation)")
+                             f"{stream}: MoRAM weights w after the last task (layer 1, evaluation, first seed)")
 
 
 def _jsonable(res: dict) -> dict:

@@ -1,7 +1,11 @@
 """Stream 2 — real data: scikit-learn's bundled digits (1,797 8×8 images; nothing is downloaded).
 
 The structure copies X-TAIL (spec §6) at toy scale:
-* a frozen base MLP encoder ``64 → H → E`` is "pretrained" on a held-out chunk of plain digits;
+* a frozen base MLP encoder ``64 → H → E`` is "pretrained" on a held-out chunk of plain digits; it is
+  pre-LN like a transformer block (each linear layer sees its input standardised per sample), so the
+  adapters' key responses measure the input's direction — as MoRAM's q/k/v/c_fc atoms do in CLIP —
+  rather than its overall brightness (``layer_norm=False`` gives the raw-pixel MLP, where the newest
+  task's atoms win every input: ``moram-ref demo --no-layer-norm`` shows it);
 * the stream is 5 *domains*, each a fixed transformation of its own disjoint chunk of images
   (rotated, inverted, upside-down, block-shuffled, rotated-and-inverted), each with its own 10
   classes, so the label space grows to 50 classes and test time is task-agnostic over all of them;
@@ -21,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments.toy.methods import activation_mass, count_trainable, make_layer, silent_fraction
-from moram_ref.experiments.toy.pretrain import pretrain_encoder
+from moram_ref.experiments.toy.methods import activation_mass, count_trainable, key_norms, make_layer, silent_fraction
+from moram_ref.experiments.toy.pretrain import layer_norm, layer_norm_backward, pretrain_encoder
 from moram_ref.numpy.losses import two_term_loss
 from moram_ref.numpy.optim import Adam
 
@@ -33,12 +37,14 @@ DOMAINS = ("rotate90", "invert", "upside_down", "shuffle_blocks", "rotate270_inv
 class DigitsSettings:
     hidden: int = 128
     embed: int = 32
-    exemplars: int = 5
+    exemplars: int = 1  # one image per class makes the class embedding: a weak zero-shot classifier
     steps: int = 300
     batch: int = 32
     lr: float = 1e-3
     logit_scale: float = 20.0
     pretrain_steps: int = 1500
+    domain_offset: float | None = None
+    layer_norm: bool = True  # pre-LN encoder (as a transformer block); False = the raw-pixel MLP of earlier versions
 
 
 def transform(images: np.ndarray, domain: str, rng_perm: np.ndarray) -> np.ndarray:
@@ -78,12 +84,39 @@ def make_stream(settings: DigitsSettings, rng: np.random.Generator) -> dict:
                         "x_train": x[idx_train], "y_train": y[idx_train],
                         "x_test": x[idx_test], "y_test": y[idx_test]})
     class_emb = np.zeros((10 * len(DOMAINS), settings.embed))
-    for dom in domains:
-        z = base.embed(dom["x_ex"])
-        for c in np.unique(dom["y_ex"]):
-            mean = z[dom["y_ex"] == c].mean(axis=0)
-            class_emb[c] = mean / np.linalg.norm(mean)
+    if settings.domain_offset is None:
+        for dom in domains:
+            z = base.embed(dom["x_ex"])
+            for c in np.unique(dom["y_ex"]):
+                mean = z[dom["y_ex"] == c].mean(axis=0)
+                class_emb[c] = mean / np.linalg.norm(mean)
+    else:
+        z = base.embed(images[pre].reshape(len(pre), 64))
+        proto = np.stack([z[labels[pre] == c].mean(axis=0) for c in range(10)])
+        proto /= np.linalg.norm(proto, axis=1, keepdims=True)
+        style = rng.standard_normal((len(DOMAINS), settings.embed))
+        style /= np.linalg.norm(style, axis=1, keepdims=True)
+        for d in range(len(DOMAINS)):
+            e = proto + settings.domain_offset * style[d]
+            class_emb[10 * d: 10 * d + 10] = e / np.linalg.norm(e, axis=1, keepdims=True)
     return {"base": base, "domains": domains, "class_emb": class_emb}
+
+
+def validation_stream(stream: dict, rng: np.random.Generator, share: float = 1 / 3) -> dict:
+    """The same stream with each domain's test set replaced by a validation split carved from its
+    training images (a ``share`` of each class); test images are never seen. Used to choose a setting."""
+    domains = []
+    for dom in stream["domains"]:
+        y = dom["y_train"]
+        train, val = [], []
+        for c in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            cut = max(1, int(round(share * len(idx))))
+            val += list(idx[:cut])
+            train += list(idx[cut:])
+        domains.append({**dom, "x_train": dom["x_train"][train], "y_train": y[train],
+                        "x_test": dom["x_train"][val], "y_test": y[val]})
+    return {**stream, "domains": domains}
 
 
 def _split(y: np.ndarray, exemplars: int, rng: np.random.Generator):
@@ -104,20 +137,21 @@ class AdaptedEncoder:
 
     def __init__(self, method: str, base, config: MoRAMConfig) -> None:
         self.layers = [make_layer(method, base.w1, base.b1, config), make_layer(method, base.w2, base.b2, config)]
+        self.normalised = base.normalised
 
     def forward(self, x: np.ndarray, training: bool, rng=None):
-        h_pre, c1 = self.layers[0].forward(x, training, rng)
-        h = np.maximum(h_pre, 0.0)
-        z, c2 = self.layers[1].forward(h, training, rng)
+        h_pre, c1 = self.layers[0].forward(layer_norm(x, self.normalised)[0], training, rng)
+        hn, sigma = layer_norm(np.maximum(h_pre, 0.0), self.normalised)
+        z, c2 = self.layers[1].forward(hn, training, rng)
         norm = np.linalg.norm(z, axis=1, keepdims=True)
-        return z / norm, (c1, c2, h_pre, z, norm)
+        return z / norm, (c1, c2, h_pre, hn, sigma, z, norm)
 
     def backward(self, grad_e: np.ndarray, cache) -> list[dict]:
-        c1, c2, h_pre, z, norm = cache
+        c1, c2, h_pre, hn, sigma, z, norm = cache
         e = z / norm
         grad_z = (grad_e - e * np.sum(e * grad_e, axis=1, keepdims=True)) / norm
         g2 = self.layers[1].backward(grad_z, c2)
-        g1 = self.layers[0].backward(g2["x"] * (h_pre > 0), c1)
+        g1 = self.layers[0].backward(layer_norm_backward(g2["x"], hn, sigma, self.normalised) * (h_pre > 0), c1)
         return [g1, g2]
 
 
@@ -142,7 +176,7 @@ def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, strea
     doms = stream["domains"]
     n = len(doms)
     acc = np.zeros((n, n))
-    trainable = []
+    trainable, norms = [], []
     for t, dom in enumerate(doms):
         if method != "frozen":
             for layer in enc.layers:
@@ -159,9 +193,12 @@ def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, strea
                     o.step(layer.current_parameters(), {k: v for k, v in g.items() if k != "x"})
             for layer in enc.layers:
                 layer.end_task()
+            if method in ("moram", "dense_moram"):
+                norms.append([key_norms(layer) for layer in enc.layers])  # (layers, tasks so far)
         acc[t] = evaluate(enc, stream, seen=t + 1)
     out = {"accuracy": acc, "trainable_per_task": trainable}
     if method in ("moram", "dense_moram"):
+        out["key_norms"] = norms
         x = np.concatenate([d["x_test"] for d in doms])
         groups = np.concatenate([np.full(len(d["x_test"]), i) for i, d in enumerate(doms)])
         layer = enc.layers[0]

@@ -58,3 +58,11 @@ def silent_fraction(layer: MoRAMLinear, x: np.ndarray) -> float:
     w = cache["w"].reshape(-1, max(layer.n_atoms, 1))
     return float(np.mean(np.all(w == 0, axis=1))) if layer.n_atoms else 1.0
 
+
+
+def key_norms(layer: MoRAMLinear) -> list[float]:
+    """Mean key norm ``‖A_i‖₂`` of each frozen task's atoms, in task order (a routing diagnostic: atoms
+    whose keys grew win the shared normaliser and the top-k on every input). -> one float per task."""
+    r = layer.config.atoms_per_task
+    norms = np.linalg.norm(layer.frozen_keys, axis=1)  # (R_old,)
+    return [float(v) for v in norms.reshape(-1, r).mean(axis=1)] if norms.size else []

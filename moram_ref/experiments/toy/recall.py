@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments.toy.methods import activation_mass, count_trainable, make_layer, silent_fraction
+from moram_ref.experiments.toy.methods import activation_mass, count_trainable, key_norms, make_layer, silent_fraction
 from moram_ref.numpy.optim import Adam
 
 
@@ -69,7 +69,7 @@ def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, strea
     n = len(tasks)
     acc = np.zeros((n, n))
     err = np.zeros((n, n))
-    trainable = []
+    trainable, norms = [], []
     for t, task in enumerate(tasks):
         if method != "frozen":
             layer.begin_task(rng)
@@ -81,10 +81,13 @@ def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, strea
                 grads = layer.backward(grad_y, cache)
                 opt.step(layer.current_parameters(), {k: g for k, g in grads.items() if k != "x"})
             layer.end_task()
+            if method in ("moram", "dense_moram"):
+                norms.append([key_norms(layer)])  # (layers, tasks so far)
         acc[t] = [recall_accuracy(layer, other, settings.tolerance) for other in tasks]
         err[t] = [relative_error(layer, other).mean() for other in tasks]
     out = {"accuracy": acc, "relative_error": err, "trainable_per_task": trainable}
     if method in ("moram", "dense_moram"):
+        out["key_norms"] = norms
         keys = np.concatenate([task["keys"] for task in tasks])
         groups = np.repeat(np.arange(n), settings.pairs_per_task)
         out["activation_mass"] = activation_mass(layer, keys, groups, n)

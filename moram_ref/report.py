@@ -1,0 +1,110 @@
+"""``moram-ref report``: the README's results tables, rendered from a run's ``results.json``.
+
+Numbers in README.md are never typed: they sit between two marker lines,
+``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->``, and this module writes (``--write``)
+or checks (``--check``) them from the results file. ``tests/test_readme_tables.py`` runs the main job and
+checks that the README still says what it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from moram_ref.experiments.toy.demo import METRICS, format_cell
+
+HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
+
+
+def demo_table(results: dict) -> str:
+    """The main job's summary as a Markdown table: one row per (stream, method), mean ± 95 % CI in %."""
+    seeds = results["seeds"]
+    lines = [f"| stream | method | {' | '.join(HEADERS[k] for k in METRICS)} |",
+             "|---|---|" + "---|" * len(METRICS)]
+    for stream, res in results["streams"].items():
+        for method, cells in res["summary"].items():
+            lines.append(f"| {stream} | {res['labels'][method]} | " + " | ".join(format_cell(cells[k]) for k in METRICS)
+                         + " |")
+    digits = results["streams"].get("digits", {})
+    sweep = digits.get("sweep")
+    note = (f"\n\nSeeds {seeds[0]}–{seeds[-1]} ({len(seeds)} runs); cells are mean ± 95 % CI half-width, in %.")
+    if {"frozen", "seq_lora"} <= set(digits.get("methods", {})):
+        gain = [np.mean(np.diag(np.array(s["accuracy"])) - np.diag(np.array(f["accuracy"])))
+                for s, f in zip(digits["methods"]["seq_lora"], digits["methods"]["frozen"])]
+        note += (" Digits: training on a domain raises its accuracy by "
+                 f"{100 * np.mean(gain):.1f} points on average over the frozen base's zero-shot "
+                 "(sequential LoRA's diagonal minus the frozen base's).")
+    silent = {name: np.mean([r["silent_fraction"] for r in res["methods"]["moram"]])
+              for name, res in results["streams"].items() if "moram" in res["methods"]}
+    if silent:
+        note += (" Inputs that δ silences entirely at evaluation (MoRAM, layer 1, mean over seeds): "
+                 + ", ".join(f"{name} {100 * v:.1f} %" for name, v in silent.items()) + ".")
+    if sweep:
+        note += (" Validation sweep of τ on the digits stream (mean Average): "
+                 + ", ".join(f"τ = {t}: {100 * v:.1f}" for t, v in zip(sweep["temperatures"], sweep["validation_average"]))
+                 + f"; chosen τ = {sweep['chosen']}.")
+    return "\n".join(lines) + note
+
+
+GENERATORS = {"demo": demo_table}
+
+
+def _block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- BEGIN generated: {name}\b[^\n]*-->\n)(.*?)(<!-- END generated: {name} -->)", re.S)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the generated block ``name`` replaced by ``body``; ValueError if the markers are missing."""
+    pattern = _block(name)
+    if not pattern.search(text):
+        raise ValueError(f"no block '<!-- BEGIN generated: {name} ... -->' … '<!-- END generated: {name} -->' found")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text, count=1)
+
+
+def read_block(text: str, name: str) -> str:
+    match = _block(name).search(text)
+    if not match:
+        raise ValueError(f"no block '<!-- BEGIN generated: {name} ... -->' found")
+    return match.group(2).removesuffix("\n")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, help="a run's results.json (e.g. runs/demo/results.json)")
+    p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--write", type=Path, metavar="FILE", help="replace the table's generated block in FILE")
+    group.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's block differs from the results")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"moram-ref report: error: results: cannot read {args.results}: {err}") from None
+    try:
+        body = GENERATORS[args.table](results)
+    except (KeyError, TypeError, IndexError) as err:
+        raise SystemExit(f"moram-ref report: error: results: {args.results} is not a {args.table} results file "
+                         f"(missing {err})") from None
+    if args.write is None and args.check is None:
+        print(body)
+        return 0
+    target: Path = args.write or args.check
+    try:
+        text = target.read_text()
+        new = replace_block(text, args.table, body)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"moram-ref report: error: {target}: {err}") from None
+    if args.check is not None:
+        if new != text:
+            print(f"{target}: the '{args.table}' table differs from {args.results}")
+            return 1
+        print(f"{target}: the '{args.table}' table matches {args.results}")
+        return 0
+    target.write_text(new)
+    print(f"wrote the '{args.table}' table into {target}")
+    return 0
