@@ -98,7 +98,7 @@ assert 0.9 < at_d < 1.1
 
 # %% [markdown]
 # This is why a single small adapter trained task after task forgets: new pairs are written over old ones
-# in the same few slots. MoRAM keeps every task's pairs as separate rank-1 *atoms* that speak only when
+# in the same few slots (tutorial 4 shows it happen). MoRAM keeps every task's pairs as separate rank-1 *atoms* that speak only when
 # their key matches the input (tutorials 2 and 3).
 #
 # ## Correlated keys, and the least-squares write

@@ -12,7 +12,9 @@
 #    ([eq-threshold](../docs/theory.md#eq-threshold))
 # 6. $\Delta = B\,(w \odot p)$: the weights multiply the **raw** responses ([eq-update](../docs/theory.md#eq-update))
 #
-# and the layer returns $y = W_0 x + b_0 + \Delta$. Each step is a small function of
+# and the layer returns $y = W_0 x + b_0 + \Delta$. (Convention, as in every tutorial: $A$ is $(R, d_\text{in})$,
+# $B$ is $(d_\text{out}, R)$, $W_0$ is $(d_\text{out}, d_\text{in})$; tokens are the rows of `X`, so $p = Ax$ for all
+# of them is `X @ A.T`.) Each step is a small function of
 # `moram_ref.numpy.activation`; `mixing_weights` composes steps 2–5 from a `MoRAMConfig`. We use the
 # paper's CLIP settings, $\tau = 0.01$ and $\delta = 0.2$, on a bank of $R = 12$ atoms with $k = 4$, and
 # assert every claim where it is made.
@@ -43,6 +45,7 @@ S = activation.normalise(P)  # (N, R)
 silenced_tokens = np.flatnonzero(np.all(S < delta_thr, axis=1))
 kept_tokens = np.flatnonzero(np.any(S >= delta_thr, axis=1))
 print(f"{len(kept_tokens)} of {len(X)} random tokens have at least one score ≥ δ; {len(silenced_tokens)} have none")
+assert len(kept_tokens) > 0.9 * len(X) and len(silenced_tokens) > 0
 
 # %% [markdown]
 # ## Two tokens: one kept, one silenced
@@ -74,7 +77,7 @@ for t in traces.values():
     assert np.isclose(np.linalg.norm(t["s"]), 1.0), "s lies on the unit sphere"
     assert t["keep"].sum() == k and np.isclose(t["w_soft"].sum(), 1.0), "k atoms kept, softmax sums to 1"
     assert set(np.argsort(-t["s"])[:k]) == set(np.flatnonzero(t["keep"])), "the k largest signed scores"
-assert kept["w"].sum() > 0.99 and np.linalg.norm(kept["delta"]) > 0, "the kept token gets an update"
+assert kept["w"].max() > 0.99 and np.linalg.norm(kept["delta"]) > 0, "the kept token gets an update, from one atom"
 assert np.all(silenced["s"] < delta_thr) and np.all(silenced["w"] == 0), "every weight of the silenced token is 0"
 assert np.all(silenced["delta"] == 0), "so its update is exactly 0"
 
@@ -149,8 +152,9 @@ plt.show()
 # A per-key cosine $\cos_i = A_i \cdot x / (\lVert A_i\rVert \lVert x\rVert)$ would judge every atom alone.
 # MoRAM's $s = p/\lVert p\rVert$ makes the atoms *compete*: $\sum_i s_i^2 = 1$, so
 #
-# * at most $1/\delta^2 = 25$ atoms can pass $\delta = 0.2$, however many atoms agree with the token;
 # * atoms that answer the same inputs split the score: add a copy of an atom and both copies' scores drop;
+# * so at most $1/\delta^2 = 25$ atoms can pass $\delta = 0.2$, however many agree with the token: a bank of 100
+#   atoms all pointing almost along $x$ has a cosine near 1 for each, and a score near $1/\sqrt{100} = 0.1$;
 # * a key's length counts: a longer key wins more of the score (a per-key cosine ignores it), so training
 #   can make an atom more or less assertive by scaling its key;
 # * every atom in the bank, including atoms with zero values, moves everybody's scores. That is how a new
@@ -174,7 +178,12 @@ print(f"key twice as long: s = {s_long[j]:.3f} (per-key cosine {cosine[j]:.3f} �
 assert np.allclose(activation.normalise(activation.responses(3.0 * x, A)), s_x), "s(3x) = s(x)"
 assert np.isclose(s_copy[j], s_copy[-1]) and s_copy[j] < s_x[j], "copies split the score"
 assert s_long[j] > s_x[j] and np.isclose(cosine_long[j], cosine[j]), "key length counts for s, not for the cosine"
-assert np.all(np.sum(S >= delta_thr, axis=1) <= 1 / delta_thr**2)
+A_crowd = x / np.linalg.norm(x) + 0.05 * rng.standard_normal((100, d_in)) / np.sqrt(d_in)  # 100 keys along x
+s_crowd = activation.normalise(activation.responses(x, A_crowd))
+cos_crowd = (A_crowd @ x) / (np.linalg.norm(A_crowd, axis=1) * np.linalg.norm(x))
+print(f"100 atoms along x: cosines {cos_crowd.min():.3f}..{cos_crowd.max():.3f}, scores {s_crowd.min():.3f}..{s_crowd.max():.3f}, "
+      f"atoms passing δ: {np.sum(s_crowd >= delta_thr)}")
+assert cos_crowd.min() > 0.99 and np.sum(s_crowd >= delta_thr) == 0
 
 # %% [markdown]
 # ### A growing bank and a fixed threshold
@@ -237,6 +246,7 @@ assert np.isclose(w1 / w2, np.e)
 top_two = np.sort(S, axis=1)[:, -2:]  # (N, 2)
 gaps = top_two[:, 1] - top_two[:, 0]
 print(f"gap between the two best scores: median {np.median(gaps):.3f}; below 0.01 for {100 * np.mean(gaps < 0.01):.1f} % of tokens")
+assert 0.05 < np.median(gaps) < 0.2
 
 taus = np.logspace(-3, 1, 17)
 w_max, effective = [], []
@@ -357,6 +367,9 @@ print(f"familiar tokens: median relative train/eval difference {np.median(rel[fa
       f"above 1 % for {100 * np.mean(rel[familiar] > 0.01):.1f} % of them")
 assert np.all(c_eval["delta"][~familiar] == 0) and np.all(np.linalg.norm(c_train["delta"][~familiar], axis=1) > 0)
 assert np.median(rel[familiar]) < 1e-6 and np.mean(rel[familiar] > 0.01) < 0.05
+other_delta = MoRAMLinear(layer.weight, None, MoRAMConfig(atoms_per_task=R, top_k=k, temperature=tau, threshold=0.5))
+other_delta.load_state_dict(layer.state_dict())
+assert np.array_equal(other_delta.forward(X, training=True)[0], y_train), "training never sees δ"
 
 # %% [markdown]
 # ## Routing geometry on a circle, and what `begin_task` does to it
