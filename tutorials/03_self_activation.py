@@ -114,15 +114,14 @@ plt.show()
 # all. Here is a token where that happens:
 
 # %%
-strongest_dropped = [n for n in kept_tokens
-                     if S[n, np.argmax(np.abs(P[n]))] < 0 and np.abs(P[n, ~activation.top_k_mask(S[n], k)]).max()
-                     > np.abs(P[n, activation.top_k_mask(S[n], k)]).max()]
-n = strongest_dropped[0]
-keep_x = activation.top_k_mask(S[n], k)
+KEEP = activation.top_k_mask(S, k)  # (N, R) for all 2,000 tokens
+strongest_dropped = np.abs(np.where(KEEP, 0.0, P)).max(axis=1) > np.abs(np.where(KEEP, P, 0.0)).max(axis=1)  # (N,)
+n = int(np.flatnonzero(strongest_dropped)[0])
+keep_x = KEEP[n]
 print("p       ", np.round(P[n], 2))
 print("kept    ", keep_x.astype(int))
 print(f"largest |p| among kept {np.abs(P[n, keep_x]).max():.2f}, among dropped {np.abs(P[n, ~keep_x]).max():.2f}")
-print(f"{len(strongest_dropped)} of {len(kept_tokens)} tokens drop an atom stronger (in |p|) than every atom they keep")
+print(f"{strongest_dropped.sum()} of {len(X)} tokens drop an atom stronger (in |p|) than every atom they keep")
 assert np.abs(P[n, ~keep_x]).max() > np.abs(P[n, keep_x]).max()
 
 # %% [markdown]
