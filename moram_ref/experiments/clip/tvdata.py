@@ -107,11 +107,25 @@ def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | No
         classnames = None if names is None else [n.replace("_", " ") for n in names]
     if not classnames:
         raise ValueError(f"torchvision's {key} has no class names: pass them with --classnames-json")
-    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    if len(classnames) < n_classes:
-        raise ValueError(f"{key}: {len(classnames)} class names for {n_classes} labels")
+    check_labels(key, classnames, names, {"train": train.labels, "test": test.labels})
     template = template or (eval_templates[0] if eval_templates else spec["template"])
-    return Domain(key, list(classnames[:n_classes]), template, train, test, eval_templates)
+    return Domain(key, list(classnames), template, train, test, eval_templates)
+
+
+def check_labels(key: str, classnames: list[str], dataset_names: list[str] | None,
+                 labels: dict[str, np.ndarray]) -> None:
+    """Class names and labels must line up exactly: as many names as the dataset has classes (its own
+    list when it has one, else the largest label + 1), every label in ``0..C-1``. ``ValueError`` naming the dataset otherwise."""
+    n = len(classnames)
+    if dataset_names is not None and len(dataset_names) != n:
+        raise ValueError(f"{key}: {n} class names given, torchvision's {key} has {len(dataset_names)} classes")
+    top = max(int(np.max(y)) for y in labels.values() if len(y)) + 1
+    if dataset_names is None and top != n:
+        raise ValueError(f"{key}: {n} class names given, the labels on disk run 0..{top - 1} ({top} classes)")
+    for part, y in labels.items():
+        bad = sorted({int(v) for v in np.asarray(y) if not 0 <= int(v) < n})
+        if bad:
+            raise ValueError(f"{key}: {part} labels {bad[:10]} lie outside 0..{n - 1} ({n} class names)")
 
 
 def open_item(ref: str, data_root: str):
