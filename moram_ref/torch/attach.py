@@ -114,6 +114,12 @@ def _inside_adapter(model: nn.Module, name: str) -> bool:
 
 def make_adapter(base: nn.Linear, config: MoRAMConfig, method: str = "moram", dtype: torch.dtype | None = None):
     """The adapter layer of ``method`` around ``base`` (same trainable atoms per task for every method)."""
+    if not isinstance(config, MoRAMConfig):
+        raise ValueError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "moram":
         return MoRAMLinear(base, config, dtype)
     if method == "dense_moram":
@@ -136,8 +142,11 @@ def attach(
 ) -> dict[str, nn.Linear]:
     """Replace the target linear layers by adapters; freeze everything else. Returns {name: original}.
 
-    Nothing is replaced if any target is invalid (names are resolved first).
+    Nothing is replaced if any target is invalid (names are resolved first); ``ValueError`` naming the
+    argument for a bad ``config``, ``method``, ``dtype`` or target (see :func:`match_targets`).
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if next(attached_layers(model), None) is not None:
         raise RuntimeError("model already has attached layers; detach(model) first")
     names = match_targets(model, target_modules)

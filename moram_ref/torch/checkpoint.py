@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.torch.attach import attached_layers
+from moram_ref.torch.attach import METHODS, attached_layers
 
 FORMAT = "moram_ref.checkpoint"
 FORMAT_VERSION = 2  # 2: sha256 of every tensor in the metadata
@@ -54,7 +54,23 @@ def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_done: int,
          method: str = "moram", extra: dict[str, Any] | None = None) -> Path:
-    """Write the attached state of ``model`` to ``path`` atomically; returns the path."""
+    """Write the attached state of ``model`` to ``path`` atomically; returns the path.
+
+    Refuses (``CheckpointError``, a ``ValueError``) a model without attached layers, a non-finite tensor,
+    and bad arguments: ``config`` not a MoRAMConfig, ``tasks_done`` not an int >= 0, an unknown
+    ``method``, ``extra`` not a JSON-serialisable dict."""
+    if not isinstance(config, MoRAMConfig):
+        raise CheckpointError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+    if isinstance(tasks_done, bool) or not isinstance(tasks_done, int) or tasks_done < 0:
+        raise CheckpointError(f"tasks_done must be an int >= 0, got {tasks_done!r}")
+    if method not in METHODS:
+        raise CheckpointError(f"method must be one of {METHODS}, got {method!r}")
+    try:
+        extra_json = json.dumps(extra or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"extra must be a JSON-serialisable dict, got {extra!r} ({exc})") from exc
+    if not isinstance(extra or {}, dict):
+        raise CheckpointError(f"extra must be a JSON-serialisable dict, got {type(extra).__name__}")
     layers = describe_layers(model)
     if not layers:
         raise CheckpointError("model has no attached layers; nothing to save")
@@ -63,7 +79,7 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
         "format": FORMAT, "format_version": FORMAT_VERSION, "method": method, "config": config.to_dict(),
         "tasks_done": int(tasks_done), "layers": layers,
         "atoms": {n: int(getattr(layer, "n_atoms", 0)) for n, layer in attached_layers(model)},
-        "extra": extra or {},
+        "extra": json.loads(extra_json),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state(model).items()}
     for name, tensor in tensors.items():

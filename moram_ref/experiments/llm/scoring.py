@@ -29,6 +29,10 @@ METRIC_OF_TASK = {
 
 
 def _check(predictions: Sequence[str], targets: Sequence[str]) -> None:
+    for name, texts in (("predictions", predictions), ("targets", targets)):
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            bad = texts if isinstance(texts, str) else next(t for t in texts if not isinstance(t, str))
+            raise TypeError(f"{name} must be a sequence of str, got {type(texts).__name__} holding {bad!r:.60}")
     if len(predictions) != len(targets):
         raise ValueError(f"predictions and targets differ in length: {len(predictions)} vs {len(targets)}")
     if not targets:
