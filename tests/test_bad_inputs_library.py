@@ -70,9 +70,18 @@ def torch_layer(tasks: int = 2, in_task: bool = True) -> TorchLayer:
 
 def snap(layer: Any) -> dict[str, np.ndarray | None]:
     out = {}
+    if not hasattr(layer, "state_dict"):  # the NumPy baselines: every array they hold, by attribute path
+        return arrays_in(vars(layer), "")
     for k, v in layer.state_dict().items():
         out[k] = None if v is None else (v.detach().numpy().copy() if torch.is_tensor(v) else v.copy())
     return out
+
+
+def arrays_in(value: Any, path: str) -> dict[str, np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return {path: value.copy()}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else []
+    return {p: a for k, v in items for p, a in arrays_in(v, f"{path}.{k}").items()}
 
 
 def same(a: dict, b: dict) -> bool:
@@ -246,6 +255,42 @@ def layer_rows(backend: str) -> list[Case]:
     return rows
 
 
+def baseline_rows() -> list[Case]:
+    """The baselines (LoRA, MoE-LoRA; O-LoRA in torch only) refuse what the MoRAM layers refuse."""
+    from moram_ref.numpy import baselines as npb
+    from moram_ref.torch import baselines as tb
+    from moram_ref.torch.olora import OLoRALinear
+
+    rows = []
+    makers = {"numpy": {n: (lambda n=n: getattr(npb, n)(np.zeros((D_OUT, D_IN)), None, 2)) for n in
+                        ("LoRALinear", "MoELoRALinear")},
+              "torch": {n: (lambda c=c: c(nn.Linear(D_IN, D_OUT).double(), 2)) for n, c in
+                        (("LoRALinear", tb.LoRALinear), ("MoELoRALinear", tb.MoELoRALinear),
+                         ("OLoRALinear", OLoRALinear))}}
+    for b, classes in makers.items():
+        x = lambda v, b=b: backend_x(b, v)  # noqa: E731
+        gen = torch.Generator().manual_seed(0) if b == "numpy" else np.random.default_rng(0)
+        ok_gen = (lambda: np.random.default_rng(0)) if b == "numpy" else (lambda: torch.Generator().manual_seed(0))
+        for name, mk in classes.items():
+            def in_task(mk=mk, ok_gen=ok_gen):
+                layer = mk()
+                layer.begin_task(ok_gen())
+                return layer
+            rows += [
+                Case(f"{b}-{name}-forward-nan", r"x contains NaN or inf \(1 entries\)",
+                     lambda L, x=x: L.forward(x(np.array([[np.nan, 0, 0, 0, 0, 0]]))), in_task, snap),
+                Case(f"{b}-{name}-forward-last-dim", r"x must have shape \(\.\.\., 6\), got shape \(2, 4\)",
+                     lambda L, x=x: L.forward(x(np.zeros((2, 4)))), in_task, snap),
+                Case(f"{b}-{name}-begin-task-wrong-generator",
+                     r"(rng must be a numpy\.random\.Generator|generator must be a torch\.Generator or None), "
+                     r"got Generator", lambda L, gen=gen: L.begin_task(gen), mk, snap),
+                Case(f"{b}-{name}-rank", r"rank must be an int >= 1, got 0",
+                     lambda _, b=b, name=name: (getattr(npb, name)(np.zeros((D_OUT, D_IN)), None, 0) if b == "numpy"
+                                                else getattr(tb, name, OLoRALinear)(nn.Linear(D_IN, D_OUT), 0))),
+            ]
+    return rows
+
+
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
     block = nn.ModuleDict({"q_proj": nn.Linear(4, 4), "v_proj": nn.Linear(4, 4), "norm": nn.LayerNorm(4)})
@@ -311,6 +356,10 @@ def attach_rows() -> list[Case]:
              attached, model_snap, STATE),
         Case("attach-begin-task-numpy-generator", r"generator must be a torch\.Generator or None, got Generator",
              lambda m: A.begin_task(m, np.random.default_rng(0)), attached, model_snap),
+        Case("attach-begin-task-numpy-generator-seq_lora",
+             r"generator must be a torch\.Generator or None, got Generator",
+             lambda m: A.begin_task(m, np.random.default_rng(0)),
+             lambda: (lambda m: (A.attach(m, CFG, ["q_proj"], method="seq_lora"), m)[1])(tiny_model()), model_snap),
         Case("attach-begin-task-no-layers", r"no attached layers", lambda m: A.begin_task(m), tiny_model,
              model_snap, STATE),
         Case("attach-end-task-no-task", r"end_task\(\) called with no task in progress",
@@ -447,7 +496,8 @@ def tmp(tmp_path_factory):
 
 
 def all_rows(tmp: Any) -> list[Case]:
-    return (config_rows() + layer_rows("numpy") + layer_rows("torch") + attach_rows() + checkpoint_rows(tmp)
+    return (config_rows() + layer_rows("numpy") + layer_rows("torch") + baseline_rows() + attach_rows()
+            + checkpoint_rows(tmp)
             + metrics_rows() + memory_rows() + scoring_rows())
 
 
