@@ -115,3 +115,15 @@ def test_mtil_names_that_do_not_fit_the_labels_are_refused(names, dataset_names,
     with pytest.raises(ValueError, match=message):
         check_labels("mnist", names, dataset_names, labels)
     check_labels("mnist", ["a", "b"], ["a", "b"], {"train": np.array([0, 1, 1])})  # fits
+
+
+def test_a_manifest_drawn_from_other_labels_is_refused(tmp_path):
+    from moram_ref.experiments.clip.data import few_shot
+
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    first = few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    # same number of training items, listed in another order: the stored indices would pick other images
+    rewrite(split_file(tmp_path, "dtd"), lambda s: s.update(train=s["train"][::-1]))
+    with pytest.raises(ValueError, match=r"dtd_2shot_seed0\.json was drawn from training labels that differ"):
+        few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    assert len(first) == 6

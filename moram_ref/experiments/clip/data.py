@@ -9,6 +9,7 @@ written to ``<run>/manifests/<d>_<K>shot_seed<s>.json`` and read back on resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -144,11 +145,15 @@ def load_domain(data_root: str | Path, key: str, spec: dict | None = None) -> Do
 def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.ndarray:
     """Indices into ``domain.train`` of the K-shot subset, from (or written to) its manifest."""
     path = Path(manifest_dir) / f"{domain.key}_{shots}shot_seed{seed}.json"
+    digest = hashlib.sha256(np.asarray(domain.train.labels, dtype=np.int64).tobytes()).hexdigest()
     if path.is_file():
         data = json.loads(path.read_text())
         if data["n_train"] != len(domain.train.labels):
             raise ValueError(f"manifest {path} was drawn from {data['n_train']} training items, "
                              f"the data on disk has {len(domain.train.labels)}")
+        if data.get("labels_sha256", digest) != digest:  # same count, other labels or order: other images
+            raise ValueError(f"manifest {path} was drawn from training labels that differ from the data on disk "
+                             f"(same count, other labels or order); delete it to draw again")
         return np.array(data["indices"])
     rng = np.random.default_rng([seed, shots, zlib.crc32(domain.key.encode())])
     chosen = []
@@ -158,7 +163,8 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
     indices = np.array(sorted(chosen))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,
-                                "n_train": len(domain.train.labels), "indices": indices.tolist()}))
+                                "n_train": len(domain.train.labels), "labels_sha256": digest,
+                                "indices": indices.tolist()}))
     return indices
 
 
