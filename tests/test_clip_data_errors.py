@@ -127,3 +127,13 @@ def test_a_manifest_drawn_from_other_labels_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"dtd_2shot_seed0\.json was drawn from training labels that differ"):
         few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
     assert len(first) == 6
+
+
+def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
+    from moram_ref.experiments.clip.tvdata import read_classnames
+
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"datasets": {"mnist": {"classnames": {"zscl": ["0", "1"]}}, "dtd": {"classnames": {}}}}))
+    assert read_classnames(path, "zscl", keys=["mnist"]) == {"mnist": ["0", "1"]}
+    with pytest.raises(ValueError, match=r"names\.json has no classnames field 'zscl' for datasets \['dtd'\]"):
+        read_classnames(path, "zscl", keys=["mnist", "dtd"])

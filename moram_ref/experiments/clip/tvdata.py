@@ -134,13 +134,23 @@ def open_item(ref: str, data_root: str):
     return dataset(key, data_root, split)[int(idx)][0]
 
 
-def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames") -> dict[str, list[str]]:
+def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames",
+                    keys: list[str] | None = None) -> dict[str, list[str]]:
     """Lists per dataset from a JSON file: ``{key: [..]}``, or a ``{"datasets": {key: {section: {field: [..]}}}}``
-    document (``section`` "classnames" or "templates") with ``field`` naming the list to use."""
+    document (``section`` "classnames" or "templates") with ``field`` naming the list to use.
+
+    With ``keys``, every one of those datasets must have a list there: ``ValueError`` naming the file
+    and the datasets otherwise (a dataset left out would silently keep torchvision's names/template)."""
     data = json.loads(Path(path).read_text())
     if "datasets" in data:
         if field is None:
             raise ValueError(f"{path} holds several lists per dataset: name one with --{section}-field")
-        return {k: v[section][field] for k, v in data["datasets"].items()
-                if isinstance(v.get(section, {}).get(field), list)}
-    return {k: v for k, v in data.items() if isinstance(v, list)}
+        found = {k: v[section][field] for k, v in data["datasets"].items()
+                 if isinstance(v.get(section, {}).get(field), list)}
+    else:
+        found = {k: v for k, v in data.items() if isinstance(v, list)}
+    missing = [k for k in keys or [] if k not in found]
+    if missing:
+        where = f"{section} field {field!r}" if field else "a list"
+        raise ValueError(f"{path} has no {where} for datasets {missing}")
+    return found
