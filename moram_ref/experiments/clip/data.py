@@ -208,4 +208,7 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
     report["union"] = {"ok": True, "datasets": [d.key for d in loaded], "classes": n_classes,
                        "distinct_prompts": n_classes - sum(len(g["classes"]) - 1 for g in dups),
                        "duplicate_prompts": dups}
+    if dups:
+        report["union"]["note"] = ("classes sharing a prompt get identical text features: the later one is never "
+                                   "predicted; kept as in the paper for comparability (docs/experiments.md)")
     return report
