@@ -115,7 +115,8 @@ def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | No
 def check_labels(key: str, classnames: list[str], dataset_names: list[str] | None,
                  labels: dict[str, np.ndarray]) -> None:
     """Class names and labels must line up exactly: as many names as the dataset has classes (its own
-    list when it has one, else the largest label + 1), every label in ``0..C-1``. ``ValueError`` naming the dataset otherwise."""
+    list when it has one, else the largest label + 1), every label in ``0..C-1``. ``ValueError`` naming
+    the dataset otherwise."""
     n = len(classnames)
     if dataset_names is not None and len(dataset_names) != n:
         raise ValueError(f"{key}: {n} class names given, torchvision's {key} has {len(dataset_names)} classes")
