@@ -56,6 +56,8 @@ def check_finite(name: str, arr: Any, sync_free: bool = False) -> None:
         if sync_free and (torch.compiler.is_compiling() or arr.device.type != "cpu"):
             torch._assert_async(torch.isfinite(arr).all(), f"{name} contains NaN or inf")
             return
+        if bool(torch.isfinite(arr).all()):
+            return
         bad = int((~torch.isfinite(arr)).sum())
     else:
         import numpy as np  # noqa: PLC0415
