@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,8 @@ class MoRAMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoRAMConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict of MoRAMConfig fields, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
@@ -111,14 +114,19 @@ class MoRAMConfig:
 
 def check_adam_hyperparameters(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
     """The optimiser's settings, validated once for both backends' ``Adam``."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+    if not _is_real(lr) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(_is_real(b) and 0.0 <= b < 1.0 for b in betas)):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if not _is_real(eps) or not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if not _is_real(weight_decay) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

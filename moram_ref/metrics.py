@@ -17,10 +17,29 @@ import math
 import numpy as np
 
 
+def _floats(name: str, a: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must hold numbers, got {a!r:.80}") from exc
+
+
 def _square(name: str, a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
+    """The matrix as float64; NaN marks a missing entry, ±inf is refused (no score is infinite)."""
+    a = _floats(name, a)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty square (tasks × tasks) matrix, got shape {a.shape}")
+    inf = np.argwhere(np.isinf(a))
+    if len(inf):
+        where = [tuple(int(i) for i in ij) for ij in inf[:5]]
+        raise ValueError(f"{name} has non-finite entries {[float(a[ij]) for ij in where]} at {where}")
+    return a
+
+
+def _finite(name: str, a: np.ndarray) -> np.ndarray:
+    bad = int(np.sum(~np.isfinite(a)))
+    if bad:
+        raise ValueError(f"{name} contains NaN or inf ({bad} entries)")
     return a
 
 
@@ -97,10 +116,10 @@ def atoms_for_mass(w: np.ndarray, mass: float = 0.99) -> np.ndarray:
 
     w: (..., R) non-negative final weights -> (...,) counts; a token with ``Σw = 0`` needs 0 atoms.
     """
-    w = np.asarray(w, dtype=np.float64)
+    w = _finite("w", _floats("w", w))
     if w.ndim < 1 or (w < 0).any():
         raise ValueError(f"w must be non-negative weights of shape (..., R), got shape {w.shape}")
-    if not 0 < mass <= 1:
+    if not (isinstance(mass, (int, float)) and 0 < mass <= 1):
         raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
     srt = -np.sort(-w, axis=-1)  # descending
     total = srt.sum(axis=-1, keepdims=True)
@@ -113,10 +132,11 @@ def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
 
     One value gives a half-width of NaN (no spread can be estimated).
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = _floats("values", values)
     if v.ndim != 1 or v.size == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {v.shape}")
-    if not 0 < level < 1:
+    _finite("values", v)
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     if v.size == 1:
         return float(v[0]), math.nan

@@ -25,8 +25,8 @@ def check_shape(name: str, arr: Any, shape: tuple[int, ...]) -> None:
     """Exact shape check; ``-1`` in ``shape`` accepts any size on that axis."""
     check_ndim(name, arr, len(shape))
     if any(want not in (-1, got) for want, got in zip(shape, arr.shape)):
-        want = tuple("any" if s == -1 else s for s in shape)
-        raise ValueError(f"{name} must have shape {want}, got {describe(arr)}")
+        want = ", ".join("any" if s == -1 else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        raise ValueError(f"{name} must have shape ({want}), got {describe(arr)}")
 
 
 def check_last_dim(name: str, arr: Any, size: int) -> None:
@@ -34,3 +34,81 @@ def check_last_dim(name: str, arr: Any, size: int) -> None:
         raise ValueError(f"{name} must be an array, got {type(arr).__name__}")
     if arr.ndim < 1 or arr.shape[-1] != size:
         raise ValueError(f"{name} must have shape (..., {size}), got {describe(arr)}")
+
+
+def _is_torch(arr: Any) -> bool:
+    return type(arr).__module__.startswith("torch")
+
+
+def check_finite(name: str, arr: Any, sync_free: bool = False) -> None:
+    """``ValueError`` naming ``name`` if ``arr`` holds NaN or inf (NumPy arrays and torch tensors).
+
+    ``sync_free`` (torch only, the forward path): on a CPU tensor outside ``torch.compile`` the same
+    plain check; on any other device, or while compiling, a device-side assertion
+    (``torch._assert_async``) that reads nothing back to the host — it fails later, at the next
+    synchronisation, as a ``RuntimeError`` carrying the same message (docs/semantics.md).
+    """
+    if _is_torch(arr):
+        import torch  # noqa: PLC0415  (only reached with a tensor, so torch is already imported)
+
+        if arr.device.type == "meta" or not (arr.is_floating_point() or arr.is_complex()):
+            return
+        if sync_free and (torch.compiler.is_compiling() or arr.device.type != "cpu"):
+            torch._assert_async(torch.isfinite(arr).all(), f"{name} contains NaN or inf")
+            return
+        if bool(torch.isfinite(arr).all()):
+            return
+        bad = int((~torch.isfinite(arr)).sum())
+    else:
+        import numpy as np  # noqa: PLC0415
+
+        bad = int(np.sum(~np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"{name} contains NaN or inf ({bad} entries)")
+
+
+def check_input(name: str, x: Any, size: int) -> None:
+    """A torch forward's input: a floating tensor of shape (..., size) without NaN/inf (sync-free)."""
+    if not _is_torch(x) or not hasattr(x, "is_floating_point"):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_last_dim(name, x, size)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {describe(x)}")
+    check_finite(name, x, sync_free=True)
+
+
+def check_layer_state(state: dict, prefix: str, d_out: int, d_in: int, has_bias: bool, atoms_per_task: int,
+                      strict: bool = True) -> None:
+    """A MoRAM layer's state (NumPy or torch) checked before anything is assigned (spec §2, §4): the
+    base weight (d_out, d_in) and bias as this layer's, ``frozen_keys (R_old, d_in)``,
+    ``frozen_values (d_out, R_old)``, ``keys (0 or r, d_in)``, ``values (d_out, same)``, all finite;
+    with ``strict``, no key missing and none unexpected under ``prefix``. ``ValueError`` naming the key."""
+    bank = ("frozen_keys", "frozen_values", "keys", "values")
+    expected = {"base_layer.weight", *bank} | ({"base_layer.bias"} if has_bias else set())
+    present = {k[len(prefix):] for k in state if k.startswith(prefix)}
+    if strict:
+        given_bias = state.get(prefix + "base_layer.bias") is not None
+        if given_bias != has_bias:
+            raise ValueError(f"{prefix}base_layer.bias is {'present' if given_bias else 'missing'} in the state, "
+                             f"this layer has {'a' if has_bias else 'no'} bias")
+        missing = sorted(expected - present)
+        unexpected = sorted(present - expected - {"base_layer.bias"})
+        if missing or unexpected:
+            raise ValueError(f"state keys under {prefix!r} mismatch: missing {missing}, unexpected {unexpected}")
+    get = {k: state.get(prefix + k) for k in (*sorted(expected), "base_layer.bias")}
+    if get["base_layer.weight"] is not None:
+        check_shape(prefix + "base_layer.weight", get["base_layer.weight"], (d_out, d_in))
+    if get["base_layer.bias"] is not None:
+        check_shape(prefix + "base_layer.bias", get["base_layer.bias"], (d_out,))
+    if any(get[k] is None for k in bank):
+        return
+    fk, fv, k, v = (get[name] for name in bank)
+    check_shape(prefix + "frozen_keys", fk, (-1, d_in))
+    check_shape(prefix + "frozen_values", fv, (d_out, fk.shape[0]))
+    check_shape(prefix + "keys", k, (-1, d_in))
+    if k.shape[0] not in (0, atoms_per_task):
+        raise ValueError(f"{prefix}keys must have 0 or atoms_per_task={atoms_per_task} rows, got {tuple(k.shape)}")
+    check_shape(prefix + "values", v, (d_out, k.shape[0]))
+    for name in ("base_layer.weight", "base_layer.bias", *bank):
+        if get[name] is not None:
+            check_finite(prefix + name, get[name])

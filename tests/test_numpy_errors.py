@@ -79,7 +79,7 @@ def test_bad_training_flag(rng):
         (lambda s: s.update(frozen_keys=s["frozen_keys"][:, :-1]), "frozen_keys"),
         (lambda s: s.update(keys=s["keys"][:-1]), "keys"),
         (lambda s: s.update(values=s["values"][:-1]), "values"),
-        (lambda s: s.update(values=s["values"].astype(np.float32)), "one dtype"),
+        (lambda s: s.update(values=s["values"].astype(np.float32)), "this layer.s dtype float64"),
         (lambda s: s.pop("frozen_keys"), "missing"),
         (lambda s: s.update(extra=np.zeros(3)), "unexpected"),
         (lambda s: s.update(keys=s["keys"] * np.nan), "NaN"),

@@ -97,3 +97,70 @@ def test_attach_twice_is_refused():
 def test_begin_task_without_attach_is_refused():
     with pytest.raises(RuntimeError, match="attach"):
         A.begin_task(tiny_model())
+
+
+class WithAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.enc(self.attn(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    (["attn.out_proj"], r"attn\.out_proj, the output projection of an nn.MultiheadAttention.*replace_attention"),
+    ("attn\\.out_proj", r"attn\.out_proj, the output projection"),
+    (["linear1"], r"enc\.linear1, inside an nn.TransformerEncoderLayer"),
+    (["attn"], r"selects attn \(MultiheadAttention\), which is not an nn.Linear"),
+    ("enc\\..*", r"selects enc\.self_attn \(MultiheadAttention\), which is not an nn.Linear"),
+])
+def test_targets_an_adapter_could_not_change_are_refused(targets, message):
+    """Attaching there used to succeed and change nothing (the parent reads the weight directly)."""
+    torch.manual_seed(0)
+    m = WithAttention().double()
+    before = [type(x) for x in m.modules()]
+    with pytest.raises(ValueError, match=message):
+        A.attach(m, CFG, targets)
+    assert [type(x) for x in m.modules()] == before and all(p.requires_grad for p in m.parameters())
+
+
+def test_after_replace_attention_the_output_projection_adapts():
+    from moram_ref.torch.split_attention import replace_attention
+
+    torch.manual_seed(0)
+    m = WithAttention().double().eval()
+    m.enc = nn.Identity()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    replace_attention(m)  # .attn becomes a SplitMultiheadAttention (same function)
+    A.attach(m, CFG, ["attn.out_proj"])
+    A.begin_task(m, torch.Generator().manual_seed(0))
+    y0 = m(x)
+    with torch.no_grad():
+        for p in A.trainable_parameters(m):
+            p.normal_()
+    assert not torch.allclose(m(x), y0)
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    (["q_proj", "0.q_proj"], r"module 0\.q_proj is selected by two target_modules entries, 'q_proj' and '0\.q_proj'"),
+    (["fc", "fc"], r"lists \['fc'\] more than once"),
+    (["norm"], r"selects 0\.norm \(LayerNorm\), which is not an nn.Linear"),
+    ("(0|1)\\.(fc|norm)", r"selects 0\.norm \(LayerNorm\)"),
+    ("(", r"'\(' is not a valid regular expression"),
+    ([3], r"target_modules must be a regex str or a sequence of str, got \[3\]"),
+    (None, r"target_modules must be a regex str or a sequence of str, got None"),
+])
+def test_ambiguous_or_non_linear_targets_are_refused(targets, message):
+    m = tiny_model()
+    with pytest.raises((ValueError, TypeError), match=message):
+        A.attach(m, CFG, targets)
+    assert not list(A.attached_layers(m))
+
+
+def test_a_layer_registered_twice_is_refused():
+    m = tiny_model()
+    m[1].q_proj = m[0].q_proj  # one module, two paths
+    with pytest.raises(ValueError, match=r"registered under several names \['0\.q_proj', '1\.q_proj'\]"):
+        A.attach(m, CFG, ["q_proj"])

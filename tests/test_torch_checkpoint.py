@@ -100,3 +100,62 @@ def test_no_pickle_anywhere():
 
     src = inspect.getsource(C)
     assert "torch.load" not in src and "pickle" not in src.replace("Nothing is ever loaded with pickle", "")
+
+
+def test_damaged_tensor_bytes_with_intact_header_are_refused(tmp_path):
+    """Bytes overwritten in the data section (header still valid): named, refused, model unchanged."""
+    path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)
+    data = bytearray(path.read_bytes())
+    data[-16:] = b"\xff" * 16  # NaN bit patterns in the last tensor's bytes
+    path.write_bytes(bytes(data))
+    C.read_metadata(path)  # the header still reads
+    target = trained(1, seed=5)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(C.CheckpointError, match=r"damaged: tensor \S+ does not match its sha256"):
+        C.load(target, path, CFG)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_non_finite_banks_are_neither_saved_nor_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    m = trained(1)
+    layer = next(layer for _, layer in A.moram_layers(m))
+    layer.frozen_values[0, 0] = float("nan")
+    with pytest.raises(C.CheckpointError, match="frozen_values holds NaN or inf"):
+        C.save(m, tmp_path / "nan.safetensors", CFG, tasks_done=1)
+    assert not (tmp_path / "nan.safetensors").exists()
+    # a file with a NaN whose checksum is right (written by another tool) is refused on load too
+    good = C.save(trained(1), tmp_path / "ck.safetensors", CFG, tasks_done=1)
+    meta = C.read_metadata(good)
+    tensors = {k: v.detach().clone().contiguous() for k, v in C.adapter_state(m).items()}
+    meta["sha256"] = {k: C.tensor_digest(v) for k, v in tensors.items()}
+    save_file(tensors, str(tmp_path / "forged.safetensors"), metadata={"moram_ref": json.dumps(meta)})
+    target = trained(1, seed=3)
+    with pytest.raises(C.CheckpointError, match="holds NaN or inf"):
+        C.load(target, tmp_path / "forged.safetensors", CFG)
+
+
+def test_format_1_without_checksums_is_refused(tmp_path):
+    path = C.save(trained(1), tmp_path / "ck.safetensors", CFG, tasks_done=1)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(fh.metadata()["moram_ref"])
+    meta["format_version"] = 1
+    del meta["sha256"]
+    save_file(tensors, str(path), metadata={"moram_ref": json.dumps(meta)})
+    with pytest.raises(C.CheckpointError, match="format version 1, written before tensor checksums"):
+        C.read_metadata(path)
+
+
+def test_every_checkpoint_read_goes_through_checkpoint_load():
+    """CLIP, LLM and O-LoRA runs load per-task checkpoints only via checkpoint.load (verified)."""
+    from pathlib import Path
+
+    root = Path(C.__file__).resolve().parents[1]
+    readers = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "checkpoint.py"
+               and any(s in p.read_text() for s in ("safe_open", "load_file", "torch.load", "safetensors.torch"))]
+    assert readers == []

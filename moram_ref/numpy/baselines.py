@@ -44,6 +44,8 @@ class _AdapterBase:
         return y0 if self.bias is None else y0 + self.bias
 
     def _new_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         bound = 1.0 / np.sqrt(self.d_in)  # kaiming-uniform(a=√5), as for MoRAM keys (spec §4)
         a = rng.uniform(-bound, bound, size=(self.rank, self.d_in)).astype(self.weight.dtype)
         return a, np.zeros((self.d_out, self.rank), self.weight.dtype)

@@ -13,7 +13,7 @@ import numpy as np
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.numpy import activation, backward
-from moram_ref.shapes import check_last_dim, check_ndim, check_shape
+from moram_ref.shapes import check_last_dim, check_layer_state, check_ndim, check_shape
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
@@ -189,35 +189,21 @@ class MoRAMLinear:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a bank of any size; everything is checked before anything is assigned."""
+        """Load a bank of any size into this layer (same ``d_in``, ``d_out``, bias or not, ``r``);
+        everything is checked before anything is assigned (``shapes.check_layer_state``, shared with torch)."""
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict, got {type(state).__name__}")
         missing = [k for k in STATE_KEYS if k not in state]
         unknown = sorted(set(state) - set(STATE_KEYS))
         if missing or unknown:
             raise ValueError(f"state keys mismatch: missing {missing}, unexpected {unknown}")
-        weight = _as_float_array("base_layer.weight", state["base_layer.weight"])
-        check_ndim("base_layer.weight", weight, 2)
-        d_out, d_in = weight.shape
+        arrays = {k: _as_float_array(k, v) for k, v in state.items() if v is not None or k != "base_layer.bias"}
+        check_layer_state(state, "", self.d_out, self.d_in, self.bias is not None, self.config.atoms_per_task)
+        dtypes = {a.dtype for a in arrays.values()}
+        if dtypes != {self.weight.dtype}:
+            raise ValueError(f"state arrays must all have this layer's dtype {self.weight.dtype}, "
+                             f"got {sorted(map(str, dtypes))}")
         bias = state["base_layer.bias"]
-        if bias is not None:
-            check_shape("base_layer.bias", _as_float_array("base_layer.bias", bias), (d_out,))
-        fk = _as_float_array("frozen_keys", state["frozen_keys"])
-        check_shape("frozen_keys", fk, (-1, d_in))
-        fv = _as_float_array("frozen_values", state["frozen_values"])
-        check_shape("frozen_values", fv, (d_out, fk.shape[0]))
-        k = _as_float_array("keys", state["keys"])
-        check_shape("keys", k, (-1, d_in))
-        if k.shape[0] not in (0, self.config.atoms_per_task):
-            raise ValueError(
-                f"keys must have 0 or atoms_per_task={self.config.atoms_per_task} rows, got {k.shape}"
-            )
-        v = _as_float_array("values", state["values"])
-        check_shape("values", v, (d_out, k.shape[0]))
-        arrays = [weight, fk, fv, k, v] + ([] if bias is None else [bias])
-        dtypes = {a.dtype for a in arrays}
-        if len(dtypes) != 1:
-            raise ValueError(f"state arrays must share one dtype, got {sorted(map(str, dtypes))}")
-        self.weight, self.bias = weight.copy(), None if bias is None else bias.copy()
-        self.frozen_keys, self.frozen_values = fk.copy(), fv.copy()
-        self.keys, self.values = k.copy(), v.copy()
+        self.weight, self.bias = arrays["base_layer.weight"].copy(), None if bias is None else bias.copy()
+        self.frozen_keys, self.frozen_values = arrays["frozen_keys"].copy(), arrays["frozen_values"].copy()
+        self.keys, self.values = arrays["keys"].copy(), arrays["values"].copy()

@@ -28,28 +28,80 @@ ADAPTER_TYPES = (MoRAMLinear, LoRALinear, MoELoRALinear, OLoRALinear)
 
 
 def match_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
-    """Full names of the ``nn.Linear`` modules selected by ``target_modules``; unknown names raise."""
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _inside_adapter(model, n)]
+    """Full names of the ``nn.Linear`` modules selected by ``target_modules``.
+
+    Raises ``ValueError`` (naming the target and the module) for every selection that would change
+    nothing or not what was asked: a target that selects no module; a selected module that is not an
+    ``nn.Linear``; one module selected by two targets or registered under two names (wrapping one
+    path leaves the other on the original); a linear layer whose parent reads its weight directly
+    instead of calling it — the ``out_proj`` of an ``nn.MultiheadAttention`` (use
+    :func:`moram_ref.torch.split_attention.replace_attention` first) and the linear layers of an
+    ``nn.TransformerEncoderLayer`` (its evaluation fast path). ``TypeError`` if ``target_modules`` is
+    not a str or a sequence of str. See docs/semantics.md.
+    """
+    modules = {n: m for n, m in model.named_modules() if n and not _inside_adapter(model, n)}
+    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     if isinstance(target_modules, str):
-        pattern = re.compile(target_modules)
-        chosen = [n for n in linear if pattern.fullmatch(n)]
-        if not chosen:
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise ValueError(f"target_modules {target_modules!r} is not a valid regular expression ({exc})") from exc
+        hits = {target_modules: [n for n in modules if pattern.fullmatch(n)]}
+        if not hits[target_modules]:
             raise ValueError(f"target_modules regex {target_modules!r} matches no nn.Linear; "
                              f"some names: {linear[:8]}")
-        return chosen
-    if not target_modules:
-        raise ValueError("target_modules is empty")
-    chosen, unknown = [], []
-    for target in target_modules:
-        hits = [n for n in linear if n == target or n.endswith("." + target)]
-        if not hits:
-            unknown.append(target)
-        chosen += [h for h in hits if h not in chosen]
-    if unknown:
-        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear} | set(linear))
-        hints = {t: difflib.get_close_matches(t, suffixes, n=3, cutoff=0.5) for t in unknown}
-        raise ValueError(f"target_modules {unknown} match no nn.Linear in the model; close matches: {hints}")
-    return chosen
+    else:
+        if not isinstance(target_modules, Sequence) or not all(isinstance(t, str) for t in target_modules):
+            raise TypeError(f"target_modules must be a regex str or a sequence of str, got {target_modules!r}")
+        if not target_modules:
+            raise ValueError("target_modules is empty")
+        hits = {t: [n for n in modules if n == t or n.endswith("." + t)] for t in target_modules}
+        unknown = [t for t, found in hits.items() if not found]
+        if unknown:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear} | set(linear))
+            close = {t: difflib.get_close_matches(t, suffixes, n=3, cutoff=0.5) for t in unknown}
+            raise ValueError(f"target_modules {unknown} match no nn.Linear in the model; close matches: {close}")
+        if len(hits) < len(target_modules):
+            repeated = sorted({t for t in target_modules if list(target_modules).count(t) > 1})
+            raise ValueError(f"target_modules lists {repeated} more than once")
+    chosen: dict[str, str] = {}
+    for target, names in hits.items():
+        for name in names:
+            if name in chosen:
+                raise ValueError(f"module {name} is selected by two target_modules entries, {chosen[name]!r} and "
+                                 f"{target!r}; give each module once")
+            chosen[name] = target
+            _check_adaptable(model, name, modules[name], target)
+    _check_unshared(model, list(chosen))
+    return list(chosen)
+
+
+def _check_adaptable(model: nn.Module, name: str, module: nn.Module, target: str) -> None:
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"target_modules {target!r} selects {name} ({type(module).__name__}), which is not an "
+                         f"nn.Linear; only nn.Linear layers can be adapted")
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.MultiheadAttention):
+        raise ValueError(f"target_modules {target!r} selects {name}, the output projection of an "
+                         f"nn.MultiheadAttention, whose forward reads {name}.weight directly: an adapter there "
+                         f"would never run. Call moram_ref.torch.split_attention.replace_attention(model) first "
+                         f"(same function, q/k/v/out as linear layers), then attach")
+    if isinstance(parent, nn.TransformerEncoderLayer):
+        raise ValueError(f"target_modules {target!r} selects {name}, inside an nn.TransformerEncoderLayer, whose "
+                         f"evaluation fast path reads the weights directly: an adapter there would not run in "
+                         f"eval; use an encoder layer that calls its linear modules")
+
+
+def _check_unshared(model: nn.Module, names: list[str]) -> None:
+    paths: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), []).append(n)
+    for name in names:
+        all_paths = paths[id(model.get_submodule(name))]
+        if len(all_paths) > 1:
+            raise ValueError(f"module {name} is registered under several names {all_paths}; wrapping one path "
+                             f"would leave the others on the original layer")
 
 
 def _inside_adapter(model: nn.Module, name: str) -> bool:
@@ -62,6 +114,12 @@ def _inside_adapter(model: nn.Module, name: str) -> bool:
 
 def make_adapter(base: nn.Linear, config: MoRAMConfig, method: str = "moram", dtype: torch.dtype | None = None):
     """The adapter layer of ``method`` around ``base`` (same trainable atoms per task for every method)."""
+    if not isinstance(config, MoRAMConfig):
+        raise ValueError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "moram":
         return MoRAMLinear(base, config, dtype)
     if method == "dense_moram":
@@ -84,8 +142,11 @@ def attach(
 ) -> dict[str, nn.Linear]:
     """Replace the target linear layers by adapters; freeze everything else. Returns {name: original}.
 
-    Nothing is replaced if any target is invalid (names are resolved first).
+    Nothing is replaced if any target is invalid (names are resolved first); ``ValueError`` naming the
+    argument for a bad ``config``, ``method``, ``dtype`` or target (see :func:`match_targets`).
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if next(attached_layers(model), None) is not None:
         raise RuntimeError("model already has attached layers; detach(model) first")
     names = match_targets(model, target_modules)

@@ -11,10 +11,13 @@ import math
 import torch
 from torch import nn
 
+from moram_ref.shapes import check_input
 from moram_ref.torch.layer import _WrapsLinear
 
 
 def _new_pair(base: nn.Linear, rank: int, generator: torch.Generator | None, dtype: torch.dtype):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform(a=√5), as MoRAM keys (spec §4)
     dev = generator.device if generator is not None else base.weight.device
     a = torch.rand(rank, base.in_features, generator=generator, dtype=torch.float64, device=dev)
@@ -29,6 +32,8 @@ class _AdapterBase(_WrapsLinear):
             raise ValueError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
         self.base_layer = base
         base.requires_grad_(False)
         self.rank, self.scale = rank, float(scale)
@@ -75,6 +80,7 @@ class LoRALinear(_AdapterBase):
         return {} if self.lora_a is None else {"lora_a": self.lora_a, "lora_b": self.lora_b}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("x", x, self.base_layer.in_features)  # as the NumPy baselines (sync-free on CUDA)
         y = self.base_layer(x)
         if self.lora_a is None:
             return y
@@ -120,6 +126,7 @@ class MoELoRALinear(_AdapterBase):
         return {"lora_a": self.lora_a, "lora_b": self.lora_b, "router": self.router}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("x", x, self.base_layer.in_features)  # as the NumPy baselines (sync-free on CUDA)
         y = self.base_layer(x)
         a, b, g = self.frozen_a, self.frozen_b, self.frozen_router
         if self.lora_a is not None:

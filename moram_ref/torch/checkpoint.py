@@ -2,13 +2,20 @@
 
 One ``.safetensors`` file holds every adapter tensor (frozen banks, current atoms) under its module
 path, and in its header a JSON document: format version, method, config, task count, the attached
-layers with their shapes (the architecture fingerprint) and any caller metadata. The file is written
-to a temporary name in the same folder, flushed and fsync'd, then renamed over the target, so a crash
-mid-write leaves the previous checkpoint intact. Nothing is ever loaded with pickle.
+layers with their shapes (the architecture fingerprint), a sha256 of every tensor (dtype, shape and
+bytes) and any caller metadata. The file is written to a temporary name in the same folder, flushed
+and fsync'd, then renamed over the target, so a crash mid-write leaves the previous checkpoint intact.
+Nothing is ever loaded with pickle.
+
+What is refused, with a :class:`CheckpointError` naming the file and the tensor: saving a non-finite
+tensor (a bank with NaN/inf would poison every later task); loading a file whose tensor bytes do not
+match their checksum (damage a valid header does not reveal), a non-finite tensor, or a format-1 file
+(written before checksums existed: re-create it by rerunning that task).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,10 +27,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.torch.attach import attached_layers
+from moram_ref.torch.attach import METHODS, attached_layers
 
 FORMAT = "moram_ref.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 of every tensor in the metadata
 
 
 class CheckpointError(ValueError):
@@ -47,7 +54,23 @@ def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_done: int,
          method: str = "moram", extra: dict[str, Any] | None = None) -> Path:
-    """Write the attached state of ``model`` to ``path`` atomically; returns the path."""
+    """Write the attached state of ``model`` to ``path`` atomically; returns the path.
+
+    Refuses (``CheckpointError``, a ``ValueError``) a model without attached layers, a non-finite tensor,
+    and bad arguments: ``config`` not a MoRAMConfig, ``tasks_done`` not an int >= 0, an unknown
+    ``method``, ``extra`` not a JSON-serialisable dict."""
+    if not isinstance(config, MoRAMConfig):
+        raise CheckpointError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+    if isinstance(tasks_done, bool) or not isinstance(tasks_done, int) or tasks_done < 0:
+        raise CheckpointError(f"tasks_done must be an int >= 0, got {tasks_done!r}")
+    if method not in METHODS:
+        raise CheckpointError(f"method must be one of {METHODS}, got {method!r}")
+    try:
+        extra_json = json.dumps(extra or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"extra must be a JSON-serialisable dict, got {extra!r} ({exc})") from exc
+    if not isinstance(extra or {}, dict):
+        raise CheckpointError(f"extra must be a JSON-serialisable dict, got {type(extra).__name__}")
     layers = describe_layers(model)
     if not layers:
         raise CheckpointError("model has no attached layers; nothing to save")
@@ -56,9 +79,14 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
         "format": FORMAT, "format_version": FORMAT_VERSION, "method": method, "config": config.to_dict(),
         "tasks_done": int(tasks_done), "layers": layers,
         "atoms": {n: int(getattr(layer, "n_atoms", 0)) for n, layer in attached_layers(model)},
-        "extra": extra or {},
+        "extra": json.loads(extra_json),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state(model).items()}
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"refusing to save {path}: tensor {name} holds NaN or inf "
+                                  f"({int((~torch.isfinite(tensor)).sum())} entries)")
+    meta["sha256"] = {name: tensor_digest(tensor) for name, tensor in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -70,6 +98,13 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a CPU tensor's dtype, shape and bytes (hex)."""
+    h = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -96,12 +131,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
     if raw is None:
         raise CheckpointError(f"checkpoint {path} has no moram_ref metadata (not written by moram_ref)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} has unreadable moram_ref metadata ({exc})") from exc
+    meta = meta if isinstance(meta, dict) else {}
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta['format_version']}, newer than "
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version!r}, written before tensor checksums "
+                              f"(version {FORMAT_VERSION}); it cannot be verified, so it is not loaded: rerun the "
+                              f"task that wrote it")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer than "
                               f"this moram_ref reads ({FORMAT_VERSION}); upgrade moram_ref")
+    missing = [k for k in ("method", "config", "tasks_done", "layers", "sha256") if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} metadata lacks {missing}")
     return meta
 
 
@@ -130,6 +177,7 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc})") from exc
+    _verify_tensors(path, tensors, meta["sha256"])
     expected = set(adapter_state(model))
     if _required(expected) != _required(set(tensors)):
         raise CheckpointError(f"checkpoint tensors do not match the attached layers: missing "
@@ -146,6 +194,18 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
             _load_layer(layer, originals[name])
         raise CheckpointError(f"checkpoint {path} does not fit layer {current}: {exc}") from exc
     return meta
+
+
+def _verify_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], digests: dict[str, str]) -> None:
+    """Every tensor listed, each matching its sha256 and finite; else a CheckpointError naming it."""
+    if set(digests) != set(tensors):
+        raise CheckpointError(f"checkpoint {path}: tensors {sorted(set(tensors) ^ set(digests))[:5]} have no "
+                              f"checksum or no data")
+    for name, tensor in tensors.items():
+        if tensor_digest(tensor) != digests[name]:
+            raise CheckpointError(f"checkpoint {path} is damaged: tensor {name} does not match its sha256")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or inf")
 
 
 OPTIONAL = ("lora_a", "lora_b", "router")  # the baselines' current tensors exist only during a task

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.shapes import check_last_dim, check_shape
+from moram_ref.shapes import check_finite, check_input, check_layer_state
 from moram_ref.torch import activation
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
@@ -72,6 +72,9 @@ class MoRAMLinear(_WrapsLinear):
             raise ValueError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
         if not isinstance(config, MoRAMConfig):
             raise ValueError(f"config must be a MoRAMConfig, got {type(config).__name__}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+        check_finite("base.weight", base.weight)
         self.base_layer = base
         base.requires_grad_(False)
         self.config = config
@@ -114,6 +117,8 @@ class MoRAMLinear(_WrapsLinear):
     @torch.no_grad()
     def begin_task(self, generator: torch.Generator | None = None) -> None:
         """Append ``r`` fresh atoms: keys ``U(-1/√d_in, 1/√d_in)``, values 0 — theory.md#eq-begin-task."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if self.in_task:
             raise RuntimeError("begin_task() called while a task is in progress; call end_task() first")
         r, bound = self.config.atoms_per_task, 1.0 / math.sqrt(self.d_in)
@@ -149,7 +154,7 @@ class MoRAMLinear(_WrapsLinear):
             self.train(was)
 
     def _forward(self, x: torch.Tensor, explicit_delta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        check_last_dim("x", x, self.d_in)
+        check_input("x", x, self.d_in)  # shape, floating dtype, finite (sync-free on CUDA)
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}
@@ -195,17 +200,12 @@ class MoRAMLinear(_WrapsLinear):
     # --- state ---------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Resize the bank to the incoming sizes (a bank of any size loads), after checking consistency."""
+        strict = args[1] if len(args) > 1 else kwargs.get("strict", True)
+        has_bias = self.base_layer.bias is not None
+        check_layer_state(state_dict, prefix, self.d_out, self.d_in, has_bias, self.config.atoms_per_task, strict)
         get = {k: state_dict.get(prefix + k) for k in ("frozen_keys", "frozen_values", "keys", "values")}
         if all(v is not None for v in get.values()):
             fk, fv, k, v = get["frozen_keys"], get["frozen_values"], get["keys"], get["values"]
-            check_shape(prefix + "frozen_keys", fk, (-1, self.d_in))
-            check_shape(prefix + "frozen_values", fv, (self.d_out, fk.shape[0]))
-            check_shape(prefix + "keys", k, (-1, self.d_in))
-            check_shape(prefix + "values", v, (self.d_out, k.shape[0]))
-            if k.shape[0] not in (0, self.config.atoms_per_task):
-                raise ValueError(
-                    f"{prefix}keys must have 0 or atoms_per_task={self.config.atoms_per_task} rows, got {tuple(k.shape)}"
-                )
             dev, dt = self.frozen_keys.device, self.frozen_keys.dtype
             self.frozen_keys = torch.empty(fk.shape, device=dev, dtype=dt)
             self.frozen_values = torch.empty(fv.shape, device=dev, dtype=dt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moram_ref.shapes import check_input
 from moram_ref.torch.baselines import _AdapterBase, _new_pair
 
 
@@ -48,6 +49,7 @@ class OLoRALinear(_AdapterBase):
         return (self.lora_a @ self.frozen_a.T).abs().sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("x", x, self.base_layer.in_features)  # as every adapter layer (sync-free on CUDA)
         y = self.base_layer(x)
         xc = x.to(self.dtype)
         delta = None

@@ -9,6 +9,7 @@ written to ``<run>/manifests/<d>_<K>shot_seed<s>.json`` and read back on resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -53,10 +54,8 @@ def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
         raise FileNotFoundError(f"{split_path} missing ({spec['source']})")
     split = json.loads(split_path.read_text())
     image_root = root / spec["image_root"]
-    names: dict[int, str] = {}
-    for _, label, name in split["train"]:
-        names.setdefault(int(label), name)
-    classnames = [names[i] + spec.get("classname_suffix", "") for i in sorted(names)]
+    names = coop_label_names(split, split_path)
+    classnames = [names[i] + spec.get("classname_suffix", "") for i in range(len(names))]
 
     def make(entries):
         return Split([image_root / p for p, _, _ in entries], np.array([int(lbl) for _, lbl, _ in entries]))
@@ -64,19 +63,56 @@ def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
     return classnames, make(split["train"]), make(split["test"])
 
 
+def coop_label_names(split: dict, path: Path) -> dict[int, str]:
+    """Label → class name from a CoOp split's train part (CoOp's rule), checked so that names and labels
+    cannot drift apart: labels contiguous 0..C-1 in train, one name per label in every part, and no
+    val/test label outside train's. ``ValueError`` naming the file and the labels otherwise."""
+    for part in ("train", "test"):
+        if not isinstance(split.get(part), list):
+            raise ValueError(f"{path} has no {part!r} list")
+    names: dict[int, str] = {}
+    for part in ("train", "val", "test"):
+        for entry in split.get(part, []):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)
+                    and not isinstance(entry[1], bool) and isinstance(entry[2], str)):
+                raise ValueError(f"{path}: {part} entry {entry!r} is not [image_path, int label, class name]")
+            label, name = entry[1], entry[2]
+            if part == "train":
+                if names.setdefault(label, name) != name:
+                    raise ValueError(f"{path}: label {label} has two class names, {names[label]!r} and {name!r}")
+            elif label not in names:
+                raise ValueError(f"{path}: {part} has label {label} ({name!r}), which no train entry has")
+            elif names[label] != name:
+                raise ValueError(f"{path}: label {label} is {names[label]!r} in train but {name!r} in {part}")
+        if part == "train":
+            missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+            if missing or min(names, default=0) < 0 or not names:
+                raise ValueError(f"{path}: train labels must be 0..C-1 with every label present; missing "
+                                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                                 f"negative {sorted(k for k in names if k < 0)}")
+    return names
+
+
 def _aircraft(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
     variants = root / "variants.txt"
     if not variants.is_file():
         raise FileNotFoundError(f"{variants} missing ({spec['source']})")
     classnames = [ln.strip() for ln in variants.read_text().splitlines() if ln.strip()]
+    repeated = sorted({c for c in classnames if classnames.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{variants} lists {repeated} more than once")
+    label_of = {c: i for i, c in enumerate(classnames)}
 
     def make(split: str) -> Split:
         path = root / f"images_variant_{split}.txt"
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing ({spec['source']})")
         rows = [ln.strip().split(" ", 1) for ln in path.read_text().splitlines() if ln.strip()]
+        unknown = sorted({v for *_, v in rows if v not in label_of} | {r[0] for r in rows if len(r) != 2})
+        if unknown:
+            raise ValueError(f"{path}: variants {unknown[:5]} are not in {variants.name} (or a line lacks one)")
         return Split([root / spec["image_root"] / f"{i}.jpg" for i, _ in rows],
-                     np.array([classnames.index(v) for _, v in rows]))
+                     np.array([label_of[v] for _, v in rows]))
 
     return classnames, make("train"), make("test")
 
@@ -109,11 +145,15 @@ def load_domain(data_root: str | Path, key: str, spec: dict | None = None) -> Do
 def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.ndarray:
     """Indices into ``domain.train`` of the K-shot subset, from (or written to) its manifest."""
     path = Path(manifest_dir) / f"{domain.key}_{shots}shot_seed{seed}.json"
+    digest = hashlib.sha256(np.asarray(domain.train.labels, dtype=np.int64).tobytes()).hexdigest()
     if path.is_file():
         data = json.loads(path.read_text())
         if data["n_train"] != len(domain.train.labels):
             raise ValueError(f"manifest {path} was drawn from {data['n_train']} training items, "
                              f"the data on disk has {len(domain.train.labels)}")
+        if data.get("labels_sha256", digest) != digest:  # same count, other labels or order: other images
+            raise ValueError(f"manifest {path} was drawn from training labels that differ from the data on disk "
+                             f"(same count, other labels or order); delete it to draw again")
         return np.array(data["indices"])
     rng = np.random.default_rng([seed, shots, zlib.crc32(domain.key.encode())])
     chosen = []
@@ -123,19 +163,37 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
     indices = np.array(sorted(chosen))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,
-                                "n_train": len(domain.train.labels), "indices": indices.tolist()}))
+                                "n_train": len(domain.train.labels), "labels_sha256": digest,
+                                "indices": indices.tolist()}))
     return indices
 
 
+def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
+    """Classes whose evaluation prompts are identical, so their text features are identical and no image
+    can be classified into the later one (argmax takes the first). ``union``: across all domains (the
+    X-TAIL label space); else within each domain (MTIL). One entry per shared prompt set:
+    ``{"prompts": [...], "classes": [[domain, label, classname], ...]}``."""
+    groups: dict[tuple, list] = {}
+    for d in domains:
+        for label, (name, prompts) in enumerate(zip(d.classnames, d.eval_prompts())):
+            scope = () if union else (d.key,)
+            groups.setdefault((*scope, *prompts), []).append([d.key, label, name])
+    return [{"prompts": list(k[0 if union else 1:]), "classes": v} for k, v in groups.items() if len(v) > 1]
+
+
 def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, dict]:
-    """Per dataset: what is on disk against what is expected, and where it comes from."""
+    """Per dataset: what is on disk against what is expected, and where it comes from; and under
+    ``"union"``: the classes of the loaded datasets whose prompts coincide (kept, see
+    docs/experiments.md), with the number of classes and distinct prompts."""
     spec = xtail_spec()
     report = {}
+    loaded = []
     for key in keys or spec["order"]:
         s = spec["datasets"][key]
         entry: dict = {"source": s["source"], "expected": s["expected"]}
         try:
             d = load_domain(data_root, key, s)
+            loaded.append(d)
             found = {"train": len(d.train.labels), "test": len(d.test.labels)}
             missing = [str(p) for p in d.train.paths[:2000] + d.test.paths[:2000]
                        if not str(p).startswith("tv:") and not p.is_file()]
@@ -145,4 +203,12 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
         except (FileNotFoundError, ValueError, KeyError) as exc:
             entry.update(ok=False, error=str(exc))
         report[key] = entry
+    dups = duplicate_prompts(loaded)
+    n_classes = sum(len(d.classnames) for d in loaded)
+    report["union"] = {"ok": True, "datasets": [d.key for d in loaded], "classes": n_classes,
+                       "distinct_prompts": n_classes - sum(len(g["classes"]) - 1 for g in dups),
+                       "duplicate_prompts": dups}
+    if dups:
+        report["union"]["note"] = ("classes sharing a prompt get identical text features: the later one is never "
+                                   "predicted; kept as in the paper for comparability (docs/experiments.md)")
     return report

@@ -94,8 +94,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
         return report
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if mtil:
-        names = read_classnames(args.classnames_json, args.classnames_field) if args.classnames_json else {}
-        ensembles = read_classnames(args.templates_json, args.templates_field, "templates") if args.templates_json else {}
+        names = read_classnames(args.classnames_json, args.classnames_field, keys=keys) if args.classnames_json else {}
+        ensembles = (read_classnames(args.templates_json, args.templates_field, "templates", keys)
+                     if args.templates_json else {})
         domains = [load_mtil_domain(args.data_root, k, names.get(k), eval_templates=ensembles.get(k)) for k in keys]
     else:
         domains = [load_domain(args.data_root, k) for k in keys]

@@ -107,11 +107,26 @@ def load_mtil_domain(data_root: str | Path, key: str, classnames: list[str] | No
         classnames = None if names is None else [n.replace("_", " ") for n in names]
     if not classnames:
         raise ValueError(f"torchvision's {key} has no class names: pass them with --classnames-json")
-    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    if len(classnames) < n_classes:
-        raise ValueError(f"{key}: {len(classnames)} class names for {n_classes} labels")
+    check_labels(key, classnames, names, {"train": train.labels, "test": test.labels})
     template = template or (eval_templates[0] if eval_templates else spec["template"])
-    return Domain(key, list(classnames[:n_classes]), template, train, test, eval_templates)
+    return Domain(key, list(classnames), template, train, test, eval_templates)
+
+
+def check_labels(key: str, classnames: list[str], dataset_names: list[str] | None,
+                 labels: dict[str, np.ndarray]) -> None:
+    """Class names and labels must line up exactly: as many names as the dataset has classes (its own
+    list when it has one, else the largest label + 1), every label in ``0..C-1``. ``ValueError`` naming
+    the dataset otherwise."""
+    n = len(classnames)
+    if dataset_names is not None and len(dataset_names) != n:
+        raise ValueError(f"{key}: {n} class names given, torchvision's {key} has {len(dataset_names)} classes")
+    top = max(int(np.max(y)) for y in labels.values() if len(y)) + 1
+    if dataset_names is None and top != n:
+        raise ValueError(f"{key}: {n} class names given, the labels on disk run 0..{top - 1} ({top} classes)")
+    for part, y in labels.items():
+        bad = sorted({int(v) for v in np.asarray(y) if not 0 <= int(v) < n})
+        if bad:
+            raise ValueError(f"{key}: {part} labels {bad[:10]} lie outside 0..{n - 1} ({n} class names)")
 
 
 def open_item(ref: str, data_root: str):
@@ -120,13 +135,23 @@ def open_item(ref: str, data_root: str):
     return dataset(key, data_root, split)[int(idx)][0]
 
 
-def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames") -> dict[str, list[str]]:
+def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames",
+                    keys: list[str] | None = None) -> dict[str, list[str]]:
     """Lists per dataset from a JSON file: ``{key: [..]}``, or a ``{"datasets": {key: {section: {field: [..]}}}}``
-    document (``section`` "classnames" or "templates") with ``field`` naming the list to use."""
+    document (``section`` "classnames" or "templates") with ``field`` naming the list to use.
+
+    With ``keys``, every one of those datasets must have a list there: ``ValueError`` naming the file
+    and the datasets otherwise (a dataset left out would silently keep torchvision's names/template)."""
     data = json.loads(Path(path).read_text())
     if "datasets" in data:
         if field is None:
             raise ValueError(f"{path} holds several lists per dataset: name one with --{section}-field")
-        return {k: v[section][field] for k, v in data["datasets"].items()
-                if isinstance(v.get(section, {}).get(field), list)}
-    return {k: v for k, v in data.items() if isinstance(v, list)}
+        found = {k: v[section][field] for k, v in data["datasets"].items()
+                 if isinstance(v.get(section, {}).get(field), list)}
+    else:
+        found = {k: v for k, v in data.items() if isinstance(v, list)}
+    missing = [k for k in keys or [] if k not in found]
+    if missing:
+        where = f"{section} field {field!r}" if field else "a list"
+        raise ValueError(f"{path} has no {where} for datasets {missing}")
+    return found

@@ -6,7 +6,8 @@ Every score is a mean over *all* test samples on 0–100; an empty prediction co
 * ScienceQA: the first character of prediction and target (the choice letter);
 * NumGLUE, ``numglue_mode="numeric"`` (the authors' released code): the final number — from
   ``\\boxed{}`` if present, else the last number in the text — compared numerically;
-* ROUGE-L (MeetingBank): per-sample ``rouge-l`` F of the ``rouge`` package, averaged;
+* ROUGE-L (MeetingBank): per-sample ``rouge-l`` F as the ``rouge`` package defines it, averaged
+  (:mod:`~moram_ref.experiments.llm.rouge_l`: the same numbers, no recursion limit on long answers);
 * edit similarity (Py150): placeholders normalised on both sides, then the Levenshtein ratio
   (``rapidfuzz.fuzz.ratio``, equal to ``fuzzywuzzy``'s), averaged;
 * SARI (20Minuten): :mod:`moram_ref.experiments.llm.sari`, with the input as source and one reference.
@@ -18,6 +19,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from moram_ref.experiments.llm.rouge_l import rouge_l_f
 from moram_ref.experiments.llm.sari import corpus_sari
 
 METRIC_OF_TASK = {
@@ -27,6 +29,10 @@ METRIC_OF_TASK = {
 
 
 def _check(predictions: Sequence[str], targets: Sequence[str]) -> None:
+    for name, texts in (("predictions", predictions), ("targets", targets)):
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            bad = texts if isinstance(texts, str) else next(t for t in texts if not isinstance(t, str))
+            raise TypeError(f"{name} must be a sequence of str, got {type(texts).__name__} holding {bad!r:.60}")
     if len(predictions) != len(targets):
         raise ValueError(f"predictions and targets differ in length: {len(predictions)} vs {len(targets)}")
     if not targets:
@@ -56,10 +62,7 @@ def final_number(text: str) -> float | None:
     candidates = _NUMBER.findall(boxed[-1]) if boxed else _NUMBER.findall(text)
     if not candidates:
         return None
-    try:
-        return float(candidates[-1].replace(",", ""))
-    except ValueError:
-        return None
+    return float(candidates[-1].replace(",", ""))  # the pattern admits only float() syntax once "," is gone
 
 
 def numeric_accuracy(predictions: Sequence[str], targets: Sequence[str], rel_tol: float = 1e-6) -> float:
@@ -73,19 +76,11 @@ def numeric_accuracy(predictions: Sequence[str], targets: Sequence[str], rel_tol
 
 
 def rouge_l(predictions: Sequence[str], targets: Sequence[str]) -> float:
-    """Mean per-sample ROUGE-L F (``rouge`` package); an empty prediction or target scores 0."""
-    from rouge import Rouge  # noqa: PLC0415  (the 'llm' extra)
-
+    """Mean per-sample ROUGE-L F, equal to the ``rouge`` package's on every text it can score and
+    computed without its recursion (:mod:`moram_ref.experiments.llm.rouge_l`): long answers score
+    what they earn. An empty (blank) prediction or target scores 0."""
     _check(predictions, targets)
-    scorer = Rouge()
-    total = 0.0
-    for p, t in zip(predictions, targets):
-        if not p.strip() or not t.strip():
-            continue
-        try:
-            total += scorer.get_scores(p, t)[0]["rouge-l"]["f"]
-        except (ValueError, RecursionError):  # the package raises on inputs with no scorable tokens
-            continue
+    total = sum(rouge_l_f(p, t) for p, t in zip(predictions, targets) if p.strip() and t.strip())
     return 100.0 * total / len(targets)
 
 

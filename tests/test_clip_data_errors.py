@@ -1,0 +1,139 @@
+"""Data errors that used to surface only as a bad accuracy (issue #10): CoOp split files whose labels
+and names drift apart, Aircraft lists that disagree, MTIL names that do not fit the labels, and prompts
+shared by two classes of the X-TAIL union label space."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+
+from moram_ref.experiments.clip.data import Domain, Split, duplicate_prompts, load_domain, verify, xtail_spec  # noqa: E402
+from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
+from moram_ref.experiments.clip.tvdata import check_labels  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip" / "datasets.json"
+
+
+def split_file(root: Path, key: str) -> Path:
+    return root / xtail_spec()["datasets"][key]["folder"] / xtail_spec()["datasets"][key]["split_file"]
+
+
+def rewrite(path: Path, edit) -> None:
+    split = json.loads(path.read_text())
+    edit(split)
+    path.write_text(json.dumps(split))
+
+
+def test_a_train_part_without_one_label_is_refused(tmp_path):
+    make_coop_dataset(tmp_path, "dtd", n_classes=4)
+    path = split_file(tmp_path, "dtd")
+    # label 2 has no train entry: CoOp's label→name map would shift "thing 3" onto index 2
+    rewrite(path, lambda s: s.update(train=[e for e in s["train"] if e[1] != 2],
+                                     test=[e for e in s["test"] if e[1] != 2]))
+    with pytest.raises(ValueError, match=r"split_zhou_DescribableTextures.json: train labels .* missing \[2\]"):
+        load_domain(tmp_path, "dtd")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s["test"].append(["x.jpg", 7, "dtd thing 7"]), r"test has label 7 .*which no train entry has"),
+    (lambda s: s["train"].append(["x.jpg", 0, "other"]), r"label 0 has two class names, 'dtd thing 0' and 'other'"),
+    (lambda s: s["test"].__setitem__(0, ["x.jpg", 0, "renamed"]), r"label 0 is 'dtd thing 0' in train but 'renamed'"),
+    (lambda s: s["train"].append(["x.jpg", "1", "dtd thing 1"]), r"train entry \['x.jpg', '1', 'dtd thing 1'\]"),
+    (lambda s: s.pop("test"), r"has no 'test' list"),
+])
+def test_split_files_whose_names_and_labels_disagree_are_refused(tmp_path, edit, message):
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    rewrite(split_file(tmp_path, "dtd"), edit)
+    with pytest.raises(ValueError, match=message):
+        load_domain(tmp_path, "dtd")
+    assert not verify(tmp_path, ["dtd"])["dtd"]["ok"]
+
+
+def test_aircraft_variant_not_in_the_list_is_refused(tmp_path):
+    root = tmp_path / xtail_spec()["datasets"]["aircraft"]["folder"]
+    root.mkdir(parents=True)
+    (root / "variants.txt").write_text("A320\n707-320\n")
+    (root / "images_variant_train.txt").write_text("0001 A320\n0002 A330\n")
+    (root / "images_variant_test.txt").write_text("0003 A320\n")
+    with pytest.raises(ValueError, match=r"images_variant_train.txt: variants \['A330'\] are not in variants.txt"):
+        load_domain(tmp_path, "aircraft")
+    (root / "variants.txt").write_text("A320\nA320\n")
+    with pytest.raises(ValueError, match=r"variants.txt lists \['A320'\] more than once"):
+        load_domain(tmp_path, "aircraft")
+
+
+def _domain(key: str, names: list[str], template: str = "a photo of a {}.") -> Domain:
+    empty = Split([], np.zeros(0, int))
+    return Domain(key, names, template, empty, empty)
+
+
+def test_duplicate_prompts_across_the_union_and_within_a_domain():
+    a = _domain("caltech101", ["pagoda", "cat"])
+    b = _domain("sun397", ["abbey", "pagoda"])
+    c = _domain("eurosat", ["pagoda"], "a centered satellite photo of {}.")  # another template: no clash
+    assert duplicate_prompts([a, b, c]) == [
+        {"prompts": ["a photo of a pagoda."], "classes": [["caltech101", 0, "pagoda"], ["sun397", 1, "pagoda"]]}]
+    assert duplicate_prompts([a, b, c], union=False) == []  # MTIL scores each domain over its own classes
+    assert duplicate_prompts([_domain("dtd", ["x", "y", "x"])], union=False)[0]["classes"] == [
+        ["dtd", 0, "x"], ["dtd", 2, "x"]]
+
+
+def test_verify_reports_prompts_shared_across_domains(tmp_path):
+    for i, key in enumerate(["caltech101", "sun397"]):
+        make_coop_dataset(tmp_path, key, n_classes=3, seed=i)
+        rewrite(split_file(tmp_path, key), lambda s: [e.__setitem__(2, "pagoda") for part in s.values()
+                                                      for e in part if e[1] == 1])
+    union = verify(tmp_path, ["caltech101", "sun397"])["union"]
+    assert union["classes"] == 6 and union["distinct_prompts"] == 5
+    assert union["duplicate_prompts"] == [{"prompts": ["a photo of a pagoda."],
+                                           "classes": [["caltech101", 1, "pagoda"], ["sun397", 1, "pagoda"]]}]
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="shared CLIP facts not present")
+def test_the_real_xtail_union_has_exactly_the_pagoda_clash():
+    facts = json.loads(SHARED.read_text())["datasets"]
+    spec = xtail_spec()
+    domains = [_domain(k, facts[k]["classnames"]["coop_xtail"], spec["datasets"][k]["template"]) for k in spec["order"]]
+    dups = duplicate_prompts(domains)
+    assert sum(len(d.classnames) for d in domains) == 1100
+    assert [[c[0] for c in g["classes"]] for g in dups] == [["caltech101", "sun397"]]
+    assert dups[0]["prompts"] == ["a photo of a pagoda."]
+
+
+@pytest.mark.parametrize(("names", "dataset_names", "labels", "message"), [
+    (["a", "b"], ["a", "b", "c"], {"train": np.array([0, 1])}, r"mnist: 2 class names given, torchvision's mnist has 3"),
+    (["a", "b", "c"], None, {"train": np.array([0, 1])}, r"mnist: 3 class names given, the labels on disk run 0..1"),
+    (["a", "b"], ["a", "b"], {"train": np.array([0, 1]), "test": np.array([2])}, r"mnist: test labels \[2\] lie outside 0..1"),
+    (["a", "b"], ["a", "b"], {"train": np.array([-1, 1])}, r"mnist: train labels \[-1\] lie outside"),
+])
+def test_mtil_names_that_do_not_fit_the_labels_are_refused(names, dataset_names, labels, message):
+    with pytest.raises(ValueError, match=message):
+        check_labels("mnist", names, dataset_names, labels)
+    check_labels("mnist", ["a", "b"], ["a", "b"], {"train": np.array([0, 1, 1])})  # fits
+
+
+def test_a_manifest_drawn_from_other_labels_is_refused(tmp_path):
+    from moram_ref.experiments.clip.data import few_shot
+
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    first = few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    # same number of training items, listed in another order: the stored indices would pick other images
+    rewrite(split_file(tmp_path, "dtd"), lambda s: s.update(train=s["train"][::-1]))
+    with pytest.raises(ValueError, match=r"dtd_2shot_seed0\.json was drawn from training labels that differ"):
+        few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    assert len(first) == 6
+
+
+def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
+    from moram_ref.experiments.clip.tvdata import read_classnames
+
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"datasets": {"mnist": {"classnames": {"zscl": ["0", "1"]}}, "dtd": {"classnames": {}}}}))
+    assert read_classnames(path, "zscl", keys=["mnist"]) == {"mnist": ["0", "1"]}
+    with pytest.raises(ValueError, match=r"names\.json has no classnames field 'zscl' for datasets \['dtd'\]"):
+        read_classnames(path, "zscl", keys=["mnist", "dtd"])

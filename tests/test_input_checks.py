@@ -1,0 +1,47 @@
+"""The torch layer's input check (shapes.check_input): the same refusals as NumPy on a CPU, no host
+synchronisation where it must not sync, and no graph break under ``torch.compile(fullgraph=True)``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moram_ref.shapes import check_finite, check_input  # noqa: E402
+
+
+def doubled(x):
+    check_input("x", x, 3)
+    return 2 * x
+
+
+def test_eager_cpu_check_is_a_value_error_naming_x():
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(1 entries\)"):
+        doubled(torch.tensor([[1.0, float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match=r"x must be a floating-point tensor"):
+        doubled(torch.zeros(2, 3, dtype=torch.int64))
+    assert torch.equal(doubled(torch.ones(2, 3)), 2 * torch.ones(2, 3))
+
+
+def test_fullgraph_compile_keeps_the_check_as_a_device_assertion():
+    compiled = torch.compile(doubled, fullgraph=True, backend="eager")  # dynamo must not break the graph
+    assert torch.equal(compiled(torch.ones(2, 3)), 2 * torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="x contains NaN or inf"):
+        compiled(torch.tensor([[1.0, float("inf"), 0.0]]))
+
+
+def test_sync_free_check_reads_nothing_back(monkeypatch):
+    """Off the CPU (simulated: the compiling flag forces the sync-free branch) no .item()/bool() runs."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    calls = []
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: calls.append(msg))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: pytest.fail("host sync: bool() on a tensor"))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("host sync: .item() on a tensor"))
+    check_finite("x", torch.tensor([1.0, float("nan")]), sync_free=True)
+    assert calls == ["x contains NaN or inf"]
+
+
+def test_numpy_arrays_use_the_same_message():
+    with pytest.raises(ValueError, match=r"w contains NaN or inf \(2 entries\)"):
+        check_finite("w", np.array([np.nan, np.inf, 1.0]))
