@@ -6,7 +6,6 @@ Run it with ``moram-ref demo --out runs/demo`` (see ``moram-ref demo --help``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import cliargs, rundir
 from moram_ref.experiments.toy import digits, recall
 from moram_ref.experiments.toy.methods import LABELS, METHODS
 
@@ -24,37 +24,58 @@ DEMO_CONFIG = MoRAMConfig(atoms_per_task=8, top_k=8, temperature=0.01, threshold
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (created)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--steps", type=int, default=None, help="training steps per task (both streams)")
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/demo"), help="run folder (created)")
+    p.add_argument("--seed", type=cliargs.integer(0), default=0, help="seed of every random draw")
+    p.add_argument("--steps", type=cliargs.integer(1), default=None,
+                   help="training steps per task (both streams; default: each stream's own)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"])
-    p.add_argument("--atoms-per-task", type=int, default=DEMO_CONFIG.atoms_per_task)
-    p.add_argument("--top-k", type=int, default=DEMO_CONFIG.top_k)
-    p.add_argument("--temperature", type=float, default=DEMO_CONFIG.temperature)
-    p.add_argument("--threshold", type=float, default=DEMO_CONFIG.threshold)
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEMO_CONFIG.atoms_per_task)
+    p.add_argument("--top-k", type=cliargs.integer(1), default=DEMO_CONFIG.top_k)
+    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEMO_CONFIG.temperature)
+    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEMO_CONFIG.threshold)
     p.add_argument("--threshold-mode", default=DEMO_CONFIG.threshold_mode, choices=["eval", "always", "never"])
-    p.add_argument("--overlap", type=float, default=recall.RecallSettings.overlap,
+    p.add_argument("--overlap", type=cliargs.real(0, 1), default=recall.RecallSettings.overlap,
                    help="recall stream: share of each key drawn from the subspace all tasks share")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (no matplotlib needed)")
 
 
+RUNTIME_ONLY = ("out", "no_plots", "command")  # flags that do not shape the results
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The flags recorded in ``config.json`` and compared on a re-run."""
+    return {k: v for k, v in vars(args).items() if k not in RUNTIME_ONLY}
+
+
+def validate(args: argparse.Namespace) -> MoRAMConfig:
+    """Every check before any work (raises :class:`~moram_ref.experiments.cliargs.UsageError`)."""
+    cliargs.no_repeats("--methods", args.methods)
+    cliargs.no_repeats("--streams", args.streams)
+    config = cliargs.moram_config(args, threshold_mode=args.threshold_mode)
+    rundir.check(args.out, "demo", settings_of(args))
+    return config
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
-                         threshold=args.threshold, threshold_mode=args.threshold_mode)
+    config = validate(args)
+    with rundir.open_run(args.out, "demo", settings_of(args)):
+        return _run(args, config, log)
+
+
+def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], None]) -> dict:
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     results: dict = {"config": config.to_dict(), "seed": args.seed, "streams": {}}
     for stream_name in args.streams:
         rng = np.random.default_rng(args.seed)
         if stream_name == "recall":
             settings = recall.RecallSettings(overlap=args.overlap)
-            settings = replace(settings, steps=args.steps) if args.steps else settings
+            settings = replace(settings, steps=args.steps) if args.steps is not None else settings
             module, data = recall, recall.make_stream(settings, rng)
             task_names = [f"T{t + 1}" for t in range(settings.n_tasks)]
         else:
             settings = digits.DigitsSettings()
-            settings = replace(settings, steps=args.steps) if args.steps else settings
+            settings = replace(settings, steps=args.steps) if args.steps is not None else settings
             module, data = digits, digits.make_stream(settings, rng)
             task_names = list(digits.DOMAINS)
         log(f"\n== stream: {stream_name} ({len(task_names)} tasks: {', '.join(task_names)}) ==")
@@ -74,7 +95,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         }
         if not args.no_plots:
             _figures(per_method, task_names, config, out, stream_name)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    rundir.write_json(out / "results.json", results)
     log(f"\nwrote {out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
     return results
 
