@@ -146,6 +146,10 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
     from moram_ref.experiments.clip.data import load_domain
     from moram_ref.experiments.clip.tvdata import load_mtil_domain, read_classnames
 
+    for flag in ("--classnames-json", "--templates-json"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None and not isinstance(cliargs.read_json(path, flag), dict):
+            raise cliargs.UsageError(f"{flag}: {path} must hold a JSON object ({{dataset: [...]}} or datasets.json-style)")
     try:
         names, ensembles = {}, {}
         if args.classnames_json:
