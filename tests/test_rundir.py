@@ -174,3 +174,18 @@ def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsy
     assert "--lr: recorded 0.0005, now 0.1" in err and "--max-train: recorded 4, now 3" in err
     assert _snapshot(out) == before
     assert main(args + ["--resume"]) == 0  # same settings: continues (nothing left to train)
+
+
+def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys):
+    from moram_ref.experiments.clip.synthetic import make_all
+
+    roots = make_all(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["clip", "--tiny", "--data-root", str(roots["xtail"]), "--datasets", "dtd", "eurosat", "--shots", "2",
+                 "--iterations", "1", "--batch", "2", "--methods", "zero_shot", "--out", str(out)]) == 0
+    s = _strict_load((out / "summary.json").read_text())["zero_shot"]
+    matrix = np.array(s["matrix"])
+    assert s["units"] == "percent" and matrix.max() > 1  # percent, not fractions
+    np.testing.assert_allclose(s["last"], matrix[-1].mean())  # the summary numbers are in the matrix's unit
+    np.testing.assert_allclose(s["transfer"], matrix[0, 1])  # two tasks: the one entry above the diagonal
+    assert _strict_load((out / "zero_shot" / "matrix.json").read_text()) == s
