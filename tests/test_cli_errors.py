@@ -42,7 +42,8 @@ def data(tmp_path_factory):
     (base / "busy").mkdir()
     (base / "busy" / "thesis.tex").write_text("the user's own work\n")
     (base / "nomodel").mkdir()
-    return {"TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
+    (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
+    return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
             "MISSING": base / "no" / "such" / "folder"}
 
@@ -161,6 +162,8 @@ CASES = [
     ("clip-field-alone", MT + ["--classnames-field", "clip"], ["--classnames-field", "--classnames-json"], None),
     ("clip-classnames-missing", MT + ["--classnames-json", "MISSING/c.json"], ["--classnames-json", "c.json"], None),
     ("clip-classnames-malformed", MT + ["--classnames-json", "FILE"], ["--classnames-json", "notes.txt", "JSON"], None),
+    ("clip-classnames-field", MT + ["--classnames-json", "CLASSNAMES", "--classnames-field", "nope"],
+     ["--classnames-json", "'nope'"], None),
     ("clip-synthetic-verify", ["clip", "--make-synthetic", "OUT", "--verify"], ["--make-synthetic", "--verify"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
@@ -182,6 +185,7 @@ CASES = [
     ("llm-new-tokens-0", LLM + ["--max-new-tokens", "0"], ["--max-new-tokens", "0"], None),
     ("llm-max-prompt-0", LLM + ["--max-prompt", "0"], ["--max-prompt", "0"], None),
     ("llm-numglue", LLM + ["--numglue-mode", "exact"], ["--numglue-mode", "'exact'"], None),
+    ("llm-targets-unknown", LLM + ["--targets", "query"], ["--targets", "query"], None),
     ("llm-targets-twice", LLM + ["--targets", "q_proj", "q_proj"], ["--targets", "'q_proj'"], None),
     ("llm-method-unknown", LLM + ["--methods", "moe_lora"], ["--methods", "'moe_lora'"], None),
     ("llm-fsdp-single", LLM + ["--fsdp"], ["--fsdp", "WORLD_SIZE"], None),

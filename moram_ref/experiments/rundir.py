@@ -25,7 +25,9 @@ arrays and scalars become lists and numbers, paths strings. Files are written at
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import math
 import os
@@ -83,6 +85,13 @@ def _umask() -> int:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """:func:`dumps` then :func:`write_text`."""
     write_text(path, dumps(obj))
+
+
+def write_csv(path: str | os.PathLike, rows: list[list]) -> None:
+    """Write ``rows`` as CSV, atomically."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def _flag(key: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
 import json
 import os
@@ -158,6 +157,12 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
             ensembles = read_classnames(args.templates_json, args.templates_field, "templates")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise cliargs.UsageError(f"--classnames-json/--templates-json: {exc}") from None
+    for flag, found in (("--classnames", names), ("--templates", ensembles)):
+        path = getattr(args, f"{flag[2:]}_json")
+        if path is not None and not found:
+            raise cliargs.UsageError(f"{flag}-json: {path} holds no list for any dataset"
+                                     + (f" under {flag}-field {getattr(args, f'{flag[2:]}_field')!r}"
+                                        if getattr(args, f"{flag[2:]}_field") else ""))
     domains = []
     for key in args.keys:
         try:
@@ -239,11 +244,8 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         summary[method] = {"units": UNITS, "tasks": keys, "matrix": matrix,
                            **{k: 100 * v for k, v in metrics.summary(matrix / 100).items()}}
         if _rank() == 0:
-            with open(out / "matrix.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["after \\ on"] + keys)
-                for k, row in zip(keys, matrix):
-                    w.writerow([k] + [f"{v:.2f}" for v in row])
+            rundir.write_csv(out / "matrix.csv", [["after \\ on"] + keys]
+                             + [[k] + [f"{v:.2f}" for v in row] for k, row in zip(keys, matrix)])
             rundir.write_json(out / "matrix.json", summary[method])
     if _rank():
         return summary

@@ -4,7 +4,6 @@ print the matrix, OP and both BWTs; resumable; ``torchrun`` for several processe
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 from pathlib import Path
@@ -89,6 +88,7 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
     cliargs.device("--device", args.device)
     if args.model is not None:
         _check_model(args.model)
+    _check_targets(args)
     for name in SEQUENCES[args.benchmark]:
         for split in ("train", "test"):
             path = args.data_root / name / f"{split}.json"
@@ -132,6 +132,26 @@ def _check_model(model: str) -> None:
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):
             raise cliargs.UsageError(f"--model: {model!r} is neither a local folder nor a model in the hub cache "
                                      "(offline mode)")
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """--targets select linear layers of the model (its skeleton built on the meta device: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from moram_ref.experiments.llm import backbones
+    from moram_ref.torch.attach import match_targets
+
+    try:
+        config = AutoConfig.from_pretrained(args.model) if args.model else backbones.tiny_config(args.tiny, 64)
+    except (OSError, ValueError) as exc:
+        raise cliargs.UsageError(f"--model: {args.model!r}: {' '.join(str(exc).split())[:300]}") from None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    try:
+        match_targets(skeleton, list(args.targets))
+    except ValueError as exc:
+        raise cliargs.UsageError(f"--targets: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _rank() -> int:
@@ -217,11 +237,8 @@ def _finish(matrix: np.ndarray, names: list[str], out: Path, settings, write: bo
     if not write:
         return result
     rundir.write_json(out / "matrix.json", result)
-    with open(out / "matrix.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["after \\ on"] + names)
-        for name, row in zip(names, matrix):
-            w.writerow([name] + ["" if np.isnan(v) else f"{v:.2f}" for v in row])
+    rundir.write_csv(out / "matrix.csv", [["after \\ on"] + names]
+                     + [[name] + ["" if np.isnan(v) else f"{v:.2f}" for v in row] for name, row in zip(names, matrix)])
     return result
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import sys
 import time
@@ -183,11 +182,8 @@ def _save_matrices(folder: Path, method: str, seed: int, res: dict, names: list[
             "trainable_per_task": res["trainable_per_task"], "seconds": res["seconds"], "n99": res["n99"]}
     rundir.write_json(folder / f"{method}_seed{seed}.json", data)
     for space in ("union", "own"):
-        with open(folder / f"{method}_seed{seed}_{space}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["after \\ on"] + names)
-            for name, row in zip(names, res[space]):
-                writer.writerow([name] + [f"{100 * v:.2f}" for v in row])
+        rundir.write_csv(folder / f"{method}_seed{seed}_{space}.csv", [["after \\ on"] + names]
+                         + [[name] + [f"{100 * v:.2f}" for v in row] for name, row in zip(names, res[space])])
 
 
 def summarise(runs: dict[str, list[dict]], names: list[str]) -> dict:
