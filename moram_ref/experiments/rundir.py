@@ -125,16 +125,21 @@ def check(out: Path, command: str, settings: dict, *, resume: bool = False, eval
     Returns the recorded ``config.json`` content when the folder holds a run (else None).
     """
     out = Path(out)
-    flag = "--resume" if resume else "--eval-only" if eval_only else "--out"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a folder")
     if not out.is_dir():
         if resume or eval_only:
-            raise UsageError(f"{flag}: no run folder at {out}")
+            raise UsageError(f"{'--resume' if resume else '--eval-only'}: no run folder at {out}")
         return None
     holder = _holder(out)
     if holder is not None:
         raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out")
+    return _check_record(out, command, settings, resume, eval_only)
+
+
+def _check_record(out: Path, command: str, settings: dict, resume: bool, eval_only: bool) -> dict | None:
+    """The folder's contents against this run: a record of the same command and settings, or nothing."""
+    flag = "--resume" if resume else "--eval-only" if eval_only else "--out"
     config_path = out / CONFIG
     if not config_path.is_file():
         if resume or eval_only:
@@ -197,7 +202,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out") from None
     folder = RunFolder(out, fh)
     try:
-        check_locked(out, command, settings, resume, eval_only)
+        _check_record(out, command, settings, resume, eval_only)  # again: another run may have written meanwhile
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -207,21 +212,3 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         yield folder
     finally:
         folder.close()
-
-
-def check_locked(out: Path, command: str, settings: dict, resume: bool, eval_only: bool) -> dict | None:
-    """:func:`check` again once the lock is held (another run may have written in between), lock file aside."""
-    config_path = out / CONFIG
-    if not config_path.is_file() and not (resume or eval_only):
-        others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
-        if others:
-            raise UsageError(f"--out: {out} is not empty and holds no moram-ref run (no {CONFIG}); "
-                             "choose a new or empty folder")
-        return None
-    recorded = json.loads(config_path.read_text()) if config_path.is_file() else None
-    if recorded is None:
-        raise UsageError(f"{'--resume' if resume else '--eval-only'}: {out} holds no run ({CONFIG} missing)")
-    diff = differences(recorded.get("settings", {}), settings) if recorded.get("command") == command else ["--command"]
-    if diff:
-        raise UsageError(f"--out: {out} changed while this run started: " + "; ".join(diff))
-    return recorded
