@@ -94,7 +94,7 @@ def validate(args: argparse.Namespace) -> list:
             raise cliargs.UsageError(f"--{name}-field: needs --{name}-json")
     args.order = args.order or "1"
     known = sorted({k for order in mtil_spec()["orders"].values() for k in order}) if mtil else xtail_spec()["order"]
-    args.keys = cliargs.name_list("--datasets", args.datasets, known) or (
+    args.datasets = cliargs.name_list("--datasets", args.datasets, known) or (
         mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])
     if args.verify:
         return []
@@ -164,7 +164,7 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
                                      + (f" under {flag}-field {getattr(args, f'{flag[2:]}_field')!r}"
                                         if getattr(args, f"{flag[2:]}_field") else ""))
     domains = []
-    for key in args.keys:
+    for key in args.datasets:
         try:
             domains.append(load_mtil_domain(args.data_root, key, names.get(key), eval_templates=ensembles.get(key))
                            if mtil else load_domain(args.data_root, key))
@@ -199,7 +199,7 @@ def _verify(args: argparse.Namespace, log) -> dict:
 
     if args.benchmark == "mtil":
         report = {}
-        for key in args.keys:
+        for key in args.datasets:
             try:
                 d = load_mtil_domain(args.data_root, key)
                 report[key] = {"ok": True, "found": {"train": len(d.train.labels), "test": len(d.test.labels)},
@@ -207,7 +207,7 @@ def _verify(args: argparse.Namespace, log) -> dict:
             except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 report[key] = {"ok": False, "error": str(exc)}
     else:
-        report = verify(args.data_root, args.keys)
+        report = verify(args.data_root, args.datasets)
     for key, entry in report.items():
         log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
     bad = [k for k, e in report.items() if not e["ok"]]
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
     from moram_ref.experiments.clip import backbone
     from moram_ref.experiments.clip.train import ClipSettings, run_sequence
 
-    keys = args.keys
+    keys = args.datasets
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = cliargs.moram_config(args)
     summary = {}

@@ -69,6 +69,7 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
     sequence = SEQUENCES[args.sequence]
     if args.tasks is not None and args.tasks > len(sequence):
         raise cliargs.UsageError(f"--tasks: {args.tasks} exceeds the {len(sequence)} tasks of --sequence {args.sequence}")
+    args.tasks = args.tasks or len(sequence)  # recorded resolved: omitting --tasks equals naming them all
     cliargs.no_repeats("--methods", args.methods)
     config = cliargs.moram_config(args)
     _check_encoder(args)
