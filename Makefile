@@ -27,6 +27,7 @@ install-dev: $(VENV)/.dev-installed
 demo: $(VENV)/.demo-installed
 	$(BIN)/moram-ref demo --out runs/demo
 
+# MORAM_SHARED_DATA: where tests find the shared data (default ../shared/data); empty hides it (.ci/run does both)
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 

@@ -11,7 +11,6 @@ Timings are medians over interleaved repetitions; only ratios measured in the sa
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -154,20 +153,41 @@ def _numpy_vs_torch(layer: MoRAMLinear, x: torch.Tensor, repeat: int) -> dict:
                              "train_numpy_over_torch": t["numpy_train"] / t["torch_train"]}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moram_ref.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d", type=int, default=768)
-    p.add_argument("--tasks", type=int, default=10)
-    p.add_argument("--atoms-per-task", type=int, default=16)
-    p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--repeat", type=int, default=7)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from moram_ref.experiments import cliargs  # noqa: PLC0415
+
+    p.add_argument("--d", type=cliargs.integer(1), default=768, help="layer width (d_in = d_out)")
+    p.add_argument("--tasks", type=cliargs.integer(1), default=10, help="tasks in the bank (R = tasks × r)")
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=16, help="r")
+    p.add_argument("--top-k", type=cliargs.integer(1), default=16, help="k")
+    p.add_argument("--tokens", type=cliargs.integer(1), default=8192, help="tokens per call")
+    p.add_argument("--repeat", type=cliargs.integer(1), default=7, help="timed repetitions (the median is kept)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-numpy", action="store_true")
-    p.add_argument("--json", help="also write the results to this file")
-    a = p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy-vs-torch comparison")
+    p.add_argument("--json", type=cliargs.out_file, default=None, help="also write the results to this file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from moram_ref.experiments.cliargs import Parser, UsageError  # noqa: PLC0415
+
+    p = Parser(prog="python -m moram_ref.bench", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    try:
+        return cli_run(p.parse_args(argv))
+    except UsageError as exc:
+        p.error(str(exc))
+
+
+def cli_run(a: argparse.Namespace) -> int:
+    """Check the flags (:class:`~moram_ref.experiments.cliargs.UsageError`), run, print, write ``--json``."""
+    from moram_ref.experiments import cliargs, rundir  # noqa: PLC0415
+
+    cliargs.device("--device", a.device)
+    if a.top_k > a.tasks * a.atoms_per_task:
+        raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
+                                 f"{a.tasks * a.atoms_per_task}")
     res = run(a.d, a.tasks, a.atoms_per_task, a.top_k, a.tokens, a.repeat, a.dtype, a.device, not a.no_numpy)
     print(f"shapes: {res['shapes']}\nmachine: {res['machine']}")
     for group in ("seconds", "seconds_numpy_vs_torch"):
@@ -177,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, val in res.get(group, {}).items():
             print(f"  {name:<32} " + ("  (n/a)" if val is None else f"{val:9.3f}"))
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(res, fh, indent=1)
+        rundir.write_json(a.json, res)
     return 0
 
 

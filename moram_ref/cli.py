@@ -1,45 +1,56 @@
-"""``moram-ref``: the command line. Sub-commands: ``demo`` (the NumPy main job), ``text-cl`` (the real-encoder
-experiment), ``bench`` (layer speed)."""
+"""``moram-ref``: the command line — one sub-command per experiment, plus the layer benchmark.
+
+Errors in the input (a flag, a combination of flags, a data file, the run folder) are found before any
+work starts and printed as one line, ``moram-ref <command>: error: …``, with exit status 2.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+from moram_ref.experiments.cliargs import Parser, UsageError
+
+# name → (module with add_arguments and run [or module:function to run], one-line description)
+COMMANDS = {
+    "demo": ("moram_ref.experiments.toy.demo",
+             "the main job: NumPy continual-learning demo, recall + digits streams, every method (no torch)"),
+    "text-cl": ("moram_ref.experiments.textcl.run",
+                "a real pretrained encoder (MiniLM) on the O-LoRA text tasks, every method × seeds"),
+    "clip": ("moram_ref.experiments.clip.run",
+             "X-TAIL / MTIL on open_clip (real or --tiny); --verify checks the data, --make-synthetic writes some"),
+    "llm": ("moram_ref.experiments.llm.run",
+            "TRACE / O-LoRA sequences on causal LMs (a local model or --tiny); torchrun for several GPUs"),
+    "report": ("moram_ref.report",
+               "render a results table from a run's results.json (the README's and docs' generated blocks)"),
+    "bench": ("moram_ref.bench:cli_run", "the layer benchmark: MoRAM vs LoRA speed ratios measured side by side (torch)"),
+}
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The ``moram-ref`` parser; only ``command``'s module is imported (the demo never imports torch)."""
+    parser = Parser(prog="moram-ref", description="MoRAM reference implementation: one command per experiment, "
+                                                       "plus the layer benchmark")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                                help="see 'moram-ref COMMAND --help'")
+    for name, (module, description) in COMMANDS.items():
+        p = sub.add_parser(name, help=description, description=description)
+        if name == command:
+            importlib.import_module(module.split(":")[0]).add_arguments(p)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moram-ref", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    from moram_ref.experiments.toy import demo  # noqa: PLC0415
-
-    demo.add_arguments(sub.add_parser("demo", help="NumPy continual-learning demo: recall + digits streams"))
-    text = sub.add_parser("text-cl", help="real pretrained encoder (MiniLM) on the O-LoRA tasks, all methods × seeds")
-    from moram_ref.experiments.textcl import run as textcl  # noqa: PLC0415  (argument definitions only)
-
-    textcl.add_arguments(text)
-    from moram_ref.experiments.llm import run as llm  # noqa: PLC0415  (argument definitions only)
-
-    llm.add_arguments(sub.add_parser("llm", help="TRACE / O-LoRA sequences on causal LMs (real or tiny)"))
-    from moram_ref.experiments.clip import run as clip  # noqa: PLC0415  (argument definitions only)
-
-    clip.add_arguments(sub.add_parser("clip", help="X-TAIL on open_clip (real or tiny); --verify checks the data"))
-    from moram_ref import report  # noqa: PLC0415
-
-    report.add_arguments(sub.add_parser("report", help="render a results table (README's generated blocks)"))
-    sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "report":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return report.run(args)
-    if args.command in ("demo", "text-cl", "llm", "clip"):
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run, "clip": clip.run}[args.command](args)
-        return 0
-    from moram_ref import bench  # noqa: PLC0415
-
-    return bench.main(rest)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    module, _, function = COMMANDS[args.command][0].partition(":")
+    try:
+        status = getattr(importlib.import_module(module), function or "run")(args)
+    except UsageError as exc:
+        print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.toy.demo import METRICS, format_cell
 
 HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
@@ -84,12 +85,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = json.loads(args.results.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"moram-ref report: error: results: cannot read {args.results}: {err}") from None
+        raise UsageError(f"results: cannot read {args.results}: {err}") from None
     try:
         body = GENERATORS[args.table](results)
     except (KeyError, TypeError, IndexError) as err:
-        raise SystemExit(f"moram-ref report: error: results: {args.results} is not a {args.table} results file "
-                         f"(missing {err})") from None
+        raise UsageError(f"results: {args.results} is not a {args.table} results file (missing {err})") from None
     if args.write is None and args.check is None:
         print(body)
         return 0
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         text = target.read_text()
         new = replace_block(text, args.table, body)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"moram-ref report: error: {target}: {err}") from None
+        raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
     if args.check is not None:
         if new != text:
             print(f"{target}: the '{args.table}' table differs from {args.results}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from moram_ref.config import MoRAMConfig  # noqa: E402
 from moram_ref.numpy.layer import MoRAMLinear  # noqa: E402
+
+
+def shared_data(*parts: str) -> Path:
+    """Where the tests find the project's shared data (``$MORAM_SHARED_DATA``, default ``../shared/data``
+    beside the checkout), joined with ``parts``. Users and fresh clones do not have it: every test that
+    reads it skips when the returned path does not exist. ``MORAM_SHARED_DATA=`` (empty) hides it, as CI's
+    second run does; so does a path that does not exist."""
+    raw = os.environ.get("MORAM_SHARED_DATA")
+    if raw is not None and not raw.strip():
+        return Path(os.devnull, "moram-shared-data-hidden", *parts)  # never exists
+    base = Path(raw) if raw is not None else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return base.joinpath(*parts)
 
 
 def build_numpy_layer(rng, d_in=6, d_out=5, tasks=3, config=None, in_task=True, dtype=np.float64):

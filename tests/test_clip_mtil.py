@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
@@ -91,7 +92,7 @@ def test_cli_mtil(tv_root, tmp_path, capsys):
     assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(tv_root), "--datasets", *KEYS]) == 0
 
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "clip" / "datasets.json"
+SHARED = shared_data("clip", "datasets.json")
 
 
 def test_mtil_orders_and_metrics_on_a_hand_made_matrix():

@@ -141,7 +141,11 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     assert (out / "activation_moram.png").is_file() and (out / "atoms_for_99_mass_moram.png").is_file()
     progress = json.loads((out / "moram" / "progress.json").read_text())
     assert len(progress["n99"]) == 3 and set(progress["maps"]) == {"after_task_1", "after_task_2", "after_task_3"}
-    assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 0
+    capsys.readouterr()
+    # the synthetic sets are far smaller than the real ones: --verify reports each and exits non-zero
+    assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("PROBLEM") == 3 and captured.err.count("\n") == 1 and "--verify" in captured.err
 
 
 def test_aircraft_loader_reads_the_official_lists(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -18,7 +19,7 @@ from moram_ref.experiments.llm import backbones, data  # noqa: E402
 from moram_ref.experiments.llm.generate import generate  # noqa: E402
 from moram_ref.experiments.llm.train import Dist, LLMSettings, run_sequence  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm-cl-benchmark-500"
+DATA = shared_data("llm-cl-benchmark-500")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
 CFG = MoRAMConfig(atoms_per_task=4, top_k=4, temperature=0.03, threshold=0.2, scale=2.0, dropout=0.0)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -17,7 +17,7 @@ from moram_ref.experiments.textcl import data as D  # noqa: E402
 from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: E402
 from moram_ref.experiments.textcl.train import evaluate  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm-cl-benchmark-500"
+DATA = shared_data("llm-cl-benchmark-500")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
 
 

@@ -3,67 +3,178 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import difflib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from moram_ref import metrics
-from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import cliargs, rundir
 
 LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
+# summary.json / matrix.json: every accuracy (matrix entries, Transfer, Average, Last, BWT, forgetting) in percent
+UNITS = "percent"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.clip import METHODS
 
     p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"])
-    p.add_argument("--order", default="1", choices=["1", "2"], help="MTIL order I or II")
-    p.add_argument("--classnames-json", type=Path, default=None,
+    p.add_argument("--order", default=None, choices=["1", "2"], help="MTIL order I or II (default 1)")
+    p.add_argument("--classnames-json", type=cliargs.existing_file, default=None,
                    help="MTIL: class names per dataset ({key: [names]} or a datasets.json-style file)")
     p.add_argument("--classnames-field", default=None, help="the list to use in a datasets.json-style file")
-    p.add_argument("--templates-json", type=Path, default=None,
+    p.add_argument("--templates-json", type=cliargs.existing_file, default=None,
                    help="MTIL: an evaluation template ensemble per dataset ({key: [templates]} or datasets.json-style)")
     p.add_argument("--templates-field", default=None, help="the list to use in a datasets.json-style file")
-    p.add_argument("--data-root", type=Path, default=None, help="required except with --make-synthetic")
-    p.add_argument("--make-synthetic", type=Path, default=None, metavar="DIR",
+    p.add_argument("--data-root", type=cliargs.existing_dir, default=None, help="required except with --make-synthetic")
+    p.add_argument("--make-synthetic", type=cliargs.out_dir, default=None, metavar="DIR",
                    help="write small synthetic X-TAIL (DIR/xtail) and MTIL (DIR/mtil) data sets and exit")
-    p.add_argument("--out", type=Path, default=Path("runs/xtail"))
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/xtail"))
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default="ViT-B-16", help="open_clip model name")
+    src.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16)")
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
-    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (or a local .pt path)")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local .pt path (default openai)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--eval-only", action="store_true")
-    p.add_argument("--verify", action="store_true", help="check the data on disk and exit")
-    p.add_argument("--shots", type=int, default=16, help="K-shot training subsets; 0 = every training image")
-    p.add_argument("--iterations", type=int, default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--eval-batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints")
+    p.add_argument("--verify", action="store_true", help="check the data on disk and exit (non-zero on a problem)")
+    p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
+    p.add_argument("--iterations", type=cliargs.integer(1), default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
+    p.add_argument("--batch", type=cliargs.integer(1), default=64, help="at most the smallest training set")
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4)
+    p.add_argument("--eval-batch", type=cliargs.integer(1), default=256)
+    p.add_argument("--workers", type=cliargs.integer(0), default=0)
+    p.add_argument("--seed", type=cliargs.integer(0), default=42)
     p.add_argument("--encoders", nargs="+", default=["image", "text"], choices=["image", "text"])
     p.add_argument("--kinds", nargs="+", default=["attention", "mlp"], choices=["attention", "mlp"])
-    p.add_argument("--atoms-per-task", type=int, default=16)
-    p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=0.01)
-    p.add_argument("--threshold", type=float, default=0.2)
-    p.add_argument("--device", default=None)
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=16)
+    p.add_argument("--top-k", type=cliargs.integer(1), default=16)
+    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=0.01)
+    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=0.2)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+# flags that do not shape the results (a resume may change them)
+RUNTIME_ONLY = ("out", "resume", "eval_only", "verify", "make_synthetic", "workers", "device", "eval_batch", "command")
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The flags recorded in ``config.json`` and compared on a resume (paths made absolute)."""
+    return {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in RUNTIME_ONLY}
+
+
+def validate(args: argparse.Namespace) -> list:
+    """Every check before any work: flags, their combinations, the data (loaded), the run folder; returns
+    the domains (empty for --make-synthetic and --verify, which check nothing else)."""
+    from moram_ref.experiments.clip.data import xtail_spec
+    from moram_ref.experiments.clip.tvdata import mtil_spec
+
+    mtil = args.benchmark == "mtil"
+    if args.make_synthetic:
+        for flag in ("--data-root", "--verify", "--resume", "--eval-only", "--datasets"):
+            cliargs.conflict(args, "--make-synthetic", flag)
+        return []
+    if args.data_root is None:
+        raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")
+    for flag in ("--resume", "--eval-only"):
+        cliargs.conflict(args, "--verify", flag)
+    cliargs.conflict(args, "--resume", "--eval-only")
+    if not mtil:
+        for flag in ("--order", "--classnames-json", "--templates-json"):
+            if getattr(args, flag[2:].replace("-", "_")) is not None:
+                raise cliargs.UsageError(f"{flag}: applies to --benchmark mtil only")
+    for name in ("classnames", "templates"):
+        if getattr(args, f"{name}_field") is not None and getattr(args, f"{name}_json") is None:
+            raise cliargs.UsageError(f"--{name}-field: needs --{name}-json")
+    args.order = args.order or "1"
+    known = sorted({k for order in mtil_spec()["orders"].values() for k in order}) if mtil else xtail_spec()["order"]
+    args.datasets = cliargs.name_list("--datasets", args.datasets, known) or (
+        mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])
+    if args.verify:
+        return []
+    if args.tiny and args.pretrained is not None:
+        raise cliargs.UsageError("--pretrained: not used with --tiny (a random model)")
+    args.model = None if args.tiny else (args.model or "ViT-B-16")
+    args.pretrained = None if args.tiny else (args.pretrained or "openai")
+    if not args.tiny:
+        _check_model(args.model, args.pretrained)
+    for flag in ("--methods", "--encoders", "--kinds"):
+        cliargs.no_repeats(flag, getattr(args, flag[2:]))
+    cliargs.moram_config(args)
+    cliargs.device("--device", args.device)
+    domains = _load_domains(args, mtil)
+    for d in domains:
+        counts = np.bincount(np.asarray(d.train.labels, dtype=int), minlength=len(d.classnames))
+        n_train = int(np.minimum(counts, args.shots).sum()) if args.shots else len(d.train.labels)
+        if args.batch > n_train:
+            raise cliargs.UsageError(f"--batch: {args.batch} exceeds the {n_train} training images of {d.key} "
+                                     f"(--shots {args.shots}); use --batch {max(n_train, 1)} or less")
+    if _rank() == 0:  # torchrun: rank 0 owns the run folder (the others would see its lock)
+        rundir.check(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only)
+    if args.eval_only:
+        for method in (m for m in args.methods if m != "zero_shot"):
+            for t in range(len(domains)):
+                path = args.out / method / "checkpoints" / f"task{t + 1}.safetensors"
+                if not path.is_file():
+                    raise cliargs.UsageError(f"--eval-only: no checkpoint {path} (train, or --resume, first)")
+    return domains
+
+
+def _check_model(model: str, pretrained: str) -> None:
+    import open_clip
+
+    if model not in open_clip.list_models():
+        close = difflib.get_close_matches(model, open_clip.list_models(), n=1)
+        raise cliargs.UsageError(f"--model: unknown open_clip model {model!r}"
+                                 + (f" (did you mean {close[0]!r}?)" if close else " (see open_clip.list_models())"))
+    looks_like_path = pretrained.endswith((".pt", ".bin", ".safetensors")) or "/" in pretrained
+    if looks_like_path and not Path(pretrained).is_file():
+        raise cliargs.UsageError(f"--pretrained: file {pretrained!r} does not exist")
+    if not looks_like_path and pretrained not in open_clip.list_pretrained_tags_by_model(model):
+        raise cliargs.UsageError(f"--pretrained: {pretrained!r} is not a tag of {model} (tags: "
+                                 f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})")
+
+
+def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
+    from moram_ref.experiments.clip.data import load_domain
+    from moram_ref.experiments.clip.tvdata import load_mtil_domain, read_classnames
+
+    for flag in ("--classnames-json", "--templates-json"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None and not isinstance(cliargs.read_json(path, flag), dict):
+            raise cliargs.UsageError(f"{flag}: {path} must hold a JSON object ({{dataset: [...]}} or datasets.json-style)")
+    try:
+        names, ensembles = {}, {}
+        if args.classnames_json:
+            names = read_classnames(args.classnames_json, args.classnames_field, keys=args.datasets)
+        if args.templates_json:
+            ensembles = read_classnames(args.templates_json, args.templates_field, "templates", args.datasets)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise cliargs.UsageError(f"--classnames-json/--templates-json: {exc}") from None
+    for flag, found in (("--classnames", names), ("--templates", ensembles)):
+        path = getattr(args, f"{flag[2:]}_json")
+        if path is not None and not found:
+            raise cliargs.UsageError(f"{flag}-json: {path} holds no list for any dataset"
+                                     + (f" under {flag}-field {getattr(args, f'{flag[2:]}_field')!r}"
+                                        if getattr(args, f"{flag[2:]}_field") else ""))
+    domains = []
+    for key in args.datasets:
+        try:
+            domains.append(load_mtil_domain(args.data_root, key, names.get(key), eval_templates=ensembles.get(key))
+                           if mtil else load_domain(args.data_root, key))
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise cliargs.UsageError(f"--data-root: {key}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    return domains
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    import torch
-
-    from moram_ref.experiments.clip import backbone
-    from moram_ref.experiments.clip.data import load_domain, verify, xtail_spec
-    from moram_ref.experiments.clip.train import ClipSettings, run_sequence
-    from moram_ref.experiments.clip.tvdata import load_mtil_domain, mtil_spec, read_classnames
-
+    domains = validate(args)
     if args.make_synthetic:
         from moram_ref.experiments.clip.synthetic import make_all
 
@@ -71,37 +182,50 @@ def run(args: argparse.Namespace, log=print) -> dict:
         log(f"wrote X-TAIL-layout data to {roots['xtail']} (caltech101 dtd eurosat) and torchvision-layout "
             f"data to {roots['mtil']} (mnist dtd eurosat)")
         return {k: str(v) for k, v in roots.items()}
-    if args.data_root is None:
-        raise SystemExit("moram-ref clip: --data-root is required")
-    mtil = args.benchmark == "mtil"
-    keys = args.datasets or (mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])
-    if args.verify and mtil:
+    if args.verify:
+        return _verify(args, log)
+    with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
+                         primary=_rank() == 0):
+        return _run(args, domains, log)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _verify(args: argparse.Namespace, log) -> dict:
+    from moram_ref.experiments.clip.data import verify
+    from moram_ref.experiments.clip.tvdata import load_mtil_domain
+
+    if args.benchmark == "mtil":
         report = {}
-        for key in keys:
+        for key in args.datasets:
             try:
                 d = load_mtil_domain(args.data_root, key)
                 report[key] = {"ok": True, "found": {"train": len(d.train.labels), "test": len(d.test.labels)},
                                "classes": len(d.classnames)}
-            except (FileNotFoundError, ValueError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 report[key] = {"ok": False, "error": str(exc)}
-            log(f"{key:14s} {'ok' if report[key]['ok'] else 'PROBLEM'}  "
-                + json.dumps({k: v for k, v in report[key].items() if k != 'ok'}))
-        return report
-    if args.verify:
-        report = verify(args.data_root, keys)
-        for key, entry in report.items():
-            log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
-        return report
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if mtil:
-        names = read_classnames(args.classnames_json, args.classnames_field, keys=keys) if args.classnames_json else {}
-        ensembles = (read_classnames(args.templates_json, args.templates_field, "templates", keys)
-                     if args.templates_json else {})
-        domains = [load_mtil_domain(args.data_root, k, names.get(k), eval_templates=ensembles.get(k)) for k in keys]
     else:
-        domains = [load_domain(args.data_root, k) for k in keys]
-    config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
-                         threshold=args.threshold)
+        report = verify(args.data_root, args.datasets)
+    for key, entry in report.items():
+        log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
+    bad = [k for k, e in report.items() if not e["ok"]]
+    if bad:
+        raise cliargs.UsageError(f"--verify: {len(bad)} of {len(report)} data sets have problems under --data-root "
+                                 f"{args.data_root}: {', '.join(bad)}")
+    return report
+
+
+def _run(args: argparse.Namespace, domains: list, log) -> dict:
+    import torch
+
+    from moram_ref.experiments.clip import backbone
+    from moram_ref.experiments.clip.train import ClipSettings, run_sequence
+
+    keys = args.datasets
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = cliargs.moram_config(args)
     summary = {}
     for method in args.methods:
         if args.tiny:
@@ -115,19 +239,18 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                 targets=backbone.target_regex(args.encoders, args.kinds), moram=config)
         out = args.out / method
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "moram": config.to_dict(), "datasets": keys}, indent=1))
         matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
-                           Path(args.data_root), log)
-        summary[method] = {"matrix": matrix.tolist(), **{k: v for k, v in metrics.summary(matrix / 100).items()}}
-        with open(out / "matrix.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["after \\ on"] + keys)
-            for k, row in zip(keys, matrix):
-                w.writerow([k] + [f"{v:.2f}" for v in row])
-        (out / "matrix.json").write_text(json.dumps(summary[method], indent=1))
+                              Path(args.data_root), log)
+        summary[method] = {"units": UNITS, "tasks": keys, "matrix": matrix,
+                           **{k: 100 * v for k, v in metrics.summary(matrix / 100).items()}}
+        if _rank() == 0:
+            rundir.write_csv(out / "matrix.csv", [["after \\ on"] + keys]
+                             + [[k] + [f"{v:.2f}" for v in row] for k, row in zip(keys, matrix)])
+            rundir.write_json(out / "matrix.json", summary[method])
+    if _rank():
+        return summary
     log("\n" + format_table(summary, args.benchmark))
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_json(args.out / "summary.json", summary)
     from moram_ref import plots
 
     plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
@@ -160,7 +283,7 @@ def _probe_figures(args, config, keys) -> None:
 def format_table(summary: dict, benchmark: str = "xtail") -> str:
     lines = ["method               Transfer  Average     Last", ]
     for method, s in summary.items():
-        lines.append(f"{LABELS[method]:<18} " + " ".join(f"{100 * s[k]:8.1f}" for k in ("transfer", "average", "last")))
+        lines.append(f"{LABELS[method]:<18} " + " ".join(f"{s[k]:8.1f}" for k in ("transfer", "average", "last")))
     lines.append("(paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot Transfer 62.4 — spec §7)" if benchmark == "xtail"
                  else "(ViT-B/16 MTIL order I: zero-shot 69.4 / 65.3 / 65.3; ZSCL 68.1 / 75.4 / 83.6 — spec §7)")
     return "\n".join(lines)

@@ -4,18 +4,19 @@ print the matrix, OP and both BWTs; resumable; ``torchrun`` for several processe
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from moram_ref import metrics
-from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import cliargs, rundir
 
 LABELS = {"zero_shot": "frozen (zero-shot)", "seq_lora": "sequential LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
+# summary.json / matrix.json: scores 0–100 (accuracy, ROUGE-L, edit similarity, … in percent), OP and BWTs in points
+UNITS = "percent"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,38 +24,138 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.llm import METHODS
 
     p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence")
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=Path("runs/llm"))
+    p.add_argument("--data-root", type=cliargs.existing_dir, required=True)
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/llm"))
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="a local folder (or hub name) for AutoModelForCausalLM.from_pretrained")
+    src.add_argument("--model", help="a local folder (or a cached hub name) for AutoModelForCausalLM.from_pretrained")
     src.add_argument("--tiny", choices=["llama", "qwen2", "gemma"], help="a tiny random decoder (CPU tests)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue from the last finished task")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints")
     p.add_argument("--skip-missing", action="store_true", help="leave out tasks whose train/test file is absent")
-    p.add_argument("--max-train", type=int, default=None)
-    p.add_argument("--max-test", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the paper's TRACE epochs)")
-    p.add_argument("--batch", type=int, default=32, help="effective batch (gradient accumulation)")
-    p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--max-prompt", type=int, default=1024)
-    p.add_argument("--max-answer", type=int, default=512)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--eval-batch", type=int, default=16)
+    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task")
+    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task")
+    p.add_argument("--epochs", type=cliargs.integer(1), default=None,
+                   help="epochs per task (default: the paper's TRACE epochs, 1 for other tasks)")
+    p.add_argument("--batch", type=cliargs.integer(1), default=32, help="effective batch (gradient accumulation)")
+    p.add_argument("--micro-batch", type=cliargs.integer(1), default=4, help="at most --batch")
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4)
+    p.add_argument("--max-prompt", type=cliargs.integer(1), default=1024)
+    p.add_argument("--max-answer", type=cliargs.integer(1), default=512)
+    p.add_argument("--max-new-tokens", type=cliargs.integer(1), default=64)
+    p.add_argument("--eval-batch", type=cliargs.integer(1), default=16)
     p.add_argument("--numglue-mode", default="numeric", choices=["numeric", "accuracy"])
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=cliargs.integer(0), default=1234)
     p.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
-    p.add_argument("--atoms-per-task", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=0.03)
-    p.add_argument("--threshold", type=float, default=0.2)
-    p.add_argument("--scale", type=float, default=2.0)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=8)
+    p.add_argument("--top-k", type=cliargs.integer(1), default=8)
+    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=0.03)
+    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=0.2)
+    p.add_argument("--scale", type=cliargs.real(nonzero=True), default=2.0)
+    p.add_argument("--dropout", type=cliargs.real(0, 1, high_open=True), default=0.1)
     p.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--fsdp", action="store_true", help="shard the frozen model over the torchrun processes (FSDP2)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+# flags that do not shape the results (a resume may change them)
+RUNTIME_ONLY = ("out", "resume", "eval_only", "device", "eval_batch", "gradient_checkpointing", "fsdp", "command")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The flags recorded in ``config.json`` and compared on a resume (local paths made absolute)."""
+    settings = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in RUNTIME_ONLY}
+    if args.model and Path(args.model).is_dir():
+        settings["model"] = str(Path(args.model).resolve())
+    return settings
+
+
+def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """Every check before any work: flags, the model, every data file, the run folder; returns (tasks, skipped)."""
+    from moram_ref.experiments.llm.data import SEQUENCES, load_sequence
+
+    cliargs.conflict(args, "--resume", "--eval-only")
+    for flag in ("--methods", "--targets"):
+        cliargs.no_repeats(flag, getattr(args, flag[2:]))
+    if args.micro_batch > args.batch:
+        raise cliargs.UsageError(f"--micro-batch: {args.micro_batch} exceeds --batch {args.batch}")
+    if args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise cliargs.UsageError("--fsdp: needs several processes (torchrun --nproc_per_node N); WORLD_SIZE is 1")
+    cliargs.moram_config(args, scale=args.scale, dropout=args.dropout)
+    cliargs.device("--device", args.device)
+    if args.model is not None:
+        _check_model(args.model)
+    _check_targets(args)
+    for name in SEQUENCES[args.benchmark]:
+        for split in ("train", "test"):
+            path = args.data_root / name / f"{split}.json"
+            if path.is_file():
+                cliargs.check_samples(path, cliargs.read_json(path, "--data-root"))
+            elif not args.skip_missing:
+                raise cliargs.UsageError(f"--data-root: {path} does not exist (task {name} of --benchmark "
+                                         f"{args.benchmark}); pass --skip-missing to leave such tasks out")
+        labels = args.data_root / name / "labels.json"
+        if labels.is_file():
+            value = cliargs.read_json(labels, "--data-root")
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise cliargs.UsageError(f"{labels}: expected a list of label strings")
+    try:
+        tasks, skipped = load_sequence(args.data_root, args.benchmark, args.skip_missing, args.max_train, args.max_test)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise cliargs.UsageError(f"--data-root: {' '.join(str(exc).split())}") from None
+    if _rank() == 0:  # torchrun: rank 0 owns the run folder (the others would see its lock)
+        rundir.check(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only)
+    if args.eval_only:
+        for method in (m for m in args.methods if m != "zero_shot"):
+            for t in range(len(tasks)):
+                path = args.out / method / "checkpoints" / f"task{t + 1}.safetensors"
+                if not path.is_file():
+                    raise cliargs.UsageError(f"--eval-only: no checkpoint {path} (train, or --resume, first)")
+    return tasks, skipped
+
+
+def _check_model(model: str) -> None:
+    """--model: a local folder with config.json, or a hub name (in the local cache when offline)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise cliargs.UsageError(f"--model: {model!r} is not a model folder (no config.json)")
+        return
+    if not HUB_ID.match(model):
+        raise cliargs.UsageError(f"--model: folder {model!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise cliargs.UsageError(f"--model: {model!r} is neither a local folder nor a model in the hub cache "
+                                     "(offline mode)")
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """--targets select linear layers of the model (its skeleton built on the meta device: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from moram_ref.experiments.llm import backbones
+    from moram_ref.torch.attach import match_targets
+
+    try:
+        config = AutoConfig.from_pretrained(args.model) if args.model else backbones.tiny_config(args.tiny, 64)
+    except (OSError, ValueError) as exc:
+        raise cliargs.UsageError(f"--model: {args.model!r}: {' '.join(str(exc).split())[:300]}") from None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    try:
+        match_targets(skeleton, list(args.targets))
+    except ValueError as exc:
+        raise cliargs.UsageError(f"--targets: {' '.join(str(exc).split())[:300]}") from None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _setup_dist():
@@ -97,15 +198,19 @@ def build(args, tasks, out: Path, seed: int):
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    from moram_ref.experiments.llm.data import load_sequence
+    tasks, skipped = validate(args)
+    with rundir.open_run(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only,
+                         info={"tasks": [t.name for t in tasks], "skipped": skipped}, primary=_rank() == 0):
+        return _run(args, tasks, skipped, log)
+
+
+def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict:
     from moram_ref.experiments.llm.train import LLMSettings, run_sequence
 
     dist = _setup_dist()
-    tasks, skipped = load_sequence(args.data_root, args.benchmark, args.skip_missing, args.max_train, args.max_test)
     if skipped and dist.rank == 0:
         log(f"skipped (missing split): {skipped}")
-    config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
-                         threshold=args.threshold, scale=args.scale, dropout=args.dropout)
+    config = cliargs.moram_config(args, scale=args.scale, dropout=args.dropout)
     summary = {}
     for method in args.methods:
         out = args.out / method
@@ -118,22 +223,22 @@ def run(args: argparse.Namespace, log=print) -> dict:
         model, tok = build(args, tasks, args.out, args.seed)
         matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only,
                               dist=dist, log=log if dist.rank == 0 else (lambda *_: None))
-        summary[method] = _finish(matrix, [t.name for t in tasks], out, settings)
+        summary[method] = _finish(matrix, [t.name for t in tasks], out, settings, dist.rank == 0)
     if dist.rank == 0:
         log("\n" + format_table(summary, [t.name for t in tasks]))
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        rundir.write_json(args.out / "summary.json", summary)
     return summary
 
 
-def _finish(matrix: np.ndarray, names: list[str], out: Path, settings) -> dict:
-    result = {"tasks": names, "matrix": matrix.tolist(), "op": metrics.op(matrix), "bwt": metrics.bwt(matrix),
+def _finish(matrix: np.ndarray, names: list[str], out: Path, settings, write: bool = True) -> dict:
+    """The method's scores; ``matrix.json`` (``null`` = not evaluated: a task after the row's task) and ``.csv``."""
+    result = {"units": UNITS, "tasks": names, "matrix": matrix, "op": metrics.op(matrix), "bwt": metrics.bwt(matrix),
               "bwt_clipped": metrics.bwt_clipped(matrix), "numglue_mode": settings.numglue_mode}
-    (out / "matrix.json").write_text(json.dumps(result, indent=1))
-    with open(out / "matrix.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["after \\ on"] + names)
-        for name, row in zip(names, matrix):
-            w.writerow([name] + ["" if np.isnan(v) else f"{v:.2f}" for v in row])
+    if not write:
+        return result
+    rundir.write_json(out / "matrix.json", result)
+    rundir.write_csv(out / "matrix.csv", [["after \\ on"] + names]
+                     + [[name] + ["" if np.isnan(v) else f"{v:.2f}" for v in row] for name, row in zip(names, matrix)])
     return result
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import platform
 import sys
 import time
@@ -15,6 +13,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import cliargs, rundir
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -26,54 +25,118 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.textcl.data import SEQUENCES
     from moram_ref.experiments.textcl import METHODS
 
-    p.add_argument("--data-root", type=Path, required=True, help="folder with one sub-folder per task (JSON)")
-    p.add_argument("--out", type=Path, default=Path("runs/text-cl"))
+    p.add_argument("--data-root", type=cliargs.existing_dir, required=True,
+                   help="folder with one sub-folder per task (JSON)")
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/text-cl"))
     p.add_argument("--sequence", default="standard-1", choices=sorted(SEQUENCES))
-    p.add_argument("--tasks", type=int, default=None, help="use only the first N tasks of the sequence")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 … N-1 (training order and fresh atoms)")
+    p.add_argument("--tasks", type=cliargs.integer(1), default=None, help="use only the first N tasks of the sequence")
+    p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="seeds 0 … N-1 (training order and fresh atoms)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps per task")
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--adapt-layers", type=int, default=DEFAULTS["adapt_layers"], help="top blocks with adapters")
+    p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task")
+    p.add_argument("--batch", type=cliargs.integer(1), default=DEFAULTS["batch"])
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=DEFAULTS["lr"])
+    p.add_argument("--adapt-layers", type=cliargs.integer(1), default=DEFAULTS["adapt_layers"],
+                   help="top blocks with adapters")
     p.add_argument("--placement", default=DEFAULTS["placement"], choices=["attention", "ffn", "all"])
-    p.add_argument("--max-length", type=int, default=DEFAULTS["max_length"], help="tokens per input")
-    p.add_argument("--atoms-per-task", type=int, default=DEFAULTS["atoms_per_task"])
-    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
-    p.add_argument("--temperature", type=float, default=DEFAULTS["temperature"])
-    p.add_argument("--threshold", type=float, default=DEFAULTS["threshold"])
-    p.add_argument("--max-train", type=int, default=None, help="cap training samples per task (quick runs)")
-    p.add_argument("--max-test", type=int, default=None, help="cap test samples per task (quick runs)")
+    p.add_argument("--max-length", type=cliargs.integer(MIN_LENGTH), default=DEFAULTS["max_length"],
+                   help="tokens per input (with [CLS] and [SEP])")
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEFAULTS["atoms_per_task"])
+    p.add_argument("--top-k", type=cliargs.integer(1), default=DEFAULTS["top_k"])
+    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEFAULTS["temperature"])
+    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEFAULTS["threshold"])
+    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (quick runs)")
+    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task (quick runs)")
     p.add_argument("--eval-split", default="test", choices=["test", "val"], help="'val' for sweeps")
-    p.add_argument("--model-path", type=Path, default=None, help="encoder folder (default: the packaged MiniLM)")
+    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
+                   help="encoder folder (default: the packaged MiniLM)")
     p.add_argument("--no-plots", action="store_true")
 
 
+MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
+RUNTIME_ONLY = ("out", "no_plots", "command")  # flags that do not shape the results
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The flags recorded in ``config.json`` and compared on a re-run (paths made absolute)."""
+    return {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in RUNTIME_ONLY}
+
+
+def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
+    """Every check before any work: flags, the encoder folder, every task file; returns (tasks, config)."""
+    from moram_ref.experiments.textcl.data import SEQUENCES, load_task
+
+    sequence = SEQUENCES[args.sequence]
+    if args.tasks is not None and args.tasks > len(sequence):
+        raise cliargs.UsageError(f"--tasks: {args.tasks} exceeds the {len(sequence)} tasks of --sequence {args.sequence}")
+    args.tasks = args.tasks or len(sequence)  # recorded resolved: omitting --tasks equals naming them all
+    cliargs.no_repeats("--methods", args.methods)
+    config = cliargs.moram_config(args)
+    _check_encoder(args)
+    tasks = []
+    for name in sequence[: args.tasks]:
+        folder = args.data_root / name
+        if not folder.is_dir():
+            raise cliargs.UsageError(f"--data-root: task folder {folder} does not exist (--sequence {args.sequence})")
+        labels = cliargs.read_json(folder / "labels.json", "--data-root")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise cliargs.UsageError(f"{folder / 'labels.json'}: expected a non-empty list of label strings")
+        for split in ("train", "test"):
+            path = folder / f"{split}.json"
+            cliargs.check_samples(path, cliargs.read_json(path, "--data-root"))
+        try:
+            task = load_task(args.data_root, name, max_train=args.max_train, max_test=args.max_test)
+        except (OSError, ValueError, KeyError) as exc:
+            raise cliargs.UsageError(f"--data-root: {exc}") from None
+        if args.batch > len(task.train_text):
+            raise cliargs.UsageError(f"--batch: {args.batch} exceeds the {len(task.train_text)} training samples of "
+                                     f"task {name} (after the validation split and --max-train)")
+        tasks.append(task)
+    rundir.check(args.out, "text-cl", settings_of(args))
+    return tasks, config
+
+
+def _check_encoder(args: argparse.Namespace) -> None:
+    """--model-path holds a transformers encoder; --adapt-layers and --max-length fit it."""
+    from moram_ref.experiments.textcl.encoder import default_model_path
+
+    try:
+        path = args.model_path or default_model_path()
+    except ImportError as exc:
+        raise cliargs.UsageError(f"--model-path: not given and {exc}") from None
+    cfg = cliargs.read_json(Path(path) / "config.json", "--model-path")
+    layers, positions = cfg.get("num_hidden_layers"), cfg.get("max_position_embeddings")
+    if not isinstance(layers, int):
+        raise cliargs.UsageError(f"--model-path: {path}/config.json has no num_hidden_layers (not a transformers encoder?)")
+    if args.adapt_layers > layers:
+        raise cliargs.UsageError(f"--adapt-layers: {args.adapt_layers} exceeds the encoder's {layers} blocks")
+    if isinstance(positions, int) and args.max_length > positions:
+        raise cliargs.UsageError(f"--max-length: {args.max_length} exceeds the encoder's {positions} positions")
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
+    tasks, config = validate(args)
+    info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
+                       "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
+    with rundir.open_run(args.out, "text-cl", settings_of(args), info=info):
+        return _run(args, tasks, config, log)
+
+
+def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dict:
     import torch
 
-    from moram_ref.experiments.textcl.data import SEQUENCES, load_task
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder
     from moram_ref.experiments.textcl.train import TrainSettings, run_method
 
     started = time.perf_counter()
-    config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
-                         threshold=args.threshold)
     settings = replace(TrainSettings(), steps=args.steps, batch=args.batch, lr=args.lr, placement=args.placement,
                        moram=config, eval_split=args.eval_split)
     out: Path = args.out
     (out / "matrices").mkdir(parents=True, exist_ok=True)
-    tasks = [load_task(args.data_root, name, max_train=args.max_train, max_test=args.max_test)
-             for name in SEQUENCES[args.sequence][: args.tasks]]
     model, tokenizer = load_encoder(args.model_path)
     enc = CachedEncoder(model, tokenizer, adapt_layers=args.adapt_layers, max_length=args.max_length)
-    run_config = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
-                  "settings": {**asdict(settings), "moram": config.to_dict()},
-                  "tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
-                             "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks],
-                  "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), "platform": platform.platform()}}
-    (out / "config.json").write_text(json.dumps(run_config, indent=1))
+    machine = {"python": platform.python_version(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "platform": platform.platform()}
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")
     t0 = time.perf_counter()
     split_text = "val_text" if args.eval_split == "val" else "test_text"
@@ -95,10 +158,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
             log(f"[{done}/{total}] {LABELS[method]:<18} seed {seed}: Last {100 * s['last']:.1f}, "
                 f"Average {100 * s['average']:.1f}, {res['seconds']:.0f} s")
     results = summarise(runs, [t.name for t in tasks])
+    results["train_settings"] = {**asdict(settings), "moram": config.to_dict()}
+    results["machine"] = machine
     results["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    rundir.write_json(out / "results.json", results)
     table = format_table(results)
-    (out / "table.md").write_text(table)
+    rundir.write_text(out / "table.md", table)
     log("\n" + table)
     if not args.no_plots:
         _figures(runs, results, tasks, config, out)
@@ -116,13 +181,10 @@ def _progress_line(text: str) -> None:
 def _save_matrices(folder: Path, method: str, seed: int, res: dict, names: list[str]) -> None:
     data = {"tasks": names, "union": res["union"].tolist(), "own": res["own"].tolist(),
             "trainable_per_task": res["trainable_per_task"], "seconds": res["seconds"], "n99": res["n99"]}
-    (folder / f"{method}_seed{seed}.json").write_text(json.dumps(data, indent=1))
+    rundir.write_json(folder / f"{method}_seed{seed}.json", data)
     for space in ("union", "own"):
-        with open(folder / f"{method}_seed{seed}_{space}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["after \\ on"] + names)
-            for name, row in zip(names, res[space]):
-                writer.writerow([name] + [f"{100 * v:.2f}" for v in row])
+        rundir.write_csv(folder / f"{method}_seed{seed}_{space}.csv", [["after \\ on"] + names]
+                         + [[name] + [f"{100 * v:.2f}" for v in row] for name, row in zip(names, res[space])])
 
 
 def summarise(runs: dict[str, list[dict]], names: list[str]) -> dict:

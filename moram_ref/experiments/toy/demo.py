@@ -10,7 +10,6 @@ over seeds; ``moram-ref report`` renders them from ``results.json`` (the README'
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import cliargs, rundir
 from moram_ref.experiments.toy import digits, recall
 from moram_ref.experiments.toy.methods import LABELS, METHODS
 
@@ -31,19 +31,22 @@ METRICS = ("transfer", "average", "last", "bwt", "forgetting")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (created)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; seed s draws the data and the atoms of run s")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI")
-    p.add_argument("--steps", type=int, default=None, help="training steps per task (both streams)")
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/demo"), help="run folder (created)")
+    p.add_argument("--seed", type=cliargs.integer(0), default=0,
+                   help="first seed; seed s draws the data and the atoms of run s")
+    p.add_argument("--seeds", type=cliargs.integer(1), default=3,
+                   help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI (needs ≥ 2 for a CI)")
+    p.add_argument("--steps", type=cliargs.integer(1), default=None,
+                   help="training steps per task (both streams; default: each stream's own)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"])
     p.add_argument("--no-sweep", action="store_true", help="skip the digits stream's validation sweep of τ")
-    p.add_argument("--atoms-per-task", type=int, default=DEMO_CONFIG.atoms_per_task)
-    p.add_argument("--top-k", type=int, default=DEMO_CONFIG.top_k)
-    p.add_argument("--temperature", type=float, default=DEMO_CONFIG.temperature)
-    p.add_argument("--threshold", type=float, default=DEMO_CONFIG.threshold)
+    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEMO_CONFIG.atoms_per_task)
+    p.add_argument("--top-k", type=cliargs.integer(1), default=DEMO_CONFIG.top_k)
+    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEMO_CONFIG.temperature)
+    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEMO_CONFIG.threshold)
     p.add_argument("--threshold-mode", default=DEMO_CONFIG.threshold_mode, choices=["eval", "always", "never"])
-    p.add_argument("--overlap", type=float, default=recall.RecallSettings.overlap,
+    p.add_argument("--overlap", type=cliargs.real(0, 1), default=recall.RecallSettings.overlap,
                    help="recall stream: share of each key drawn from the subspace all tasks share")
     p.add_argument("--no-layer-norm", action="store_true",
                    help="digits stream: an encoder without LayerNorm (raw non-negative pixels reach the adapters)")
@@ -77,12 +80,32 @@ def _sweep(settings, streams: list[dict], config: MoRAMConfig, seeds: list[int])
             "chosen": best}
 
 
+RUNTIME_ONLY = ("out", "no_plots", "command")  # flags that do not shape the results
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The flags recorded in ``config.json`` and compared on a re-run."""
+    return {k: v for k, v in vars(args).items() if k not in RUNTIME_ONLY}
+
+
+def validate(args: argparse.Namespace) -> MoRAMConfig:
+    """Every check before any work (raises :class:`~moram_ref.experiments.cliargs.UsageError`)."""
+    cliargs.no_repeats("--methods", args.methods)
+    cliargs.no_repeats("--streams", args.streams)
+    config = cliargs.moram_config(args, threshold_mode=args.threshold_mode)
+    rundir.check(args.out, "demo", settings_of(args))
+    return config
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    config = MoRAMConfig(atoms_per_task=args.atoms_per_task, top_k=args.top_k, temperature=args.temperature,
-                         threshold=args.threshold, threshold_mode=args.threshold_mode)
+    config = validate(args)
+    with rundir.open_run(args.out, "demo", settings_of(args)):
+        return _run(args, config, log)
+
+
+def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], None]) -> dict:
     seeds = [args.seed + i for i in range(args.seeds)]
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     results: dict = {"config": config.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]", "streams": {}}
     for stream_name in args.streams:
         built = [_stream(stream_name, args, seed) for seed in seeds]
@@ -118,7 +141,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         }
         if not args.no_plots:
             _figures(runs, task_names, config, out, stream_name, sweep)
-    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    rundir.write_json(out / "results.json", results)
     log(f"\nwrote {out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
     return results
 

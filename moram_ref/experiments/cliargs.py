@@ -1,0 +1,217 @@
+"""Command-line input checks shared by every ``moram-ref`` sub-command: argparse types that reject a bad
+value as it is parsed, a parser whose errors are one line, and :class:`UsageError` for the checks that
+need several flags or the files on disk (run before any work starts, nothing written).
+
+Every message names the flag (or file), the value and what is allowed; ``moram_ref.cli`` prints it as
+``moram-ref <command>: error: <message>`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+
+class UsageError(ValueError):
+    """Bad command-line input (a flag, a combination of flags, or an input file); the message is one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block."""
+
+    def error(self, message: str):  # noqa: D102  (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    parse.__name__ = name  # argparse shows it in "invalid <name> value"
+    return parse
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[minimum, maximum]``."""
+    allowed = f"an integer ≥ {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    return _typed("integer", parse)
+
+
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+         nonzero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite real number in the given (half-)open or closed interval."""
+    if low is None and high is None:
+        allowed = "a finite number" + (" ≠ 0" if nonzero else "")
+    elif high is None:
+        allowed = f"a finite number {'>' if low_open else '≥'} {low:g}"
+    else:
+        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        bad = not math.isfinite(value) or (nonzero and value == 0)
+        bad = bad or (low is not None and (value < low or (low_open and value == low)))
+        bad = bad or (high is not None and (value > high or (high_open and value == high)))
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text}")
+        return value
+
+    return _typed("number", parse)
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type: a folder that exists."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder" if path.exists()
+                                         else f"folder {text!r} does not exist")
+    return path
+
+
+def existing_file(text: str) -> Path:
+    """An argparse type: a file that exists."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else f"file {text!r} does not exist")
+    return path
+
+
+def out_dir(text: str) -> Path:
+    """An argparse type: a run folder to create or reuse; not a file, its nearest existing parent a folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got ''")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent} is not a folder")
+    return path
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file to write, in a folder that exists; not a folder itself."""
+    path = Path(text).expanduser()
+    if not text.strip() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: folder {path.parent} does not exist")
+    return path
+
+
+def name_list(flag: str, values: Sequence[str] | None, known: Iterable[str]) -> list[str] | None:
+    """``values`` checked against ``known`` (with a "did you mean" hint) and for repeats; ``None`` passes."""
+    if values is None:
+        return None
+    known = list(known)
+    for value in values:
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"{flag}: unknown name {value!r} ({hint}choices: {', '.join(known)})")
+    repeated = sorted({v for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise UsageError(f"{flag}: {', '.join(map(repr, repeated))} given more than once")
+    return list(values)
+
+
+def no_repeats(flag: str, values: Sequence[str] | None) -> None:
+    """Reject a list flag that names the same choice twice."""
+    if values:
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise UsageError(f"{flag}: {', '.join(map(repr, repeated))} given more than once")
+
+
+def conflict(args: argparse.Namespace, *flags: str) -> None:
+    """Reject using more than one of ``flags`` (``--foo-bar`` reads ``args.foo_bar``) at once."""
+    used = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"))]
+    if len(used) > 1:
+        raise UsageError(f"{used[0]} and {used[1]} cannot be used together")
+
+
+def moram_config(args: argparse.Namespace, **extra: Any):
+    """The run's :class:`~moram_ref.config.MoRAMConfig` from the usual flags; its errors name the flag."""
+    from moram_ref.config import MoRAMConfig  # noqa: PLC0415
+
+    fields = {f: getattr(args, f) for f in ("atoms_per_task", "top_k", "temperature", "threshold")
+              if hasattr(args, f)} | extra
+    try:
+        return MoRAMConfig(**fields)
+    except ValueError as exc:
+        flag = next((f for f in fields if str(exc).startswith(f)), None)
+        raise UsageError(f"--{flag.replace('_', '-')}: {exc}" if flag else str(exc)) from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's content; a missing, unreadable or malformed file is a :class:`UsageError` naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{what}: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what}: cannot read {path} ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno})") from None
+
+
+def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "answer")) -> list[dict]:
+    """A non-empty list of objects whose ``fields`` are strings; else a :class:`UsageError` naming
+    the file, the entry's index and the field."""
+    if not isinstance(rows, list):
+        raise UsageError(f"{path}: expected a JSON list of {{{', '.join(map(repr, fields))}}} objects, "
+                         f"got {type(rows).__name__}")
+    if not rows:
+        raise UsageError(f"{path}: no samples (an empty list)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: entry {i} must be an object with {', '.join(map(repr, fields))}, "
+                             f"got {json.dumps(row)[:60]}")
+        for field in fields:
+            if field not in row:
+                raise UsageError(f"{path}: entry {i} has no {field!r} field")
+            if not isinstance(row[field], str):
+                raise UsageError(f"{path}: entry {i}, field {field!r} must be a string, "
+                                 f"got {json.dumps(row[field])[:60]}")
+    return rows
+
+
+def device(flag: str, text: str | None) -> str | None:
+    """A torch device string that exists on this machine (``None`` passes: the caller's default)."""
+    if text is None:
+        return None
+    import torch  # noqa: PLC0415
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{flag}: unknown device {text!r} (e.g. cpu, cuda, cuda:0)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"{flag}: {text!r} asked for, but no CUDA device is available (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"{flag}: {text!r} does not exist ({count} CUDA device(s): cuda:0 … cuda:{count - 1})")
+    elif dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"{flag}: device type {dev.type!r} is not supported (cpu or cuda)")
+    return text

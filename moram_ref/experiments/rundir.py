@@ -1,0 +1,214 @@
+"""Run folders (``--out``): one owner at a time, settings recorded, resumes checked, files written whole.
+
+Every command that writes ``--out`` (``demo``, ``text-cl``, ``clip``, ``llm``) goes through
+:func:`check` (read-only: may this run use the folder?) and then :func:`open_run` (lock it, record
+the settings). The rules:
+
+* **One run at a time.** ``<out>/.lock`` is locked (``fcntl.flock``) for the whole run and holds the
+  owner's pid; the OS releases the lock when the process ends, crash included. A second run into the
+  same folder stops with "in use by pid N" before touching anything.
+* **Settings recorded.** ``<out>/config.json`` holds ``{"command", "settings", "info"}``: ``settings``
+  are every flag that shapes the results (model, data, sample caps, seeds, learning rate, methods, …;
+  not runtime-only ones such as ``--device`` or ``--workers``, which the command lists), ``info`` is
+  what the run found (task sizes, machine) and is never compared.
+* **A resume must match.** ``--resume`` / ``--eval-only`` need a folder that holds a run of the same
+  command with the same settings; every difference is listed (flag, recorded value, new value). A fresh
+  run may reuse a folder only if it is empty or holds a run with the same settings (a re-run); a folder
+  with other settings, or with files but no ``config.json``, is refused. On any refusal nothing in the
+  folder changes, byte for byte.
+
+JSON (:func:`dumps`, used by every result writer): strict JSON (``allow_nan=False``); an undefined
+number (NaN, e.g. a matrix entry not evaluated) is written as ``null``, ±inf as ``null`` too; NumPy
+arrays and scalars become lists and numbers, paths strings. Files are written atomically
+(:func:`write_text`: a temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from moram_ref.experiments.cliargs import UsageError
+
+CONFIG = "config.json"
+LOCK = ".lock"
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: NaN/±inf → None, NumPy → Python, tuples → lists, paths → str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # NumPy arrays and scalars
+        return jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON text of ``obj`` (see the module docstring for the encoding of undefined numbers)."""
+    return json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n"
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """:func:`dumps` then :func:`write_text`."""
+    write_text(path, dumps(obj))
+
+
+def write_csv(path: str | os.PathLike, rows: list[list]) -> None:
+    """Write ``rows`` as CSV, atomically."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def differences(recorded: dict, settings: dict) -> list[str]:
+    """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values)."""
+    new = jsonable(settings)
+    return [f"{_flag(k)}: recorded {json.dumps(recorded.get(k))}, now {json.dumps(new.get(k))}"
+            for k in sorted(set(recorded) | set(new)) if recorded.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def _holder(out: Path) -> str | None:
+    """The pid holding ``out``'s lock (as text), or None when nobody holds it."""
+    lock = out / LOCK
+    if not lock.is_file():
+        return None
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "?"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+def check(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False) -> dict | None:
+    """May a ``command`` run with ``settings`` use ``out``? Reads only; raises :class:`UsageError`.
+
+    Returns the recorded ``config.json`` content when the folder holds a run (else None).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} exists and is not a folder")
+    if not out.is_dir():
+        if resume or eval_only:
+            raise UsageError(f"{'--resume' if resume else '--eval-only'}: no run folder at {out}")
+        return None
+    holder = _holder(out)
+    if holder is not None:
+        raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out")
+    return _check_record(out, command, settings, resume, eval_only)
+
+
+def _check_record(out: Path, command: str, settings: dict, resume: bool, eval_only: bool) -> dict | None:
+    """The folder's contents against this run: a record of the same command and settings, or nothing."""
+    flag = "--resume" if resume else "--eval-only" if eval_only else "--out"
+    config_path = out / CONFIG
+    if not config_path.is_file():
+        if resume or eval_only:
+            raise UsageError(f"{flag}: {out} holds no run ({CONFIG} missing)")
+        others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        if others:
+            raise UsageError(f"--out: {out} is not empty and holds no moram-ref run (no {CONFIG}; found "
+                             f"{', '.join(others[:3])}{' …' if len(others) > 3 else ''}); choose a new or empty folder")
+        return None
+    try:
+        recorded = json.loads(config_path.read_text())
+        recorded_command, recorded_settings = recorded["command"], recorded["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--out: {config_path} is not a moram-ref run record (unreadable, or no "
+                         "'command'/'settings'); choose another --out") from None
+    if recorded_command != command:
+        raise UsageError(f"{flag}: {out} holds a {recorded_command!r} run, not {command!r}; choose another --out")
+    diff = differences(recorded_settings, settings)
+    if diff:
+        how = ("settings differ from the recorded run" if resume or eval_only else
+               "holds a run with other settings (remove it or choose another --out)")
+        raise UsageError(f"{flag}: {out} {how}: " + "; ".join(diff))
+    return recorded
+
+
+class RunFolder:
+    """An open, locked run folder (see :func:`open_run`)."""
+
+    def __init__(self, path: Path, lock_file):
+        self.path = path
+        self._lock = lock_file
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+@contextmanager
+def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False,
+             info: dict | None = None, primary: bool = True) -> Iterator[RunFolder]:
+    """Lock ``out`` for this run and record ``settings`` (after :func:`check`, repeated under the lock).
+
+    ``primary=False`` (a non-zero ``torchrun`` rank) takes no lock and writes nothing: rank 0 owns the folder.
+    ``config.json`` is (re)written for a fresh run; a resume or an evaluation leaves the matching record as it is.
+    """
+    out = Path(out)
+    if not primary:
+        yield RunFolder(out, None)
+        return
+    check(out, command, settings, resume=resume, eval_only=eval_only)
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out") from None
+    folder = RunFolder(out, fh)
+    try:
+        _check_record(out, command, settings, resume, eval_only)  # again: another run may have written meanwhile
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        if not (resume or eval_only):  # a fresh run (or a re-run with the same settings) records itself
+            write_json(out / CONFIG, {"command": command, "settings": settings, "info": info or {}})
+        yield folder
+    finally:
+        folder.close()

@@ -1,0 +1,301 @@
+"""Every bad command-line input: exit status 2, one line on stderr naming the flag (or file) and the
+value, no traceback, nothing written — before any work starts. Table-driven, in-process (a few cases
+run the real console entry point in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moram_ref.cli import main
+
+TEXT_TASKS = ("dbpedia", "amazon", "yahoo", "agnews")  # text-cl standard-1 and llm olora-1
+
+
+def _write_text_tasks(root: Path) -> Path:
+    for t, name in enumerate(TEXT_TASKS):
+        folder = root / name
+        folder.mkdir(parents=True)
+        labels = [f"{name}{i}" for i in range(3)]
+        (folder / "labels.json").write_text(json.dumps(labels))
+        for split, n in (("train", 30), ("test", 6)):
+            rows = [{"prompt": f"Classify this.\ntext {t} {split} {i}\nAnswer:", "answer": labels[i % 3]}
+                    for i in range(n)]
+            (folder / f"{split}.json").write_text(json.dumps(rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from moram_ref.experiments.clip.synthetic import make_all
+
+    base = tmp_path_factory.mktemp("cli_errors")
+    roots = make_all(base / "clip")
+    (base / "empty").mkdir()
+    (base / "notes.txt").write_text("not a folder\n")
+    (base / "busy").mkdir()
+    (base / "busy" / "thesis.tex").write_text("the user's own work\n")
+    (base / "nomodel").mkdir()
+    (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
+    return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
+            "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
+            "MISSING": base / "no" / "such" / "folder"}
+
+
+def _set(rel: str, content) -> callable:
+    """A data mutation: write ``content`` (JSON, or text if a str) to ``TEXT/rel``."""
+    def mutate(root: Path) -> None:
+        path = root / rel
+        if content is None:
+            path.unlink()
+        else:
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return mutate
+
+
+ROW = {"prompt": "p", "answer": "dbpedia0"}
+TC = ["text-cl", "--data-root", "TEXT", "--out", "OUT"]
+LLM = ["llm", "--tiny", "llama", "--benchmark", "olora-1", "--data-root", "TEXT", "--out", "OUT"]
+XT = ["clip", "--tiny", "--data-root", "XTAIL", "--datasets", "caltech101", "dtd", "eurosat", "--batch", "4", "--out", "OUT"]
+MT = ["clip", "--tiny", "--benchmark", "mtil", "--data-root", "MTIL", "--datasets", "mnist", "dtd", "eurosat",
+      "--out", "OUT"]
+BENCH = ["bench"]
+
+# (id, argv, strings the one stderr line must contain, data mutation or None)
+CASES = [
+    # top level
+    ("no-command", [], ["COMMAND"], None),
+    ("unknown-command", ["dem"], ["'dem'"], None),
+    # demo
+    ("demo-steps-0", ["demo", "--steps", "0"], ["--steps", "0"], None),
+    ("demo-steps-neg", ["demo", "--steps", "-3"], ["--steps", "-3"], None),
+    ("demo-steps-text", ["demo", "--steps", "ten"], ["--steps", "'ten'"], None),
+    ("demo-steps-novalue", ["demo", "--steps"], ["--steps"], None),
+    ("demo-seed-neg", ["demo", "--seed", "-1"], ["--seed", "-1"], None),
+    ("demo-temp-0", ["demo", "--temperature", "0"], ["--temperature", "0"], None),
+    ("demo-temp-nan", ["demo", "--temperature", "nan"], ["--temperature", "nan"], None),
+    ("demo-temp-inf", ["demo", "--temperature", "inf"], ["--temperature", "inf"], None),
+    ("demo-threshold", ["demo", "--threshold", "1.5"], ["--threshold", "1.5"], None),
+    ("demo-overlap", ["demo", "--overlap", "2"], ["--overlap", "2"], None),
+    ("demo-atoms-0", ["demo", "--atoms-per-task", "0"], ["--atoms-per-task", "0"], None),
+    ("demo-topk-0", ["demo", "--top-k", "0"], ["--top-k", "0"], None),
+    ("demo-method-twice", ["demo", "--methods", "moram", "moram"], ["--methods", "'moram'"], None),
+    ("demo-method-unknown", ["demo", "--methods", "moran"], ["--methods", "'moran'"], None),
+    ("demo-stream-twice", ["demo", "--streams", "recall", "recall"], ["--streams", "'recall'"], None),
+    ("demo-threshold-mode", ["demo", "--threshold-mode", "sometimes"], ["--threshold-mode", "'sometimes'"], None),
+    ("demo-out-file", ["demo", "--out", "FILE"], ["--out", "notes.txt"], None),
+    ("demo-out-busy", ["demo", "--out", "BUSY"], ["--out", "busy", "thesis.tex"], None),
+    ("demo-unknown-flag", ["demo", "--stepz", "3"], ["--stepz"], None),
+    # text-cl
+    ("tc-no-data-root", ["text-cl"], ["--data-root"], None),
+    ("tc-data-root-missing", ["text-cl", "--data-root", "MISSING"], ["--data-root", "folder"], None),
+    ("tc-data-root-file", ["text-cl", "--data-root", "FILE"], ["--data-root", "notes.txt"], None),
+    ("tc-data-root-empty", ["text-cl", "--data-root", "EMPTY", "--out", "OUT"], ["--data-root", "dbpedia"], None),
+    ("tc-max-length-0", TC + ["--max-length", "0"], ["--max-length", "0"], None),
+    ("tc-max-length-huge", TC + ["--max-length", "100000"], ["--max-length", "100000"], None),
+    ("tc-adapt-0", TC + ["--adapt-layers", "0"], ["--adapt-layers", "0"], None),
+    ("tc-adapt-99", TC + ["--adapt-layers", "99"], ["--adapt-layers", "99"], None),
+    ("tc-tasks-0", TC + ["--tasks", "0"], ["--tasks", "0"], None),
+    ("tc-tasks-9", TC + ["--tasks", "9"], ["--tasks", "9"], None),
+    ("tc-seeds-0", TC + ["--seeds", "0"], ["--seeds", "0"], None),
+    ("tc-lr-neg", TC + ["--lr", "-1"], ["--lr", "-1"], None),
+    ("tc-lr-nan", TC + ["--lr", "nan"], ["--lr", "nan"], None),
+    ("tc-batch-0", TC + ["--batch", "0"], ["--batch", "0"], None),
+    ("tc-batch-huge", TC + ["--batch", "1000"], ["--batch", "1000"], None),
+    ("tc-max-train-0", TC + ["--max-train", "0"], ["--max-train", "0"], None),
+    ("tc-max-test-neg", TC + ["--max-test", "-1"], ["--max-test", "-1"], None),
+    ("tc-sequence", TC + ["--sequence", "standard-9"], ["--sequence", "'standard-9'"], None),
+    ("tc-placement", TC + ["--placement", "mlp"], ["--placement", "'mlp'"], None),
+    ("tc-eval-split", TC + ["--eval-split", "train"], ["--eval-split", "'train'"], None),
+    ("tc-model-missing", TC + ["--model-path", "MISSING"], ["--model-path", "folder"], None),
+    ("tc-model-no-config", TC + ["--model-path", "NOMODEL"], ["--model-path", "config.json"], None),
+    ("tc-methods-twice", TC + ["--methods", "moram", "moram"], ["--methods", "'moram'"], None),
+    ("tc-json-malformed", TC, ["amazon/train.json", "not valid JSON"], _set("amazon/train.json", "[{\"prompt\": ")),
+    ("tc-answer-null", TC, ["yahoo/test.json", "entry 1", "'answer'", "null"],
+     _set("yahoo/test.json", [ROW, {"prompt": "p", "answer": None}])),
+    ("tc-no-prompt", TC, ["dbpedia/train.json", "entry 0", "'prompt'"], _set("dbpedia/train.json", [{"answer": "x"}])),
+    ("tc-train-empty", TC, ["agnews/train.json", "no samples"], _set("agnews/train.json", [])),
+    ("tc-train-object", TC, ["agnews/train.json", "list"], _set("agnews/train.json", {"rows": []})),
+    ("tc-labels-missing", TC, ["dbpedia/labels.json"], _set("dbpedia/labels.json", None)),
+    ("tc-labels-bad", TC, ["dbpedia/labels.json", "label strings"], _set("dbpedia/labels.json", [1, 2])),
+    ("tc-no-known-answer", TC, ["amazon", "labels.json"],
+     _set("amazon/test.json", [{"prompt": "p", "answer": "unknown"}])),
+    # clip
+    ("clip-no-data-root", ["clip", "--tiny"], ["--data-root"], None),
+    ("clip-data-root-missing", ["clip", "--data-root", "MISSING"], ["--data-root", "folder"], None),
+    ("clip-dataset-typo", XT[:4] + ["--batch", "4", "--datasets", "caltek101"], ["--datasets", "'caltek101'", "caltech101"], None),
+    ("clip-dataset-twice", XT[:4] + ["--batch", "4", "--datasets", "dtd", "dtd"], ["--datasets", "'dtd'"], None),
+    ("clip-mtil-dataset", MT[:6] + ["--datasets", "imagenet"], ["--datasets", "'imagenet'"], None),
+    ("clip-batch-huge", XT + ["--shots", "2", "--batch", "100000"], ["--batch", "100000"], None),
+    ("clip-batch-0", XT + ["--batch", "0"], ["--batch", "0"], None),
+    ("clip-shots-neg", XT + ["--shots", "-1"], ["--shots", "-1"], None),
+    ("clip-iterations-0", XT + ["--iterations", "0"], ["--iterations", "0"], None),
+    ("clip-lr-0", XT + ["--lr", "0"], ["--lr", "0"], None),
+    ("clip-eval-batch-0", XT + ["--eval-batch", "0"], ["--eval-batch", "0"], None),
+    ("clip-workers-neg", XT + ["--workers", "-1"], ["--workers", "-1"], None),
+    ("clip-seed-text", XT + ["--seed", "x"], ["--seed", "'x'"], None),
+    ("clip-topk-0", XT + ["--top-k", "0"], ["--top-k", "0"], None),
+    ("clip-temp-neg", XT + ["--temperature", "-1"], ["--temperature", "-1"], None),
+    ("clip-encoders-twice", XT + ["--encoders", "image", "image"], ["--encoders", "'image'"], None),
+    ("clip-kinds-unknown", XT + ["--kinds", "ffn"], ["--kinds", "'ffn'"], None),
+    ("clip-method-unknown", XT + ["--methods", "olora"], ["--methods", "'olora'"], None),
+    ("clip-verify-empty", ["clip", "--verify", "--data-root", "EMPTY"], ["--verify", "empty"], None),
+    ("clip-verify-resume", XT + ["--verify", "--resume"], ["--verify", "--resume"], None),
+    ("clip-resume-eval", XT + ["--resume", "--eval-only"], ["--resume", "--eval-only"], None),
+    ("clip-resume-missing", XT[:-1] + ["MISSING", "--resume"], ["--resume", "folder"], None),
+    ("clip-eval-missing", XT[:-1] + ["MISSING", "--eval-only"], ["--eval-only", "folder"], None),
+    ("clip-out-busy", XT[:-1] + ["BUSY"], ["--out", "busy"], None),
+    ("clip-model-unknown", ["clip", "--model", "ViT-Q-99", "--data-root", "XTAIL", "--datasets", "dtd"],
+     ["--model", "'ViT-Q-99'"], None),
+    ("clip-model-and-tiny", XT + ["--model", "ViT-B-16"], ["--model", "--tiny"], None),
+    ("clip-pretrained-tiny", XT + ["--pretrained", "openai"], ["--pretrained", "--tiny"], None),
+    ("clip-pretrained-file", ["clip", "--pretrained", "MISSING/w.pt", "--data-root", "XTAIL", "--datasets", "dtd"],
+     ["--pretrained", "w.pt"], None),
+    ("clip-order-xtail", XT + ["--order", "2"], ["--order", "mtil"], None),
+    ("clip-order-bad", MT + ["--order", "3"], ["--order", "'3'"], None),
+    ("clip-field-alone", MT + ["--classnames-field", "clip"], ["--classnames-field", "--classnames-json"], None),
+    ("clip-classnames-missing", MT + ["--classnames-json", "MISSING/c.json"], ["--classnames-json", "c.json"], None),
+    ("clip-classnames-malformed", MT + ["--classnames-json", "FILE"], ["--classnames-json", "notes.txt", "JSON"], None),
+    ("clip-classnames-field", MT + ["--classnames-json", "CLASSNAMES", "--classnames-field", "nope"],
+     ["--classnames-json", "'nope'"], None),
+    ("clip-synthetic-verify", ["clip", "--make-synthetic", "OUT", "--verify"], ["--make-synthetic", "--verify"], None),
+    ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
+    ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
+    # llm
+    ("llm-no-model", ["llm", "--data-root", "TEXT"], ["--model", "--tiny"], None),
+    ("llm-model-missing", LLM[:1] + ["--model", "MISSING"] + LLM[3:], ["--model", "folder"], None),
+    ("llm-model-no-config", LLM[:1] + ["--model", "NOMODEL"] + LLM[3:], ["--model", "config.json"], None),
+    ("llm-tiny-bogus", ["llm", "--tiny", "gpt9", "--data-root", "TEXT"], ["--tiny", "'gpt9'"], None),
+    ("llm-benchmark", LLM + ["--benchmark", "trase"], ["--benchmark", "'trase'"], None),
+    ("llm-max-train-neg", LLM + ["--max-train", "-1"], ["--max-train", "-1"], None),
+    ("llm-max-train-0", LLM + ["--max-train", "0"], ["--max-train", "0"], None),
+    ("llm-max-test-0", LLM + ["--max-test", "0"], ["--max-test", "0"], None),
+    ("llm-epochs-0", LLM + ["--epochs", "0"], ["--epochs", "0"], None),
+    ("llm-micro-0", LLM + ["--micro-batch", "0"], ["--micro-batch", "0"], None),
+    ("llm-micro-gt-batch", LLM + ["--batch", "8", "--micro-batch", "64"], ["--micro-batch", "64"], None),
+    ("llm-lr-0", LLM + ["--lr", "0"], ["--lr", "0"], None),
+    ("llm-dropout-1", LLM + ["--dropout", "1"], ["--dropout", "1"], None),
+    ("llm-scale-0", LLM + ["--scale", "0"], ["--scale", "0"], None),
+    ("llm-new-tokens-0", LLM + ["--max-new-tokens", "0"], ["--max-new-tokens", "0"], None),
+    ("llm-max-prompt-0", LLM + ["--max-prompt", "0"], ["--max-prompt", "0"], None),
+    ("llm-numglue", LLM + ["--numglue-mode", "exact"], ["--numglue-mode", "'exact'"], None),
+    ("llm-targets-unknown", LLM + ["--targets", "query"], ["--targets", "query"], None),
+    ("llm-targets-twice", LLM + ["--targets", "q_proj", "q_proj"], ["--targets", "'q_proj'"], None),
+    ("llm-method-unknown", LLM + ["--methods", "moe_lora"], ["--methods", "'moe_lora'"], None),
+    ("llm-fsdp-single", LLM + ["--fsdp"], ["--fsdp", "WORLD_SIZE"], None),
+    ("llm-resume-eval", LLM + ["--resume", "--eval-only"], ["--resume", "--eval-only"], None),
+    ("llm-resume-missing", LLM[:-1] + ["MISSING", "--resume"], ["--resume", "folder"], None),
+    ("llm-eval-missing", LLM[:-1] + ["MISSING", "--eval-only"], ["--eval-only", "folder"], None),
+    ("llm-device", LLM + ["--device", "cuda:99"], ["--device", "cuda:99"], None),
+    ("llm-train-empty", LLM, ["yahoo/train.json", "no samples"], _set("yahoo/train.json", [])),
+    ("llm-answer-null", LLM, ["amazon/train.json", "entry 1", "'answer'", "null"],
+     _set("amazon/train.json", [ROW, {"prompt": "p", "answer": None}])),
+    ("llm-prompt-number", LLM, ["agnews/test.json", "entry 0", "'prompt'", "7"],
+     _set("agnews/test.json", [{"prompt": 7, "answer": "a"}])),
+    ("llm-json-malformed", LLM, ["dbpedia/test.json", "not valid JSON", "line 1"], _set("dbpedia/test.json", "{oops")),
+    ("llm-train-missing", LLM, ["dbpedia/train.json", "--skip-missing"], _set("dbpedia/train.json", None)),
+    ("llm-labels-bad", LLM, ["dbpedia/labels.json"], _set("dbpedia/labels.json", {"a": 1})),
+    # bench
+    ("bench-d-0", BENCH + ["--d", "0"], ["--d", "0"], None),
+    ("bench-tasks-neg", BENCH + ["--tasks", "-1"], ["--tasks", "-1"], None),
+    ("bench-repeat-0", BENCH + ["--repeat", "0"], ["--repeat", "0"], None),
+    ("bench-tokens-text", BENCH + ["--tokens", "many"], ["--tokens", "'many'"], None),
+    ("bench-dtype", BENCH + ["--dtype", "float16"], ["--dtype", "'float16'"], None),
+    ("bench-device", BENCH + ["--device", "quantum"], ["--device", "'quantum'"], None),
+    ("bench-topk-bank", BENCH + ["--tasks", "2", "--atoms-per-task", "4", "--top-k", "9"], ["--top-k", "9"], None),
+    ("bench-json-dir", BENCH + ["--json", "EMPTY"], ["--json", "empty"], None),
+    ("bench-json-nofolder", BENCH + ["--json", "MISSING/r.json"], ["--json", "r.json"], None),
+]
+
+
+def _argv(argv: list[str], paths: dict[str, Path]) -> list[str]:
+    def sub(a: str) -> str:
+        head, _, rest = a.partition("/")
+        return str(paths[head] / rest) if head in paths and rest else str(paths[a]) if a in paths else a
+    return [sub(a) for a in argv]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_enough_cases():
+    assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(case, data, tmp_path, capsys, monkeypatch):
+    name, argv, expected, mutate = case
+    monkeypatch.chdir(tmp_path)  # default --out folders resolve here
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    paths = dict(data, OUT=tmp_path / "out")
+    if mutate is not None:
+        paths["TEXT"] = tmp_path / "text"
+        shutil.copytree(data["TEXT"], paths["TEXT"])
+        mutate(paths["TEXT"])
+    before = {k: _snapshot(v) for k, v in paths.items() if isinstance(v, Path) and v.is_dir()}
+    code, out, err = _run_in_process(_argv(argv, paths), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, f"exit status {code}; stderr: {err!r}"
+    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
+    assert "Traceback" not in out + err
+    for s in expected:
+        assert s in lines[0], f"{s!r} not in {lines[0]!r}"
+    assert lines[0].startswith("moram-ref")
+    assert not (tmp_path / "out").exists(), "a refused run must not create its --out"
+    after = {k: _snapshot(v) for k, v in paths.items() if isinstance(v, Path) and v.is_dir()}
+    assert after == before, "a refused run changed files"
+
+
+def test_eval_only_without_checkpoints(data, tmp_path, capsys):
+    """A run folder that holds a matching record but no checkpoints: --eval-only names the missing file."""
+    from moram_ref.cli import build_parser
+    from moram_ref.experiments import rundir
+    from moram_ref.experiments.clip import run as clip
+
+    argv = _argv(XT + ["--shots", "2", "--batch", "2", "--iterations", "1"], dict(data, OUT=tmp_path / "out"))
+    args = build_parser("clip").parse_args(argv)
+    clip.validate(args)
+    with rundir.open_run(args.out, "clip", clip.settings_of(args)):
+        pass
+    before = _snapshot(tmp_path / "out")
+    code, _, err = _run_in_process(argv + ["--eval-only"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--eval-only" in err and "task1.safetensors" in err
+    assert _snapshot(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["clip", "--datasets", "caltek101", "--data-root", "XTAIL"], "did you mean 'caltech101'"),
+    (["llm", "--model", "MISSING", "--data-root", "TEXT"], "--model"),
+    (["demo", "--steps", "0"], "--steps"),
+], ids=["clip-typo", "llm-missing-model", "demo-steps"])
+def test_console_entry_point_prints_one_line(argv, expected, data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "moram_ref.cli", *_argv(argv, dict(data, OUT=tmp_path))],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_lists_every_command_and_bench_options(capsys):
+    from moram_ref.cli import COMMANDS
+
+    code, out, _ = _run_in_process(["--help"], capsys)
+    assert code == 0 and all(f"    {name} " in out for name in COMMANDS)
+    code, out, _ = _run_in_process(["bench", "--help"], capsys)
+    assert code == 0 and "--tokens" in out and "--device" in out

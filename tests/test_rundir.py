@@ -1,0 +1,191 @@
+"""Run folders: one run at a time (a lock the OS releases), settings recorded and compared on a resume,
+nothing changed on a refusal, strict JSON; end to end through the CLI where it is cheap."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moram_ref.cli import main
+from moram_ref.experiments import rundir
+from moram_ref.experiments.cliargs import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"lr": 0.001, "max_train": 8, "methods": ["moram"], "data_root": "/data"}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _strict_load(text: str):
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_dumps_is_strict_json_with_null_for_undefined():
+    obj = {"m": np.array([[1.0, math.nan], [math.inf, 2.0]]), "x": np.float32(0.5), "n": np.int64(3),
+           "p": Path("a/b"), "t": (1, -math.inf)}
+    back = _strict_load(rundir.dumps(obj))
+    assert back == {"m": [[1.0, None], [None, 2.0]], "x": 0.5, "n": 3, "p": "a/b", "t": [1, None]}
+
+
+def test_write_json_is_atomic_on_failure(tmp_path):
+    path = tmp_path / "r.json"
+    rundir.write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        rundir.write_json(path, {"a": object()})  # not serialisable: the old file stays whole
+    assert _strict_load(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_resume_with_other_settings_lists_every_difference_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    with rundir.open_run(out, "llm", SETTINGS):
+        (out / "progress.json").write_text("{}")
+    before = _snapshot(out)
+    new = {**SETTINGS, "lr": 0.1, "max_train": 9}
+    with pytest.raises(UsageError) as err:
+        with rundir.open_run(out, "llm", new, resume=True):
+            pytest.fail("a resume with other settings must not start")
+    msg = str(err.value)
+    assert "--lr: recorded 0.001, now 0.1" in msg and "--max-train: recorded 8, now 9" in msg and "\n" not in msg
+    assert _snapshot(out) == before
+    with rundir.open_run(out, "llm", SETTINGS, resume=True):  # the same settings resume, record unchanged
+        pass
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("kind", ["resume", "eval_only"])
+def test_resume_needs_a_run(tmp_path, kind):
+    with pytest.raises(UsageError, match="no run folder"):
+        rundir.check(tmp_path / "nothing", "clip", SETTINGS, **{kind: True})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="config.json missing"):
+        rundir.check(tmp_path / "empty", "clip", SETTINGS, **{kind: True})
+
+
+def test_fresh_run_refuses_foreign_files_other_settings_and_other_commands(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "thesis.tex").write_text("mine")
+    with pytest.raises(UsageError, match="holds no moram-ref run"):
+        rundir.check(tmp_path / "work", "demo", SETTINGS)
+    with rundir.open_run(tmp_path / "run", "demo", SETTINGS):
+        pass
+    rundir.check(tmp_path / "run", "demo", SETTINGS)  # a re-run with the same settings may use it
+    with pytest.raises(UsageError, match="other settings"):
+        rundir.check(tmp_path / "run", "demo", {**SETTINGS, "lr": 1.0})
+    with pytest.raises(UsageError, match="holds a 'demo' run"):
+        rundir.check(tmp_path / "run", "clip", SETTINGS)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from moram_ref.experiments import rundir
+    with rundir.open_run(Path(sys.argv[1]), "demo", {"seed": 0}):
+        Path(sys.argv[2]).write_text("locked")
+        if sys.argv[3] == "crash":
+            import os; os._exit(3)
+        time.sleep(120)
+""")
+
+
+def _hold(out: Path, flag: Path, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(flag), mode], env=env)
+    for _ in range(600):
+        if flag.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert flag.exists(), "the holder process did not take the lock"
+    return proc
+
+
+def test_second_run_into_a_folder_in_use_is_refused_with_the_pid(tmp_path, capsys):
+    out = tmp_path / "demo"
+    proc = _hold(out, tmp_path / "flag", "hold")
+    try:
+        before = _snapshot(out)
+        code = main(["demo", "--out", str(out), "--steps", "1", "--no-plots"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"in use by another run (pid {proc.pid})" in err and err.count("\n") == 1
+        assert _snapshot(out) == before
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    out = tmp_path / "run"
+    proc = _hold(out, tmp_path / "flag", "crash")
+    assert proc.wait(timeout=60) == 3
+    with rundir.open_run(out, "demo", {"seed": 0}):  # no stale lock after a crash
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_demo_rerun_resume_rules_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--steps", "1", "--no-plots", "--streams", "recall", "--methods", "moram"]
+    assert main(args) == 0
+    recorded = _strict_load((out / "config.json").read_text())
+    assert recorded["command"] == "demo" and recorded["settings"]["steps"] == 1
+    assert "out" not in recorded["settings"] and "no_plots" not in recorded["settings"]
+    _strict_load((out / "results.json").read_text())
+    assert main(args) == 0  # the same settings: a re-run is allowed
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(args[:-1] + ["frozen"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: recorded [\"moram\"], now [\"frozen\"]" in err and err.count("\n") == 1
+    assert _snapshot(out) == before
+
+
+def _llm_data(root: Path) -> Path:
+    for name in ("dbpedia", "amazon"):
+        (root / name).mkdir(parents=True)
+        rows = [{"prompt": f"Topic of {name} text {i}? Answer:", "answer": f"label{i % 2}"} for i in range(6)]
+        (root / name / "train.json").write_text(json.dumps(rows))
+        (root / name / "test.json").write_text(json.dumps(rows[:2]))
+    return root
+
+
+def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsys):
+    data = _llm_data(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["llm", "--tiny", "llama", "--benchmark", "olora-1", "--skip-missing", "--data-root", str(data),
+            "--out", str(out), "--max-train", "4", "--max-test", "2", "--epochs", "1", "--batch", "4",
+            "--micro-batch", "2", "--max-prompt", "32", "--max-answer", "4", "--max-new-tokens", "2"]
+    assert main(args) == 0
+    summary = _strict_load((out / "summary.json").read_text())["moram"]
+    assert summary["units"] == "percent" and summary["matrix"][0][1] is None  # not evaluated: null, not NaN
+    _strict_load((out / "moram" / "matrix.json").read_text())
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(args + ["--resume", "--lr", "0.1", "--max-train", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr: recorded 0.0005, now 0.1" in err and "--max-train: recorded 4, now 3" in err
+    assert _snapshot(out) == before
+    assert main(args + ["--resume"]) == 0  # same settings: continues (nothing left to train)
+
+
+def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys):
+    from moram_ref.experiments.clip.synthetic import make_all
+
+    roots = make_all(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["clip", "--tiny", "--data-root", str(roots["xtail"]), "--datasets", "dtd", "eurosat", "--shots", "2",
+                 "--iterations", "1", "--batch", "2", "--methods", "zero_shot", "--out", str(out)]) == 0
+    s = _strict_load((out / "summary.json").read_text())["zero_shot"]
+    matrix = np.array(s["matrix"])
+    assert s["units"] == "percent" and matrix.max() > 1  # percent, not fractions
+    np.testing.assert_allclose(s["last"], matrix[-1].mean())  # the summary numbers are in the matrix's unit
+    np.testing.assert_allclose(s["transfer"], matrix[0, 1])  # two tasks: the one entry above the diagonal
+    assert _strict_load((out / "zero_shot" / "matrix.json").read_text()) == s
