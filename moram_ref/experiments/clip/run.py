@@ -56,12 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
+PRINT_EVERY = 50  # a progress line every this many steps, and one at the end of each task
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
     import torch
 
     from moram_ref.experiments.clip import backbone
     from moram_ref.experiments.clip.data import load_domain, verify, xtail_spec
     from moram_ref.experiments.clip.train import ClipSettings, run_sequence
+    from moram_ref.experiments.progress import printer
     from moram_ref.experiments.clip.tvdata import load_mtil_domain, mtil_spec, read_classnames
 
     if args.make_synthetic:
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         (out / "config.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                      "moram": config.to_dict(), "datasets": keys}, indent=1))
         matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
-                           Path(args.data_root), log)
+                              Path(args.data_root), log, on_step=printer(PRINT_EVERY, log))
         summary[method] = {"matrix": matrix.tolist(), **{k: v for k, v in metrics.summary(matrix / 100).items()}}
         with open(out / "matrix.csv", "w", newline="") as fh:
             w = csv.writer(fh)

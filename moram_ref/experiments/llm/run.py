@@ -96,9 +96,13 @@ def build(args, tasks, out: Path, seed: int):
     return model, tok
 
 
+PRINT_EVERY = 10  # a progress line every this many steps, and one at the end of each task
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
     from moram_ref.experiments.llm.data import load_sequence
     from moram_ref.experiments.llm.train import LLMSettings, run_sequence
+    from moram_ref.experiments.progress import printer
 
     dist = _setup_dist()
     tasks, skipped = load_sequence(args.data_root, args.benchmark, args.skip_missing, args.max_train, args.max_test)
@@ -116,8 +120,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                numglue_mode=args.numglue_mode, seed=args.seed, targets=tuple(args.targets), moram=config,
                                fsdp=args.fsdp)
         model, tok = build(args, tasks, args.out, args.seed)
-        matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only,
-                              dist=dist, log=log if dist.rank == 0 else (lambda *_: None))
+        quiet = dist.rank != 0  # one process reports
+        matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only, dist=dist,
+                              log=None if quiet else log, on_step=None if quiet else printer(PRINT_EVERY, log))
         summary[method] = _finish(matrix, [t.name for t in tasks], out, settings)
     if dist.rank == 0:
         log("\n" + format_table(summary, [t.name for t in tasks]))

@@ -3,10 +3,11 @@
 Determinism across resumes and process counts: the fresh atoms of task ``t`` come from a generator
 seeded by ``(seed, t)``, the data order of (task, epoch) from ``(seed, t, epoch)``, the dropout masks of
 a micro-batch from ``(seed, t, epoch, step, micro-batch)``; nothing depends on what ran before in the
-process, so a run resumed after a kill trains exactly as the uninterrupted one. Every global batch (``batch`` samples) is split into micro-batches dealt
-round-robin to the processes; each micro-batch loss is its summed token loss divided by the *global*
-batch's answer-token count, times the process count (DDP averages gradients), so the update equals the
-one-process update and the learning rate means the same at any scale. A process whose share of a
+process, so a run resumed after a kill trains exactly as the uninterrupted one. Every global batch
+(``batch`` samples) is split into micro-batches dealt round-robin to the processes; each micro-batch
+loss is its summed token loss divided by the *global* batch's answer-token count, times the process
+count (DDP averages gradients), so the update equals the one-process update and the learning rate
+means the same at any scale. A process whose share of a
 global batch is empty still runs a (zero-loss) forward and backward, so it joins every collective.
 """
 
