@@ -188,6 +188,21 @@ def test_two_processes_reproduce_one(tmp_path, trace_root, fsdp, shares):
         torch.testing.assert_close(got["state"][k], v, rtol=1e-12, atol=1e-14, msg=k)
 
 
+def test_cli_prints_progress_lines(tmp_path, capsys):
+    import re
+
+    from moram_ref.cli import main
+
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=6, n_test=2)
+    assert main(["llm", "--data-root", str(root), "--out", str(tmp_path / "out"), "--tiny", "llama", "--skip-missing",
+                 "--epochs", "1", "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2",
+                 "--atoms-per-task", "2", "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    for t, name in enumerate(("C-STANCE", "FOMC"), 1):  # 6 samples in batches of 4: 2 steps per task
+        assert re.search(rf"^moram task {t}/2 \({name}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
+        assert f"after task {t}/2 ({name})" in printed
+
+
 @pytest.mark.real_weights
 @pytest.mark.skipif(not os.environ.get("MORAM_LLM_PATH"), reason="set MORAM_LLM_PATH to a local causal-LM folder")
 def test_real_model_attaches_and_generates():
