@@ -91,7 +91,8 @@ def build(args, tasks, out: Path, seed: int):
             tok = backbones.build_tokenizer(texts, vocab_size=2000, out_dir=tok_dir)
         model = backbones.tiny_model(args.tiny, len(tok), seed=seed, dtype=dtype).to(device)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # acts in training mode only (the training loop sets it); transformers >= 5 renamed the method
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
     return model, tok
 
