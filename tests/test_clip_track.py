@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -137,6 +138,9 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
                  "--shots", "2", "--iterations", "2", "--batch", "4", "--methods", "moram", "zero_shot",
                  "--atoms-per-task", "4", "--top-k", "4"]) == 0
     printed = capsys.readouterr().out
+    # a progress line at the end of every task, naming the method, task, step and loss
+    for t, key in enumerate(KEYS, 1):
+        assert re.search(rf"^moram task {t}/3 \({key}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
     assert "Transfer" in printed and (out / "moram" / "matrix.csv").is_file() and (out / "accuracy.png").is_file()
     assert (out / "activation_moram.png").is_file() and (out / "atoms_for_99_mass_moram.png").is_file()
     progress = json.loads((out / "moram" / "progress.json").read_text())
@@ -187,11 +191,11 @@ def test_mnist_loader_reads_torchvision_files(tmp_path):
     assert img.shape == (3, 32, 32) and label == 2  # grayscale converted to RGB
 
 
-def _ddp_worker(rank, world_size, init_file, data_root, out, result):
+def _ddp_worker(rank, world_size, init_file, data_root, out, result, batch):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        matrix, model = _run_double(data_root, out)
+        matrix, model = _run_double(data_root, out, batch)
         if rank == 0:
             from moram_ref.torch.checkpoint import adapter_state
 
@@ -201,25 +205,29 @@ def _ddp_worker(rank, world_size, init_file, data_root, out, result):
         torch.distributed.destroy_process_group()
 
 
-def _run_double(data_root, out):
+def _run_double(data_root, out, batch=4):
     model, _, tf, tok = backbone.tiny_clip(seed=0)
     model = model.double()
-    domains = [load_domain(data_root, k) for k in KEYS]
+    domains = [load_domain(data_root, k) for k in KEYS[:2]]
     cfg = ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1, threshold=0.2)
-    settings = ClipSettings(shots=3, iterations=4, batch=4, eval_batch=3, moram=cfg)
-    return run_sequence(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None), model
+    settings = ClipSettings(shots=3, iterations=3, batch=batch, eval_batch=3, moram=cfg)
+    return run_sequence(model, tok, tf, domains, settings, out, data_root=data_root), model
 
 
 @pytest.mark.slow
-def test_two_processes_reproduce_one(data_root, tmp_path):
-    single, model = _run_double(data_root, tmp_path / "one")
+@pytest.mark.parametrize("batch", [4, 3, 1], ids=["shares_2_2", "shares_2_1", "shares_1_0"])
+def test_two_processes_reproduce_one(data_root, tmp_path, batch):
+    """Each process encodes its share of the batch; unequal and empty shares must work (the all-gather
+    needs equal shapes from every process)."""
+    from ddp_spawn import spawn
+
+    single, model = _run_double(data_root, tmp_path / "one", batch)
     from moram_ref.torch.checkpoint import adapter_state
 
     state = adapter_state(model)
     result = tmp_path / "two.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), data_root, tmp_path / "two", result),
-                                nprocs=2, join=True)
+    spawn(_ddp_worker, (2, str(tmp_path / "init"), data_root, tmp_path / "two", result, batch))
     got = torch.load(result)  # written by this test, tensors only
     np.testing.assert_array_equal(got["matrix"].numpy(), single)
     for k, v in state.items():
-        torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-11, msg=k)

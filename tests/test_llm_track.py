@@ -1,10 +1,12 @@
-"""The LLM track on tiny random decoders and the real benchmark data: masks, tokenizer, generation,
-complete runs, resume after a crash, and two processes equal to one."""
+"""The LLM track on tiny random decoders and the benchmark data (the real data in ../shared when present,
+else generated TRACE-shaped tasks): masks, tokenizer, generation, complete runs, resume after a crash,
+two processes equal to one (also when a process's share of a batch is empty), progress lines."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from conftest import shared_data
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from ddp_spawn import spawn  # noqa: E402
+
 from moram_ref.config import MoRAMConfig  # noqa: E402
 from moram_ref.experiments.llm import backbones, data  # noqa: E402
 from moram_ref.experiments.llm.generate import generate  # noqa: E402
@@ -21,6 +25,15 @@ from moram_ref.experiments.llm.train import Dist, LLMSettings, run_sequence  # n
 
 DATA = shared_data("llm-cl-benchmark-500")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+TRACE_NAMES = ("C-STANCE", "FOMC", "ScienceQA", "Py150", "20Minuten")
+
+
+@pytest.fixture(scope="module")
+def trace_root(tmp_path_factory):
+    """The real benchmark data when present, else generated tasks in its layout (the tests never skip)."""
+    if DATA.is_dir():
+        return DATA
+    return data.write_trace_shaped(tmp_path_factory.mktemp("trace"), TRACE_NAMES, n_train=8, n_test=4)
 CFG = MoRAMConfig(atoms_per_task=4, top_k=4, temperature=0.03, threshold=0.2, scale=2.0, dropout=0.0)
 
 
@@ -65,8 +78,8 @@ def test_missing_split_is_a_clear_error(tmp_path):
         data.load_sequence(tmp_path, ["T"])
 
 
-def _tiny_run(tmp_path, sequence, method="moram", names=None, dist=None, **overrides):
-    tasks, skipped = data.load_sequence(DATA, names or sequence, skip_missing=True, max_train=8, max_test=4)
+def _tiny_run(tmp_path, sequence, method="moram", names=None, root=DATA, cfg=CFG, **overrides):
+    tasks, skipped = data.load_sequence(root, names or sequence, skip_missing=True, max_train=8, max_test=4)
     tok_dir = tmp_path / "tok"
     texts = [r["prompt"] + " " + r["answer"] for t in tasks for r in t.train]
     if (tok_dir / "tokenizer.json").is_file():
@@ -76,16 +89,15 @@ def _tiny_run(tmp_path, sequence, method="moram", names=None, dist=None, **overr
     else:
         tok = backbones.build_tokenizer(texts, vocab_size=400, out_dir=tok_dir)
     model = backbones.tiny_model("llama", len(tok), seed=0, dtype=torch.float64)
-    settings = LLMSettings(method=method, epochs=1, batch=8, micro_batch=2, max_prompt=96, max_answer=16,
-                           max_new_tokens=6, eval_batch=4, moram=CFG, **overrides)
+    settings = LLMSettings(**{**dict(method=method, epochs=1, batch=8, micro_batch=2, max_prompt=96, max_answer=16,
+                                     max_new_tokens=6, eval_batch=4, moram=cfg), **overrides})
     return tasks, model, tok, settings
 
 
-@needs_data
 @pytest.mark.parametrize("method", ["moram", "olora", "seq_lora", "dense_moram", "zero_shot"])
-def test_trace_shaped_run_gives_a_full_matrix(tmp_path, method):
+def test_trace_shaped_run_gives_a_full_matrix(tmp_path, trace_root, method):
     names = ["C-STANCE", "Py150", "20Minuten"]
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, method, names)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, method, names, trace_root)
     matrix = run_sequence(model, tok, tasks, settings, tmp_path / "run", log=lambda *_: None)
     assert matrix.shape == (3, 3)
     assert not np.isnan(matrix[np.tril_indices(3)]).any() and np.isnan(matrix[np.triu_indices(3, 1)]).all()
@@ -101,12 +113,11 @@ def test_olora_standard_sequence_run(tmp_path):
     assert matrix.shape == (4, 4) and not np.isnan(matrix[-1]).any()
 
 
-@needs_data
-def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, monkeypatch):
+def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, trace_root, monkeypatch):
     from moram_ref.experiments.llm import train as T
 
     names = ["C-STANCE", "FOMC", "ScienceQA"]
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names, trace_root)
     full = run_sequence(model, tok, tasks, settings, tmp_path / "full", log=lambda *_: None)
 
     real = T.train_task
@@ -116,28 +127,29 @@ def test_resume_after_a_crash_reproduces_the_matrix(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(model, tokenizer, task, t, *args, **kwargs)
 
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names, trace_root)
     monkeypatch.setattr(T, "train_task", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated"):
         run_sequence(model, tok, tasks, settings, tmp_path / "crashed", log=lambda *_: None)
     monkeypatch.setattr(T, "train_task", real)
     assert json.loads((tmp_path / "crashed" / "progress.json").read_text())["tasks_done"] == 2
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)  # a fresh process
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names, trace_root)  # a fresh process
     resumed = run_sequence(model, tok, tasks, settings, tmp_path / "crashed", resume=True, log=lambda *_: None)
     np.testing.assert_array_equal(resumed, full)
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", names, trace_root)
     again = run_sequence(model, tok, tasks, settings, tmp_path / "crashed", eval_only=True, log=lambda *_: None)
     np.testing.assert_array_equal(again, full)
 
 
-def _ddp_worker(rank, world, init_file, tmp, result_file, fsdp=False):
+def _ddp_worker(rank, world, init_file, tmp, result_file, root, fsdp, overrides):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"], fsdp=fsdp)
+        tasks, model, tok, settings = _tiny_run(Path(tmp), None, "moram", ["C-STANCE", "FOMC"], Path(root),
+                                                fsdp=fsdp, **overrides)
         matrix = run_sequence(model, tok, tasks, settings, Path(tmp) / ("fsdp" if fsdp else "ddp"),
-                              dist=Dist(rank, world), log=lambda *_: None)
+                              dist=Dist(rank, world))
         if rank == 0:
             from moram_ref.torch.checkpoint import adapter_state
 
@@ -147,22 +159,49 @@ def _ddp_worker(rank, world, init_file, tmp, result_file, fsdp=False):
         torch.distributed.destroy_process_group()
 
 
-@needs_data
+# (batch, micro-batch, samples per task): even shares; and 5 samples in batches of 4, micro-batches of 3 —
+# the second batch holds one sample, so one of the two processes gets an empty share
+SHARES = {"even": dict(batch=8, micro_batch=2, n=8), "empty_share": dict(batch=4, micro_batch=3, n=5)}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("shares", sorted(SHARES))
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_two_processes_reproduce_one(tmp_path, fsdp):
-    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", ["C-STANCE", "FOMC"])
-    single = run_sequence(model, tok, tasks, settings, tmp_path / "one", log=lambda *_: None)
+def test_two_processes_reproduce_one(tmp_path, trace_root, fsdp, shares):
+    """The paper's dropout 0.1 included: micro-batch m's dropout masks depend on m, not on the process."""
+    sizes = SHARES[shares]
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=sizes["n"], n_test=3) \
+        if shares == "empty_share" else trace_root
+    overrides = dict(batch=sizes["batch"], micro_batch=sizes["micro_batch"])
+    cfg = replace(CFG, dropout=0.1)
+    tasks, model, tok, settings = _tiny_run(tmp_path, None, "moram", ["C-STANCE", "FOMC"], root, cfg, **overrides)
+    assert all(len(t.train) == sizes["n"] for t in tasks)
+    single = run_sequence(model, tok, tasks, settings, tmp_path / "one")
     from moram_ref.torch.checkpoint import adapter_state
 
     single_state = adapter_state(model)
     result = tmp_path / "ddp.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(result), fsdp),
-                                nprocs=2, join=True)
+    spawn(_ddp_worker, (2, str(tmp_path / "init"), str(tmp_path), str(result), str(root), fsdp,
+                        dict(overrides, cfg=cfg)))
     got = torch.load(result)  # written by this test, tensors only
     np.testing.assert_array_equal(got["matrix"].numpy(), single)
     for k, v in single_state.items():
-        torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_cli_prints_progress_lines(tmp_path, capsys):
+    import re
+
+    from moram_ref.cli import main
+
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=6, n_test=2)
+    assert main(["llm", "--data-root", str(root), "--out", str(tmp_path / "out"), "--tiny", "llama", "--skip-missing",
+                 "--epochs", "1", "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2",
+                 "--atoms-per-task", "2", "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    for t, name in enumerate(("C-STANCE", "FOMC"), 1):  # 6 samples in batches of 4: 2 steps per task
+        assert re.search(rf"^moram task {t}/2 \({name}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
+        assert f"after task {t}/2 ({name})" in printed
 
 
 @pytest.mark.real_weights

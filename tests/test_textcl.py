@@ -95,13 +95,15 @@ def test_union_and_per_task_evaluation(encoder):
 
 
 @needs_data
-def test_reduced_run_end_to_end(tmp_path):
+def test_reduced_run_end_to_end(tmp_path, capsys):
     from moram_ref.cli import main
 
     out = tmp_path / "tcl"
     assert main(["text-cl", "--data-root", str(DATA), "--out", str(out), "--tasks", "2", "--seeds", "1",
                  "--steps", "3", "--batch", "4", "--max-train", "16", "--max-test", "12", "--max-length", "48",
                  "--adapt-layers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "moram seed 0 task 2/2 (amazon) step 3/3 loss " in printed  # one progress line per task
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram"}
     m = results["methods"]["moram"]["union"]["mean_matrix"]

@@ -173,6 +173,9 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
     return domains
 
 
+PRINT_EVERY = 50  # a progress line every this many steps, and one at the end of each task
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
     domains = validate(args)
     if args.make_synthetic:
@@ -222,6 +225,7 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
 
     from moram_ref.experiments.clip import backbone
     from moram_ref.experiments.clip.train import ClipSettings, run_sequence
+    from moram_ref.experiments.progress import printer
 
     keys = args.datasets
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -240,7 +244,7 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         out = args.out / method
         out.mkdir(parents=True, exist_ok=True)
         matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
-                              Path(args.data_root), log)
+                              Path(args.data_root), log, on_step=printer(PRINT_EVERY, log))
         summary[method] = {"units": UNITS, "tasks": keys, "matrix": matrix,
                            **{k: 100 * v for k, v in metrics.summary(matrix / 100).items()}}
         if _rank() == 0:

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import seeding
 from moram_ref.experiments.clip.data import Domain, few_shot
+from moram_ref.experiments.progress import Step
 from moram_ref.torch import attach as A
 from moram_ref.torch import checkpoint
 from moram_ref.torch.losses import two_term_loss
@@ -76,19 +78,6 @@ def world() -> tuple[int, int]:
 def _barrier() -> None:
     if world()[1] > 1:
         torch.distributed.barrier()
-
-
-def _progress(total: int, desc: str, rank: int):
-    """A tqdm bar on an interactive terminal (process 0 only); None elsewhere."""
-    import sys  # noqa: PLC0415
-
-    if rank or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm  # noqa: PLC0415
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
 
 
 def _features(model, images=None, tokens=None):
@@ -147,7 +136,16 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
 
 
 def train_task(model, tokenizer, transform, domains: list[Domain], t: int, settings: ClipSettings, device,
-               manifest_dir: Path, data_root: Path | None = None, log=None) -> dict:
+               manifest_dir: Path, data_root: Path | None = None, on_step=None) -> dict:
+    """``begin_task``, ``settings.iterations`` steps on domain ``t`` (0-based), ``end_task``.
+
+    Mode: the backbone stays in evaluation mode (its own dropout off), the adapters are in training mode
+    (their dropout acts, the threshold δ is off, spec §3); everything is left in evaluation mode, also
+    when the task is interrupted. Randomness (:mod:`..seeding`): the global generator is reseeded from
+    ``(seed, t)`` before the data loader starts and from ``(seed, t, step, rank)`` before every step, and
+    restored afterwards, so a resumed run trains exactly as the uninterrupted one. ``on_step`` (optional)
+    receives a :class:`~moram_ref.experiments.progress.Step` after every step.
+    """
     d = domains[t]
     rank, size = world()
     if settings.shots and rank == 0:
@@ -170,47 +168,69 @@ def train_task(model, tokenizer, transform, domains: list[Domain], t: int, setti
         math.ceil(settings.iterations * settings.batch / max(len(data), 1)))])[: settings.iterations * settings.batch]
     loader = torch.utils.data.DataLoader(data, batch_size=settings.batch, sampler=order.tolist(),
                                          num_workers=settings.workers, drop_last=False)
-    A.set_training(model, True)
     scale = model.logit_scale.exp().detach()
-    bar = _progress(len(loader), f"task {t + 1} {d.key}", rank)
-    for step, (images, labels) in enumerate(loader):
-        # several processes: each encodes its share of the global batch; the features are all-gathered
-        # (with autograd), so every process computes the loss of the whole batch (the text→image term
-        # couples the batch), and the atoms' gradients are averaged by hand — the one-process update
-        img = _features(model, images=images[rank::size].to(device))
-        if size > 1:
-            img = torch.cat(torch.distributed.nn.functional.all_gather(img))
-            labels = torch.cat([labels[r::size] for r in range(size)])
-        cur = _features(model, tokens=cur_tokens)
-        classes = cur if seen is None else torch.cat([seen, cur])
-        loss = two_term_loss(img, classes, labels.to(device) + offset, n_masked=offset, logit_scale=scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if size > 1:
-            for p in params:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= size
-        opt.step()
-        sched.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
-    model.eval()
+    A.set_training(model, True)
+    try:
+        with seeding.private_rng(device):
+            seeding.reseed(settings.seed, t)  # the loader's worker seeds and any random transform
+            for step, (images, labels) in enumerate(loader):
+                seeding.reseed(settings.seed, t, step, rank)  # this process's dropout masks
+                img, labels = _batch_features(model, images, labels, rank, size, device)
+                cur = _features(model, tokens=cur_tokens)
+                classes = cur if seen is None else torch.cat([seen, cur])
+                loss = two_term_loss(img, classes, labels.to(device) + offset, n_masked=offset, logit_scale=scale)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if size > 1:
+                    for p in params:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= size
+                opt.step()
+                sched.step()
+                if on_step is not None:
+                    on_step(Step(settings.method, t + 1, len(domains), d.key, step + 1, len(loader), loss.detach()))
+    finally:
+        model.eval()
     A.end_task(model)
     return {"steps": settings.iterations, "train_images": len(data), "trainable": sum(p.numel() for p in params)}
 
 
+def _batch_features(model, images, labels, rank: int, size: int, device):
+    """Image features of the whole global batch (B, D) and its labels, in the same order.
+
+    Several processes: each encodes its share ``images[rank::size]``, padded to ``ceil(B / size)`` rows
+    with copies of the batch's first image, so every process sends the same shape to the (autograd)
+    all-gather, also with an empty share; the padding rows are dropped after it. Every process then
+    holds the features of the whole batch (the text→image term of the loss couples the batch); the
+    atoms' gradients are averaged by hand afterwards, which gives the one-process update.
+    """
+    if size == 1:
+        return _features(model, images=images.to(device)), labels
+    share = -(-len(images) // size)
+    mine = images[rank::size]
+    padded = torch.cat([mine, images[:1].expand(share - len(mine), *images.shape[1:])])
+    parts = torch.distributed.nn.functional.all_gather(_features(model, images=padded.to(device)))
+    counts = [len(images[r::size]) for r in range(size)]
+    img = torch.cat([part[:c] for part, c in zip(parts, counts)])
+    return img, torch.cat([labels[r::size] for r in range(size)])
+
+
 def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: ClipSettings, out: Path, device="cpu",
-                 resume: bool = False, eval_only: bool = False, data_root: Path | None = None, log=print) -> np.ndarray:
-    """Every task in order with a checkpoint and an evaluation row after each; returns ``a[t, j]`` (%)."""
+                 resume: bool = False, eval_only: bool = False, data_root: Path | None = None, log=None,
+                 on_step=None) -> np.ndarray:
+    """Every task in order with a checkpoint and an evaluation row after each; returns ``a[t, j]`` (%).
+
+    ``log`` (a callable taking a line) receives the per-task summaries, ``on_step`` a
+    :class:`~moram_ref.experiments.progress.Step` after every step (process 0 only); both default to silence.
+    """
     from moram_ref.experiments.clip.backbone import target_regex  # noqa: PLC0415
 
     out = Path(out)
     rank, _ = world()
-    if rank:
+    if rank or log is None:
         log = lambda *_: None  # noqa: E731  (one process reports)
+    if rank:
+        on_step = None
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     n = len(domains)
     progress_path = out / "progress.json"
@@ -230,7 +250,8 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         if eval_only and trained:
             checkpoint.load(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, settings.method)
         elif trained:
-            info = train_task(model, tokenizer, transform, domains, t, settings, device, out / "manifests", data_root, log)
+            info = train_task(model, tokenizer, transform, domains, t, settings, device, out / "manifests", data_root,
+                              on_step)
             progress["train"].append({"task": domains[t].key, **info})
             if rank == 0:
                 checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,

@@ -7,7 +7,8 @@ the caller chose to skip such tasks (the shipped copy of MeetingBank has no ``tr
 Tokenisation (spec §5): ``prompt`` then ``answer`` + EOS; the loss covers the answer tokens only
 (labels are -100 on the prompt). Prompts longer than ``max_prompt`` keep their *end* (where the
 question and the answer cue are); answers longer than ``max_answer`` are cut. Every truncation is
-counted and reported, never silent.
+counted and reported, never silent. :func:`write_trace_shaped` writes generated tasks in this layout
+(tests and CPU demos without the real data).
 """
 
 from __future__ import annotations
@@ -122,3 +123,49 @@ def collate(batch_ids: list[list[int]], batch_labels: list[list[int]], pad_id: i
         mask[i, : len(x)] = 1
         labels[i, : len(y)] = torch.tensor(y)
     return ids, mask, labels
+
+
+# prompt templates (instruction, answer cue) and answer makers for generated TRACE-shaped tasks
+_SHAPES = {
+    "C-STANCE": ("判断以下文本对指定对象的态度，选择一项：A.支持，B.反对，C.中立。输出A，B或者C。\n文本：\n{text}\n对象：\n{topic}\n态度：",
+                 lambda rng, words: "ABC"[rng.integers(3)]),
+    "FOMC": ("What is the monetary policy stance for the following text? A. dovish, B. hawkish, C. neutral. "
+             "Choose one from A, B and C.\nText: {text}\nStance:", lambda rng, words: "ABC"[rng.integers(3)]),
+    "ScienceQA": ("Question: {text}\nOptions:\nA. {topic}\nB. {text}\n\nAnswer:",
+                  lambda rng, words: "AB"[rng.integers(2)] + "\n" + " ".join(rng.choice(words, 6))),
+    "Py150": ("<s> def {topic} ( self ) : <EOL> {text} <EOL>", lambda rng, words: " ".join(rng.choice(words, 3))),
+    "NumGLUE-cm": ("Solve the following math problem.\nQuestion:\n{text}\nAnswer:",
+                   lambda rng, words: str(int(rng.integers(0, 100)))),
+    "NumGLUE-ds": ("Solve the following math problem.\nQuestion:\n{text}\nAnswer:",
+                   lambda rng, words: str(int(rng.integers(0, 100)))),
+    "20Minuten": ("Provide a simplified version of the following text.\n{text}\n\nSimplification:",
+                  lambda rng, words: " ".join(rng.choice(words, 8))),
+    "MeetingBank": ("Write a summary of the following meeting transcripts.\nMeeting transcripts:\n{text}\nSummary:",
+                    lambda rng, words: " ".join(rng.choice(words, 10))),
+}
+
+
+def write_trace_shaped(root: str | Path, names: tuple[str, ...] = SEQUENCES["trace"], n_train: int = 8,
+                       n_test: int = 4, seed: int = 0) -> Path:
+    """Write generated tasks in the benchmark's layout (``root/<task>/{train,eval,test}.json``) for tests and
+    CPU demos when the real data is absent: each task's instruction and answer cue as in TRACE, random
+    words as text, answers of the task's kind (a letter, a number, code words, a sentence). Returns ``root``."""
+    import numpy as np  # noqa: PLC0415
+
+    unknown = [n for n in names if n not in _SHAPES]
+    if unknown:
+        raise ValueError(f"names must be among {sorted(_SHAPES)}, got unknown {unknown}")
+    words = np.array("the of rate policy market price growth code value return self data model energy plant "
+                     "cell water light river city council vote bill frog eyes pond number total".split())
+    rng = np.random.default_rng(seed)
+    for name in names:
+        template, answer = _SHAPES[name]
+        rows = [{"prompt": template.format(text=" ".join(rng.choice(words, int(rng.integers(5, 20)))),
+                                           topic=" ".join(rng.choice(words, 2))),
+                 "answer": answer(rng, words)} for _ in range(n_train + n_test)]
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train.json").write_text(json.dumps(rows[:n_train], ensure_ascii=False, indent=1))
+        for split in ("eval", "test"):
+            (folder / f"{split}.json").write_text(json.dumps(rows[n_train:], ensure_ascii=False, indent=1))
+    return Path(root)

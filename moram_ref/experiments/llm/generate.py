@@ -23,8 +23,18 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     """Greedy continuations of every prompt, ``batch_size`` at a time, left-padded; decoded new tokens only.
 
     ``synced``: every process keeps stepping until all are done (needed when the model is sharded).
+    Runs in evaluation mode (threshold δ on, dropout off); every module's mode is restored afterwards.
     """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    try:
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced) -> list[str]:
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p, max_prompt)[0] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together

@@ -192,9 +192,13 @@ def build(args, tasks, out: Path, seed: int):
             tok = backbones.build_tokenizer(texts, vocab_size=2000, out_dir=tok_dir)
         model = backbones.tiny_model(args.tiny, len(tok), seed=seed, dtype=dtype).to(device)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # acts in training mode only (the training loop sets it); transformers >= 5 renamed the method
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
     return model, tok
+
+
+PRINT_EVERY = 10  # a progress line every this many steps, and one at the end of each task
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
@@ -206,6 +210,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict:
     from moram_ref.experiments.llm.train import LLMSettings, run_sequence
+    from moram_ref.experiments.progress import printer
 
     dist = _setup_dist()
     if skipped and dist.rank == 0:
@@ -221,8 +226,9 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
                                numglue_mode=args.numglue_mode, seed=args.seed, targets=tuple(args.targets), moram=config,
                                fsdp=args.fsdp)
         model, tok = build(args, tasks, args.out, args.seed)
-        matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only,
-                              dist=dist, log=log if dist.rank == 0 else (lambda *_: None))
+        quiet = dist.rank != 0  # one process reports
+        matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only, dist=dist,
+                              log=None if quiet else log, on_step=None if quiet else printer(PRINT_EVERY, log))
         summary[method] = _finish(matrix, [t.name for t in tasks], out, settings, dist.rank == 0)
     if dist.rank == 0:
         log("\n" + format_table(summary, [t.name for t in tasks]))

@@ -1,11 +1,14 @@
 """Train through a task sequence and evaluate after every task (spec §5–§6), resumable, any process count.
 
 Determinism across resumes and process counts: the fresh atoms of task ``t`` come from a generator
-seeded by ``(seed, t)``, the data order of (task, epoch) from ``(seed, t, epoch)``; nothing depends on
-what ran before in the process. Every global batch (``batch`` samples) is split into micro-batches dealt
-round-robin to the processes; each micro-batch loss is its summed token loss divided by the *global*
-batch's answer-token count, times the process count (DDP averages gradients), so the update equals the
-one-process update and the learning rate means the same at any scale.
+seeded by ``(seed, t)``, the data order of (task, epoch) from ``(seed, t, epoch)``, the dropout masks of
+a micro-batch from ``(seed, t, epoch, step, micro-batch)``; nothing depends on what ran before in the
+process, so a run resumed after a kill trains exactly as the uninterrupted one. Every global batch
+(``batch`` samples) is split into micro-batches dealt round-robin to the processes; each micro-batch
+loss is its summed token loss divided by the *global* batch's answer-token count, times the process
+count (DDP averages gradients), so the update equals the one-process update and the learning rate
+means the same at any scale. A process whose share of a
+global batch is empty still runs a (zero-loss) forward and backward, so it joins every collective.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import numpy as np
 import torch
 
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import seeding
 from moram_ref.experiments.llm import scoring
 from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
 from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
 from moram_ref.experiments.llm.generate import generate
+from moram_ref.experiments.progress import Step
 from moram_ref.torch import attach as A
 from moram_ref.torch import checkpoint
 from moram_ref.torch.olora import orthogonality_penalty
@@ -79,8 +84,18 @@ def epochs_for(task: str, settings: LLMSettings) -> int:
     return settings.epochs if settings.epochs is not None else TRACE_EPOCHS.get(task, 1)
 
 
-def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist: Dist, log=None) -> dict:
-    """``begin_task``, the epochs of task ``t``, ``end_task``. Returns counts (steps, truncations)."""
+def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist: Dist, on_step=None,
+               n_tasks: int = 0) -> dict:
+    """``begin_task``, the epochs of task ``t`` (0-based), ``end_task``. Returns counts (steps, truncations).
+
+    Mode: the whole model is in training mode during the task (as Hugging Face's ``Trainer`` has it):
+    the adapters' dropout acts, the threshold δ is off (``threshold_mode="eval"``, spec §3) and gradient
+    checkpointing, which acts only in training mode, recomputes activations; the backbone's own dropout
+    is its config's (``attention_dropout`` is 0 in the LLaMA, Qwen2 and Gemma configs). The model is left
+    in evaluation mode, also when the task is interrupted. Randomness: see :mod:`..seeding`; the global
+    generator is reseeded per micro-batch (by its global index) and restored afterwards.
+    ``on_step`` (optional) receives a :class:`~moram_ref.experiments.progress.Step` after every step.
+    """
     gen = torch.Generator().manual_seed(settings.seed * 1000 + t)
     A.begin_task(model, gen)
     params = list(A.trainable_parameters(model))
@@ -90,52 +105,62 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
     opt = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
     enc = encode_examples(tokenizer, task.train, MAX_PROMPT.get(task.name, settings.max_prompt), settings.max_answer)
     device = next(model.parameters()).device
+    epochs = epochs_for(task.name, settings)
+    total = epochs * math.ceil(len(enc.input_ids) / settings.batch)
     steps = 0
-    for epoch in range(epochs_for(task.name, settings)):
-        order = np.random.default_rng([settings.seed, t, epoch]).permutation(len(enc.input_ids))
-        for start in range(0, len(order), settings.batch):
-            batch = order[start : start + settings.batch]
-            n_tokens = sum(sum(lbl != -100 for lbl in enc.labels[i]) for i in batch)
-            n_micro = dist.world * math.ceil(len(batch) / (dist.world * settings.micro_batch))
-            micro = [batch[m::n_micro] for m in range(n_micro)][dist.rank :: dist.world]
-            opt.zero_grad(set_to_none=True)
-            for j, idx in enumerate(micro):
-                sync = j == len(micro) - 1
-                ctx = net.no_sync() if (dist.world > 1 and not settings.fsdp and not sync) else contextlib.nullcontext()
-                with ctx:
-                    loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world, device,
-                                       always_forward=settings.fsdp)
-                    if settings.method == "olora" and settings.olora_lambda:
-                        loss = loss + settings.olora_lambda * orthogonality_penalty(model) / len(micro)
-                    loss.backward()
-            if settings.fsdp and dist.world > 1:  # the replicated atoms: average their gradients by hand
-                for p in params:
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= dist.world
-            torch.nn.utils.clip_grad_norm_(params, settings.clip)
-            opt.step()
-            steps += 1
-            if log is not None and dist.rank == 0:
-                log(f"task {t + 1} {task.name} epoch {epoch + 1} step {steps}")
+    model.train()
+    try:
+        with seeding.private_rng(device):
+            for epoch in range(epochs):
+                order = np.random.default_rng([settings.seed, t, epoch]).permutation(len(enc.input_ids))
+                for b, start in enumerate(range(0, len(order), settings.batch)):
+                    batch = order[start : start + settings.batch]
+                    n_tokens = sum(sum(lbl != -100 for lbl in enc.labels[i]) for i in batch)
+                    # micro-batch m of the global batch goes to process m % world; a share may be empty
+                    n_micro = dist.world * math.ceil(len(batch) / (dist.world * settings.micro_batch))
+                    micro = [batch[m::n_micro] for m in range(n_micro)][dist.rank :: dist.world]
+                    opt.zero_grad(set_to_none=True)
+                    step_loss = torch.zeros((), device=device)
+                    for j, idx in enumerate(micro):
+                        seeding.reseed(settings.seed, t, epoch, b, dist.rank + j * dist.world)
+                        sync = j == len(micro) - 1
+                        ddp_accumulate = dist.world > 1 and not settings.fsdp and not sync
+                        with net.no_sync() if ddp_accumulate else contextlib.nullcontext():
+                            loss = _micro_loss(net, model, enc, idx, tokenizer.pad_token_id, n_tokens, dist.world,
+                                               device)
+                            if settings.method == "olora" and settings.olora_lambda:
+                                loss = loss + settings.olora_lambda * orthogonality_penalty(model) / len(micro)
+                            loss.backward()
+                        step_loss += loss.detach().float()
+                    if settings.fsdp and dist.world > 1:  # the replicated atoms: average their gradients by hand
+                        for p in params:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= dist.world
+                    torch.nn.utils.clip_grad_norm_(params, settings.clip)
+                    opt.step()
+                    steps += 1
+                    if on_step is not None:
+                        on_step(Step(settings.method, t + 1, n_tasks or t + 1, task.name, steps, total, step_loss))
+    finally:
+        model.eval()
     A.end_task(model)
     return {"steps": steps, "truncated": enc.truncated, "trainable": sum(p.numel() for p in params)}
 
 
-def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device, always_forward=False):
-    if len(idx) == 0:  # an empty share keeps every process's backward (and, sharded, forward) count equal
-        if always_forward:  # FSDP: every process must take part in every forward's all-gather
-            out = net(input_ids=torch.full((1, 1), pad_id, device=device)).logits
-            return out.sum() * 0.0 + sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
-        return sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
+def _micro_loss(net, model, enc, idx, pad_id, n_tokens, world, device):
+    """This micro-batch's summed answer-token loss over the global batch's token count, times ``world``."""
+    if len(idx) == 0:
+        # an empty share (fewer samples than processes): a forward and a backward through the wrapped model
+        # all the same, so that this process joins every collective (DDP's gradient all-reduce, FSDP's
+        # all-gathers) exactly as often as the others; the loss is an exact zero
+        out = net(input_ids=torch.full((1, 1), pad_id, device=device), use_cache=False).logits
+        return out.sum() * 0.0 + sum(p.sum() for p in A.trainable_parameters(model)) * 0.0
     ids, mask, labels = collate([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx], pad_id)
-    logits = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logits = net(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
     token_loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
                                                    shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
     return token_loss * world / n_tokens
-
-
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[Task], settings: LLMSettings, dist: Dist) -> dict[str, dict]:
@@ -161,9 +186,14 @@ def evaluate_tasks(model, tokenizer, tasks: list[Task], settings: LLMSettings, d
 
 
 def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out: Path, resume: bool = False,
-                 eval_only: bool = False, dist: Dist | None = None, log=print) -> np.ndarray:
-    """The whole sequence with a checkpoint and an evaluation row after every task; returns ``a[t, i]``."""
+                 eval_only: bool = False, dist: Dist | None = None, log=None, on_step=None) -> np.ndarray:
+    """The whole sequence with a checkpoint and an evaluation row after every task; returns ``a[t, i]``.
+
+    ``log`` (a callable taking a line) receives the per-task summaries; ``on_step`` receives a
+    :class:`~moram_ref.experiments.progress.Step` after every optimiser step. Both default to silence.
+    """
     dist = dist or Dist()
+    log = log or (lambda *_: None)
     out = Path(out)
     ck_dir = out / "checkpoints"
     n = len(tasks)
@@ -193,7 +223,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
             if trained:
                 checkpoint.load(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, settings.method)
         elif trained:
-            info = train_task(model, tokenizer, tasks[t], t, settings, dist)
+            info = train_task(model, tokenizer, tasks[t], t, settings, dist, on_step, n)
             progress["train"].append({"task": tasks[t].name, **info})
             cut = info["truncated"]
             if cut["prompt"] or cut["answer"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -125,6 +124,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
 def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dict:
     import torch
 
+    from moram_ref.experiments.progress import printer
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder
     from moram_ref.experiments.textcl.train import TrainSettings, run_method
 
@@ -148,13 +148,12 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     for seed in range(args.seeds):
         for method in args.methods:
             t0 = time.perf_counter()
-            res = run_method(method, seed, settings, enc, tasks, progress=_progress_line)
+            res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log))
             res["seconds"] = time.perf_counter() - t0
             runs[method].append(res)
             done += 1
             _save_matrices(out / "matrices", method, seed, res, [t.name for t in tasks])
             s = metrics.summary(res["union"])
-            _progress_line("")
             log(f"[{done}/{total}] {LABELS[method]:<18} seed {seed}: Last {100 * s['last']:.1f}, "
                 f"Average {100 * s['average']:.1f}, {res['seconds']:.0f} s")
     results = summarise(runs, [t.name for t in tasks])
@@ -170,12 +169,6 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     log(f"wrote {out}/results.json, table.md, matrices/, config.json" + ("" if args.no_plots else ", *.png")
         + f" — {results['wall_seconds'] / 60:.1f} min in all")
     return results
-
-
-def _progress_line(text: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + text[:120].ljust(120))
-        sys.stderr.flush()
 
 
 def _save_matrices(folder: Path, method: str, seed: int, res: dict, names: list[str]) -> None:

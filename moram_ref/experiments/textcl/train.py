@@ -17,6 +17,8 @@ import torch
 
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments import seeding
+from moram_ref.experiments.progress import Step
 from moram_ref.experiments.textcl.data import TaskData
 from moram_ref.experiments.textcl.encoder import CachedEncoder
 from moram_ref.torch import attach as A
@@ -46,9 +48,11 @@ def class_offsets(tasks: list[TaskData]) -> list[int]:
 
 @torch.no_grad()
 def evaluate(enc: CachedEncoder, tasks: list[TaskData], split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy on every task's ``split`` over the union of all labels, and over the task's own labels."""
+    """Accuracy on every task's ``split`` over the union of all labels, and over the task's own labels
+    (in evaluation mode: the adapted blocks and their adapters are switched to it)."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    enc.top.eval()
     offsets = class_offsets(tasks)
     labels = enc.embed([p for t in tasks for p in t.prompts])  # (n_classes, D)
     union, own = [], []
@@ -62,8 +66,15 @@ def evaluate(enc: CachedEncoder, tasks: list[TaskData], split: str = "test") -> 
 
 
 def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],
-               progress=None) -> dict:
-    """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes."""
+               on_step=None) -> dict:
+    """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes.
+
+    Mode: the encoder's blocks stay in evaluation mode (their dropout off); the adapters are in training
+    mode during the steps (their dropout acts, the threshold δ is off, spec §3) and in evaluation mode
+    otherwise, also when a task is interrupted. Adapter dropout draws from torch's global generator,
+    reseeded from ``(seed, task, step)`` before every step and restored afterwards (:mod:`..seeding`).
+    ``on_step`` (optional) receives a :class:`~moram_ref.experiments.progress.Step` after every step.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     A.detach(enc.top)
@@ -89,23 +100,16 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
             with torch.no_grad():
                 seen = enc.embed([p for prev in tasks[:t] for p in prev.prompts]) if t else None
             A.set_training(enc.top, True)
-            for step in range(settings.steps):
-                idx = rng.choice(len(task.train_text), size=min(settings.batch, len(task.train_text)), replace=False)
-                emb = enc.embed([task.train_text[i] for i in idx])
-                cur = enc.embed(task.prompts)
-                classes = cur if seen is None else torch.cat([seen, cur])
-                y = torch.as_tensor(task.train_y[idx]) + offsets[t]
-                loss = two_term_loss(emb, classes, y, n_masked=offsets[t], logit_scale=settings.logit_scale)
-                if method == "olora":
-                    loss = loss + settings.olora_lambda * orthogonality_penalty(enc.top)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                if progress is not None:
-                    progress(f"{method} seed {seed} task {t + 1}/{n} ({task.name}) step {step + 1}/{settings.steps} "
-                             f"loss {loss.item():.3f}")
-            A.set_training(enc.top, False)
+            try:
+                with seeding.private_rng("cpu"):
+                    for step in range(settings.steps):
+                        seeding.reseed(seed, t, step)  # the adapters' dropout masks of this step
+                        loss = _step(method, settings, enc, task, seen, offsets[t], opt, rng)
+                        sched.step()
+                        if on_step is not None:
+                            on_step(Step(method, t + 1, n, task.name, step + 1, settings.steps, loss, seed))
+            finally:
+                A.set_training(enc.top, False)
             A.end_task(enc.top)
         union[t], own[t] = evaluate(enc, tasks, settings.eval_split)
         out["seconds_per_task"].append(time.perf_counter() - t0)
@@ -115,6 +119,22 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
     out.update(union=union, own=own)
     return out
+
+
+def _step(method, settings: TrainSettings, enc: CachedEncoder, task: TaskData, seen, offset: int, opt, rng):
+    """One optimiser step on a batch drawn by ``rng``; returns the (detached) loss."""
+    idx = rng.choice(len(task.train_text), size=min(settings.batch, len(task.train_text)), replace=False)
+    emb = enc.embed([task.train_text[i] for i in idx])
+    cur = enc.embed(task.prompts)
+    classes = cur if seen is None else torch.cat([seen, cur])
+    y = torch.as_tensor(task.train_y[idx]) + offset
+    loss = two_term_loss(emb, classes, y, n_masked=offset, logit_scale=settings.logit_scale)
+    if method == "olora":
+        loss = loss + settings.olora_lambda * orthogonality_penalty(enc.top)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 @torch.no_grad()
