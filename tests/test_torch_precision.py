@@ -8,7 +8,7 @@ import torch
 
 from moram_ref import precision
 from moram_ref.config import MoRAMConfig
-from moram_ref.torch.layer import MoRAMLinear, routing_dtype
+from moram_ref.torch.layer import MoRAMLinear, _routing_dtype
 
 ROUTING = ("p", "s", "keep", "gated", "w")
 
@@ -51,7 +51,7 @@ def test_dtypes_follow_the_policy(dtype, atoms, rdt, out):
     layer = make_layer(dtype, atoms)
     x = torch.randn(5, 48).to(dtype)
     tr = layer.trace(x)
-    assert routing_dtype(dtype, layer.frozen_keys.dtype) == rdt
+    assert _routing_dtype(dtype, layer.frozen_keys.dtype) == rdt
     assert tr["p"].dtype == tr["s"].dtype == tr["w"].dtype == rdt
     assert tr["delta"].dtype == tr["y"].dtype == layer(x).dtype == out
 

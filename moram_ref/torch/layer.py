@@ -28,7 +28,7 @@ TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
 
 
-def routing_dtype(x_dtype: torch.dtype, atom_dtype: torch.dtype) -> torch.dtype:
+def _routing_dtype(x_dtype: torch.dtype, atom_dtype: torch.dtype) -> torch.dtype:
     """The dtype of ``p``, the normaliser, top-k, softmax and gate: float64 if an operand is, else float32.
 
     Promotion never rounds an operand (bf16/fp16 widen exactly), so ``p = A x`` is exact on the operands the
@@ -158,7 +158,7 @@ class MoRAMLinear(_WrapsLinear):
         No step waits for the device or branches on data (``torch.compile(fullgraph=True)`` traces it).
         The base layer follows the caller's autocast like any linear layer; the MoRAM branch runs with
         autocast off, so autocast never changes routing: ``p`` and every routing step in
-        :func:`routing_dtype` (float32 for bf16/fp16/fp32 models), the value product in the base
+        :func:`_routing_dtype` (float32 for bf16/fp16/fp32 models), the value product in the base
         output's dtype (bf16 on a bf16 model, or under bf16 autocast), added to it in one ``addmm``.
         """
         check_last_dim("x", x, self.d_in)
@@ -169,7 +169,7 @@ class MoRAMLinear(_WrapsLinear):
             return self._moram_branch(x, y, explicit_delta)
 
     def _moram_branch(self, x: torch.Tensor, y: torch.Tensor, explicit_delta: bool):
-        rdt = routing_dtype(x.dtype, self.frozen_keys.dtype)  # p, s, top-k, softmax, gate
+        rdt = _routing_dtype(x.dtype, self.frozen_keys.dtype)  # p, s, top-k, softmax, gate
         vdt = y.dtype  # the value product Δ = B c
         x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
         x_d = x_d.to(rdt)  # (..., d_in) exact widening
