@@ -97,3 +97,12 @@ def test_no_host_sync_on_cuda(training):
         layer(x).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_routing_bench_candidates_agree_and_report_ratios():
+    from moram_ref import bench_routing
+
+    res = bench_routing.run(d=16, tasks=3, r=4, k=5, tokens=64, repeat=1, compile_layer=False)  # checks exactness
+    assert set(res["ratios"]) == {f"topk_{a}_over_with_sync_{c}" for a in ("rank_key", "stable_sort")
+                                  for c in ("random", "ties")}
+    assert all(v > 0 for v in res["ratios"].values())
