@@ -92,3 +92,10 @@ def test_precision_errors():
         precision.variant_trace(layer, x, "fp8")
     with pytest.raises(SystemExit):
         precision.main(["--clip-width", "48"])
+
+
+def test_runs_on_a_device_without_autocast():
+    """The meta device (shape inference) has no autocast to switch off: the layer still runs there."""
+    layer = MoRAMLinear(torch.nn.Linear(4, 3, device="meta"), MoRAMConfig(atoms_per_task=2, top_k=1))
+    layer.begin_task()
+    assert layer(torch.empty(5, 4, device="meta")).shape == (5, 3)

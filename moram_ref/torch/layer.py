@@ -165,6 +165,8 @@ class MoRAMLinear(_WrapsLinear):
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device: nothing to switch off
+            return self._moram_branch(x, y, explicit_delta)
         with torch.autocast(x.device.type, enabled=False):
             return self._moram_branch(x, y, explicit_delta)
 
