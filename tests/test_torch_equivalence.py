@@ -176,3 +176,19 @@ def test_lean_final_weights_match_the_full_trace(training):
     np.testing.assert_allclose(w.numpy(), full["w"], rtol=1e-12, atol=1e-15)
     assert np.array_equal(np.sort(idx.numpy(), axis=-1), full["idx"])
     np.testing.assert_allclose(np.sort(w_soft_k.numpy(), -1), np.sort(np.take_along_axis(full["w_soft"], full["idx"], -1), -1), rtol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 40), k=st.integers(1, 42), levels=st.integers(1, 4),
+       lead=st.sampled_from([(7,), (2, 3), (1, 1, 5)]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_top_k_indices_with_ties_equal_numpy(seed, n_atoms, k, levels, lead, dtype):
+    """Scores from a handful of levels (±0.0 among them) make ties at the boundary the rule, not the exception."""
+    from moram_ref.numpy import activation as na
+    from moram_ref.torch import activation as ta
+
+    rng = np.random.default_rng(seed)
+    s = rng.choice(np.array([0.0, -0.0, 0.5, -0.25, 1.0])[: levels + 1], size=(*lead, n_atoms))
+    got = ta.top_k_indices(torch.from_numpy(s).to(dtype), k).numpy()
+    want = na.top_k_indices(s, k)
+    assert got.shape == want.shape and got.dtype == np.int64
+    assert np.array_equal(np.sort(got, axis=-1), want), f"kept {np.sort(got, axis=-1)} instead of {want}"

@@ -28,20 +28,21 @@ def normalise(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 def top_k_indices(s: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest signed scores, ties to the lower atom index — theory.md#eq-topk (step 3).
 
-    Returns (..., min(k, R)) int64, in no particular order. Fast path: ``torch.topk``; where a row has
-    more than ``k`` scores ≥ its k-th largest (a tie at the boundary, whose order topk leaves
-    unspecified), the exact index rule of :func:`top_k_mask` decides.
+    s: (..., R) -> (..., min(k, R)) int64, in no particular order: the atoms :func:`top_k_mask` keeps.
+    Branch-free and exact, so nothing waits for the device and ``torch.compile(fullgraph=True)`` traces it:
+    a first ``topk`` finds the k-th largest score ``s_(k)``; each atom then gets an integer rank key —
+    ``R`` above ``s_(k)``, ``R-1-r`` for atom ``r`` equal to it, ``-1`` below — unique among the tied, so a
+    second ``topk`` on the keys takes every atom above ``s_(k)`` (at most k-1 of them) and fills the other
+    places with the tied atoms of lowest index. ``torch.topk`` alone leaves the order of ties unspecified.
     """
     n_atoms = s.shape[-1]
     k = min(k, n_atoms)
     if k <= 0:
         return torch.zeros(*s.shape[:-1], 0, dtype=torch.long, device=s.device)
-    values, idx = torch.topk(s, k, dim=-1, sorted=False)  # (..., k)
-    kth = values.amin(dim=-1, keepdim=True)  # (..., 1)
-    if bool(((s >= kth).sum(dim=-1) > k).any()):  # a tie at the boundary somewhere: resolve exactly
-        keep = _top_k_mask_exact(s, k, kth)
-        idx = torch.nonzero(keep.reshape(-1, n_atoms))[:, 1].reshape(*s.shape[:-1], k)
-    return idx
+    kth = _kth_largest(s, k)  # (..., 1)
+    rank = torch.arange(n_atoms - 1, -1, -1, dtype=torch.int32, device=s.device)  # (R,) R-1-r: lower index ranks higher
+    key = torch.where(s > kth, n_atoms, torch.where(s == kth, rank, -1))  # (..., R) int32
+    return torch.topk(key, k, dim=-1, sorted=False).indices  # (..., k)
 
 
 def top_k_mask(s: torch.Tensor, k: int) -> torch.Tensor:
@@ -53,16 +54,17 @@ def top_k_mask(s: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, s.shape[-1])
     if k <= 0:
         return torch.zeros_like(s, dtype=torch.bool)
-    kth = torch.topk(s, k, dim=-1, sorted=True).values[..., k - 1 :]  # (..., 1) the k-th largest score
-    return _top_k_mask_exact(s, k, kth)
-
-
-def _top_k_mask_exact(s: torch.Tensor, k: int, kth: torch.Tensor) -> torch.Tensor:
+    kth = _kth_largest(s, k)  # (..., 1)
     above = s > kth  # (..., R)
     tied = s == kth  # (..., R)
     free_places = k - above.sum(dim=-1, keepdim=True)  # (..., 1)
     tie_rank = torch.cumsum(tied.to(torch.int32), dim=-1)  # (..., R) 1-based rank among the tied
     return above | (tied & (tie_rank <= free_places))  # (..., R)
+
+
+def _kth_largest(s: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest score of each row, (..., R) -> (..., 1) (its value is unique even where its atom is not)."""
+    return torch.topk(s, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
 
 
 def masked_softmax(s: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -28,9 +28,13 @@ TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Responses, normaliser and softmax run in at least float32 (bf16/fp16 inputs are upcast)."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+def _routing_dtype(x_dtype: torch.dtype, atom_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of ``p``, the normaliser, top-k, softmax and gate: float64 if an operand is, else float32.
+
+    Promotion never rounds an operand (bf16/fp16 widen exactly), so ``p = A x`` is exact on the operands the
+    layer is given, accumulated and returned in float32 (docs/semantics.md#precision).
+    """
+    return torch.promote_types(torch.promote_types(x_dtype, atom_dtype), torch.float32)
 
 
 class _WrapsLinear(nn.Module):
@@ -154,19 +158,34 @@ class MoRAMLinear(_WrapsLinear):
             self.train(was)
 
     def _forward(self, x: torch.Tensor, explicit_delta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The forward pass of spec §3 under the precision policy of docs/semantics.md#precision.
+
+        No step waits for the device or branches on data (``torch.compile(fullgraph=True)`` traces it).
+        The base layer follows the caller's autocast like any linear layer; the MoRAM branch runs with
+        autocast off, so autocast never changes routing: ``p`` and every routing step in
+        :func:`_routing_dtype` (float32 for bf16/fp16/fp32 models), the value product in the base
+        output's dtype (bf16 on a bf16 model, or under bf16 autocast), added to it in one ``addmm``.
+        """
         check_input("x", x, self.d_in)  # shape, floating dtype, finite (sync-free on CUDA)
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}
-        cdt = _compute_dtype(x.dtype)
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device: nothing to switch off
+            return self._moram_branch(x, y, explicit_delta)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._moram_branch(x, y, explicit_delta)
+
+    def _moram_branch(self, x: torch.Tensor, y: torch.Tensor, explicit_delta: bool):
+        rdt = _routing_dtype(x.dtype, self.frozen_keys.dtype)  # p, s, top-k, softmax, gate
+        vdt = y.dtype  # the value product Δ = B c
         x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
-        x_d = x_d.to(cdt)
+        x_d = x_d.to(rdt)  # (..., d_in) exact widening
         n_old = self.frozen_keys.shape[0]
         blocks = []
         if n_old:
-            blocks.append(activation.responses(x_d, self.frozen_keys.to(cdt)))  # (..., R_old)
+            blocks.append(activation.responses(x_d, self.frozen_keys.to(rdt)))  # (..., R_old)
         if self.in_task:
-            blocks.append(activation.responses(x_d, self.keys.to(cdt)))  # (..., r)
+            blocks.append(activation.responses(x_d, self.keys.to(rdt)))  # (..., r)
         p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
         if explicit_delta:  # every intermediate, for trace()
             trace = activation.mixing_weights(p, self.config, self.training)
@@ -174,27 +193,26 @@ class MoRAMLinear(_WrapsLinear):
         else:  # the lean path: only the final weights at full width
             w = activation.final_weights(p, self.config, self.training)[-1]
             trace = {"w": w}
-        c = w * p  # (..., R) gated responses
+        c = (w * p).to(vdt)  # (..., R) gated responses, in the value product's dtype
         if self.record:
             self.last_weights = w.detach()
-        c2 = c.reshape(-1, c.shape[-1])  # (N, R)
-        if not explicit_delta and c2.dtype == y.dtype == self.frozen_values.dtype:
+        if not explicit_delta:
             # fused: y + c Bᵀ in one kernel per block (no separate Δ tensor, no per-call concatenation)
-            y2 = y.reshape(-1, self.d_out)
-            out2 = y2
+            c2 = c.reshape(-1, c.shape[-1])  # (N, R)
+            out2 = y.reshape(-1, self.d_out)  # (N, d_out)
             if n_old:
-                out2 = torch.addmm(out2, c2[:, :n_old], self.frozen_values.T)
+                out2 = torch.addmm(out2, c2[:, :n_old], self.frozen_values.to(vdt).T)
             if self.in_task:
-                out2 = torch.addmm(out2, c2[:, n_old:], self.values.T, alpha=self.config.scale)
-            out, delta = out2.reshape(y.shape), None
-        else:  # explicit Δ (traces; mixed precision: the value product in the compute dtype, cast back)
-            delta = None
-            if n_old:
-                delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(cdt))
-            if self.in_task:
-                cur = nn.functional.linear(c[..., n_old:], self.values.to(cdt)) * self.config.scale
-                delta = cur if delta is None else delta + cur
-            out = y + delta.to(y.dtype)
+                out2 = torch.addmm(out2, c2[:, n_old:], self.values.to(vdt).T, alpha=self.config.scale)
+            out = out2.reshape(y.shape)  # (..., d_out)
+            return out, {"p": p, **trace, "delta": None, "y": out}
+        delta = None  # explicit Δ, for traces
+        if n_old:
+            delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(vdt))
+        if self.in_task:
+            cur = nn.functional.linear(c[..., n_old:], self.values.to(vdt)) * self.config.scale
+            delta = cur if delta is None else delta + cur
+        out = y + delta
         return out, {"p": p, **trace, "delta": delta, "y": out}
 
     # --- state ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments import seeding
+from moram_ref.experiments import rundir, seeding
 from moram_ref.experiments.clip.data import Domain, few_shot
 from moram_ref.experiments.progress import Step
 from moram_ref.torch import attach as A
@@ -274,7 +274,7 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
                 maps = {k: v.tolist() for k, v in p["maps"].items()}
                 progress.setdefault("maps", {})[f"after_task_{t + 1}"] = {"layer": p["map_layer"], "maps": maps}
         if not eval_only and rank == 0:
-            checkpoint.write_text_atomic(progress_path, json.dumps(progress, indent=1))
+            checkpoint.write_text_atomic(progress_path, rundir.dumps(progress))
         _barrier()
         log(f"after task {t + 1}/{n} ({domains[t].key}): " + " ".join(f"{v:.1f}" for v in row))
     return np.array(progress["matrix"], dtype=float)

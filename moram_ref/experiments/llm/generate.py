@@ -1,6 +1,15 @@
-"""Batched, left-padded greedy generation (spec §6: greedy decoding), and its one-by-one reference."""
+"""Batched, left-padded greedy generation (spec §6: greedy decoding), and its one-by-one reference.
+
+Three modes, the same greedy tokens (tested): ``"eager"`` (Hugging Face's dynamic cache), ``"static"``
+(a static cache, ``cache_implementation="static"``), ``"compiled"`` (static cache and the model's forward
+under ``torch.compile(fullgraph=True)``; MoRAM layers trace as one graph, no host synchronisation).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
 
 import torch
 
@@ -17,24 +26,66 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+GENERATION_MODES = ("eager", "static", "compiled")
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(backend, mode): compiled forward}
+
+
+@contextlib.contextmanager
+def generation_mode(model, mode: str = "eager", backend: str = "inductor",
+                    compile_mode: str | None = None) -> Iterator[dict]:
+    """The extra ``model.generate`` arguments of ``mode``; for ``"compiled"``, ``model.forward`` is
+    ``torch.compile(fullgraph=True, backend=backend, mode=compile_mode)`` until the block ends.
+
+    ``compile_mode`` defaults to ``"reduce-overhead"`` (CUDA graphs) on CUDA and ``"default"`` elsewhere.
+    Transformers' own automatic compilation is switched off in the static modes, so "static" stays eager.
+    """
+    if mode not in GENERATION_MODES:
+        raise ValueError(f"mode must be one of {GENERATION_MODES}, got {mode!r}")
+    if mode == "eager":
+        yield {}
+        return
+    extra = {"cache_implementation": "static", "disable_compile": True}
+    if mode == "static":
+        yield extra
+        return
+    cuda = next(model.parameters()).device.type == "cuda"
+    compile_mode = compile_mode or ("reduce-overhead" if cuda else "default")
+    own = model.__dict__.get("forward")  # an instance-level forward (e.g. set by a hook library), restored after
+    cache = _COMPILED.setdefault(model, {})  # one compiled forward per model and setting: compiled once
+    if (backend, compile_mode, id(own)) not in cache:
+        cache[backend, compile_mode, id(own)] = torch.compile(own or type(model).forward.__get__(model),
+                                                              fullgraph=True, backend=backend, mode=compile_mode)
+    model.forward = cache[backend, compile_mode, id(own)]
+    try:
+        yield extra
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
-             max_prompt: int = 1024, synced: bool = False) -> list[str]:
+             max_prompt: int = 1024, synced: bool = False, mode: str = "eager") -> list[str]:
     """Greedy continuations of every prompt, ``batch_size`` at a time, left-padded; decoded new tokens only.
 
     ``synced``: every process keeps stepping until all are done (needed when the model is sharded).
-    Runs in evaluation mode (threshold δ on, dropout off); every module's mode is restored afterwards.
+    ``mode``: one of :data:`GENERATION_MODES` (see :func:`generation_mode`). Runs in evaluation mode
+    (threshold δ on, dropout off); every module's mode is restored afterwards.
     """
+    if mode not in GENERATION_MODES:
+        raise ValueError(f"mode must be one of {GENERATION_MODES}, got {mode!r}")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced)
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced, mode)
     finally:
         for module, training in modes:
             module.training = training
 
 
-def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced) -> list[str]:
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced, mode) -> list[str]:
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p, max_prompt)[0] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
@@ -42,9 +93,11 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt,
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
+        with generation_mode(model, mode) as extra:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 synced_gpus=synced, **extra)
         for row, i in enumerate(idx):
             results[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
     return [results[i] for i in range(len(prompts))]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments import seeding
+from moram_ref.experiments import rundir, seeding
 from moram_ref.experiments.llm import scoring
 from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
 from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
@@ -201,8 +201,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
     progress = {"tasks_done": 0, "matrix": [[math.nan] * n for _ in range(n)], "train": []}
     if dist.rank == 0:
         ck_dir.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"settings": _jsonable(asdict(settings)),
-                                                     "tasks": [t.name for t in tasks]}, indent=1))
+        rundir.write_json(out / "config.json", {"settings": _jsonable(asdict(settings)),
+                                                "tasks": [t.name for t in tasks]})
     dist.barrier()
     trained = settings.method != "zero_shot"
     if settings.fsdp and dist.world > 1:
@@ -244,9 +244,9 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
             pred_dir = out / "predictions" / f"after_task{t + 1}"
             pred_dir.mkdir(parents=True, exist_ok=True)
             for name, r in results.items():
-                (pred_dir / f"{name}.json").write_text(json.dumps(r, indent=1))
+                rundir.write_json(pred_dir / f"{name}.json", r)
             if not eval_only:
-                checkpoint.write_text_atomic(progress_path, json.dumps(progress, indent=1))
+                checkpoint.write_text_atomic(progress_path, rundir.dumps(progress))
             log(f"after task {t + 1}/{n} ({tasks[t].name}): " +
                 ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
         dist.barrier()

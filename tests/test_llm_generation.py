@@ -1,0 +1,77 @@
+"""MoRAM layers in Hugging Face generation: a static cache and a compiled forward give the same greedy
+tokens as eager decoding; the throughput helper times every mode on the same prompts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.llm import backbones
+from moram_ref.experiments.llm.generate import generate
+from moram_ref.experiments.llm.throughput import generation_throughput, merge_random_lora
+from moram_ref.torch import attach as A
+
+CFG = MoRAMConfig(atoms_per_task=4, top_k=4, temperature=0.03, threshold=0.2, scale=2.0)
+PROMPTS = ["the quick", "the quick brown fox jumps over", "def f(x):", "lazy"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = ["the quick brown fox jumps over the lazy dog", "def f(x): return x + 1", "Answer: 0 1 2 3"] * 20
+    return backbones.build_tokenizer(texts, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    plain = backbones.tiny_model("llama", len(tokenizer), seed=0)
+    moram = copy.deepcopy(plain)
+    A.attach(moram, CFG, backbones.ATTENTION_TARGETS)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(2):  # one frozen task and one current task: both blocks of the bank route
+        A.begin_task(moram, gen)
+        with torch.no_grad():
+            for p in A.trainable_parameters(moram):
+                if p.shape[-1] == CFG.atoms_per_task:  # the values
+                    p.normal_(0.0, 3.0, generator=gen)
+        if t == 0:
+            A.end_task(moram)
+    return plain, moram.eval()
+
+
+@pytest.mark.slow  # inductor compiles the prefill and the decode graphs: about a minute of CPU
+def test_static_cache_and_compiled_forward_equal_eager(tokenizer, models):
+    plain, moram = models
+    eager = generate(moram, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4)
+    assert eager != generate(plain, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4)  # MoRAM changes the output
+    torch._dynamo.reset()
+    assert generate(moram, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode="static") == eager
+    assert generate(moram, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode="compiled") == eager
+    assert "forward" not in moram.__dict__  # the compiled forward is gone after the call
+
+
+def test_throughput_helper_times_every_mode_on_the_same_tokens(tokenizer, models):
+    plain, moram = models
+    lora = copy.deepcopy(plain)
+    assert merge_random_lora(lora, backbones.ATTENTION_TARGETS, rank=4) == 8
+    ids = torch.randint(3, len(tokenizer), (2, 5), generator=torch.Generator().manual_seed(1))
+    res = {name: generation_throughput(m, None, ids, 4, mode, repeat=1, backend="aot_eager")
+           for name, m, mode in (("plain", plain, "eager"), ("lora", lora, "eager"),
+                                 ("moram_eager", moram, "eager"), ("moram_compiled", moram, "compiled"))}
+    for r in res.values():
+        assert r["new_tokens"] == 8 and r["sequences"].shape == (2, 4) and r["new_tokens_per_s"] > 0
+    assert torch.equal(res["moram_eager"]["sequences"], res["moram_compiled"]["sequences"])
+    text = generation_throughput(moram, tokenizer, PROMPTS, 3, "static", repeat=1)
+    assert text["prompts"] == 4 and text["new_tokens"] == 12
+
+
+def test_generation_errors(tokenizer, models):
+    _, moram = models
+    with pytest.raises(ValueError, match="mode must be one of"):
+        generate(moram, tokenizer, PROMPTS, mode="fast")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generation_throughput(moram, tokenizer, PROMPTS, 0)
+    with pytest.raises(ValueError, match="int64"):
+        generation_throughput(moram, None, torch.ones(2, 3), 2)
