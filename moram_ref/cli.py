@@ -26,16 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     from moram_ref import report  # noqa: PLC0415
 
     report.add_arguments(sub.add_parser("report", help="render a results table (README's generated blocks)"))
+    from moram_ref.experiments.toy import ablation  # noqa: PLC0415
+
+    ablation.add_arguments(sub.add_parser("ablation", help="the paper's claims on the NumPy streams: granularity, "
+                                          "top-k, routing diagnostics, when the newest atoms take over"))
     sub.add_parser("bench", help="layer benchmark (needs torch): python -m moram_ref.bench --help")
     args, rest = parser.parse_known_args(argv)
     if args.command == "report":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return report.run(args)
-    if args.command in ("demo", "text-cl", "llm", "clip"):
+    if args.command in ("demo", "text-cl", "llm", "clip", "ablation"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run, "clip": clip.run}[args.command](args)
+        {"demo": demo.run, "text-cl": textcl.run, "llm": llm.run, "clip": clip.run,
+         "ablation": ablation.run}[args.command](args)
         return 0
     from moram_ref import bench  # noqa: PLC0415
 
