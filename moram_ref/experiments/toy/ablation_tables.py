@@ -26,6 +26,11 @@ def signed_cell(cell: dict) -> str:
     return text if cell["ci95"] is None else f"{text} ± {100 * cell['ci95']:.1f}"
 
 
+def _count_cell(cell: dict) -> str:
+    """``mean ± half-width`` of a plain number (not a percentage), two decimals."""
+    return f"{cell['mean']:.2f}" if cell["ci95"] is None else f"{cell['mean']:.2f} ± {cell['ci95']:.2f}"
+
+
 def _metric_values(setting: dict, key: str) -> list[float]:
     return [r["metrics"][key] for r in setting["runs"]]
 
@@ -34,11 +39,7 @@ def _row_cells(setting: dict) -> list[str]:
     s = setting["summary"]
     cells = []
     for key, _ in COLUMNS:
-        if key == "atoms99":
-            cells.append(f"{s[key]['mean']:.2f} ± {s[key]['ci95']:.2f}" if s[key]["ci95"] is not None
-                         else f"{s[key]['mean']:.2f}")
-        else:
-            cells.append(format_cell(s[key]))
+        cells.append(_count_cell(s[key]) if key == "atoms99" else format_cell(s[key]))
     return cells
 
 
@@ -94,8 +95,8 @@ def routing_table(results: dict) -> str:
                 "| layer | quantity | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
         for layer in range(n_layers):
             share = rec(-1, layer, "share")
-            out.append(f"| {layer + 1} | own atoms' share | " + " | ".join(f"{share[d, d]:.2f}" for d in range(len(tasks)))
-                       + " |")
+            own = " | ".join(f"{share[d, d]:.2f}" for d in range(len(tasks)))
+            out.append(f"| {layer + 1} | own atoms' share | {own} |")
             out.append(f"| {layer + 1} | inputs silenced by δ | "
                        + " | ".join(f"{100 * v:.1f} %" for v in rec(-1, layer, "silent")) + " |")
             out.append(f"| {layer + 1} | atoms for 99 % | " + " | ".join(f"{v:.2f}" for v in rec(-1, layer, "atoms99"))
@@ -122,7 +123,7 @@ def takeover_table(results: dict) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["takeover"]["cells"]:
         s = c["summary"]
-        f2 = lambda k: f"{s[k]['mean']:.2f} ± {s[k]['ci95']:.2f}" if s[k]["ci95"] is not None else f"{s[k]['mean']:.2f}"  # noqa: E731
+        f2 = lambda k: _count_cell(s[k])  # noqa: E731
         lines.append(f"| {'on' if c['layer_norm'] else 'off'} | {c['temperature']} | {c['lr']} | {c['steps']} | "
                      f"{format_cell(s['newest'])} | {format_cell(s['own'])} | {f2('key_norm_ratio')} | "
                      f"{f2('alignment_first')} | {f2('alignment_last')} | {s['coherence']['mean']:.2f} | "

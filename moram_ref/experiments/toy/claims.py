@@ -89,8 +89,9 @@ def _ci(values: list[float]) -> dict:
 def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
     tc_note = f"from the {textcl['date']} run, results file not kept (transcribed); regenerate with {TEXTCL_CMD}"
     rows = []
-    for claim, metric, better in (("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
-                                  ("Less forgetting (the paper's clipped BWT, lower is better)", "forgetting", False)):
+    for claim, metric, better in (
+            ("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
+            ("Less forgetting (the paper's clipped BWT, lower is better)", "forgetting", False)):
         for stream in ("recall", "digits"):
             fig, verdict = _numpy_row(demo, stream, metric, better)
             rows.append((claim, f"main job, {stream} stream (3 seeds, paired)", fig, verdict, DEMO_CMD))
