@@ -105,13 +105,20 @@ def run_grouped(args, seeds, log) -> dict:
             log(f"{name:<7} {key:<7} " + "".join(f"{format_cell(runs[key]['summary'][m]):>14}" for m in METRICS)
                 + f"   atoms99 {runs[key]['summary']['atoms99']['mean']:.2f}  ({runs[key]['seconds']:.1f} s)")
         out[name] = {"tasks": tasks, "settings": asdict(settings), "runs": runs}
-        if not args.no_plots and "g1_k8" in runs:
-            stages = {f"after {tasks[t]}": np.mean([r["routing"][t][0]["share"] for r in runs["g1_k8"]["runs"]], axis=0)
-                      for t in STAGES}
-            routing.share_heatmaps(stages, tasks, args.out / f"{name}_routing_share.png",
-                                   f"{name}: share of weight of each task's atoms on each task's inputs "
-                                   f"(MoRAM, layer 1, mean over {len(seeds)} seeds)")
+        if not args.no_plots:
+            share_figure(name, out[name], args.out)
     return out
+
+
+def share_figure(name: str, stream: dict, out: Path) -> None:
+    """``{name}_routing_share.png``: MoRAM's weight shares after task 1, 2 and the last (from the results)."""
+    if "g1_k8" not in stream["runs"]:
+        return
+    runs, tasks = stream["runs"]["g1_k8"]["runs"], stream["tasks"]
+    stages = {f"after {tasks[t]}": np.mean([r["routing"][t][0]["share"] for r in runs], axis=0) for t in STAGES}
+    routing.share_heatmaps(stages, tasks, out / f"{name}_routing_share.png",
+                           f"{name}: share of weight of each task's atoms on each task's inputs "
+                           f"(MoRAM, layer 1, mean over {len(runs)} seeds)")
 
 
 def _summary(rs: list[dict]) -> dict:

@@ -93,14 +93,14 @@ def share_heatmaps(shares: dict[str, np.ndarray], task_names: list[str], path: P
     from moram_ref.plots import _pyplot  # noqa: PLC0415  (matplotlib only when figures are wanted)
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(shares), figsize=(3.4 * len(shares), 3.1), squeeze=False)
+    fig, axes = plt.subplots(1, len(shares), figsize=(4.0 * len(shares), 3.6), squeeze=False)
     for ax, (stage, s) in zip(axes[0], shares.items()):
         s = np.asarray(s)
         ax.imshow(s, cmap="magma", vmin=0, vmax=1, aspect="auto")
         for (g, d), v in np.ndenumerate(s):
             ax.text(d, g, f"{v:.2f}", ha="center", va="center", fontsize=6, color="cyan" if v < 0.5 else "black")
-        ax.set_xticks(range(s.shape[1]), [n[:6] for n in task_names], fontsize=6, rotation=30)
-        ax.set_yticks(range(s.shape[0]), [f"atoms {n[:6]}" for n in task_names[: s.shape[0]]], fontsize=6)
+        ax.set_xticks(range(s.shape[1]), task_names, fontsize=6, rotation=35, ha="right")
+        ax.set_yticks(range(s.shape[0]), [f"atoms of {n}" for n in task_names[: s.shape[0]]], fontsize=6)
         ax.set_title(stage, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
