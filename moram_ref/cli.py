@@ -21,6 +21,8 @@ COMMANDS = {
              "X-TAIL / MTIL on open_clip (real or --tiny); --verify checks the data, --make-synthetic writes some"),
     "llm": ("moram_ref.experiments.llm.run",
             "TRACE / O-LoRA sequences on causal LMs (a local model or --tiny); torchrun for several GPUs"),
+    "ablation": ("moram_ref.experiments.toy.ablation",
+                 "the paper's claims on the NumPy streams: granularity, top-k budget, routing diagnostics, takeover"),
     "report": ("moram_ref.report",
                "render a results table from a run's results.json (the README's and docs' generated blocks)"),
     "bench": ("moram_ref.bench:cli_run", "the layer benchmark: MoRAM vs LoRA speed ratios measured side by side (torch)"),

@@ -1,4 +1,4 @@
-"""``moram-ref report``: the README's results tables, rendered from a run's ``results.json``.
+"""``moram-ref report``: the README's and docs/results.md's tables, rendered from results files.
 
 Numbers in README.md are never typed: they sit between two marker lines,
 ``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->``, and this module writes (``--write``)
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.toy import ablation_tables, claims
 from moram_ref.experiments.toy.demo import METRICS, format_cell
 
 HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
@@ -51,7 +52,10 @@ def demo_table(results: dict) -> str:
     return "\n".join(lines) + note
 
 
-GENERATORS = {"demo": demo_table}
+GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "routing": ablation_tables.routing_table,
+              "takeover": ablation_tables.takeover_table, "claims": claims.claims_table}
+# The results files each table reads, in order (one unless listed).
+INPUTS = {"claims": ("the main job's results.json", "the ablation's results.json", "the text-CL summary")}
 
 
 def _block(name: str) -> re.Pattern:
@@ -74,7 +78,9 @@ def read_block(text: str, name: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, help="a run's results.json (e.g. runs/demo/results.json)")
+    p.add_argument("results", type=Path, nargs="+",
+                   help="a run's results.json (e.g. runs/demo/results.json); --table claims takes three: "
+                        "the main job's, the ablation's and the text-CL summary")
     p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", type=Path, metavar="FILE", help="replace the table's generated block in FILE")
@@ -82,14 +88,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = args.results if isinstance(args.results, list) else [args.results]
+    wanted = INPUTS.get(args.table, ("a results file",))
+    if len(paths) != len(wanted):
+        raise UsageError(f"results: --table {args.table} takes {len(wanted)} file(s) "
+                         f"({', '.join(wanted)}), got {len(paths)}")
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"results: cannot read {path}: {err}") from None
     try:
-        results = json.loads(args.results.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"results: cannot read {args.results}: {err}") from None
-    try:
-        body = GENERATORS[args.table](results)
+        body = GENERATORS[args.table](*loaded)
     except (KeyError, TypeError, IndexError) as err:
-        raise UsageError(f"results: {args.results} is not a {args.table} results file (missing {err})") from None
+        names = " ".join(str(p) for p in paths)
+        raise UsageError(f"results: {names} is not a {args.table} results file (missing {err})") from None
     if args.write is None and args.check is None:
         print(body)
         return 0
@@ -100,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
     if args.check is not None:
+        names = " ".join(str(p) for p in paths)
         if new != text:
-            print(f"{target}: the '{args.table}' table differs from {args.results}")
+            print(f"{target}: the '{args.table}' table differs from {names}")
             return 1
-        print(f"{target}: the '{args.table}' table matches {args.results}")
+        print(f"{target}: the '{args.table}' table matches {names}")
         return 0
     target.write_text(new)
     print(f"wrote the '{args.table}' table into {target}")

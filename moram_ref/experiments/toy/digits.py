@@ -135,8 +135,8 @@ def _split(y: np.ndarray, exemplars: int, rng: np.random.Generator):
 class AdaptedEncoder:
     """The base encoder with an adapter on each linear layer: ``z = L2(relu(L1(x)))``, normalised."""
 
-    def __init__(self, method: str, base, config: MoRAMConfig) -> None:
-        self.layers = [make_layer(method, base.w1, base.b1, config), make_layer(method, base.w2, base.b2, config)]
+    def __init__(self, method: str, base, config: MoRAMConfig, layer_factory=make_layer) -> None:
+        self.layers = [layer_factory(method, base.w1, base.b1, config), layer_factory(method, base.w2, base.b2, config)]
         self.normalised = base.normalised
 
     def forward(self, x: np.ndarray, training: bool, rng=None):
@@ -170,9 +170,15 @@ def evaluate(encoder: AdaptedEncoder, stream: dict, seen: int) -> np.ndarray:
     return np.array(accs)
 
 
-def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, stream: dict, seed: int) -> dict:
+def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, stream: dict, seed: int, *,
+               layer_factory=make_layer, on_task_end=None) -> dict:
+    """Train one method through the domains; returns its accuracy matrix and diagnostics.
+
+    ``layer_factory(method, weight, bias, config)`` builds each adapted layer (ablations pass their own);
+    ``on_task_end(t, encoder)``, when given, is called after domain ``t`` is frozen and evaluated (probes).
+    """
     rng = np.random.default_rng(seed)
-    enc = AdaptedEncoder(method, stream["base"], config)
+    enc = AdaptedEncoder(method, stream["base"], config, layer_factory)
     doms = stream["domains"]
     n = len(doms)
     acc = np.zeros((n, n))
@@ -196,6 +202,8 @@ def run_method(method: str, config: MoRAMConfig, settings: DigitsSettings, strea
             if method in ("moram", "dense_moram"):
                 norms.append([key_norms(layer) for layer in enc.layers])  # (layers, tasks so far)
         acc[t] = evaluate(enc, stream, seen=t + 1)
+        if on_task_end is not None:
+            on_task_end(t, enc)
     out = {"accuracy": acc, "trainable_per_task": trainable}
     if method in ("moram", "dense_moram"):
         out["key_norms"] = norms

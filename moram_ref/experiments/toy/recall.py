@@ -61,10 +61,15 @@ def recall_accuracy(layer, task: dict, tolerance: float) -> float:
     return float(np.mean(relative_error(layer, task) < tolerance))
 
 
-def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, stream: dict, seed: int) -> dict:
-    """Train one method through the stream; returns its accuracy matrix and diagnostics."""
+def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, stream: dict, seed: int, *,
+               layer_factory=make_layer, on_task_end=None) -> dict:
+    """Train one method through the stream; returns its accuracy matrix and diagnostics.
+
+    ``layer_factory(method, weight, bias, config)`` builds the adapted layer (ablations pass their own);
+    ``on_task_end(t, layer)``, when given, is called after task ``t`` is frozen and evaluated (probes).
+    """
     rng = np.random.default_rng(seed)
-    layer = make_layer(method, stream["weight"], None, config)
+    layer = layer_factory(method, stream["weight"], None, config)
     tasks = stream["tasks"]
     n = len(tasks)
     acc = np.zeros((n, n))
@@ -85,6 +90,8 @@ def run_method(method: str, config: MoRAMConfig, settings: RecallSettings, strea
                 norms.append([key_norms(layer)])  # (layers, tasks so far)
         acc[t] = [recall_accuracy(layer, other, settings.tolerance) for other in tasks]
         err[t] = [relative_error(layer, other).mean() for other in tasks]
+        if on_task_end is not None:
+            on_task_end(t, layer)
     out = {"accuracy": acc, "relative_error": err, "trainable_per_task": trainable}
     if method in ("moram", "dense_moram"):
         out["key_norms"] = norms
