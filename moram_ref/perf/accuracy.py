@@ -17,9 +17,10 @@ error analysis (Higham, *Accuracy and Stability of Numerical Algorithms*, §2–
   ``|Δw_i| ≤ (e^{2m} − 1)·w_i`` — exact, not first order. ``Δs`` itself comes from the responses
   ``p = A x``: ``|Δp_i| ≤ ε_p·(|A||x|)_i`` with ``ε_p`` the routing dtype's roundings plus ``γ_{d_in}``,
   and ``s = p/‖p‖`` inherits ``|Δs_i| ≲ (|Δp_i| + |s_i|·‖Δp‖)/‖p‖``.
-* a token whose top-k is decided by a margin smaller than these score errors (the k-th and (k+1)-th
-  scores closer than ``2·max Δs``), or whose kept score lies within ``Δs`` of the threshold δ, may
-  legitimately route differently: such tokens are *near a tie*, counted and left out of the comparison.
+* a token whose top-k is decided by a margin smaller than these errors (the k-th and (k+1)-th responses
+  closer than ``2·max |Δp|``: the order of ``s`` is the order of ``p``), or whose kept score lies within
+  ``Δs`` of the threshold δ, may legitimately route differently: such tokens are *near a tie*, counted
+  and left out of the comparison.
 
 A check returns numbers (violations, max |diff|, max diff/bound, near-tie tokens), never raises.
 """
@@ -80,17 +81,22 @@ def moram_reference(layer, x: torch.Tensor, training: bool, route_dtype: torch.d
     e_norm = torch.linalg.vector_norm(e_p, dim=-1, keepdim=True)  # (N, 1)
     ds = 1.1 * (e_p + s.abs() * e_norm) / norm + 4 * u_r * s.abs()  # (N, R) 1.1: second-order slack
     tie = (e_norm / norm).squeeze(-1) > 0.05  # too close to p = 0 for the first-order bound
-    if k < n_atoms:
-        top = torch.topk(s, k + 1, dim=-1).values  # (N, k+1) sorted
-        tie |= top[:, k - 1] - top[:, k] <= 2 * ds.amax(-1)
+    if k < n_atoms:  # the selection depends on p alone (s = p/‖p‖ keeps its order): compare in p
+        order = torch.topk(s, k + 1, dim=-1).indices[:, k - 1 :]  # (N, 2) the k-th and (k+1)-th atoms
+        pk = p.gather(-1, order)  # (N, 2)
+        slack = 2 * e_p.amax(-1) + 4 * u_r * pk.abs().amax(-1)  # both moved, plus the division's rounding
+        tie |= pk[:, 0] - pk[:, 1] <= slack
     if gate:
         tie |= ((s - cfg.threshold).abs() <= ds).logical_and(keep).any(-1)
     m = (ds * keep).amax(-1, keepdim=True) / cfg.temperature  # (N, 1) largest kept-logit error
     rho = torch.expm1(2 * m) + 4 * u_r  # (N, 1) relative error of every weight
     e_route = (w * (rho * p.abs() + (1 + rho) * e_p)) @ values.abs().T  # (N, d_out)
-    magnitude = xd.abs() @ w0.abs().T + b0.abs() + ((1 + rho) * c.abs()) @ values.abs().T
-    bound = (ROUNDINGS * u_out + gamma(d_in + n_atoms)) * magnitude + e_route
-    return {"y": y, "bound": bound, "tie": tie, "rho_max": float(rho[~tie].max()) if bool((~tie).any()) else None}
+    base_mag = xd.abs() @ w0.abs().T + b0.abs()  # (N, d_out)
+    update_mag = ((1 + rho) * c.abs()) @ values.abs().T  # (N, d_out)
+    bound = (ROUNDINGS * u_out + gamma(d_in + n_atoms)) * (base_mag + update_mag) + e_route
+    delta_bound = (ROUNDINGS * u_out + gamma(n_atoms)) * update_mag + e_route
+    return {"y": y, "bound": bound, "tie": tie, "rho_max": float(rho[~tie].max()) if bool((~tie).any()) else None,
+            "delta": c @ values.T, "delta_bound": delta_bound, "base_mag": base_mag, "d_in": d_in}
 
 
 def _reduced_reduction(dtype: torch.dtype) -> bool:
@@ -105,19 +111,44 @@ def lora_reference(base, lora_a, lora_b, x: torch.Tensor) -> dict:
     w0, a, b = (t.detach().double() for t in (base.weight, lora_a, lora_b))
     b0 = base.bias.detach().double()
     y = xd @ w0.T + b0 + (xd @ a.T) @ b.T
-    magnitude = xd.abs() @ w0.abs().T + b0.abs() + (xd.abs() @ a.abs().T) @ b.abs().T
-    bound = (ROUNDINGS * unit_roundoff(x.dtype) + gamma(x.shape[-1] + a.shape[0])) * magnitude
-    return {"y": y, "bound": bound, "tie": torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)}
+    base_mag = xd.abs() @ w0.abs().T + b0.abs()
+    update_mag = (xd.abs() @ a.abs().T) @ b.abs().T
+    unit = ROUNDINGS * unit_roundoff(x.dtype) + gamma(x.shape[-1] + a.shape[0])
+    return {"y": y, "bound": unit * (base_mag + update_mag), "tie": torch.zeros(x.shape[0], dtype=torch.bool,
+                                                                                device=x.device),
+            "delta": (xd @ a.T) @ b.T, "delta_bound": unit * update_mag, "base_mag": base_mag, "d_in": x.shape[-1]}
 
 
-def compare(out: torch.Tensor, ref: dict) -> dict:
-    """Count elements whose error exceeds the bound, on tokens not near a routing tie."""
+def compare(out: torch.Tensor, ref: dict, base_out: torch.Tensor | None = None, same_base: bool = True) -> dict:
+    """Count elements whose error exceeds the bound, on tokens not near a routing tie.
+
+    With ``base_out`` (the frozen base layer's own output ``ŷ0``, computed by the same code on the same
+    input), also the tighter *update check*: ``ŷ − ŷ0`` against ``Δ_ref``. The base product's error then
+    cancels, except for the roundings of ``y0`` and of the sum (``2u(|ŷ0| + |ŷ|)``) and a different
+    float32 accumulation order (``2γ_d (|x||W0| + |b0|)``); where the implementation may compute its base
+    product differently (``same_base=False``: compiled or fused code) and a half-precision product may
+    round its partial sums, ``2u (|x||W0| + |b0|)`` as well. bf16 rounding of the base output is then no
+    longer what limits what the check can see.
+    """
     err = (out.detach().double() - ref["y"]).abs()  # (N, d_out)
     ok_rows = ~ref["tie"]
     ratio = err[ok_rows] / ref["bound"][ok_rows].clamp_min(1e-300)
     violations = int((ratio > 1).sum())
+    update = None
+    if base_out is not None:
+        u = unit_roundoff(out.dtype)
+        y_hat, y0_hat = out.detach().double(), base_out.detach().double()
+        base_unit = 2 * gamma(ref["d_in"])
+        if not same_base and out.is_cuda and out.dtype in (torch.bfloat16, torch.float16) \
+                and _reduced_reduction(out.dtype):
+            base_unit += 2 * u
+        bound_u = 2 * u * (y0_hat.abs() + y_hat.abs()) + base_unit * ref["base_mag"] + ref["delta_bound"]
+        ratio_u = ((y_hat - y0_hat - ref["delta"]).abs() / bound_u.clamp_min(1e-300))[ok_rows]
+        update = {"violations": int((ratio_u > 1).sum()),
+                  "max_diff_over_bound": float(ratio_u.max()) if ratio_u.numel() else 0.0}
     return {
-        "ok": violations == 0 and bool(torch.isfinite(out).all()),
+        "ok": violations == 0 and bool(torch.isfinite(out).all()) and (update is None or update["violations"] == 0),
+        "update_check": update,
         "violations": violations,
         "checked_elements": int(ratio.numel()),
         "tokens": int(out.shape[0]),

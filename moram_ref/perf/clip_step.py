@@ -101,7 +101,7 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     opt.zero_grad(set_to_none=True)
                 sync(device)
                 times.append(time.perf_counter() - t0)
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             step_s = statistics.median(times[warmup:])
             rec.update(available=True, seconds_per_step=step_s, images_per_s=batch / step_s, losses=losses,
                        check_finite_loss={"ok": all(math.isfinite(v) for v in losses)},

@@ -108,7 +108,7 @@ def llm_train_section(device: str, quick: bool, deadline: float, save=lambda par
                 opt.zero_grad(set_to_none=True)
                 sync(device)
                 times.append(time.perf_counter() - t0)
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             step_s = statistics.median(times[warmup:])
             rec.update(seconds_per_step=step_s, tokens_per_s=batch * length / step_s, losses=losses,
                        trainable_parameters=sum(p.numel() for p in params),
