@@ -1,4 +1,4 @@
-"""The prepared GPU check runs end to end with --quick on a CPU: every section, checked, JSON after each."""
+"""The prepared GPU check runs end to end with --quick (tiny sizes): every section, checked, JSON after each."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ pytest.importorskip("open_clip")
 from moram_ref import gpu_check  # noqa: E402
 
 
-def test_quick_run_on_cpu_checks_every_section_and_summarises(tmp_path, capsys):
-    assert gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+def test_quick_run_checks_every_section_and_summarises(tmp_path, capsys, device):
+    """On a CPU here; with MORAM_TEST_DEVICE=cuda, the same quick run on the GPU (CUDA events, autocast)."""
+    assert gpu_check.main(["--quick", "--device", device, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
     assert set(sections) == {"env", "layer", "clip", "llm_train", "llm_generate"}
