@@ -17,7 +17,7 @@ import traceback
 
 import torch
 
-from moram_ref.perf.layer_cases import config_with_kernel
+from moram_ref.perf.layer_cases import config_with_kernel, fused_config
 from moram_ref.perf.timing import is_cuda, ratio, sync
 
 
@@ -53,11 +53,11 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
     labels = torch.randint(n_classes // 2, n_classes, (batch,), generator=gen).to(device)
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=is_cuda(device))
     cfg = MoRAMConfig.paper_clip()
-    methods = {"frozen": None, "seq_lora": ("seq_lora", cfg), "moram": ("moram", cfg)}
+    methods = {"frozen": None, "seq_lora": ("seq_lora", cfg), "moram": ("moram", config_with_kernel(cfg, "torch"))}
     try:
-        methods["moram_fused"] = ("moram", config_with_kernel(cfg, "triton"))
+        methods["moram_fused"] = ("moram", fused_config(cfg, device))
     except TypeError as exc:
-        out_fused = {"available": False, "reason": repr(exc)}
+        out_fused = {"available": False, "reason": str(exc)}
     else:
         out_fused = None
     out: dict = {"shapes": {"batch": batch, "classes": n_classes, "image_size": size,

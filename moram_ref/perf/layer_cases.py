@@ -13,6 +13,7 @@ Every callable includes the frozen base layer ``y0 = x W0ᵀ + b0`` (as a real a
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +56,25 @@ QUICK_CASES = {name: dataclasses.replace(c, d=32, tasks=3, r=4, k=4, tokens=64) 
 
 
 def config_with_kernel(config: MoRAMConfig, routing_kernel: str) -> MoRAMConfig:
-    """``config`` with ``routing_kernel`` set; raises ``TypeError`` where the field does not exist yet."""
+    """``config`` with ``routing_kernel`` set ("torch": the reference functions; "triton": fused).
+
+    Where the field does not exist yet, "torch" is what the layer does anyway; any other kernel raises
+    ``TypeError`` (callers record it as not available).
+    """
     if "routing_kernel" not in {f.name for f in dataclasses.fields(MoRAMConfig)}:
+        if routing_kernel == "torch":
+            return config
         raise TypeError("MoRAMConfig has no field 'routing_kernel' in this version")
     return dataclasses.replace(config, routing_kernel=routing_kernel)
+
+
+def fused_config(config: MoRAMConfig, device: str) -> MoRAMConfig:
+    """``config`` with the fused Triton routing kernel, or ``TypeError`` saying why it does not apply here
+    (no ``routing_kernel`` field in this version, or neither CUDA nor ``TRITON_INTERPRET=1``)."""
+    fused = config_with_kernel(config, "triton")
+    if not str(device).startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise TypeError(f"routing_kernel='triton' runs on CUDA (or under TRITON_INTERPRET=1), not on {device}")
+    return fused
 
 
 @dataclass
@@ -80,7 +96,7 @@ def build(case: LayerCase, dtype: torch.dtype, device: str, seed: int = 0,
           config: MoRAMConfig | None = None) -> LayerBench:
     """Random but trained-looking parameters (values ``N(0, 0.02²)``), reproducible from ``seed`` on any device."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    cfg = config or case.config()
+    cfg = config or config_with_kernel(case.config(), "torch")  # "eager": the reference routing functions
     base = nn.Linear(case.d, case.d)
     with torch.no_grad():
         base.weight.copy_(torch.randn(case.d, case.d, generator=gen) / case.d**0.5)

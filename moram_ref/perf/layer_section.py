@@ -24,11 +24,8 @@ MORAM_IMPLS = ("eager", "compiled", "fused")
 
 
 def _route_dtype(layer, x: torch.Tensor) -> torch.dtype:
-    """The dtype in which the layer computes its responses (float32 for bf16 inputs, spec §8)."""
-    from moram_ref.torch import layer as layer_mod
-
-    pick = getattr(layer_mod, "_compute_dtype", None)
-    return pick(x.dtype) if pick is not None else torch.float32
+    """The dtype in which the layer routes: at least float32, float64 if an operand is (docs/semantics.md)."""
+    return torch.promote_types(torch.promote_types(x.dtype, layer.frozen_keys.dtype), torch.float32)
 
 
 def _backward(fn, x: torch.Tensor, params: dict, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -91,10 +88,10 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
            "lora": lambda x: layer_cases.lora_forward(bench, x)}
     fused = None
     try:
-        fused = layer_cases.twin(layer, layer_cases.config_with_kernel(layer.config, "triton"))
+        fused = layer_cases.twin(layer, layer_cases.fused_config(layer.config, device))
         fns["fused"] = fused
-    except Exception as exc:  # the field or the kernel is missing in this version: say so, go on
-        impls["fused"] = {"available": False, "reason": repr(exc)}
+    except TypeError as exc:  # no such field in this version, or not on this device: say so, go on
+        impls["fused"] = {"available": False, "reason": str(exc)}
     if compile_backend:
         fns["compiled"] = torch.compile(layer, backend=compile_backend)
     else:
@@ -115,8 +112,8 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
                 else:
                     p = {"keys": params[name].keys, "values": params[name].values} if training else {}
                 rec[f"check_{mode}"] = _check(name, fns[name], bench, training, p)
-            except Exception as exc:  # e.g. a kernel that fails to build: recorded, left out of the timings
-                rec.update(available=False, reason=f"{mode}: {exc!r}", traceback=traceback.format_exc(limit=4))
+            except Exception as exc:  # e.g. a kernel that fails to build: a failure, recorded, left out of the timings
+                rec.update(ok=False, error=f"{mode}: {exc!r}", traceback=traceback.format_exc(limit=4))
                 del fns[name]
                 continue
             rec[f"first_call_{mode}_s"] = time.perf_counter() - t0  # includes compilation for "compiled"
@@ -134,7 +131,8 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
         }
         best = min((n for n in MORAM_IMPLS if n in seconds), key=seconds.get, default=None)
         out[f"best_moram_{mode}"] = best
-    out["checks_ok"] = all(r.get(f"check_{m}", {}).get("ok", True) for r in impls.values() for m in ("train", "eval"))
+    out["checks_ok"] = all(r.get(f"check_{m}", {}).get("ok", True) and r.get("ok", True)
+                           for r in impls.values() for m in ("train", "eval"))
     return out
 
 

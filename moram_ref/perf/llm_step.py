@@ -4,10 +4,11 @@ bf16 weights, atoms in float32 (as the LLM track attaches them), MoRAM on q/k/v/
 with a bank of 8 tasks (7 frozen + the current one). Training: seconds per 8×512-token step for sequential
 LoRA, MoRAM, and MoRAM with ``routing_kernel="triton"`` where that field exists. Generation: new tokens/s
 for 64 prompts × 64 new tokens (greedy): the plain model, merged plain LoRA (``W + B A`` folded into the
-weights: the plain model's cost), MoRAM eager, and with a static cache (which transformers compiles on
-CUDA), plain and MoRAM. Self-checks: the attached model equals the plain one while its values are 0;
-losses finite; every variant's first new token is its model's argmax wherever the top two logits are
-further apart than bf16 rounding can explain.
+weights: the plain model's cost), MoRAM eager, and "compiled" (a static cache and the compiled forward
+of :mod:`moram_ref.experiments.llm.throughput` where it exists; else transformers' static cache, which
+it compiles on CUDA by itself), plain and MoRAM. Self-checks: the attached model equals the plain one
+while its values are 0; losses finite; every variant's first new token is its model's argmax wherever
+the top two logits are further apart than bf16 rounding can explain.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import traceback
 
 import torch
 
-from moram_ref.perf.layer_cases import config_with_kernel
+from moram_ref.perf.layer_cases import config_with_kernel, fused_config
 from moram_ref.perf.timing import is_cuda, ratio, sync
 
 LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -75,13 +76,13 @@ def llm_train_section(device: str, quick: bool, deadline: float, save=lambda par
     gen = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=gen).to(device)
     moram_cfg = MoRAMConfig.paper_llm()
-    methods = {"seq_lora": ("seq_lora", moram_cfg), "moram": ("moram", moram_cfg)}
+    methods = {"seq_lora": ("seq_lora", moram_cfg), "moram": ("moram", config_with_kernel(moram_cfg, "torch"))}
     out: dict = {"shapes": {"model": "tiny llama" if quick else "random Llama-3.2-1B shape", "dtype": "bfloat16",
                             "batch": batch, "length": length, "tasks_in_bank": TASKS}, "methods": {}}
     try:
-        methods["moram_fused"] = ("moram", config_with_kernel(moram_cfg, "triton"))
+        methods["moram_fused"] = ("moram", fused_config(moram_cfg, device))
     except TypeError as exc:
-        out["methods"]["moram_fused"] = {"available": False, "reason": repr(exc)}
+        out["methods"]["moram_fused"] = {"available": False, "reason": str(exc)}
     for name, (method, config) in methods.items():
         if name == "moram_fused" and time.monotonic() > deadline:
             out["methods"][name] = {"available": False, "reason": "skipped: time budget"}
@@ -142,57 +143,88 @@ def _first_token_check(model, prompts: torch.Tensor, first: torch.Tensor) -> dic
     return {"ok": wrong == 0, "disagreements": wrong, "rows_checked": int(clear.sum()), "rows": int(len(first))}
 
 
+def _throughput_api():
+    """The LLM track's throughput function and merged-LoRA maker, where this version has them."""
+    try:
+        from moram_ref.experiments.llm.throughput import generation_throughput, merge_random_lora
+    except ImportError:
+        return None, None
+    return generation_throughput, merge_random_lora
+
+
+def _fallback_throughput(model, prompts: torch.Tensor, new: int, mode: str) -> dict:
+    """Hugging Face ``generate`` timed after one warm-up; "compiled": a static cache (transformers compiles
+    the decoding step on CUDA by itself)."""
+    kw = dict(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
+              do_sample=False, pad_token_id=0)
+    if mode == "compiled":
+        kw["cache_implementation"] = "static"
+    device = prompts.device
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.generate(**kw)
+        sync(device)
+        warmup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        seq = model.generate(**kw)
+        sync(device)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "new_tokens_per_s": prompts.shape[0] * new / seconds, "warmup_seconds": warmup,
+            "sequences": seq[:, prompts.shape[1]:]}
+
+
 def llm_generate_section(device: str, quick: bool, deadline: float, save=lambda part: None) -> dict:
     """New tokens/s per variant (see the module docstring), ratios vs the plain model."""
     from moram_ref.config import MoRAMConfig
+    from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
+    from moram_ref.torch import attach as A
 
+    throughput, merge = _throughput_api()
     base, cfg = random_llama(quick, device)
     n_prompts, prompt_len, new = (4, 16, 8) if quick else (64, 256, 64)
     gen = torch.Generator(device="cpu").manual_seed(2)
     prompts = torch.randint(3, cfg.vocab_size, (n_prompts, prompt_len), generator=gen).to(device)
     moram = copy.deepcopy(base)
     with torch.no_grad():
-        attach_with_bank(moram, MoRAMConfig.paper_llm(), "moram", TASKS)
-    from moram_ref.torch import attach as A
-
+        attach_with_bank(moram, config_with_kernel(MoRAMConfig.paper_llm(), "torch"), "moram", TASKS)
     A.end_task(moram)
     moram.eval()
     merged = copy.deepcopy(base)
-    with torch.no_grad():  # a rank-8 LoRA folded into q/k/v/o: W + B A, the plain model's cost
-        for name, lin in merged.named_modules():
-            if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                a = torch.randn(8, lin.in_features, generator=gen) / lin.in_features**0.5
-                b = torch.randn(lin.out_features, 8, generator=gen) * 0.02
-                lin.weight += (b @ a).to(lin.weight)
-    variants = {"plain": (base, None), "moram_eager": (moram, None), "moram_static_compiled": (moram, "static"),
-                "plain_static_compiled": (base, "static"), "merged_lora": (merged, None)}
+    if merge is not None:
+        merge(merged, ATTENTION_TARGETS, rank=8, seed=0)
+    else:
+        with torch.no_grad():  # a rank-8 LoRA folded into q/k/v/o: W + B A, the plain model's cost
+            for name, lin in merged.named_modules():
+                if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    a = torch.randn(8, lin.in_features, generator=gen) / lin.in_features**0.5
+                    b = torch.randn(lin.out_features, 8, generator=gen) * 0.02
+                    lin.weight += (b @ a).to(lin.weight)
+    variants = {"plain": (base, "eager"), "moram_eager": (moram, "eager"), "moram_compiled": (moram, "compiled"),
+                "plain_compiled": (base, "compiled"), "merged_lora": (merged, "eager")}
+    backend = "eager" if quick else "inductor"  # quick: the same fullgraph tracing, no code generation
     out: dict = {"shapes": {"prompts": n_prompts, "prompt_length": prompt_len, "new_tokens": new,
                             "bank_atoms_per_layer": TASKS * MoRAMConfig.paper_llm().atoms_per_task},
-                 "compiles_static_cache": is_cuda(device), "variants": {}}
-    for name, (model, cache) in variants.items():
-        if cache and time.monotonic() > deadline - (5 if quick else 60):
+                 "implementation": "moram_ref.experiments.llm.throughput" if throughput else
+                 "Hugging Face generate, cache_implementation='static' for 'compiled' (fallback)",
+                 "compile_backend": backend, "variants": {}}
+    for name, (model, mode) in variants.items():
+        if mode == "compiled" and time.monotonic() > deadline - (5 if quick else 60):
             out["variants"][name] = {"available": False, "reason": "skipped: time budget"}
             continue
+        if quick and name == "plain_compiled":  # the compiled path is exercised by moram_compiled already
+            out["variants"][name] = {"available": False, "reason": "skipped in --quick"}
+            continue
         try:
-            kw = dict(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new,
-                      min_new_tokens=new, do_sample=False, pad_token_id=0)
-            if cache:
-                kw["cache_implementation"] = cache
             if is_cuda(device):
                 torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model.generate(**kw)  # warm-up (and compilation, for a static cache on CUDA)
-                sync(device)
-                first_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                seq = model.generate(**kw)
-                sync(device)
-            gen_s = time.perf_counter() - t0
-            check = _first_token_check(model, prompts, seq[:, prompt_len])
+            if throughput is not None:
+                res = throughput(model, None, prompts, new, mode=mode, repeat=1 if quick else 2, backend=backend)
+            else:
+                res = _fallback_throughput(model, prompts, new, mode)
+            check = _first_token_check(model, prompts, res["sequences"][:, 0].to(device))
             out["variants"][name] = {
-                "seconds": gen_s, "new_tokens_per_s": n_prompts * new / gen_s, "first_call_s": first_s,
-                "check_first_token": check, "ok": check["ok"],
+                "mode": mode, "seconds": res["seconds"], "new_tokens_per_s": res["new_tokens_per_s"],
+                "first_call_s": res["warmup_seconds"], "check_first_token": check, "ok": check["ok"],
                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else None}
         except Exception as exc:
             out["variants"][name] = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc(limit=6)}
