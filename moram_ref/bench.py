@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import warnings
 
 import numpy as np
 import torch
@@ -35,8 +36,10 @@ def sparse_update(w: torch.Tensor, p: torch.Tensor, values: torch.Tensor, idx: t
     coef = c.reshape(-1, c.shape[-1]).gather(1, idx)  # (N, k)
     n = coef.shape[0]
     crow = torch.arange(0, n * k + 1, k, device=c.device)
-    csr = torch.sparse_csr_tensor(crow, idx.flatten(), coef.flatten(), size=(n, c.shape[-1]),
-                                  check_invariants=False)
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice, once per call
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = torch.sparse_csr_tensor(crow, idx.flatten(), coef.flatten(), size=(n, c.shape[-1]),
+                                      check_invariants=False)
     return (csr @ values.T).reshape(*c.shape[:-1], values.shape[0])  # (..., d_out)
 
 

@@ -42,6 +42,13 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return UNIT_ROUNDOFF[dtype]
 
 
+def tf32_unit(x: torch.Tensor) -> float:
+    """Where float32 products run on TF32 tensor cores (``allow_tf32``), each operand is rounded to 10 bits:
+    a product errs by at most ``2·2⁻¹¹`` relative on top of the accumulation (0 otherwise)."""
+    on = x.is_cuda and x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return 2 * 2.0**-11 if on else 0.0
+
+
 def gamma(n: int, u: float = ACCUMULATE) -> float:
     """``γ_n = n·u / (1 − n·u)``, the relative error bound of a length-``n`` accumulation."""
     return n * u / (1.0 - n * u)
@@ -76,7 +83,7 @@ def moram_reference(layer, x: torch.Tensor, training: bool, route_dtype: torch.d
     # half-precision product may round its split-K partial sums (cuBLAS's reduced-precision reduction)
     half = route_dtype in (torch.bfloat16, torch.float16)
     partial = u_r if half and x.is_cuda and _reduced_reduction(route_dtype) else 0.0
-    e_p = u_r * p.abs() + (gamma(d_in) + partial) * (xd.abs() @ keys.abs().T)  # (N, R)
+    e_p = u_r * p.abs() + (gamma(d_in) + partial + tf32_unit(x)) * (xd.abs() @ keys.abs().T)  # (N, R)
     norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True)  # (N, 1)
     e_norm = torch.linalg.vector_norm(e_p, dim=-1, keepdim=True)  # (N, 1)
     ds = 1.1 * (e_p + s.abs() * e_norm) / norm + 4 * u_r * s.abs()  # (N, R) 1.1: second-order slack
@@ -93,8 +100,9 @@ def moram_reference(layer, x: torch.Tensor, training: bool, route_dtype: torch.d
     e_route = (w * (rho * p.abs() + (1 + rho) * e_p)) @ values.abs().T  # (N, d_out)
     base_mag = xd.abs() @ w0.abs().T + b0.abs()  # (N, d_out)
     update_mag = ((1 + rho) * c.abs()) @ values.abs().T  # (N, d_out)
-    bound = (ROUNDINGS * u_out + gamma(d_in + n_atoms)) * (base_mag + update_mag) + e_route
-    delta_bound = (ROUNDINGS * u_out + gamma(n_atoms)) * update_mag + e_route
+    unit = ROUNDINGS * u_out + tf32_unit(x)
+    bound = (unit + gamma(d_in + n_atoms)) * (base_mag + update_mag) + e_route
+    delta_bound = (unit + gamma(n_atoms)) * update_mag + e_route
     return {"y": y, "bound": bound, "tie": tie, "rho_max": float(rho[~tie].max()) if bool((~tie).any()) else None,
             "delta": c @ values.T, "delta_bound": delta_bound, "base_mag": base_mag, "d_in": d_in}
 
@@ -113,7 +121,7 @@ def lora_reference(base, lora_a, lora_b, x: torch.Tensor) -> dict:
     y = xd @ w0.T + b0 + (xd @ a.T) @ b.T
     base_mag = xd.abs() @ w0.abs().T + b0.abs()
     update_mag = (xd.abs() @ a.abs().T) @ b.abs().T
-    unit = ROUNDINGS * unit_roundoff(x.dtype) + gamma(x.shape[-1] + a.shape[0])
+    unit = ROUNDINGS * unit_roundoff(x.dtype) + 2 * tf32_unit(x) + gamma(x.shape[-1] + a.shape[0])
     return {"y": y, "bound": unit * (base_mag + update_mag), "tie": torch.zeros(x.shape[0], dtype=torch.bool,
                                                                                 device=x.device),
             "delta": (xd @ a.T) @ b.T, "delta_bound": unit * update_mag, "base_mag": base_mag, "d_in": x.shape[-1]}
@@ -138,7 +146,7 @@ def compare(out: torch.Tensor, ref: dict, base_out: torch.Tensor | None = None, 
     if base_out is not None:
         u = unit_roundoff(out.dtype)
         y_hat, y0_hat = out.detach().double(), base_out.detach().double()
-        base_unit = 2 * gamma(ref["d_in"])
+        base_unit = 2 * gamma(ref["d_in"]) + 2 * tf32_unit(out)
         if not same_base and out.is_cuda and out.dtype in (torch.bfloat16, torch.float16) \
                 and _reduced_reduction(out.dtype):
             base_unit += 2 * u

@@ -135,7 +135,11 @@ def _first_token_check(model, prompts: torch.Tensor, first: torch.Tensor) -> dic
     legitimately pick either.
     """
     with torch.no_grad():
-        logits = model(input_ids=prompts, attention_mask=torch.ones_like(prompts)).logits[:, -1].float()
+        kw = dict(input_ids=prompts, attention_mask=torch.ones_like(prompts))
+        try:  # only the last position's logits (64 × 256 × 128k bf16 logits would be 4 GiB)
+            logits = model(**kw, logits_to_keep=1).logits[:, -1].float()
+        except TypeError:
+            logits = model(**kw).logits[:, -1].float()
     top = logits.topk(2, dim=-1)
     margin = 16 * 2.0**-8 * logits.abs().amax(-1)
     clear = (top.values[:, 0] - top.values[:, 1]) > margin
