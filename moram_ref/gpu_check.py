@@ -146,9 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        p.error(f"--device must be cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {device}: CUDA is not available on this machine")
     backend = a.compile_backend or ("aot_eager" if a.quick else "inductor")
+    known = ["none", *torch._dynamo.list_backends(exclude_tags=())]
+    if backend not in known:
+        p.error(f"--compile-backend must be one of {known}, got {backend!r}")
     backend = None if backend == "none" else backend
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "gpu_check.json"
@@ -163,12 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.sections:
         t0 = time.monotonic()
         deadline = start + DEADLINE_SHARE[name] * a.budget_s
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         try:
             res = SECTIONS[name](device, a.quick, deadline, lambda part, n=name: save(n, {"partial": True, **part}),
                                  backend)
         except Exception as exc:  # one failing section must not hide the others' results
             res = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
         res["wall_s"] = time.monotonic() - t0
+        res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
         save(name, res)
         print(f"{name:<13} {'ok' if res.get('ok') else 'CHECK FAILED'}  ({res['wall_s']:.0f} s)", flush=True)
     report["summary"] = summary(report["sections"])

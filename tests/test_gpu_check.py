@@ -54,6 +54,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         gpu_check.main(["--budget-s", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--budget-s must be > 0, got 0.0" in capsys.readouterr().err
+    for flags, message in ((["--device", "tpu"], "--device must be cpu or cuda[:N], got 'tpu'"),
+                           (["--compile-backend", "nope"], "--compile-backend must be one of")):
+        with pytest.raises(SystemExit):
+            gpu_check.main([*flags, "--out", str(tmp_path)])
+        assert message in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", str(tmp_path / "file")])
