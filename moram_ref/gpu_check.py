@@ -31,6 +31,10 @@ from pathlib import Path
 GPU_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
                "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && "
                "python3 -m moram_ref.gpu_check --out $OUT --budget-s 300")
+GPU_TEST_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+                    "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && "
+                    "MORAM_TEST_DEVICE=cuda python3 -m pytest -n 8 --timeout 120 -q -p no:cacheprovider "
+                    "2>&1 | tee $OUT/pytest_cuda.log | tail -40")
 # cumulative share of the time budget at which each section's optional parts (compilation, kernels) stop
 DEADLINE_SHARE = {"env": 0.0, "layer": 0.40, "clip": 0.55, "llm_train": 0.65, "llm_generate": 1.0}
 GOALS = [  # (name, where in the report, comparison, goal) — issue #11
@@ -134,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="time budget; compilation and optional variants stop when their share is spent")
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend for the layer section (default: inductor; --quick: aot_eager; 'none')")
-    p.add_argument("--command", action="store_true", help="print the command for the lent GPU machine and exit")
+    p.add_argument("--command", action="store_true",
+                   help="print the two commands for the lent GPU machine (this check; the CUDA test suite) and exit")
     a = p.parse_args(argv)
-    if a.command:
+    if a.command:  # two separate device runs (each under the 10-minute limit of one command)
         print(GPU_COMMAND)
+        print(GPU_TEST_COMMAND)
         return 0
     if a.budget_s <= 0:
         p.error(f"--budget-s must be > 0, got {a.budget_s}")

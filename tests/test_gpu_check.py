@@ -67,5 +67,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 def test_command_prints_the_gpu_line(capsys):
     assert gpu_check.main(["--command"]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("python3 -m pip install") and "--out $OUT" in line and ".whl/*.whl" in line
+    check, tests = capsys.readouterr().out.strip().splitlines()
+    assert check.startswith("python3 -m pip install") and "--out $OUT" in check and ".whl/*.whl" in check
+    assert "MORAM_TEST_DEVICE=cuda" in tests and "-n 8" in tests and "--timeout" in tests
