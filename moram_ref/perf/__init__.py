@@ -2,6 +2,6 @@
 
 Modules: ``timing`` (interleaved medians, CUDA events, peak memory), ``layer_cases`` (the issue's three layer
 cases and the callables compared: MoRAM eager/compiled/fused, plain LoRA, the authors' style), ``accuracy``
-(float64 references with error bounds derived from each dtype's unit roundoff), ``clip_step`` and
-``llm_step`` (whole-model sections of the GPU check).
+(float64 references with error bounds derived from each dtype's unit roundoff); ``layer_section``,
+``clip_step``, ``llm_step`` (the sections of the GPU check).
 """
