@@ -84,7 +84,9 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     with torch.no_grad(), torch.autocast(**autocast):
                         img, txt = _features(model.eval(), images, tokens)
                     diff = max(float((img - frozen_img).abs().max()), float((txt - frozen_txt).abs().max()))
-                    rec["check_identity_at_begin"] = {"ok": diff == 0.0, "max_abs_diff": diff}
+                    # expected exactly 0 (y + 0 = y); one bf16 ulp of a unit feature allows for a kernel
+                    # that is not bitwise reproducible, while a wrong update (≫ 2⁻⁸) still fails
+                    rec["check_identity_at_begin"] = {"ok": diff <= 2.0**-8, "max_abs_diff": diff}
                     model.train()
             losses, times = [], []
             if is_cuda(device):

@@ -56,7 +56,10 @@ def attach_with_bank(model, config, method: str, tasks: int, check_ids: torch.Te
     A.begin_task(model, gen)
     if want is not None:
         diff = float((model(input_ids=check_ids).logits.float() - want.float()).abs().max())
-        checks["check_identity_at_begin"] = {"ok": diff == 0.0, "max_abs_diff": diff}
+        # expected exactly 0 (y + 0 = y); one bf16 ulp of the largest logit allows for a kernel that is not
+        # bitwise reproducible, while a wrong update still fails
+        tol = 2.0**-8 * float(want.float().abs().max())
+        checks["check_identity_at_begin"] = {"ok": diff <= tol, "max_abs_diff": diff, "tolerance": tol}
     for _ in range(tasks - 1):
         with torch.no_grad():
             for _, layer in A.attached_layers(model):
