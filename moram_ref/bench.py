@@ -3,23 +3,26 @@
 Cases (all include the frozen base layer ``y0 = x W0ᵀ + b0``, as a real adapted layer does):
 * training forward+backward: MoRAM (R − r frozen atoms + r current) vs a plain LoRA of rank R;
 * evaluation forward: MoRAM dense value path, MoRAM sparse value path (only the k kept columns of B,
-  via a CSR product), the authors' style (bank concatenated anew on every call), plain LoRA;
+  via a CSR product), the authors' style (bank concatenated anew on every call, topk + scattered mask +
+  dense softmax, dense value product), plain LoRA;
 * NumPy reference vs torch on the CPU (evaluation forward, and training forward+backward).
 Timings are medians over interleaved repetitions; only ratios measured in the same run are reported.
+Every evaluation path is first checked against a float64 reference within error bounds derived from the
+dtype (``moram_ref.perf.accuracy``); a failed check is reported with its numbers, never raised.
+The cases, timing and checks are shared with the GPU check (``moram_ref.perf``).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from typing import Callable
+import warnings
 
 import numpy as np
 import torch
 
-from moram_ref.config import MoRAMConfig
+from moram_ref.perf import accuracy, layer_cases
+from moram_ref.perf.timing import median_seconds, ratio
 from moram_ref.torch import activation
 from moram_ref.torch.layer import MoRAMLinear
 
@@ -32,93 +35,67 @@ def sparse_update(w: torch.Tensor, p: torch.Tensor, values: torch.Tensor, idx: t
     coef = c.reshape(-1, c.shape[-1]).gather(1, idx)  # (N, k)
     n = coef.shape[0]
     crow = torch.arange(0, n * k + 1, k, device=c.device)
-    csr = torch.sparse_csr_tensor(crow, idx.flatten(), coef.flatten(), size=(n, c.shape[-1]),
-                                  check_invariants=False)
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice, once per call
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = torch.sparse_csr_tensor(crow, idx.flatten(), coef.flatten(), size=(n, c.shape[-1]),
+                                      check_invariants=False)
     return (csr @ values.T).reshape(*c.shape[:-1], values.shape[0])  # (..., d_out)
 
 
-def _timeit(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(repeat):
-        for name, fn in fns.items():  # interleaved, so drifts hit every case alike
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def sparse_forward(layer: MoRAMLinear, x: torch.Tensor) -> torch.Tensor:
+    """The layer (evaluation, bank frozen) with the sparse value path; routing in the layer's precision
+    (float32 for half-precision inputs, as :class:`MoRAMLinear` does), the product in that dtype, cast back."""
+    cdt = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    p = activation.responses(x.to(cdt), layer.frozen_keys.to(cdt))  # (N, R)
+    tr = activation.mixing_weights(p, layer.config, training=False)
+    delta = sparse_update(tr["w"], p, layer.frozen_values.to(cdt), tr["idx"])  # (N, d_out)
+    return layer.base_layer(x) + delta.to(x.dtype)
 
 
 def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8192, repeat: int = 7,
         dtype: str = "float32", device: str = "cpu", numpy_too: bool = True) -> dict:
+    """Time MoRAM against plain LoRA and the authors' style at one shape (see the module docstring)."""
     dt = getattr(torch, dtype)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    n_atoms = tasks * r
-    cfg = MoRAMConfig(atoms_per_task=r, top_k=k, temperature=0.01, threshold=0.2)
-    base = torch.nn.Linear(d, d).to(device, dt)
-    layer = MoRAMLinear(base, cfg)
-    for t in range(tasks):
-        layer.begin_task(gen)
-        with torch.no_grad():
-            layer.values.copy_(torch.randn(layer.values.shape, generator=gen).to(device, dt) * 0.02)
-        if t < tasks - 1:
-            layer.end_task()
-    lora_a = torch.nn.Parameter(torch.randn(n_atoms, d, generator=gen).to(device, dt) / d**0.5)
-    lora_b = torch.nn.Parameter(torch.randn(d, n_atoms, generator=gen).to(device, dt) * 0.02)
-    x = torch.randn(tokens, d, generator=gen).to(device, dt)
+    bench = layer_cases.build(layer_cases.LayerCase("cli", d=d, tasks=tasks, r=r, k=k, tokens=tokens), dt, device)
+    layer, x = bench.layer.train(), bench.x
 
     def lora(inp):
-        return base(inp) + torch.nn.functional.linear(torch.nn.functional.linear(inp, lora_a), lora_b)
+        return layer_cases.lora_forward(bench, inp)
 
-    def train_step(fn):
-        def step():
-            xi = x.detach().requires_grad_(True)
-            fn(xi).sum().backward()
-        return step
-
-    layer.train()
-    train = _timeit({"moram": train_step(layer), "lora": train_step(lora)}, repeat)
-
-    # evaluation happens after end_task() (spec §4): the whole bank is frozen, one block
-    layer.end_task()
-    layer.eval()
-    keys_all, values_all = layer.bank()
-    split = (tasks - 1) * r  # the authors' code keeps the bank as per-task pieces and joins them per call
-
-    def authors_style(inp):  # concatenate the bank anew, then the dense value path
-        keys = torch.cat([layer.frozen_keys[:split], layer.frozen_keys[split:]])
-        vals = torch.cat([layer.frozen_values[:, :split], layer.frozen_values[:, split:]], dim=1)
-        p = activation.responses(inp, keys)
-        w = activation.mixing_weights(p, cfg, training=False)["w"]
-        return base(inp) + activation.update(w, p, vals)
-
-    def sparse_path(inp):
-        p = activation.responses(inp, layer.frozen_keys)
-        tr = activation.mixing_weights(p, cfg, training=False)
-        return base(inp) + sparse_update(tr["w"], p, values_all, tr["idx"])
-
-    cases = {"moram_dense": lambda: layer(x), "moram_sparse": lambda: sparse_path(x),
-             "authors_style": lambda: authors_style(x), "lora": lambda: lora(x)}
-    tol = 1e-4 if dt in (torch.float32, torch.float64) else 5e-2
+    train = median_seconds({"moram": layer_cases.train_step(layer, x), "lora": layer_cases.train_step(lora, x)},
+                           repeat, device)
+    layer_cases.freeze_for_eval(layer)
+    cases = {"moram_dense": lambda: layer(x), "moram_sparse": lambda: sparse_forward(layer, x),
+             "authors_style": lambda: layer_cases.authors_forward(layer, x), "lora": lambda: lora(x)}
+    checks = {}
     with torch.no_grad():
-        try:
-            torch.testing.assert_close(sparse_path(x), layer(x), rtol=tol, atol=tol)  # same result, proven here
-        except (NotImplementedError, RuntimeError):  # e.g. no bf16 sparse CSR product on this device
-            del cases["moram_sparse"]
-        evals = _timeit(cases, repeat)
+        # every path against the float64 reference, within bounds derived from the dtype (perf.accuracy);
+        # the sparse and dense paths route in float32 for bf16 inputs, the authors' style in the input dtype
+        for name, route in (("moram_dense", None), ("moram_sparse", None), ("authors_style", dt)):
+            try:
+                ref = accuracy.moram_reference(layer, x, False, route or torch.promote_types(dt, torch.float32))
+                checks[name] = accuracy.compare(cases[name](), ref)
+            except (NotImplementedError, RuntimeError) as exc:  # e.g. no sparse CSR product for this dtype/device
+                checks[name] = {"ok": False, "error": repr(exc)}
+                del cases[name]
+        ref = accuracy.lora_reference(bench.base, bench.lora_a, bench.lora_b, x)
+        checks["lora"] = accuracy.compare(lora(x), ref)
+        evals = median_seconds(cases, repeat, device)
     out = {
-        "shapes": {"d_in": d, "d_out": d, "R": n_atoms, "r": r, "k": k, "tokens": tokens, "dtype": dtype, "device": device},
+        "shapes": {"d_in": d, "d_out": d, "R": tasks * r, "r": r, "k": k, "tokens": tokens, "dtype": dtype,
+                   "device": device},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu": platform.processor() or platform.machine()},
         "seconds": {"train": train, "eval": evals},
+        "checks": checks,
         "ratios": {
             "train_moram_over_lora": train["moram"] / train["lora"],
             "eval_dense_over_lora": evals["moram_dense"] / evals["lora"],
-            "eval_sparse_over_dense": evals["moram_sparse"] / evals["moram_dense"] if "moram_sparse" in evals else None,
+            "eval_sparse_over_dense": ratio(evals.get("moram_sparse"), evals["moram_dense"]),
             "eval_authors_style_over_dense": evals["authors_style"] / evals["moram_dense"],
         },
     }
-    if numpy_too and device == "cpu":
+    if numpy_too and device == "cpu" and dt in (torch.float32, torch.float64):  # NumPy has no bfloat16
         out.update(_numpy_vs_torch(layer, x, repeat))
     return out
 
@@ -146,7 +123,7 @@ def _numpy_vs_torch(layer: MoRAMLinear, x: torch.Tensor, repeat: int) -> dict:
         with torch.no_grad():
             layer(x)
 
-    t = _timeit({"numpy_eval": lambda: np_layer.forward(xn), "torch_eval": t_eval,
+    t = median_seconds({"numpy_eval": lambda: np_layer.forward(xn), "torch_eval": t_eval,
                  "numpy_train": np_train, "torch_train": t_train}, max(3, repeat // 2))
     return {"seconds_numpy_vs_torch": t,
             "ratios_numpy": {"eval_numpy_over_torch": t["numpy_eval"] / t["torch_eval"],
@@ -196,6 +173,11 @@ def cli_run(a: argparse.Namespace) -> int:
     for group in ("ratios", "ratios_numpy"):
         for name, val in res.get(group, {}).items():
             print(f"  {name:<32} " + ("  (n/a)" if val is None else f"{val:9.3f}"))
+    for name, chk in res["checks"].items():
+        detail = chk.get("error") or (f"max |diff| {chk['max_abs_diff']:.3g}, {chk['violations']} of "
+                                      f"{chk['checked_elements']} beyond the bound, "
+                                      f"{chk['near_tie_tokens']} tokens near a tie")
+        print(f"  check {name:<26} {'ok' if chk['ok'] else 'FAILED'}  ({detail})")
     if a.json:
         rundir.write_json(a.json, res)
     return 0

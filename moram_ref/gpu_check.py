@@ -1,176 +1,199 @@
-"""The prepared GPU check: one script, run once on a lent GPU machine with no internet, JSON out.
+"""The prepared GPU check: one script, run once on a lent GPU machine (no internet), JSON out after every section.
 
-``python -m moram_ref.gpu_check --out gpu_check.json`` runs, each section timed and guarded:
-* ``layer``: the layer benchmark on CUDA in float32 and bfloat16 (ratios vs plain LoRA);
-* ``clip``: a random-initialised ViT-B-16 with adapters on both encoders, an X-TAIL-shaped step
-  (batch 64), images/s for the frozen backbone (forward only), sequential LoRA and MoRAM, peak memory;
-* ``llm``: a random-initialised decoder of Llama-3.2-1B's shape in bf16, MoRAM on q/k/v/o, a few
-  training steps (tokens/s, peak memory) and batched greedy generation throughput.
-``--small`` shrinks every section so that the same code runs on a CPU in seconds (tested in CI).
+    python -m moram_ref.gpu_check --out OUT_DIR              # ≈ 5 minutes on one H200 (see --budget-s)
+    python -m moram_ref.gpu_check --quick --device cpu --out OUT_DIR   # the same code, tiny sizes, on a CPU
+
+Sections (each checked against a float64 or plain-model reference; a failed check is recorded with its
+numbers and the run goes on; ``OUT_DIR/gpu_check.json`` is rewritten after every section and case):
+* ``env``: versions, GPU, the matmul precision flags the error bounds assume;
+* ``layer``: the three layer cases of issue #11 (CLIP-like, LLM-like, big bank) in bf16 and fp32, training
+  (fwd+bwd) and evaluation (fwd): MoRAM eager / ``torch.compile`` / fused (``routing_kernel="triton"``) vs
+  plain LoRA of rank R vs the authors' style; medians of CUDA-event timings; peak memory; ratios;
+* ``clip``: an X-TAIL-shaped step on a random open_clip ViT-B-16 (frozen / sequential LoRA / MoRAM);
+* ``llm_train``: a training step on a random Llama-3.2-1B shape (sequential LoRA / MoRAM);
+* ``llm_generate``: greedy generation throughput (plain, merged LoRA, MoRAM eager, static cache + compiled);
+* ``summary``: the ratios against the issue's goals.
+
+On the lent H200 (no open_clip there; carry the wheels made by ``tools/gpu_wheels.sh``), see
+``python -m moram_ref.gpu_check --command`` and docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
+GPU_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+               "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && "
+               "python3 -m moram_ref.gpu_check --out $OUT --budget-s 300")
+GPU_TEST_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+                    "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && "
+                    "MORAM_TEST_DEVICE=cuda python3 -m pytest -n 8 --timeout 120 -q -p no:cacheprovider "
+                    "2>&1 | tee $OUT/pytest_cuda.log | tail -40")
+# cumulative share of the time budget at which each section's optional parts (compilation, kernels) stop
+DEADLINE_SHARE = {"env": 0.0, "layer": 0.40, "clip": 0.55, "llm_train": 0.65, "llm_generate": 1.0}
+GOALS = [  # (name, where in the report, comparison, goal) — issue #11
+    ("layer bf16 CLIP-like, training: MoRAM / plain LoRA", ("layer", "train", "lora"), "<=", 1.3),
+    ("layer bf16 CLIP-like, training: MoRAM / authors' style", ("layer", "train", "authors"), "<=", 0.5),
+    ("layer bf16 CLIP-like, evaluation: MoRAM / plain LoRA", ("layer", "eval", "lora"), "<=", 1.5),
+    ("CLIP step: MoRAM / sequential LoRA", ("clip",), "<=", 1.25),
+    ("generation: MoRAM / plain model (tokens/s)", ("llm_generate",), ">=", 0.7),
+]
 
-LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-                   rope_theta=500000.0, tie_word_embeddings=True)
-SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
 
+def env_section(device: str, quick: bool, deadline: float, save=lambda part: None) -> dict:
+    import dataclasses
 
-def _sync(device: str) -> None:
+    import torch
+
+    from moram_ref.config import MoRAMConfig
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
+           "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+           "routing_kernel_field": "routing_kernel" in {f.name for f in dataclasses.fields(MoRAMConfig)},
+           "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+           "allow_bf16_reduced_precision_reduction": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction}
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def layer_section(device: str, small: bool) -> dict:
-    from moram_ref import bench
-
-    out = {}
-    for dtype in ("float32", "bfloat16"):
-        shapes = dict(d=64, tasks=2, r=4, k=4, tokens=256, repeat=2) if small else dict(repeat=7)
-        res = bench.run(dtype=dtype, device=device, numpy_too=False, **shapes)
-        out[dtype] = {"ratios": res["ratios"], "seconds": res["seconds"], "shapes": res["shapes"]}
+        out["gpu"] = torch.cuda.get_device_name()
+        out["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for mod in ("triton", "transformers", "open_clip", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as exc:  # recorded: the section that needs it will fail with the reason
+            out[mod] = f"not importable: {exc!r}"
+    out["ok"] = True
     return out
 
 
-def llm_section(device: str, small: bool, steps: int = 5) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _layer(device, quick, deadline, save, compile_backend):
+    from moram_ref.perf.layer_section import layer_section
 
-    from moram_ref.config import MoRAMConfig
-    from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
-    from moram_ref.torch import attach as A
-
-    dtype = torch.float32 if small else torch.bfloat16
-    torch.manual_seed(0)
-    cfg = LlamaConfig(**(SMALL if small else LLAMA_32_1B))
-    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
-    n_params = sum(p.numel() for p in model.parameters())
-    A.attach(model, MoRAMConfig.paper_llm(), ATTENTION_TARGETS, dtype=torch.float32)
-    A.begin_task(model, torch.Generator(device="cpu").manual_seed(0))
-    params = list(A.trainable_parameters(model))
-    opt = torch.optim.Adam(params, lr=5e-4, betas=(0.9, 0.95))
-    batch, length = (2, 32) if small else (8, 512)
-    ids = torch.randint(0, cfg.vocab_size, (batch, length), device=device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    model.train()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    train_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
-    A.end_task(model)
-    model.eval()
-    n_prompts, new_tokens = (4, 8) if small else (64, 64)
-    prompts = torch.randint(3, cfg.vocab_size, (n_prompts, 32 if small else 256), device=device)
-    _sync(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    _sync(device)
-    gen_s = time.perf_counter() - t0
-    return {
-        "model": "random Llama-3.2-1B shape" if not small else "tiny llama", "parameters": n_params,
-        "trainable_atoms_per_task": sum(p.numel() for p in params), "dtype": str(dtype),
-        "train": {"batch": batch, "length": length, "seconds_per_step": train_s, "tokens_per_s": batch * length / train_s,
-                  "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None},
-        "generate": {"prompts": n_prompts, "new_tokens": new_tokens, "seconds": gen_s,
-                     "new_tokens_per_s": n_prompts * new_tokens / gen_s},
-    }
+    return layer_section(device, quick, deadline, compile_backend, save)
 
 
-def clip_section(device: str, small: bool, steps: int = 5) -> dict:
-    """An X-TAIL-shaped step (batch 64, both encoders) on a random ViT-B-16: images/s per method, peak memory."""
-    from moram_ref.config import MoRAMConfig
-    from moram_ref.experiments.clip import backbone
-    from moram_ref.torch import attach as A
-    from moram_ref.torch.losses import two_term_loss
-
-    out = {}
-    batch, n_classes = (4, 6) if small else (64, 200)
-    for method in ("none", "seq_lora", "moram"):
-        if small:
-            model, _, _, tokenizer = backbone.tiny_clip()
-            size = 32
+def _section(name):
+    def run(device, quick, deadline, save, compile_backend):
+        if name == "layer":
+            return _layer(device, quick, deadline, save, compile_backend)
+        if name == "env":
+            return env_section(device, quick, deadline, save)
+        if name == "clip":
+            from moram_ref.perf.clip_step import clip_section as fn
+        elif name == "llm_train":
+            from moram_ref.perf.llm_step import llm_train_section as fn
         else:
-            model, _, _, tokenizer = backbone.load_clip("ViT-B-16", pretrained=None, device=device)
-            size = 224
-        model = model.to(device)
-        model.requires_grad_(False)
-        opt = None
-        if method != "none":  # "none": the frozen backbone alone, forward and loss only
-            A.attach(model, MoRAMConfig.paper_clip(), backbone.target_regex(), method=method)
-            A.begin_task(model, torch.Generator().manual_seed(0))
-            opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
-        images = torch.randn(batch, 3, size, size, device=device)
-        tokens = tokenizer([f"a photo of a class {i}." for i in range(n_classes)]).to(device)
-        labels = torch.randint(n_classes // 2, n_classes, (batch,), device=device)
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
-                    torch.set_grad_enabled(opt is not None):
-                img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
-                txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-                loss = two_term_loss(img.float(), txt.float(), labels, n_classes // 2, 100.0)
-            if opt is not None:
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        step_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
-        out[method] = {"seconds_per_step": step_s, "images_per_s": batch / step_s,
-                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None}
-    out["shapes"] = {"batch": batch, "classes": n_classes, "model": "tiny" if small else "ViT-B-16 (random init)"}
-    return out
+            from moram_ref.perf.llm_step import llm_generate_section as fn
+        return fn(device, quick, deadline, save)
+    return run
 
 
-SECTIONS = {"layer": layer_section, "llm": llm_section, "clip": clip_section}
+SECTIONS = {name: _section(name) for name in DEADLINE_SHARE}
+
+
+def _best(ratios: dict, impls=("eager", "compiled", "fused"), pick=min):
+    have = {n: ratios[n] for n in impls if ratios.get(n) is not None}
+    if not have:
+        return None, None
+    name = pick(have, key=have.get)
+    return have[name], name
+
+
+def summary(sections: dict) -> dict:
+    """Each goal of issue #11 with the measured ratio (the best MoRAM variant), met or not (None: not measured)."""
+    rows = []
+    for label, where, cmp, goal in GOALS:
+        value, by = None, None
+        sec = sections.get(where[0], {})
+        if where[0] == "layer":
+            case = sec.get("cases", {}).get("clip_like/bfloat16", {})
+            ratios = case.get(f"ratios_{where[1]}", {})
+            value, by = _best({n: ratios.get(f"{n}_over_{where[2]}") for n in ("eager", "compiled", "fused")})
+        elif where[0] == "clip":
+            value, by = _best({"moram": sec.get("ratios", {}).get("moram_over_seq_lora"),
+                               "moram_fused": sec.get("ratios", {}).get("moram_fused_over_seq_lora")},
+                              ("moram", "moram_fused"))
+        else:
+            r = sec.get("ratios", {})
+            value, by = _best({n: r.get(f"{n}_over_plain") for n in ("moram_eager", "moram_compiled")},
+                              ("moram_eager", "moram_compiled"), pick=max)
+        met = None if value is None else (value <= goal if cmp == "<=" else value >= goal)
+        rows.append({"goal": f"{label} {cmp} {goal}", "value": value, "best_variant": by, "met": met})
+    checks = {n: s.get("ok") for n, s in sections.items()}
+    return {"goals": rows, "checks_ok": checks}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m moram_ref.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke test)")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="folder for gpu_check.json")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--quick", "--small", action="store_true", help="tiny sizes: the whole script on a CPU in ~1 min")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--budget-s", type=float, default=300.0,
+                   help="time budget; compilation and optional variants stop when their share is spent")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend for the layer section (default: inductor; --quick: aot_eager; 'none')")
+    p.add_argument("--command", action="store_true",
+                   help="print the two commands for the lent GPU machine (this check; the CUDA test suite) and exit")
     a = p.parse_args(argv)
-    report = {"device": a.device, "torch": torch.__version__,
-              "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None, "sections": {}}
+    if a.command:  # two separate device runs (each under the 10-minute limit of one command)
+        print(GPU_COMMAND)
+        print(GPU_TEST_COMMAND)
+        return 0
+    if a.budget_s <= 0:
+        p.error(f"--budget-s must be > 0, got {a.budget_s}")
+    if a.out.exists() and not a.out.is_dir():
+        p.error(f"--out must be a folder, got the file {a.out}")
+    import torch
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        p.error(f"--device must be cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {device}: CUDA is not available on this machine")
+    backend = a.compile_backend or ("aot_eager" if a.quick else "inductor")
+    known = ["none", *torch._dynamo.list_backends(exclude_tags=())]
+    if backend not in known:
+        p.error(f"--compile-backend must be one of {known}, got {backend!r}")
+    backend = None if backend == "none" else backend
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / "gpu_check.json"
+    report: dict = {"argv": sys.argv[1:] if argv is None else argv, "quick": a.quick, "sections": {}}
+    start = time.monotonic()
+
+    def save(name=None, part=None):
+        if name is not None:
+            report["sections"][name] = part
+        path.write_text(json.dumps(report, indent=1, default=str))
+
     for name in a.sections:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
+        deadline = start + DEADLINE_SHARE[name] * a.budget_s
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         try:
-            report["sections"][name] = {"ok": True, **SECTIONS[name](a.device, a.small)}
+            res = SECTIONS[name](device, a.quick, deadline, lambda part, n=name: save(n, {"partial": True, **part}),
+                                 backend)
         except Exception as exc:  # one failing section must not hide the others' results
-            report["sections"][name] = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
-        report["sections"][name]["wall_s"] = time.perf_counter() - t0
-        a.out.write_text(json.dumps(report, indent=1, default=str))  # written after every section
-        print(f"{name}: {'ok' if report['sections'][name]['ok'] else 'FAILED'} "
-              f"({report['sections'][name]['wall_s']:.0f} s)")
-    print(f"wrote {a.out}")
-    return 0 if all(s["ok"] for s in report["sections"].values()) else 1
+            res = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
+        res["wall_s"] = time.monotonic() - t0
+        res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        save(name, res)
+        print(f"{name:<13} {'ok' if res.get('ok') else 'CHECK FAILED'}  ({res['wall_s']:.0f} s)", flush=True)
+    report["summary"] = summary(report["sections"])
+    report["wall_s"] = time.monotonic() - start
+    save()
+    for row in report["summary"]["goals"]:
+        value = "not measured" if row["value"] is None else f"{row['value']:.2f} ({row['best_variant']})"
+        verdict = {True: "met", False: "NOT met", None: "—"}[row["met"]]
+        print(f"  {row['goal']:<72} {value:<32} {verdict}")
+    print(f"wrote {path} ({report['wall_s']:.0f} s)")
+    return 0 if all(s.get("ok") for s in report["sections"].values()) else 1
 
 
 if __name__ == "__main__":

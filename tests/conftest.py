@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Under pytest-xdist every worker is a process of its own: unlimited, each would start one BLAS/OpenMP
+# thread per core (workers × cores threads in all), slowing every CPU-bound test many times over. Set
+# before NumPy and torch are imported; inherited by the subprocesses tests start (tutorials, DDP).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_threads))
+
+# The device of the device-aware torch tests: MORAM_TEST_DEVICE=cuda runs them on a GPU (default: cpu).
+# Tests marked ``cpu_only`` (CPU scripts, gloo process groups, the NumPy demo) are skipped in a CUDA run.
+TEST_DEVICE = os.environ.get("MORAM_TEST_DEVICE", "cpu")
+
 from moram_ref.config import MoRAMConfig  # noqa: E402
 from moram_ref.numpy.layer import MoRAMLinear  # noqa: E402
 
@@ -45,6 +57,31 @@ def build_numpy_layer(rng, d_in=6, d_out=5, tasks=3, config=None, in_task=True, 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The torch device of device-aware tests: ``MORAM_TEST_DEVICE`` ("cpu" by default, or "cuda")."""
+    return TEST_DEVICE
+
+
+def pytest_configure(config):
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"MORAM_TEST_DEVICE must be 'cpu' or 'cuda', got {TEST_DEVICE!r}")
+    if TEST_DEVICE == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("MORAM_TEST_DEVICE=cuda but torch.cuda.is_available() is False")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DEVICE == "cpu":
+        return
+    skip = pytest.mark.skip(reason=f"cpu_only: exercises no {TEST_DEVICE} code; runs in the CPU suite")
+    for item in items:
+        if item.get_closest_marker("cpu_only"):
+            item.add_marker(skip)
 
 # Hypothesis: CI runs a fixed, reproducible set of examples (derandomized); locally every run explores
 # new ones. HYPOTHESIS_PROFILE=thorough multiplies the examples for a deeper search.

@@ -17,6 +17,7 @@ from moram_ref.experiments.clip.data import few_shot, load_domain, verify  # noq
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
 from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_sequence  # noqa: E402
 from moram_ref.torch import attach as A  # noqa: E402
+from conftest import TEST_DEVICE  # noqa: E402
 
 KEYS = ["caltech101", "dtd", "eurosat"]
 
@@ -89,7 +90,8 @@ def _run(data_root, out, method="moram", **kw):
     settings = ClipSettings(method=method, shots=3, iterations=4, batch=4, eval_batch=5,
                             moram=ClipSettings().moram.__class__(atoms_per_task=4, top_k=4, temperature=0.1,
                                                                  threshold=0.2))
-    return run_sequence(model, tok, tf, domains, settings, out, data_root=data_root, log=lambda *_: None, **kw), model
+    return run_sequence(model.to(TEST_DEVICE), tok, tf, domains, settings, out, TEST_DEVICE, data_root=data_root,
+                        log=lambda *_: None, **kw), model
 
 
 @pytest.mark.parametrize("method", ["moram", "seq_lora", "moe_lora", "dense_moram", "zero_shot"])
@@ -122,6 +124,7 @@ def test_resume_and_eval_only_reproduce_the_matrix(data_root, tmp_path, monkeypa
 
 def test_logits_do_not_depend_on_eval_batch_size(data_root, tmp_path):
     _, model = _run(data_root, tmp_path / "b")
+    model.cpu()  # batch-size independence is a property of the float32 CPU path
     domains = [load_domain(data_root, k) for k in KEYS]
     tf = backbone.tiny_clip()[2]
     tok = backbone.tiny_clip()[3]
@@ -215,6 +218,7 @@ def _run_double(data_root, out, batch=4):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only  # gloo on CPU processes, float64
 @pytest.mark.parametrize("batch", [4, 3, 1], ids=["shares_2_2", "shares_2_1", "shares_1_0"])
 def test_two_processes_reproduce_one(data_root, tmp_path, batch):
     """Each process encodes its share of the batch; unequal and empty shares must work (the all-gather

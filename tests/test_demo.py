@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from moram_ref.cli import main
 
 
+@pytest.mark.cpu_only  # the main job runs on a CPU
 def test_demo_writes_results_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "30", "--seeds", "2"]) == 0

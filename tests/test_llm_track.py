@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 from ddp_spawn import spawn  # noqa: E402
 
+from conftest import TEST_DEVICE  # noqa: E402
 from moram_ref.config import MoRAMConfig  # noqa: E402
 from moram_ref.experiments.llm import backbones, data  # noqa: E402
 from moram_ref.experiments.llm.generate import generate  # noqa: E402
@@ -64,7 +65,7 @@ def test_answer_only_loss_mask_and_truncation_report(tokenizer):
 
 @pytest.mark.parametrize("family", backbones.FAMILIES)
 def test_batched_generation_equals_one_by_one(tokenizer, family):
-    model = backbones.tiny_model(family, len(tokenizer), seed=0, dtype=torch.float64)
+    model = backbones.tiny_model(family, len(tokenizer), seed=0, dtype=torch.float64).to(TEST_DEVICE)
     prompts = ["the quick", "the quick brown fox jumps over", "def f(x):", "Answer: 0 1 2 3 positive", "lazy"]
     batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=5)
     single = [generate(model, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
@@ -88,7 +89,7 @@ def _tiny_run(tmp_path, sequence, method="moram", names=None, root=DATA, cfg=CFG
         tok = AutoTokenizer.from_pretrained(str(tok_dir))
     else:
         tok = backbones.build_tokenizer(texts, vocab_size=400, out_dir=tok_dir)
-    model = backbones.tiny_model("llama", len(tok), seed=0, dtype=torch.float64)
+    model = backbones.tiny_model("llama", len(tok), seed=0, dtype=torch.float64).to(TEST_DEVICE)
     settings = LLMSettings(**{**dict(method=method, epochs=1, batch=8, micro_batch=2, max_prompt=96, max_answer=16,
                                      max_new_tokens=6, eval_batch=4, moram=cfg), **overrides})
     return tasks, model, tok, settings
@@ -165,6 +166,7 @@ SHARES = {"even": dict(batch=8, micro_batch=2, n=8), "empty_share": dict(batch=4
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only  # gloo on CPU processes, float64
 @pytest.mark.parametrize("shares", sorted(SHARES))
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_reproduce_one(tmp_path, trace_root, fsdp, shares):

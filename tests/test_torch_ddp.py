@@ -58,6 +58,7 @@ def worker(rank, world, init_file, out_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only  # gloo on CPU processes
 def test_ddp_two_processes_match_one(tmp_path):
     mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = torch.load(tmp_path / "ddp.pt")["ranks"]  # our own file, tensors only

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_numpy_layer
+from conftest import TEST_DEVICE, build_numpy_layer
 from moram_ref.config import MoRAMConfig
 from moram_ref.torch.layer import TRACE_KEYS, MoRAMLinear
 
@@ -20,11 +20,11 @@ from moram_ref.torch.layer import TRACE_KEYS, MoRAMLinear
 TOL32 = {"p": 1e-5, "s": 1e-5, "w_soft": 1e-4, "w": 1e-4, "delta": 1e-4, "y": 1e-4}
 
 
-def to_torch(np_layer, dtype=torch.float64) -> MoRAMLinear:
+def to_torch(np_layer, dtype=torch.float64, device=TEST_DEVICE) -> MoRAMLinear:
     d_out, d_in = np_layer.weight.shape
-    base = torch.nn.Linear(d_in, d_out, bias=np_layer.bias is not None).to(dtype)
+    base = torch.nn.Linear(d_in, d_out, bias=np_layer.bias is not None).to(device, dtype)
     layer = MoRAMLinear(base, np_layer.config)
-    state = {k: torch.from_numpy(v).to(dtype) for k, v in np_layer.state_dict().items() if v is not None}
+    state = {k: torch.from_numpy(v).to(device, dtype) for k, v in np_layer.state_dict().items() if v is not None}
     layer.load_state_dict(state)
     return layer
 
@@ -32,7 +32,8 @@ def to_torch(np_layer, dtype=torch.float64) -> MoRAMLinear:
 def first_divergence(np_trace: dict, t_trace: dict, rtol: float, atol: float, tol_table=None) -> str | None:
     for name in TRACE_KEYS:
         a = np.asarray(np_trace[name])
-        b = t_trace[name].detach().to(torch.float64).numpy() if t_trace[name].dtype != torch.bool else t_trace[name].numpy()
+        t = t_trace[name].detach().cpu()
+        b = t.numpy() if t.dtype == torch.bool else t.to(torch.float64).numpy()
         if a.dtype == bool:
             if not np.array_equal(a, b):
                 idx = np.argwhere(a != b)[0]
@@ -67,7 +68,7 @@ def test_forward_float64_matches_numpy(seed, d_in, d_out, tasks, r, k, min_activ
     t_layer = to_torch(np_layer)
     x = rng.standard_normal((*lead, d_in))
     np_trace = np_layer.trace(x, training=training)
-    t_trace = t_layer.trace(torch.from_numpy(x), training=training)
+    t_trace = t_layer.trace(torch.from_numpy(x).to(TEST_DEVICE), training=training)
     where = first_divergence(np_trace, t_trace, rtol=1e-9, atol=1e-12)
     assert where is None, where
 
@@ -89,7 +90,7 @@ def test_forward_float32_within_tolerance_table(seed, d_in, d_out, tasks, r, k, 
         gaps = np.abs(s[..., :, None] - s[..., None, :]) + np.eye(s.shape[-1])
         if gaps.min() < 1e-4 or np.abs(s - threshold).min() < 1e-4:
             return
-    t_trace = to_torch(np_layer, torch.float32).trace(torch.from_numpy(x).float(), training=training)
+    t_trace = to_torch(np_layer, torch.float32).trace(torch.from_numpy(x).float().to(TEST_DEVICE), training=training)
     where = first_divergence(np_trace, t_trace, rtol=0.0, atol=1e-6, tol_table=TOL32)
     assert where is None, where
 
@@ -108,22 +109,22 @@ def test_autograd_matches_numpy_backward(seed, tasks, r, k, temperature, mode, t
     gy = rng.standard_normal((3, 4, 5))
     _, cache = np_layer.forward(x, training=True)
     np_grads = np_layer.backward(gy, cache)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    (t_layer(xt) * torch.from_numpy(gy)).sum().backward()
+    xt = torch.from_numpy(x).to(TEST_DEVICE).requires_grad_(True)
+    (t_layer(xt) * torch.from_numpy(gy).to(TEST_DEVICE)).sum().backward()
     for name, t_grad in (("keys", t_layer.keys.grad), ("values", t_layer.values.grad), ("x", xt.grad)):
         ref = np_grads[name]
-        np.testing.assert_allclose(t_grad.numpy(), ref, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(ref).max()),
+        np.testing.assert_allclose(t_grad.cpu().numpy(), ref, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(ref).max()),
                                    err_msg=f"gradient of {name}")
 
 
 def test_bfloat16_runs_with_float32_routing(rng):
     np_layer = build_numpy_layer(rng, 8, 6, 2, MoRAMConfig(atoms_per_task=4, top_k=3, temperature=0.5))
     layer = to_torch(np_layer, torch.bfloat16)
-    x = torch.from_numpy(rng.standard_normal((5, 8))).bfloat16()
+    x = torch.from_numpy(rng.standard_normal((5, 8))).bfloat16().to(TEST_DEVICE)
     tr = layer.trace(x)
     assert tr["p"].dtype == torch.float32 and tr["w"].dtype == torch.float32 and tr["y"].dtype == torch.bfloat16
-    ref = np_layer.forward(x.double().numpy())[0]
-    assert np.abs(tr["y"].detach().double().numpy() - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    ref = np_layer.forward(x.double().cpu().numpy())[0]
+    assert np.abs(tr["y"].detach().double().cpu().numpy() - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
 
 
 def test_ties_agree_with_numpy_exactly():
@@ -151,7 +152,7 @@ def test_loops_oracle_in_torch_equals_layer(rng):
 
     np_layer = build_numpy_layer(rng, 5, 4, 3)
     t_layer = to_torch(np_layer)
-    x = torch.from_numpy(rng.standard_normal((6, 5)))
+    x = torch.from_numpy(rng.standard_normal((6, 5))).to(TEST_DEVICE)
     keys, values = t_layer.bank()
     for training in (True, False):
         t_layer.train(training)

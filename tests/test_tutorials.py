@@ -28,6 +28,7 @@ def test_tutorial_defines_no_functions_or_classes(path):
     assert path.read_text().startswith("# %% [markdown]"), "jupytext percent format, markdown first"
 
 
+@pytest.mark.cpu_only  # CPU scripts by design (about a minute each)
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, tmp_path):
     if "real_evidence" in path.name and not DATA.is_dir():
