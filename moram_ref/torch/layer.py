@@ -22,7 +22,7 @@ from torch import nn
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.shapes import check_last_dim, check_shape
-from moram_ref.torch import activation
+from moram_ref.torch import activation, routing_triton
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
@@ -157,37 +157,40 @@ class MoRAMLinear(_WrapsLinear):
         x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
         x_d = x_d.to(cdt)
         n_old = self.frozen_keys.shape[0]
-        blocks = []
-        if n_old:
-            blocks.append(activation.responses(x_d, self.frozen_keys.to(cdt)))  # (..., R_old)
-        if self.in_task:
-            blocks.append(activation.responses(x_d, self.keys.to(cdt)))  # (..., r)
-        p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
-        if explicit_delta:  # every intermediate, for trace()
-            trace = activation.mixing_weights(p, self.config, self.training)
-            w = trace["w"]
-        else:  # the lean path: only the final weights at full width
-            w = activation.final_weights(p, self.config, self.training)[-1]
-            trace = {"w": w}
-        c = w * p  # (..., R) gated responses
+        p_old = activation.responses(x_d, self.frozen_keys.to(cdt)) if n_old else None  # (..., R_old)
+        p_cur = activation.responses(x_d, self.keys.to(cdt)) if self.in_task else None  # (..., r)
+        blocks = [b for b in (p_old, p_cur) if b is not None]
+        if not explicit_delta and routing_triton.use_triton(self.config, blocks[0], self.n_atoms):
+            # steps 2–6 fused (equal to the torch path below), on the two response blocks: no concatenation
+            c_old, c_cur, *w = routing_triton.gated_responses(p_old, p_cur, self.config, self.training, self.record)
+            p, w, trace = None, (w[0] if w else None), {}
+        else:
+            p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
+            if explicit_delta:  # every intermediate, for trace()
+                trace = activation.mixing_weights(p, self.config, self.training)
+                w = trace["w"]
+            else:  # the lean path: only the final weights at full width
+                w = activation.final_weights(p, self.config, self.training)[-1]
+                trace = {"w": w}
+            c = w * p  # (..., R) gated responses
+            c_old, c_cur = c[..., :n_old], c[..., n_old:]  # (..., R_old), (..., r)
         if self.record:
             self.last_weights = w.detach()
-        c2 = c.reshape(-1, c.shape[-1])  # (N, R)
-        if not explicit_delta and c2.dtype == y.dtype == self.frozen_values.dtype:
+        if not explicit_delta and c_old.dtype == y.dtype == self.frozen_values.dtype:
             # fused: y + c Bᵀ in one kernel per block (no separate Δ tensor, no per-call concatenation)
             y2 = y.reshape(-1, self.d_out)
             out2 = y2
             if n_old:
-                out2 = torch.addmm(out2, c2[:, :n_old], self.frozen_values.T)
+                out2 = torch.addmm(out2, c_old.reshape(-1, n_old), self.frozen_values.T)
             if self.in_task:
-                out2 = torch.addmm(out2, c2[:, n_old:], self.values.T, alpha=self.config.scale)
+                out2 = torch.addmm(out2, c_cur.reshape(-1, c_cur.shape[-1]), self.values.T, alpha=self.config.scale)
             out, delta = out2.reshape(y.shape), None
         else:  # explicit Δ (traces; mixed precision: the value product in the compute dtype, cast back)
             delta = None
             if n_old:
-                delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(cdt))
+                delta = nn.functional.linear(c_old, self.frozen_values.to(cdt))
             if self.in_task:
-                cur = nn.functional.linear(c[..., n_old:], self.values.to(cdt)) * self.config.scale
+                cur = nn.functional.linear(c_cur, self.values.to(cdt)) * self.config.scale
                 delta = cur if delta is None else delta + cur
             out = y + delta.to(y.dtype)
         return out, {"p": p, **trace, "delta": delta, "y": out}
