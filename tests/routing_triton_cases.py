@@ -52,6 +52,7 @@ def make_p(seed: int, n: int, r: int, pattern: str, scale: float, dtype: torch.d
         p = rng.standard_normal((n, r))
     else:  # ties: dyadic values, so that norms and scores are exact in float32 in both implementations
         p = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0], size=(n, r))
+        p = np.where(p == 0, rng.choice([-0.0, 0.0], size=(n, r)), p)  # -0.0 and +0.0: equal scores, a tie
         p[0] = 0.0  # an all-zero row: the first k_eff atoms are kept
         if n > 1:
             p[1] = -0.0 if r % 2 else 0.5  # all equal (signed zeros, or one repeated value)
@@ -123,7 +124,7 @@ CASE = dict(
     training=st.booleans(),
     pattern=st.sampled_from(["gauss", "ties"]),
     scale=st.sampled_from([1.0, 1e-3, 1e-30]),  # 1e-30: ‖p‖ < ε, the floor of the normaliser
-    eps=st.sampled_from([1e-12, 0.5]),
+    eps=st.sampled_from([1e-12, 0.5, 5.0]),  # 0.5, 5: the floor ε > ‖p‖ for some rows
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
 )
 

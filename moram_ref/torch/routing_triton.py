@@ -254,7 +254,9 @@ def _routing_fwd(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride
     # step 3: the k-th largest score t and the last kept index j among the scores equal to t
     if BISECT:
         bits = s.to(tl.int32, bitcast=True)
-        key = tl.where(s == 0.0, 0, tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits))  # (BN, BR) ordered as s; -0 = +0
+        # (BN, BR) int32 keys in the order of s (-0.0 sorts just below +0.0: a refinement of the float order, so the
+        # k-th largest key is a float equal to the k-th largest score; the kept set below compares floats)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
         t_key = tl.full([BLOCK_N], 1, tl.int32) << 31  # the smallest int32: count(key >= it) = R >= k
         n_ge = tl.sum(tl.where(valid & (key >= 0), 1, 0), axis=1)  # sign bit first (unsigned order)
         t_key = tl.where(n_ge >= k, 0, t_key)
