@@ -61,3 +61,32 @@ def test_triton_setting_names_what_is_missing(monkeypatch):
         layer(torch.randn(1, 3))
     with pytest.raises(ValueError, match="p_frozen .* and p_current .* must share leading dims"):
         RT.gated_responses(p, torch.randn(3, 3), cfg, training=True)
+
+
+def test_kernels_compile_for_a_hopper_gpu():
+    """The interpreter does not check what the compiler checks (types, layouts): compile both kernels to an
+    sm_90 (H100/H200) binary with the ptxas that ships with triton. No GPU is needed for this."""
+    triton = pytest.importorskip("triton", reason="triton does not import (CPU-only torch build)")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/routing_triton_cases.py runs the compiled kernels themselves")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("triton was imported for its interpreter; it compiles nothing in that mode")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    assert RT.available()
+    common = dict(n_rows="i32", r_a="i32", r_b="i32", stride_a="i64", stride_b="i64")
+    scalars = dict(tau="fp32", delta="fp32", eps="fp32")
+    for dt, bisect in (("fp32", False), ("bf16", True)):
+        ptr = f"*{dt}"
+        fwd = dict(pa=ptr, pb=ptr, ca=ptr, cb=ptr, w_out="*fp32", stats="*fp32", cut_out="*i32", **common, k="i32",
+                   **scalars)
+        bwd = dict(pa=ptr, pb=ptr, ga=ptr, gb=ptr, da=ptr, db=ptr, stats="*fp32", cut="*i32", **common,
+                   stride_ga="i64", stride_gb="i64", **scalars)
+        consts = dict(GATE=True, BLOCK_N=8, BLOCK_R=128)
+        for fn, sig, extra in ((RT._routing_fwd, fwd, dict(BISECT=bisect, STORE_W=True)), (RT._routing_bwd, bwd, {})):
+            jit = triton.JITFunction(fn)
+            constexprs = {**consts, **extra}
+            src = ASTSource(jit, {**sig, **{name: "constexpr" for name in constexprs}}, constexprs)
+            kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+            assert kernel.asm.get("cubin"), f"{fn.__name__} ({dt}): no binary"
