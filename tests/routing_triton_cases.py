@@ -221,3 +221,41 @@ def test_layer_with_triton_equals_layer_with_torch(dtype, blocks, training):
     for name, a in out["triton"].items():
         b = out["torch"][name]
         torch.testing.assert_close(a.float(), b.float(), **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_c_in_the_value_products_dtype():
+    """c in a dtype other than p's (the layer passes the value product's, docs/semantics.md#precision)."""
+    cfg = MoRAMConfig(top_k=3, temperature=0.03)
+    p = make_p(5, 4, 12, "gauss", 1.0, torch.float32).requires_grad_()
+    c_a, c_b = RT.gated_responses(p[:, :5], p[:, 5:], cfg, training=True, c_dtype=torch.bfloat16)
+    r_a, r_b, _ = RT.gated_responses_ref(p[:, :5], p[:, 5:], cfg, True, c_dtype=torch.bfloat16)
+    assert c_a.dtype == c_b.dtype == torch.bfloat16
+    torch.testing.assert_close(torch.cat([c_a, c_b], -1), torch.cat([r_a, r_b], -1), rtol=2 * U_BF16, atol=1e-6)
+    g = torch.randn(4, 12, dtype=torch.bfloat16, device=DEVICE)
+    (grad,) = torch.autograd.grad(torch.cat([c_a, c_b], -1), p, g)
+    (grad_ref,) = torch.autograd.grad(torch.cat([r_a, r_b], -1), p, g)
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4 * grad_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_compiles_whole_with_the_kernel(training):
+    """A custom op: torch.compile(fullgraph=True) keeps it as one node; compiled equals eager."""
+    cfg = MoRAMConfig(atoms_per_task=4, top_k=3, temperature=0.05, threshold=0.1, routing_kernel="triton")
+    layer = MoRAMLinear(torch.nn.Linear(5, 3), cfg).to(DEVICE)
+    for t in range(2):
+        layer.begin_task(torch.Generator().manual_seed(t))
+        layer.values.data.normal_(generator=torch.Generator().manual_seed(10 + t))
+        if t == 0:
+            layer.end_task()
+    layer.train(training)
+    x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    outs = []
+    for f in (layer, compiled):
+        y = f(x)
+        y.square().sum().backward()
+        outs.append((y.detach(), layer.keys.grad.clone(), layer.values.grad.clone()))
+        layer.zero_grad()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -24,13 +24,16 @@ Design, per token row (a tile of ``BLOCK_N`` rows × ``BLOCK_R ≥ R`` atoms per
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import torch
+from torch import Tensor
 
 from moram_ref.config import MoRAMConfig
 
 triton = tl = None  # imported on first use (_import_triton), so that the layer never needs triton
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 MAX_ATOMS = 8192  # one row of R atoms is held in registers; beyond this the kernel would spill
 ARGMAX_MAX_K = 16  # k rounds of argmax (2 passes each) up to here; bisection (32 + 2 passes) above
@@ -39,20 +42,16 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def available() -> bool:
-    """Whether triton imports (the CUDA build of torch ships it). Imports it on the first call."""
-    return _import_triton() is None
+    """Whether triton is installed (the CUDA build of torch ships it); it is imported when a kernel first runs."""
+    return _TRITON_FOUND
 
 
-@functools.cache
-def _import_triton() -> ImportError | None:
+def _import_triton() -> None:
     global triton, tl
-    try:
-        import triton as triton_
-        import triton.language as tl_
-    except ImportError as err:  # the CPU-only torch wheel has no triton
-        return err
+    import triton as triton_  # an ImportError here is raised as is: routing_kernel asked for triton
+    import triton.language as tl_
+
     triton, tl = triton_, tl_
-    return None
 
 
 def _interpret() -> bool:
@@ -77,7 +76,7 @@ def use_triton(config: MoRAMConfig, p: torch.Tensor, n_atoms: int) -> bool:
 
 def _check_supported(p: torch.Tensor, n_atoms: int) -> None:
     if not available():
-        raise ValueError(f"routing_kernel='triton' needs triton, which does not import: {_import_triton()}")
+        raise ValueError("routing_kernel='triton' needs triton, which is not installed (the CPU-only torch build)")
     if p.dtype not in DTYPES:
         raise ValueError(f"routing_kernel='triton' routes float32/bfloat16/float16 responses, got {p.dtype}; "
                          f"use routing_kernel='torch' for float64")
@@ -88,27 +87,29 @@ def _check_supported(p: torch.Tensor, n_atoms: int) -> None:
                          f"interpreter on a CPU), got a tensor on {p.device}; use routing_kernel='auto' or 'torch'")
 
 
-def gated_responses_ref(p_frozen: torch.Tensor, p_current: torch.Tensor, config: MoRAMConfig, training: bool):
+def gated_responses_ref(p_frozen: torch.Tensor, p_current: torch.Tensor, config: MoRAMConfig, training: bool,
+                        c_dtype: torch.dtype | None = None):
     """The pure-torch reference of :func:`gated_responses` — theory.md#eq-self-activation and theory.md#eq-update.
 
     p_frozen: (..., R_old), p_current: (..., r) (either may be None) -> (c_frozen (..., R_old),
-    c_current (..., r), w (..., R) float32): routing in float32, ``c`` in ``p``'s dtype.
+    c_current (..., r), w (..., R) float32): routing in float32, ``c`` in ``c_dtype`` (default ``p``'s).
     """
     from moram_ref.torch.activation import final_weights
 
     p_frozen, p_current = _pair(p_frozen, p_current)
     p = torch.cat([p_frozen, p_current], dim=-1).float()  # (N, R)
     w = final_weights(p, config, training)[-1]  # (N, R)
-    c = (w * p).to(p_frozen.dtype)  # (N, R)
+    c = (w * p).to(c_dtype or p_frozen.dtype)  # (N, R)
     n_old = p_frozen.shape[-1]
     return c[..., :n_old], c[..., n_old:], w
 
 
 def gated_responses(p_frozen: torch.Tensor, p_current: torch.Tensor, config: MoRAMConfig, training: bool,
-                    return_weights: bool = False):
+                    return_weights: bool = False, c_dtype: torch.dtype | None = None):
     """Fused spec §3 steps 2–6: ``c = w(p) ⊙ p`` for ``p = [p_frozen, p_current]`` — theory.md#eq-self-activation.
 
-    Equals :func:`gated_responses_ref` (see the module docstring), differentiable w.r.t. both blocks.
+    Equals :func:`gated_responses_ref` (see the module docstring), differentiable w.r.t. both blocks; a
+    ``torch.library`` custom op, so ``torch.compile(fullgraph=True)`` keeps it whole.
 
     Args:
         p_frozen: (..., R_old) responses of the frozen bank (R_old may be 0, or None for no bank).
@@ -117,10 +118,10 @@ def gated_responses(p_frozen: torch.Tensor, p_current: torch.Tensor, config: MoR
         config: the layer's config (k, min_active, τ, δ, threshold_mode, ε).
         training: selects whether the threshold applies (``config.threshold_active``).
         return_weights: also return the final weights ``w`` (..., R) in float32 (not differentiable).
+        c_dtype: dtype of ``c`` (the value product's; docs/semantics.md#precision); default ``p``'s.
 
     Returns:
-        ``(c_frozen, c_current)`` in ``p``'s dtype, shapes as the inputs (a None block gives (..., 0));
-        plus ``w`` if asked.
+        ``(c_frozen, c_current)``, shapes as the inputs (a None block gives (..., 0)); plus ``w`` if asked.
 
     Raises:
         ValueError: mismatched blocks, or what :func:`use_triton` names for ``routing_kernel='triton'``.
@@ -129,9 +130,9 @@ def gated_responses(p_frozen: torch.Tensor, p_current: torch.Tensor, config: MoR
     lead, r_old, r_cur = p_frozen.shape[:-1], p_frozen.shape[-1], p_current.shape[-1]
     _check_supported(p_frozen, r_old + r_cur)
     pa, pb = _rows(p_frozen), _rows(p_current)  # (N, R_old), (N, r)
-    ca, cb, w = _Routing.apply(pa, pb, config.k_eff(r_old + r_cur), float(config.temperature),
-                               float(config.threshold), float(config.eps), config.threshold_active(training),
-                               return_weights)
+    ca, cb, w, _, _ = routing_forward(pa, pb, config.k_eff(r_old + r_cur), float(config.temperature),
+                                  float(config.threshold), float(config.eps), config.threshold_active(training),
+                                  return_weights, c_dtype or p_frozen.dtype)
     out = (ca.reshape(*lead, r_old), cb.reshape(*lead, r_cur))
     return (*out, w.reshape(*lead, r_old + r_cur)) if return_weights else out
 
@@ -157,8 +158,16 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def _new(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous
+def _new(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device)  # contiguous
+
+
+def _routing_extras(pa: Tensor, n_atoms: int, want_w: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """w (N, R or 0) float32; stats (4, N) float32: ‖p‖, t, softmax max, softmax sum; j (N,) int32."""
+    n_rows = pa.shape[0]
+    w = torch.empty(n_rows, n_atoms if want_w else 0, dtype=torch.float32, device=pa.device)
+    stats = torch.empty(4, n_rows, dtype=torch.float32, device=pa.device)
+    return w, stats, torch.empty(n_rows, dtype=torch.int32, device=pa.device)
 
 
 def _launch_shape(n_atoms: int) -> tuple[int, int, int]:
@@ -171,54 +180,76 @@ def _launch_shape(n_atoms: int) -> tuple[int, int, int]:
     return block_n, block_r, max(4, min(16, block_n * block_r // 256))
 
 
-class _Routing(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pa, pb, k, tau, delta, eps, gate, want_w):
-        n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
+@torch.library.custom_op("moram_ref::routing_fwd", mutates_args=())
+def routing_forward(pa: Tensor, pb: Tensor, k: int, tau: float, delta: float, eps: float, gate: bool, want_w: bool,
+                c_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward kernel on (N, R_old), (N, r) rows -> (c_a, c_b, w or (N, 0), stats (4, N), j (N,) int32)."""
+    n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
+    ca, cb = _new(pa, c_dtype), _new(pb, c_dtype)  # (N, R_old), (N, r) the gated responses
+    w, stats, cut = _routing_extras(pa, r_a + r_b, want_w)
+    if n_rows:  # Triton refuses an empty grid
         fwd, _ = _kernels(not pa.is_cuda or _interpret())
-        ca, cb = _new(pa), _new(pb)  # (N, R_old), (N, r) the gated responses
-        stats = torch.empty(4, n_rows, dtype=torch.float32, device=pa.device)  # ‖p‖, t, softmax max, softmax sum
-        cut = torch.empty(n_rows, dtype=torch.int32, device=pa.device)  # j
-        w = torch.empty(n_rows, r_a + r_b if want_w else 0, dtype=torch.float32, device=pa.device)
         block_n, block_r, warps = _launch_shape(r_a + r_b)
         pa_, ca_ = (pa, ca) if r_a else (pb, cb)  # an empty block gets the other's pointers, never read
         pb_, cb_ = (pb, cb) if r_b else (pa, ca)
-        if n_rows:  # Triton refuses an empty grid
-            fwd[(triton.cdiv(n_rows, block_n),)](
-                pa_, pb_, ca_, cb_, w if want_w else ca_, stats, cut,
-                n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), k, tau, delta, eps,
-                GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
-        ctx.save_for_backward(pa, pb, stats, cut)
-        ctx.hyper = (tau, delta, eps, gate)
-        ctx.mark_non_differentiable(w)
-        return ca, cb, w
+        fwd[(triton.cdiv(n_rows, block_n),)](
+            pa_, pb_, ca_, cb_, w if want_w else ca_, stats, cut,
+            n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), k, tau, delta, eps,
+            GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
+    return ca, cb, w, stats, cut
 
-    @staticmethod
-    def backward(ctx, ga, gb, _gw):
-        pa, pb, stats, cut = ctx.saved_tensors
-        tau, delta, eps, gate = ctx.hyper
-        n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
+
+@routing_forward.register_fake
+def _(pa, pb, k, tau, delta, eps, gate, want_w, c_dtype):
+    return (_new(pa, c_dtype), _new(pb, c_dtype), *_routing_extras(pa, pa.shape[1] + pb.shape[1], want_w))
+
+
+@torch.library.custom_op("moram_ref::routing_bwd", mutates_args=())
+def routing_backward(pa: Tensor, pb: Tensor, ga: Tensor, gb: Tensor, stats: Tensor, cut: Tensor, tau: float, delta: float,
+                eps: float, gate: bool) -> tuple[Tensor, Tensor]:
+    """The backward kernel: ∂L/∂c blocks -> ∂L/∂p blocks, in ``p``'s dtype."""
+    n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
+    ga, gb = _rows(ga), _rows(gb)
+    da, db = _new(pa), _new(pb)  # (N, R_old), (N, r)
+    if n_rows:
         _, bwd = _kernels(not pa.is_cuda or _interpret())
-        ga, gb = _rows(ga), _rows(gb)
-        da, db = _new(pa), _new(pb)  # ∂L/∂p, block by block
         block_n, block_r, warps = _launch_shape(r_a + r_b)
         pa_, ga_, da_ = (pa, ga, da) if r_a else (pb, gb, db)
         pb_, gb_, db_ = (pb, gb, db) if r_b else (pa_, ga_, da_)
-        if n_rows:
-            bwd[(triton.cdiv(n_rows, block_n),)](
-                pa_, pb_, ga_, gb_, da_, db_, stats, cut,
-                n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), ga_.stride(0), gb_.stride(0), tau, delta, eps,
-                GATE=gate, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
-        return da, db, None, None, None, None, None, None
+        bwd[(triton.cdiv(n_rows, block_n),)](
+            pa_, pb_, ga_, gb_, da_, db_, stats, cut,
+            n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), ga_.stride(0), gb_.stride(0), tau, delta, eps,
+            GATE=gate, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
+    return da, db
+
+
+@routing_backward.register_fake
+def _(pa, pb, ga, gb, stats, cut, tau, delta, eps, gate):
+    return _new(pa), _new(pb)
+
+
+def _setup_context(ctx, inputs, output):
+    pa, pb, _k, tau, delta, eps, gate, _want_w, _c_dtype = inputs
+    ctx.save_for_backward(pa, pb, output[3], output[4])  # p itself (no copy) and five numbers per row
+    ctx.hyper = (tau, delta, eps, gate)
+
+
+def _backward(ctx, ga, gb, _gw, _gstats, _gcut):
+    pa, pb, stats, cut = ctx.saved_tensors
+    da, db = routing_backward(pa, pb, ga, gb, stats, cut, *ctx.hyper)
+    return da, db, None, None, None, None, None, None, None
+
+
+routing_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 @functools.cache
 def _kernels(interpret: bool):
     """The (forward, backward) kernels, compiled for CUDA or wrapped for Triton's interpreter.
 
-    Built on first use rather than at import, and per mode, so that ``TRITON_INTERPRET`` is read when a
-    kernel runs: a test can switch the interpreter on for itself without touching compiled kernels.
+    Built on first use rather than at import (so that the layer never imports triton), per mode.
     """
+    _import_triton()
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction as wrap
 
@@ -227,14 +258,14 @@ def _kernels(interpret: bool):
                                "(Triton builds its standard library for one mode at import)")
     else:
         wrap = triton.JITFunction
-    return wrap(_routing_fwd), wrap(_routing_bwd)
+    return wrap(_fwd_kernel), wrap(_bwd_kernel)
 
 
 # --- the kernels (plain functions, wrapped by _kernels) -------------------------------------------------
 # Shapes in comments: BN = BLOCK_N token rows, BR = BLOCK_R ≥ R atom columns (padding masked off).
 
 
-def _routing_fwd(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride_a, stride_b, k, tau, delta, eps,
+def _fwd_kernel(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride_a, stride_b, k, tau, delta, eps,
                  GATE: tl.constexpr, BISECT: tl.constexpr, STORE_W: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
@@ -300,7 +331,7 @@ def _routing_fwd(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride
     tl.store(cut_out + rows, j, mask=ok)
 
 
-def _routing_bwd(pa, pb, ga, gb, da, db, stats, cut, n_rows, r_a, r_b, stride_a, stride_b, stride_ga, stride_gb,
+def _bwd_kernel(pa, pb, ga, gb, da, db, stats, cut, n_rows, r_a, r_b, stride_a, stride_b, stride_ga, stride_gb,
                  tau, delta, eps, GATE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     cols = tl.arange(0, BLOCK_R)  # (BR,)
