@@ -36,6 +36,9 @@ from moram_ref.torch.layer import MoRAMLinear  # noqa: E402
 
 U32 = 2.0**-24  # unit roundoff of float32
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16
+# A result stored in bf16 may differ from torch's by < 1 ulp ≤ 2·U_BF16 relative: Triton's interpreter truncates
+# float32 -> bf16 where torch and the GPU round to nearest. Tolerance: twice that.
+RTOL_BF16 = 4 * U_BF16
 
 
 @pytest.fixture(params=["argmax", "bisect"])
@@ -60,7 +63,10 @@ def make_p(seed: int, n: int, r: int, pattern: str, scale: float, dtype: torch.d
 
 
 def tolerance_w(tau: float) -> float:
-    """|Δw| bound: s agrees to a few ulp, z = s/τ to a few ulp of 1/τ, so ŵ's relative error is ≲ c·u·(1 + 1/τ)."""
+    """|Δw| bound: s agrees to a few ulp, z = s/τ to a few ulp of 1/τ, so ŵ's relative error is ≲ c·u·(1 + 1/τ).
+
+    Both sides round in float32 (u = 2⁻²⁴); |z| ≤ 1/τ, and exp turns an absolute error of z into a relative one.
+    """
     return 16 * U32 * (1 + 1 / tau)
 
 
@@ -85,7 +91,7 @@ def check_forward(pa, pb, config, training):
     tol = tolerance_w(config.temperature)
     torch.testing.assert_close(w, w_ref, rtol=0, atol=tol, msg=lambda m: f"w: {m}")
     p_max = p.abs().amax(dim=-1, keepdim=True)  # (N, 1)
-    rtol = 2 * U32 if p.dtype == pa.dtype else 2 * U_BF16  # c is rounded to p's dtype
+    rtol = 2 * U32 if p.dtype == pa.dtype else RTOL_BF16  # c is rounded to p's dtype
     err = (c.double() - c_ref.double()).abs()
     bound = tol * p_max.double() * (1 + rtol) + rtol * c_ref.double().abs()
     assert (err <= bound).all(), f"c: max excess {(err - bound).max().item():.3g} ({pa.dtype})"
@@ -105,7 +111,7 @@ def check_backward(pa, pb, config, training, seed):
     den = torch.linalg.vector_norm(p64.detach(), dim=-1, keepdim=True).clamp_min(config.eps)
     big = g.double().abs().amax(-1, keepdim=True) * (1 + 4 * p64.detach().abs().amax(-1, keepdim=True)
                                                      / (config.temperature * den))
-    rtol = 0.0 if pa.dtype == torch.float32 else 2 * U_BF16
+    rtol = 0.0 if pa.dtype == torch.float32 else RTOL_BF16
     bound = 64 * U32 * (1 + 1 / config.temperature) * big + rtol * grad_ref.abs()
     err = (grad - grad_ref).abs()
     assert (err <= bound).all(), f"∂L/∂p: worst err/bound {(err / bound).max().item():.3g} at {(err / bound).argmax()}"
@@ -140,7 +146,7 @@ def build(case):
     return p[:, :r_old].contiguous(), p[:, r_old:].contiguous(), cfg
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # ~10 s each
 @given(**CASE)
 def test_forward_and_backward_equal_the_reference(rule, seed, n, r_old, r, k, min_active, tau, delta, mode,
                                                   training, pattern, scale, eps, dtype):
@@ -230,7 +236,7 @@ def test_c_in_the_value_products_dtype():
     c_a, c_b = RT.gated_responses(p[:, :5], p[:, 5:], cfg, training=True, c_dtype=torch.bfloat16)
     r_a, r_b, _ = RT.gated_responses_ref(p[:, :5], p[:, 5:], cfg, True, c_dtype=torch.bfloat16)
     assert c_a.dtype == c_b.dtype == torch.bfloat16
-    torch.testing.assert_close(torch.cat([c_a, c_b], -1), torch.cat([r_a, r_b], -1), rtol=2 * U_BF16, atol=1e-6)
+    torch.testing.assert_close(torch.cat([c_a, c_b], -1), torch.cat([r_a, r_b], -1), rtol=RTOL_BF16, atol=1e-6)
     g = torch.randn(4, 12, dtype=torch.bfloat16, device=DEVICE)
     (grad,) = torch.autograd.grad(torch.cat([c_a, c_b], -1), p, g)
     (grad_ref,) = torch.autograd.grad(torch.cat([r_a, r_b], -1), p, g)

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_kernels_equal_the_reference_in_the_interpreter():
     pytest.importorskip("triton", reason="triton does not import (CPU-only torch build)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(ROOT / "tests" / "routing_triton_cases.py")]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    cases = str(ROOT / "tests" / "routing_triton_cases.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", cases]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
     assert " passed" in proc.stdout and " skipped" not in proc.stdout, proc.stdout[-2000:]

@@ -183,7 +183,8 @@ class MoRAMLinear(_WrapsLinear):
             if n_old:
                 out2 = torch.addmm(out2, c_old.reshape(-1, n_old), self.frozen_values.T)
             if self.in_task:
-                out2 = torch.addmm(out2, c_cur.reshape(-1, c_cur.shape[-1]), self.values.T, alpha=self.config.scale)
+                c_cur2 = c_cur.reshape(-1, c_cur.shape[-1])  # (N, r)
+                out2 = torch.addmm(out2, c_cur2, self.values.T, alpha=self.config.scale)
             out, delta = out2.reshape(y.shape), None
         else:  # explicit Δ (traces; mixed precision: the value product in the compute dtype, cast back)
             delta = None

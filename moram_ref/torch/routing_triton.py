@@ -1,10 +1,11 @@
 """Fused self-activation for CUDA: spec §3 steps 2–6 in one Triton kernel, its backward in another.
 
-**The reference it equals:** :func:`gated_responses_ref`, i.e. ``w = moram_ref.torch.activation.final_weights(p, ...)[-1]``
-on ``p = [p_frozen, p_current]`` upcast to float32, then ``c = (w ⊙ p)`` cast back to ``p``'s dtype; the
-backward equals autograd through that reference (theory.md#eq-backward). Tested on every run of the suite
-in Triton's interpreter (``tests/test_routing_triton.py``). The layer chooses it by
-``MoRAMConfig.routing_kernel`` (:func:`use_triton`).
+**The reference it equals:** :func:`gated_responses_ref`: ``w = moram_ref.torch.activation.final_weights(p)[-1]``
+on ``p = [p_frozen, p_current]`` upcast to float32, then ``c = (w ⊙ p)`` cast to ``c_dtype`` (default ``p``'s);
+the backward equals autograd through that reference (theory.md#eq-backward). Tested on every run of the
+suite in Triton's interpreter (``tests/test_routing_triton.py``, cases in ``tests/routing_triton_cases.py``).
+The layer chooses it by ``MoRAMConfig.routing_kernel`` (:func:`use_triton`). Both directions are
+``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` keeps each as one node.
 
 Design, per token row (a tile of ``BLOCK_N`` rows × ``BLOCK_R ≥ R`` atoms per program):
 
@@ -15,7 +16,7 @@ Design, per token row (a tile of ``BLOCK_N`` rows × ``BLOCK_R ≥ R`` atoms per
   index ``j`` of the last atom kept among those equal to ``t``; kept = ``s > t`` or (``s = t`` and
   ``index ≤ j``). For ``k ≤ 16``: ``k`` rounds of (max, first index of the max). For larger ``k``: ``t`` is
   found bit by bit (32 counting passes) on the order-preserving int32 image of the float bits, then
-  ``j`` by a cumulative count of the ties. Both cost O(R) memory and give the same ``(t, j)``;
+  ``j`` by a cumulative count of the ties. Both cost O(R) registers per row and give the same ``(t, j)``;
 * saved for backward: ``p`` itself (the inputs, no copy) and five numbers per row — ``‖p‖``, ``t``, ``j``, the
   softmax max and sum — from which the backward recomputes ``s``, the kept set, ``ŵ`` and the gate
   exactly. Nothing of width ``R`` is stored besides ``c`` (and ``w`` only when asked for).
@@ -182,7 +183,7 @@ def _launch_shape(n_atoms: int) -> tuple[int, int, int]:
 
 @torch.library.custom_op("moram_ref::routing_fwd", mutates_args=())
 def routing_forward(pa: Tensor, pb: Tensor, k: int, tau: float, delta: float, eps: float, gate: bool, want_w: bool,
-                c_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    c_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward kernel on (N, R_old), (N, r) rows -> (c_a, c_b, w or (N, 0), stats (4, N), j (N,) int32)."""
     n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
     ca, cb = _new(pa, c_dtype), _new(pb, c_dtype)  # (N, R_old), (N, r) the gated responses
@@ -195,7 +196,8 @@ def routing_forward(pa: Tensor, pb: Tensor, k: int, tau: float, delta: float, ep
         fwd[(triton.cdiv(n_rows, block_n),)](
             pa_, pb_, ca_, cb_, w if want_w else ca_, stats, cut,
             n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), k, tau, delta, eps,
-            GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
+            GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w, BLOCK_N=block_n, BLOCK_R=block_r,
+            num_warps=warps)
     return ca, cb, w, stats, cut
 
 
@@ -205,8 +207,8 @@ def _(pa, pb, k, tau, delta, eps, gate, want_w, c_dtype):
 
 
 @torch.library.custom_op("moram_ref::routing_bwd", mutates_args=())
-def routing_backward(pa: Tensor, pb: Tensor, ga: Tensor, gb: Tensor, stats: Tensor, cut: Tensor, tau: float, delta: float,
-                eps: float, gate: bool) -> tuple[Tensor, Tensor]:
+def routing_backward(pa: Tensor, pb: Tensor, ga: Tensor, gb: Tensor, stats: Tensor, cut: Tensor, tau: float,
+                     delta: float, eps: float, gate: bool) -> tuple[Tensor, Tensor]:
     """The backward kernel: ∂L/∂c blocks -> ∂L/∂p blocks, in ``p``'s dtype."""
     n_rows, r_a, r_b = pa.shape[0], pa.shape[1], pb.shape[1]
     ga, gb = _rows(ga), _rows(gb)
@@ -364,7 +366,8 @@ def _bwd_kernel(pa, pb, ga, gb, da, db, stats, cut, n_rows, r_a, r_b, stride_a, 
     else:
         gamma = valid
     w = tl.where(gamma, w_hat, 0.0)
-    # theory.md#eq-backward: g_ŵ = g_c ⊙ p ⊙ γ; g_s = ŵ ⊙ (g_ŵ − ŵᵀg_ŵ) / τ; g_p = g_c ⊙ w + (g_s − s (sᵀg_s)) / ‖p‖
+    # theory.md#eq-backward: g_ŵ = g_c ⊙ p ⊙ γ; g_s = ŵ ⊙ (g_ŵ − ŵᵀg_ŵ) / τ;
+    # g_p = g_c ⊙ w + (g_s − s (sᵀg_s)) / ‖p‖ (theory.md#eq-normalise-backward: only g_s / ε under the floor)
     g_w_hat = tl.where(gamma, g * p, 0.0)
     g_s = w_hat * (g_w_hat - tl.sum(w_hat * g_w_hat, axis=1)[:, None]) / tau
     s_dot = tl.where(norm > eps, tl.sum(s * g_s, axis=1), 0.0)  # the floor ε passes no gradient to ‖p‖
