@@ -12,6 +12,9 @@ from typing import Any
 
 THRESHOLD_MODES = ("eval", "always", "never")
 ROUTING_KERNELS = ("auto", "torch", "triton")
+# fields that choose how the torch layer computes, not what (the results are equal): a checkpoint written with
+# one value loads under another
+EXECUTION_ONLY = ("routing_kernel",)
 
 
 @dataclass(frozen=True)
