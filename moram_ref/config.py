@@ -37,7 +37,7 @@ class MoRAMConfig:
         routing_kernel: how the torch layer computes steps 2–6: ``"torch"`` (the readable reference,
             :mod:`moram_ref.torch.activation`), ``"triton"`` (the fused kernels of
             :mod:`moram_ref.torch.routing_triton`, equal to it; CUDA, or a CPU under ``TRITON_INTERPRET=1``)
-            or ``"auto"`` (triton for CUDA tensors when triton imports, torch otherwise). NumPy ignores it.
+            or ``"auto"`` (triton for CUDA tensors when triton is installed, torch otherwise). NumPy ignores it.
     """
 
     atoms_per_task: int = 16
