@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 THRESHOLD_MODES = ("eval", "always", "never")
+ROUTING_KERNELS = ("auto", "torch", "triton")
+# fields that choose how the torch layer computes, not what (the results are equal): a checkpoint written with
+# one value loads under another
+EXECUTION_ONLY = ("routing_kernel",)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class MoRAMConfig:
             ``end_task()`` so freezing preserves the function (spec §4, §9).
         dropout: adapter dropout probability on ``x`` before the keys, training only (step 1).
         eps: ``ε`` of the normaliser ``max(‖p‖₂, ε)`` (step 2).
+        routing_kernel: how the torch layer computes steps 2–6: ``"torch"`` (the readable reference,
+            :mod:`moram_ref.torch.activation`), ``"triton"`` (the fused kernels of
+            :mod:`moram_ref.torch.routing_triton`, equal to it; CUDA, or a CPU under ``TRITON_INTERPRET=1``)
+            or ``"auto"`` (triton for CUDA tensors when triton is installed, torch otherwise). NumPy ignores it.
     """
 
     atoms_per_task: int = 16
@@ -42,6 +50,7 @@ class MoRAMConfig:
     scale: float = 1.0
     dropout: float = 0.0
     eps: float = 1e-12
+    routing_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("atoms_per_task", self.atoms_per_task, minimum=1)
@@ -67,6 +76,8 @@ class MoRAMConfig:
         _check_real("eps", self.eps)
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if self.routing_kernel not in ROUTING_KERNELS:
+            raise ValueError(f"routing_kernel must be one of {ROUTING_KERNELS}, got {self.routing_kernel!r}")
 
     # --- derived quantities ------------------------------------------------------------------
     def k_eff(self, n_atoms: int) -> int:

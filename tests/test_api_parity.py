@@ -9,8 +9,9 @@ import pytest
 
 MIRRORED = ("memory", "activation", "layer", "loops", "optim", "losses", "baselines")
 NUMPY_ONLY = {"backward"}  # the hand-written backward; torch uses autograd
-# putting layers on models; checkpoints; the O-LoRA baseline; open_clip-style attention split into q/k/v/out
-TORCH_ONLY = {"attach", "checkpoint", "olora", "split_attention"}
+# putting layers on models; checkpoints; the O-LoRA baseline; open_clip-style attention split into q/k/v/out;
+# the fused Triton kernels of self-activation (CUDA)
+TORCH_ONLY = {"attach", "checkpoint", "olora", "split_attention", "routing_triton"}
 # methods that differ by design: NumPy passes training/rng explicitly and returns (y, cache);
 # torch follows nn.Module (training flag on the module, forward returns y, autograd for backward)
 METHOD_EXCEPTIONS = {"backward", "parameters"}

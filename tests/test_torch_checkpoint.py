@@ -85,6 +85,26 @@ def test_mismatches_give_clear_errors(tmp_path):
         C.load(same, tmp_path / "missing.safetensors")
 
 
+def test_routing_kernel_is_not_part_of_the_config_a_checkpoint_checks(tmp_path, monkeypatch):
+    """routing_kernel chooses how, not what: a checkpoint loads under any value, and one written before the
+    field existed loads too."""
+    import dataclasses
+
+    m = trained(1)
+    path = C.save(m, tmp_path / "ck.safetensors", dataclasses.replace(CFG, routing_kernel="triton"), tasks_done=1)
+    fresh = tiny_model()
+    A.attach(fresh, CFG, TARGETS)
+    C.load(fresh, path, dataclasses.replace(CFG, routing_kernel="torch"))
+    with monkeypatch.context() as mp:  # a checkpoint from before the field existed
+        to_dict = MoRAMConfig.to_dict
+        mp.setattr(MoRAMConfig, "to_dict", lambda self: {k: v for k, v in to_dict(self).items() if k != "routing_kernel"})
+        old = C.save(m, tmp_path / "old.safetensors", CFG, tasks_done=1)
+    assert "routing_kernel" not in C.read_metadata(old)["config"]
+    C.load(fresh, old, CFG)
+    with pytest.raises(C.CheckpointError, match="config differs"):
+        C.load(fresh, old, dataclasses.replace(CFG, temperature=0.5))
+
+
 def test_newer_format_is_rejected(tmp_path):
     from safetensors.torch import save_file
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from moram_ref.config import MoRAMConfig
+from moram_ref.config import EXECUTION_ONLY, MoRAMConfig
 from moram_ref.torch.attach import METHODS, attached_layers
 
 FORMAT = "moram_ref.checkpoint"
@@ -162,8 +162,10 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
     meta = read_metadata(path)
     if method is not None and meta["method"] != method:
         raise CheckpointError(f"checkpoint method {meta['method']!r} differs from this model's {method!r}")
-    if config is not None and meta["config"] != config.to_dict():
-        diff = {k: (meta["config"].get(k), v) for k, v in config.to_dict().items() if meta["config"].get(k) != v}
+    theirs = {k: v for k, v in meta["config"].items() if k not in EXECUTION_ONLY}  # how, not what: never compared
+    ours = {k: v for k, v in (config.to_dict() if config is not None else {}).items() if k not in EXECUTION_ONLY}
+    if config is not None and theirs != ours:
+        diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
         raise CheckpointError(f"checkpoint config differs from this model's (checkpoint, model): {diff}")
     layers = describe_layers(model)
     if meta["layers"] != layers:

@@ -22,7 +22,7 @@ from torch import nn
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.shapes import check_finite, check_input, check_layer_state
-from moram_ref.torch import activation
+from moram_ref.torch import activation, routing_triton
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
@@ -181,36 +181,45 @@ class MoRAMLinear(_WrapsLinear):
         x_d = nn.functional.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
         x_d = x_d.to(rdt)  # (..., d_in) exact widening
         n_old = self.frozen_keys.shape[0]
-        blocks = []
-        if n_old:
-            blocks.append(activation.responses(x_d, self.frozen_keys.to(rdt)))  # (..., R_old)
-        if self.in_task:
-            blocks.append(activation.responses(x_d, self.keys.to(rdt)))  # (..., r)
-        p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
-        if explicit_delta:  # every intermediate, for trace()
-            trace = activation.mixing_weights(p, self.config, self.training)
-            w = trace["w"]
-        else:  # the lean path: only the final weights at full width
-            w = activation.final_weights(p, self.config, self.training)[-1]
-            trace = {"w": w}
-        c = (w * p).to(vdt)  # (..., R) gated responses, in the value product's dtype
+        p_old = activation.responses(x_d, self.frozen_keys.to(rdt)) if n_old else None  # (..., R_old)
+        p_cur = activation.responses(x_d, self.keys.to(rdt)) if self.in_task else None  # (..., r)
+        blocks = [b for b in (p_old, p_cur) if b is not None]
+        p = None
+        if not explicit_delta and routing_triton.use_triton(self.config, blocks[0], self.n_atoms):
+            # steps 2–6 fused (equal to the torch path below), on the two response blocks: no concatenation
+            c_old, c_cur, *w = routing_triton.gated_responses(p_old, p_cur, self.config, self.training, self.record,
+                                                              c_dtype=vdt)
+            w, trace = (w[0] if w else None), {}
+            c_old2 = c_old.reshape(-1, n_old) if n_old else None  # (N, R_old), contiguous already
+            c_cur2 = c_cur.reshape(-1, c_cur.shape[-1]) if self.in_task else None  # (N, r)
+        else:
+            p = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (..., R)
+            if explicit_delta:  # every intermediate, for trace()
+                trace = activation.mixing_weights(p, self.config, self.training)
+                w = trace["w"]
+            else:  # the lean path: only the final weights at full width
+                w = activation.final_weights(p, self.config, self.training)[-1]
+                trace = {"w": w}
+            c = (w * p).to(vdt)  # (..., R) gated responses, in the value product's dtype
+            c_old, c_cur = c[..., :n_old], c[..., n_old:]  # (..., R_old), (..., r)
+            c2 = c.reshape(-1, c.shape[-1])  # (N, R)
+            c_old2, c_cur2 = c2[:, :n_old], c2[:, n_old:]  # strided views: addmm reads them in place
         if self.record:
             self.last_weights = w.detach()
         if not explicit_delta:
             # fused: y + c Bᵀ in one kernel per block (no separate Δ tensor, no per-call concatenation)
-            c2 = c.reshape(-1, c.shape[-1])  # (N, R)
             out2 = y.reshape(-1, self.d_out)  # (N, d_out)
             if n_old:
-                out2 = torch.addmm(out2, c2[:, :n_old], self.frozen_values.to(vdt).T)
+                out2 = torch.addmm(out2, c_old2, self.frozen_values.to(vdt).T)
             if self.in_task:
-                out2 = torch.addmm(out2, c2[:, n_old:], self.values.to(vdt).T, alpha=self.config.scale)
+                out2 = torch.addmm(out2, c_cur2, self.values.to(vdt).T, alpha=self.config.scale)
             out = out2.reshape(y.shape)  # (..., d_out)
             return out, {"p": p, **trace, "delta": None, "y": out}
         delta = None  # explicit Δ, for traces
         if n_old:
-            delta = nn.functional.linear(c[..., :n_old], self.frozen_values.to(vdt))
+            delta = nn.functional.linear(c_old, self.frozen_values.to(vdt))
         if self.in_task:
-            cur = nn.functional.linear(c[..., n_old:], self.values.to(vdt)) * self.config.scale
+            cur = nn.functional.linear(c_cur, self.values.to(vdt)) * self.config.scale
             delta = cur if delta is None else delta + cur
         out = y + delta
         return out, {"p": p, **trace, "delta": delta, "y": out}
