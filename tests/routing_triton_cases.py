@@ -201,9 +201,10 @@ def test_layer_with_triton_equals_layer_with_torch(dtype, blocks, training):
                       routing_kernel="torch")
     gen = torch.Generator().manual_seed(3)
     layers = {}
-    for kernel in ("torch", "triton"):
+    for kernel in ("torch", "triton", "float64"):
         torch.manual_seed(0)
-        layer = MoRAMLinear(torch.nn.Linear(6, 7), dataclasses.replace(cfg, routing_kernel=kernel), dtype=torch.float32)
+        kind = "torch" if kernel == "float64" else kernel
+        layer = MoRAMLinear(torch.nn.Linear(6, 7), dataclasses.replace(cfg, routing_kernel=kind), dtype=torch.float32)
         for t in range(0 if blocks == "current only" else 2):
             layer.begin_task(torch.Generator().manual_seed(t))
             layer.values.data.normal_(generator=torch.Generator().manual_seed(10 + t))
@@ -212,21 +213,35 @@ def test_layer_with_triton_equals_layer_with_torch(dtype, blocks, training):
             layer.begin_task(torch.Generator().manual_seed(9))
             layer.values.data.normal_(generator=torch.Generator().manual_seed(19))
         layer.to(device=DEVICE, dtype=dtype).train(training)
+        if kernel == "float64":  # the same rounded parameters, computed in float64
+            layer.to(dtype=torch.float64)
         layer.record = True
         layers[kernel] = layer
     x = torch.randn(2, 3, 6, generator=gen).to(device=DEVICE, dtype=dtype)
     out = {}
     for kernel, layer in layers.items():
-        xr = x.clone().requires_grad_()
+        xr = x.clone().to(torch.float64 if kernel == "float64" else dtype).requires_grad_()
         y = layer(xr)
         y.square().sum().backward()
         grads = {f"{name}.grad": q.grad for name, q in layer.current_parameters().items()}
         out[kernel] = {"y": y, "x.grad": xr.grad, **grads, "w": layer.last_weights}
     assert out["triton"].keys() == out["torch"].keys()
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    if dtype == torch.float32:
+        for name, a in out["triton"].items():
+            torch.testing.assert_close(a, out["torch"][name], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+        return
+    # bf16: both paths round c, y and the gradients to bf16 (docs/semantics.md#precision), and Triton's
+    # interpreter truncates float32 -> bf16 where torch rounds, so they may land on opposite sides of the
+    # float64 result (x.grad of y.square().sum() sums 7 products of bf16-rounded terms). The kernel must
+    # be as close to float64 on the same rounded operands as the torch reference is, up to four bf16 ulps
+    # (a truncated c and a truncated output, each summed over the 6 tokens of a gradient).
     for name, a in out["triton"].items():
-        b = out["torch"][name]
-        torch.testing.assert_close(a.float(), b.float(), **tol, msg=lambda m, name=name: f"{name}: {m}")
+        ref, b = out["float64"][name], out["torch"][name].double()
+        err_kernel, err_torch = (a.double() - ref).abs(), (b - ref).abs()
+        allowed = 2 * err_torch + 4 * 2.0**-8 * (ref.abs() + ref.abs().mean())  # bf16 ulps at the tensor's scale
+        worst = (err_kernel - allowed).max().item()
+        assert worst <= 0, f"{name}: the kernel is further from float64 than allowed by {worst:.3g}"
 
 
 def test_c_in_the_value_products_dtype():
