@@ -15,7 +15,7 @@ import platform
 
 import torch
 
-from moram_ref.bench import _timeit
+from moram_ref.perf.timing import median_seconds
 from moram_ref.config import MoRAMConfig
 from moram_ref.torch import activation
 from moram_ref.torch.layer import MoRAMLinear
@@ -51,7 +51,7 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
         for case, t in (("s", s), ("ties", ties)):
             if not torch.equal(torch.sort(fn(t, k), -1).values, want[case]):
                 raise AssertionError(f"{name} keeps other atoms than top_k_indices on the {case} case")
-    topk = _timeit({f"{n}_{c}": (lambda fn=fn, t=t: fn(t, k)) for n, fn in topk_fns.items()
+    topk = median_seconds({f"{n}_{c}": (lambda fn=fn, t=t: fn(t, k)) for n, fn in topk_fns.items()
                     for c, t in (("random", s), ("ties", ties))}, repeat)
 
     cfg = MoRAMConfig(atoms_per_task=r, top_k=k, temperature=0.01, threshold=0.2)
@@ -78,11 +78,11 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
             return step
 
         layer.train()
-        train = _timeit({"eager": train_step(layer), "compiled": train_step(compiled)}, repeat)
+        train = median_seconds({"eager": train_step(layer), "compiled": train_step(compiled)}, repeat)
         layer.eval()
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-4)
-            evals = _timeit({"eager": lambda: layer(x), "compiled": lambda: compiled(x)}, repeat)
+            evals = median_seconds({"eager": lambda: layer(x), "compiled": lambda: compiled(x)}, repeat)
         out["seconds"].update({"layer_train": train, "layer_eval": evals})
         out["ratios"].update({"layer_train_compiled_over_eager": train["compiled"] / train["eager"],
                               "layer_eval_compiled_over_eager": evals["compiled"] / evals["eager"]})
