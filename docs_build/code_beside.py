@@ -34,11 +34,11 @@ def resolve(dotted: str):
 
 def _source(dotted: str) -> tuple[str, str]:
     obj = resolve(dotted)
-    shown = obj.forward if inspect.isclass(obj) and hasattr(obj, "forward") else obj
+    shown = inspect.unwrap(obj.forward if inspect.isclass(obj) and hasattr(obj, "forward") else obj)
     lines, start = inspect.getsourcelines(shown)
     where = f"{Path(inspect.getsourcefile(shown)).resolve().relative_to(ROOT)}:{start}"
-    label = f"{dotted}.forward" if shown is not obj else dotted
-    return label + f" — {where}", inspect.cleandoc("".join(lines)) if shown is obj else _dedent(lines)
+    label = f"{dotted}.forward" if inspect.isclass(obj) and hasattr(obj, "forward") else dotted
+    return label + f" — {where}", _dedent(lines)
 
 
 def _dedent(lines: list[str]) -> str:

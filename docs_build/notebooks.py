@@ -40,16 +40,18 @@ def missing_requirement(path: Path, env: dict | None = None) -> str | None:
     return name if name and not (env if env is not None else os.environ).get(name) else None
 
 
-def execute(path: Path, figures: Path, timeout: int = 600, extra_env: dict | None = None):
+def execute(path: Path, figures: Path, timeout: int = 600, environ: dict | None = None):
     """Run every cell of ``path`` in a fresh kernel; returns the executed notebook (raises on a failing cell).
 
     The kernel starts in an empty scratch folder (so a tutorial cannot depend on where it is launched
     from), with matplotlib's inline backend (so figures land in the outputs whatever ``MPLBACKEND`` the
-    caller has) and ``MORAM_FIGURES=figures``."""
+    caller has) and ``MORAM_FIGURES=figures``; otherwise the environment is ``environ`` (default: this
+    process's)."""
     nb = jupytext.read(path)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    env = {**os.environ, **(extra_env or {}), "MPLBACKEND": INLINE, "MORAM_FIGURES": str(figures),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    base = dict(os.environ if environ is None else environ)
+    env = {**base, "MPLBACKEND": INLINE, "MORAM_FIGURES": str(figures),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as scratch:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": scratch}})
         client.execute(env=env)

@@ -150,16 +150,24 @@ if not REAL:  # a claim about the tiny toy
     assert all(v > 0.5 for v in task1_share.values())
 
 # %% [markdown]
-# ## Exercises: predict, then run
+# ## Exercises (predict, then run the cell)
 # 1. After `attach.detach(model)`, will the accuracy equal the zero-shot row printed above exactly?
 # 2. At the map layer, after the last task, what share of image tokens does the threshold `δ = 0.2`
 #    silence completely (all weights 0)?
 # 3. How many atoms does the text encoder's first `c_fc` layer hold now?
 
 # %%
+# 2. None here: on every token one atom holds nearly all the weight, and its score is far above δ.
 silenced = np.mean([(w.sum(axis=1) == 0).mean() for w in maps["after task 3"].values()])
 print("2. share of silenced image tokens after the last task:", round(float(silenced), 3))
-print("3. atoms at transformer.resblocks.0.mlp.c_fc:", model.get_submodule("transformer.resblocks.0.mlp.c_fc").n_atoms)
+if not REAL:
+    assert silenced == 0
+# 3. 24: every adapted layer got 8 atoms per task, the text encoder's as well as the image encoder's.
+c_fc = model.get_submodule("transformer.resblocks.0.mlp.c_fc")
+print("3. atoms at transformer.resblocks.0.mlp.c_fc:", c_fc.n_atoms)
+assert c_fc.n_atoms == 3 * config.atoms_per_task
+# 1. Exactly: detach puts the original linear layers back, and the split attention is the same function.
 attach.detach(model)
-print("1. accuracy after detach:", evaluate(model, tokenizer, transform, domains, settings, DEVICE, root).round(1),
-      "| zero-shot:", zero_shot.round(1))
+after_detach = evaluate(model, tokenizer, transform, domains, settings, DEVICE, root)
+print("1. accuracy after detach:", after_detach.round(1), "| zero-shot:", zero_shot.round(1))
+assert np.array_equal(after_detach, zero_shot)

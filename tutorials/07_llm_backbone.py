@@ -149,17 +149,25 @@ assert all(0 <= s <= 100 for s in scores.values())
 # `moram-ref llm --benchmark trace --model <path> --data-root … --out runs/trace` (see
 # [Experiments](../docs/experiments.md)).
 #
-# ## Exercises: predict, then run
+# ## Exercises (predict, then run the cell)
 # 1. A second task adds atoms to every layer. How many atoms will each adapted layer hold after
-#    `train_task(model, tok, tasks[1], 1, settings, Dist())`? Predict, then run the cell below.
+#    `train_task(model, tok, tasks[1], 1, settings, Dist())`?
 # 2. `attach.detach(model)` puts the original linear layers back. Will the logits on `probe_ids` then equal
 #    `logits_before` exactly, or only approximately?
 # 3. An empty answer: what does `scoring.score_task("C-STANCE", [""], ["A"], ["…"])` return?
 
 # %%
+# 1. 16: r = 8 more per task, the first task's 8 frozen.
 train_task(model, tok, tasks[1], 1, settings, Dist())
 print("1. atoms per layer after two tasks:", layers[0].n_atoms)
+assert all(m.n_atoms == 2 * config.atoms_per_task for m in layers)
+# 2. Exactly: detach restores the very modules that were wrapped, untouched by training.
 attach.detach(model)
 with torch.no_grad():
-    print("2. logits after detach equal the original ones exactly:", torch.equal(model(probe_ids).logits, logits_before))
-print("3. score of an empty answer:", scoring.score_task("C-STANCE", [""], ["A"], ["…"]))
+    same = torch.equal(model(probe_ids).logits, logits_before)
+print("2. logits after detach equal the original ones exactly:", same)
+assert same
+# 3. 0: an empty prediction counts 0 for accuracy (spec §6), it is not skipped.
+empty = scoring.score_task("C-STANCE", [""], ["A"], ["…"])
+print("3. score of an empty answer:", empty)
+assert empty == 0
