@@ -51,6 +51,9 @@ def execute(path: Path, figures: Path, timeout: int = 600, environ: dict | None 
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     base = dict(os.environ if environ is None else environ)
     env = {**base, "MPLBACKEND": INLINE, "MORAM_FIGURES": str(figures),
+           # progress bars would print as blank lines on a page; tqdm.auto would also warn without ipywidgets
+           "TQDM_DISABLE": "1",
+           "PYTHONWARNINGS": ",".join(filter(None, [base.get("PYTHONWARNINGS"), "ignore:IProgress not found"])),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as scratch:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": scratch}})
