@@ -56,7 +56,8 @@ def test_tutorial_defines_no_functions_or_classes(path):
 def test_tutorial_ends_with_exercises_to_run(path):
     """An Exercises section near the end: two or three numbered questions, then a cell that answers them."""
     cells = notebooks.unexecuted(path).cells
-    found = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)]
+    found = [i for i, c in enumerate(cells)
+             if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)]
     assert found, f"{path.name}: no Exercises section"
     questions = cells[found[-1]].source.split("Exercises", 1)[1]
     assert len(re.findall(r"^\d\. ", questions, re.M)) in (2, 3), f"{path.name}: two or three questions"
@@ -74,6 +75,18 @@ def test_tutorial_runs(path, tmp_path, executed):
     shown, saved = notebooks.figure_count(nb), len(list(figures.glob("*.png")))
     assert saved >= shown, f"{path.name} shows {shown} figures but saved {saved} under MORAM_FIGURES"
     notebooks.save(nb, executed, path.stem)
+
+
+@pytest.mark.parametrize("stem", ["07_llm_backbone", "08_real_evidence_on_cpu"])
+def test_a_wrong_data_root_is_named_in_one_line(stem, tmp_path):
+    """DATA_ROOT pointing at a folder without the benchmark: the tutorial stops at once, naming the variable
+    and its value (not a library error suggesting a command-line flag a tutorial cannot take)."""
+    env = {**os.environ, "DATA_ROOT": str(tmp_path), "MORAM_FIGURES": str(tmp_path / "figures")}
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / f"{stem}.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"DATA_ROOT={str(tmp_path)!r}") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_docs_site_builds_with_pages_math_and_code(executed, tmp_path):

@@ -61,7 +61,8 @@ print("device:", DEVICE, "| model:", "ViT-B-16 (openai)" if REAL else "tiny rand
 torch.manual_seed(0)
 fused = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
                                                  "head_width": 32},
-                       text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}).double()
+                       text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                                 "layers": 2}).double()
 images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
 with torch.no_grad():
     before = fused.encode_image(images)
@@ -137,9 +138,10 @@ for stage, per_domain in maps.items():
 # %% [markdown]
 # **Reading.** On this toy, the weight goes almost entirely to task 1's atoms, on every domain's image
 # and after every task; the blocks added for tasks 2 and 3 take part in the normaliser and the top-k but
-# lose, so they receive almost no gradient and the later domains are not learned. That is the failure
-# the sharp softmax (`τ = 0.01`) invites once one task's keys have grown; a similar winner-takes-all
-# routing shows up in the project's digits demo (README). Whether it happens on the real ViT-B-16 is for the full run to show.
+# lose, and the later domains are not learned either. A sharp softmax (`τ = 0.01`) invites this once one
+# task's keys have grown large; a similar winner-takes-all
+# routing shows up in the project's digits demo (README). Whether it happens on the real ViT-B-16 is for
+# the full run to show.
 # Checked over all three images after the last task:
 
 # %%

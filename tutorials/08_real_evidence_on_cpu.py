@@ -131,7 +131,8 @@ with torch.no_grad():
         real = np.arange(w.shape[1])[None, :] < np.array([enc.token_count(x) for x in t.test_text])[:, None]
         per_block = w[real].reshape(-1, 2, 8).sum(axis=(0, 2))  # weight per task's block of atoms
         share[t.name] = per_block / per_block.sum()
-        print(f"{t.name} texts: dbpedia's atoms carry {100 * share[t.name][0]:.0f} %, amazon's {100 * share[t.name][1]:.0f} %")
+        print(f"{t.name} texts: dbpedia's atoms carry {100 * share[t.name][0]:.0f} %, "
+              f"amazon's {100 * share[t.name][1]:.0f} %")
 attach.set_recording(enc.top, False)
 n99 = results["moram"]["n99"][-1]
 print("atoms for 99 % of the weight per token, per layer, after task 2:",
