@@ -14,6 +14,7 @@
 # is no stored figure of one to show here; [tutorial 8](08_real_evidence_on_cpu.py) shows real results.
 #
 # **Settings you can change** (environment variables, read once below):
+#
 # - `DATA_ROOT`: the benchmark folder (`llm-cl-benchmark-500`, TRACE's JSON layout). Unset: two small tasks
 #   are generated in that layout in a temporary folder, so the page runs anywhere, from any directory.
 # - `MODEL_PATH`: a local folder with a Hugging Face causal LM (e.g. Llama-3.2-1B-Instruct). Unset: the

@@ -89,6 +89,7 @@ plt.show()
 
 # %% [markdown]
 # What the matrices say, checked:
+#
 # - the frozen encoder's two rows are identical (nothing trains);
 # - both adapters learn dbpedia beyond the frozen encoder (first row, first column);
 # - sequential LoRA, trained on through amazon, loses dbpedia accuracy (first column drops);
