@@ -35,11 +35,11 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m moram_ref.bench
 
 notebooks: $(VENV)/.dev-installed
-	$(BIN)/pip install -q jupytext
 	$(BIN)/jupytext --to ipynb tutorials/[0-9][0-9]_*.py
 
+# site/: every page, the tutorials executed into pages with their figures, math as MathML (offline).
+# Tutorial 8 needs DATA_ROOT=<llm-cl-benchmark-500> to be executed; without it its page shows the code only.
 docs: $(VENV)/.dev-installed
-	$(BIN)/pip install -q mkdocs
 	$(BIN)/mkdocs build --strict
 
 clean:

@@ -19,9 +19,11 @@ def _pyplot():
     return plt
 
 
-def accuracy_heatmaps(matrices: dict[str, np.ndarray], task_names: list[str], path: Path, title: str) -> None:
-    """One panel per method: ``a[i, j]`` after task i (rows) on task j (columns)."""
-    plt = _pyplot()
+def accuracy_figure(matrices: dict[str, np.ndarray], task_names: list[str], title: str):
+    """One panel per method: ``a[i, j]`` (fractions in [0, 1]) after task i (rows) on task j (columns),
+    as a matplotlib figure, returned unsaved (pyplot's current backend: inline in a notebook)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     n = len(matrices)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
     for ax, (name, a) in zip(axes[0], matrices.items()):
@@ -34,6 +36,13 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], task_names: list[str], pa
         ax.set_yticks(range(len(task_names)), [f"after {t}" for t in task_names], fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def accuracy_heatmaps(matrices: dict[str, np.ndarray], task_names: list[str], path: Path, title: str) -> None:
+    """:func:`accuracy_figure`, written to ``path`` (PNG)."""
+    plt = _pyplot()
+    fig = accuracy_figure(matrices, task_names, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -62,26 +71,41 @@ def activation_map(weights: np.ndarray, groups: np.ndarray, atoms_per_task: int,
     plt.close(fig)
 
 
-def token_activation_maps(maps: dict[str, dict[str, np.ndarray]], atoms_per_task: int, path: Path, title: str) -> None:
-    """Rows: one example per task; columns: after which task. Each panel: atoms (grouped by task) × tokens."""
-    plt = _pyplot()
+def token_activation_figure(maps: dict[str, dict[str, np.ndarray]], atoms_per_task: int, title: str):
+    """The paper's rank activation maps (spec §8.1) as a matplotlib figure, returned unsaved.
+
+    ``maps[stage][example]`` holds the final weights ``w`` of one input, shape (tokens, R). Columns: the
+    stages (e.g. after tasks 1, 2 and the last); rows: one example per task. Each panel shows atoms
+    (rows, in blocks of ``atoms_per_task`` separated by lines: the task that added them) × tokens; one
+    colour bar (w from 0 to 1) serves every panel. Uses pyplot's current backend (inline in a notebook).
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     stages = list(maps)
     examples = list(maps[stages[0]])
-    fig, axes = plt.subplots(len(examples), len(stages), figsize=(4.2 * len(stages), 1.9 * len(examples)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(examples), len(stages), figsize=(3.6 * len(stages) + 1, 1.9 * len(examples) + 0.6),
+                             squeeze=False, layout="constrained")
+    image = None
     for j, stage in enumerate(stages):
         for i, name in enumerate(examples):
-            w = maps[stage][name].T  # (R, L)
+            w = np.asarray(maps[stage][name]).T  # (R, L)
             ax = axes[i][j]
-            ax.imshow(w, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=1)
+            image = ax.imshow(w, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=1)
             for g in range(1, w.shape[0] // atoms_per_task):
-                ax.axhline(g * atoms_per_task - 0.5, color="cyan", lw=0.5)
+                ax.axhline(g * atoms_per_task - 0.5, color="cyan", lw=0.8)
             ax.set_title(f"{name} example, {stage.replace('_', ' ')}", fontsize=8)
             ax.set_xlabel("token", fontsize=7)
-            ax.set_ylabel("atom (task blocks)", fontsize=7)
+            ax.set_ylabel(f"atom ({atoms_per_task} per task)", fontsize=7)
             ax.tick_params(labelsize=6)
+    fig.colorbar(image, ax=axes, label="mixing weight w", shrink=0.8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return fig
+
+
+def token_activation_maps(maps: dict[str, dict[str, np.ndarray]], atoms_per_task: int, path: Path, title: str) -> None:
+    """:func:`token_activation_figure`, written to ``path`` (PNG)."""
+    plt = _pyplot()
+    fig = token_activation_figure(maps, atoms_per_task, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

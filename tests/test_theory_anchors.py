@@ -64,15 +64,5 @@ def test_every_equation_is_implemented_cited_and_tested(anchor):
     assert re.search(rf"def {re.escape(name)}\(", source), f"{anchor}: test {test.group(1)} not found"
 
 
-def test_docs_site_builds_strict(tmp_path):
-    """The docs build offline as a static site; broken links and anchors fail the build."""
-    import shutil
-    import subprocess
-    import sys
-
-    if shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists():
-        pytest.skip("mkdocs not installed (it is in the dev extra)")
-    exe = str(Path(sys.executable).parent / "mkdocs") if (Path(sys.executable).parent / "mkdocs").exists() else "mkdocs"
-    proc = subprocess.run([exe, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+# The docs build (strict, offline, math and tutorial pages) is tested at the end of tests/test_tutorials.py,
+# where it reuses the tutorials that module has just executed.

@@ -11,7 +11,7 @@ from moram_ref.torch import attach as A
 
 
 def map_layer(model) -> str | None:
-    """The image encoder's attention k-projection of the middle block (the paper's Fig. 1 choice)."""
+    """The image encoder's attention k-projection of the middle block (the layer of the paper's Fig. 3)."""
     names = [n for n, _ in A.moram_layers(model) if n.startswith("visual.") and n.endswith("attn.k_proj")]
     return names[len(names) // 2] if names else None
 

@@ -115,7 +115,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
         out["seconds_per_task"].append(time.perf_counter() - t0)
         if method in ("moram", "dense_moram"):
             out["n99"].append(atoms_for_mass(enc, tasks, settings.probe_per_task))
-            if t in (0, n - 1):
+            if t in (0, 1, n - 1):  # the paper's maps: after tasks 1, 2 and the last
                 out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
     out.update(union=union, own=own)
     return out
