@@ -28,7 +28,7 @@ FIGURES.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(1)
 
 # %% [markdown]
-# ## LoRA's $BA$ is $r$ atoms
+# ## LoRA's BA is r atoms
 # Summing the atoms one by one gives exactly the product.
 
 # %%

@@ -188,7 +188,7 @@ assert cos_crowd.min() > 0.99 and np.sum(s_crowd >= delta_thr) == 0
 # ### A growing bank and a fixed threshold
 # Because $\lVert s\rVert = 1$ is shared by all $R$ atoms, the score of an atom that merely happens to
 # respond shrinks as the bank grows: for random responses the largest of $R$ scores is about
-# $\sqrt{2 \ln R / R}$, which falls below $\delta = 0.2$ around $R \approx 250$. A token that matches
+# $\sqrt{2 \ln R / R}$, which falls below $\delta = 0.2$ around $R \approx 280$ (computed below). A token that matches
 # *no* atom is then silenced: the layer hands it to the frozen base model unchanged. A token that matches
 # an atom (its input lies along that atom's key) keeps a score well above $\delta$.
 #
@@ -212,6 +212,10 @@ for size in bank_sizes:
 for size, a, b in zip(bank_sizes, silenced_random, silenced_aligned):
     print(f"R = {size:5d}: silenced random tokens {100 * a:5.1f} %   silenced aligned tokens {100 * b:5.1f} %   "
           f"√(2 ln R / R) = {np.sqrt(2 * np.log(size) / size):.3f}")
+grid = np.arange(2, 5000)
+crossing = int(grid[np.argmax(np.sqrt(2 * np.log(grid) / grid) < delta_thr)])  # first R where the bound is below δ
+print(f"√(2 ln R / R) falls below δ = {delta_thr} at R = {crossing}")
+assert 270 <= crossing <= 290
 lowest = int(np.argmin(silenced_random))
 assert 0 < lowest < len(bank_sizes) - 1, "not monotone: falls, then rises"
 assert silenced_random[0] > silenced_random[lowest] and silenced_random[-1] > 0.99
@@ -220,8 +224,8 @@ assert max(silenced_aligned) == 0.0, "a token along an atom's key is never silen
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(bank_sizes, 100 * np.array(silenced_random), "o-", label="random tokens (match no atom)")
 ax.plot(bank_sizes, 100 * np.array(silenced_aligned), "s-", label="tokens along one atom's key")
-ax.axvline(250, color="0.6", ls=":", lw=0.8)
-ax.text(260, 50, "√(2 ln R/R) = δ", fontsize=8, color="0.4")
+ax.axvline(crossing, color="0.6", ls=":", lw=0.8)
+ax.text(crossing * 1.05, 50, "√(2 ln R/R) = δ", fontsize=8, color="0.4")
 ax.set_xscale("log", base=2)
 ax.set_xlabel("atoms in the bank R (unit keys, d_in = 64)")
 ax.set_ylabel("tokens with no score ≥ δ (%)")
@@ -231,7 +235,7 @@ fig.savefig(FIGURES / "03_bank_size.png", dpi=110, bbox_inches="tight")
 plt.show()
 
 # %% [markdown]
-# ## Temperature: what $\tau = 0.01$ means in numbers
+# ## Temperature: what τ = 0.01 means in numbers
 # For two kept atoms, $w_i / w_j = e^{(s_i - s_j)/\tau}$. With $\tau = 0.01$ a score gap of 0.01 is a factor
 # $e \approx 2.7$, and a gap of 0.05 is a factor $e^5 \approx 150$. Scores live in $[-1, 1]$ with
 # $\sum s^2 = 1$; in our bank of 12 the best two scores of a random token are typically about 0.1 apart,
@@ -276,7 +280,7 @@ fig.savefig(FIGURES / "03_temperature.png", dpi=110, bbox_inches="tight")
 plt.show()
 
 # %% [markdown]
-# ## The budget $k$
+# ## The budget k
 # $k$ caps how many atoms a token may use. How much it matters depends on $\tau$: at $\tau = 0.01$ the
 # weight is already on one or two atoms, so raising $k$ beyond two changes the update very little; at
 # $\tau = 1$ every kept atom gets a real share and $k$ changes the update a lot. We measure the mean over
@@ -293,6 +297,7 @@ for t in (0.01, 0.1, 1.0):
     full = deltas[-1]
     change[t] = [float(np.mean(np.linalg.norm(dk - full, axis=1) / np.linalg.norm(full, axis=1))) for dk in deltas]
     print(f"τ = {t:<4}: mean ‖Δ_k − Δ_R‖/‖Δ_R‖ for k = 1..{R}:", np.array2string(np.array(change[t]), precision=4))
+assert change[0.01][0] < 0.1, "τ = 0.01: k = 1 changes the update by a few percent at most"
 assert change[0.01][1] < 0.01 and change[0.01][3] < 1e-3, "τ = 0.01: beyond k = 2 the update barely changes"
 assert change[1.0][3] > 1.0, "τ = 1: k matters"
 
@@ -308,12 +313,13 @@ fig.savefig(FIGURES / "03_top_k.png", dpi=110, bbox_inches="tight")
 plt.show()
 
 # %% [markdown]
-# At $\tau = 0.01$ even $k = 1$ is close to keeping everything, except for the few tokens whose best two
-# scores nearly tie (about 5 % of them have a gap below 0.01, see above). So with the paper's temperature
-# $k$ acts as a safety cap, and $\tau$ decides how many atoms really answer.
+# At $\tau = 0.01$, $k = 1$ already changes the update by only a few percent on average (the printout; the
+# tokens whose best two scores nearly tie — about 5 % have a gap below 0.01, see above — carry that
+# change), and from $k = 2$ on by well under 1 %. So with the paper's temperature $k$ acts as a safety cap,
+# and $\tau$ decides how many atoms really answer.
 
 # %% [markdown]
-# ## Why the weights multiply the raw response $p$, not $s$
+# ## Why the weights multiply the raw response p, not s
 # Step 6 uses $\Delta = B\,(w \odot p)$. Two consequences:
 #
 # * **The update scales with the input**, like the linear layer it adapts: $w$ does not change when $x$ is

@@ -8,8 +8,10 @@
 # Adapters sit on the top block; the lower blocks are frozen and their outputs cached.
 #
 # **What this page shows.** A reduced run (2 tasks, 48 training texts and 40 test texts each, 20 steps
-# per task, 1 seed) in which the effect the paper claims is visible: sequential LoRA forgets the first
-# task when it learns the second, MoRAM does not. One seed and 40 test texts are thin evidence; the
+# per task, 1 seed) in which one effect the paper claims is visible: while learning the second task,
+# sequential LoRA loses accuracy on the first and MoRAM does not. It shows forgetting only: in 20 steps
+# neither adapter learns the second task (5-way review sentiment) beyond the frozen encoder by much, so
+# it says nothing about plasticity. One seed and 40 test texts are thin evidence; the
 # full experiment (4 tasks, 3 seeds, six methods; `moram-ref text-cl`) is in
 # [Results](../docs/results.md), and its stored figures are read at the end of this page.
 #
@@ -93,7 +95,9 @@ plt.show()
 # - the frozen encoder's two rows are identical (nothing trains);
 # - both adapters learn dbpedia beyond the frozen encoder (first row, first column);
 # - sequential LoRA, trained on through amazon, loses dbpedia accuracy (first column drops);
-# - MoRAM loses less of it: its dbpedia atoms are frozen and still fire on dbpedia's texts.
+# - MoRAM loses less of it: its dbpedia atoms are frozen and still fire on dbpedia's texts;
+# - neither adapter learns amazon much in 20 steps (second row, second column, within 10 points of the
+#   frozen encoder): this reduced run shows forgetting, not the plasticity side of the trade-off.
 
 # %%
 zs, seq, mo = (100 * results[m]["union"] for m in ("zero_shot", "seq_lora", "moram"))
@@ -102,6 +106,8 @@ assert seq[0, 0] > zs[0, 0] and mo[0, 0] > zs[0, 0]
 drop_seq, drop_moram = seq[0, 0] - seq[1, 0], mo[0, 0] - mo[1, 0]
 print(f"dbpedia accuracy lost while learning amazon: sequential LoRA {drop_seq:.1f} points, MoRAM {drop_moram:.1f}")
 assert drop_seq >= 5 and drop_moram < drop_seq
+print(f"amazon after learning it: frozen {zs[1, 1]:.1f} %, sequential LoRA {seq[1, 1]:.1f} %, MoRAM {mo[1, 1]:.1f} %")
+assert abs(seq[1, 1] - zs[1, 1]) < 10 and abs(mo[1, 1] - zs[1, 1]) < 10, "amazon is not learned in this short run"
 
 # %% [markdown]
 # ## Which atoms fire, token by token
