@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a damaged or missing file of the run folder, found while resuming: one line
+        checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
+        if checkpoint is None or not isinstance(exc, checkpoint.CheckpointError):
+            raise
+        print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return status if isinstance(status, int) else 0
 
 

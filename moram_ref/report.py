@@ -101,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"results: cannot read {path}: {err}") from None
     try:
         body = GENERATORS[args.table](*loaded)
-    except (KeyError, TypeError, IndexError) as err:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
         names = " ".join(str(p) for p in paths)
-        raise UsageError(f"results: {names} is not a {args.table} results file (missing {err})") from None
+        raise UsageError(f"results: {names} is not a {args.table} results file "
+                         f"({type(err).__name__}: {err})") from None
     if args.write is None and args.check is None:
         print(body)
         return 0

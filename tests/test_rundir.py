@@ -189,3 +189,48 @@ def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys):
     np.testing.assert_allclose(s["last"], matrix[-1].mean())  # the summary numbers are in the matrix's unit
     np.testing.assert_allclose(s["transfer"], matrix[0, 1])  # two tasks: the one entry above the diagonal
     assert _strict_load((out / "zero_shot" / "matrix.json").read_text()) == s
+
+
+def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, capsys):
+    """A checkpoint whose bytes were damaged, or an unreadable progress.json, found on --eval-only/--resume:
+    one line naming the file, exit 2 (not a traceback)."""
+    data = _llm_data(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["llm", "--tiny", "llama", "--benchmark", "olora-1", "--skip-missing", "--data-root", str(data),
+            "--out", str(out), "--max-train", "4", "--max-test", "2", "--epochs", "1", "--batch", "4",
+            "--micro-batch", "2", "--max-prompt", "32", "--max-answer", "4", "--max-new-tokens", "2",
+            "--methods", "moram"]
+    assert main(args) == 0
+    ck = sorted((out / "moram" / "checkpoints").glob("task*.safetensors"))[-1]
+    raw = bytearray(ck.read_bytes())
+    raw[-40:-8] = bytes(b ^ 0xFF for b in raw[-40:-8])  # tensor bytes, header intact
+    ck.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(args + ["--eval-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ck.name in err[0] and "Traceback" not in err[0], err
+    (out / "moram" / "progress.json").write_text('{"tasks_done": 1,')
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "progress.json cannot be read" in err[0], err
+
+
+def test_checkpoint_refuses_a_config_that_does_not_describe_the_layers(tmp_path):
+    import torch
+
+    from moram_ref.config import MoRAMConfig
+    from moram_ref.torch import attach, checkpoint
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    attach.attach(model, MoRAMConfig(atoms_per_task=2, top_k=2), ["0"])
+    with pytest.raises(checkpoint.CheckpointError, match="atoms_per_task=8 does not match layer '0'"):
+        checkpoint.save(model, tmp_path / "x.safetensors", MoRAMConfig(atoms_per_task=8, top_k=8), tasks_done=0)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "ablation"])
+def test_a_huge_seed_count_is_refused_before_any_work(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--seeds", "99999999999", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

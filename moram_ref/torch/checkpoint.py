@@ -74,6 +74,11 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
     layers = describe_layers(model)
     if not layers:
         raise CheckpointError("model has no attached layers; nothing to save")
+    for name, layer in attached_layers(model):  # the stored config must describe the layers it labels
+        own = getattr(layer, "config", None)
+        if isinstance(own, MoRAMConfig) and own.atoms_per_task != config.atoms_per_task:
+            raise CheckpointError(f"config.atoms_per_task={config.atoms_per_task} does not match layer {name!r} "
+                                  f"(atoms_per_task={own.atoms_per_task}): pass the config the model was attached with")
     path = Path(path)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "method": method, "config": config.to_dict(),

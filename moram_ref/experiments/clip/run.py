@@ -215,7 +215,7 @@ def _verify(args: argparse.Namespace, log) -> dict:
         log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
     bad = [k for k, e in report.items() if not e["ok"]]
     if bad:
-        raise cliargs.UsageError(f"--verify: {len(bad)} of {len(report)} data sets have problems under --data-root "
+        raise cliargs.UsageError(f"--verify: {len(bad)} of {len([k for k in report if k != 'union'])} data sets have problems under --data-root "
                                  f"{args.data_root}: {', '.join(bad)}")
     return report
 

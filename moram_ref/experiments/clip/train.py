@@ -239,7 +239,11 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
     if trained:
         A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
     if (resume or eval_only) and progress_path.is_file():
-        progress = json.loads(progress_path.read_text())
+        try:
+            progress = json.loads(progress_path.read_text())
+        except (OSError, ValueError) as exc:  # a damaged run folder: name the file, don't guess
+            raise checkpoint.CheckpointError(f"{progress_path} cannot be read ({exc}); it records which tasks are "
+                                             "done: restore it or start a fresh run") from None
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
                             settings.moram, settings.method)

@@ -152,6 +152,6 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
         found = {k: v for k, v in data.items() if isinstance(v, list)}
     missing = [k for k in keys or [] if k not in found]
     if missing:
-        where = f"{section} field {field!r}" if field else "a list"
+        where = f"a {section} list under field {field!r}" if field else f"a {section} list"
         raise ValueError(f"{path} has no {where} for datasets {missing}")
     return found

@@ -212,7 +212,11 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
         A.attach(model, settings.moram, list(settings.targets), method=settings.method, dtype=atoms_dtype)
     if (resume or eval_only) and progress_path.is_file():
-        progress = json.loads(progress_path.read_text())
+        try:
+            progress = json.loads(progress_path.read_text())
+        except (OSError, ValueError) as exc:  # a damaged run folder: name the file, don't guess
+            raise checkpoint.CheckpointError(f"{progress_path} cannot be read ({exc}); it records which tasks are "
+                                             "done: restore it or start a fresh run") from None
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method)
             log(f"resumed after task {progress['tasks_done']}")

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/ablation"), help="run folder (created)")
     p.add_argument("--seed", type=cliargs.integer(0), default=0,
                    help="first seed (seed s: the main job's data and atoms of run s)")
-    p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="number of seeds; tables give mean ± 95%% CI")
+    p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3, help="number of seeds; tables give mean ± 95%% CI")
     p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES)
     p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"],
                    help="streams of the granularity and top-k studies (takeover: digits only)")
