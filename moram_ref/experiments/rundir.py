@@ -212,3 +212,14 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         yield folder
     finally:
         folder.close()
+
+
+def require_checkpoints(out: Path, methods: list[str], n_tasks: int) -> None:
+    """``--eval-only`` needs every task's checkpoint of every trained method under ``out``: UsageError
+    naming the first missing file otherwise (checked before any work)."""
+
+    for method in (m for m in methods if m != "zero_shot"):
+        for t in range(n_tasks):
+            path = Path(out) / method / "checkpoints" / f"task{t + 1}.safetensors"
+            if not path.is_file():
+                raise UsageError(f"--eval-only: no checkpoint {path} (train, or --resume, first)")

@@ -109,11 +109,7 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
     if _rank() == 0:  # torchrun: rank 0 owns the run folder (the others would see its lock)
         rundir.check(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only)
     if args.eval_only:
-        for method in (m for m in args.methods if m != "zero_shot"):
-            for t in range(len(tasks)):
-                path = args.out / method / "checkpoints" / f"task{t + 1}.safetensors"
-                if not path.is_file():
-                    raise cliargs.UsageError(f"--eval-only: no checkpoint {path} (train, or --resume, first)")
+        rundir.require_checkpoints(args.out, args.methods, len(tasks))
     return tasks, skipped
 
 

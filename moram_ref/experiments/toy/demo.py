@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], Non
             t0 = time.perf_counter()
             sweep = _sweep(settings, data, config, seeds)
             runs[SWEPT] = []
-            log(f"validation sweep of τ (MoRAM, mean Average over seeds): "
+            log("validation sweep of τ (MoRAM, mean Average over seeds): "
                 + ", ".join(f"τ={t}: {100 * v:.1f}" for t, v in zip(sweep["temperatures"], sweep["validation_average"]))
                 + f" -> τ = {sweep['chosen']} ({time.perf_counter() - t0:.1f} s)")
         for method in runs:
