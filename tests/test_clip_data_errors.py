@@ -5,6 +5,7 @@ shared by two classes of the X-TAIL union label space."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,5 +136,22 @@ def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
     path = tmp_path / "names.json"
     path.write_text(json.dumps({"datasets": {"mnist": {"classnames": {"zscl": ["0", "1"]}}, "dtd": {"classnames": {}}}}))
     assert read_classnames(path, "zscl", keys=["mnist"]) == {"mnist": ["0", "1"]}
-    with pytest.raises(ValueError, match=r"names\.json has no classnames field 'zscl' for datasets \['dtd'\]"):
+    with pytest.raises(ValueError, match=r"names\.json has no classnames list under field 'zscl' for datasets \['dtd'\]"):
         read_classnames(path, "zscl", keys=["mnist", "dtd"])
+
+
+@pytest.mark.parametrize("content, section, message", [
+    ({"dtd": []}, "templates", "non-empty list"),
+    ({"mnist": ["no placeholder"]}, "templates", "needs a '{}'"),
+    ({"mnist": ["x", "x", "y"]}, "classnames", "repeat ['x']"),
+    ({"mnist": [3, 4]}, "classnames", "non-empty strings"),
+])
+def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, section, message):
+    """An empty template list used to fall back to the default template, a template without {} gave every
+    class the same prompt, and repeated names made classes indistinguishable: each is now refused."""
+    from moram_ref.experiments.clip.tvdata import read_classnames
+
+    path = tmp_path / "lists.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_classnames(path, None, section)

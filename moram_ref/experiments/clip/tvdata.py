@@ -150,8 +150,15 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
                  if isinstance(v.get(section, {}).get(field), list)}
     else:
         found = {k: v for k, v in data.items() if isinstance(v, list)}
+    for key, items in found.items():  # an empty list, a non-string, a duplicate, a template without {}
+        if not items or not all(isinstance(v, str) and v.strip() for v in items):
+            raise ValueError(f"{path}: {section} of {key!r} must be a non-empty list of non-empty strings")
+        if len(set(items)) != len(items):
+            raise ValueError(f"{path}: {section} of {key!r} repeat {sorted({v for v in items if items.count(v) > 1})}")
+        if section == "templates" and not all("{}" in v for v in items):
+            raise ValueError(f"{path}: every template of {key!r} needs a '{{}}' for the class name")
     missing = [k for k in keys or [] if k not in found]
     if missing:
-        where = f"a {section} list under field {field!r}" if field else f"a {section} list"
+        where = f"{section} list under field {field!r}" if field else f"{section} list"
         raise ValueError(f"{path} has no {where} for datasets {missing}")
     return found
