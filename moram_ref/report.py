@@ -52,8 +52,20 @@ def demo_table(results: dict) -> str:
     return "\n".join(lines) + note
 
 
+def textcl_table(results: dict) -> str:
+    """The text-CL run's tables (union and per-task label spaces), as ``moram-ref text-cl`` prints them."""
+    from moram_ref.experiments.textcl.run import format_table  # noqa: PLC0415
+
+    wall = results.get("wall_seconds")
+    machine = results.get("machine", {})
+    where = (f"\n\nOne invocation, {wall / 60:.1f} min wall time on {machine.get('threads', '?')} threads "
+             f"(torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}).") if wall else ""
+    return format_table(results).rstrip("\n") + where
+
+
 GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "routing": ablation_tables.routing_table,
-              "takeover": ablation_tables.takeover_table, "claims": claims.claims_table}
+              "takeover": ablation_tables.takeover_table, "claims": claims.claims_table,
+              "textcl": textcl_table}
 # The results files each table reads, in order (one unless listed).
 INPUTS = {"claims": ("the main job's results.json", "the ablation's results.json", "the text-CL summary")}
 

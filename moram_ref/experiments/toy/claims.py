@@ -65,8 +65,22 @@ def _numpy_row(demo: dict, stream: str, metric: str, higher_better: bool) -> tup
     return "; ".join(figs), "; ".join(verdicts)
 
 
+def textcl_cells(textcl: dict, metric: str) -> dict:
+    """``{method: {"mean", "ci95"}}`` in fractions for one metric (union labels), from a text-cl run's
+    ``results.json`` (``methods → union``), or from the transcribed summary of the 2026-11-29 run (percent)."""
+    if "methods" in textcl:
+        return {m: e["union"][metric] for m, e in textcl["methods"].items()}
+    return {m: {k: v / 100 for k, v in cells[metric].items()} for m, cells in textcl["summary"].items()}
+
+
+def textcl_note(textcl: dict) -> str:
+    if "methods" in textcl:
+        return f"{TEXTCL_CMD}; its results.json is committed as the source of these rows"
+    return f"from the {textcl['date']} run, results file not kept (transcribed); regenerate with {TEXTCL_CMD}"
+
+
 def _textcl_row(textcl: dict, metric: str, higher_better: bool) -> tuple[str, str]:
-    s = {m: {k: v / 100 for k, v in cells[metric].items()} for m, cells in textcl["summary"].items()}
+    s = textcl_cells(textcl, metric)
     figs, verdicts = [f"MoRAM {format_cell(s['moram'])}"], []
     for base in ("seq_lora", "moe_lora", "olora"):
         figs.append(f"{BASELINES[base]} {format_cell(s[base])}")
@@ -87,7 +101,7 @@ def _ci(values: list[float]) -> dict:
 
 
 def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
-    tc_note = f"from the {textcl['date']} run, results file not kept (transcribed); regenerate with {TEXTCL_CMD}"
+    tc_note = textcl_note(textcl)
     rows = []
     for claim, metric, better in (
             ("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
@@ -106,7 +120,7 @@ def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
                  "main job, digits stream (recall: 0 for every method by construction)",
                  f"MoRAM {format_cell(res['summary']['moram']['transfer'])}; frozen "
                  f"{format_cell(res['summary']['frozen']['transfer'])} (Δ {signed_cell(diff)})", verdict, DEMO_CMD))
-    s = {m: {k: v / 100 for k, v in c["transfer"].items()} for m, c in textcl["summary"].items()}
+    s = textcl_cells(textcl, "transfer")
     verdict = FAILS if overlap_verdict(s["moram"], s["zero_shot"], True) == FAILS else HOLDS
     rows.append(("Zero-shot ability on unseen tasks preserved (Transfer ≈ the frozen model's)",
                  "text-CL, union labels", f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])}",
