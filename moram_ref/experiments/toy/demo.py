@@ -111,7 +111,8 @@ def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], Non
         built = [_stream(stream_name, args, seed) for seed in seeds]
         module, settings, _, task_names = built[0]
         data = [b[2] for b in built]
-        log(f"\n== stream: {stream_name} ({len(task_names)} tasks: {', '.join(task_names)}; seeds {seeds}) ==")
+        log(f"\n== stream: {stream_name} ({len(task_names)} tasks: "
+            + ", ".join(f"T{j + 1} {n}" for j, n in enumerate(task_names)) + f"; seeds {seeds}) ==")
         runs = {m: [] for m in args.methods}
         sweep = None
         if stream_name == "digits" and "moram" in args.methods and not args.no_sweep:
@@ -165,14 +166,14 @@ def _print_stream(runs: dict, summary: dict, task_names: list[str], sweep, log: 
     for method, rs in runs.items():
         mean_acc = np.mean([r["accuracy"] for r in rs], axis=0)
         log(f"\n{label(method, sweep)} — accuracy (%), mean over seeds; row i = after task i, column j = task j")
-        log("          " + " ".join(f"{n[:7]:>7}" for n in task_names))
+        log("          " + " ".join(f"{f'T{j + 1}':>7}" for j in range(len(task_names))))
         for i, row in enumerate(mean_acc):
-            log(f"after {task_names[i][:4]:<4}" + " ".join(f"{100 * v:7.1f}" for v in row))
+            log(f"after T{i + 1:<3}" + " ".join(f"{100 * v:7.1f}" for v in row))
         if "activation_mass" in rs[0]:
             mass = np.mean([r["activation_mass"] for r in rs], axis=0)
             log("  activation mass Σw of each task's atoms (rows) on each task's inputs (columns), layer 1:")
             for g, row in enumerate(mass):
-                log(f"  atoms {task_names[g][:8]:<8}" + " ".join(f"{v:7.2f}" for v in row))
+                log(f"  atoms T{g + 1:<7}" + " ".join(f"{v:7.2f}" for v in row))
             norms = np.mean([r["key_norms"][-1][0] for r in rs], axis=0)
             log("  mean key norm of each task's atoms after the last task, layer 1: "
                 + " ".join(f"{v:.2f}" for v in norms))
