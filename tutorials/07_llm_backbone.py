@@ -129,6 +129,9 @@ assert info["trainable"] == sum(config.atoms_per_task * (m.base_layer.in_feature
                                 for m in layers)  # r keys and r values per layer, nothing else
 assert torch.equal(model.get_submodule(first).base_layer.weight, base_weight)
 assert not list(attach.trainable_parameters(model))  # after end_task nothing is trainable
+moved = max(float(m.frozen_values.abs().max()) for m in layers)  # the atoms' values started at exactly 0
+print(f"largest trained value of the new atoms: {moved:.2e}")
+assert moved > 0  # the new atoms did move
 
 # %% [markdown]
 # ## Greedy answers and TRACE scores
