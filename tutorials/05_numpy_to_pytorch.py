@@ -76,9 +76,10 @@ assert gated_off.any(), "the threshold binds: the two modes differ"
 assert not np.allclose(traces["training"]["torch"]["y"].detach().numpy(), traces["evaluation"]["torch"]["y"].detach().numpy())
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-for ax, (name, w) in zip(axes, [("training mode (no threshold)", w_train), ("evaluation mode (δ = 0.3); × kept but s < δ", w_eval)]):
+for ax, (name, w) in zip(axes, [("training mode\n(no threshold)", w_train),
+                                ("evaluation mode (δ = 0.3)\n× = kept, but s < δ", w_eval)]):
     im = ax.imshow(w.T, cmap="magma", vmin=0, vmax=1, aspect="auto")
-    ax.set_title(f"torch MoRAMLinear, {name}", fontsize=9)
+    ax.set_title(name, fontsize=9)
     ax.set_xlabel("token")
     for g in (4, 8):
         ax.axhline(g - 0.5, color="cyan", lw=0.8)
@@ -86,6 +87,7 @@ rows, cols = np.nonzero(gated_off)
 axes[1].plot(rows, cols, "x", color="cyan", ms=6)
 axes[0].set_ylabel("atom (task 1 | task 2 | current task)")
 fig.colorbar(im, ax=axes, label="final weight w")
+fig.suptitle("torch MoRAMLinear: the same tokens in the two modes", fontsize=10, y=1.06)
 fig.savefig(FIGURES / "05_training_vs_evaluation.png", dpi=110, bbox_inches="tight")
 plt.show()
 
