@@ -3,13 +3,15 @@ implementer per backend that exists and cites it in its first docstring line, an
 
 from __future__ import annotations
 
-import importlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs_build"))
+from code_beside import resolve  # noqa: E402  (the docs hook's resolver: one rule for docs and test)
 THEORY = (ROOT / "docs" / "theory.md").read_text()
 ANCHORS = re.findall(r'<a id="(eq-[a-z0-9-]+)"></a>', THEORY)
 
@@ -17,19 +19,6 @@ ANCHORS = re.findall(r'<a id="(eq-[a-z0-9-]+)"></a>', THEORY)
 def sections() -> dict[str, str]:
     parts = re.split(r'<a id="(eq-[a-z0-9-]+)"></a>', THEORY)
     return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
-
-
-def resolve(dotted: str):
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(dotted)
 
 
 def test_anchors_are_unique():
