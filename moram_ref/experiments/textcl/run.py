@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -49,10 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
                    help="encoder folder (default: the packaged MiniLM)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (same settings) after its last finished task")
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
-RUNTIME_ONLY = ("out", "no_plots", "command")  # flags that do not shape the results
+RUNTIME_ONLY = ("out", "no_plots", "resume", "command")  # flags that do not shape the results
 
 
 def settings_of(args: argparse.Namespace) -> dict:
@@ -91,7 +94,7 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
             raise cliargs.UsageError(f"--batch: {args.batch} exceeds the {len(task.train_text)} training samples of "
                                      f"task {name} (after the validation split and --max-train)")
         tasks.append(task)
-    rundir.check(args.out, "text-cl", settings_of(args))
+    rundir.check(args.out, "text-cl", settings_of(args), resume=args.resume)
     return tasks, config
 
 
@@ -117,7 +120,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
-    with rundir.open_run(args.out, "text-cl", settings_of(args), info=info):
+    with rundir.open_run(args.out, "text-cl", settings_of(args), resume=args.resume, info=info):
+        if not args.resume:  # a re-run with the same settings starts from scratch
+            shutil.rmtree(args.out / "state", ignore_errors=True)
         return _run(args, tasks, config, log)
 
 
@@ -125,6 +130,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     import torch
 
     from moram_ref.experiments.progress import printer
+    from moram_ref.experiments.textcl import state
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder
     from moram_ref.experiments.textcl.train import TrainSettings, run_method
 
@@ -147,9 +153,16 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     done = 0
     for seed in range(args.seeds):
         for method in args.methods:
-            t0 = time.perf_counter()
-            res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log))
-            res["seconds"] = time.perf_counter() - t0
+            def after_task(i: int, name: str, row, method=method, seed=seed) -> None:
+                log(f"{method} seed {seed}: after task {i}/{len(tasks)} ({name}), union accuracy "
+                    + " ".join(f"{100 * v:.1f}" for v in row))
+
+            res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
+                             state_dir=state.folder(out, method, seed), resume=args.resume, on_task=after_task)
+            if res["resumed_after"]:
+                log(f"{method} seed {seed}: restored {res['resumed_after']}/{len(tasks)} task(s) from "
+                    f"{state.folder(out, method, seed)}")
+            res["seconds"] = float(sum(res["seconds_per_task"]))
             runs[method].append(res)
             done += 1
             _save_matrices(out / "matrices", method, seed, res, [t.name for t in tasks])
@@ -157,9 +170,13 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
             log(f"[{done}/{total}] {LABELS[method]:<18} seed {seed}: Last {100 * s['last']:.1f}, "
                 f"Average {100 * s['average']:.1f}, {res['seconds']:.0f} s")
     results = summarise(runs, [t.name for t in tasks])
+    results["settings"] = {k: (Path(v).name if k in ("data_root", "model_path") and v else v)
+                           for k, v in settings_of(args).items()}  # folder names only: the file travels
     results["train_settings"] = {**asdict(settings), "moram": config.to_dict()}
     results["machine"] = machine
-    results["wall_seconds"] = time.perf_counter() - started
+    results["wall_seconds"] = time.perf_counter() - started  # this process's (a resumed run: since the resume)
+    results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
+                          if r["resumed_after"]}
     rundir.write_json(out / "results.json", results)
     table = format_table(results)
     rundir.write_text(out / "table.md", table)

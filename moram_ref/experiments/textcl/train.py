@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,13 +20,12 @@ from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import seeding
 from moram_ref.experiments.progress import Step
+from moram_ref.experiments.textcl import METHODS, state  # METHODS re-exported
 from moram_ref.experiments.textcl.data import TaskData
 from moram_ref.experiments.textcl.encoder import CachedEncoder
 from moram_ref.torch import attach as A
 from moram_ref.torch.losses import two_term_loss
 from moram_ref.torch.olora import orthogonality_penalty
-
-from moram_ref.experiments.textcl import METHODS  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,19 @@ def evaluate(enc: CachedEncoder, tasks: list[TaskData], split: str = "test") -> 
 
 
 def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],
-               on_step=None) -> dict:
+               on_step=None, state_dir: Path | None = None, resume: bool = False, on_task=None) -> dict:
     """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes.
 
     Mode: the encoder's blocks stay in evaluation mode (their dropout off); the adapters are in training
     mode during the steps (their dropout acts, the threshold δ is off, spec §3) and in evaluation mode
     otherwise, also when a task is interrupted. Adapter dropout draws from torch's global generator,
     reseeded from ``(seed, task, step)`` before every step and restored afterwards (:mod:`..seeding`).
-    ``on_step`` (optional) receives a :class:`~moram_ref.experiments.progress.Step` after every step.
+    ``on_step`` (optional) receives a :class:`~moram_ref.experiments.progress.Step` after every step,
+    ``on_task`` (optional) ``(task index from 1, task name, union row)`` after every task's evaluation.
+
+    ``state_dir`` (optional): the state after every task is recorded there (:mod:`.state`); with
+    ``resume`` the recorded tasks are restored instead of rerun, and the result equals the
+    uninterrupted run's, bit for bit. ``out["resumed_after"]`` says how many tasks were restored.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -88,7 +93,15 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     n = len(tasks)
     union, own = np.zeros((n, n)), np.zeros((n, n))
     out: dict = {"trainable_per_task": [], "seconds_per_task": [], "n99": [], "activation": {}}
+    model = enc.top if trained else None
+    start = 0
+    if resume and state_dir is not None:
+        start = state.load(state_dir, model, settings.moram, method, [t.name for t in tasks], gen, rng, union, own,
+                           out)
+    out["resumed_after"] = start
     for t, task in enumerate(tasks):
+        if t < start:
+            continue
         t0 = time.perf_counter()
         if trained:
             A.begin_task(enc.top, gen)
@@ -112,11 +125,16 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 A.set_training(enc.top, False)
             A.end_task(enc.top)
         union[t], own[t] = evaluate(enc, tasks, settings.eval_split)
-        out["seconds_per_task"].append(time.perf_counter() - t0)
         if method in ("moram", "dense_moram"):
             out["n99"].append(atoms_for_mass(enc, tasks, settings.probe_per_task))
             if t in (0, 1, n - 1):  # the paper's maps: after tasks 1, 2 and the last
                 out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
+        out["seconds_per_task"].append(time.perf_counter() - t0)
+        if state_dir is not None:
+            state.save(state_dir, t + 1, model, settings.moram, method, gen, rng, union, own, out,
+                       [x.name for x in tasks])
+        if on_task is not None:
+            on_task(t + 1, task.name, union[t])
     out.update(union=union, own=own)
     return out
 
