@@ -207,6 +207,7 @@ def summarise(runs: dict[str, list[dict]], names: list[str]) -> dict:
             entry[space] = {k: dict(zip(("mean", "ci95"), metrics.confidence_interval(np.array([p[k] for p in per_seed]))))
                             for k in ("transfer", "average", "last", "bwt", "forgetting")}
             entry[space]["mean_matrix"] = np.mean([r[space] for r in seeds], axis=0).tolist()
+            entry[space]["per_seed"] = per_seed  # seed i of every method saw the same batches: paired comparisons
         table[method] = entry
     return {"tasks": names, "methods": table}
 
