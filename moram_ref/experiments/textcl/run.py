@@ -174,6 +174,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
                            for k, v in settings_of(args).items()}  # folder names only: the file travels
     results["train_settings"] = {**asdict(settings), "moram": config.to_dict()}
     results["machine"] = machine
+    results["encoder"] = {"name": Path(args.model_path).name if args.model_path else "all-MiniLM-L6-v2",
+                          "blocks": int(model.config.num_hidden_layers), "adapted_blocks": args.adapt_layers}
     results["wall_seconds"] = time.perf_counter() - started  # this process's (a resumed run: since the resume)
     results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
                           if r["resumed_after"]}
