@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims
 from moram_ref.experiments.toy.demo import METRICS, format_cell
 
@@ -53,25 +54,31 @@ def demo_table(results: dict) -> str:
 
 
 def textcl_table(results: dict) -> str:
-    """The text-CL run's tables (union and per-task label spaces), as ``moram-ref text-cl`` prints them."""
+    """One text-CL run's tables (union and per-task label spaces), as ``moram-ref text-cl`` prints them."""
     from moram_ref.experiments.textcl.run import format_table  # noqa: PLC0415
 
     wall = results.get("wall_seconds")
     machine = results.get("machine", {})
-    where = (f"\n\nOne invocation, {wall / 60:.1f} min wall time on {machine.get('threads', '?')} threads "
-             f"(torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}).") if wall else ""
+    where = (f"\n\n{textcl_tables.run_label(results)}: `{textcl_tables.command(results)}`, "
+             f"{wall / 60:.1f} min wall time on {machine.get('threads', '?')} thread(s) "
+             f"(torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}).")
     return format_table(results).rstrip("\n") + where
 
 
 GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "routing": ablation_tables.routing_table,
               "takeover": ablation_tables.takeover_table, "claims": claims.claims_table,
-              "textcl": textcl_table}
-# The results files each table reads, in order (one unless listed).
-INPUTS = {"claims": ("the main job's results.json", "the ablation's results.json", "the text-CL summary")}
+              "textcl": textcl_table, "textcl-matrix": textcl_tables.matrix_table,
+              "textcl-brief": textcl_tables.brief_table}
+# The results files each table reads: (what they are, how many at least, how many at most; None: no limit).
+INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or more text-CL results.json", 3, None),
+          "textcl-matrix": ("one or more text-CL results.json", 1, None),
+          "textcl-brief": ("one or more text-CL results.json", 1, None)}
+PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
 
 
 def _block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- BEGIN generated: {name}\b[^\n]*-->\n)(.*?)(<!-- END generated: {name} -->)", re.S)
+    name = re.escape(name)
+    return re.compile(rf"(<!-- BEGIN generated: {name}(?= )[^\n]*-->\n)(.*?)(<!-- END generated: {name} -->)", re.S)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -91,9 +98,14 @@ def read_block(text: str, name: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, nargs="+",
-                   help="a run's results.json (e.g. runs/demo/results.json); --table claims takes three: "
-                        "the main job's, the ablation's and the text-CL summary")
+                   help="a run's results.json (e.g. runs/demo/results.json); --table claims takes the main job's, "
+                        "the ablation's and one or more text-CL ones; --table textcl-matrix one or more text-CL ones")
     p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
+    p.add_argument("--block", metavar="NAME", default=None,
+                   help="the generated block to --write/--check (default: the table's name; e.g. textcl:standard-2 "
+                        "when a file holds several tables of one kind)")
+    p.add_argument("--plot", type=Path, metavar="PNG", default=None,
+                   help=f"also draw the table as a figure (only --table {' or '.join(sorted(PLOTS))})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", type=Path, metavar="FILE", help="replace the table's generated block in FILE")
     group.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's block differs from the results")
@@ -101,38 +113,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = args.results if isinstance(args.results, list) else [args.results]
-    wanted = INPUTS.get(args.table, ("a results file",))
-    if len(paths) != len(wanted):
-        raise UsageError(f"results: --table {args.table} takes {len(wanted)} file(s) "
-                         f"({', '.join(wanted)}), got {len(paths)}")
+    what, least, most = INPUTS.get(args.table, ("a results file", 1, 1))
+    if len(paths) < least or (most is not None and len(paths) > most):
+        count = f"{least}" if least == most else f"{least} or more" if most is None else f"{least}–{most}"
+        raise UsageError(f"results: --table {args.table} takes {count} file(s) ({what}), got {len(paths)}")
+    block = args.block or args.table
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", block):
+        raise UsageError(f"--block: {block!r} is not a block name (letters, digits, '_', '.', ':', '-')")
+    if args.plot is not None and args.table not in PLOTS:
+        raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
     loaded = []
     for path in paths:
         try:
             loaded.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise UsageError(f"results: cannot read {path}: {err}") from None
+    names = " ".join(str(p) for p in paths)
     try:
         body = GENERATORS[args.table](*loaded)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
-        names = " ".join(str(p) for p in paths)
         raise UsageError(f"results: {names} is not a {args.table} results file "
                          f"({type(err).__name__}: {err})") from None
+    if args.plot is not None:
+        try:
+            PLOTS[args.table](loaded, args.plot)
+        except OSError as err:
+            raise UsageError(f"--plot: cannot write {args.plot}: {err}") from None
+        print(f"wrote {args.plot}")
     if args.write is None and args.check is None:
         print(body)
         return 0
     target: Path = args.write or args.check
     try:
         text = target.read_text()
-        new = replace_block(text, args.table, body)
+        new = replace_block(text, block, body)
     except (OSError, ValueError) as err:
         raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
     if args.check is not None:
-        names = " ".join(str(p) for p in paths)
         if new != text:
-            print(f"{target}: the '{args.table}' table differs from {names}")
+            print(f"{target}: the '{block}' table differs from {names}")
             return 1
-        print(f"{target}: the '{args.table}' table matches {names}")
+        print(f"{target}: the '{block}' table matches {names}")
         return 0
-    target.write_text(new)
-    print(f"wrote the '{args.table}' table into {target}")
+    try:
+        target.write_text(new)
+    except OSError as err:
+        raise UsageError(f"--write: cannot write {target}: {err}") from None
+    print(f"wrote the '{block}' table into {target}")
     return 0

@@ -3,7 +3,10 @@ ablation command runs end to end (its g = 1, k = 8 setting is the main job's MoR
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,31 +18,47 @@ from moram_ref.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 RESULTS = ROOT / "docs" / "results"
-SOURCES = {  # table -> the committed results files it is rendered from
-    "claims": ("demo.json", "ablation.json", "textcl-2026-11-29.json"),
-    "ablation": ("ablation.json",),
-    "routing": ("ablation.json",),
-    "takeover": ("ablation.json",),
-}
+MARKER = re.compile(r"<!-- BEGIN generated: (\S+) \((moram-ref report [^)]*)\) -->")
 
 
-@pytest.mark.parametrize("table", sorted(SOURCES))
-def test_docs_table_is_generated_from_its_committed_results(table):
-    loaded = [json.loads((RESULTS / name).read_text()) for name in SOURCES[table]]
-    expected = report.GENERATORS[table](*loaded)
-    assert report.read_block(DOC.read_text(), table) == expected, (
-        f"docs/results.md's '{table}' table is stale: run `moram-ref report "
-        f"{' '.join('docs/results/' + n for n in SOURCES[table])} --table {table} --write docs/results.md`")
+def generated_blocks(path: Path) -> list[tuple[str, list[str]]]:
+    """Every generated block of ``path``: (block name, the report arguments its marker line names)."""
+    return [(m.group(1), shlex.split(m.group(2))[2:]) for m in MARKER.finditer(path.read_text())]
+
+
+DOC_BLOCKS = generated_blocks(DOC)
+README_BLOCKS = [(name, argv) for name, argv in generated_blocks(ROOT / "README.md")
+                 if all(a.startswith("docs/results/") for a in argv if a.endswith(".json"))]  # not runs/…
+
+
+def test_every_table_of_the_docs_has_a_marker():
+    assert {name for name, _ in DOC_BLOCKS} >= {"claims", "ablation", "routing", "takeover", "textcl-matrix"}
+    assert len(DOC_BLOCKS) == DOC.read_text().count("<!-- BEGIN generated:"), "a marker line without its command"
+
+
+@pytest.mark.parametrize(("doc", "block", "argv"), [(DOC, n, a) for n, a in DOC_BLOCKS]
+                         + [(ROOT / "README.md", n, a) for n, a in README_BLOCKS], ids=lambda x: str(x)[:40])
+def test_docs_table_is_what_its_marker_command_renders(doc, block, argv):
+    """The command in the marker line, run on the committed results files, renders the block as it stands."""
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    args = parser.parse_args(argv)
+    assert args.write is not None and args.write.name == doc.name, f"{block}: the marker's command must --write {doc.name}"
+    assert (args.block or args.table) == block
+    loaded = [json.loads((ROOT / p).read_text()) for p in args.results]
+    expected = report.GENERATORS[args.table](*loaded)
+    assert report.read_block(doc.read_text(), block) == expected, (
+        f"{doc.name}'s '{block}' table is stale: run `{' '.join(['moram-ref', 'report', *argv])}`")
 
 
 def test_committed_results_are_small_summaries():
-    for path in RESULTS.glob("*.json"):
+    for path in RESULTS.rglob("*.json"):
         assert path.stat().st_size < 200_000, f"{path.name} is {path.stat().st_size} bytes: keep summaries only"
 
 
 def test_claims_table_needs_its_three_files(capsys):
     assert main(["report", str(RESULTS / "ablation.json"), "--table", "claims"]) == 2
-    assert "--table claims takes 3 file" in capsys.readouterr().err
+    assert "--table claims takes 3 or more file" in capsys.readouterr().err
 
 
 def test_ablation_runs_and_g1_is_the_main_jobs_moram(tmp_path):

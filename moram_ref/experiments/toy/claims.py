@@ -1,16 +1,16 @@
 """The claims table of docs/results.md: each of the paper's claims, the experiment that tests it, the figure,
 a verdict computed by a stated rule, and the command that reproduces it (issue #13).
 
-Inputs (``moram-ref report DEMO ABLATION TEXTCL --table claims``): the main job's ``results.json``, the
-ablation's ``results.json``, and the text-CL summary (``docs/results/textcl-2026-11-29.json``: transcribed
-from docs/results.md because that run's results file was not kept; its rows say so).
+Inputs (``moram-ref report DEMO ABLATION TEXTCL [TEXTCL …] --table claims``): the main job's
+``results.json``, the ablation's ``results.json``, and one or more text-CL ``results.json`` (one per sequence
+and adapter placement; rows for each).
 
 Verdict rules (95 % confidence, 3 seeds):
-* paired runs (NumPy streams: same seed = same data and atoms): the CI of the per-seed difference
-  excludes 0 in the claimed direction → **holds**; in the other direction → **does not hold**; else
-  **not distinguishable**;
-* summaries only (text-CL): the two methods' intervals do not overlap → holds / does not hold; else not
-  distinguishable;
+* paired runs (NumPy streams: same seed = same data and atoms; text-CL: same seed = same batches): the CI of
+  the per-seed difference excludes 0 in the claimed direction → **holds**; in the other direction → **does
+  not hold**; else **not distinguishable**;
+* a text-CL file without per-seed summaries: the two methods' intervals do not overlap → holds / does not
+  hold; else not distinguishable;
 * "Transfer ≈ the frozen model's": does not hold when MoRAM's Transfer is below the frozen model's with the
   CI of the difference (or the intervals) excluding 0; holds otherwise (no loss is measurable);
 * thresholds on a single quantity (atoms for 99 %, shares) are stated in the row.
@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from moram_ref import metrics
+from moram_ref.experiments.textcl import tables
 from moram_ref.experiments.toy.ablation_tables import paired_difference, signed_cell
 from moram_ref.experiments.toy.demo import format_cell
 
 DEMO_CMD = "`moram-ref demo --out runs/demo`"
 ABL_CMD = "`moram-ref ablation --out runs/ablation`"
-TEXTCL_CMD = "`moram-ref text-cl --data-root <llm-cl-benchmark-500> --sequence standard-1 --seeds 3 --out runs/text-cl`"
 BASELINES = {"seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA"}
 HOLDS, FAILS, NOT_DIST = "holds", "does not hold", "not distinguishable"
 
@@ -65,27 +65,33 @@ def _numpy_row(demo: dict, stream: str, metric: str, higher_better: bool) -> tup
     return "; ".join(figs), "; ".join(verdicts)
 
 
-def textcl_cells(textcl: dict, metric: str) -> dict:
-    """``{method: {"mean", "ci95"}}`` in fractions for one metric (union labels), from a text-cl run's
-    ``results.json`` (``methods → union``), or from the transcribed summary of the 2026-11-29 run (percent)."""
-    if "methods" in textcl:
-        return {m: e["union"][metric] for m, e in textcl["methods"].items()}
-    return {m: {k: v / 100 for k, v in cells[metric].items()} for m, cells in textcl["summary"].items()}
-
-
-def textcl_note(textcl: dict) -> str:
-    if "methods" in textcl:
-        return f"{TEXTCL_CMD}; its results.json is committed as the source of these rows"
-    return f"from the {textcl['date']} run, results file not kept (transcribed); regenerate with {TEXTCL_CMD}"
-
-
 def _textcl_row(textcl: dict, metric: str, higher_better: bool) -> tuple[str, str]:
-    s = textcl_cells(textcl, metric)
+    """MoRAM against each coarse expert on one text-CL run: paired per-seed differences when the file has
+    them (seed i of every method drew the same batches), else the overlap of the intervals."""
+    s = tables.cells(textcl, metric)
     figs, verdicts = [f"MoRAM {format_cell(s['moram'])}"], []
-    for base in ("seq_lora", "moe_lora", "olora"):
-        figs.append(f"{BASELINES[base]} {format_cell(s[base])}")
-        verdicts.append(f"{_short(overlap_verdict(s['moram'], s[base], higher_better))} vs {BASELINES[base]}")
+    for base in (b for b in BASELINES if b in s):
+        diff = tables.paired(textcl, "moram", base, metric)
+        if diff is None:
+            figs.append(f"{BASELINES[base]} {format_cell(s[base])}")
+            verdict = overlap_verdict(s["moram"], s[base], higher_better)
+        else:
+            figs.append(f"{BASELINES[base]} {format_cell(s[base])} (Δ {signed_cell(diff)})")
+            verdict = paired_verdict(diff, higher_better)
+        verdicts.append(f"{_short(verdict)} vs {BASELINES[base]}")
     return "; ".join(figs), "; ".join(verdicts)
+
+
+def _textcl_transfer_row(textcl: dict) -> tuple[str, str]:
+    s = tables.cells(textcl, "transfer")
+    diff = tables.paired(textcl, "moram", "zero_shot", "transfer")
+    if diff is None:
+        fails = overlap_verdict(s["moram"], s["zero_shot"], True) == FAILS
+        fig = f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])}"
+    else:
+        fails = paired_verdict(diff, True) == FAILS
+        fig = f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])} (Δ {signed_cell(diff)})"
+    return fig, FAILS if fails else HOLDS
 
 
 def old_on_new(run: dict) -> float:
@@ -100,8 +106,8 @@ def _ci(values: list[float]) -> dict:
     return {"mean": mean, "ci95": None if np.isnan(half) else half}
 
 
-def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
-    tc_note = textcl_note(textcl)
+def claims_table(demo: dict, ablation: dict, *textcl: dict) -> str:
+    """The claims table from the main job's, the ablation's and one or more text-CL ``results.json``."""
     rows = []
     for claim, metric, better in (
             ("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
@@ -109,8 +115,10 @@ def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
         for stream in ("recall", "digits"):
             fig, verdict = _numpy_row(demo, stream, metric, better)
             rows.append((claim, f"main job, {stream} stream (3 seeds, paired)", fig, verdict, DEMO_CMD))
-        fig, verdict = _textcl_row(textcl, metric, better)
-        rows.append((claim, "text-CL, MiniLM, O-LoRA order 1, union labels", fig, verdict, tc_note))
+        for run in textcl:
+            fig, verdict = _textcl_row(run, metric, better)
+            rows.append((claim, f"text-CL (MiniLM), {tables.run_label(run)}, union labels", fig, verdict,
+                         f"`{tables.command(run)}`"))
     # Transfer ≈ frozen
     res = demo["streams"]["digits"]
     diff = paired_difference([r["metrics"]["transfer"] for r in res["methods"]["moram"]],
@@ -120,12 +128,11 @@ def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
                  "main job, digits stream (recall: 0 for every method by construction)",
                  f"MoRAM {format_cell(res['summary']['moram']['transfer'])}; frozen "
                  f"{format_cell(res['summary']['frozen']['transfer'])} (Δ {signed_cell(diff)})", verdict, DEMO_CMD))
-    s = textcl_cells(textcl, "transfer")
-    verdict = FAILS if overlap_verdict(s["moram"], s["zero_shot"], True) == FAILS else HOLDS
-    rows.append(("Zero-shot ability on unseen tasks preserved (Transfer ≈ the frozen model's)",
-                 "text-CL, union labels", f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])}",
-                 verdict + " (intervals overlap; MoRAM's mean is lower)" if verdict == HOLDS and
-                 s["moram"]["mean"] < s["zero_shot"]["mean"] else verdict, tc_note))
+    for run in textcl:
+        fig, verdict = _textcl_transfer_row(run)
+        rows.append(("Zero-shot ability on unseen tasks preserved (Transfer ≈ the frozen model's)",
+                     f"text-CL (MiniLM), {tables.run_label(run)}, union labels", fig, verdict,
+                     f"`{tables.command(run)}`"))
     # granularity
     for stream, r in ablation.get("streams", {}).items():
         runs = r["runs"]
@@ -169,6 +176,7 @@ def claims_table(demo: dict, ablation: dict, textcl: dict) -> str:
     return "\n".join(lines) + (
         "\n\nVerdicts: on the NumPy streams the per-seed difference (same seed: same data, same atoms) has a 95 % CI; "
         "it excluding 0 in the claimed direction is *holds*, in the other *does not hold*, else *n.d.* (not "
-        "distinguishable). Text-CL rows have summaries only: non-overlapping intervals decide. Δ = MoRAM minus "
+        "distinguishable); the text-CL rows are paired by seed too (seed i of every method drew the same batches). "
+        "Transfer ≈ frozen *holds* unless the difference is below 0 with its CI excluding 0. Δ = MoRAM minus "
         "the other. O-LoRA was run only in text-CL. MoRAM here is the paper's setting (τ = 0.01); the τ chosen on "
         "validation is in the main job's table.")

@@ -1,0 +1,148 @@
+"""Reading text-CL ``results.json`` files: run labels, paired per-seed differences, the matrix over runs.
+
+``moram-ref report --table textcl-matrix RUN.json [RUN.json …]`` renders one table per metric (rows: runs,
+i.e. sequence × adapter placement; columns: methods) and, with ``--plot``, the same as a figure. The claims
+table (:mod:`moram_ref.experiments.toy.claims`) reads its text-CL rows through :func:`cells` and
+:func:`paired`. Importable without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moram_ref import metrics
+
+LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA",
+          "dense_moram": "dense MoRAM", "moram": "MoRAM"}
+ORDER_NAMES = {"standard-1": "order 1", "standard-2": "order 2", "standard-3": "order 3", "long-4": "long (order 4)"}
+MATRIX_METRICS = (("last", "Last", True), ("average", "Average", True), ("forgetting", "forgetting", False),
+                  ("transfer", "Transfer", True))
+
+
+def run_label(results: dict) -> str:
+    """``"order 1, 4 tasks, top 2 of 6 blocks"`` from the run's recorded settings and encoder."""
+    settings, enc = results["settings"], results["encoder"]
+    seq = ORDER_NAMES.get(settings["sequence"], settings["sequence"])
+    blocks = (f"all {enc['blocks']} blocks" if enc["adapted_blocks"] == enc["blocks"]
+              else f"top {enc['adapted_blocks']} of {enc['blocks']} blocks")
+    return f"{seq}, {len(results['tasks'])} tasks, {blocks}"
+
+
+def command(results: dict) -> str:
+    """The ``moram-ref text-cl`` command line that reproduces the run (flags that differ from the defaults)."""
+    from moram_ref.experiments.textcl import METHODS  # noqa: PLC0415
+    from moram_ref.experiments.textcl.data import SEQUENCES  # noqa: PLC0415
+    from moram_ref.experiments.textcl.run import DEFAULTS  # noqa: PLC0415  (torch-free module)
+
+    s = results["settings"]
+    parts = ["moram-ref text-cl --data-root <llm-cl-benchmark-500>", f"--sequence {s['sequence']}",
+             f"--seeds {s['seeds']}"]
+    if s.get("tasks") not in (None, len(SEQUENCES.get(s["sequence"], ()))):
+        parts.append(f"--tasks {s['tasks']}")
+    if list(s.get("methods", METHODS)) != list(METHODS):
+        parts.append("--methods " + " ".join(s["methods"]))
+    parts += [f"--{k.replace('_', '-')} {s[k]}" for k, v in DEFAULTS.items() if k in s and s[k] != v]
+    parts += [f"--{k.replace('_', '-')} {s[k]}" for k in ("max_train", "max_test") if s.get(k) is not None]
+    if s.get("eval_split", "test") != "test":
+        parts.append(f"--eval-split {s['eval_split']}")
+    return " ".join(parts)
+
+
+def cells(results: dict, metric: str, space: str = "union") -> dict:
+    """``{method: {"mean", "ci95"}}`` (fractions) of one metric."""
+    return {m: e[space][metric] for m, e in results["methods"].items()}
+
+
+def paired(results: dict, method: str, other: str, metric: str, space: str = "union") -> dict | None:
+    """Mean and 95 % CI half-width of ``method − other`` over seeds (seed ``i`` of both drew the same
+    batches); None when the file has no per-seed summaries."""
+    a = results["methods"][method][space].get("per_seed")
+    b = results["methods"][other][space].get("per_seed")
+    if not a or not b or len(a) != len(b):
+        return None
+    mean, half = metrics.confidence_interval(np.array([x[metric] - y[metric] for x, y in zip(a, b)]))
+    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+
+
+def _cell(stat: dict, best: bool) -> str:
+    text = f"{100 * stat['mean']:.1f}" + ("" if stat["ci95"] is None or np.isnan(stat["ci95"])
+                                          else f" ± {100 * stat['ci95']:.1f}")
+    return f"**{text}**" if best else text
+
+
+def matrix_table(*runs: dict) -> str:
+    """One Markdown table per metric: rows are runs, columns methods; the best mean per row in bold."""
+    if not runs:
+        raise ValueError("no text-CL results given")
+    methods = [m for m in LABELS if all(m in r["methods"] for r in runs)]
+    out = []
+    for metric, title, higher in MATRIX_METRICS:
+        out += [f"**{title}** (union labels, %)", "", "| run | " + " | ".join(LABELS[m] for m in methods) + " |",
+                "|---|" + "---|" * len(methods)]
+        for r in runs:
+            c = cells(r, metric)
+            ranked = [m for m in methods if m != "zero_shot"]
+            best = (max if higher else min)(c[m]["mean"] for m in ranked)
+            out.append(f"| {run_label(r)} | " + " | ".join(_cell(c[m], m in ranked and c[m]["mean"] == best)
+                                                           for m in methods) + " |")
+        out.append("")
+    seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
+    walls = ", ".join(f"{run_label(r)}: {r['wall_seconds'] / 60:.0f} min on {r['machine']['threads']} thread(s)"
+                      for r in runs)
+    out.append(f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds; bold: the best adapter's mean "
+               f"(zero-shot, the frozen encoder, is not ranked). Wall time of each run: {walls}. Commands: "
+               + "; ".join(f"`{command(r)}`" for r in runs) + ".")
+    return "\n".join(out)
+
+
+def matrix_figure(runs: list[dict], path: Path) -> None:
+    """The matrix as bars with 95 % CI whiskers: one panel per metric, one group per run."""
+    from moram_ref.plots import _pyplot  # noqa: PLC0415
+
+    plt = _pyplot()
+    methods = [m for m in LABELS if all(m in r["methods"] for r in runs)]
+    fig, axes = plt.subplots(2, 2, figsize=(max(9.0, 2.2 * len(runs) + 4), 7.5))
+    width = 0.8 / len(methods)
+    x = np.arange(len(runs))
+    for ax, (metric, title, higher) in zip(axes.flat, MATRIX_METRICS):
+        for i, m in enumerate(methods):
+            stats = [cells(r, metric)[m] for r in runs]
+            mean = [100 * s["mean"] for s in stats]
+            err = [0 if s["ci95"] is None or np.isnan(s["ci95"]) else 100 * s["ci95"] for s in stats]
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=LABELS[m])
+        ax.set_xticks(x, [run_label(r).replace(", ", "\n", 1) for r in runs], fontsize=7)
+        ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.set_ylabel("%")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(methods), fontsize=8)
+    fig.suptitle("text-CL (MiniLM), union labels: mean ± 95 % CI over seeds", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+COARSE = ("seq_lora", "moe_lora", "olora")
+
+
+def brief_table(*runs: dict) -> str:
+    """README's short form: per run, MoRAM against the best coarse expert on Last and forgetting, and
+    MoRAM's Transfer against the frozen encoder's (union labels, mean ± 95 % CI)."""
+    if not runs:
+        raise ValueError("no text-CL results given")
+    lines = ["| run | Last: MoRAM / best coarse expert | forgetting: MoRAM / best coarse expert | "
+             "Transfer: MoRAM / frozen |", "|---|---|---|---|"]
+    for r in runs:
+        row = []
+        for metric, higher in (("last", True), ("forgetting", False)):
+            c = cells(r, metric)
+            best = (max if higher else min)((m for m in COARSE if m in c), key=lambda m: c[m]["mean"])
+            row.append(f"{_cell(c['moram'], False)} / {_cell(c[best], False)} ({LABELS[best]})")
+        c = cells(r, "transfer")
+        row.append(f"{_cell(c['moram'], False)} / {_cell(c['zero_shot'], False)}")
+        lines.append(f"| {run_label(r)} | " + " | ".join(row) + " |")
+    seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
+    return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, mean ± 95 % CI over {'/'.join(map(str, seeds))} "
+                               "seeds; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
+                               "same adapter parameters per task as MoRAM (MoE-LoRA adds its router).")

@@ -1,0 +1,129 @@
+"""Text-CL tables over runs (``report --table textcl-matrix / textcl-brief``, the claims rows): labels,
+paired per-seed differences, the best-mean marks, the reproducing command, and the report flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moram_ref.cli import main
+from moram_ref.experiments.textcl import tables
+from moram_ref.experiments.textcl.run import DEFAULTS, summarise
+from moram_ref.experiments.toy import claims
+
+
+def _matrix(diag: float, later: float, n: int = 3) -> np.ndarray:
+    """Accuracy a[t, j]: ``diag`` on learned tasks, ``later`` on the ones not learned yet."""
+    a = np.full((n, n), later)
+    a[np.tril_indices(n)] = diag
+    return a
+
+
+def fake_results(sequence="standard-1", adapt_layers=2, moram_diag=(0.8, 0.82, 0.84), lora_diag=(0.6, 0.61, 0.59)):
+    """A results.json as ``text-cl`` writes it (through its own ``summarise``), from made-up matrices."""
+    per = {"zero_shot": [0.3] * 3, "seq_lora": list(lora_diag), "moe_lora": [0.5, 0.52, 0.5],
+           "olora": [0.7, 0.7, 0.71], "dense_moram": [0.79, 0.8, 0.8], "moram": list(moram_diag)}
+    runs = {m: [{"union": _matrix(d, 0.2 if m != "zero_shot" else 0.3), "own": _matrix(d, 0.4),
+                 "trainable_per_task": [0 if m == "zero_shot" else 96], "seconds": 1.0} for d in diags]
+            for m, diags in per.items()}
+    out = summarise(runs, ["dbpedia", "amazon", "yahoo"])
+    out["settings"] = {**DEFAULTS, "sequence": sequence, "seeds": 3, "tasks": 3, "adapt_layers": adapt_layers,
+                       "methods": list(per), "max_train": None, "max_test": None, "eval_split": "test"}
+    out["encoder"] = {"name": "all-MiniLM-L6-v2", "blocks": 6, "adapted_blocks": adapt_layers}
+    out["machine"] = {"threads": 1, "torch": "x", "python": "y"}
+    out["wall_seconds"] = 600.0
+    return out
+
+
+def test_run_label_and_command():
+    r = fake_results()
+    assert tables.run_label(r) == "order 1, 3 tasks, top 2 of 6 blocks"
+    assert tables.command(r) == ("moram-ref text-cl --data-root <llm-cl-benchmark-500> --sequence standard-1 "
+                                 "--seeds 3 --tasks 3")  # 3 of the sequence's 4 tasks; every other flag a default
+    all_blocks = fake_results("long-4", adapt_layers=6)
+    all_blocks["settings"]["tasks"] = 15
+    assert tables.run_label(all_blocks).endswith("all 6 blocks")
+    assert tables.command(all_blocks).endswith("--sequence long-4 --seeds 3 --adapt-layers 6")
+
+
+def test_paired_difference_over_seeds():
+    r = fake_results(moram_diag=(0.8, 0.9, 1.0), lora_diag=(0.7, 0.7, 0.7))
+    d = tables.paired(r, "moram", "seq_lora", "last")
+    assert d["mean"] == pytest.approx(0.2)
+    assert d["ci95"] == pytest.approx(4.302652729911275 * 0.1 / np.sqrt(3))  # t(0.975, 2) · sd / √n
+    del r["methods"]["moram"]["union"]["per_seed"]
+    assert tables.paired(r, "moram", "seq_lora", "last") is None
+
+
+def test_matrix_table_marks_the_best_adapter_per_row():
+    body = tables.matrix_table(fake_results(), fake_results("standard-2"))
+    last = body.split("**Average**")[0]
+    assert "| order 1, 3 tasks, top 2 of 6 blocks | 30.0 ± 0.0 |" in last  # zero-shot first, never bold
+    assert "**82.0 ± 5.0**" in last and last.count("**") == 2 + 2 * 2  # title + one best per row
+    forgetting = body.split("**forgetting**")[1].split("**Transfer**")[0]
+    assert forgetting.count("**0.0 ± 0.0**") == 2 * 5  # ties: every adapter without forgetting is best
+    assert "--sequence standard-2" in body
+
+
+def test_brief_table_picks_the_best_coarse_expert_per_metric():
+    body = tables.brief_table(fake_results())
+    assert "82.0 ± 5.0 / 70.3 ± 1.4 (O-LoRA)" in body  # Last: O-LoRA is the best coarse expert
+    assert "/ 30.0 ± 0.0 |" in body  # Transfer against the frozen encoder
+
+
+def test_claims_rows_are_paired_per_run():
+    demo = json.loads((tables_root() / "demo.json").read_text())
+    abl = json.loads((tables_root() / "ablation.json").read_text())
+    body = claims.claims_table(demo, abl, fake_results(), fake_results("standard-3"))
+    rows = [ln for ln in body.splitlines() if "text-CL (MiniLM)" in ln]
+    assert len(rows) == 3 * 2  # Last, forgetting, Transfer for each run
+    last = next(r for r in rows if r.startswith("| Better plasticity") and "order 3" in r)
+    assert "seq. LoRA 60.0 ± 2.5 (Δ +22.0 ± 6.6)" in last and "holds vs seq. LoRA" in last
+    transfer = next(r for r in rows if r.startswith("| Zero-shot"))
+    assert "frozen 30.0 ± 0.0 (Δ -10.0 ± 0.0)" in transfer and "| does not hold |" in transfer
+
+
+def tables_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    paths = []
+    for seq in ("standard-1", "standard-2"):
+        p = tmp_path / f"{seq}.json"
+        p.write_text(json.dumps(fake_results(seq)))
+        paths.append(str(p))
+    return paths
+
+
+def test_report_plot_and_named_block(two_runs, tmp_path, capsys):
+    png, doc = tmp_path / "m.png", tmp_path / "doc.md"
+    doc.write_text("a\n<!-- BEGIN generated: textcl:standard-2 (cmd) -->\nold\n<!-- END generated: textcl:standard-2 -->\n"
+                   "<!-- BEGIN generated: textcl (cmd) -->\nkeep\n<!-- END generated: textcl -->\n")
+    assert main(["report", *two_runs, "--table", "textcl-matrix", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    assert main(["report", two_runs[1], "--table", "textcl", "--block", "textcl:standard-2", "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert "keep" in text and "old" not in text and "--sequence standard-2" in text
+    assert main(["report", two_runs[1], "--table", "textcl", "--block", "textcl:standard-2", "--check", str(doc)]) == 0
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--table", "demo", "--plot", "x.png"], ["--plot", "--table demo has no figure"]),
+    (["--table", "textcl", "--block", "a b"], ["--block", "'a b'"]),
+    (["--table", "textcl-matrix", "--plot", "/proc/no/such.png"], ["--plot", "cannot write"]),
+])
+def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
+    assert main(["report", two_runs[0], *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and len(err.strip().splitlines()) == 1
+
+
+def test_report_refuses_a_file_of_another_kind(capsys):
+    assert main(["report", str(tables_root() / "demo.json"), "--table", "textcl-matrix"]) == 2
+    assert "is not a textcl-matrix results file" in capsys.readouterr().err
