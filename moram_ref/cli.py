@@ -17,6 +17,8 @@ COMMANDS = {
              "the main job: NumPy continual-learning demo, recall + digits streams, every method (no torch)"),
     "text-cl": ("moram_ref.experiments.textcl.run",
                 "a real pretrained encoder (MiniLM) on the O-LoRA text tasks, every method × seeds"),
+    "text-cl-routing": ("moram_ref.experiments.textcl.routing",
+                        "where MoRAM's weight goes in a finished text-cl run, task by task (from its checkpoints)"),
     "clip": ("moram_ref.experiments.clip.run",
              "X-TAIL / MTIL on open_clip (real or --tiny); --verify checks the data, --make-synthetic writes some"),
     "llm": ("moram_ref.experiments.llm.run",

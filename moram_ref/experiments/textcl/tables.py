@@ -146,3 +146,26 @@ def brief_table(*runs: dict) -> str:
     return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, mean ± 95 % CI over {'/'.join(map(str, seeds))} "
                                "seeds; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
                                "same adapter parameters per task as MoRAM (MoE-LoRA adds its router).")
+
+
+ROUTING_COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest atoms' share on earlier tokens"),
+                   ("old_on_new", "earlier atoms' share on the new task's tokens"), ("silent", "tokens δ silences"))
+
+
+def routing_table(*summaries: dict) -> str:
+    """Rows: run × method (``text-cl-routing``'s ``routing_summary.json``); shares in %, atoms as counts."""
+    if not summaries:
+        raise ValueError("no text-cl-routing summaries given")
+    lines = ["| run | method | " + " | ".join(t for _, t in ROUTING_COLUMNS) + " | atoms for 99 % of Σw |",
+             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 1)]
+    for s in summaries:
+        label = run_label({"settings": s["run"]["settings"], "encoder": s["run"]["encoder"], "tasks": s["run"]["tasks"]})
+        for method, entry in s["methods"].items():
+            c = entry["summary"]
+            a99 = c["atoms99"]
+            lines.append(f"| {label} | {LABELS[method]} | " + " | ".join(_cell(c[k], False) for k, _ in ROUTING_COLUMNS)
+                         + f" | {a99['mean']:.2f}" + ("" if a99["ci95"] is None else f" ± {a99['ci95']:.2f}") + " |")
+    return "\n".join(lines) + (
+        "\n\nMean ± 95 % CI over seeds; each seed's value is the mean over the adapted layers, after the last task "
+        "(the earlier atoms' share on a new task's tokens: right after each task t ≥ 2, mean over t); real tokens "
+        f"of {summaries[0]['per_task']} test texts per task. Command: `moram-ref text-cl-routing <run folder>`.")

@@ -94,6 +94,40 @@ def _textcl_transfer_row(textcl: dict) -> tuple[str, str]:
     return fig, FAILS if fails else HOLDS
 
 
+def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
+    """Sparse / task-specific / quiet rows for MoRAM from a ``text-cl-routing`` summary (same rules as the
+    NumPy streams' rows; each seed's value is the mean over the adapted layers)."""
+    if "moram" not in summary["methods"]:
+        return []
+    run = summary["run"]
+    label = tables.run_label({"settings": run["settings"], "encoder": run["encoder"], "tasks": run["tasks"]})
+    k, r_total = run["settings"]["top_k"], run["settings"]["atoms_per_task"] * len(run["tasks"])
+    c = summary["methods"]["moram"]["summary"]
+    cmd = "`moram-ref text-cl-routing <the run's folder>` after " + f"`{tables.command(run)}`"
+    where = f"text-CL (MiniLM), {label}, every adapted layer, after the last task"
+    a99, own, quiet = c["atoms99"], c["own"], c["old_on_new"]
+    rows = [("Sparse activation: few atoms carry 99 % of the weight", where,
+             f"{a99['mean']:.2f} ± {a99['ci95'] or 0:.2f} atoms of R = {r_total} (a router MoE-LoRA weights all)",
+             f"{_below(a99, k / 2)} (rule: upper CI < k/2 = {k / 2:g})", cmd),
+            ("Task-specific activation: each domain's inputs go mostly to its own atoms", where,
+             f"own atoms' share {format_cell(own)}; newest atoms' share on earlier tasks {format_cell(c['newest'])}",
+             f"{_above(own, 0.5)} (rule: own share > 50 %, CI)", cmd),
+            ("Old atoms quiet on new data", f"text-CL (MiniLM), {label}, right after each task t ≥ 2",
+             f"earlier tasks' atoms' share of the weight on task t's tokens {format_cell(quiet)}",
+             f"{_below(quiet, 0.5)} (rule: share < 50 %, CI)", cmd)]
+    return rows
+
+
+def _below(cell: dict, bound: float) -> str:
+    half = cell["ci95"] or 0.0
+    return HOLDS if cell["mean"] + half < bound else FAILS if cell["mean"] - half > bound else NOT_DIST
+
+
+def _above(cell: dict, bound: float) -> str:
+    half = cell["ci95"] or 0.0
+    return HOLDS if cell["mean"] - half > bound else FAILS if cell["mean"] + half < bound else NOT_DIST
+
+
 def old_on_new(run: dict) -> float:
     """Mean over tasks t ≥ 2 of the share of the weight on task t's inputs that earlier tasks' atoms take, right
     after task t is learned (layer 1) — "old atoms quiet on new data" as one number per seed."""
@@ -106,8 +140,12 @@ def _ci(values: list[float]) -> dict:
     return {"mean": mean, "ci95": None if np.isnan(half) else half}
 
 
-def claims_table(demo: dict, ablation: dict, *textcl: dict) -> str:
-    """The claims table from the main job's, the ablation's and one or more text-CL ``results.json``."""
+def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
+    """The claims table from the main job's, the ablation's and one or more text-CL files: ``results.json``
+    of ``text-cl`` runs (Last, forgetting, Transfer rows) and ``routing_summary.json`` of
+    ``text-cl-routing`` (sparsity and task-specificity rows)."""
+    textcl = [f for f in textcl_files if f.get("kind") != "text-cl routing"]
+    routing = [f for f in textcl_files if f.get("kind") == "text-cl routing"]
     rows = []
     for claim, metric, better in (
             ("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
@@ -171,6 +209,8 @@ def claims_table(demo: dict, ablation: dict, *textcl: dict) -> str:
                      f"MoRAM, {stream} stream, layer 1, right after each task t ≥ 2",
                      f"earlier tasks' atoms' share of the weight on task t's inputs {format_cell(quiet)}",
                      f"{verdict} (rule: share < 50 %, CI)", ABL_CMD))
+    for summary in routing:
+        rows += _textcl_routing_rows(summary)
     lines = ["| claim | experiment | figure (mean ± 95 % CI, %) | verdict | reproduce |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + (

@@ -1,0 +1,201 @@
+"""``moram-ref text-cl-routing RUN``: where MoRAM's weight goes in a real encoder, task by task.
+
+Reads a finished ``text-cl`` run folder: its recorded settings (``config.json``) and the per-task
+checkpoints of MoRAM and dense MoRAM (``state/<method>_seed<s>/task<t>.safetensors``, :mod:`.state`).
+After every task ``t`` it loads that checkpoint and runs ``--per-task`` test texts of *every* task through
+the adapted blocks (evaluation mode: δ on). At every MoRAM layer, over the real tokens of those texts, it
+computes the NumPy streams' diagnostics (:func:`moram_ref.experiments.toy.routing.layer_diagnostics`):
+the share of the weight ``Σw`` that each task's atoms take on each task's tokens (the paper's Fig. 3,
+spec §8.1), the share of tokens δ silences, atoms for 99 % of the weight (spec §8.2), the key norms of
+each task's atoms. Writes ``<RUN>/routing.json``, ``routing_summary.json`` and, unless ``--no-plots``, ``routing_share_<method>.png``.
+
+Summary per method (mean ± 95 % CI over seeds; each seed's value is the mean over layers, after the last
+task unless said): ``own`` (each task's atoms' share on its own tokens, mean over tasks), ``newest`` (the
+last task's atoms' share on the earlier tasks' tokens), ``old_on_new`` (right after each task t ≥ 2, the
+earlier tasks' atoms' share on task t's tokens, mean over t), ``atoms99`` and ``silent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from moram_ref import metrics
+from moram_ref.experiments import cliargs, rundir
+
+PROBED = ("moram", "dense_moram")  # the methods with self-activated routing
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
+    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
+                   help="the task folders (default: the --data-root recorded in the run's config.json)")
+    p.add_argument("--per-task", type=cliargs.integer(1), default=32, help="test texts probed per task")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def _plan(args: argparse.Namespace) -> tuple[dict, list, list[str], Path]:
+    """Every check before any work: the run folder, its settings, the data, every checkpoint needed."""
+    from moram_ref.experiments.textcl.data import SEQUENCES  # noqa: PLC0415
+
+    record = cliargs.read_json(args.run / rundir.CONFIG, "run")
+    if not isinstance(record, dict) or record.get("command") != "text-cl" or "settings" not in record:
+        raise cliargs.UsageError(f"run: {args.run} does not hold a `moram-ref text-cl` run (its config.json "
+                                 f"records {record.get('command') if isinstance(record, dict) else record!r})")
+    settings = record["settings"]
+    methods = [m for m in PROBED if m in settings["methods"]]
+    if not methods:
+        raise cliargs.UsageError(f"run: {args.run} trained neither MoRAM nor dense MoRAM (--methods "
+                                 f"{' '.join(settings['methods'])}): nothing routes")
+    data_root = args.data_root or Path(settings["data_root"])
+    if not data_root.is_dir():
+        raise cliargs.UsageError(f"--data-root: the recorded {data_root} does not exist; pass --data-root")
+    names = list(SEQUENCES[settings["sequence"]][: settings["tasks"]])
+    for method in methods:
+        for seed in range(settings["seeds"]):
+            for t in range(1, len(names) + 1):
+                path = args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors"
+                if not path.is_file():
+                    raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
+                                             "it first)")
+    return settings, methods, names, data_root
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    settings, methods, names, data_root = _plan(args)
+    with rundir.open_run(args.run, "text-cl", settings, eval_only=True):
+        result = _probe(args, settings, methods, names, data_root, log)
+        rundir.write_json(args.run / "routing.json", result)
+        rundir.write_json(args.run / "routing_summary.json", brief(result))
+        if not args.no_plots:
+            _figures(result, args.run)
+    log(f"wrote {args.run}/routing.json, routing_summary.json" + ("" if args.no_plots else ", routing_share_*.png"))
+    return result
+
+
+def _probe(args, settings: dict, methods: list[str], names: list[str], data_root: Path, log) -> dict:
+    import torch  # noqa: PLC0415
+
+    from moram_ref.experiments.textcl.data import load_task  # noqa: PLC0415
+    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
+    from moram_ref.torch import attach as A  # noqa: PLC0415
+    from moram_ref.torch import checkpoint  # noqa: PLC0415
+
+    tasks = [load_task(data_root, n, max_train=settings["max_train"], max_test=settings["max_test"]) for n in names]
+    texts = [x for t in tasks for x in t.test_text[: args.per_task]]
+    groups = np.concatenate([np.full(min(args.per_task, len(t.test_text)), i) for i, t in enumerate(tasks)])
+    model, tokenizer = load_encoder(settings["model_path"])
+    enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
+    config = cliargs.moram_config(argparse.Namespace(**settings))
+    lengths = np.array([enc.token_count(x) for x in texts])
+    encoder = {"name": Path(settings["model_path"]).name if settings["model_path"] else "all-MiniLM-L6-v2",
+               "blocks": int(model.config.num_hidden_layers), "adapted_blocks": settings["adapt_layers"]}
+    out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": args.per_task,
+                 "methods": {}}
+    for method in methods:
+        seeds = []
+        for seed in range(settings["seeds"]):
+            stages = []
+            for t in range(1, len(names) + 1):
+                A.detach(enc.top)
+                A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
+                                config, method)
+                enc.top.eval()
+                stages.append(_diagnose(enc, texts, lengths, groups, len(names), A, torch))
+            seeds.append(stages)
+            log(f"{method} seed {seed}: routing after each of {len(names)} tasks probed")
+        out["methods"][method] = {"summary": summarise(seeds),
+                                  "mean_share": [[mean_share(stage).tolist() for stage in stages] for stages in seeds],
+                                  "layers": seeds}
+    A.detach(enc.top)
+    return out
+
+
+def _diagnose(enc, texts, lengths, groups, n_tasks: int, A, torch) -> dict[str, dict]:
+    """Diagnostics of every MoRAM layer on the probe texts (real tokens only), with the current checkpoint."""
+    from moram_ref.experiments.toy.routing import layer_diagnostics  # noqa: PLC0415
+
+    layers = A.moram_layers(enc.top)
+    inputs: dict[str, list] = {name: [] for name, _ in layers}
+    weights: dict[str, list] = {name: [] for name, _ in layers}
+    hooks = [layer.register_forward_pre_hook(lambda mod, args, name=name: inputs[name].append(args[0].detach()))
+             for name, layer in layers]
+    A.set_recording(enc.top, True)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(texts), 64):
+                enc.embed(texts[i : i + 64])
+                real = torch.arange(inputs[layers[0][0]][-1].shape[1])[None, :] < torch.as_tensor(
+                    lengths[i : i + 64])[:, None]  # (B, L)
+                for name, layer in layers:
+                    inputs[name][-1] = inputs[name][-1][real].numpy()
+                    weights[name].append(layer.last_weights[real].numpy())
+    finally:
+        A.set_recording(enc.top, False)
+        for h in hooks:
+            h.remove()
+    token_groups = np.repeat(groups, lengths)
+    result = {}
+    for name, layer in layers:
+        view = SimpleNamespace(config=layer.config, n_atoms=layer.n_atoms, frozen_keys=layer.frozen_keys.numpy())
+        result[name] = layer_diagnostics(view, np.concatenate(inputs[name]), np.concatenate(weights[name]),
+                                         token_groups, n_tasks)
+    return result
+
+
+def per_seed(stages: list[dict[str, dict]]) -> dict[str, float]:
+    """One seed's summary numbers (module docstring), each the mean over layers."""
+    last = stages[-1]
+    own, newest, atoms99, silent = [], [], [], []
+    for d in last.values():
+        s = np.asarray(d["share"])
+        own.append(float(np.mean(np.diag(s))))
+        newest.append(float(s[-1, :-1].mean()) if s.shape[0] > 1 else float("nan"))
+        atoms99.append(float(np.mean(d["atoms99"])))
+        silent.append(float(np.mean(d["silent"])))
+    quiet = [float(np.mean([np.asarray(d["share"])[:t, t].sum() for d in stage.values()]))
+             for t, stage in enumerate(stages) if t >= 1]
+    return {"own": float(np.mean(own)), "newest": float(np.mean(newest)),
+            "old_on_new": float(np.mean(quiet)) if quiet else float("nan"),
+            "atoms99": float(np.mean(atoms99)), "silent": float(np.mean(silent))}
+
+
+def summarise(seeds: list[list[dict]]) -> dict[str, dict]:
+    values = [per_seed(stages) for stages in seeds]
+    out = {}
+    for key in values[0]:
+        mean, half = metrics.confidence_interval(np.array([v[key] for v in values]))
+        out[key] = {"mean": mean, "ci95": None if np.isnan(half) else half, "per_seed": [v[key] for v in values]}
+    return out
+
+
+def brief(result: dict) -> dict:
+    """``routing_summary.json``: the run, and per method the summary and the layer-mean share matrices (what
+    the docs commit and ``report`` reads; the per-layer records stay in ``routing.json``)."""
+    run = dict(result["run"])
+    run["settings"] = {k: (Path(v).name if k in ("data_root", "model_path") and v else v)
+                       for k, v in run["settings"].items()}
+    return {"kind": "text-cl routing", "run": run, "per_task": result["per_task"],
+            "methods": {m: {"summary": e["summary"], "mean_share": e["mean_share"]}
+                        for m, e in result["methods"].items()}}
+
+
+def mean_share(stage: dict[str, dict]) -> np.ndarray:
+    """The share matrix (tasks learned × tasks) of one stage, averaged over layers."""
+    return np.mean([np.asarray(d["share"]) for d in stage.values()], axis=0)
+
+
+def _figures(result: dict, out: Path) -> None:
+    from moram_ref.experiments.toy.routing import share_heatmaps  # noqa: PLC0415
+
+    names = result["run"]["tasks"]
+    for method, entry in result["methods"].items():
+        stages = entry["layers"][0]
+        shares = {f"after task {t + 1}": mean_share(stage) for t, stage in enumerate(stages)}
+        share_heatmaps(shares, names, out / f"routing_share_{method}.png",
+                       f"{method}: share of Σw of each task's atoms (rows) on each task's tokens (columns), "
+                       "mean over layers, seed 0")

