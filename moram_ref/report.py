@@ -57,11 +57,9 @@ def textcl_table(results: dict) -> str:
     """One text-CL run's tables (union and per-task label spaces), as ``moram-ref text-cl`` prints them."""
     from moram_ref.experiments.textcl.run import format_table  # noqa: PLC0415
 
-    wall = results.get("wall_seconds")
     machine = results.get("machine", {})
     where = (f"\n\n{textcl_tables.run_label(results)}: `{textcl_tables.command(results)}`, "
-             f"{wall / 60:.1f} min wall time on {machine.get('threads', '?')} thread(s) "
-             f"(torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}).")
+             f"{textcl_tables.timing(results)} (torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}).")
     return format_table(results).rstrip("\n") + where
 
 
@@ -75,6 +73,16 @@ INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or m
           "textcl-brief": ("one or more text-CL results.json", 1, None),
           "textcl-routing": ("one or more text-cl-routing routing_summary.json", 1, None)}
 PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+_P = textcl_tables.problem
+# Per-file checks of the text-CL inputs (their messages name the file): table -> (first file checked, check)
+FILE_CHECKS = {
+    "textcl": (0, _P), "textcl-matrix": (0, _P),
+    "textcl-brief": (0, lambda r: _P(r, ("zero_shot", "moram"), coarse=True)),
+    "textcl-routing": (0, textcl_tables.routing_problem),
+    "claims": (2, lambda r: None if isinstance(r, dict) and r.get("kind") == "text-cl routing"
+               else _P(r, ("zero_shot", "moram"), coarse=True)),
+}
 
 
 def _block(name: str) -> re.Pattern:
@@ -118,38 +126,50 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < least or (most is not None and len(paths) > most):
         count = f"{least}" if least == most else f"{least} or more" if most is None else f"{least}–{most}"
         raise UsageError(f"results: --table {args.table} takes {count} file(s) ({what}), got {len(paths)}")
-    block = args.block or args.table
+    block = args.table if args.block is None else args.block
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", block):
         raise UsageError(f"--block: {block!r} is not a block name (letters, digits, '_', '.', ':', '-')")
-    if args.plot is not None and args.table not in PLOTS:
-        raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
+    if args.plot is not None:
+        if args.table not in PLOTS:
+            raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
+        if args.plot.suffix.lower() not in PLOT_SUFFIXES or args.plot.is_dir():
+            raise UsageError(f"--plot: {args.plot} is not a figure file name (ending in {', '.join(PLOT_SUFFIXES)})")
+        if not args.plot.parent.is_dir():
+            raise UsageError(f"--plot: cannot write {args.plot}: the folder {args.plot.parent} does not exist")
     loaded = []
     for path in paths:
         try:
             loaded.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise UsageError(f"results: cannot read {path}: {err}") from None
+    first, check = FILE_CHECKS.get(args.table, (len(paths), None))
+    for path, data in list(zip(paths, loaded))[first:]:
+        why = check(data)
+        if why:
+            raise UsageError(f"results: {path} {why} (--table {args.table})")
     names = " ".join(str(p) for p in paths)
     try:
         body = GENERATORS[args.table](*loaded)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
         raise UsageError(f"results: {names} is not a {args.table} results file "
                          f"({type(err).__name__}: {err})") from None
+    target: Path | None = args.write or args.check
+    new = text = None
+    if target is not None:  # the target is checked before anything is written
+        try:
+            text = target.read_text()
+            new = replace_block(text, block, body)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
     if args.plot is not None:
         try:
             PLOTS[args.table](loaded, args.plot)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise UsageError(f"--plot: cannot write {args.plot}: {err}") from None
         print(f"wrote {args.plot}")
-    if args.write is None and args.check is None:
+    if target is None:
         print(body)
         return 0
-    target: Path = args.write or args.check
-    try:
-        text = target.read_text()
-        new = replace_block(text, block, body)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
     if args.check is not None:
         if new != text:
             print(f"{target}: the '{block}' table differs from {names}")

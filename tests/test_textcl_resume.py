@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,77 @@ def test_fresh_rerun_clears_recorded_state(uninterrupted, tmp_path):
     assert main(_args(data, out)) == 0  # the same settings again, without --resume: from scratch
     assert not stale.exists() and _results(out) == whole
     assert np.isfinite(np.array(whole["moram"]["union"]["mean_matrix"])).all()
+
+
+def _finished_copy(uninterrupted, tmp_path) -> tuple[Path, Path]:
+    data, _ = uninterrupted
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    return data, out
+
+
+def _edit(path: Path, **changes) -> None:
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("list", ["progress.json", "holds a list"]),
+    ("tasks_done-text", ["tasks_done must be an integer in [0, 3]", "'x'"]),
+    ("tasks_done-big", ["tasks_done must be an integer in [0, 3]", "5"]),
+    ("rows", ["is malformed", "union must be 3 finite rows of 3"]),
+    ("generator", ["is malformed", "torch_generator holds"]),
+    ("rng", ["is malformed"]),
+    ("seed", ["records method 'seq_lora', seed 0", "not 'seq_lora', seed 1"]),
+    ("checkpoint-of-another-seed", ["task3.safetensors", "seed 0", "not 'seq_lora', task 3, seed 1"]),
+    ("checkpoint-missing", ["task3.safetensors", "is missing"]),
+    ("data", ["the task data under --data-root changed"]),
+])
+def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):
+    data, out = _finished_copy(uninterrupted, tmp_path)
+    where = out / "state" / "seq_lora_seed1"
+    progress = where / "progress.json"
+    if case == "list":
+        progress.write_text("[]")
+    elif case == "tasks_done-text":
+        _edit(progress, tasks_done="x")
+    elif case == "tasks_done-big":
+        _edit(progress, tasks_done=5)
+    elif case == "rows":
+        _edit(progress, union=[[0.1, 0.2, 0.3]])
+    elif case == "generator":
+        _edit(progress, torch_generator="00ff")
+    elif case == "rng":
+        _edit(progress, numpy_rng={"bit_generator": "PCG64", "state": {}})
+    elif case == "seed":
+        shutil.copy(out / "state" / "seq_lora_seed0" / "progress.json", progress)
+    elif case == "checkpoint-of-another-seed":
+        shutil.copy(out / "state" / "seq_lora_seed0" / "task3.safetensors", where / "task3.safetensors")
+    elif case == "checkpoint-missing":
+        (where / "task3.safetensors").unlink()
+    else:
+        rows = json.loads((data / "amazon" / "test.json").read_text())
+        data = tmp_path / "data"
+        shutil.copytree(uninterrupted[0], data)
+        (data / "amazon" / "test.json").write_text(json.dumps(rows[:5]))
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["settings"]["data_root"] = str(data.resolve())
+        (out / "config.json").write_text(json.dumps(cfg))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert main(_args(data, out) + ["--resume"]) == 2
+    captured = capsys.readouterr()
+    assert all(w in captured.err for w in words), captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "delete" in captured.err
+    assert "step" not in captured.out and "caching" not in captured.out  # found before any work
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_one_task_is_refused_up_front(uninterrupted, tmp_path, capsys):
+    data, _ = uninterrupted
+    argv = _args(data, tmp_path / "one")
+    argv[argv.index("--tasks") + 1] = "1"
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--tasks" in capsys.readouterr().err and not (tmp_path / "one").exists()

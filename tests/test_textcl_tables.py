@@ -116,7 +116,7 @@ def test_report_plot_and_named_block(two_runs, tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "words"), [
     (["--table", "demo", "--plot", "x.png"], ["--plot", "--table demo has no figure"]),
     (["--table", "textcl", "--block", "a b"], ["--block", "'a b'"]),
-    (["--table", "textcl-matrix", "--plot", "/proc/no/such.png"], ["--plot", "cannot write"]),
+    (["--table", "textcl-matrix", "--plot", "/proc/no/such.png"], ["--plot", "does not exist"]),
 ])
 def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
     assert main(["report", two_runs[0], *argv]) == 2
@@ -126,4 +126,68 @@ def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
 
 def test_report_refuses_a_file_of_another_kind(capsys):
     assert main(["report", str(tables_root() / "demo.json"), "--table", "textcl-matrix"]) == 2
-    assert "is not a textcl-matrix results file" in capsys.readouterr().err
+    assert "demo.json is not a text-cl results.json" in capsys.readouterr().err
+
+
+def test_report_plot_is_drawn_only_after_the_target_checks(two_runs, tmp_path, capsys):
+    png = tmp_path / "m.png"
+    assert main(["report", *two_runs, "--table", "textcl-matrix", "--plot", str(png),
+                 "--write", str(tmp_path / "missing.md")]) == 2
+    assert "--write" in capsys.readouterr().err and not png.exists()
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda r: r.pop("settings"), ["older moram-ref text-cl", "'settings'"]),
+    (lambda r: [e["union"].pop("per_seed") for e in r["methods"].values()], ["no per-seed summaries"]),
+    (lambda r: r.__setitem__("methods", {"zero_shot": r["methods"]["zero_shot"]}), ["holds no adapter"]),
+    (lambda r: r.__setitem__("kind", "text-cl routing"), ["text-cl-routing summary"]),
+])
+def test_report_names_the_file_that_cannot_feed_the_table(two_runs, tmp_path, capsys, edit, words):
+    bad = tmp_path / "bad.json"
+    r = fake_results()
+    edit(r)
+    bad.write_text(json.dumps(r))
+    assert main(["report", two_runs[0], str(bad), "--table", "textcl-matrix"]) == 2
+    err = capsys.readouterr().err
+    assert f"results: {bad} " in err and two_runs[0] not in err and all(w in err for w in words), err
+
+
+def test_brief_needs_moram_the_frozen_encoder_and_a_coarse_expert(tmp_path, capsys):
+    bad = tmp_path / "subset.json"
+    r = fake_results()
+    r["methods"] = {m: r["methods"][m] for m in ("moram", "seq_lora")}
+    bad.write_text(json.dumps(r))
+    assert main(["report", str(bad), "--table", "textcl-brief"]) == 2
+    assert "lacks zero_shot" in capsys.readouterr().err
+
+
+def test_single_seed_run_renders_without_spread(tmp_path, capsys):
+    from moram_ref import report
+
+    r = fake_results()
+    for e in r["methods"].values():
+        for space in ("union", "own"):
+            for k in ("transfer", "average", "last", "bwt", "forgetting"):
+                e[space][k]["ci95"] = None
+    body = report.GENERATORS["textcl"](r)
+    assert "| MoRAM | 20.0 | 61.3 | 82.0 | 0.0 | 0.0 | 96 | 1 |" in body
+
+
+def test_timing_says_when_a_run_was_resumed():
+    r = fake_results()
+    assert tables.timing(r) == "10 min wall time on 1 thread(s)"
+    r.update(resumed={"moram_seed0": 2}, method_seconds=3000.0, wall_seconds=60.0)
+    assert tables.timing(r).startswith("50 min of training and evaluation summed") and "last process ran 1 min" in \
+        tables.timing(r)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--table", "textcl", "--block", ""], ["--block", "''"]),
+    (["--table", "textcl-matrix", "--plot", "/tmp/x.txt"], ["--plot", "not a figure file name"]),
+    (["--table", "textcl-matrix", "--plot", "/tmp"], ["--plot", "not a figure file name"]),
+    (["--table", "textcl-matrix", "--plot", "/no/such/folder/m.png"], ["--plot", "does not exist"]),
+])
+def test_report_plot_and_block_names_are_checked(two_runs, capsys, argv, words):
+    assert main(["report", two_runs[0], *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and len(err.strip().splitlines()) == 1, err

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder with one sub-folder per task (JSON)")
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/text-cl"))
     p.add_argument("--sequence", default="standard-1", choices=sorted(SEQUENCES))
-    p.add_argument("--tasks", type=cliargs.integer(1), default=None, help="use only the first N tasks of the sequence")
+    p.add_argument("--tasks", type=cliargs.integer(2), default=None,
+                   help="use only the first N ≥ 2 tasks of the sequence (Transfer and BWT need two)")
     p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="seeds 0 … N-1 (training order and fresh atoms)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task")
@@ -95,6 +96,13 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
                                      f"task {name} (after the validation split and --max-train)")
         tasks.append(task)
     rundir.check(args.out, "text-cl", settings_of(args), resume=args.resume)
+    if args.resume:  # every record readable, ours and current, before any work
+        from moram_ref.experiments.textcl import state  # noqa: PLC0415
+
+        fingerprint = state.data_fingerprint(tasks)
+        for seed in range(args.seeds):
+            for method in args.methods:
+                state.check(state.folder(args.out, method, seed), method, seed, [t.name for t in tasks], fingerprint)
     return tasks, config
 
 
@@ -157,11 +165,12 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
                 log(f"{method} seed {seed}: after task {i}/{len(tasks)} ({name}), union accuracy "
                     + " ".join(f"{100 * v:.1f}" for v in row))
 
+            def restored(k: int, method=method, seed=seed) -> None:
+                log(f"{method} seed {seed}: restored {k}/{len(tasks)} task(s) from {state.folder(out, method, seed)}")
+
             res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
-                             state_dir=state.folder(out, method, seed), resume=args.resume, on_task=after_task)
-            if res["resumed_after"]:
-                log(f"{method} seed {seed}: restored {res['resumed_after']}/{len(tasks)} task(s) from "
-                    f"{state.folder(out, method, seed)}")
+                             state_dir=state.folder(out, method, seed), resume=args.resume, on_task=after_task,
+                             on_resume=restored)
             res["seconds"] = float(sum(res["seconds_per_task"]))
             runs[method].append(res)
             done += 1
@@ -177,6 +186,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     results["encoder"] = {"name": Path(args.model_path).name if args.model_path else "all-MiniLM-L6-v2",
                           "blocks": int(model.config.num_hidden_layers), "adapted_blocks": args.adapt_layers}
     results["wall_seconds"] = time.perf_counter() - started  # this process's (a resumed run: since the resume)
+    results["method_seconds"] = float(sum(r["seconds"] for rs in runs.values() for r in rs))  # restored tasks too
     results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
                           if r["resumed_after"]}
     rundir.write_json(out / "results.json", results)
@@ -232,8 +242,9 @@ def format_table(results: dict) -> str:
 
 
 def _pm(stat: dict) -> str:
-    mean, half = 100 * stat["mean"], 100 * stat["ci95"]
-    return f"{mean:.1f}" if np.isnan(half) else f"{mean:.1f} ± {half:.1f}"
+    """``mean ± half-width`` in %; the mean alone when no spread exists (one seed: ``ci95`` NaN or null)."""
+    mean, half = 100 * stat["mean"], stat["ci95"]
+    return f"{mean:.1f}" if half is None or np.isnan(half) else f"{mean:.1f} ± {100 * half:.1f}"
 
 
 def _figures(runs, results, tasks, config, out: Path) -> None:

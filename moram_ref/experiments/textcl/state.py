@@ -3,30 +3,42 @@
 Layout, one folder per method and seed: ``<out>/state/<method>_seed<s>/``
 
 * ``task<t>.safetensors`` — the adapters after task ``t`` (:mod:`moram_ref.torch.checkpoint`: sha256 per
-  tensor, written atomically); none for ``zero_shot``, which trains nothing.
-* ``progress.json`` — how many tasks are done, the accuracy rows so far, the probes and timings, and the
-  two random states a later task depends on: the NumPy generator that draws the batches and the torch
-  generator that draws the fresh atoms (adapter dropout is reseeded per step, :mod:`..seeding`). The
-  optimiser and its schedule start afresh at every task, so nothing else carries over.
+  tensor, written atomically; its metadata names the method, the seed and ``t``); none for ``zero_shot``,
+  which trains nothing.
+* ``progress.json`` — method, seed, the tasks and a fingerprint of their data, how many tasks are done,
+  the accuracy rows so far, the probes and timings, and the two random states a later task depends on:
+  the NumPy generator that draws the batches and the torch generator that draws the fresh atoms (adapter
+  dropout is reseeded per step, :mod:`..seeding`). The optimiser and its schedule start afresh at every
+  task, so nothing else carries over.
 
 Writes go checkpoint first, then ``progress.json`` (atomically): a kill between the two leaves the
 previous consistent pair, and the resumed run repeats that one task. A resumed run therefore gives the
 same matrices, bit for bit, as the uninterrupted one (``tests/test_textcl_resume.py``).
+
+:func:`check` reads and validates a record without touching a model: ``text-cl --resume`` calls it for
+every (method, seed) before any work, so a damaged, foreign (another method, seed, sequence) or stale
+(the task data changed) record stops the run at once, with a :class:`StateError` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import rundir
-from moram_ref.torch import checkpoint
+from moram_ref.experiments.cliargs import UsageError
 
 PROGRESS = "progress.json"
+GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state() on the CPU (mt19937)
+
+
+class StateError(UsageError):
+    """A recorded state that cannot be resumed from: the message names the file and says what to do
+    (a :class:`~moram_ref.experiments.cliargs.UsageError`: the CLI prints it as one line, exit status 2)."""
 
 
 def folder(out: Path, method: str, seed: int) -> Path:
@@ -34,15 +46,28 @@ def folder(out: Path, method: str, seed: int) -> Path:
     return Path(out) / "state" / f"{method}_seed{seed}"
 
 
-def save(where: Path, tasks_done: int, model: torch.nn.Module | None, config: MoRAMConfig, method: str,
-         gen: torch.Generator, rng: np.random.Generator, union: np.ndarray, own: np.ndarray, out: dict,
-         names: list[str]) -> None:
+def data_fingerprint(tasks: list) -> str:
+    """sha256 over every task's name, labels, prompts and texts with their labels (train, val, test)."""
+    h = hashlib.sha256()
+    for t in tasks:
+        parts = [t.name, t.labels, t.prompts]
+        for split in ("train", "val", "test"):
+            parts += [getattr(t, f"{split}_text"), np.asarray(getattr(t, f"{split}_y")).tolist()]
+        h.update(json.dumps(parts).encode())
+    return h.hexdigest()
+
+
+def save(where: Path, tasks_done: int, model, config, method: str, seed: int, fingerprint: str,
+         gen, rng: np.random.Generator, union: np.ndarray, own: np.ndarray, out: dict, names: list[str]) -> None:
     """Record the state after ``tasks_done`` tasks (``model`` None: nothing attached, ``zero_shot``)."""
     where.mkdir(parents=True, exist_ok=True)
     if model is not None:
-        checkpoint.save(model, where / f"task{tasks_done}.safetensors", config, tasks_done, method)
+        from moram_ref.torch import checkpoint  # noqa: PLC0415
+
+        checkpoint.save(model, where / f"task{tasks_done}.safetensors", config, tasks_done, method,
+                        extra={"seed": seed, "data": fingerprint})
     record = {
-        "method": method, "tasks": names, "tasks_done": tasks_done,
+        "method": method, "seed": seed, "tasks": names, "data": fingerprint, "tasks_done": tasks_done,
         "union": union[:tasks_done].tolist(), "own": own[:tasks_done].tolist(),
         "trainable_per_task": out["trainable_per_task"], "seconds_per_task": out["seconds_per_task"],
         "n99": out["n99"], "activation": {k: {n: np.asarray(w).tolist() for n, w in v.items()}
@@ -53,26 +78,83 @@ def save(where: Path, tasks_done: int, model: torch.nn.Module | None, config: Mo
     rundir.write_json(where / PROGRESS, record)
 
 
-def load(where: Path, model: torch.nn.Module | None, config: MoRAMConfig, method: str, names: list[str],
-         gen: torch.Generator, rng: np.random.Generator, union: np.ndarray, own: np.ndarray, out: dict) -> int:
-    """Restore the recorded state into ``model``, ``gen``, ``rng``, the rows and ``out``; returns the
-    number of tasks done (0 if nothing is recorded). Raises ``checkpoint.CheckpointError`` naming the file
-    when the record is unreadable or belongs to another sequence or method."""
+def _fail(path: Path, why: str) -> StateError:
+    return StateError(f"{path}: {why}; delete {path.parent} to rerun that method and seed from its first task "
+                      "(the other records are kept)")
+
+
+def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str) -> dict | None:
+    """The validated record of ``where`` (None if there is none); StateError naming the file otherwise."""
     path = where / PROGRESS
     if not path.is_file():
-        return 0
+        return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise checkpoint.CheckpointError(f"{path} cannot be read ({exc}); delete {where} to rerun that "
-                                         "method and seed from its first task") from None
-    if record.get("method") != method or record.get("tasks") != names:
-        raise checkpoint.CheckpointError(f"{path} records method {record.get('method')!r} on tasks "
-                                         f"{record.get('tasks')}, not {method!r} on {names}")
-    done = int(record["tasks_done"])
+        raise _fail(path, f"cannot be read ({exc})") from None
+    if not isinstance(record, dict):
+        raise _fail(path, f"holds a {type(record).__name__}, not a progress record")
+    if (record.get("method"), record.get("seed"), record.get("tasks")) != (method, seed, names):
+        raise _fail(path, f"records method {record.get('method')!r}, seed {record.get('seed')!r} on tasks "
+                          f"{record.get('tasks')}, not {method!r}, seed {seed} on {names}")
+    if record.get("data") != fingerprint:
+        raise _fail(path, "the task data under --data-root changed since this record was written")
+    done = record.get("tasks_done")
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(names):
+        raise _fail(path, f"tasks_done must be an integer in [0, {len(names)}], got {done!r}")
+    n = len(names)
+    try:
+        for key in ("union", "own"):
+            rows = np.asarray(record[key], dtype=float)
+            if rows.shape != (done, n) or not np.isfinite(rows).all():
+                raise ValueError(f"{key} must be {done} finite rows of {n}, got shape {rows.shape}")
+        for key in ("trainable_per_task", "seconds_per_task", "n99"):
+            if not isinstance(record[key], list):
+                raise ValueError(f"{key} must be a list")
+        if not isinstance(record["activation"], dict) or not all(isinstance(v, dict)
+                                                                 for v in record["activation"].values()):
+            raise ValueError("activation must map stages to {task: weights}")
+        np.random.default_rng().bit_generator.state = record["numpy_rng"]  # raises on a malformed state
+        raw = bytes.fromhex(record["torch_generator"])
+        if len(raw) != GENERATOR_STATE_BYTES:
+            raise ValueError(f"torch_generator holds {len(raw)} bytes, not {GENERATOR_STATE_BYTES}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(path, f"is malformed ({type(exc).__name__}: {exc})") from None
+    if done and method != "zero_shot":
+        ckpt = where / f"task{done}.safetensors"
+        if not ckpt.is_file():
+            raise _fail(ckpt, "is missing (progress.json says the task is done)")
+        from moram_ref.torch import checkpoint  # noqa: PLC0415
+
+        try:
+            meta = checkpoint.read_metadata(ckpt)
+        except checkpoint.CheckpointError as exc:
+            raise _fail(ckpt, str(exc)) from None
+        found = (meta.get("method"), meta.get("tasks_done"), meta.get("extra", {}).get("seed"),
+                 meta.get("extra", {}).get("data"))
+        if found != (method, done, seed, fingerprint):
+            raise _fail(ckpt, f"was written for method {found[0]!r}, task {found[1]!r}, seed {found[2]!r} "
+                              f"(or other data), not {method!r}, task {done}, seed {seed}")
+    return record
+
+
+def load(record: dict[str, Any] | None, where: Path, model, config, method: str, gen, rng: np.random.Generator,
+         union: np.ndarray, own: np.ndarray, out: dict) -> int:
+    """Restore a record validated by :func:`check` into ``model``, ``gen``, ``rng``, the rows and ``out``;
+    returns the number of tasks done (0 for None)."""
+    if record is None:
+        return 0
+    import torch  # noqa: PLC0415
+
+    from moram_ref.torch import checkpoint  # noqa: PLC0415
+
+    done = record["tasks_done"]
     if model is not None and done:
-        checkpoint.load(model, where / f"task{done}.safetensors", config, method)
-    union[:done], own[:done] = np.array(record["union"]), np.array(record["own"])
+        try:
+            checkpoint.load(model, where / f"task{done}.safetensors", config, method)
+        except checkpoint.CheckpointError as exc:
+            raise _fail(where / f"task{done}.safetensors", str(exc)) from None
+    union[:done], own[:done] = np.array(record["union"]).reshape(done, -1), np.array(record["own"]).reshape(done, -1)
     out["trainable_per_task"][:] = record["trainable_per_task"]
     out["seconds_per_task"][:] = record["seconds_per_task"]
     out["n99"][:] = record["n99"]

@@ -17,6 +17,7 @@ from moram_ref import metrics
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
 ORDER_NAMES = {"standard-1": "order 1", "standard-2": "order 2", "standard-3": "order 3", "long-4": "long (order 4)"}
+COARSE = ("seq_lora", "moe_lora", "olora")
 MATRIX_METRICS = (("last", "Last", True), ("average", "Average", True), ("forgetting", "forgetting", False),
                   ("transfer", "Transfer", True))
 
@@ -48,6 +49,47 @@ def command(results: dict) -> str:
     if s.get("eval_split", "test") != "test":
         parts.append(f"--eval-split {s['eval_split']}")
     return " ".join(parts)
+
+
+def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str | None:
+    """Why ``results`` cannot feed a text-CL table (None if it can): not a text-cl ``results.json``, one
+    written before the run recorded its settings, or lacking the methods the table compares."""
+    if isinstance(results, dict) and results.get("kind") == "text-cl routing":
+        return "is a text-cl-routing summary, not a text-cl results.json"
+    if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
+        return "is not a text-cl results.json (no 'methods')"
+    missing = [k for k in ("settings", "encoder", "tasks") if k not in results]
+    if missing:
+        return (f"has no {', '.join(repr(k) for k in missing)}: it was written by an older moram-ref text-cl; "
+                "rerun that command for a current results.json")
+    if any("per_seed" not in e.get("union", {}) for e in results["methods"].values()):
+        return "has no per-seed summaries: it was written by an older moram-ref text-cl; rerun that command"
+    methods = list(results["methods"])
+    lacking = [m for m in needs if m not in methods]
+    if lacking:
+        return f"lacks {', '.join(lacking)} (the run's methods: {', '.join(methods)}); rerun with them"
+    if coarse and not any(m in methods for m in COARSE):
+        return f"has no coarse expert ({', '.join(COARSE)}) to compare MoRAM with (the run's methods: {', '.join(methods)})"
+    if not [m for m in methods if m != "zero_shot"]:
+        return "holds no adapter (only zero_shot): nothing to compare"
+    return None
+
+
+def routing_problem(summary) -> str | None:
+    """Why ``summary`` is not a ``text-cl-routing`` ``routing_summary.json`` (None if it is)."""
+    if not isinstance(summary, dict) or summary.get("kind") != "text-cl routing":
+        return "is not a text-cl-routing routing_summary.json"
+    return None
+
+
+def timing(results: dict) -> str:
+    """How long the run took: wall time, or for a resumed run the summed time of its methods and seeds."""
+    threads = results.get("machine", {}).get("threads", "?")
+    if results.get("resumed"):
+        return (f"{results['method_seconds'] / 60:.0f} min of training and evaluation summed over methods and "
+                f"seeds on {threads} thread(s) (resumed after a stop; its last process ran "
+                f"{results['wall_seconds'] / 60:.0f} min)")
+    return f"{results['wall_seconds'] / 60:.0f} min wall time on {threads} thread(s)"
 
 
 def cells(results: dict, metric: str, space: str = "union") -> dict:
@@ -89,10 +131,9 @@ def matrix_table(*runs: dict) -> str:
                                                            for m in methods) + " |")
         out.append("")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
-    walls = ", ".join(f"{run_label(r)}: {r['wall_seconds'] / 60:.0f} min on {r['machine']['threads']} thread(s)"
-                      for r in runs)
+    walls = "; ".join(f"{run_label(r)}: {timing(r)}" for r in runs)
     out.append(f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds; bold: the best adapter's mean "
-               f"(zero-shot, the frozen encoder, is not ranked). Wall time of each run: {walls}. Commands: "
+               f"(zero-shot, the frozen encoder, is not ranked). Time of each run: {walls}. Commands: "
                + "; ".join(f"`{command(r)}`" for r in runs) + ".")
     return "\n".join(out)
 
@@ -121,9 +162,6 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-COARSE = ("seq_lora", "moe_lora", "olora")
 
 
 def brief_table(*runs: dict) -> str:

@@ -2,17 +2,16 @@
 a verdict computed by a stated rule, and the command that reproduces it (issue #13).
 
 Inputs (``moram-ref report DEMO ABLATION TEXTCL [TEXTCL …] --table claims``): the main job's
-``results.json``, the ablation's ``results.json``, and one or more text-CL ``results.json`` (one per sequence
-and adapter placement; rows for each).
+``results.json``, the ablation's ``results.json``, and one or more text-CL files: ``results.json`` of ``text-cl`` runs (one per sequence and
+adapter placement; Last, forgetting and Transfer rows for each) and ``routing_summary.json`` of
+``text-cl-routing`` (sparse, task-specific, quiet rows for each).
 
 Verdict rules (95 % confidence, 3 seeds):
 * paired runs (NumPy streams: same seed = same data and atoms; text-CL: same seed = same batches): the CI of
   the per-seed difference excludes 0 in the claimed direction → **holds**; in the other direction → **does
   not hold**; else **not distinguishable**;
-* a text-CL file without per-seed summaries: the two methods' intervals do not overlap → holds / does not
-  hold; else not distinguishable;
 * "Transfer ≈ the frozen model's": does not hold when MoRAM's Transfer is below the frozen model's with the
-  CI of the difference (or the intervals) excluding 0; holds otherwise (no loss is measurable);
+  CI of the paired difference excluding 0; holds otherwise (no loss is measurable);
 * thresholds on a single quantity (atoms for 99 %, shares) are stated in the row.
 """
 
@@ -43,13 +42,6 @@ def paired_verdict(diff: dict, higher_better: bool) -> str:
     return _direction(diff["mean"] - half, diff["mean"] + half, higher_better)
 
 
-def overlap_verdict(a: dict, b: dict, higher_better: bool) -> str:
-    """a vs b from (mean, ci95) alone: a non-overlap of the intervals decides."""
-    lo = (a["mean"] - a["ci95"]) - (b["mean"] + b["ci95"])
-    hi = (a["mean"] + a["ci95"]) - (b["mean"] - b["ci95"])
-    return _direction(lo, hi, higher_better) if (lo > 0 or hi < 0) else NOT_DIST
-
-
 def _short(verdict: str) -> str:
     return {HOLDS: "holds", FAILS: "does not hold", NOT_DIST: "n.d."}[verdict]
 
@@ -66,32 +58,22 @@ def _numpy_row(demo: dict, stream: str, metric: str, higher_better: bool) -> tup
 
 
 def _textcl_row(textcl: dict, metric: str, higher_better: bool) -> tuple[str, str]:
-    """MoRAM against each coarse expert on one text-CL run: paired per-seed differences when the file has
-    them (seed i of every method drew the same batches), else the overlap of the intervals."""
+    """MoRAM against each coarse expert on one text-CL run, paired by seed (seed i of every method drew the
+    same batches)."""
     s = tables.cells(textcl, metric)
     figs, verdicts = [f"MoRAM {format_cell(s['moram'])}"], []
     for base in (b for b in BASELINES if b in s):
         diff = tables.paired(textcl, "moram", base, metric)
-        if diff is None:
-            figs.append(f"{BASELINES[base]} {format_cell(s[base])}")
-            verdict = overlap_verdict(s["moram"], s[base], higher_better)
-        else:
-            figs.append(f"{BASELINES[base]} {format_cell(s[base])} (Δ {signed_cell(diff)})")
-            verdict = paired_verdict(diff, higher_better)
-        verdicts.append(f"{_short(verdict)} vs {BASELINES[base]}")
+        figs.append(f"{BASELINES[base]} {format_cell(s[base])} (Δ {signed_cell(diff)})")
+        verdicts.append(f"{_short(paired_verdict(diff, higher_better))} vs {BASELINES[base]}")
     return "; ".join(figs), "; ".join(verdicts)
 
 
 def _textcl_transfer_row(textcl: dict) -> tuple[str, str]:
     s = tables.cells(textcl, "transfer")
     diff = tables.paired(textcl, "moram", "zero_shot", "transfer")
-    if diff is None:
-        fails = overlap_verdict(s["moram"], s["zero_shot"], True) == FAILS
-        fig = f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])}"
-    else:
-        fails = paired_verdict(diff, True) == FAILS
-        fig = f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])} (Δ {signed_cell(diff)})"
-    return fig, FAILS if fails else HOLDS
+    fig = f"MoRAM {format_cell(s['moram'])}; frozen {format_cell(s['zero_shot'])} (Δ {signed_cell(diff)})"
+    return fig, FAILS if paired_verdict(diff, True) == FAILS else HOLDS
 
 
 def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
