@@ -88,14 +88,18 @@ def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
     cmd = "`moram-ref text-cl-routing <the run's folder>` after " + f"`{tables.command(run)}`"
     where = f"text-CL (MiniLM), {label}, every adapted layer, after the last task"
     a99, own, quiet = c["atoms99"], c["own"], c["old_on_new"]
+    n = len(run["tasks"])
+    uniform_quiet = np.mean([t / (t + 1) for t in range(1, n)])  # t earlier tasks' atoms of t + 1, spread evenly
     rows = [("Sparse activation: few atoms carry 99 % of the weight", where,
              f"{a99['mean']:.2f} ± {a99['ci95'] or 0:.2f} atoms of R = {r_total} (a router MoE-LoRA weights all)",
              f"{_below(a99, k / 2)} (rule: upper CI < k/2 = {k / 2:g})", cmd),
             ("Task-specific activation: each domain's inputs go mostly to its own atoms", where,
-             f"own atoms' share {format_cell(own)}; newest atoms' share on earlier tasks {format_cell(c['newest'])}",
+             f"own atoms' share {format_cell(own)} (spread evenly: {100 / n:.1f}); newest atoms' share on earlier "
+             f"tasks {format_cell(c['newest'])} (evenly: {100 / n:.1f})",
              f"{_above(own, 0.5)} (rule: own share > 50 %, CI)", cmd),
             ("Old atoms quiet on new data", f"text-CL (MiniLM), {label}, right after each task t ≥ 2",
-             f"earlier tasks' atoms' share of the weight on task t's tokens {format_cell(quiet)}",
+             f"earlier tasks' atoms' share of the weight on task t's tokens {format_cell(quiet)} (spread evenly "
+             f"over the tasks' atoms: {100 * uniform_quiet:.1f})",
              f"{_below(quiet, 0.5)} (rule: share < 50 %, CI)", cmd)]
     return rows
 
