@@ -258,7 +258,7 @@ def _figures(runs, results, tasks, config, out: Path) -> None:
         if method in runs and runs[method][0]["activation"]:
             plots.token_activation_maps(runs[method][0]["activation"], config.atoms_per_task,
                                         out / f"activation_{method}.png",
-                                        f"{LABELS[method]}: weights w at block 1's key projection (seed 0)")
+                                        f"{LABELS[method]}: weights w at the first adapted block's key projection (seed 0)")
     curves = {LABELS[m]: runs[m][0]["n99"] for m in ("moram", "dense_moram") if m in runs}
     if any(curves.values()):
         plots.atoms_for_mass(curves, [config.atoms_per_task * (t + 1) for t in range(len(tasks))],

@@ -152,13 +152,15 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
             stats = [cells(r, metric)[m] for r in runs]
             mean = [100 * s["mean"] for s in stats]
             err = [0 if s["ci95"] is None or np.isnan(s["ci95"]) else 100 * s["ci95"] for s in stats]
-            ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=LABELS[m])
+            low = [min(e, v) for e, v in zip(err, mean)]  # no whisker below 0: every metric here is ≥ 0
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=[low, err], capsize=2,
+                   label=LABELS[m])
         ax.set_xticks(x, [run_label(r).replace(", ", "\n", 1) for r in runs], fontsize=7)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_ylabel("%")
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=len(methods), fontsize=8)
-    fig.suptitle("text-CL (MiniLM), union labels: mean ± 95 % CI over seeds", fontsize=10)
+    fig.suptitle("text-CL (MiniLM), union labels: mean ± 95 % CI over seeds (whiskers cut at 0)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -190,20 +192,35 @@ ROUTING_COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest
                    ("old_on_new", "earlier atoms' share on the new task's tokens"), ("silent", "tokens δ silences"))
 
 
+def first_task_share(entry: dict) -> dict:
+    """Mean ± CI over seeds of the first task's atoms' share on the later tasks' tokens after the last task
+    (from the layer-mean share matrices of a routing summary)."""
+    values = [float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]]
+    mean, half = metrics.confidence_interval(np.array(values))
+    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+
+
 def routing_table(*summaries: dict) -> str:
     """Rows: run × method (``text-cl-routing``'s ``routing_summary.json``); shares in %, atoms as counts."""
     if not summaries:
         raise ValueError("no text-cl-routing summaries given")
-    lines = ["| run | method | " + " | ".join(t for _, t in ROUTING_COLUMNS) + " | atoms for 99 % of Σw |",
-             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 1)]
+    lines = ["| run | method | " + " | ".join(t for _, t in ROUTING_COLUMNS)
+             + " | first task's atoms' share on later tasks' tokens | atoms for 99 % of Σw |",
+             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 2)]
     for s in summaries:
         label = run_label({"settings": s["run"]["settings"], "encoder": s["run"]["encoder"], "tasks": s["run"]["tasks"]})
         for method, entry in s["methods"].items():
             c = entry["summary"]
             a99 = c["atoms99"]
             lines.append(f"| {label} | {LABELS[method]} | " + " | ".join(_cell(c[k], False) for k, _ in ROUTING_COLUMNS)
+                         + f" | {_cell(first_task_share(entry), False)}"
                          + f" | {a99['mean']:.2f}" + ("" if a99["ci95"] is None else f" ± {a99['ci95']:.2f}") + " |")
+    n = len(summaries[0]["run"]["tasks"])
+    even = np.mean([t / (t + 1) for t in range(1, n)])
     return "\n".join(lines) + (
-        "\n\nMean ± 95 % CI over seeds; each seed's value is the mean over the adapted layers, after the last task "
-        "(the earlier atoms' share on a new task's tokens: right after each task t ≥ 2, mean over t); real tokens "
-        f"of {summaries[0]['per_task']} test texts per task. Command: `moram-ref text-cl-routing <run folder>`.")
+        "\n\nShares of the weight Σw on a task's tokens, in %: mean ± 95 % CI over seeds; each seed's value is the "
+        "mean over the adapted layers, after the last task (the earlier atoms' share on a new task's tokens: right "
+        f"after each task t ≥ 2, mean over t). An even spread over the tasks' atoms would give each of {n} tasks' "
+        f"atoms {100 / n:.0f} % of a token's weight, and the earlier atoms {100 * even:.1f} % of a new task's "
+        f"(t − 1 of t tasks, mean over t). Real tokens of {summaries[0]['per_task']} test texts per task. Command: "
+        "`moram-ref text-cl-routing <run folder>`.")
