@@ -296,6 +296,7 @@ def test_help_lists_every_command_and_bench_options(capsys):
     from moram_ref.cli import COMMANDS
 
     code, out, _ = _run_in_process(["--help"], capsys)
-    assert code == 0 and all(f"    {name} " in out for name in COMMANDS)
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
+    assert code == 0 and set(COMMANDS) <= listed, set(COMMANDS) - listed  # a long name sits on its own line
     code, out, _ = _run_in_process(["bench", "--help"], capsys)
     assert code == 0 and "--tokens" in out and "--device" in out
