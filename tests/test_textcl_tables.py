@@ -41,11 +41,11 @@ def test_run_label_and_command():
     r = fake_results()
     assert tables.run_label(r) == "order 1, 3 tasks, top 2 of 6 blocks"
     assert tables.command(r) == ("moram-ref text-cl --data-root <llm-cl-benchmark-500> --sequence standard-1 "
-                                 "--seeds 3 --tasks 3")  # 3 of the sequence's 4 tasks; every other flag a default
+                                 "--seeds 3 --tasks 3 --out runs/text-cl-standard-1")  # other flags: defaults
     all_blocks = fake_results("long-4", adapt_layers=6)
     all_blocks["settings"]["tasks"] = 15
     assert tables.run_label(all_blocks).endswith("all 6 blocks")
-    assert tables.command(all_blocks).endswith("--sequence long-4 --seeds 3 --adapt-layers 6")
+    assert tables.command(all_blocks).endswith("--sequence long-4 --seeds 3 --adapt-layers 6 --out runs/text-cl-long-4-top6")
 
 
 def test_paired_difference_over_seeds():

@@ -27,22 +27,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data-root", type=cliargs.existing_dir, required=True,
                    help="folder with one sub-folder per task (JSON)")
-    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/text-cl"))
-    p.add_argument("--sequence", default="standard-1", choices=sorted(SEQUENCES))
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/text-cl"),
+                   help="run folder (default runs/text-cl; one folder per sequence and setting)")
+    p.add_argument("--sequence", default="standard-1", choices=sorted(SEQUENCES),
+                   help="O-LoRA task order (default standard-1; long-4 has 15 tasks)")
     p.add_argument("--tasks", type=cliargs.integer(2), default=None,
                    help="use only the first N ≥ 2 tasks of the sequence (Transfer and BWT need two)")
-    p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="seeds 0 … N-1 (training order and fresh atoms)")
+    p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="seeds 0 … N-1 (training order and fresh atoms; default 3)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task")
-    p.add_argument("--batch", type=cliargs.integer(1), default=DEFAULTS["batch"])
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=DEFAULTS["lr"])
+    p.add_argument("--batch", type=cliargs.integer(1), default=DEFAULTS["batch"], help="texts per step (default 16)")
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=DEFAULTS["lr"], help="AdamW learning rate (default 2e-3)")
     p.add_argument("--adapt-layers", type=cliargs.integer(1), default=DEFAULTS["adapt_layers"],
                    help="top blocks with adapters")
     p.add_argument("--placement", default=DEFAULTS["placement"], choices=["attention", "ffn", "all"])
     p.add_argument("--max-length", type=cliargs.integer(MIN_LENGTH), default=DEFAULTS["max_length"],
                    help="tokens per input (with [CLS] and [SEP])")
     p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEFAULTS["atoms_per_task"])
-    p.add_argument("--top-k", type=cliargs.integer(1), default=DEFAULTS["top_k"])
+    p.add_argument("--top-k", type=cliargs.integer(1), default=DEFAULTS["top_k"], help="MoRAM atoms kept per token (default 8)")
     p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEFAULTS["temperature"])
     p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEFAULTS["threshold"])
     p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (quick runs)")
@@ -80,7 +82,9 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
     for name in sequence[: args.tasks]:
         folder = args.data_root / name
         if not folder.is_dir():
-            raise cliargs.UsageError(f"--data-root: task folder {folder} does not exist (--sequence {args.sequence})")
+            raise cliargs.UsageError(f"--data-root: task folder {folder} does not exist (--sequence {args.sequence}); "
+                                     "--data-root is your copy of the benchmark, one folder per task holding "
+                                     "labels.json, train.json, test.json (docs/experiments.md)")
         labels = cliargs.read_json(folder / "labels.json", "--data-root")
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise cliargs.UsageError(f"{folder / 'labels.json'}: expected a non-empty list of label strings")

@@ -48,6 +48,9 @@ def command(results: dict) -> str:
     parts += [f"--{k.replace('_', '-')} {s[k]}" for k in ("max_train", "max_test") if s.get(k) is not None]
     if s.get("eval_split", "test") != "test":
         parts.append(f"--eval-split {s['eval_split']}")
+    blocks = "" if s.get("adapt_layers", DEFAULTS["adapt_layers"]) == DEFAULTS["adapt_layers"] else \
+        f"-top{s['adapt_layers']}"
+    parts.append(f"--out runs/text-cl-{s['sequence']}{blocks}")  # one folder per run: a second run may not reuse it
     return " ".join(parts)
 
 
