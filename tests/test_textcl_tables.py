@@ -113,17 +113,6 @@ def test_report_plot_and_named_block(two_runs, tmp_path, capsys):
     assert main(["report", two_runs[1], "--table", "textcl", "--block", "textcl:standard-2", "--check", str(doc)]) == 0
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--table", "demo", "--plot", "x.png"], ["--plot", "--table demo has no figure"]),
-    (["--table", "textcl", "--block", "a b"], ["--block", "'a b'"]),
-    (["--table", "textcl-matrix", "--plot", "/proc/no/such.png"], ["--plot", "does not exist"]),
-])
-def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
-    assert main(["report", two_runs[0], *argv]) == 2
-    err = capsys.readouterr().err
-    assert all(w in err for w in words) and len(err.strip().splitlines()) == 1
-
-
 def test_report_refuses_a_file_of_another_kind(capsys):
     assert main(["report", str(tables_root() / "demo.json"), "--table", "textcl-matrix"]) == 2
     assert "demo.json is not a text-cl results.json" in capsys.readouterr().err
@@ -182,12 +171,15 @@ def test_timing_says_when_a_run_was_resumed():
 
 
 @pytest.mark.parametrize(("argv", "words"), [
+    (["--table", "demo", "--plot", "x.png"], ["--plot", "--table demo has no figure"]),
+    (["--table", "textcl", "--block", "a b"], ["--block", "'a b'"]),
+    (["--table", "textcl-matrix", "--plot", "/proc/no/such.png"], ["--plot", "does not exist"]),
     (["--table", "textcl", "--block", ""], ["--block", "''"]),
     (["--table", "textcl-matrix", "--plot", "/tmp/x.txt"], ["--plot", "not a figure file name"]),
     (["--table", "textcl-matrix", "--plot", "/tmp"], ["--plot", "not a figure file name"]),
     (["--table", "textcl-matrix", "--plot", "/no/such/folder/m.png"], ["--plot", "does not exist"]),
 ])
-def test_report_plot_and_block_names_are_checked(two_runs, capsys, argv, words):
+def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
     assert main(["report", two_runs[0], *argv]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words) and len(err.strip().splitlines()) == 1, err

@@ -23,8 +23,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from moram_ref import metrics
 from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments.textcl.run import encoder_record, portable
+from moram_ref.experiments.toy.ablation_tables import ci_cell
 
 PROBED = ("moram", "dense_moram")  # the methods with self-activated routing
 
@@ -91,8 +92,7 @@ def _probe(args, settings: dict, methods: list[str], names: list[str], data_root
     enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
     config = cliargs.moram_config(argparse.Namespace(**settings))
     lengths = np.array([enc.token_count(x) for x in texts])
-    encoder = {"name": Path(settings["model_path"]).name if settings["model_path"] else "all-MiniLM-L6-v2",
-               "blocks": int(model.config.num_hidden_layers), "adapted_blocks": settings["adapt_layers"]}
+    encoder = encoder_record(settings["model_path"], model, settings["adapt_layers"])
     out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": args.per_task,
                  "methods": {}}
     for method in methods:
@@ -166,19 +166,14 @@ def per_seed(stages: list[dict[str, dict]]) -> dict[str, float]:
 
 def summarise(seeds: list[list[dict]]) -> dict[str, dict]:
     values = [per_seed(stages) for stages in seeds]
-    out = {}
-    for key in values[0]:
-        mean, half = metrics.confidence_interval(np.array([v[key] for v in values]))
-        out[key] = {"mean": mean, "ci95": None if np.isnan(half) else half, "per_seed": [v[key] for v in values]}
-    return out
+    return {key: {**ci_cell([v[key] for v in values]), "per_seed": [v[key] for v in values]} for key in values[0]}
 
 
 def brief(result: dict) -> dict:
     """``routing_summary.json``: the run, and per method the summary and the layer-mean share matrices (what
     the docs commit and ``report`` reads; the per-layer records stay in ``routing.json``)."""
     run = dict(result["run"])
-    run["settings"] = {k: (Path(v).name if k in ("data_root", "model_path") and v else v)
-                       for k, v in run["settings"].items()}
+    run["settings"] = portable(run["settings"])
     return {"kind": "text-cl routing", "run": run, "per_task": result["per_task"],
             "methods": {m: {"summary": e["summary"], "mean_share": e["mean_share"]}
                         for m, e in result["methods"].items()}}

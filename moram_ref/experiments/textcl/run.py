@@ -14,6 +14,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments.toy.demo import format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -65,6 +66,17 @@ def settings_of(args: argparse.Namespace) -> dict:
     """The flags recorded in ``config.json`` and compared on a re-run (paths made absolute)."""
     return {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
             if k not in RUNTIME_ONLY}
+
+
+def portable(settings: dict) -> dict:
+    """``settings`` with the local folders reduced to their names: what a results file records (it travels)."""
+    return {k: (Path(v).name if k in ("data_root", "model_path") and v else v) for k, v in settings.items()}
+
+
+def encoder_record(model_path, model, adapt_layers: int) -> dict:
+    """The encoder a results file names: its folder (or the packaged MiniLM), its blocks, the adapted ones."""
+    return {"name": Path(model_path).name if model_path else "all-MiniLM-L6-v2",
+            "blocks": int(model.config.num_hidden_layers), "adapted_blocks": adapt_layers}
 
 
 def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
@@ -183,12 +195,10 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
             log(f"[{done}/{total}] {LABELS[method]:<18} seed {seed}: Last {100 * s['last']:.1f}, "
                 f"Average {100 * s['average']:.1f}, {res['seconds']:.0f} s")
     results = summarise(runs, [t.name for t in tasks])
-    results["settings"] = {k: (Path(v).name if k in ("data_root", "model_path") and v else v)
-                           for k, v in settings_of(args).items()}  # folder names only: the file travels
+    results["settings"] = portable(settings_of(args))
     results["train_settings"] = {**asdict(settings), "moram": config.to_dict()}
     results["machine"] = machine
-    results["encoder"] = {"name": Path(args.model_path).name if args.model_path else "all-MiniLM-L6-v2",
-                          "blocks": int(model.config.num_hidden_layers), "adapted_blocks": args.adapt_layers}
+    results["encoder"] = encoder_record(args.model_path, model, args.adapt_layers)
     results["wall_seconds"] = time.perf_counter() - started  # this process's (a resumed run: since the resume)
     results["method_seconds"] = float(sum(r["seconds"] for rs in runs.values() for r in rs))  # restored tasks too
     results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
@@ -236,19 +246,13 @@ def format_table(results: dict) -> str:
                   "| method | Transfer | Average | Last | BWT | forgetting | trainable / task | s / seed |",
                   "|---|---|---|---|---|---|---|---|"]
         for method, e in results["methods"].items():
-            cells = [_pm(e[space][k]) for k in ("transfer", "average", "last", "bwt", "forgetting")]
+            cells = [format_cell(e[space][k]) for k in ("transfer", "average", "last", "bwt", "forgetting")]
             params = e["trainable_per_task"][0] if e["trainable_per_task"] else 0
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {params:,} | {e['seconds_mean']:.0f} |")
         lines.append("")
     seeds = next(iter(results["methods"].values()))["seeds"]
     lines.append(f"Mean ± 95 % confidence half-width (Student t) over {seeds} seed(s), in %.")
     return "\n".join(lines) + "\n"
-
-
-def _pm(stat: dict) -> str:
-    """``mean ± half-width`` in %; the mean alone when no spread exists (one seed: ``ci95`` NaN or null)."""
-    mean, half = 100 * stat["mean"], stat["ci95"]
-    return f"{mean:.1f}" if half is None or np.isnan(half) else f"{mean:.1f} ± {100 * half:.1f}"
 
 
 def _figures(runs, results, tasks, config, out: Path) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref import metrics
+from moram_ref.experiments.toy.ablation_tables import ci_cell, paired_difference
+from moram_ref.experiments.toy.demo import format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -107,13 +108,11 @@ def paired(results: dict, method: str, other: str, metric: str, space: str = "un
     b = results["methods"][other][space].get("per_seed")
     if not a or not b or len(a) != len(b):
         return None
-    mean, half = metrics.confidence_interval(np.array([x[metric] - y[metric] for x, y in zip(a, b)]))
-    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+    return paired_difference([x[metric] for x in a], [y[metric] for y in b])
 
 
 def _cell(stat: dict, best: bool) -> str:
-    text = f"{100 * stat['mean']:.1f}" + ("" if stat["ci95"] is None or np.isnan(stat["ci95"])
-                                          else f" ± {100 * stat['ci95']:.1f}")
+    text = format_cell(stat)
     return f"**{text}**" if best else text
 
 
@@ -198,9 +197,7 @@ ROUTING_COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest
 def first_task_share(entry: dict) -> dict:
     """Mean ± CI over seeds of the first task's atoms' share on the later tasks' tokens after the last task
     (from the layer-mean share matrices of a routing summary)."""
-    values = [float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]]
-    mean, half = metrics.confidence_interval(np.array(values))
-    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+    return ci_cell([float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]])
 
 
 def routing_table(*summaries: dict) -> str:

@@ -15,10 +15,15 @@ COLUMNS = (("average", "Average"), ("last", "Last"), ("forgetting", "forgetting"
            ("atoms99", "atoms for 99 %"), ("own_share", "own-task share"))
 
 
+def ci_cell(values) -> dict:
+    """``{"mean", "ci95"}`` of values over seeds (Student t, 95 %); ``ci95`` None for a single seed."""
+    mean, half = metrics.confidence_interval(np.asarray(values, float))
+    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+
+
 def paired_difference(a: list[float], b: list[float]) -> dict:
     """Mean and 95 % CI half-width of ``a − b`` over seeds (paired: same seed, same data)."""
-    mean, half = metrics.confidence_interval(np.asarray(a, float) - np.asarray(b, float))
-    return {"mean": mean, "ci95": None if np.isnan(half) else half}
+    return ci_cell(np.asarray(a, float) - np.asarray(b, float))
 
 
 def signed_cell(cell: dict) -> str:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from moram_ref import metrics
 from moram_ref.experiments.textcl import tables
-from moram_ref.experiments.toy.ablation_tables import paired_difference, signed_cell
+from moram_ref.experiments.toy.ablation_tables import (
+    ci_cell,
+    paired_difference,
+    signed_cell,
+)
 from moram_ref.experiments.toy.demo import format_cell
 
 DEMO_CMD = "`moram-ref demo --out runs/demo`"
@@ -126,11 +129,6 @@ def old_on_new(run: dict) -> float:
     return float(np.mean([s[:t, t].sum() for t, s in enumerate(shares) if t >= 1]))
 
 
-def _ci(values: list[float]) -> dict:
-    mean, half = metrics.confidence_interval(np.asarray(values, float))
-    return {"mean": mean, "ci95": None if np.isnan(half) else half}
-
-
 def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
     """The claims table from the main job's, the ablation's and one or more text-CL files: ``results.json``
     of ``text-cl`` runs (Last, forgetting, Transfer rows) and ``routing_summary.json`` of
@@ -193,7 +191,7 @@ def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
                      f"MoRAM, {stream} stream, layer 1, after the last task ({len(runs)} seeds)",
                      f"own atoms' share {format_cell(own)}; newest atoms' share on earlier domains "
                      f"{format_cell(m['newest_share'])}", f"{verdict} (rule: own share > 50 %, CI)", ABL_CMD))
-        quiet = _ci([old_on_new(x) for x in runs])
+        quiet = ci_cell([old_on_new(x) for x in runs])
         verdict = HOLDS if quiet["mean"] + (quiet["ci95"] or 0) < 0.5 else FAILS if \
             quiet["mean"] - (quiet["ci95"] or 0) > 0.5 else NOT_DIST
         rows.append(("Old atoms quiet on new data",

@@ -186,8 +186,8 @@ def _print_stream(runs: dict, summary: dict, task_names: list[str], sweep, log: 
 
 def format_cell(cell: dict) -> str:
     """``mean ± half-width`` in percent, one decimal (``mean`` alone for one seed)."""
-    text = f"{100 * cell['mean']:.1f}"
-    return text if cell["ci95"] is None else f"{text} ± {100 * cell['ci95']:.1f}"
+    text, half = f"{100 * cell['mean']:.1f}", cell["ci95"]
+    return text if half is None or np.isnan(half) else f"{text} ± {100 * half:.1f}"
 
 
 def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str, sweep) -> None:
