@@ -113,8 +113,11 @@ def token_activation_maps(maps: dict[str, dict[str, np.ndarray]], atoms_per_task
 def atoms_for_mass(curves: dict[str, list[dict[str, float]]], router_active: list[int], path: Path, title: str) -> None:
     """Atoms carrying 99 % of the mass per layer against the task index, beside a router MoE's active rank."""
     plt = _pyplot()
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: PLC0415
+
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for method, per_task in curves.items():
+    styles = [("o", "-", 2.0), ("^", ":", 2.4), ("D", "-.", 1.6)]  # overlapping curves stay visible
+    for (method, per_task), (marker, line, width) in zip(curves.items(), styles * len(curves)):
         if not per_task:
             continue
         layers = list(per_task[0])
@@ -122,11 +125,15 @@ def atoms_for_mass(curves: dict[str, list[dict[str, float]]], router_active: lis
         tasks = np.arange(1, len(per_task) + 1)
         for layer in layers:
             ax.plot(tasks, [d[layer] for d in per_task], color="0.8", lw=0.6)
-        ax.plot(tasks, mean, marker="o", lw=2, label=f"{method}: mean over layers")
+        ax.plot(tasks, mean, marker=marker, ls=line, lw=width, markerfacecolor="none",
+                label=f"{method}: mean over layers ({mean[-1]:.2f} after the last task)")
     ax.plot(np.arange(1, len(router_active) + 1), router_active, "k--", marker="s",
             label="MoE-LoRA: active rank (every expert weighted)")
+    ax.set_yscale("log", base=2)  # ~1 atom against 8·T ranks: a linear axis flattens the MoRAM curves
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after task")
-    ax.set_ylabel("atoms per token (99 % of Σw)")
+    ax.set_ylabel("atoms per token (99 % of Σw), log scale")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

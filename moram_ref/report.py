@@ -66,12 +66,14 @@ def textcl_table(results: dict) -> str:
 GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "routing": ablation_tables.routing_table,
               "takeover": ablation_tables.takeover_table, "claims": claims.claims_table,
               "textcl": textcl_table, "textcl-matrix": textcl_tables.matrix_table,
-              "textcl-brief": textcl_tables.brief_table, "textcl-routing": textcl_tables.routing_table}
+              "textcl-brief": textcl_tables.brief_table, "textcl-routing": textcl_tables.routing_table,
+              "textcl-shares": textcl_tables.shares_table}
 # The results files each table reads: (what they are, how many at least, how many at most; None: no limit).
 INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or more text-CL results.json", 3, None),
           "textcl-matrix": ("one or more text-CL results.json", 1, None),
           "textcl-brief": ("one or more text-CL results.json", 1, None),
-          "textcl-routing": ("one or more text-cl-routing routing_summary.json", 1, None)}
+          "textcl-routing": ("one or more text-cl-routing routing_summary.json", 1, None),
+          "textcl-shares": ("one or more text-cl-routing routing_summary.json", 1, None)}
 PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _P = textcl_tables.problem
@@ -80,6 +82,7 @@ FILE_CHECKS = {
     "textcl": (0, _P), "textcl-matrix": (0, _P),
     "textcl-brief": (0, lambda r: _P(r, ("zero_shot", "moram"), coarse=True)),
     "textcl-routing": (0, textcl_tables.routing_problem),
+    "textcl-shares": (0, textcl_tables.routing_problem),
     "claims": (2, lambda r: None if isinstance(r, dict) and r.get("kind") == "text-cl routing"
                else _P(r, ("zero_shot", "moram"), coarse=True)),
 }

@@ -54,6 +54,26 @@ def test_shares_are_fractions_of_the_weight(probed):
     assert "| order 1, 3 tasks, top 1 of 6 blocks | MoRAM |" in body
 
 
+def test_shares_table_is_the_layer_mean_share_after_the_last_task(probed):
+    _, run, result = probed
+    summary = json.loads((run / "routing_summary.json").read_text())
+    body = report.GENERATORS["textcl-shares"](summary)
+    names = result["run"]["tasks"] if "run" in result else summary["run"]["tasks"]
+    rows = [line for line in body.splitlines() if line.startswith("| ") and not line.startswith("| atoms of")]
+    assert [r.split(" | ")[0][2:] for r in rows] == names
+    # each cell: mean over seeds of (mean over the adapted layers of) the last stage's share, in %
+    per_seed = [np.mean([np.array(d["share"]) for d in stages[-1].values()], axis=0)
+                for stages in result["methods"]["moram"]["layers"]]
+    expected = 100 * np.mean(per_seed, axis=0)
+    shown = np.array([[float(c.strip(" *").split(" ± ")[0]) for c in r.strip("| ").split(" | ")[1:]] for r in rows])
+    np.testing.assert_allclose(shown, expected, atol=0.051)
+    bold = [[c.strip().startswith("**") for c in r.strip("| ").split(" | ")[1:]] for r in rows]
+    assert np.array_equal(np.array(bold), np.eye(len(rows), dtype=bool))  # bold: own atoms on own tokens
+    np.testing.assert_allclose(shown.sum(axis=0), 100, atol=0.3)  # a column is one task's tokens: all the weight
+    with pytest.raises(ValueError, match="has no 'dense_moram' entry"):
+        report.GENERATORS["textcl-shares"](summary, method="dense_moram")
+
+
 def test_the_figure_is_drawn(probed):
     _, run, _ = probed
     assert (run / "routing_share_moram.png").stat().st_size > 5_000

@@ -200,6 +200,37 @@ def first_task_share(entry: dict) -> dict:
     return ci_cell([float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]])
 
 
+def shares_table(*summaries: dict, method: str = "moram") -> str:
+    """The paper's Fig. 3 as numbers, one table per run: the share of Σw (in %, mean ± 95 % CI over seeds) that
+    each task's atoms (rows) take on each task's tokens (columns) after the last task, mean over the adapted
+    layers. Input: ``text-cl-routing``'s ``routing_summary.json`` files; ValueError if a file has
+    no ``method`` entry."""
+    if not summaries:
+        raise ValueError("no text-cl-routing summaries given")
+    out = []
+    for s in summaries:
+        if method not in s["methods"]:
+            raise ValueError(f"the routing summary of {run_label(_run_record(s))} has no {method!r} entry "
+                             f"(it has {sorted(s['methods'])})")
+        last = np.array([np.asarray(stages[-1], float) for stages in s["methods"][method]["mean_share"]])  # seed×atoms×inputs
+        names = s["run"]["tasks"]
+        out += [f"**{run_label(_run_record(s))}, {LABELS[method]}: share of Σw after the last task, %**", "",
+                "| atoms of ↓ / tokens of → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for g, row in enumerate(names):
+            cells = [ci_cell(last[:, g, d]) for d in range(len(names))]
+            out.append(f"| {row} | " + " | ".join(_cell(c, g == d) for d, c in enumerate(cells)) + " |")
+        out.append("")
+    n = len(summaries[0]["run"]["tasks"])
+    return "\n".join(out) + (
+        f"\nMean ± 95 % CI over seeds; each seed's value is the mean over the adapted layers. Bold: a task's own "
+        f"atoms on its own tokens. A column sums to 100; an even spread over {n} tasks' atoms gives each "
+        f"{100 / n:.0f}. Command: `moram-ref text-cl-routing <run folder>`.")
+
+
+def _run_record(summary: dict) -> dict:
+    return {"settings": summary["run"]["settings"], "encoder": summary["run"]["encoder"], "tasks": summary["run"]["tasks"]}
+
+
 def routing_table(*summaries: dict) -> str:
     """Rows: run × method (``text-cl-routing``'s ``routing_summary.json``); shares in %, atoms as counts."""
     if not summaries:
@@ -208,7 +239,7 @@ def routing_table(*summaries: dict) -> str:
              + " | first task's atoms' share on later tasks' tokens | atoms for 99 % of Σw |",
              "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 2)]
     for s in summaries:
-        label = run_label({"settings": s["run"]["settings"], "encoder": s["run"]["encoder"], "tasks": s["run"]["tasks"]})
+        label = run_label(_run_record(s))
         for method, entry in s["methods"].items():
             c = entry["summary"]
             a99 = c["atoms99"]

@@ -93,16 +93,20 @@ def share_heatmaps(shares: dict[str, np.ndarray], task_names: list[str], path: P
     from moram_ref.plots import _pyplot  # noqa: PLC0415  (matplotlib only when figures are wanted)
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(shares), figsize=(4.0 * len(shares), 3.6), squeeze=False)
+    n = max(np.asarray(s).shape[1] for s in shares.values())
+    small = 8 if n <= 6 else 6  # cell labels stay legible up to the 15-task sequence
+    fig, axes = plt.subplots(1, len(shares), figsize=(max(4.4, 0.55 * n + 2.0) * len(shares), max(3.8, 0.4 * n + 1.8)),
+                             squeeze=False, layout="constrained")
     for ax, (stage, s) in zip(axes[0], shares.items()):
         s = np.asarray(s)
-        ax.imshow(s, cmap="magma", vmin=0, vmax=1, aspect="auto")
+        image = ax.imshow(s, cmap="magma", vmin=0, vmax=1, aspect="auto")
         for (g, d), v in np.ndenumerate(s):
-            ax.text(d, g, f"{v:.2f}", ha="center", va="center", fontsize=6, color="cyan" if v < 0.5 else "black")
-        ax.set_xticks(range(s.shape[1]), task_names, fontsize=6, rotation=35, ha="right")
-        ax.set_yticks(range(s.shape[0]), [f"atoms of {n}" for n in task_names[: s.shape[0]]], fontsize=6)
-        ax.set_title(stage, fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+            ax.text(d, g, f"{v:.2f}", ha="center", va="center", fontsize=small, color="cyan" if v < 0.5 else "black")
+        ax.set_xticks(range(s.shape[1]), task_names[: s.shape[1]], fontsize=small + 1, rotation=35, ha="right")
+        ax.set_yticks(range(s.shape[0]), [f"atoms of {n}" for n in task_names[: s.shape[0]]], fontsize=small + 1)
+        ax.set_xlabel("inputs of task", fontsize=small + 1)
+        ax.set_title(stage, fontsize=10)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="share of Σw on the task's tokens")
+    fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
