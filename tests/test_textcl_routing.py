@@ -49,7 +49,11 @@ def test_shares_are_fractions_of_the_weight(probed):
                    for d in stages[0].values())  # after task 1 only task 1's atoms exist
     summary = json.loads((run / "routing_summary.json").read_text())
     assert summary["kind"] == "text-cl routing" and summary["run"]["settings"]["data_root"] == "data"
-    assert set(summary["methods"]["moram"]["summary"]) == {"own", "newest", "old_on_new", "atoms99", "silent"}
+    assert set(summary["methods"]["moram"]["summary"]) == {"own", "newest", "old_on_new", "atoms99", "silent",
+                                                           "text_own"}
+    for t, counts in enumerate(entry["text_routing"][0]):  # seed 0, after each task: tasks × tasks learned
+        assert np.array(counts).shape == (3, t + 1) and np.sum(counts) <= 3 * 4  # 4 probe texts per task
+    assert np.sum(entry["text_routing"][0][0]) == 3 * 4  # after task 1 every text goes to task 1's atoms
     body = report.GENERATORS["textcl-routing"](summary)
     assert "| order 1, 3 tasks, top 1 of 6 blocks | MoRAM |" in body
 
@@ -59,7 +63,8 @@ def test_shares_table_is_the_layer_mean_share_after_the_last_task(probed):
     summary = json.loads((run / "routing_summary.json").read_text())
     body = report.GENERATORS["textcl-shares"](summary)
     names = result["run"]["tasks"] if "run" in result else summary["run"]["tasks"]
-    rows = [line for line in body.splitlines() if line.startswith("| ") and not line.startswith("| atoms of")]
+    share_part, text_part = body.split("*Per text:*")
+    rows = [line for line in share_part.splitlines() if line.startswith("| ") and not line.startswith("| atoms of")]
     assert [r.split(" | ")[0][2:] for r in rows] == names
     # each cell: mean over seeds of (mean over the adapted layers of) the last stage's share, in %
     per_seed = [np.mean([np.array(d["share"]) for d in stages[-1].values()], axis=0)
@@ -70,8 +75,26 @@ def test_shares_table_is_the_layer_mean_share_after_the_last_task(probed):
     bold = [[c.strip().startswith("**") for c in r.strip("| ").split(" | ")[1:]] for r in rows]
     assert np.array_equal(np.array(bold), np.eye(len(rows), dtype=bool))  # bold: own atoms on own tokens
     np.testing.assert_allclose(shown.sum(axis=0), 100, atol=0.3)  # a column is one task's tokens: all the weight
+    counts = np.sum([seed[-1] for seed in result["methods"]["moram"]["text_routing"]], axis=0)
+    text_rows = [line for line in text_part.splitlines() if line.startswith("| ") and not line.startswith("| texts of")]
+    shown = np.array([[float(c.strip(" *")) for c in r.strip("| ").split(" | ")[1:]] for r in text_rows])
+    np.testing.assert_allclose(shown, 100 * counts / counts.sum(axis=1, keepdims=True), atol=0.51)
     with pytest.raises(ValueError, match="has no 'dense_moram' entry"):
         report.GENERATORS["textcl-shares"](summary, method="dense_moram")
+
+
+def test_text_shares_and_text_routing_by_hand():
+    from moram_ref.experiments.textcl.routing import text_routing, text_shares
+
+    # 2 atoms per task, 2 tasks learned; 3 texts: text 0 = tokens 0-1, text 1 = token 2, text 2 = token 3
+    w = np.array([[0.5, 0.0, 0.5, 0.0],    # text 0: task 0 gets 0.5, task 1 gets 0.5
+                  [0.0, 0.2, 0.0, 0.0],    # text 0: task 0 +0.2 -> 0.7 vs 0.5
+                  [0.0, 0.0, 0.1, 0.3],    # text 1: all on task 1
+                  [0.0, 0.0, 0.0, 0.0]])   # text 2: silenced by δ
+    shares = text_shares(w, np.array([0, 0, 1, 2]), 3, atoms_per_task=2)
+    np.testing.assert_allclose(shares, [[0.7 / 1.2, 0.5 / 1.2], [0.0, 1.0], [0.0, 0.0]])
+    counts = text_routing(shares, np.array([0, 1, 1]), learned=2)  # texts' own tasks: 0, 1, 1
+    np.testing.assert_array_equal(counts, [[1, 0], [0, 1]])  # the silenced text counts nowhere
 
 
 def test_the_figure_is_drawn(probed):

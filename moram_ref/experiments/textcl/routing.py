@@ -7,12 +7,19 @@ the adapted blocks (evaluation mode: δ on). At every MoRAM layer, over the real
 computes the NumPy streams' diagnostics (:func:`moram_ref.experiments.toy.routing.layer_diagnostics`):
 the share of the weight ``Σw`` that each task's atoms take on each task's tokens (the paper's Fig. 3,
 spec §8.1), the share of tokens δ silences, atoms for 99 % of the weight (spec §8.2), the key norms of
-each task's atoms. Writes ``<RUN>/routing.json``, ``routing_summary.json`` and, unless ``--no-plots``, ``routing_share_<method>.png``.
+each task's atoms. Per text it also sums, over the text's real tokens, the weight each task's atoms take
+(mean over layers of the text's normalised shares) and records which task's atoms take the most:
+``text_routing[seed][t][g][h]``, after task ``t + 1``, the number of task ``g``'s texts whose weight goes
+mostly to task ``h``'s atoms (``h`` over the tasks learned so far; a text with no weight left by δ counts in
+no column). Writes
+``<RUN>/routing.json``, ``routing_summary.json`` and, unless ``--no-plots``, ``routing_share_<method>.png``.
 
 Summary per method (mean ± 95 % CI over seeds; each seed's value is the mean over layers, after the last
 task unless said): ``own`` (each task's atoms' share on its own tokens, mean over tasks), ``newest`` (the
 last task's atoms' share on the earlier tasks' tokens), ``old_on_new`` (right after each task t ≥ 2, the
-earlier tasks' atoms' share on task t's tokens, mean over t), ``atoms99`` and ``silent``.
+earlier tasks' atoms' share on task t's tokens, mean over t), ``atoms99``, ``silent`` and ``text_own`` (the
+share of texts, over every task's probe texts, whose weight goes mostly to their own task's atoms; an even
+spread would give 1/T by chance).
 """
 
 from __future__ import annotations
@@ -96,27 +103,31 @@ def _probe(args, settings: dict, methods: list[str], names: list[str], data_root
     out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": args.per_task,
                  "methods": {}}
     for method in methods:
-        seeds = []
+        seeds, texts_routed = [], []
         for seed in range(settings["seeds"]):
-            stages = []
+            stages, routed = [], []
             for t in range(1, len(names) + 1):
                 A.detach(enc.top)
                 A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
                 checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
                                 config, method)
                 enc.top.eval()
-                stages.append(_diagnose(enc, texts, lengths, groups, len(names), A, torch))
+                layers, shares = _diagnose(enc, texts, lengths, groups, len(names), A, torch)
+                stages.append(layers)
+                routed.append(text_routing(shares, groups, t).tolist())
+            texts_routed.append(routed)
             seeds.append(stages)
             log(f"{method} seed {seed}: routing after each of {len(names)} tasks probed")
-        out["methods"][method] = {"summary": summarise(seeds),
+        out["methods"][method] = {"summary": summarise(seeds, texts_routed),
                                   "mean_share": [[mean_share(stage).tolist() for stage in stages] for stages in seeds],
-                                  "layers": seeds}
+                                  "text_routing": texts_routed, "layers": seeds}
     A.detach(enc.top)
     return out
 
 
-def _diagnose(enc, texts, lengths, groups, n_tasks: int, A, torch) -> dict[str, dict]:
-    """Diagnostics of every MoRAM layer on the probe texts (real tokens only), with the current checkpoint."""
+def _diagnose(enc, texts, lengths, groups, n_tasks: int, A, torch) -> tuple[dict[str, dict], np.ndarray]:
+    """Diagnostics of every MoRAM layer on the probe texts (real tokens only), with the current checkpoint,
+    and the per-text shares of each task's atoms, averaged over layers (n_texts, tasks learned)."""
     from moram_ref.experiments.toy.routing import layer_diagnostics  # noqa: PLC0415
 
     layers = A.moram_layers(enc.top)
@@ -139,16 +150,41 @@ def _diagnose(enc, texts, lengths, groups, n_tasks: int, A, torch) -> dict[str, 
         for h in hooks:
             h.remove()
     token_groups = np.repeat(groups, lengths)
-    result = {}
+    token_texts = np.repeat(np.arange(len(texts)), lengths)
+    result, per_text = {}, []
     for name, layer in layers:
         view = SimpleNamespace(config=layer.config, n_atoms=layer.n_atoms, frozen_keys=layer.frozen_keys.numpy())
-        result[name] = layer_diagnostics(view, np.concatenate(inputs[name]), np.concatenate(weights[name]),
-                                         token_groups, n_tasks)
-    return result
+        w = np.concatenate(weights[name])
+        result[name] = layer_diagnostics(view, np.concatenate(inputs[name]), w, token_groups, n_tasks)
+        per_text.append(text_shares(w, token_texts, len(texts), layer.config.atoms_per_task))
+    return result, np.mean(per_text, axis=0)
 
 
-def per_seed(stages: list[dict[str, dict]]) -> dict[str, float]:
-    """One seed's summary numbers (module docstring), each the mean over layers."""
+def text_shares(w: np.ndarray, token_texts: np.ndarray, n_texts: int, atoms_per_task: int) -> np.ndarray:
+    """Per text, the share of its total weight (summed over its tokens) that each task's atoms take.
+
+    w (N_tokens, R) with R = atoms_per_task · tasks learned; token_texts (N_tokens,) the text of each token.
+    Returns (n_texts, tasks learned); rows sum to 1, or to 0 for a text whose every token δ silenced."""
+    by_task = w.reshape(len(w), -1, atoms_per_task).sum(axis=2)  # (N_tokens, tasks)
+    per_text = np.zeros((n_texts, by_task.shape[1]))
+    np.add.at(per_text, token_texts, by_task)
+    total = per_text.sum(axis=1, keepdims=True)
+    return np.divide(per_text, total, out=np.zeros_like(per_text), where=total > 0)
+
+
+def text_routing(shares: np.ndarray, groups: np.ndarray, learned: int) -> np.ndarray:
+    """Counts (tasks × tasks learned): row g, column h = task g's texts whose largest share is task h's
+    atoms'. shares (n_texts, learned) from :func:`text_shares`; texts with no weight are not counted."""
+    n_tasks = int(groups.max()) + 1
+    counts = np.zeros((n_tasks, learned), dtype=int)
+    alive = shares.sum(axis=1) > 0
+    np.add.at(counts, (groups[alive], shares[alive].argmax(axis=1)), 1)
+    return counts
+
+
+def per_seed(stages: list[dict[str, dict]], routed: list[list[list[int]]]) -> dict[str, float]:
+    """One seed's summary numbers (module docstring), each the mean over layers; ``routed``: that seed's
+    :func:`text_routing` counts after each task."""
     last = stages[-1]
     own, newest, atoms99, silent = [], [], [], []
     for d in last.values():
@@ -159,13 +195,16 @@ def per_seed(stages: list[dict[str, dict]]) -> dict[str, float]:
         silent.append(float(np.mean(d["silent"])))
     quiet = [float(np.mean([np.asarray(d["share"])[:t, t].sum() for d in stage.values()]))
              for t, stage in enumerate(stages) if t >= 1]
+    counts = np.asarray(routed[-1])
     return {"own": float(np.mean(own)), "newest": float(np.mean(newest)),
             "old_on_new": float(np.mean(quiet)) if quiet else float("nan"),
-            "atoms99": float(np.mean(atoms99)), "silent": float(np.mean(silent))}
+            "atoms99": float(np.mean(atoms99)), "silent": float(np.mean(silent)),
+            "text_own": float(np.trace(counts) / counts.sum()) if counts.sum() else float("nan")}
 
 
-def summarise(seeds: list[list[dict]]) -> dict[str, dict]:
-    values = [per_seed(stages) for stages in seeds]
+
+def summarise(seeds: list[list[dict]], routed: list) -> dict[str, dict]:
+    values = [per_seed(stages, r) for stages, r in zip(seeds, routed)]
     return {key: {**ci_cell([v[key] for v in values]), "per_seed": [v[key] for v in values]} for key in values[0]}
 
 
@@ -175,7 +214,8 @@ def brief(result: dict) -> dict:
     run = dict(result["run"])
     run["settings"] = portable(run["settings"])
     return {"kind": "text-cl routing", "run": run, "per_task": result["per_task"],
-            "methods": {m: {"summary": e["summary"], "mean_share": e["mean_share"]}
+            "methods": {m: {"summary": e["summary"], "mean_share": e["mean_share"],
+                            "text_routing": [r[-1] for r in e["text_routing"]]}
                         for m, e in result["methods"].items()}}
 
 

@@ -220,11 +220,25 @@ def shares_table(*summaries: dict, method: str = "moram") -> str:
             cells = [ci_cell(last[:, g, d]) for d in range(len(names))]
             out.append(f"| {row} | " + " | ".join(_cell(c, g == d) for d, c in enumerate(cells)) + " |")
         out.append("")
+        routed = s["methods"][method].get("text_routing")
+        if routed:  # counts per seed after the last task: texts of g (rows) whose weight goes mostly to h's atoms
+            counts = np.sum(routed, axis=0)
+            out += [f"*Per text:* which task's atoms take most of a text's weight, % of each task's texts "
+                    f"({int(counts.sum())} texts over {len(routed)} seeds):", "",
+                    "| texts of ↓ / mostly on atoms of → | " + " | ".join(names) + " |",
+                    "|---|" + "---|" * len(names)]
+            for g, row in enumerate(names):
+                pct = 100 * counts[g] / max(counts[g].sum(), 1)
+                out.append(f"| {row} | " + " | ".join(f"**{v:.0f}**" if g == h else f"{v:.0f}"
+                                                      for h, v in enumerate(pct)) + " |")
+            out.append("")
     n = len(summaries[0]["run"]["tasks"])
     return "\n".join(out) + (
         f"\nMean ± 95 % CI over seeds; each seed's value is the mean over the adapted layers. Bold: a task's own "
         f"atoms on its own tokens. A column sums to 100; an even spread over {n} tasks' atoms gives each "
-        f"{100 / n:.0f}. Command: `moram-ref text-cl-routing <run folder>`.")
+        f"{100 / n:.0f}. Per-text tables: a row sums to 100 over the texts that keep any weight (δ can silence "
+        f"a text entirely); by chance each cell would hold {100 / n:.0f}. Command: `moram-ref text-cl-routing "
+        "<run folder>`.")
 
 
 def _run_record(summary: dict) -> dict:
@@ -236,8 +250,9 @@ def routing_table(*summaries: dict) -> str:
     if not summaries:
         raise ValueError("no text-cl-routing summaries given")
     lines = ["| run | method | " + " | ".join(t for _, t in ROUTING_COLUMNS)
-             + " | first task's atoms' share on later tasks' tokens | atoms for 99 % of Σw |",
-             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 2)]
+             + " | first task's atoms' share on later tasks' tokens | texts mostly on their own task's atoms"
+             " | atoms for 99 % of Σw |",
+             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 3)]
     for s in summaries:
         label = run_label(_run_record(s))
         for method, entry in s["methods"].items():
@@ -245,6 +260,7 @@ def routing_table(*summaries: dict) -> str:
             a99 = c["atoms99"]
             lines.append(f"| {label} | {LABELS[method]} | " + " | ".join(_cell(c[k], False) for k, _ in ROUTING_COLUMNS)
                          + f" | {_cell(first_task_share(entry), False)}"
+                         + f" | {_cell(c['text_own'], False) if 'text_own' in c else 'not recorded'}"
                          + f" | {a99['mean']:.2f}" + ("" if a99["ci95"] is None else f" ± {a99['ci95']:.2f}") + " |")
     n = len(summaries[0]["run"]["tasks"])
     even = np.mean([t / (t + 1) for t in range(1, n)])
@@ -253,5 +269,8 @@ def routing_table(*summaries: dict) -> str:
         "mean over the adapted layers, after the last task (the earlier atoms' share on a new task's tokens: right "
         f"after each task t ≥ 2, mean over t). An even spread over the tasks' atoms would give each of {n} tasks' "
         f"atoms {100 / n:.0f} % of a token's weight, and the earlier atoms {100 * even:.1f} % of a new task's "
-        f"(t − 1 of t tasks, mean over t). Real tokens of {summaries[0]['per_task']} test texts per task. Command: "
+        f"(t − 1 of t tasks, mean over t). *Texts mostly on their own task's atoms*: the share of the probe texts "
+        "whose weight, summed over their tokens (mean over layers), goes most to their own task's atoms, after the "
+        f"last task; by chance {100 / n:.0f} %. Real tokens of {summaries[0]['per_task']} test texts per task. "
+        "Command: "
         "`moram-ref text-cl-routing <run folder>`.")

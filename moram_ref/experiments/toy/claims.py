@@ -109,6 +109,11 @@ def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
              f"earlier tasks' atoms' share of the weight on task t's tokens {format_cell(quiet)} (spread evenly "
              f"over the tasks' atoms: {100 * uniform_quiet:.1f})",
              f"{_below(quiet, 0.5)} (rule: share < 50 %, CI)", cmd)]
+    if "text_own" in c:  # summaries written before the per-text routing was recorded have no such row
+        rows.insert(2, ("Task-specific activation, per text: each text's weight goes mostly to its own task's atoms",
+                        where, f"texts whose largest share of Σw (summed over their tokens) is their own task's atoms "
+                        f"{format_cell(c['text_own'])} (by chance: {100 / n:.1f})",
+                        f"{_above(c['text_own'], 0.5)} (rule: share of texts > 50 %, CI)", cmd))
     return rows
 
 
