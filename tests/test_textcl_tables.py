@@ -183,3 +183,20 @@ def test_report_flag_errors_name_the_flag(two_runs, capsys, argv, words):
     assert main(["report", two_runs[0], *argv]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words) and len(err.strip().splitlines()) == 1, err
+
+
+def test_routing_summaries_without_per_text_routing_still_render():
+    """Summaries written before the per-text routing was recorded: the column says so, no per-text table,
+    no per-text claims row — and with it, the per-text verdict follows its rule."""
+    summary = json.loads((tables_root() / "textcl" / "standard-1.routing.json").read_text())
+    old = json.loads(json.dumps(summary))
+    for entry in old["methods"].values():
+        del entry["summary"]["text_own"], entry["text_routing"]
+    assert "| not recorded |" in tables.routing_table(old) and "| not recorded |" not in tables.routing_table(summary)
+    assert "*Per text:*" not in tables.shares_table(old) and "*Per text:*" in tables.shares_table(summary)
+    demo = json.loads((tables_root() / "demo.json").read_text())
+    abl = json.loads((tables_root() / "ablation.json").read_text())
+    per_text = [r for r in claims.claims_table(demo, abl, fake_results(), summary).splitlines() if "per text" in r]
+    assert len(per_text) == 1 and "per text" not in claims.claims_table(demo, abl, fake_results(), old)
+    summary["methods"]["moram"]["summary"]["text_own"] = {"mean": 0.8, "ci95": 0.1, "per_seed": [0.7, 0.8, 0.9]}
+    assert "| holds (rule: share of texts > 50 %, CI) |" in claims.claims_table(demo, abl, fake_results(), summary)
