@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
+        print(f"moram-ref {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # a damaged or missing file of the run folder, found while resuming: one line
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
         if checkpoint is None or not isinstance(exc, checkpoint.CheckpointError):

@@ -129,11 +129,12 @@ def atoms_for_mass(curves: dict[str, list[dict[str, float]]], router_active: lis
                 label=f"{method}: mean over layers ({mean[-1]:.2f} after the last task)")
     ax.plot(np.arange(1, len(router_active) + 1), router_active, "k--", marker="s",
             label="MoE-LoRA: active rank (every expert weighted)")
-    ax.set_yscale("log", base=2)  # ~1 atom against 8·T ranks: a linear axis flattens the MoRAM curves
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    if all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):  # a curve at 0 (δ silenced all) stays
+        ax.set_yscale("log", base=2)  # ~1 atom against 8·T ranks: a linear axis flattens the MoRAM curves
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after task")
-    ax.set_ylabel("atoms per token (99 % of Σw), log scale")
+    ax.set_ylabel("atoms per token (99 % of Σw)" + (", log scale" if ax.get_yscale() == "log" else ""))
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.textcl import routing_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims
 from moram_ref.experiments.toy.demo import METRICS, format_cell
@@ -66,8 +67,8 @@ def textcl_table(results: dict) -> str:
 GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "routing": ablation_tables.routing_table,
               "takeover": ablation_tables.takeover_table, "claims": claims.claims_table,
               "textcl": textcl_table, "textcl-matrix": textcl_tables.matrix_table,
-              "textcl-brief": textcl_tables.brief_table, "textcl-routing": textcl_tables.routing_table,
-              "textcl-shares": textcl_tables.shares_table}
+              "textcl-brief": textcl_tables.brief_table, "textcl-routing": routing_tables.routing_table,
+              "textcl-shares": routing_tables.shares_table}
 # The results files each table reads: (what they are, how many at least, how many at most; None: no limit).
 INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or more text-CL results.json", 3, None),
           "textcl-matrix": ("one or more text-CL results.json", 1, None),
@@ -77,14 +78,28 @@ INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or m
 PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _P = textcl_tables.problem
-# Per-file checks of the text-CL inputs (their messages name the file): table -> (first file checked, check)
+
+
+def _claims_file(r, i: int) -> str | None:
+    """The claims table's inputs, in order: the main job's results, the ablation's, then text-CL files."""
+    if i == 0:
+        ok = isinstance(r, dict) and isinstance(r.get("streams"), dict) and "studies" not in r
+        return None if ok else "is not the main job's results.json (`moram-ref demo`), which --table claims takes first"
+    if i == 1:
+        ok = isinstance(r, dict) and isinstance(r.get("streams"), dict) and "studies" in r
+        return None if ok else "is not the ablation's results.json (`moram-ref ablation`), which --table claims takes second"
+    if isinstance(r, dict) and (r.get("kind") == "text-cl routing" or "per_task" in r):
+        return routing_tables.problem(r, need="moram")
+    return _P(r, ("zero_shot", "moram"), coarse=True)
+
+
+# Per-file checks of the inputs (their messages name the file): table -> check(file's data, its position)
 FILE_CHECKS = {
-    "textcl": (0, _P), "textcl-matrix": (0, _P),
-    "textcl-brief": (0, lambda r: _P(r, ("zero_shot", "moram"), coarse=True)),
-    "textcl-routing": (0, textcl_tables.routing_problem),
-    "textcl-shares": (0, textcl_tables.routing_problem),
-    "claims": (2, lambda r: None if isinstance(r, dict) and r.get("kind") == "text-cl routing"
-               else _P(r, ("zero_shot", "moram"), coarse=True)),
+    "textcl": lambda r, i: _P(r), "textcl-matrix": lambda r, i: _P(r),
+    "textcl-brief": lambda r, i: _P(r, ("zero_shot", "moram"), coarse=True),
+    "textcl-routing": lambda r, i: routing_tables.problem(r),
+    "textcl-shares": lambda r, i: routing_tables.problem(r, need="moram"),
+    "claims": _claims_file,
 }
 
 
@@ -143,11 +158,11 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             loaded.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UsageError(f"results: cannot read {path}: {err}") from None
-    first, check = FILE_CHECKS.get(args.table, (len(paths), None))
-    for path, data in list(zip(paths, loaded))[first:]:
-        why = check(data)
+    check = FILE_CHECKS.get(args.table)
+    for i, (path, data) in enumerate(zip(paths, loaded)):
+        why = check(data, i) if check else None
         if why:
             raise UsageError(f"results: {path} {why} (--table {args.table})")
     names = " ".join(str(p) for p in paths)

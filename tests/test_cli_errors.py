@@ -300,3 +300,15 @@ def test_help_lists_every_command_and_bench_options(capsys):
     assert code == 0 and set(COMMANDS) <= listed, set(COMMANDS) - listed  # a long name sits on its own line
     code, out, _ = _run_in_process(["bench", "--help"], capsys)
     assert code == 0 and "--tokens" in out and "--device" in out
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from moram_ref import report
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "run", interrupted)
+    assert main(["report", str(tmp_path / "x.json")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "moram-ref report: interrupted"

@@ -76,10 +76,12 @@ def test_shares_table_is_the_layer_mean_share_after_the_last_task(probed):
     assert np.array_equal(np.array(bold), np.eye(len(rows), dtype=bool))  # bold: own atoms on own tokens
     np.testing.assert_allclose(shown.sum(axis=0), 100, atol=0.3)  # a column is one task's tokens: all the weight
     counts = np.sum([seed[-1] for seed in result["methods"]["moram"]["text_routing"]], axis=0)
+    total = np.array(result["texts_per_task"]) * len(result["methods"]["moram"]["text_routing"])  # texts × seeds
     text_rows = [line for line in text_part.splitlines() if line.startswith("| ") and not line.startswith("| texts of")]
     shown = np.array([[float(c.strip(" *")) for c in r.strip("| ").split(" | ")[1:]] for r in text_rows])
-    np.testing.assert_allclose(shown, 100 * counts / counts.sum(axis=1, keepdims=True), atol=0.51)
-    with pytest.raises(ValueError, match="has no 'dense_moram' entry"):
+    np.testing.assert_allclose(shown[:, :-1], 100 * counts / total[:, None], atol=0.51)
+    np.testing.assert_allclose(shown.sum(axis=1), 100, atol=len(names) * 0.51)  # routed + silenced: every text
+    with pytest.raises(ValueError, match="has no dense MoRAM entry"):
         report.GENERATORS["textcl-shares"](summary, method="dense_moram")
 
 
@@ -106,6 +108,13 @@ def test_the_figure_is_drawn(probed):
     ("checkpoint", ["no checkpoint", "task3.safetensors", "--resume"]),
     ("config", ["does not hold a `moram-ref text-cl` run"]),
     ("data", ["--data-root", "does not exist"]),
+    ("no-methods", ["config.json records no methods"]),
+    ("settings-list", ["settings of type list"]),
+    ("sequence", ["sequence 'nope', not one of"]),
+    ("one-task", ["tasks 1, not an integer in [2,"]),
+    ("task-folder", ["--data-root: cannot read task", "yahoo"]),
+    ("test-json", ["--data-root: cannot read task", "amazon"]),
+    ("figure-dir", ["cannot write", "routing_share_moram.png", "not a file"]),
 ])
 def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words):
     data, run, _ = probed
@@ -115,15 +124,86 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
         (copy / "state" / "moram_seed1" / "task3.safetensors").unlink()
     elif damage == "config":
         (copy / "config.json").write_text(json.dumps({"command": "demo", "settings": {}}))
-    else:
+    elif damage in ("task-folder", "test-json"):
+        broken = tmp_path / "data"
+        shutil.copytree(data, broken)
+        if damage == "task-folder":
+            shutil.rmtree(broken / "yahoo")
+        else:
+            (broken / "amazon" / "test.json").write_text("[")
+        cfg = json.loads((copy / "config.json").read_text())
+        cfg["settings"]["data_root"] = str(broken)
+        (copy / "config.json").write_text(json.dumps(cfg))
+    elif damage == "figure-dir":
+        (copy / "routing_share_moram.png").unlink()
+        (copy / "routing_share_moram.png").mkdir()
+    elif damage == "data":
         cfg = json.loads((copy / "config.json").read_text())
         cfg["settings"]["data_root"] = str(tmp_path / "gone")
         (copy / "config.json").write_text(json.dumps(cfg))
-    before = sorted(p.name for p in copy.iterdir())
-    assert main(["text-cl-routing", str(copy), "--no-plots"]) == 2
+    else:  # a hand-edited config.json
+        cfg = json.loads((copy / "config.json").read_text())
+        if damage == "no-methods":
+            del cfg["settings"]["methods"]
+        elif damage == "settings-list":
+            cfg["settings"] = [1, 2]
+        elif damage == "sequence":
+            cfg["settings"]["sequence"] = "nope"
+        else:
+            cfg["settings"]["tasks"] = 1
+        (copy / "config.json").write_text(json.dumps(cfg))
+    before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
+    assert main(["text-cl-routing", str(copy), *([] if damage == "figure-dir" else ["--no-plots"])]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
-    assert sorted(p.name for p in copy.iterdir()) == before
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == before  # nothing written, nothing replaced
+
+
+def test_a_run_whose_every_text_is_silenced_is_summarised(probed, tmp_path, capsys):
+    data, _, _ = probed
+    out = tmp_path / "silent"
+    args = list(RUN)
+    args[args.index("--tasks") + 1] = "2"
+    assert main(["text-cl", "--data-root", str(data), "--out", str(out), *args, "--threshold", "0.999"]) == 0
+    assert main(["text-cl-routing", str(out), "--per-task", "3"]) == 0
+    summary = json.loads((out / "routing_summary.json").read_text())
+    entry = summary["methods"]["moram"]
+    assert entry["summary"]["silent"]["mean"] > 0.99 and entry["summary"]["text_own"]["mean"] == 0.0
+    body = report.GENERATORS["textcl-shares"](summary)
+    assert "| 100 |" in body  # the silenced column holds every text
+    assert (out / "routing_share_moram.png").is_file()
+
+
+def test_outputs_are_replaced_together_and_no_plots_removes_stale_figures(probed, tmp_path, capsys):
+    _, run, _ = probed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["text-cl-routing", str(copy), "--per-task", "2", "--no-plots"]) == 0
+    assert not (copy / "routing_share_moram.png").exists()  # it showed the earlier probe, not this one
+    assert "removed the earlier routing_share_moram.png" in capsys.readouterr().out
+    summary = json.loads((copy / "routing_summary.json").read_text())
+    assert summary["per_task"] == 2 and summary["texts_per_task"] == [2, 2, 2]
+    assert main(["text-cl-routing", str(copy), "--per-task", "100000", "--no-plots"]) == 0
+    summary = json.loads((copy / "routing_summary.json").read_text())
+    assert summary["per_task"] == max(summary["texts_per_task"]) < 100000  # what was probed, not what was asked
+    assert not list(copy.glob(".*.tmp*"))
+
+
+def test_a_second_probe_of_one_folder_is_refused_naming_the_argument(probed, tmp_path, capsys):
+    import fcntl
+    import os
+
+    _, run, _ = probed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with open(copy / ".lock", "a+") as fh:  # another process holds the folder
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        assert main(["text-cl-routing", str(copy), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "run: " in err and "is in use by another run" in err and "--out" not in err
 
 
 def test_a_run_without_moram_is_refused(probed, tmp_path, capsys):

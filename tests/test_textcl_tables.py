@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moram_ref.cli import main
-from moram_ref.experiments.textcl import tables
+from moram_ref.experiments.textcl import routing_tables, tables
 from moram_ref.experiments.textcl.run import DEFAULTS, summarise
 from moram_ref.experiments.toy import claims
 
@@ -192,11 +192,100 @@ def test_routing_summaries_without_per_text_routing_still_render():
     old = json.loads(json.dumps(summary))
     for entry in old["methods"].values():
         del entry["summary"]["text_own"], entry["text_routing"]
-    assert "| not recorded |" in tables.routing_table(old) and "| not recorded |" not in tables.routing_table(summary)
-    assert "*Per text:*" not in tables.shares_table(old) and "*Per text:*" in tables.shares_table(summary)
+    assert "| not recorded |" in routing_tables.routing_table(old)
+    assert "| not recorded |" not in routing_tables.routing_table(summary)
+    assert "*Per text:*" not in routing_tables.shares_table(old) and "*Per text:*" in routing_tables.shares_table(summary)
     demo = json.loads((tables_root() / "demo.json").read_text())
     abl = json.loads((tables_root() / "ablation.json").read_text())
     per_text = [r for r in claims.claims_table(demo, abl, fake_results(), summary).splitlines() if "per text" in r]
     assert len(per_text) == 1 and "per text" not in claims.claims_table(demo, abl, fake_results(), old)
     summary["methods"]["moram"]["summary"]["text_own"] = {"mean": 0.8, "ci95": 0.1, "per_seed": [0.7, 0.8, 0.9]}
     assert "| holds (rule: share of texts > 50 %, CI) |" in claims.claims_table(demo, abl, fake_results(), summary)
+
+
+def _summary():
+    return json.loads((tables_root() / "textcl" / "standard-1.routing.json").read_text())
+
+
+def _set(path, value):
+    """An edit of a routing summary: ``path`` is a list of keys/indices into it."""
+    def edit(s):
+        node = s
+        for k in path[:-1]:
+            node = node[k]
+        if value is KeyError:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+    return edit
+
+
+M = ["methods", "moram"]
+
+
+@pytest.mark.parametrize(("table", "edit", "words"), [
+    ("textcl-routing", _set(["run", "tasks"], []), ["records tasks []", "2 or more"]),
+    ("textcl-routing", _set(["run", "tasks"], ["a", "b", "c", "d", "e"]), ["mean_share of seed 0", "(t, 5)"]),
+    ("textcl-routing", _set(["methods"], {}), ["records methods []"]),
+    ("textcl-routing", _set([*M, "summary", "own", "mean"], float("nan")), ["MoRAM: summary 'own'", "finite"]),
+    ("textcl-routing", _set([*M, "summary", "text_own", "mean"], float("nan")), ["summary 'text_own'"]),
+    ("textcl-routing", _set([*M, "mean_share", 0, 3], [[0.5, 0.5], [0.5, 0.5]]), ["mean_share of seed 0"]),
+    ("textcl-routing", _set([*M, "mean_share", 1], [[[1, 1, 1, 1]], [[0.5] * 4, [0.5] * 4]]), ["seed 1"]),
+    ("textcl-shares", _set([*M, "text_routing", 0], [[1, 2, 3]] * 4), ["text_routing is not 3 seed(s) × 4 × 4"]),
+    ("textcl-shares", _set([*M, "text_routing", 0, 0, 0], -1), ["non-negative counts"]),
+    ("textcl-shares", _set([*M, "text_routing"], []), ["text_routing is not 3 seed(s)"]),
+    ("textcl-shares", lambda s: s["methods"].pop("moram"), ["has no MoRAM entry", "probed dense MoRAM"]),
+    ("textcl-shares", _set(["kind"], "x"), ["is not a text-cl-routing routing_summary.json"]),
+    ("claims", lambda s: s["methods"].pop("moram"), ["has no MoRAM entry"]),
+    ("claims", _set([*M, "summary", "old_on_new", "mean"], float("nan")), ["summary 'old_on_new'"]),
+])
+def test_a_damaged_routing_summary_is_named_never_misread(tmp_path, capsys, table, edit, words):
+    s = _summary()
+    edit(s)
+    bad = tmp_path / "bad.routing.json"
+    bad.write_text(json.dumps(s))
+    argv = [str(bad)] if table != "claims" else [str(tables_root() / "demo.json"),
+                                                  str(tables_root() / "ablation.json"), str(bad)]
+    assert main(["report", *argv, "--table", table]) == 2
+    err = capsys.readouterr().err
+    assert f"results: {bad} " in err and all(w in err for w in words), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("table", "slot", "words"), [
+    ("claims", 0, ["is not the main job's results.json", "takes first"]),
+    ("claims", 1, ["is not the ablation's results.json", "takes second"]),
+    ("textcl", 0, ["is a text-cl-routing routing.json"]),
+    ("textcl-shares", 0, ["cannot read", "codec"]),
+])
+def test_report_names_a_file_of_the_wrong_kind_or_encoding(tmp_path, capsys, table, slot, words):
+    files = [tables_root() / "demo.json", tables_root() / "ablation.json", tables_root() / "textcl" / "standard-1.json"]
+    if table != "claims":
+        files = [tables_root() / "textcl" / "standard-1.routing.json"]
+    bad = tmp_path / "bad.json"
+    if words[0] == "cannot read":
+        bad.write_bytes(b"\xff\xfe{\x00")
+    elif table == "textcl":
+        bad.write_text(json.dumps({"run": {}, "per_task": 4, "methods": {}}))
+    else:
+        bad.write_text((tables_root() / "textcl" / "standard-1.routing.json").read_text())
+    files[slot] = bad
+    assert main(["report", *map(str, files), "--table", table]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}" in err and all(w in err for w in words), err
+    others = [str(f) for f in files if f != bad]
+    assert not any(o in err for o in others), err  # only the broken file is named
+
+
+def test_footnotes_of_summaries_with_different_task_counts_name_each():
+    four = _summary()
+    two = json.loads(json.dumps(four))
+    two["run"]["tasks"] = two["run"]["tasks"][:2]
+    for e in two["methods"].values():
+        e["mean_share"] = [[np.asarray(st)[: t + 1, :2].tolist() for t, st in enumerate(stages[:2])]
+                           for stages in e["mean_share"]]
+        e["text_routing"] = [np.asarray(c)[:2, :2].tolist() for c in e["text_routing"]]
+    two.pop("texts_per_task", None)
+    body = routing_tables.routing_table(four, two)
+    assert "25 % (4 tasks)" in body and "50 % (2 tasks)" in body
+    assert "(an even spread: 50)" in routing_tables.shares_table(two)

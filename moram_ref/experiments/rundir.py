@@ -119,27 +119,41 @@ def _holder(out: Path) -> str | None:
     return None
 
 
-def check(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False) -> dict | None:
+def check(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False,
+          arg: str = "--out") -> dict | None:
     """May a ``command`` run with ``settings`` use ``out``? Reads only; raises :class:`UsageError`.
+    ``arg``: how the command names the folder, for the messages (a reading command passes its argument).
 
     Returns the recorded ``config.json`` content when the folder holds a run (else None).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} exists and is not a folder")
+        raise UsageError(f"{arg}: {out} exists and is not a folder")
     if not out.is_dir():
         if resume or eval_only:
-            raise UsageError(f"{'--resume' if resume else '--eval-only'}: no run folder at {out}")
+            raise UsageError(f"{_folder_arg(resume, eval_only, arg)}: no run folder at {out}")
         return None
     holder = _holder(out)
     if holder is not None:
-        raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out")
-    return _check_record(out, command, settings, resume, eval_only)
+        raise UsageError(_in_use(out, holder, arg))
+    return _check_record(out, command, settings, resume, eval_only, arg)
 
 
-def _check_record(out: Path, command: str, settings: dict, resume: bool, eval_only: bool) -> dict | None:
+def _folder_arg(resume: bool, eval_only: bool, arg: str) -> str:
+    if arg != "--out":
+        return arg
+    return "--resume" if resume else "--eval-only" if eval_only else "--out"
+
+
+def _in_use(out: Path, holder: str, arg: str) -> str:
+    return (f"{arg}: {out} is in use by another run (pid {holder}); wait for it"
+            + (" or choose another --out" if arg == "--out" else ""))
+
+
+def _check_record(out: Path, command: str, settings: dict, resume: bool, eval_only: bool,
+                  arg: str = "--out") -> dict | None:
     """The folder's contents against this run: a record of the same command and settings, or nothing."""
-    flag = "--resume" if resume else "--eval-only" if eval_only else "--out"
+    flag = _folder_arg(resume, eval_only, arg)
     config_path = out / CONFIG
     if not config_path.is_file():
         if resume or eval_only:
@@ -180,8 +194,9 @@ class RunFolder:
 
 @contextmanager
 def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False,
-             info: dict | None = None, primary: bool = True) -> Iterator[RunFolder]:
+             info: dict | None = None, primary: bool = True, arg: str = "--out") -> Iterator[RunFolder]:
     """Lock ``out`` for this run and record ``settings`` (after :func:`check`, repeated under the lock).
+    ``arg``: how the command's users name the folder (its flag or positional argument), for the messages.
 
     ``primary=False`` (a non-zero ``torchrun`` rank) takes no lock and writes nothing: rank 0 owns the folder.
     ``config.json`` is (re)written for a fresh run; a resume or an evaluation leaves the matching record as it is.
@@ -190,7 +205,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     if not primary:
         yield RunFolder(out, None)
         return
-    check(out, command, settings, resume=resume, eval_only=eval_only)
+    check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
     out.mkdir(parents=True, exist_ok=True)
     fh = open(out / LOCK, "a+")
     try:
@@ -199,10 +214,10 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         fh.seek(0)
         holder = fh.read().strip() or "?"
         fh.close()
-        raise UsageError(f"--out: {out} is in use by another run (pid {holder}); wait for it or choose another --out") from None
+        raise UsageError(_in_use(out, holder, arg)) from None
     folder = RunFolder(out, fh)
     try:
-        _check_record(out, command, settings, resume, eval_only)  # again: another run may have written meanwhile
+        _check_record(out, command, settings, resume, eval_only, arg)  # again: another run may have written meanwhile
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

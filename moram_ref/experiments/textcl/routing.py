@@ -45,15 +45,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true")
 
 
-def _plan(args: argparse.Namespace) -> tuple[dict, list, list[str], Path]:
-    """Every check before any work: the run folder, its settings, the data, every checkpoint needed."""
-    from moram_ref.experiments.textcl.data import SEQUENCES  # noqa: PLC0415
+OUTPUTS = ("routing.json", "routing_summary.json")
+
+
+def _plan(args: argparse.Namespace) -> tuple[dict, list, list, Path]:
+    """Every check before any work: the run folder, its settings, the data, every checkpoint needed, the
+    output paths. Returns (settings, methods, tasks, data_root)."""
+    from moram_ref.experiments.textcl.data import SEQUENCES, load_task  # noqa: PLC0415
 
     record = cliargs.read_json(args.run / rundir.CONFIG, "run")
     if not isinstance(record, dict) or record.get("command") != "text-cl" or "settings" not in record:
         raise cliargs.UsageError(f"run: {args.run} does not hold a `moram-ref text-cl` run (its config.json "
                                  f"records {record.get('command') if isinstance(record, dict) else record!r})")
     settings = record["settings"]
+    _check_settings(settings, args.run / rundir.CONFIG, SEQUENCES)
     methods = [m for m in PROBED if m in settings["methods"]]
     if not methods:
         raise cliargs.UsageError(f"run: {args.run} trained neither MoRAM nor dense MoRAM (--methods "
@@ -62,6 +67,14 @@ def _plan(args: argparse.Namespace) -> tuple[dict, list, list[str], Path]:
     if not data_root.is_dir():
         raise cliargs.UsageError(f"--data-root: the recorded {data_root} does not exist; pass --data-root")
     names = list(SEQUENCES[settings["sequence"]][: settings["tasks"]])
+    tasks = []
+    for name in names:
+        try:
+            tasks.append(load_task(data_root, name, max_train=settings["max_train"], max_test=settings["max_test"]))
+        except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            raise cliargs.UsageError(f"--data-root: cannot read task {name} under {data_root}: {exc}") from None
+        if not tasks[-1].test_text:
+            raise cliargs.UsageError(f"--data-root: task {name} under {data_root} has no test texts to probe")
     for method in methods:
         for seed in range(settings["seeds"]):
             for t in range(1, len(names) + 1):
@@ -69,39 +82,77 @@ def _plan(args: argparse.Namespace) -> tuple[dict, list, list[str], Path]:
                 if not path.is_file():
                     raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
                                              "it first)")
-    return settings, methods, names, data_root
+    for name in (*OUTPUTS, *(f"routing_share_{m}.png" for m in methods)):
+        if (args.run / name).exists() and not (args.run / name).is_file():
+            raise cliargs.UsageError(f"run: cannot write {args.run / name}: it exists and is not a file")
+    return settings, methods, tasks, data_root
+
+
+def _check_settings(settings, path: Path, sequences: dict) -> None:
+    """The recorded settings this command reads, checked (a hand-edited or foreign config.json)."""
+    def bad(why: str) -> cliargs.UsageError:
+        return cliargs.UsageError(f"run: {path} records {why}; it was not written by `moram-ref text-cl` as it is")
+
+    if not isinstance(settings, dict):
+        raise bad(f"settings of type {type(settings).__name__}, not a mapping")
+    missing = [k for k in ("methods", "sequence", "tasks", "seeds", "data_root", "model_path", "adapt_layers",
+                           "placement", "max_length", "max_train", "max_test") if k not in settings]
+    if missing:
+        raise bad(f"no {', '.join(missing)} in its settings")
+    if not isinstance(settings["methods"], list) or not all(isinstance(m, str) for m in settings["methods"]):
+        raise bad(f"methods {settings['methods']!r}, not a list of names")
+    if settings["sequence"] not in sequences:
+        raise bad(f"sequence {settings['sequence']!r}, not one of {', '.join(sequences)}")
+    n = len(sequences[settings["sequence"]])
+    for key, low, high in (("tasks", 2, n), ("seeds", 1, None), ("adapt_layers", 1, None)):
+        v = settings[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+            raise bad(f"{key} {v!r}, not an integer in [{low}, {high if high is not None else '∞'}]")
+    try:
+        cliargs.moram_config(argparse.Namespace(**settings))
+    except (cliargs.UsageError, TypeError, ValueError, AttributeError) as exc:
+        raise bad(f"MoRAM settings that do not form a configuration ({exc})") from None
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    settings, methods, names, data_root = _plan(args)
-    with rundir.open_run(args.run, "text-cl", settings, eval_only=True):
-        result = _probe(args, settings, methods, names, data_root, log)
-        rundir.write_json(args.run / "routing.json", result)
-        rundir.write_json(args.run / "routing_summary.json", brief(result))
-        if not args.no_plots:
-            _figures(result, args.run)
-    log(f"wrote {args.run}/routing.json, routing_summary.json" + ("" if args.no_plots else ", routing_share_*.png"))
+    settings, methods, tasks, data_root = _plan(args)
+    with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
+        result = _probe(args, settings, methods, tasks, log)
+        drawn = {} if args.no_plots else _figures(result, args.run)  # to temporary files: nothing replaced yet
+        try:
+            for name, data in zip(OUTPUTS, (result, brief(result))):
+                rundir.write_json(args.run / name, data)
+            for final, tmp in drawn.items():
+                tmp.replace(final)
+        finally:
+            for tmp in drawn.values():
+                tmp.unlink(missing_ok=True)
+        stale = [] if drawn else [p for m in methods if (p := args.run / f"routing_share_{m}.png").is_file()]
+        for path in stale:  # figures of an earlier probe would no longer match the JSON beside them
+            path.unlink()
+    log(f"wrote {args.run}/routing.json, routing_summary.json" + (", routing_share_*.png" if drawn else "")
+        + (f"; removed the earlier {', '.join(p.name for p in stale)}" if stale else ""))
     return result
 
 
-def _probe(args, settings: dict, methods: list[str], names: list[str], data_root: Path, log) -> dict:
+def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     import torch  # noqa: PLC0415
 
-    from moram_ref.experiments.textcl.data import load_task  # noqa: PLC0415
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
     from moram_ref.torch import attach as A  # noqa: PLC0415
     from moram_ref.torch import checkpoint  # noqa: PLC0415
 
-    tasks = [load_task(data_root, n, max_train=settings["max_train"], max_test=settings["max_test"]) for n in names]
+    names = [t.name for t in tasks]
     texts = [x for t in tasks for x in t.test_text[: args.per_task]]
+    per_task = [min(args.per_task, len(t.test_text)) for t in tasks]
     groups = np.concatenate([np.full(min(args.per_task, len(t.test_text)), i) for i, t in enumerate(tasks)])
     model, tokenizer = load_encoder(settings["model_path"])
     enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
     config = cliargs.moram_config(argparse.Namespace(**settings))
     lengths = np.array([enc.token_count(x) for x in texts])
     encoder = encoder_record(settings["model_path"], model, settings["adapt_layers"])
-    out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": args.per_task,
-                 "methods": {}}
+    out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": max(per_task),
+                 "texts_per_task": per_task, "methods": {}}
     for method in methods:
         seeds, texts_routed = [], []
         for seed in range(settings["seeds"]):
@@ -118,7 +169,7 @@ def _probe(args, settings: dict, methods: list[str], names: list[str], data_root
             texts_routed.append(routed)
             seeds.append(stages)
             log(f"{method} seed {seed}: routing after each of {len(names)} tasks probed")
-        out["methods"][method] = {"summary": summarise(seeds, texts_routed),
+        out["methods"][method] = {"summary": summarise(seeds, texts_routed, len(texts)),
                                   "mean_share": [[mean_share(stage).tolist() for stage in stages] for stages in seeds],
                                   "text_routing": texts_routed, "layers": seeds}
     A.detach(enc.top)
@@ -182,9 +233,9 @@ def text_routing(shares: np.ndarray, groups: np.ndarray, learned: int) -> np.nda
     return counts
 
 
-def per_seed(stages: list[dict[str, dict]], routed: list[list[list[int]]]) -> dict[str, float]:
+def per_seed(stages: list[dict[str, dict]], routed: list[list[list[int]]], n_texts: int) -> dict[str, float]:
     """One seed's summary numbers (module docstring), each the mean over layers; ``routed``: that seed's
-    :func:`text_routing` counts after each task."""
+    :func:`text_routing` counts after each task, over ``n_texts`` probe texts (silenced ones included)."""
     last = stages[-1]
     own, newest, atoms99, silent = [], [], [], []
     for d in last.values():
@@ -199,12 +250,12 @@ def per_seed(stages: list[dict[str, dict]], routed: list[list[list[int]]]) -> di
     return {"own": float(np.mean(own)), "newest": float(np.mean(newest)),
             "old_on_new": float(np.mean(quiet)) if quiet else float("nan"),
             "atoms99": float(np.mean(atoms99)), "silent": float(np.mean(silent)),
-            "text_own": float(np.trace(counts) / counts.sum()) if counts.sum() else float("nan")}
+            "text_own": float(np.trace(counts) / n_texts)}  # a text δ silenced entirely is not on its own atoms
 
 
 
-def summarise(seeds: list[list[dict]], routed: list) -> dict[str, dict]:
-    values = [per_seed(stages, r) for stages, r in zip(seeds, routed)]
+def summarise(seeds: list[list[dict]], routed: list, n_texts: int) -> dict[str, dict]:
+    values = [per_seed(stages, r, n_texts) for stages, r in zip(seeds, routed)]
     return {key: {**ci_cell([v[key] for v in values]), "per_seed": [v[key] for v in values]} for key in values[0]}
 
 
@@ -214,6 +265,7 @@ def brief(result: dict) -> dict:
     run = dict(result["run"])
     run["settings"] = portable(run["settings"])
     return {"kind": "text-cl routing", "run": run, "per_task": result["per_task"],
+            "texts_per_task": result["texts_per_task"],
             "methods": {m: {"summary": e["summary"], "mean_share": e["mean_share"],
                             "text_routing": [r[-1] for r in e["text_routing"]]}
                         for m, e in result["methods"].items()}}
@@ -224,13 +276,26 @@ def mean_share(stage: dict[str, dict]) -> np.ndarray:
     return np.mean([np.asarray(d["share"]) for d in stage.values()], axis=0)
 
 
-def _figures(result: dict, out: Path) -> None:
+def _figures(result: dict, out: Path) -> dict[Path, Path]:
+    """``routing_share_<method>.png`` per method (seed 0), drawn to temporary files: {final path: temporary}.
+    Long sequences show the stages after tasks 1, 2, the middle one and the last."""
     from moram_ref.experiments.toy.routing import share_heatmaps  # noqa: PLC0415
 
     names = result["run"]["tasks"]
-    for method, entry in result["methods"].items():
-        stages = entry["layers"][0]
-        shares = {f"after task {t + 1}": mean_share(stage) for t, stage in enumerate(stages)}
-        share_heatmaps(shares, names, out / f"routing_share_{method}.png",
-                       f"{method}: share of Σw of each task's atoms (rows) on each task's tokens (columns), "
-                       "mean over layers, seed 0")
+    n = len(names)
+    shown = list(range(n)) if n <= 4 else sorted({0, 1, n // 2, n - 1})
+    drawn = {}
+    try:
+        for method, entry in result["methods"].items():
+            stages = entry["layers"][0]
+            shares = {f"after task {t + 1}": mean_share(stages[t]) for t in shown}
+            final = out / f"routing_share_{method}.png"
+            drawn[final] = out / f".{final.name}.tmp.png"
+            share_heatmaps(shares, names, drawn[final],
+                           f"{method}: share of Σw of each task's atoms (rows) on each task's tokens (columns), "
+                           "mean over layers, seed 0")
+    except BaseException:
+        for tmp in drawn.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return drawn

@@ -60,6 +60,8 @@ def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str |
     written before the run recorded its settings, or lacking the methods the table compares."""
     if isinstance(results, dict) and results.get("kind") == "text-cl routing":
         return "is a text-cl-routing summary, not a text-cl results.json"
+    if isinstance(results, dict) and {"run", "per_task", "methods"} <= set(results) and "kind" not in results:
+        return "is a text-cl-routing routing.json, not a text-cl results.json"
     if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
         return "is not a text-cl results.json (no 'methods')"
     missing = [k for k in ("settings", "encoder", "tasks") if k not in results]
@@ -76,13 +78,6 @@ def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str |
         return f"has no coarse expert ({', '.join(COARSE)}) to compare MoRAM with (the run's methods: {', '.join(methods)})"
     if not [m for m in methods if m != "zero_shot"]:
         return "holds no adapter (only zero_shot): nothing to compare"
-    return None
-
-
-def routing_problem(summary) -> str | None:
-    """Why ``summary`` is not a ``text-cl-routing`` ``routing_summary.json`` (None if it is)."""
-    if not isinstance(summary, dict) or summary.get("kind") != "text-cl routing":
-        return "is not a text-cl-routing routing_summary.json"
     return None
 
 
@@ -188,89 +183,3 @@ def brief_table(*runs: dict) -> str:
     return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, mean ± 95 % CI over {'/'.join(map(str, seeds))} "
                                "seeds; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
                                "same adapter parameters per task as MoRAM (MoE-LoRA adds its router).")
-
-
-ROUTING_COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest atoms' share on earlier tokens"),
-                   ("old_on_new", "earlier atoms' share on the new task's tokens"), ("silent", "tokens δ silences"))
-
-
-def first_task_share(entry: dict) -> dict:
-    """Mean ± CI over seeds of the first task's atoms' share on the later tasks' tokens after the last task
-    (from the layer-mean share matrices of a routing summary)."""
-    return ci_cell([float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]])
-
-
-def shares_table(*summaries: dict, method: str = "moram") -> str:
-    """The paper's Fig. 3 as numbers, one table per run: the share of Σw (in %, mean ± 95 % CI over seeds) that
-    each task's atoms (rows) take on each task's tokens (columns) after the last task, mean over the adapted
-    layers. Input: ``text-cl-routing``'s ``routing_summary.json`` files; ValueError if a file has
-    no ``method`` entry."""
-    if not summaries:
-        raise ValueError("no text-cl-routing summaries given")
-    out = []
-    for s in summaries:
-        if method not in s["methods"]:
-            raise ValueError(f"the routing summary of {run_label(_run_record(s))} has no {method!r} entry "
-                             f"(it has {sorted(s['methods'])})")
-        last = np.array([np.asarray(stages[-1], float) for stages in s["methods"][method]["mean_share"]])  # seed×atoms×inputs
-        names = s["run"]["tasks"]
-        out += [f"**{run_label(_run_record(s))}, {LABELS[method]}: share of Σw after the last task, %**", "",
-                "| atoms of ↓ / tokens of → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for g, row in enumerate(names):
-            cells = [ci_cell(last[:, g, d]) for d in range(len(names))]
-            out.append(f"| {row} | " + " | ".join(_cell(c, g == d) for d, c in enumerate(cells)) + " |")
-        out.append("")
-        routed = s["methods"][method].get("text_routing")
-        if routed:  # counts per seed after the last task: texts of g (rows) whose weight goes mostly to h's atoms
-            counts = np.sum(routed, axis=0)
-            out += [f"*Per text:* which task's atoms take most of a text's weight, % of each task's texts "
-                    f"({int(counts.sum())} texts over {len(routed)} seeds):", "",
-                    "| texts of ↓ / mostly on atoms of → | " + " | ".join(names) + " |",
-                    "|---|" + "---|" * len(names)]
-            for g, row in enumerate(names):
-                pct = 100 * counts[g] / max(counts[g].sum(), 1)
-                out.append(f"| {row} | " + " | ".join(f"**{v:.0f}**" if g == h else f"{v:.0f}"
-                                                      for h, v in enumerate(pct)) + " |")
-            out.append("")
-    n = len(summaries[0]["run"]["tasks"])
-    return "\n".join(out) + (
-        f"\nMean ± 95 % CI over seeds; each seed's value is the mean over the adapted layers. Bold: a task's own "
-        f"atoms on its own tokens. A column sums to 100; an even spread over {n} tasks' atoms gives each "
-        f"{100 / n:.0f}. Per-text tables: a row sums to 100 over the texts that keep any weight (δ can silence "
-        f"a text entirely); by chance each cell would hold {100 / n:.0f}. Command: `moram-ref text-cl-routing "
-        "<run folder>`.")
-
-
-def _run_record(summary: dict) -> dict:
-    return {"settings": summary["run"]["settings"], "encoder": summary["run"]["encoder"], "tasks": summary["run"]["tasks"]}
-
-
-def routing_table(*summaries: dict) -> str:
-    """Rows: run × method (``text-cl-routing``'s ``routing_summary.json``); shares in %, atoms as counts."""
-    if not summaries:
-        raise ValueError("no text-cl-routing summaries given")
-    lines = ["| run | method | " + " | ".join(t for _, t in ROUTING_COLUMNS)
-             + " | first task's atoms' share on later tasks' tokens | texts mostly on their own task's atoms"
-             " | atoms for 99 % of Σw |",
-             "|---|---|" + "---|" * (len(ROUTING_COLUMNS) + 3)]
-    for s in summaries:
-        label = run_label(_run_record(s))
-        for method, entry in s["methods"].items():
-            c = entry["summary"]
-            a99 = c["atoms99"]
-            lines.append(f"| {label} | {LABELS[method]} | " + " | ".join(_cell(c[k], False) for k, _ in ROUTING_COLUMNS)
-                         + f" | {_cell(first_task_share(entry), False)}"
-                         + f" | {_cell(c['text_own'], False) if 'text_own' in c else 'not recorded'}"
-                         + f" | {a99['mean']:.2f}" + ("" if a99["ci95"] is None else f" ± {a99['ci95']:.2f}") + " |")
-    n = len(summaries[0]["run"]["tasks"])
-    even = np.mean([t / (t + 1) for t in range(1, n)])
-    return "\n".join(lines) + (
-        "\n\nShares of the weight Σw on a task's tokens, in %: mean ± 95 % CI over seeds; each seed's value is the "
-        "mean over the adapted layers, after the last task (the earlier atoms' share on a new task's tokens: right "
-        f"after each task t ≥ 2, mean over t). An even spread over the tasks' atoms would give each of {n} tasks' "
-        f"atoms {100 / n:.0f} % of a token's weight, and the earlier atoms {100 * even:.1f} % of a new task's "
-        f"(t − 1 of t tasks, mean over t). *Texts mostly on their own task's atoms*: the share of the probe texts "
-        "whose weight, summed over their tokens (mean over layers), goes most to their own task's atoms, after the "
-        f"last task; by chance {100 / n:.0f} %. Real tokens of {summaries[0]['per_task']} test texts per task. "
-        "Command: "
-        "`moram-ref text-cl-routing <run folder>`.")

@@ -87,8 +87,6 @@ def _textcl_transfer_row(textcl: dict) -> tuple[str, str]:
 def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
     """Sparse / task-specific / quiet rows for MoRAM from a ``text-cl-routing`` summary (same rules as the
     NumPy streams' rows; each seed's value is the mean over the adapted layers)."""
-    if "moram" not in summary["methods"]:
-        return []
     run = summary["run"]
     label = tables.run_label({"settings": run["settings"], "encoder": run["encoder"], "tasks": run["tasks"]})
     k, r_total = run["settings"]["top_k"], run["settings"]["atoms_per_task"] * len(run["tasks"])

@@ -107,6 +107,6 @@ def share_heatmaps(shares: dict[str, np.ndarray], task_names: list[str], path: P
         ax.set_xlabel("inputs of task", fontsize=small + 1)
         ax.set_title(stage, fontsize=10)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="share of Σw on the task's tokens")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, wrap=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
