@@ -7,7 +7,9 @@ work starts and printed as one line, ``moram-ref <command>: error: …``, with e
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 from moram_ref.experiments.cliargs import Parser, UsageError
 
@@ -44,25 +46,36 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a command like Ctrl-C: its cleanup runs, one line, exit 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(command).parse_args(argv)
-    module, _, function = COMMANDS[args.command][0].partition(":")
+    name = f"moram-ref {command}" if command else "moram-ref"
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
+        args = build_parser(command).parse_args(argv)  # may import torch: interruptible too
+        name = f"moram-ref {args.command}"
+        module, _, function = COMMANDS[args.command][0].partition(":")
         status = getattr(importlib.import_module(module), function or "run")(args)
     except UsageError as exc:
-        print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
-        print(f"moram-ref {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a damaged or missing file of the run folder, found while resuming: one line
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
         if checkpoint is None or not isinstance(exc, checkpoint.CheckpointError):
             raise
-        print(f"moram-ref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return status if isinstance(status, int) else 0
 
 

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     names = " ".join(str(p) for p in paths)
     try:
         body = GENERATORS[args.table](*loaded)
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError) as err:
         raise UsageError(f"results: {names} is not a {args.table} results file "
                          f"({type(err).__name__}: {err})") from None
     target: Path | None = args.write or args.check

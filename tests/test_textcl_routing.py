@@ -214,3 +214,51 @@ def test_a_run_without_moram_is_refused(probed, tmp_path, capsys):
     assert main(["text-cl", "--data-root", str(data), "--out", str(out), *args]) == 0
     assert main(["text-cl-routing", str(out)]) == 2
     assert "trained neither MoRAM nor dense MoRAM" in capsys.readouterr().err
+
+
+def test_settings_that_do_not_fit_are_refused_before_any_work(probed, tmp_path, capsys):
+    _, run, _ = probed
+    for key, value, words in (("data_root", None, "data_root None, not a path"),
+                              ("max_test", "abc", "max_test 'abc', not an integer"),
+                              ("max_length", 0, "max_length 0, not an integer"),
+                              ("placement", "nope", "placement 'nope', not one of"),
+                              ("adapt_layers", 99, "do not fit the encoder")):
+        copy = tmp_path / key
+        shutil.copytree(run, copy)
+        cfg = json.loads((copy / "config.json").read_text())
+        cfg["settings"][key] = value
+        (copy / "config.json").write_text(json.dumps(cfg))
+        def outputs():
+            return {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"}  # .lock: a pid
+
+        before = outputs()
+        assert main(["text-cl-routing", str(copy), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (key, err)
+        assert outputs() == before
+
+
+def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(probed, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from moram_ref.experiments import rundir
+
+    _, run, _ = probed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / ".routing_summary.json.abc123.tmp").write_text("{")  # left by a probe killed while writing
+    old = {n: (copy / n).read_bytes() for n in ("routing.json", "routing_summary.json", "routing_share_moram.png")}
+    real = rundir.uninterrupted
+
+    def interrupted_inside():  # SIGINT arrives in the middle of the renames: held until they are done
+        with real():
+            signal.raise_signal(signal.SIGINT)
+            yield
+
+    monkeypatch.setattr(rundir, "uninterrupted", __import__("contextlib").contextmanager(interrupted_inside))
+    assert main(["text-cl-routing", str(copy), "--per-task", "2"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "moram-ref text-cl-routing: interrupted"
+    new = {n: (copy / n).read_bytes() for n in old}
+    assert all(new[n] != old[n] for n in old)  # every output is the new probe's
+    assert json.loads(new["routing_summary.json"])["per_task"] == 2
+    assert not list(copy.glob(".*tmp*"))  # the leftover of the earlier kill is gone too

@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,18 @@ def _umask() -> int:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """:func:`dumps` then :func:`write_text`."""
     write_text(path, dumps(obj))
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then): for the few renames that
+    replace a command's outputs together, so an interrupt leaves either all old or all new files."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:
@@ -207,6 +220,8 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         return
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / LOCK).exists() and not (out / LOCK).is_file():
+        raise UsageError(f"{arg}: {out / LOCK} (the folder's lock) exists and is not a file; remove it")
     fh = open(out / LOCK, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

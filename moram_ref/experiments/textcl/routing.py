@@ -104,10 +104,20 @@ def _check_settings(settings, path: Path, sequences: dict) -> None:
     if settings["sequence"] not in sequences:
         raise bad(f"sequence {settings['sequence']!r}, not one of {', '.join(sequences)}")
     n = len(sequences[settings["sequence"]])
-    for key, low, high in (("tasks", 2, n), ("seeds", 1, None), ("adapt_layers", 1, None)):
+    from moram_ref.experiments.textcl.encoder import PLACEMENTS  # noqa: PLC0415
+
+    for key, low, high in (("tasks", 2, n), ("seeds", 1, None), ("adapt_layers", 1, None), ("max_length", 2, None),
+                           ("max_train", 1, None), ("max_test", 1, None)):
         v = settings[key]
+        if key in ("max_train", "max_test") and v is None:
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
             raise bad(f"{key} {v!r}, not an integer in [{low}, {high if high is not None else '∞'}]")
+    if settings["placement"] not in PLACEMENTS:
+        raise bad(f"placement {settings['placement']!r}, not one of {', '.join(sorted(PLACEMENTS))}")
+    for key, may_be_none in (("data_root", False), ("model_path", True)):
+        if not (isinstance(settings[key], str) or (may_be_none and settings[key] is None)):
+            raise bad(f"{key} {settings[key]!r}, not a path")
     try:
         cliargs.moram_config(argparse.Namespace(**settings))
     except (cliargs.UsageError, TypeError, ValueError, AttributeError) as exc:
@@ -117,20 +127,26 @@ def _check_settings(settings, path: Path, sequences: dict) -> None:
 def run(args: argparse.Namespace, log=print) -> dict:
     settings, methods, tasks, data_root = _plan(args)
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
+        for leftover in args.run.glob(".routing*tmp*"):  # from a probe killed while writing
+            leftover.unlink()
         result = _probe(args, settings, methods, tasks, log)
-        drawn = {} if args.no_plots else _figures(result, args.run)  # to temporary files: nothing replaced yet
+        staged = {} if args.no_plots else _figures(result, args.run)  # {final: temporary}: nothing replaced yet
         try:
             for name, data in zip(OUTPUTS, (result, brief(result))):
-                rundir.write_json(args.run / name, data)
-            for final, tmp in drawn.items():
-                tmp.replace(final)
+                staged[args.run / name] = args.run / f".{name}.tmp"
+                staged[args.run / name].write_text(rundir.dumps(data))
+            stale = [p for m in methods if (p := args.run / f"routing_share_{m}.png").is_file()
+                     and p not in staged]  # figures of an earlier probe would not match the JSON beside them
+            with rundir.uninterrupted():  # all outputs replaced together
+                for final, tmp in staged.items():
+                    tmp.replace(final)
+                for path in stale:
+                    path.unlink()
         finally:
-            for tmp in drawn.values():
+            for tmp in staged.values():
                 tmp.unlink(missing_ok=True)
-        stale = [] if drawn else [p for m in methods if (p := args.run / f"routing_share_{m}.png").is_file()]
-        for path in stale:  # figures of an earlier probe would no longer match the JSON beside them
-            path.unlink()
-    log(f"wrote {args.run}/routing.json, routing_summary.json" + (", routing_share_*.png" if drawn else "")
+    drew = not args.no_plots
+    log(f"wrote {args.run}/routing.json, routing_summary.json" + (", routing_share_*.png" if drew else "")
         + (f"; removed the earlier {', '.join(p.name for p in stale)}" if stale else ""))
     return result
 
@@ -147,7 +163,10 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     per_task = [min(args.per_task, len(t.test_text)) for t in tasks]
     groups = np.concatenate([np.full(min(args.per_task, len(t.test_text)), i) for i, t in enumerate(tasks)])
     model, tokenizer = load_encoder(settings["model_path"])
-    enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
+    try:
+        enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
+    except ValueError as exc:
+        raise cliargs.UsageError(f"run: the recorded settings do not fit the encoder ({exc})") from None
     config = cliargs.moram_config(argparse.Namespace(**settings))
     lengths = np.array([enc.token_count(x) for x in texts])
     encoder = encoder_record(settings["model_path"], model, settings["adapt_layers"])

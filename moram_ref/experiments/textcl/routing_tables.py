@@ -24,7 +24,9 @@ PROBED = ("moram", "dense_moram")
 
 
 def problem(summary, need: str | None = None) -> str | None:
-    """Why ``summary`` cannot feed a routing table (None if it can); ``need``: a method it must hold."""
+    """Why ``summary`` cannot feed a routing table (None if it can); ``need``: a method it must hold.
+    Every number is checked for type and range (shares and their means in [0, 1], half-widths ≥ 0, counts
+    non-negative integers no larger than the texts probed), so a hand-edited file is named, never rendered."""
     if not isinstance(summary, dict) or summary.get("kind") != "text-cl routing":
         if _is_routing_json(summary):
             return "is a text-cl-routing routing.json (per layer); pass the routing_summary.json beside it"
@@ -32,17 +34,25 @@ def problem(summary, need: str | None = None) -> str | None:
     run = summary.get("run")
     if not isinstance(run, dict) or not all(isinstance(run.get(k), dict) for k in ("settings", "encoder")):
         return "has no 'run' record with 'settings' and 'encoder'"
+    enc = run["encoder"]
+    if not all(_count(enc.get(k), 1) for k in ("blocks", "adapted_blocks")):
+        return f"records an encoder {enc!r} without whole numbers of blocks and adapted blocks"
     tasks = run.get("tasks")
     if not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) for t in tasks):
         return f"records tasks {tasks!r}: a routing summary needs a list of 2 or more task names"
+    n = len(tasks)
+    texts = summary.get("texts_per_task")
+    if texts is not None and not (isinstance(texts, list) and len(texts) == n and all(_count(c, 1) for c in texts)):
+        return f"records texts_per_task {texts!r}: expected {n} whole numbers ≥ 1, one per task"
     methods = summary.get("methods")
-    if not isinstance(methods, dict) or not methods or not set(methods) <= set(PROBED):
-        return (f"records methods {sorted(methods) if isinstance(methods, dict) else methods!r}: expected one or "
-                f"more of {', '.join(PROBED)}")
+    if not isinstance(methods, dict):
+        return f"records methods of type {type(methods).__name__}, not a mapping of method to entry"
+    if not methods or not set(methods) <= set(PROBED):
+        return f"records methods {sorted(methods)}: expected one or more of {', '.join(PROBED)}"
     if need is not None and need not in methods:
         return f"has no {LABELS[need]} entry (text-cl-routing probed {', '.join(LABELS[m] for m in methods)})"
     for method, entry in methods.items():
-        why = _entry_problem(entry, len(tasks))
+        why = _entry_problem(entry, n, texts)
         if why:
             return f"{LABELS[method]}: {why}"
     return None
@@ -54,40 +64,61 @@ def _is_routing_json(data) -> bool:
     return isinstance(methods, dict) and any(isinstance(e, dict) and "layers" in e for e in methods.values())
 
 
-def _entry_problem(entry, n: int) -> str | None:
+def _count(x, low: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x < 2**53
+
+
+def _number(x, low: float, high: float) -> bool:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        v = float(x)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return math.isfinite(v) and low <= v <= high
+
+
+def _array(x, shape: tuple, low: float, high: float) -> np.ndarray | None:
+    """``x`` as a float array of ``shape`` with every entry a real number in [low, high], else None."""
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if a.dtype.kind not in "iuf" or a.shape != shape:  # bools, strings, ragged or huge ints: not numbers
+        return None
+    a = a.astype(float)
+    return a if np.isfinite(a).all() and (a >= low).all() and (a <= high).all() else None
+
+
+_TOL = 1e-6  # shares are sums of float32 weights
+
+
+def _entry_problem(entry, n: int, texts: list[int] | None) -> str | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("summary"), dict):
         return "no 'summary'"
     for key in (*SUMMARY_KEYS, *(["text_own"] if "text_own" in entry["summary"] else [])):
         cell = entry["summary"].get(key)
-        if not isinstance(cell, dict) or not _finite(cell.get("mean")) or not (
-                cell.get("ci95") is None or _finite(cell["ci95"])):
-            return f"summary {key!r} is {cell!r}, not a finite mean and 95 % half-width"
+        high = math.inf if key == "atoms99" else 1 + _TOL
+        if not isinstance(cell, dict) or not _number(cell.get("mean"), 0, high) or not (
+                cell.get("ci95") is None or _number(cell["ci95"], 0, math.inf)):
+            return (f"summary {key!r} is {cell!r}, not a finite mean in [0, {'∞' if key == 'atoms99' else 1}] and a "
+                    "finite non-negative 95 % half-width")
     shares = entry.get("mean_share")
     if not isinstance(shares, list) or not shares:
         return "no 'mean_share' (per seed, the share matrices after each task)"
     for seed, stages in enumerate(shares):
-        try:
-            ok = len(stages) == n and all(np.asarray(st, float).shape == (t + 1, n) for t, st in enumerate(stages))
-            ok = ok and all(np.isfinite(np.asarray(st, float)).all() for st in stages)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            return f"mean_share of seed {seed} is not {n} finite matrices of shape (t, {n}) after tasks t = 1…{n}"
+        if not (isinstance(stages, list) and len(stages) == n
+                and all(_array(st, (t + 1, n), 0, 1 + _TOL) is not None for t, st in enumerate(stages))):
+            return (f"mean_share of seed {seed} is not {n} matrices of shares in [0, 1], of shape (t, {n}) after "
+                    f"tasks t = 1…{n}")
     routed = entry.get("text_routing")
     if routed is not None:
-        try:
-            counts = np.asarray(routed, float)
-            ok = counts.shape == (len(shares), n, n) and np.isfinite(counts).all() and (counts >= 0).all()
-            ok = ok and bool((counts == np.round(counts)).all())
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            return f"text_routing is not {len(shares)} seed(s) × {n} × {n} non-negative counts"
+        counts = _array(routed, (len(shares), n, n), 0, math.inf)
+        if counts is None or (counts != np.round(counts)).any():
+            return f"text_routing is not {len(shares)} seed(s) × {n} × {n} non-negative whole counts"
+        if texts is not None and (counts.sum(axis=2) > np.asarray(texts)).any():
+            return "text_routing counts more texts of a task than texts_per_task records"
     return None
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def first_task_share(entry: dict) -> dict:
@@ -158,8 +189,11 @@ def _text_table(routed, names: list[str], texts: list[int] | None) -> list[str]:
              "| texts of ↓ / mostly on atoms of → | " + " | ".join(names) + " | silenced by δ |",
              "|---|" + "---|" * (len(names) + 1)]
     for g, row in enumerate(names):
-        pct = 100 * counts[g] / max(total[g], 1)
-        silenced = 100 * (total[g] - counts[g].sum()) / max(total[g], 1)
+        if total[g] == 0:  # an older summary without texts_per_task, all of this task's texts silenced
+            lines.append(f"| {row} | " + " | ".join("—" for _ in names) + " | — (no text counted) |")
+            continue
+        pct = 100 * counts[g] / total[g]
+        silenced = 100 * (total[g] - counts[g].sum()) / total[g]
         lines.append(f"| {row} | " + " | ".join(f"**{v:.0f}**" if g == h else f"{v:.0f}" for h, v in enumerate(pct))
                      + f" | {silenced:.0f} |")
     return [*lines, ""]
