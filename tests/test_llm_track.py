@@ -156,6 +156,7 @@ def _ddp_worker(rank, world, init_file, tmp, result_file, root, fsdp, overrides)
 
             torch.save({"matrix": torch.from_numpy(matrix), "state": adapter_state(model)}, result_file)
         torch.distributed.barrier()  # nobody tears the group down while another process still works
+        (Path(tmp) / f"done{rank}").touch()  # the work is over: see ddp_spawn.spawn(done=…)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -184,7 +185,7 @@ def test_two_processes_reproduce_one(tmp_path, trace_root, fsdp, shares):
     single_state = adapter_state(model)
     result = tmp_path / "ddp.pt"
     spawn(_ddp_worker, (2, str(tmp_path / "init"), str(tmp_path), str(result), str(root), fsdp,
-                        dict(overrides, cfg=cfg)))
+                        dict(overrides, cfg=cfg)), done=tmp_path)
     got = torch.load(result)  # written by this test, tensors only
     np.testing.assert_array_equal(got["matrix"].numpy(), single)
     for k, v in single_state.items():
