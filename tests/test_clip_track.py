@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,7 @@ def _ddp_worker(rank, world_size, init_file, data_root, out, result, batch):
 
             torch.save({"matrix": torch.from_numpy(matrix), "state": adapter_state(model)}, result)
         torch.distributed.barrier()
+        (Path(result).parent / f"done{rank}").touch()  # the work is over: see ddp_spawn.spawn(done=…)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -230,7 +232,7 @@ def test_two_processes_reproduce_one(data_root, tmp_path, batch):
 
     state = adapter_state(model)
     result = tmp_path / "two.pt"
-    spawn(_ddp_worker, (2, str(tmp_path / "init"), data_root, tmp_path / "two", result, batch))
+    spawn(_ddp_worker, (2, str(tmp_path / "init"), data_root, tmp_path / "two", result, batch), done=tmp_path)
     got = torch.load(result)  # written by this test, tensors only
     np.testing.assert_array_equal(got["matrix"].numpy(), single)
     for k, v in state.items():
