@@ -31,10 +31,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments.textcl.routing_tables import PROBED
 from moram_ref.experiments.textcl.run import encoder_record, portable
 from moram_ref.experiments.toy.ablation_tables import ci_cell
-
-PROBED = ("moram", "dense_moram")  # the methods with self-activated routing
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,7 +160,7 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     names = [t.name for t in tasks]
     texts = [x for t in tasks for x in t.test_text[: args.per_task]]
     per_task = [min(args.per_task, len(t.test_text)) for t in tasks]
-    groups = np.concatenate([np.full(min(args.per_task, len(t.test_text)), i) for i, t in enumerate(tasks)])
+    groups = np.repeat(np.arange(len(tasks)), per_task)
     model, tokenizer = load_encoder(settings["model_path"])
     try:
         enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])

@@ -20,7 +20,7 @@ from moram_ref.experiments.toy.ablation_tables import ci_cell
 COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest atoms' share on earlier tokens"),
            ("old_on_new", "earlier atoms' share on the new task's tokens"), ("silent", "tokens δ silences"))
 SUMMARY_KEYS = ("own", "newest", "old_on_new", "atoms99", "silent")  # text_own: written since per-text routing
-PROBED = ("moram", "dense_moram")
+PROBED = ("moram", "dense_moram")  # the methods with self-activated routing
 
 
 def problem(summary, need: str | None = None) -> str | None:
@@ -127,14 +127,9 @@ def first_task_share(entry: dict) -> dict:
     return ci_cell([float(np.mean(np.asarray(stages[-1])[0, 1:])) for stages in entry["mean_share"]])
 
 
-def _record(summary: dict) -> dict:
-    return {"settings": summary["run"]["settings"], "encoder": summary["run"]["encoder"], "tasks": summary["run"]["tasks"]}
-
-
 def _texts(summary: dict) -> list[int] | None:
-    """Probe texts per task (summaries before ``texts_per_task`` was recorded: None)."""
-    per = summary.get("texts_per_task")
-    return per if isinstance(per, list) and len(per) == len(summary["run"]["tasks"]) else None
+    """Probe texts per task (summaries before ``texts_per_task`` was recorded: None; checked by :func:`problem`)."""
+    return summary.get("texts_per_task")
 
 
 def _probe_note(summaries) -> str:
@@ -165,7 +160,7 @@ def shares_table(*summaries: dict, method: str = "moram") -> str:
             raise ValueError(f"the routing summary {why}")
         entry, names, n = s["methods"][method], s["run"]["tasks"], len(s["run"]["tasks"])
         last = np.array([np.asarray(stages[-1], float) for stages in entry["mean_share"]])  # seed × atoms × tokens
-        out += [f"**{run_label(_record(s))}, {LABELS[method]}: share of Σw after the last task, % "
+        out += [f"**{run_label(s['run'])}, {LABELS[method]}: share of Σw after the last task, % "
                 f"(an even spread: {100 / n:.3g})**", "",
                 "| atoms of ↓ / tokens of → | " + " | ".join(names) + " |", "|---|" + "---|" * n]
         for g, row in enumerate(names):
@@ -212,7 +207,7 @@ def routing_table(*summaries: dict) -> str:
         why = problem(s)
         if why:
             raise ValueError(f"the routing summary {why}")
-        label = run_label(_record(s))
+        label = run_label(s["run"])  # the run record holds the settings, encoder and tasks it reads
         for method, entry in s["methods"].items():
             c = entry["summary"]
             a99 = c["atoms99"]

@@ -88,7 +88,7 @@ def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
     """Sparse / task-specific / quiet rows for MoRAM from a ``text-cl-routing`` summary (same rules as the
     NumPy streams' rows; each seed's value is the mean over the adapted layers)."""
     run = summary["run"]
-    label = tables.run_label({"settings": run["settings"], "encoder": run["encoder"], "tasks": run["tasks"]})
+    label = tables.run_label(run)
     k, r_total = run["settings"]["top_k"], run["settings"]["atoms_per_task"] * len(run["tasks"])
     c = summary["methods"]["moram"]["summary"]
     cmd = "`moram-ref text-cl-routing <the run's folder>` after " + f"`{tables.command(run)}`"
