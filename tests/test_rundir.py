@@ -234,3 +234,49 @@ def test_a_huge_seed_count_is_refused_before_any_work(command, tmp_path, capsys)
         main([command, "--seeds", "99999999999", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+_HELD = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from moram_ref.experiments import rundir
+
+    inside, sent = threading.Event(), threading.Event()
+
+    def sender():  # a second thread, alive and not blocking anything, as BLAS and torch workers are
+        inside.wait()
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # process-directed, like Ctrl-C or kill
+        sent.set()
+        time.sleep(1)
+
+    threading.Thread(target=sender, daemon=True).start()
+    try:
+        with rundir.uninterrupted():
+            inside.set()
+            sent.wait()
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:  # bytecode runs: a signal not held would be raised here
+                pass
+            print("block finished", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted after the block", flush=True)
+    print("went on", flush=True)
+""")
+
+
+@pytest.mark.parametrize("name, out, code", [
+    ("SIGINT", "block finished\ninterrupted after the block\nwent on\n", 0),
+    ("SIGTERM", "block finished\n", -15),  # the default action, once the block is done
+], ids=["SIGINT", "SIGTERM"])
+def test_uninterrupted_holds_a_process_directed_signal_until_the_block_ends(name, out, code):
+    done = subprocess.run([sys.executable, "-c", _HELD, name], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.stdout, done.returncode) == (out, code), done.stderr
+
+
+def test_uninterrupted_restores_the_handlers_and_raises_nothing_when_nothing_came():
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with rundir.uninterrupted():
+        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in before} == before

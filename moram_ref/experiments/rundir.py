@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,14 +91,29 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (they are delivered then): for the few renames that
-    replace a command's outputs together, so an interrupt leaves either all old or all new files."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them: for the few renames that replace a
+    command's outputs together, so an interrupt leaves either all old or all new files.
+
+    The signals are held at the Python level (a handler that only records them), not with a thread's
+    signal mask: the kernel hands a process-directed signal (Ctrl-C, ``kill``) to any thread that does not
+    block it (a BLAS or torch worker), and Python would then run the real handler in the main thread in
+    the middle of the block. A recorded signal is raised again once the previous handlers are back, so it
+    acts exactly as it would have (``KeyboardInterrupt``, the SIGTERM handler, or the default action).
+    Outside the main thread, where Python never runs signal handlers, this is a plain block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():  # None: a handler set outside Python; the default stands in
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(arrived):  # each held signal once, in the order it came
+            signal.raise_signal(sig)
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:
