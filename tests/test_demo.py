@@ -34,3 +34,23 @@ def test_demo_writes_results_and_figures(tmp_path, capsys):
         assert (out / f"{stream}_accuracy.png").stat().st_size > 0
         assert (out / f"{stream}_activation_map.png").stat().st_size > 0
     assert results["streams"]["digits"]["sweep"]["chosen"] in results["streams"]["digits"]["sweep"]["temperatures"]
+
+
+@pytest.mark.cpu_only
+def test_an_interrupted_demo_leaves_no_figures_without_results(tmp_path, capsys, monkeypatch):
+    from moram_ref.experiments import rundir
+    from moram_ref.experiments.toy import digits
+
+    out = tmp_path / "demo"
+
+    def interrupted(*args, **kwargs):  # the second stream: the first one's figures are drawn by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits, "run_method", interrupted)
+    argv = ["demo", "--out", str(out), "--steps", "5", "--seeds", "1", "--streams", "recall", "digits"]
+    for _ in range(2):  # the second time with a staging folder a killed run left behind
+        assert main(argv) == 130
+        assert "interrupted" in capsys.readouterr().err
+        left = sorted(p.name for p in out.iterdir() if p.name != rundir.LOCK)
+        assert left == ["config.json"]  # no staging folder, no figure of the recall stream
+        (out / ".staging-left-by-a-kill").mkdir()

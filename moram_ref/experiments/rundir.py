@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -114,6 +115,32 @@ def uninterrupted() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         for sig in dict.fromkeys(arrived):  # each held signal once, in the order it came
             signal.raise_signal(sig)
+
+
+@contextmanager
+def staging(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh hidden folder inside ``out`` (``.staging-*``) where a command writes its outputs; removed with
+    whatever is left in it when the block ends (after :func:`publish`, nothing is). Outputs written there and
+    published together never leave a folder with some new files beside old or missing ones (figures
+    without their ``results.json``). Call it only while holding ``out``'s lock (:func:`open_run`): staging
+    folders that a killed run left behind are removed first."""
+    for left in Path(out).glob(".staging-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out: str | os.PathLike) -> list[str]:
+    """Move every file of ``stage`` into ``out`` (replacing files of the same name), all of them under
+    :func:`uninterrupted`; returns the names moved, sorted."""
+    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+    with uninterrupted():
+        for name in names:
+            os.replace(stage / name, Path(out) / name)
+    return names
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:

@@ -104,8 +104,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
 
 
 def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], None]) -> dict:
+    """Every output (figures, then ``results.json``) is written to a staging folder and published together at
+    the end: an interrupted run leaves the folder's earlier outputs as they were."""
+    with rundir.staging(args.out) as stage:
+        results = _streams(args, config, stage, log)
+        rundir.write_json(stage / "results.json", results)
+        rundir.publish(stage, args.out)
+    log(f"\nwrote {args.out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
+    return results
+
+
+def _streams(args: argparse.Namespace, config: MoRAMConfig, out: Path, log: Callable[[str], None]) -> dict:
+    """Train and evaluate every stream; figures go to ``out`` (the staging folder)."""
     seeds = [args.seed + i for i in range(args.seeds)]
-    out: Path = args.out
     results: dict = {"config": config.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]", "streams": {}}
     for stream_name in args.streams:
         built = [_stream(stream_name, args, seed) for seed in seeds]
@@ -142,8 +153,6 @@ def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], Non
         }
         if not args.no_plots:
             _figures(runs, task_names, config, out, stream_name, sweep)
-    rundir.write_json(out / "results.json", results)
-    log(f"\nwrote {out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
     return results
 
 
