@@ -184,3 +184,22 @@ def test_one_task_is_refused_up_front(uninterrupted, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert "--tasks" in capsys.readouterr().err and not (tmp_path / "one").exists()
+
+
+def test_an_interrupt_while_the_figures_are_drawn_leaves_the_earlier_outputs(uninterrupted, tmp_path, monkeypatch,
+                                                                          capsys):
+    from moram_ref.experiments.textcl import run as R
+
+    data, out = _finished_copy(uninterrupted, tmp_path)
+    before = {n: (out / n).read_bytes() for n in ("results.json", "table.md")}
+
+    def drawn_then_interrupted(runs, results, tasks, config, where):
+        (where / "accuracy_union.png").write_bytes(b"half a figure set")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "_figures", drawn_then_interrupted)
+    argv = [a for a in _args(data, out) if a != "--no-plots"] + ["--resume"]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in before} == before  # not the resumed run's (its wall time differs)
+    assert not list(out.glob("*.png")) and not list(out.glob(".staging-*"))

@@ -250,17 +250,20 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
     if _rank():
         return summary
     log("\n" + format_table(summary, args.benchmark))
-    rundir.write_json(args.out / "summary.json", summary)
     from moram_ref import plots
 
-    plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
-                            args.out / "accuracy.png", f"{args.benchmark.upper()} accuracy matrices")
-    _probe_figures(args, config, keys)
+    with rundir.staging(args.out) as stage:  # the summary and its figures replace the earlier ones together
+        rundir.write_json(stage / "summary.json", summary)
+        plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
+                                stage / "accuracy.png", f"{args.benchmark.upper()} accuracy matrices")
+        _probe_figures(args, config, keys, stage)
+        rundir.publish(stage, args.out)
     return summary
 
 
-def _probe_figures(args, config, keys) -> None:
-    """Activation maps (atoms × image tokens) and atoms for 99 % mass vs task, from the MoRAM run's probes."""
+def _probe_figures(args, config, keys, where: Path) -> None:
+    """Activation maps (atoms × image tokens) and atoms for 99 % mass vs task, from the MoRAM run's probes
+    (``args.out/<method>/progress.json``), drawn into ``where``."""
     from moram_ref import plots
 
     for method in ("moram", "dense_moram"):
@@ -271,12 +274,12 @@ def _probe_figures(args, config, keys) -> None:
         if progress.get("maps"):
             stages = {stage: {k: np.array(v) for k, v in entry["maps"].items()} for stage, entry in progress["maps"].items()}
             layer = next(iter(progress["maps"].values()))["layer"]
-            plots.token_activation_maps(stages, config.atoms_per_task, args.out / f"activation_{method}.png",
+            plots.token_activation_maps(stages, config.atoms_per_task, where / f"activation_{method}.png",
                                         f"{LABELS[method]}: weights w at {layer}")
         if progress.get("n99"):
             plots.atoms_for_mass({LABELS[method]: progress["n99"]},
                                  [config.atoms_per_task * (t + 1) for t in range(len(progress["n99"]))],
-                                 args.out / f"atoms_for_99_mass_{method}.png",
+                                 where / f"atoms_for_99_mass_{method}.png",
                                  "image encoder: atoms carrying 99 % of the weight, per layer")
 
 

@@ -203,12 +203,14 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     results["method_seconds"] = float(sum(r["seconds"] for rs in runs.values() for r in rs))  # restored tasks too
     results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
                           if r["resumed_after"]}
-    rundir.write_json(out / "results.json", results)
     table = format_table(results)
-    rundir.write_text(out / "table.md", table)
+    with rundir.staging(out) as stage:  # results, table and figures replace the earlier ones together
+        rundir.write_json(stage / "results.json", results)
+        rundir.write_text(stage / "table.md", table)
+        if not args.no_plots:
+            _figures(runs, results, tasks, config, stage)
+        rundir.publish(stage, out)
     log("\n" + table)
-    if not args.no_plots:
-        _figures(runs, results, tasks, config, out)
     log(f"wrote {out}/results.json, table.md, matrices/, config.json" + ("" if args.no_plots else ", *.png")
         + f" — {results['wall_seconds'] / 60:.1f} min in all")
     return results
