@@ -19,6 +19,8 @@ COMMANDS = {
              "the main job: NumPy continual-learning demo, recall + digits streams, every method (no torch)"),
     "text-cl": ("moram_ref.experiments.textcl.run",
                 "a real pretrained encoder (MiniLM) on the O-LoRA text tasks, every method × seeds"),
+    "text-cl-merge": ("moram_ref.experiments.textcl.merge",
+                      "one text-cl run from parts that trained disjoint --methods (each in its own --out)"),
     "text-cl-routing": ("moram_ref.experiments.textcl.routing",
                         "where MoRAM's weight goes in a finished text-cl run, task by task (from its checkpoints)"),
     "clip": ("moram_ref.experiments.clip.run",

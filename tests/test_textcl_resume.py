@@ -203,3 +203,14 @@ def test_an_interrupt_while_the_figures_are_drawn_leaves_the_earlier_outputs(uni
     assert "interrupted" in capsys.readouterr().err
     assert {n: (out / n).read_bytes() for n in before} == before  # not the resumed run's (its wall time differs)
     assert not list(out.glob("*.png")) and not list(out.glob(".staging-*"))
+
+
+def test_each_method_and_seed_is_independent_of_the_others_in_the_run(uninterrupted, tmp_path):
+    """A (method, seed) pair trains the same with or without the other methods in the run: its generators
+    start from the seed alone. What makes splitting a run's methods across processes exact (text-cl-merge)."""
+    data, whole = uninterrupted
+    out = tmp_path / "alone"
+    argv = _args(data, out)
+    i = argv.index("--methods")
+    assert main(argv[:i + 1] + ["moram"] + argv[i + 1 + len(METHODS):]) == 0
+    assert _results(out)["moram"] == whole["moram"]

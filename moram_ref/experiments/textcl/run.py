@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
-RUNTIME_ONLY = ("out", "no_plots", "resume", "command")  # flags that do not shape the results
+RUNTIME_ONLY = ("out", "no_plots", "resume", "command", "merged_from")  # flags that do not shape the results
 
 
 def settings_of(args: argparse.Namespace) -> dict:
@@ -203,6 +203,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     results["method_seconds"] = float(sum(r["seconds"] for rs in runs.values() for r in rs))  # restored tasks too
     results["resumed"] = {f"{m}_seed{i}": r["resumed_after"] for m, rs in runs.items() for i, r in enumerate(rs)
                           if r["resumed_after"]}
+    if getattr(args, "merged_from", None):  # text-cl-merge: the parts whose records were restored
+        results["merged_from"] = [Path(p).name for p in args.merged_from]
     table = format_table(results)
     with rundir.staging(out) as stage:  # results, table and figures replace the earlier ones together
         rundir.write_json(stage / "results.json", results)

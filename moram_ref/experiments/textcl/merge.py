@@ -1,0 +1,138 @@
+"""``moram-ref text-cl-merge``: one text-cl run assembled from parts that trained disjoint methods.
+
+Every (method, seed) pair of a text-cl run is independent of the others: its batch generator and its
+fresh atoms start from the seed alone, and the frozen encoder's cached blocks are the same for all
+(``tests/test_textcl_resume.py::test_each_method_and_seed_is_independent_of_the_others_in_the_run``). So
+a run's methods can be split across processes or machines — the same command with ``--methods`` subsets
+and one ``--out`` each — and the parts merged afterwards into the run that trains them all::
+
+    moram-ref text-cl … --methods seq_lora moe_lora olora --out runs/part-a   # one process
+    moram-ref text-cl … --methods zero_shot dense_moram moram --out runs/part-b  # another
+    moram-ref text-cl-merge --out runs/whole runs/part-a runs/part-b
+
+The merge checks the parts (text-cl runs whose settings agree except ``--methods``, the methods disjoint,
+none in use), copies their per-task records (``state/``, :mod:`.state`) into ``--out``, records there the
+settings with every part's methods, and then runs ``text-cl --resume`` on ``--out``: every record is
+validated against the task data, finished pairs are restored, unfinished ones continue from their last
+finished task (and pairs no part started are trained), and ``results.json``, ``table.md`` and the figures
+are written as by one uninterrupted run. A part may be unfinished or still to be resumed; its records are
+copied as they are. If the assembly is interrupted, ``text-cl --resume`` on ``--out`` (the command is
+printed) finishes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from moram_ref.experiments import cliargs, rundir
+
+DEFAULT_OUT = Path("runs/text-cl")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("parts", nargs="+", type=cliargs.existing_dir, metavar="PART",
+                   help="text-cl run folders with the same settings except --methods (disjoint)")
+    p.add_argument("--out", type=cliargs.out_dir, required=True,
+                   help="the merged run folder: new, empty, or an earlier merge of the same parts' settings")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def plan(parts: list[Path], out: Path) -> dict:
+    """Every check before any work; returns ``{"settings", "info", "owner"}``: the merged settings (methods
+    in the canonical order), the first part's ``info`` and which part holds each method.
+
+    Each part is checked as ``text-cl --resume`` would check it (its settings, the task data, every record:
+    damaged, foreign or stale records are named; a part in use is refused). Raises
+    :class:`~moram_ref.experiments.cliargs.UsageError` naming the part: settings that differ from the
+    first part's (flag, both values), a method in two parts, a part given twice, or an ``--out`` that holds
+    another run or is one of the parts.
+    """
+    from moram_ref.experiments.textcl import METHODS  # noqa: PLC0415
+    from moram_ref.experiments.textcl import run as textcl  # noqa: PLC0415
+
+    resolved = [p.resolve() for p in parts]
+    for part, where in zip(parts, resolved):
+        if resolved.count(where) > 1:
+            raise cliargs.UsageError(f"PART: {part} is given twice")
+    if out.resolve() in resolved:
+        raise cliargs.UsageError(f"--out: {out} is one of the parts; merge into a new folder")
+    records = []
+    for part in parts:
+        if not (part / rundir.CONFIG).is_file():
+            raise cliargs.UsageError(f"PART: {part} does not hold a `moram-ref text-cl` run (no {rundir.CONFIG})")
+        record = cliargs.read_json(part / rundir.CONFIG, "PART")
+        if not isinstance(record, dict) or record.get("command") != "text-cl" \
+                or not isinstance(record.get("settings"), dict):
+            raise cliargs.UsageError(f"PART: {part} does not hold a `moram-ref text-cl` run")
+        try:
+            textcl.validate(_parse(argv_of(record["settings"], part, no_plots=True)))
+        except cliargs.UsageError as exc:
+            raise cliargs.UsageError(f"PART {part}: {exc}") from None
+        records.append(record)
+    first = records[0]["settings"]
+    owner: dict[str, Path] = {}
+    for part, record in zip(parts, records):
+        settings = record["settings"]
+        diff = rundir.differences({k: v for k, v in first.items() if k != "methods"},
+                                  {k: v for k, v in settings.items() if k != "methods"})
+        if diff:
+            raise cliargs.UsageError(f"PART: {part} has other settings than {parts[0]} (flag: {parts[0].name}, "
+                                     f"{part.name}): " + "; ".join(d.replace("recorded ", "").replace("now ", "")
+                                                                   for d in diff))
+        for method in settings["methods"]:
+            if method in owner:
+                raise cliargs.UsageError(f"PART: method {method} is in both {owner[method]} and {part}; "
+                                         "each method must come from one part")
+            owner[method] = part
+    merged = {**first, "methods": [m for m in METHODS if m in owner]}
+    rundir.check(out, "text-cl", merged)  # empty, new, or an earlier merge with these settings
+    return {"settings": merged, "info": records[0].get("info", {}), "owner": owner}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    from moram_ref.cli import build_parser  # noqa: PLC0415
+
+    return build_parser("text-cl").parse_args(argv)
+
+
+def argv_of(settings: dict, out: Path, no_plots: bool) -> list[str]:
+    """The ``text-cl --resume`` command line whose recorded settings are ``settings``."""
+    argv = ["text-cl", "--out", str(out), "--resume"] + (["--no-plots"] if no_plots else [])
+    for key, value in settings.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    from moram_ref.experiments.textcl import run as textcl  # noqa: PLC0415
+    from moram_ref.experiments.textcl import state  # noqa: PLC0415
+
+    merged = plan(args.parts, args.out)
+    settings, owner = merged["settings"], merged["owner"]
+    argv = argv_of(settings, args.out, args.no_plots)
+    resume = _parse(argv)
+    if textcl.settings_of(resume) != settings:  # the command line must record exactly the merged settings
+        raise cliargs.UsageError(f"PART: the settings of {args.parts[0]} cannot be given as text-cl flags "
+                                 f"({'; '.join(rundir.differences(settings, textcl.settings_of(resume)))})")
+    with rundir.open_run(args.out, "text-cl", settings, info=merged["info"]):
+        with rundir.staging(args.out) as stage:
+            copied = []
+            for method, part in owner.items():
+                for seed in range(settings["seeds"]):
+                    source = state.folder(part, method, seed)
+                    if (source / state.PROGRESS).is_file():
+                        shutil.copytree(source, state.folder(stage, method, seed))
+                        copied.append(f"{method} seed {seed} from {part}")
+            with rundir.uninterrupted():  # the records replace an earlier merge's together
+                shutil.rmtree(args.out / "state", ignore_errors=True)
+                if (stage / "state").is_dir():
+                    (stage / "state").replace(args.out / "state")
+    log(f"copied {len(copied)} record(s) into {args.out / 'state'}" + (": " + "; ".join(copied) if copied else ""))
+    log("assembling: moram-ref " + " ".join(argv))
+    resume.merged_from = [str(p) for p in args.parts]
+    return textcl.run(resume, log=log)

