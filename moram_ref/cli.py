@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from moram_ref.experiments import rundir
 from moram_ref.experiments.cliargs import Parser, UsageError
 
 # name → (module with add_arguments and run [or module:function to run], one-line description)
@@ -48,16 +49,45 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends a command like Ctrl-C: its cleanup runs, one line, exit 130
+def _stop(signum, frame):
+    """SIGINT, SIGTERM and SIGHUP end a command like Ctrl-C: its cleanup runs, one line, exit status 130."""
+    rundir.request_stop()
+    raise KeyboardInterrupt
+
+
+def _stop_handlers() -> dict:
+    """Install :func:`_stop` for the stop signals whose handler is still the default (an ignored one, as
+    under ``nohup``, stays ignored); returns the handlers replaced."""
+    default = {signal.SIGINT: signal.default_int_handler}
+    replaced = {}
+    for sig in rundir.STOP_SIGNALS:
+        if signal.getsignal(sig) is default.get(sig, signal.SIG_DFL):
+            replaced[sig] = signal.signal(sig, _stop)
+    return replaced
+
+
+def _quiet_swallowed_interrupts(unraisable) -> None:
+    """An interrupt raised inside a callback Python cannot propagate from (garbage collection, fork) is
+    noted by :func:`_stop` and ends the command at its next check; no traceback for it."""
+    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and rundir.stop_requested()):
+        sys.__unraisablehook__(unraisable)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; returns its exit status (0, 1 file system error, 2 usage error, 130 interrupted)."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        rundir.clear_stop()  # the next command in this process (a test, a notebook) starts afresh
+
+
+def _main(argv: list[str]) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     name = f"moram-ref {command}" if command else "moram-ref"
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    rundir.clear_stop()
+    replaced = _stop_handlers() if main_thread else {}
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_swallowed_interrupts
     try:
         args = build_parser(command).parse_args(argv)  # may import torch: interruptible too
         name = f"moram-ref {args.command}"
@@ -69,15 +99,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a damaged or missing file of the run folder, found while resuming: one line
+    except Exception as exc:
+        if rundir.stop_requested():  # the interrupt surfaced as another error (e.g. an import it broke)
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
-        if checkpoint is None or not isinstance(exc, checkpoint.CheckpointError):
-            raise
-        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
+            print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
+            return 2
+        if isinstance(exc, OSError):  # the file system refused (permissions, a full disk): one line
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        sys.unraisablehook = hook
+        for sig, handler in replaced.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) else 0
 
 

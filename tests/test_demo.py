@@ -54,3 +54,62 @@ def test_an_interrupted_demo_leaves_no_figures_without_results(tmp_path, capsys,
         left = sorted(p.name for p in out.iterdir() if p.name != rundir.LOCK)
         assert left == ["config.json"]  # no staging folder, no figure of the recall stream
         (out / ".staging-left-by-a-kill").mkdir()
+
+
+@pytest.mark.cpu_only
+def test_an_interrupt_python_swallows_still_stops_the_demo(tmp_path, capsys, monkeypatch):
+    """Ctrl-C landing in a garbage-collection callback: Python only reports it ("Exception ignored"); the
+    command must still stop before publishing, with one line and exit 130."""
+    import signal
+    import weakref
+
+    from moram_ref.experiments.toy import recall
+
+    real = recall.run_method
+
+    def run_method(*args, **kwargs):
+        class Thing:
+            pass
+
+        thing = Thing()
+        keep = weakref.ref(thing, lambda ref: signal.raise_signal(signal.SIGINT))  # noqa: F841
+        del thing  # the callback runs here; its KeyboardInterrupt cannot propagate
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recall, "run_method", run_method)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "5", "--seeds", "1", "--streams", "recall"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "moram-ref demo: interrupted\n", captured.err
+    assert "wrote" not in captured.out
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["config.json"]
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("error, words, code", [
+    (PermissionError(1, "Operation not permitted", "results.json"), "Operation not permitted", 1),
+])
+def test_a_refusing_file_system_is_one_line(tmp_path, capsys, monkeypatch, error, words, code):
+    from moram_ref.experiments import rundir
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(rundir, "publish", refuse)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "5", "--seeds", "1", "--streams", "recall"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("moram-ref demo: error:") and words in err, err
+
+
+@pytest.mark.cpu_only
+def test_sighup_stops_a_command_like_ctrl_c(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from moram_ref.experiments.toy import recall
+
+    def hung_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGHUP)
+
+    monkeypatch.setattr(recall, "run_method", hung_up)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "5", "--seeds", "1", "--streams", "recall"]) == 130
+    assert capsys.readouterr().err == "moram-ref demo: interrupted\n"

@@ -45,3 +45,17 @@ def test_loss_is_read_only_when_asked():
 def test_printer_rejects_a_bad_interval(every):
     with pytest.raises(ValueError, match="every"):
         printer(every)
+
+
+def test_printer_stops_a_run_at_the_next_step_after_a_swallowed_interrupt():
+    from moram_ref.experiments import rundir
+
+    report = printer(100, lambda line: None)
+    first, second = steps()[:2]
+    report(first)
+    rundir.request_stop()  # what the CLI's handler notes before its KeyboardInterrupt, which Python lost
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            report(second)
+    finally:
+        rundir.clear_stop()

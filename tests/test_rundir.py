@@ -266,7 +266,8 @@ _HELD = textwrap.dedent("""
 @pytest.mark.parametrize("name, out, code", [
     ("SIGINT", "block finished\ninterrupted after the block\nwent on\n", 0),
     ("SIGTERM", "block finished\n", -15),  # the default action, once the block is done
-], ids=["SIGINT", "SIGTERM"])
+    ("SIGHUP", "block finished\n", -1),  # a closed terminal: the default action too, once the block is done
+], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_uninterrupted_holds_a_process_directed_signal_until_the_block_ends(name, out, code):
     done = subprocess.run([sys.executable, "-c", _HELD, name], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -280,3 +281,47 @@ def test_uninterrupted_restores_the_handlers_and_raises_nothing_when_nothing_cam
     with rundir.uninterrupted():
         assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def _staged(tmp_path):
+    out, stage = tmp_path / "out", tmp_path / "out" / ".staging-x"
+    stage.mkdir(parents=True)
+    for name in ("results.json", "a.png"):
+        (out / name).write_text(f"old {name}")
+        (stage / name).write_text(f"new {name}")
+    (out / "b.png").write_text("old b.png, not redrawn")
+    return out, stage
+
+
+def test_publish_replaces_together_and_removes_stale_figures(tmp_path):
+    out, stage = _staged(tmp_path)
+    assert rundir.publish(stage, out, stale=("*.png",)) == ["a.png", "results.json"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.png", "results.json"]
+    assert (out / "a.png").read_text() == "new a.png" and (out / "results.json").read_text() == "new results.json"
+
+
+def test_publish_undoes_every_step_when_the_file_system_refuses(tmp_path, monkeypatch):
+    out, stage = _staged(tmp_path)
+    real = os.replace
+
+    def refusing(src, dst):
+        if Path(dst) == out / "results.json" and Path(src).parent == stage:  # the last new file: refused
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refusing)
+    with pytest.raises(PermissionError):
+        rundir.publish(stage, out, stale=("*.png",))
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == {
+        "results.json": "old results.json", "a.png": "old a.png", "b.png": "old b.png, not redrawn"}
+
+
+def test_publish_refuses_after_a_swallowed_interrupt(tmp_path):
+    out, stage = _staged(tmp_path)
+    rundir.request_stop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rundir.publish(stage, out)
+    finally:
+        rundir.clear_stop()
+    assert (out / "results.json").read_text() == "old results.json"

@@ -214,3 +214,23 @@ def test_each_method_and_seed_is_independent_of_the_others_in_the_run(uninterrup
     i = argv.index("--methods")
     assert main(argv[:i + 1] + ["moram"] + argv[i + 1 + len(METHODS):]) == 0
     assert _results(out)["moram"] == whole["moram"]
+
+
+def test_an_interrupted_fresh_rerun_leaves_no_results_of_the_earlier_run(uninterrupted, tmp_path, monkeypatch,
+                                                                         capsys):
+    """A re-run without --resume starts from scratch: the earlier run's results, matrices, state and routing
+    outputs go at once, so an interrupt cannot leave results.json beside another run's (partial) state."""
+    data, out = _finished_copy(uninterrupted, tmp_path)
+    (out / "routing_summary.json").write_text("{}")  # as text-cl-routing leaves it
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_step", interrupted)
+    capsys.readouterr()
+    assert main(_args(data, out)) == 130
+    printed = capsys.readouterr().out
+    assert "removed the earlier run's" in printed and "results.json" in printed
+    left = sorted(p.name for p in out.iterdir() if p.name != ".lock")
+    assert "results.json" not in left and "routing_summary.json" not in left and "table.md" not in left, left
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["zero_shot_seed0"]  # the new run's first pair

@@ -90,24 +90,45 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps(obj))
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_stop_requested = threading.Event()
+
+
+def request_stop() -> None:
+    """Note that a stop signal arrived (the CLI's handler calls it before raising ``KeyboardInterrupt``), so
+    that an interrupt Python swallows — one raised inside a garbage-collection or fork callback is only
+    reported as "Exception ignored" — still stops the command: :func:`publish` refuses, and the CLI ends
+    with "interrupted", exit status 130."""
+    _stop_requested.set()
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal arrived since :func:`clear_stop`."""
+    return _stop_requested.is_set()
+
+
+def clear_stop() -> None:
+    _stop_requested.clear()
+
+
 @contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them: for the few renames that replace a
-    command's outputs together, so an interrupt leaves either all old or all new files.
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver them: for the few renames that
+    replace a command's outputs together, so an interrupt leaves either all old or all new files.
 
     The signals are held at the Python level (a handler that only records them), not with a thread's
     signal mask: the kernel hands a process-directed signal (Ctrl-C, ``kill``) to any thread that does not
     block it (a BLAS or torch worker), and Python would then run the real handler in the main thread in
     the middle of the block. A recorded signal is raised again once the previous handlers are back, so it
-    acts exactly as it would have (``KeyboardInterrupt``, the SIGTERM handler, or the default action).
-    Outside the main thread, where Python never runs signal handlers, this is a plain block.
+    acts exactly as it would have (``KeyboardInterrupt``, the CLI's handler, the default action, or
+    nothing if it was ignored). Outside the main thread, where Python never runs signal handlers, this is
+    a plain block.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in held}
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -133,14 +154,54 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def publish(stage: Path, out: str | os.PathLike) -> list[str]:
-    """Move every file of ``stage`` into ``out`` (replacing files of the same name), all of them under
-    :func:`uninterrupted`; returns the names moved, sorted."""
-    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) -> list[str]:
+    """Move every file of ``stage`` into ``out``, replacing files of the same name, and remove the files of
+    ``out`` that match a ``stale`` glob pattern but were not staged (figures a run with ``--no-plots`` does
+    not redraw); returns the names moved, sorted.
+
+    All or nothing: everything happens under :func:`uninterrupted`, JSON files last; on an ``OSError`` (a
+    read-only folder, a full disk) every step taken is undone, best effort, and the error is raised.
+    Raises ``KeyboardInterrupt`` without touching ``out`` if a stop was requested (:func:`request_stop`)
+    but swallowed on its way. Only a kill (SIGKILL, power) inside the renames can leave a mix.
+    """
+    if stop_requested():
+        raise KeyboardInterrupt
+    out = Path(out)
+    names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: (n.endswith(".json"), n))
+    gone = sorted({p for pattern in stale for p in out.glob(pattern) if p.is_file() and p.name not in names})
+    aside = Path(tempfile.mkdtemp(prefix=".previous-", dir=stage))
+    steps: list[tuple[Path, Path]] = []  # (from, to) of every rename done, to undo in reverse
     with uninterrupted():
-        for name in names:
-            os.replace(stage / name, Path(out) / name)
+        try:
+            for path in [out / n for n in names] + gone:
+                if path.exists():
+                    os.replace(path, aside / path.name)
+                    steps.append((path, aside / path.name))
+                if path.name in names and path.parent == out:
+                    os.replace(stage / path.name, path)
+                    steps.append((stage / path.name, path))
+        except OSError:
+            for source, target in reversed(steps):
+                try:
+                    os.replace(target, source)
+                except OSError:
+                    pass
+            raise
     return names
+
+
+def remove(out: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
+    """Remove what matches the glob ``patterns`` in ``out`` (files and folders), together, under
+    :func:`uninterrupted`: a fresh re-run clears the earlier run's outputs and state at once, so an
+    interrupt cannot leave results beside the state of another run. Returns the names removed, sorted."""
+    found = sorted({p for pattern in patterns for p in Path(out).glob(pattern)})
+    with uninterrupted():
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return [p.name for p in found]
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:

@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
                                 stage / "accuracy.png", f"{args.benchmark.upper()} accuracy matrices")
         _probe_figures(args, config, keys, stage)
-        rundir.publish(stage, args.out)
+        rundir.publish(stage, args.out, stale=("accuracy.png", "activation_*.png", "atoms_for_99_mass_*.png"))
     return summary
 
 

@@ -128,8 +128,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
                     if (source / state.PROGRESS).is_file():
                         shutil.copytree(source, state.folder(stage, method, seed))
                         copied.append(f"{method} seed {seed} from {part}")
-            with rundir.uninterrupted():  # the records replace an earlier merge's together
-                shutil.rmtree(args.out / "state", ignore_errors=True)
+            with rundir.uninterrupted():  # the records replace an earlier merge's run together
+                rundir.remove(args.out, textcl.EARLIER_RUN)
                 if (stage / "state").is_dir():
                     (stage / "state").replace(args.out / "state")
     log(f"copied {len(copied)} record(s) into {args.out / 'state'}" + (": " + "; ".join(copied) if copied else ""))

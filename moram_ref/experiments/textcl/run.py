@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -59,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
+FIGURES = ("accuracy_*.png", "activation_*.png", "atoms_for_99_mass.png")  # what _figures draws
+EARLIER_RUN = ("state", "matrices", "results.json", "table.md", *FIGURES,  # and text-cl-routing's outputs:
+               "routing.json", "routing_summary.json", "routing_share_*.png")  # they came from that state
 RUNTIME_ONLY = ("out", "no_plots", "resume", "command", "merged_from")  # flags that do not shape the results
 
 
@@ -145,8 +147,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
     with rundir.open_run(args.out, "text-cl", settings_of(args), resume=args.resume, info=info):
-        if not args.resume:  # a re-run with the same settings starts from scratch
-            shutil.rmtree(args.out / "state", ignore_errors=True)
+        if not args.resume:  # a re-run with the same settings starts from scratch: the earlier run goes
+            removed = rundir.remove(args.out, EARLIER_RUN)
+            if removed:
+                log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
         return _run(args, tasks, config, log)
 
 
@@ -211,7 +215,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
         rundir.write_text(stage / "table.md", table)
         if not args.no_plots:
             _figures(runs, results, tasks, config, stage)
-        rundir.publish(stage, out)
+        rundir.publish(stage, out, stale=FIGURES)
     log("\n" + table)
     log(f"wrote {out}/results.json, table.md, matrices/, config.json" + ("" if args.no_plots else ", *.png")
         + f" — {results['wall_seconds'] / 60:.1f} min in all")

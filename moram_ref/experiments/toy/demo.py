@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], Non
     with rundir.staging(args.out) as stage:
         results = _streams(args, config, stage, log)
         rundir.write_json(stage / "results.json", results)
-        rundir.publish(stage, args.out)
+        rundir.publish(stage, args.out, stale=("*_accuracy.png", "*_activation_map.png"))
     log(f"\nwrote {args.out / 'results.json'}" + ("" if args.no_plots else " and figures (*.png)"))
     return results
 
