@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments.toy.ablation_tables import ci_cell, paired_difference
+from moram_ref.experiments.toy.ablation_tables import paired_difference
 from moram_ref.experiments.toy.demo import format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA",
