@@ -325,3 +325,43 @@ def test_publish_refuses_after_a_swallowed_interrupt(tmp_path):
     finally:
         rundir.clear_stop()
     assert (out / "results.json").read_text() == "old results.json"
+
+
+def test_an_interrupt_right_after_the_staging_folder_is_made_leaves_none(tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    real = tempfile.mkdtemp
+
+    def made_then_interrupted(*args, **kwargs):
+        made = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with rundir.staging(tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_is_all_or_nothing_when_the_file_system_refuses(tmp_path, monkeypatch):
+    for name in ("results.json", "table.md"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "state" / "moram_seed0").mkdir(parents=True)
+    (tmp_path / "state" / "moram_seed0" / "progress.json").write_text("{}")
+    real = os.replace
+
+    def refusing(src, dst):
+        if Path(src).name == "table.md":
+            raise PermissionError(1, "Operation not permitted", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refusing)
+    before = _snapshot(tmp_path)
+    with pytest.raises(PermissionError):
+        rundir.remove(tmp_path, ("state", "results.json", "table.md"))
+    assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".removing-*"))
+    monkeypatch.setattr(os, "replace", real)
+    assert rundir.remove(tmp_path, ("state", "results.json", "table.md")) == ["results.json", "state", "table.md"]
+    assert list(tmp_path.iterdir()) == []

@@ -113,3 +113,25 @@ def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, ca
     assert all(w in err for w in words), err
     assert (sorted(p.name for p in out.rglob("*")) if out.exists() else None) == before
     assert {p: sorted(x.name for x in p.rglob("*")) for p in given} == snapshots
+
+
+def test_the_known_settings_are_those_text_cl_records(tmp_path):
+    from moram_ref.cli import build_parser
+    from moram_ref.experiments.textcl import merge, run
+
+    args = build_parser("text-cl").parse_args(["text-cl", "--data-root", str(tmp_path)])
+    assert set(run.settings_of(args)) == merge.KNOWN
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"foo": 1}, ["records settings text-cl does not have: foo"]),
+    ({"steps": True}, ["records a setting text-cl refuses", "--steps"]),
+])
+def test_a_part_with_a_bad_config_is_named(parts, tmp_path, capsys, edit, words):
+    _, a, b = parts
+    bad = _edited_copy(b, tmp_path / "b-bad", **edit)
+    capsys.readouterr()
+    assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(bad), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad / "config.json") in err and all(w in err for w in words), err
+    assert not (tmp_path / "m").exists()

@@ -111,6 +111,13 @@ def clear_stop() -> None:
     _stop_requested.clear()
 
 
+def check_stop() -> None:
+    """Raise ``KeyboardInterrupt`` if a stop was noted (:func:`request_stop`): called before every step
+    that changes a run folder and between the long phases of a command."""
+    if _stop_requested.is_set():
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def uninterrupted() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver them: for the few renames that
@@ -145,13 +152,17 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
     published together never leave a folder with some new files beside old or missing ones (figures
     without their ``results.json``). Call it only while holding ``out``'s lock (:func:`open_run`): staging
     folders that a killed run left behind are removed first."""
+    check_stop()
     for left in Path(out).glob(".staging-*"):
         shutil.rmtree(left, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    stage = None
     try:
+        with uninterrupted():  # an interrupt right after the folder is made is delivered inside the try
+            stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) -> list[str]:
@@ -164,8 +175,7 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
     Raises ``KeyboardInterrupt`` without touching ``out`` if a stop was requested (:func:`request_stop`)
     but swallowed on its way. Only a kill (SIGKILL, power) inside the renames can leave a mix.
     """
-    if stop_requested():
-        raise KeyboardInterrupt
+    check_stop()
     out = Path(out)
     names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: (n.endswith(".json"), n))
     gone = sorted({p for pattern in stale for p in out.glob(pattern) if p.is_file() and p.name not in names})
@@ -191,16 +201,35 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
 
 
 def remove(out: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
-    """Remove what matches the glob ``patterns`` in ``out`` (files and folders), together, under
-    :func:`uninterrupted`: a fresh re-run clears the earlier run's outputs and state at once, so an
-    interrupt cannot leave results beside the state of another run. Returns the names removed, sorted."""
-    found = sorted({p for pattern in patterns for p in Path(out).glob(pattern)})
+    """Remove what matches the glob ``patterns`` in ``out`` (files and folders), all or nothing: a fresh
+    re-run clears the earlier run's outputs and state at once, so neither an interrupt (held, under
+    :func:`uninterrupted`) nor a file-system refusal (every move undone, then the ``OSError`` raised) can
+    leave results beside the state of another run. Everything is first moved into a hidden
+    ``.removing-*`` folder of ``out``, then deleted (what cannot be deleted stays there, out of the way,
+    and goes with the next removal). Returns the names removed, sorted."""
+    check_stop()
+    out = Path(out)
+    found = sorted({p for pattern in patterns for p in out.glob(pattern)})
+    if not found:
+        return []
+    for left in out.glob(".removing-*"):
+        shutil.rmtree(left, ignore_errors=True)
     with uninterrupted():
-        for path in found:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=out))
+        moved: list[Path] = []
+        try:
+            for path in found:
+                os.replace(path, trash / path.name)
+                moved.append(path)
+        except OSError:
+            for path in reversed(moved):
+                try:
+                    os.replace(trash / path.name, path)
+                except OSError:
+                    pass
+            shutil.rmtree(trash, ignore_errors=True)
+            raise
+    shutil.rmtree(trash, ignore_errors=True)
     return [p.name for p in found]
 
 
@@ -322,6 +351,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     if not primary:
         yield RunFolder(out, None)
         return
+    check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
     out.mkdir(parents=True, exist_ok=True)
     if (out / LOCK).exists() and not (out / LOCK).is_file():

@@ -3,7 +3,8 @@
 Every (method, seed) pair of a text-cl run is independent of the others: its batch generator and its
 fresh atoms start from the seed alone, and the frozen encoder's cached blocks are the same for all
 (``tests/test_textcl_resume.py::test_each_method_and_seed_is_independent_of_the_others_in_the_run``). So
-a run's methods can be split across processes or machines — the same command with ``--methods`` subsets
+a run's methods can be split across processes (or machines that see the data at the same path; the
+``--data-root`` is a recorded setting) — the same command with ``--methods`` subsets
 and one ``--out`` each — and the parts merged afterwards into the run that trains them all::
 
     moram-ref text-cl … --methods seq_lora moe_lora olora --out runs/part-a   # one process
@@ -23,12 +24,16 @@ printed) finishes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
 from moram_ref.experiments import cliargs, rundir
 
-DEFAULT_OUT = Path("runs/text-cl")
+KNOWN = {"data_root", "sequence", "tasks", "seeds", "methods", "steps", "batch", "lr", "adapt_layers", "placement",
+         "max_length", "atoms_per_task", "top_k", "temperature", "threshold", "max_train", "max_test", "eval_split",
+         "model_path"}  # the settings a text-cl config.json records (run.settings_of); tested against the parser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,8 +71,12 @@ def plan(parts: list[Path], out: Path) -> dict:
         if not isinstance(record, dict) or record.get("command") != "text-cl" \
                 or not isinstance(record.get("settings"), dict):
             raise cliargs.UsageError(f"PART: {part} does not hold a `moram-ref text-cl` run")
+        unknown = sorted(set(record["settings"]) - KNOWN)
+        if unknown:
+            raise cliargs.UsageError(f"PART: {part / rundir.CONFIG} records settings text-cl does not have: "
+                                     + ", ".join(map(str, unknown)))
         try:
-            textcl.validate(_parse(argv_of(record["settings"], part, no_plots=True)))
+            textcl.validate(_parse(argv_of(record["settings"], part, no_plots=True), part))
         except cliargs.UsageError as exc:
             raise cliargs.UsageError(f"PART {part}: {exc}") from None
         records.append(record)
@@ -91,10 +100,17 @@ def plan(parts: list[Path], out: Path) -> dict:
     return {"settings": merged, "info": records[0].get("info", {}), "owner": owner}
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+def _parse(argv: list[str], part: Path) -> argparse.Namespace:
+    """``argv`` parsed by text-cl's parser; a value it refuses is a UsageError naming ``part``'s config."""
     from moram_ref.cli import build_parser  # noqa: PLC0415
 
-    return build_parser("text-cl").parse_args(argv)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return build_parser("text-cl").parse_args(argv)
+    except SystemExit:
+        why = said.getvalue().strip().partition("error: ")[2] or said.getvalue().strip()
+        raise cliargs.UsageError(f"PART: {part / rundir.CONFIG} records a setting text-cl refuses: {why}") from None
 
 
 def argv_of(settings: dict, out: Path, no_plots: bool) -> list[str]:
@@ -115,23 +131,30 @@ def run(args: argparse.Namespace, log=print) -> dict:
     merged = plan(args.parts, args.out)
     settings, owner = merged["settings"], merged["owner"]
     argv = argv_of(settings, args.out, args.no_plots)
-    resume = _parse(argv)
+    resume = _parse(argv, args.parts[0])
     if textcl.settings_of(resume) != settings:  # the command line must record exactly the merged settings
         raise cliargs.UsageError(f"PART: the settings of {args.parts[0]} cannot be given as text-cl flags "
                                  f"({'; '.join(rundir.differences(settings, textcl.settings_of(resume)))})")
-    with rundir.open_run(args.out, "text-cl", settings, info=merged["info"]):
-        with rundir.staging(args.out) as stage:
-            copied = []
-            for method, part in owner.items():
-                for seed in range(settings["seeds"]):
-                    source = state.folder(part, method, seed)
-                    if (source / state.PROGRESS).is_file():
-                        shutil.copytree(source, state.folder(stage, method, seed))
-                        copied.append(f"{method} seed {seed} from {part}")
-            with rundir.uninterrupted():  # the records replace an earlier merge's run together
-                rundir.remove(args.out, textcl.EARLIER_RUN)
-                if (stage / "state").is_dir():
-                    (stage / "state").replace(args.out / "state")
+    with contextlib.ExitStack() as held:
+        for part in args.parts:  # no part may change while its records are copied
+            record = cliargs.read_json(part / rundir.CONFIG, "PART")
+            held.enter_context(rundir.open_run(part, "text-cl", record["settings"], resume=True, arg="PART"))
+        held.enter_context(rundir.open_run(args.out, "text-cl", settings, info=merged["info"]))
+        stage = held.enter_context(rundir.staging(args.out))
+        copied = []
+        for method, part in owner.items():
+            for seed in range(settings["seeds"]):
+                source = state.folder(part, method, seed)
+                if (source / state.PROGRESS).is_file():
+                    shutil.copytree(source, state.folder(stage, method, seed))
+                    copied.append(f"{method} seed {seed} from {part}")
+        rundir.check_stop()
+        with rundir.uninterrupted():  # the records replace an earlier merge's run together
+            removed = rundir.remove(args.out, textcl.EARLIER_RUN)
+            if (stage / "state").is_dir():
+                (stage / "state").replace(args.out / "state")
+    if removed:
+        log(f"replaced the earlier run in {args.out}: removed its {', '.join(removed)}")
     log(f"copied {len(copied)} record(s) into {args.out / 'state'}" + (": " + "; ".join(copied) if copied else ""))
     log("assembling: moram-ref " + " ".join(argv))
     resume.merged_from = [str(p) for p in args.parts]

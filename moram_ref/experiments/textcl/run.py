@@ -176,12 +176,14 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
     split_text = "val_text" if args.eval_split == "val" else "test_text"
     enc.precompute([x for t in tasks for x in t.train_text + getattr(t, split_text) + t.prompts])
     log(f"cached {len(enc._cache)} texts in {time.perf_counter() - t0:.0f} s")
+    rundir.check_stop()
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     total = len(args.methods) * args.seeds
     done = 0
     for seed in range(args.seeds):
         for method in args.methods:
             def after_task(i: int, name: str, row, method=method, seed=seed) -> None:
+                rundir.check_stop()  # an interrupt Python swallowed: stop here, not at the end
                 log(f"{method} seed {seed}: after task {i}/{len(tasks)} ({name}), union accuracy "
                     + " ".join(f"{100 * v:.1f}" for v in row))
 

@@ -137,6 +137,7 @@ def _streams(args: argparse.Namespace, config: MoRAMConfig, out: Path, log: Call
             t0 = time.perf_counter()
             cfg = replace(config, temperature=sweep["chosen"]) if method == SWEPT else config
             for seed, stream in zip(seeds, data):
+                rundir.check_stop()  # an interrupt Python swallowed: stop here, not at the end
                 res = module.run_method("moram" if method == SWEPT else method, cfg, settings, stream, seed=seed + 1)
                 res["metrics"] = metrics.summary(res["accuracy"])
                 runs[method].append(res)
