@@ -93,3 +93,18 @@ _hyp_settings.register_profile("ci", derandomize=True, print_blob=True, deadline
 _hyp_settings.register_profile("local", deadline=None)
 _hyp_settings.register_profile("thorough", max_examples=1000, print_blob=True, deadline=None)
 _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "local"))
+
+
+@pytest.fixture
+def terminal_signals():
+    """SIGINT, SIGTERM and SIGHUP as a command started from a terminal has them (Ctrl-C raises
+    KeyboardInterrupt, the others their default action), whatever the suite inherited (a background job
+    ignores SIGINT, nohup ignores SIGHUP); restored afterwards."""
+    import signal
+
+    wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+              signal.SIGHUP: signal.SIG_DFL}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)

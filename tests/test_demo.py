@@ -57,7 +57,7 @@ def test_an_interrupted_demo_leaves_no_figures_without_results(tmp_path, capsys,
 
 
 @pytest.mark.cpu_only
-def test_an_interrupt_python_swallows_still_stops_the_demo(tmp_path, capsys, monkeypatch):
+def test_an_interrupt_python_swallows_still_stops_the_demo(tmp_path, capsys, monkeypatch, terminal_signals):
     """Ctrl-C landing in a garbage-collection callback: Python only reports it ("Exception ignored"); the
     command must still stop before publishing, with one line and exit 130."""
     import signal
@@ -102,7 +102,7 @@ def test_a_refusing_file_system_is_one_line(tmp_path, capsys, monkeypatch, error
 
 
 @pytest.mark.cpu_only
-def test_sighup_stops_a_command_like_ctrl_c(tmp_path, capsys, monkeypatch):
+def test_sighup_stops_a_command_like_ctrl_c(tmp_path, capsys, monkeypatch, terminal_signals):
     import signal
 
     from moram_ref.experiments.toy import recall
@@ -113,3 +113,25 @@ def test_sighup_stops_a_command_like_ctrl_c(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(recall, "run_method", hung_up)
     assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "5", "--seeds", "1", "--streams", "recall"]) == 130
     assert capsys.readouterr().err == "moram-ref demo: interrupted\n"
+
+
+@pytest.mark.cpu_only
+def test_an_ignored_sighup_stays_ignored(tmp_path, capsys, monkeypatch):
+    """Under nohup SIGHUP is ignored: the command must not turn it back on."""
+    import signal
+
+    from moram_ref.experiments.toy import recall
+
+    real = recall.run_method
+
+    def hung_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGHUP)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recall, "run_method", hung_up)
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code = main(["demo", "--out", str(tmp_path / "d"), "--steps", "5", "--seeds", "1", "--streams", "recall"])
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
+    assert code == 0 and (tmp_path / "d" / "results.json").is_file()

@@ -240,6 +240,9 @@ _HELD = textwrap.dedent("""
     import os, signal, sys, threading, time
     from moram_ref.experiments import rundir
 
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, whatever this process inherited
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (nohup ignores SIGHUP, a background job SIGINT)
+
     inside, sent = threading.Event(), threading.Event()
 
     def sender():  # a second thread, alive and not blocking anything, as BLAS and torch workers are
@@ -274,7 +277,7 @@ def test_uninterrupted_holds_a_process_directed_signal_until_the_block_ends(name
     assert (done.stdout, done.returncode) == (out, code), done.stderr
 
 
-def test_uninterrupted_restores_the_handlers_and_raises_nothing_when_nothing_came():
+def test_uninterrupted_restores_the_handlers_and_raises_nothing_when_nothing_came(terminal_signals):
     import signal
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -327,7 +330,7 @@ def test_publish_refuses_after_a_swallowed_interrupt(tmp_path):
     assert (out / "results.json").read_text() == "old results.json"
 
 
-def test_an_interrupt_right_after_the_staging_folder_is_made_leaves_none(tmp_path, monkeypatch):
+def test_an_interrupt_right_after_the_staging_folder_is_made_leaves_none(tmp_path, monkeypatch, terminal_signals):
     import signal
     import tempfile
 

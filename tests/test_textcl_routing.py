@@ -238,7 +238,8 @@ def test_settings_that_do_not_fit_are_refused_before_any_work(probed, tmp_path, 
         assert outputs() == before
 
 
-def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(probed, tmp_path, monkeypatch, capsys):
+def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(probed, tmp_path, monkeypatch, capsys,
+                                                                              terminal_signals):
     import signal
 
     from moram_ref.experiments import rundir
