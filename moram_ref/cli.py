@@ -99,6 +99,16 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if rundir.stop_requested():  # the interrupt broke an import
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        if (exc.name or "moram_ref").partition(".")[0] == "moram_ref":
+            raise  # a module of ours missing: a broken install, worth its traceback
+        print(f"{name}: error: needs the package that provides {exc.name!r}, which this environment lacks; "
+              "`make install-dev` installs every command's dependencies (`make demo` only NumPy and "
+              "matplotlib)", file=sys.stderr)
+        return 2
     except Exception as exc:
         if rundir.stop_requested():  # the interrupt surfaced as another error (e.g. an import it broke)
             print(f"{name}: interrupted", file=sys.stderr)

@@ -312,3 +312,21 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert main(["report", str(tmp_path / "x.json")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "moram-ref report: interrupted"
+
+
+def test_a_command_whose_dependencies_are_not_installed_is_one_line(capsys, monkeypatch):
+    """After `make demo` alone, torch is missing: a torch command says what to install, not a traceback."""
+    import importlib
+
+    real = importlib.import_module
+
+    def without_torch(name, *args, **kwargs):
+        if name == "moram_ref.experiments.textcl.run":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_torch)
+    assert main(["text-cl", "--data-root", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("moram-ref text-cl: error: needs the package that provides 'torch'")
+    assert "make install-dev" in err

@@ -135,3 +135,17 @@ def test_a_part_with_a_bad_config_is_named(parts, tmp_path, capsys, edit, words)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad / "config.json") in err and all(w in err for w in words), err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_part_in_use_is_named_as_the_part(parts, tmp_path, capsys):
+    import fcntl
+
+    _, a, b = parts
+    with open(b / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a text-cl --resume still running in part b
+        capsys.readouterr()
+        assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b), "--no-plots"]) == 2
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    err = capsys.readouterr().err
+    assert err.startswith(f"moram-ref text-cl-merge: error: PART: {b} is in use by another run"), err
+    assert "--out" not in err and not (tmp_path / "m").exists()

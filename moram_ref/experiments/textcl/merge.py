@@ -38,9 +38,11 @@ KNOWN = {"data_root", "sequence", "tasks", "seeds", "methods", "steps", "batch",
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("parts", nargs="+", type=cliargs.existing_dir, metavar="PART",
-                   help="text-cl run folders with the same settings except --methods (disjoint)")
+                   help="one or more text-cl run folders, finished or not, with the same settings except "
+                        "--methods (disjoint); the merged run trains the union of their methods")
     p.add_argument("--out", type=cliargs.out_dir, required=True,
-                   help="the merged run folder: new, empty, or an earlier merge of the same parts' settings")
+                   help="the merged run folder: new, empty, or holding a text-cl run with the merged settings "
+                        "(that run is replaced; what it loses is named)")
     p.add_argument("--no-plots", action="store_true")
 
 
@@ -71,6 +73,7 @@ def plan(parts: list[Path], out: Path) -> dict:
         if not isinstance(record, dict) or record.get("command") != "text-cl" \
                 or not isinstance(record.get("settings"), dict):
             raise cliargs.UsageError(f"PART: {part} does not hold a `moram-ref text-cl` run")
+        rundir.check(part, "text-cl", record["settings"], resume=True, arg="PART")  # in use: named as a part
         unknown = sorted(set(record["settings"]) - KNOWN)
         if unknown:
             raise cliargs.UsageError(f"PART: {part / rundir.CONFIG} records settings text-cl does not have: "
@@ -87,8 +90,8 @@ def plan(parts: list[Path], out: Path) -> dict:
         diff = rundir.differences({k: v for k, v in first.items() if k != "methods"},
                                   {k: v for k, v in settings.items() if k != "methods"})
         if diff:
-            raise cliargs.UsageError(f"PART: {part} has other settings than {parts[0]} (flag: {parts[0].name}, "
-                                     f"{part.name}): " + "; ".join(d.replace("recorded ", "").replace("now ", "")
+            raise cliargs.UsageError(f"PART: {part} has other settings than {parts[0]} (flag: value in "
+                                     f"{parts[0].name}, value in {part.name}): " + "; ".join(d.replace("recorded ", "").replace("now ", "")
                                                                    for d in diff))
         for method in settings["methods"]:
             if method in owner:
