@@ -73,6 +73,11 @@ def _quiet_swallowed_interrupts(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _interrupted(name: str) -> int:
+    print(f"{name}: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 1 file system error, 2 usage error, 130 interrupted)."""
     try:
@@ -97,22 +102,15 @@ def _main(argv: list[str]) -> int:
         print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    except ModuleNotFoundError as exc:
-        if rundir.stop_requested():  # the interrupt broke an import
-            print(f"{name}: interrupted", file=sys.stderr)
-            return 130
-        if (exc.name or "moram_ref").partition(".")[0] == "moram_ref":
-            raise  # a module of ours missing: a broken install, worth its traceback
-        print(f"{name}: error: needs the package that provides {exc.name!r}, which this environment lacks; "
-              "`make install-dev` installs every command's dependencies (`make demo` only NumPy and "
-              "matplotlib)", file=sys.stderr)
-        return 2
+        return _interrupted(name)
     except Exception as exc:
         if rundir.stop_requested():  # the interrupt surfaced as another error (e.g. an import it broke)
-            print(f"{name}: interrupted", file=sys.stderr)
-            return 130
+            return _interrupted(name)
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "moram_ref").partition(".")[0] != "moram_ref":
+            print(f"{name}: error: needs the package that provides {exc.name!r}, which this environment lacks; "
+                  "`make install-dev` installs every command's dependencies (`make demo` only NumPy and "
+                  "matplotlib)", file=sys.stderr)  # a module of ours missing is a broken install: traceback
+            return 2
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
         if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
@@ -126,8 +124,7 @@ def _main(argv: list[str]) -> int:
         for sig, handler in replaced.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(name)
     return status if isinstance(status, int) else 0
 
 

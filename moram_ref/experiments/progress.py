@@ -51,14 +51,13 @@ def printer(every: int, log: Callable[[str], Any] = print) -> Callable[[Step], N
     """A progress callback that logs :meth:`Step.line` every ``every`` steps and at each task's last step.
 
     It also raises ``KeyboardInterrupt`` at the next step once a stop signal was noted
-    (:func:`moram_ref.experiments.rundir.stop_requested`) but Python swallowed its interrupt (one raised
+    (:func:`moram_ref.experiments.rundir.check_stop`) but Python swallowed its interrupt (one raised
     inside a garbage-collection callback): a long run stops within a step, not at its end."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
 
     def report(step: Step) -> None:
-        if rundir.stop_requested():
-            raise KeyboardInterrupt
+        rundir.check_stop()
         if step.step % every == 0 or step.last:
             log(step.line())
 

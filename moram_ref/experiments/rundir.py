@@ -165,6 +165,23 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _renames(moves: list[tuple[Path, Path]]) -> None:
+    """``os.replace`` every ``(source, target)`` in order; on an ``OSError`` undo those done, in reverse
+    and best effort, then raise it. Call it under :func:`uninterrupted`."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for source, target in moves:
+            os.replace(source, target)
+            done.append((source, target))
+    except OSError:
+        for source, target in reversed(done):
+            try:
+                os.replace(target, source)
+            except OSError:
+                pass
+        raise
+
+
 def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) -> list[str]:
     """Move every file of ``stage`` into ``out``, replacing files of the same name, and remove the files of
     ``out`` that match a ``stale`` glob pattern but were not staged (figures a run with ``--no-plots`` does
@@ -179,24 +196,15 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
     out = Path(out)
     names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: (n.endswith(".json"), n))
     gone = sorted({p for pattern in stale for p in out.glob(pattern) if p.is_file() and p.name not in names})
-    aside = Path(tempfile.mkdtemp(prefix=".previous-", dir=stage))
-    steps: list[tuple[Path, Path]] = []  # (from, to) of every rename done, to undo in reverse
+    aside = Path(tempfile.mkdtemp(prefix=".previous-", dir=stage))  # the replaced files, until the stage goes
+    moves: list[tuple[Path, Path]] = []
+    for name in names:
+        if (out / name).exists():
+            moves.append((out / name, aside / name))
+        moves.append((stage / name, out / name))
+    moves += [(path, aside / path.name) for path in gone]
     with uninterrupted():
-        try:
-            for path in [out / n for n in names] + gone:
-                if path.exists():
-                    os.replace(path, aside / path.name)
-                    steps.append((path, aside / path.name))
-                if path.name in names and path.parent == out:
-                    os.replace(stage / path.name, path)
-                    steps.append((stage / path.name, path))
-        except OSError:
-            for source, target in reversed(steps):
-                try:
-                    os.replace(target, source)
-                except OSError:
-                    pass
-            raise
+        _renames(moves)
     return names
 
 
@@ -216,20 +224,10 @@ def remove(out: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
         shutil.rmtree(left, ignore_errors=True)
     with uninterrupted():
         trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=out))
-        moved: list[Path] = []
         try:
-            for path in found:
-                os.replace(path, trash / path.name)
-                moved.append(path)
-        except OSError:
-            for path in reversed(moved):
-                try:
-                    os.replace(trash / path.name, path)
-                except OSError:
-                    pass
-            shutil.rmtree(trash, ignore_errors=True)
-            raise
-    shutil.rmtree(trash, ignore_errors=True)
+            _renames([(path, trash / path.name) for path in found])
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)  # the removed files, or nothing if all was undone
     return [p.name for p in found]
 
 

@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan(parts: list[Path], out: Path) -> dict:
-    """Every check before any work; returns ``{"settings", "info", "owner"}``: the merged settings (methods
-    in the canonical order), the first part's ``info`` and which part holds each method.
+    """Every check before any work; returns ``{"settings", "info", "owner", "parts"}``: the merged settings
+    (methods in the canonical order), the first part's ``info``, which part holds each method, and each
+    part's recorded settings.
 
     Each part is checked as ``text-cl --resume`` would check it (its settings, the task data, every record:
     damaged, foreign or stale records are named; a part in use is refused). Raises
@@ -90,9 +91,9 @@ def plan(parts: list[Path], out: Path) -> dict:
         diff = rundir.differences({k: v for k, v in first.items() if k != "methods"},
                                   {k: v for k, v in settings.items() if k != "methods"})
         if diff:
+            values = "; ".join(d.replace("recorded ", "").replace("now ", "") for d in diff)
             raise cliargs.UsageError(f"PART: {part} has other settings than {parts[0]} (flag: value in "
-                                     f"{parts[0].name}, value in {part.name}): " + "; ".join(d.replace("recorded ", "").replace("now ", "")
-                                                                   for d in diff))
+                                     f"{parts[0].name}, value in {part.name}): {values}")
         for method in settings["methods"]:
             if method in owner:
                 raise cliargs.UsageError(f"PART: method {method} is in both {owner[method]} and {part}; "
@@ -100,7 +101,8 @@ def plan(parts: list[Path], out: Path) -> dict:
             owner[method] = part
     merged = {**first, "methods": [m for m in METHODS if m in owner]}
     rundir.check(out, "text-cl", merged)  # empty, new, or an earlier merge with these settings
-    return {"settings": merged, "info": records[0].get("info", {}), "owner": owner}
+    return {"settings": merged, "info": records[0].get("info", {}), "owner": owner,
+            "parts": {part: record["settings"] for part, record in zip(parts, records)}}
 
 
 def _parse(argv: list[str], part: Path) -> argparse.Namespace:
@@ -139,9 +141,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         raise cliargs.UsageError(f"PART: the settings of {args.parts[0]} cannot be given as text-cl flags "
                                  f"({'; '.join(rundir.differences(settings, textcl.settings_of(resume)))})")
     with contextlib.ExitStack() as held:
-        for part in args.parts:  # no part may change while its records are copied
-            record = cliargs.read_json(part / rundir.CONFIG, "PART")
-            held.enter_context(rundir.open_run(part, "text-cl", record["settings"], resume=True, arg="PART"))
+        for part, recorded in merged["parts"].items():  # no part may change while its records are copied
+            held.enter_context(rundir.open_run(part, "text-cl", recorded, resume=True, arg="PART"))
         held.enter_context(rundir.open_run(args.out, "text-cl", settings, info=merged["info"]))
         stage = held.enter_context(rundir.staging(args.out))
         copied = []
@@ -151,7 +152,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 if (source / state.PROGRESS).is_file():
                     shutil.copytree(source, state.folder(stage, method, seed))
                     copied.append(f"{method} seed {seed} from {part}")
-        rundir.check_stop()
         with rundir.uninterrupted():  # the records replace an earlier merge's run together
             removed = rundir.remove(args.out, textcl.EARLIER_RUN)
             if (stage / "state").is_dir():
