@@ -55,15 +55,29 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def _stop_handlers() -> dict:
+def _stop_handlers(replaced: dict) -> None:
     """Install :func:`_stop` for the stop signals whose handler is still the default (an ignored one, as
-    under ``nohup``, stays ignored); returns the handlers replaced."""
+    under ``nohup``, stays ignored); each handler replaced goes into ``replaced`` as soon as it is, so a
+    signal in the middle still leaves every one to be put back."""
     default = {signal.SIGINT: signal.default_int_handler}
-    replaced = {}
     for sig in rundir.STOP_SIGNALS:
         if signal.getsignal(sig) is default.get(sig, signal.SIG_DFL):
             replaced[sig] = signal.signal(sig, _stop)
-    return replaced
+
+
+def _put_back(replaced: dict) -> None:
+    """Put back every handler :func:`_stop_handlers` replaced; a stop signal that arrives meanwhile (its
+    ``KeyboardInterrupt``) is raised again once all of them are back, never with one left behind."""
+    stopped = False
+    for sig, handler in replaced.items():
+        while True:
+            try:
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+                break
+            except KeyboardInterrupt:
+                stopped = True
+    if stopped:
+        raise KeyboardInterrupt
 
 
 def _quiet_swallowed_interrupts(unraisable) -> None:
@@ -80,8 +94,11 @@ def _interrupted(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 1 file system error, 2 usage error, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(argv)
+    except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
+        return _interrupted(f"moram-ref {argv[0]}" if argv and argv[0] in COMMANDS else "moram-ref")
     finally:
         rundir.clear_stop()  # the next command in this process (a test, a notebook) starts afresh
 
@@ -91,9 +108,12 @@ def _main(argv: list[str]) -> int:
     name = f"moram-ref {command}" if command else "moram-ref"
     main_thread = threading.current_thread() is threading.main_thread()
     rundir.clear_stop()
-    replaced = _stop_handlers() if main_thread else {}
-    hook, sys.unraisablehook = sys.unraisablehook, _quiet_swallowed_interrupts
+    replaced: dict = {}
+    hook = sys.unraisablehook
     try:
+        if main_thread:
+            _stop_handlers(replaced)
+        sys.unraisablehook = _quiet_swallowed_interrupts
         args = build_parser(command).parse_args(argv)  # may import torch: interruptible too
         name = f"moram-ref {args.command}"
         module, _, function = COMMANDS[args.command][0].partition(":")
@@ -121,8 +141,7 @@ def _main(argv: list[str]) -> int:
         raise
     finally:
         sys.unraisablehook = hook
-        for sig, handler in replaced.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        _put_back(replaced)
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
         return _interrupted(name)
     return status if isinstance(status, int) else 0

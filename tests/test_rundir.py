@@ -368,3 +368,40 @@ def test_remove_is_all_or_nothing_when_the_file_system_refuses(tmp_path, monkeyp
     monkeypatch.setattr(os, "replace", real)
     assert rundir.remove(tmp_path, ("state", "results.json", "table.md")) == ["results.json", "state", "table.md"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_while_the_cli_installs_its_handlers_is_one_line_and_puts_them_back(monkeypatch, capsys,
+                                                                                   terminal_signals):
+    """A signal can come between any two lines: while the stop handlers go in (before, a traceback and the
+    process killed by SIGINT) or while they are put back (before, some left installed)."""
+    import signal
+
+    from moram_ref import cli
+
+    before = {sig: signal.getsignal(sig) for sig in rundir.STOP_SIGNALS}
+    installed = cli._stop_handlers
+
+    def interrupted_midway(replaced):
+        installed(replaced)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stop_handlers", interrupted_midway)
+    assert main(["demo", "--help"]) == 130
+    assert capsys.readouterr().err == "moram-ref demo: interrupted\n"
+    assert {sig: signal.getsignal(sig) for sig in rundir.STOP_SIGNALS} == before
+    monkeypatch.setattr(cli, "_stop_handlers", installed)
+
+    real, calls = signal.signal, []
+
+    def signal_then_interrupt(sig, handler):  # the first handler put back lets a pending stop through
+        calls.append(sig)
+        result = real(sig, handler)
+        if len(calls) == len(rundir.STOP_SIGNALS) + 1:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(signal, "signal", signal_then_interrupt)
+    assert main(["demo", "--resume", "--out", "/nonexistent/x"]) == 130  # the usage error, then the stop
+    monkeypatch.setattr(signal, "signal", real)
+    assert {sig: signal.getsignal(sig) for sig in rundir.STOP_SIGNALS} == before
+    assert capsys.readouterr().err.endswith("moram-ref demo: interrupted\n")

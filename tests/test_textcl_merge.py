@@ -81,6 +81,7 @@ def _edited_copy(src: Path, dst: Path, **settings) -> Path:
     ("out-is-part", ["--out:", "is one of the parts"]),
     ("not-a-run", ["does not hold a `moram-ref text-cl` run"]),
     ("damaged", ["PART", "progress.json", "cannot be read"]),
+    ("damaged-checkpoint", ["PART", "b-bad", "moram_seed0", "is damaged: tensor", "sha256"]),
     ("out-holds-another-run", ["--out:"]),
 ])
 def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, case, words):
@@ -101,6 +102,13 @@ def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, ca
     elif case == "damaged":
         bad = shutil.copytree(b, tmp_path / "b-bad")
         (bad / "state" / "moram_seed0" / "progress.json").write_text("{not json")
+        given = [a, bad]
+    elif case == "damaged-checkpoint":  # the part's own file is named (before, only its copy in --out was)
+        bad = shutil.copytree(b, tmp_path / "b-bad")
+        last = max((bad / "state" / "moram_seed0").glob("task*.safetensors"), key=lambda p: int(p.stem[4:]))
+        data = bytearray(last.read_bytes())
+        data[-8:] = bytes(255 - x for x in data[-8:])
+        last.write_bytes(bytes(data))
         given = [a, bad]
     elif case == "out-holds-another-run":
         out = shutil.copytree(a, tmp_path / "other")

@@ -119,6 +119,12 @@ def _finished_copy(uninterrupted, tmp_path) -> tuple[Path, Path]:
     return data, out
 
 
+def _flip_last_bytes(path: Path, n: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    data[-n:] = bytes(255 - b for b in data[-n:])
+    path.write_bytes(bytes(data))
+
+
 def _edit(path: Path, **changes) -> None:
     record = json.loads(path.read_text())
     record.update(changes)
@@ -135,6 +141,7 @@ def _edit(path: Path, **changes) -> None:
     ("seed", ["records method 'seq_lora', seed 0", "not 'seq_lora', seed 1"]),
     ("checkpoint-of-another-seed", ["task3.safetensors", "seed 0", "not 'seq_lora', task 3, seed 1"]),
     ("checkpoint-missing", ["task3.safetensors", "is missing"]),
+    ("checkpoint-damaged", ["task3.safetensors", "is damaged: tensor", "sha256"]),
     ("data", ["the task data under --data-root changed"]),
 ])
 def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):
@@ -159,6 +166,8 @@ def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path,
         shutil.copy(out / "state" / "seq_lora_seed0" / "task3.safetensors", where / "task3.safetensors")
     elif case == "checkpoint-missing":
         (where / "task3.safetensors").unlink()
+    elif case == "checkpoint-damaged":  # the header still reads; only the tensor bytes differ
+        _flip_last_bytes(where / "task3.safetensors")
     else:
         rows = json.loads((data / "amazon" / "test.json").read_text())
         data = tmp_path / "data"

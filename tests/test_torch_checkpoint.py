@@ -136,6 +136,18 @@ def test_damaged_tensor_bytes_with_intact_header_are_refused(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 
+def test_verify_reads_every_tensor_without_a_model(tmp_path):
+    """verify() finds what load() would refuse in the file itself (damaged bytes under a valid header)."""
+    path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)
+    assert C.verify(path)["tasks_done"] == 2
+    data = bytearray(path.read_bytes())
+    data[-16:] = bytes(255 - b for b in data[-16:])  # flip the last tensor's bytes; the header still reads
+    path.write_bytes(bytes(data))
+    C.read_metadata(path)
+    with pytest.raises(C.CheckpointError, match=r"ck\.safetensors is damaged: tensor \S+ does not match its sha256"):
+        C.verify(path)
+
+
 def test_non_finite_banks_are_neither_saved_nor_loaded(tmp_path):
     from safetensors.torch import save_file
 

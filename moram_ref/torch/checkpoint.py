@@ -179,12 +179,7 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
         changed = sorted(n for n in set(layers) & set(meta["layers"]) if layers[n] != meta["layers"][n])
         raise CheckpointError(f"checkpoint was written for another architecture: layers missing from it "
                               f"{missing[:5]}, not in this model {extra[:5]}, different shape/type {changed[:5]}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc})") from exc
-    _verify_tensors(path, tensors, meta["sha256"])
+    tensors = _verified_tensors(path, meta)
     expected = set(adapter_state(model))
     if _required(expected) != _required(set(tensors)):
         raise CheckpointError(f"checkpoint tensors do not match the attached layers: missing "
@@ -201,6 +196,26 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
             _load_layer(layer, originals[name])
         raise CheckpointError(f"checkpoint {path} does not fit layer {current}: {exc}") from exc
     return meta
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every tensor of the checkpoint at ``path`` and check it against its recorded sha256 and for NaN
+    or inf, without a model; returns the metadata (:func:`read_metadata`). Raises :class:`CheckpointError`
+    naming the file (and the tensor) otherwise: what :func:`load` would refuse for the file itself, found
+    before any work (``text-cl --resume`` and ``text-cl-merge`` check each record's last checkpoint so)."""
+    meta = read_metadata(path)
+    _verified_tensors(path, meta)
+    return meta
+
+
+def _verified_tensors(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc})") from exc
+    _verify_tensors(path, tensors, meta["sha256"])
+    return tensors
 
 
 def _verify_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], digests: dict[str, str]) -> None:

@@ -127,7 +127,7 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
         from moram_ref.torch import checkpoint  # noqa: PLC0415
 
         try:
-            meta = checkpoint.read_metadata(ckpt)
+            meta = checkpoint.verify(ckpt)  # every tensor against its sha256: damage is named before any work
         except checkpoint.CheckpointError as exc:
             raise _fail(ckpt, str(exc)) from None
         found = (meta.get("method"), meta.get("tasks_done"), meta.get("extra", {}).get("seed"),
