@@ -249,14 +249,14 @@ def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(p
     shutil.copytree(run, copy)
     (copy / ".routing_summary.json.abc123.tmp").write_text("{")  # left by a probe killed while writing
     old = {n: (copy / n).read_bytes() for n in ("routing.json", "routing_summary.json", "routing_share_moram.png")}
-    real = rundir.uninterrupted
+    real = rundir._renames
 
-    def interrupted_inside():  # SIGINT arrives in the middle of the renames: held until they are done
-        with real():
-            signal.raise_signal(signal.SIGINT)
-            yield
+    def interrupted_inside(moves):  # SIGINT arrives in the middle of the renames: held until they are done
+        real(moves[:1])
+        signal.raise_signal(signal.SIGINT)
+        real(moves[1:])
 
-    monkeypatch.setattr(rundir, "uninterrupted", __import__("contextlib").contextmanager(interrupted_inside))
+    monkeypatch.setattr(rundir, "_renames", interrupted_inside)
     assert main(["text-cl-routing", str(copy), "--per-task", "2"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "moram-ref text-cl-routing: interrupted"
     new = {n: (copy / n).read_bytes() for n in old}

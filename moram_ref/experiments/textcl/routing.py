@@ -126,27 +126,20 @@ def _check_settings(settings, path: Path, sequences: dict) -> None:
 def run(args: argparse.Namespace, log=print) -> dict:
     settings, methods, tasks, data_root = _plan(args)
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
-        for leftover in args.run.glob(".routing*tmp*"):  # from a probe killed while writing
+        for leftover in args.run.glob(".routing*tmp*"):  # from a probe of an earlier version killed while writing
             leftover.unlink()
         result = _probe(args, settings, methods, tasks, log)
-        staged = {} if args.no_plots else _figures(result, args.run)  # {final: temporary}: nothing replaced yet
-        try:
+        with rundir.staging(args.run) as stage:  # written there, then published together: all old or all new
+            if not args.no_plots:
+                _figures(result, stage)
             for name, data in zip(OUTPUTS, (result, brief(result))):
-                staged[args.run / name] = args.run / f".{name}.tmp"
-                staged[args.run / name].write_text(rundir.dumps(data))
-            stale = [p for m in methods if (p := args.run / f"routing_share_{m}.png").is_file()
-                     and p not in staged]  # figures of an earlier probe would not match the JSON beside them
-            with rundir.uninterrupted():  # all outputs replaced together
-                for final, tmp in staged.items():
-                    tmp.replace(final)
-                for path in stale:
-                    path.unlink()
-        finally:
-            for tmp in staged.values():
-                tmp.unlink(missing_ok=True)
+                (stage / name).write_text(rundir.dumps(data))
+            figures = tuple(f"routing_share_{m}.png" for m in methods)
+            stale = [n for n in figures if (args.run / n).is_file() and not (stage / n).is_file()]
+            rundir.publish(stage, args.run, stale=figures)  # figures an earlier probe drew would not match
     drew = not args.no_plots
     log(f"wrote {args.run}/routing.json, routing_summary.json" + (", routing_share_*.png" if drew else "")
-        + (f"; removed the earlier {', '.join(p.name for p in stale)}" if stale else ""))
+        + (f"; removed the earlier {', '.join(stale)}" if stale else ""))
     return result
 
 
@@ -294,26 +287,17 @@ def mean_share(stage: dict[str, dict]) -> np.ndarray:
     return np.mean([np.asarray(d["share"]) for d in stage.values()], axis=0)
 
 
-def _figures(result: dict, out: Path) -> dict[Path, Path]:
-    """``routing_share_<method>.png`` per method (seed 0), drawn to temporary files: {final path: temporary}.
-    Long sequences show the stages after tasks 1, 2, the middle one and the last."""
+def _figures(result: dict, out: Path) -> None:
+    """``routing_share_<method>.png`` per method (seed 0) in ``out``. Long sequences show the stages after
+    tasks 1, 2, the middle one and the last."""
     from moram_ref.experiments.toy.routing import share_heatmaps  # noqa: PLC0415
 
     names = result["run"]["tasks"]
     n = len(names)
     shown = list(range(n)) if n <= 4 else sorted({0, 1, n // 2, n - 1})
-    drawn = {}
-    try:
-        for method, entry in result["methods"].items():
-            stages = entry["layers"][0]
-            shares = {f"after task {t + 1}": mean_share(stages[t]) for t in shown}
-            final = out / f"routing_share_{method}.png"
-            drawn[final] = out / f".{final.name}.tmp.png"
-            share_heatmaps(shares, names, drawn[final],
-                           f"{method}: share of Σw of each task's atoms (rows) on each task's tokens (columns), "
-                           "mean over layers, seed 0")
-    except BaseException:
-        for tmp in drawn.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    return drawn
+    for method, entry in result["methods"].items():
+        stages = entry["layers"][0]
+        shares = {f"after task {t + 1}": mean_share(stages[t]) for t in shown}
+        share_heatmaps(shares, names, out / f"routing_share_{method}.png",
+                       f"{method}: share of Σw of each task's atoms (rows) on each task's tokens (columns), "
+                       "mean over layers, seed 0")
