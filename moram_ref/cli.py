@@ -65,14 +65,15 @@ def _stop_handlers(replaced: dict) -> None:
             replaced[sig] = signal.signal(sig, _stop)
 
 
-def _put_back(replaced: dict) -> None:
-    """Put back every handler :func:`_stop_handlers` replaced; a stop signal that arrives meanwhile (its
-    ``KeyboardInterrupt``) is raised again once all of them are back, never with one left behind."""
+def _put_back(replaced: dict, exiting: bool = False) -> None:
+    """Put back every handler :func:`_stop_handlers` replaced (``exiting``: ignore those signals instead);
+    a stop signal that arrives meanwhile (its ``KeyboardInterrupt``) is raised again once all of them are
+    back, never with one left behind."""
     stopped = False
     for sig, handler in replaced.items():
         while True:
             try:
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+                signal.signal(sig, signal.SIG_IGN if exiting else signal.SIG_DFL if handler is None else handler)
                 break
             except KeyboardInterrupt:
                 stopped = True
@@ -88,22 +89,40 @@ def _quiet_swallowed_interrupts(unraisable) -> None:
 
 
 def _interrupted(name: str) -> int:
-    print(f"{name}: interrupted", file=sys.stderr)
+    done = rundir.published_while_held()  # the stop came while the outputs were being replaced: they were
+    print(f"{name}: interrupted" + (f" (after its outputs in {', '.join(map(str, done))} were all replaced: they "
+                                    "are complete)" if done else ""), file=sys.stderr)
     return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 1 file system error, 2 usage error, 130 interrupted)."""
+    return _run(argv, exiting=False)
+
+
+def entry() -> None:
+    """The ``moram-ref`` console script and ``python -m moram_ref.cli``: :func:`main`, then exit with its status.
+
+    When the command has ended, its outputs are written (or it said "interrupted"), and a stop signal can
+    only do harm: Python then spends a second or more tearing torch and transformers down, after putting
+    every handler set in Python back to the default action, so a late Ctrl-C or SIGTERM would kill the
+    finished process (exit status -2 or -15 instead of its own). The stop signals are therefore ignored
+    from the moment the command ends (SIGQUIT and SIGKILL still end the process).
+    """
+    sys.exit(_run(None, exiting=True))
+
+
+def _run(argv: list[str] | None, exiting: bool) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(argv)
+        return _main(argv, exiting)
     except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
         return _interrupted(f"moram-ref {argv[0]}" if argv and argv[0] in COMMANDS else "moram-ref")
     finally:
         rundir.clear_stop()  # the next command in this process (a test, a notebook) starts afresh
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], exiting: bool) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     name = f"moram-ref {command}" if command else "moram-ref"
     main_thread = threading.current_thread() is threading.main_thread()
@@ -141,11 +160,11 @@ def _main(argv: list[str]) -> int:
         raise
     finally:
         sys.unraisablehook = hook
-        _put_back(replaced)
+        _put_back(replaced, exiting)
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
         return _interrupted(name)
     return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

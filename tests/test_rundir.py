@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -405,3 +406,68 @@ def test_a_stop_while_the_cli_installs_its_handlers_is_one_line_and_puts_them_ba
     monkeypatch.setattr(signal, "signal", real)
     assert {sig: signal.getsignal(sig) for sig in rundir.STOP_SIGNALS} == before
     assert capsys.readouterr().err.endswith("moram-ref demo: interrupted\n")
+
+
+def test_an_interrupt_while_the_staging_folder_is_removed_is_held_until_it_is_gone(tmp_path, monkeypatch,
+                                                                                   terminal_signals):
+    """A breaker's stop during the removal left the stage, with the replaced files in it, behind."""
+    import signal
+
+    real = shutil.rmtree
+
+    def interrupted_while_removing(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        real(path, *args, **kwargs)
+
+    (tmp_path / "results.json").write_text("old")
+    monkeypatch.setattr(shutil, "rmtree", interrupted_while_removing)
+    with pytest.raises(KeyboardInterrupt):
+        with rundir.staging(tmp_path) as stage:
+            (stage / "results.json").write_text("new")
+            rundir.publish(stage, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert (tmp_path / "results.json").read_text() == "new"
+
+
+def test_a_stop_held_through_a_publish_is_reported_with_the_outputs_complete(tmp_path, monkeypatch,
+                                                                             terminal_signals):
+    import signal
+
+    real = rundir._renames
+
+    def interrupted_inside(moves):
+        real(moves[:1])
+        signal.raise_signal(signal.SIGINT)
+        real(moves[1:])
+
+    (tmp_path / "a.png").write_text("old")
+    monkeypatch.setattr(rundir, "_renames", interrupted_inside)
+    rundir.clear_stop()
+    with pytest.raises(KeyboardInterrupt):
+        with rundir.staging(tmp_path) as stage:
+            for name in ("a.png", "results.json"):
+                (stage / name).write_text("new")
+            rundir.publish(stage, tmp_path)
+    assert rundir.published_while_held() == [tmp_path]
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.png": "new", "results.json": "new"}
+    rundir.clear_stop()
+    assert rundir.published_while_held() == []
+
+
+_LATE = textwrap.dedent("""
+    import atexit, os, signal, sys
+    from moram_ref import cli
+    atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))  # a stop while Python shuts down
+    sys.argv = ["moram-ref", "demo", "--help"]
+    cli.entry()
+""")
+
+
+def test_the_console_script_ignores_a_stop_once_the_command_has_ended():
+    """After the command, Python tears torch down for a second or more; a stop then killed the finished
+    process (a breaker saw exit status -2 and -15 on completed runs)."""
+    for signals in ({}, {"SIGTERM": "SIG_IGN"}):  # as from a terminal, and as under nohup-like ignoring
+        prelude = "".join(f"import signal; signal.signal(signal.{k}, signal.{v})\n" for k, v in signals.items())
+        done = subprocess.run([sys.executable, "-c", prelude + _LATE], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0 and "usage: moram-ref demo" in done.stdout, (done.returncode, done.stderr)

@@ -142,6 +142,8 @@ def _edit(path: Path, **changes) -> None:
     ("checkpoint-of-another-seed", ["task3.safetensors", "seed 0", "not 'seq_lora', task 3, seed 1"]),
     ("checkpoint-missing", ["task3.safetensors", "is missing"]),
     ("checkpoint-damaged", ["task3.safetensors", "is damaged: tensor", "sha256"]),
+    ("earlier-checkpoint-damaged", ["task1.safetensors", "is damaged: tensor", "sha256"]),
+    ("checkpoint-a-folder", ["task3.safetensors", "is not a readable file"]),
     ("data", ["the task data under --data-root changed"]),
 ])
 def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):
@@ -168,6 +170,11 @@ def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path,
         (where / "task3.safetensors").unlink()
     elif case == "checkpoint-damaged":  # the header still reads; only the tensor bytes differ
         _flip_last_bytes(where / "task3.safetensors")
+    elif case == "earlier-checkpoint-damaged":  # never loaded by the resume, but a merge would copy it
+        _flip_last_bytes(where / "task1.safetensors")
+    elif case == "checkpoint-a-folder":
+        (where / "task3.safetensors").unlink()
+        (where / "task3.safetensors").mkdir()
     else:
         rows = json.loads((data / "amazon" / "test.json").read_text())
         data = tmp_path / "data"
@@ -182,6 +189,7 @@ def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path,
     captured = capsys.readouterr()
     assert all(w in captured.err for w in words), captured.err
     assert len(captured.err.strip().splitlines()) == 1 and "delete" in captured.err
+    assert captured.err.count(".safetensors") <= 1  # a checkpoint is named once
     assert "step" not in captured.out and "caching" not in captured.out  # found before any work
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
@@ -243,3 +251,21 @@ def test_an_interrupted_fresh_rerun_leaves_no_results_of_the_earlier_run(uninter
     left = sorted(p.name for p in out.iterdir() if p.name != ".lock")
     assert "results.json" not in left and "routing_summary.json" not in left and "table.md" not in left, left
     assert sorted(p.name for p in (out / "state").iterdir()) == ["zero_shot_seed0"]  # the new run's first pair
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_before_any_work(uninterrupted, tmp_path):
+    """state.check compares each checkpoint's recorded MoRAM configuration with the run's (before, a
+    checkpoint written with other --atoms-per-task was refused only when loaded, after earlier pairs ran)."""
+    from moram_ref.config import MoRAMConfig
+    from moram_ref.experiments.textcl import state
+    from moram_ref.torch import checkpoint
+
+    _, out = _finished_copy(uninterrupted, tmp_path)
+    where = out / "state" / "moram_seed0"
+    record = json.loads((where / "progress.json").read_text())
+    written = MoRAMConfig.from_dict(checkpoint.read_metadata(where / "task1.safetensors")["config"])
+    args = (where, "moram", 0, record["tasks"], record["data"])
+    assert state.check(*args, written)["tasks_done"] == record["tasks_done"]
+    other = MoRAMConfig.from_dict({**written.to_dict(), "atoms_per_task": written.atoms_per_task + 1})
+    with pytest.raises(state.StateError, match=r"task1\.safetensors: was written with another configuration.*atoms_per_task"):
+        state.check(*args, other)

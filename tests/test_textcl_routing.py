@@ -106,6 +106,8 @@ def test_the_figure_is_drawn(probed):
 
 @pytest.mark.parametrize(("damage", "words"), [
     ("checkpoint", ["no checkpoint", "task3.safetensors", "--resume"]),
+    ("damaged-checkpoint", ["moram_seed1/task1.safetensors", "is damaged: tensor", "sha256"]),
+    ("unfinished", ["moram_seed0/progress.json", "does not record every task as done", "--resume"]),
     ("config", ["does not hold a `moram-ref text-cl` run"]),
     ("data", ["--data-root", "does not exist"]),
     ("no-methods", ["config.json records no methods"]),
@@ -122,6 +124,16 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
     shutil.copytree(run, copy)
     if damage == "checkpoint":
         (copy / "state" / "moram_seed1" / "task3.safetensors").unlink()
+    elif damage == "damaged-checkpoint":  # an earlier stage's file, which only this command reads: named up front
+        path = copy / "state" / "moram_seed1" / "task1.safetensors"
+        raw = bytearray(path.read_bytes())
+        raw[-8:] = bytes(255 - b for b in raw[-8:])
+        path.write_bytes(bytes(raw))
+    elif damage == "unfinished":
+        progress = copy / "state" / "moram_seed0" / "progress.json"
+        record = json.loads(progress.read_text())
+        record.update(tasks_done=2, union=record["union"][:2], own=record["own"][:2])
+        progress.write_text(json.dumps(record))
     elif damage == "config":
         (copy / "config.json").write_text(json.dumps({"command": "demo", "settings": {}}))
     elif damage in ("task-folder", "test-json"):
@@ -258,7 +270,8 @@ def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(p
 
     monkeypatch.setattr(rundir, "_renames", interrupted_inside)
     assert main(["text-cl-routing", str(copy), "--per-task", "2"]) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "moram-ref text-cl-routing: interrupted"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"moram-ref text-cl-routing: interrupted (after its outputs in {copy} were all replaced: they are complete)")
     new = {n: (copy / n).read_bytes() for n in old}
     assert all(new[n] != old[n] for n in old)  # every output is the new probe's
     assert json.loads(new["routing_summary.json"])["per_task"] == 2

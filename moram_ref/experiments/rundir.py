@@ -37,7 +37,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from moram_ref.experiments.cliargs import UsageError
 
@@ -107,8 +107,18 @@ def stop_requested() -> bool:
     return _stop_requested.is_set()
 
 
+_published_while_held: list[Path] = []  # folders whose outputs were all published while a stop was held
+
+
 def clear_stop() -> None:
     _stop_requested.clear()
+    _published_while_held.clear()
+
+
+def published_while_held() -> list[Path]:
+    """The folders :func:`publish` replaced whole while holding a stop signal that then ended the command:
+    their outputs are complete and new (the CLI says so beside "interrupted"). Emptied by :func:`clear_stop`."""
+    return list(_published_while_held)
 
 
 def check_stop() -> None:
@@ -119,7 +129,7 @@ def check_stop() -> None:
 
 
 @contextmanager
-def uninterrupted() -> Iterator[None]:
+def uninterrupted(on_held: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver them: for the few renames that
     replace a command's outputs together, so an interrupt leaves either all old or all new files.
 
@@ -128,19 +138,23 @@ def uninterrupted() -> Iterator[None]:
     block it (a BLAS or torch worker), and Python would then run the real handler in the main thread in
     the middle of the block. A recorded signal is raised again once the previous handlers are back, so it
     acts exactly as it would have (``KeyboardInterrupt``, the CLI's handler, the default action, or
-    nothing if it was ignored). Outside the main thread, where Python never runs signal handlers, this is
-    a plain block.
+    nothing if it was ignored). ``on_held`` is called, before that, if a signal was held and the block
+    ended normally. Outside the main thread, where Python never runs signal handlers, this is a plain block.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in STOP_SIGNALS}
+    completed = False
     try:
         yield
+        completed = True
     finally:
         for sig, handler in previous.items():  # None: a handler set outside Python; the default stands in
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if arrived and completed and on_held is not None:
+            on_held()
         for sig in dict.fromkeys(arrived):  # each held signal once, in the order it came
             signal.raise_signal(sig)
 
@@ -162,7 +176,8 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
         yield stage
     finally:
         if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
+            with uninterrupted():  # an interrupt here would leave the stage (and the replaced files in it)
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 def _renames(moves: list[tuple[Path, Path]]) -> None:
@@ -203,7 +218,7 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
             moves.append((out / name, aside / name))
         moves.append((stage / name, out / name))
     moves += [(path, aside / path.name) for path in gone]
-    with uninterrupted():
+    with uninterrupted(on_held=lambda: _published_while_held.append(out)):
         _renames(moves)
     return names
 

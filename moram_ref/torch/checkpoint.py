@@ -167,10 +167,8 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
     meta = read_metadata(path)
     if method is not None and meta["method"] != method:
         raise CheckpointError(f"checkpoint method {meta['method']!r} differs from this model's {method!r}")
-    theirs = {k: v for k, v in meta["config"].items() if k not in EXECUTION_ONLY}  # how, not what: never compared
-    ours = {k: v for k, v in (config.to_dict() if config is not None else {}).items() if k not in EXECUTION_ONLY}
-    if config is not None and theirs != ours:
-        diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+    diff = config_differences(meta, config) if config is not None else {}
+    if diff:
         raise CheckpointError(f"checkpoint config differs from this model's (checkpoint, model): {diff}")
     layers = describe_layers(model)
     if meta["layers"] != layers:
@@ -198,12 +196,25 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
     return meta
 
 
-def verify(path: str | os.PathLike) -> dict[str, Any]:
+def config_differences(meta: dict[str, Any], config: MoRAMConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (checkpoint's value, config's value)}`` for every field of ``config`` that defines the
+    adapters (all but ``EXECUTION_ONLY``: how, not what) and differs from the one ``meta`` records."""
+    theirs = {k: v for k, v in meta["config"].items() if k not in EXECUTION_ONLY}
+    ours = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
+    return {k: (theirs.get(k), ours.get(k)) for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)}
+
+
+def verify(path: str | os.PathLike, config: MoRAMConfig | None = None) -> dict[str, Any]:
     """Read every tensor of the checkpoint at ``path`` and check it against its recorded sha256 and for NaN
-    or inf, without a model; returns the metadata (:func:`read_metadata`). Raises :class:`CheckpointError`
-    naming the file (and the tensor) otherwise: what :func:`load` would refuse for the file itself, found
-    before any work (``text-cl --resume`` and ``text-cl-merge`` check each record's last checkpoint so)."""
+    or inf, without a model, and (given ``config``) that it was written with that configuration; returns
+    the metadata (:func:`read_metadata`). Raises :class:`CheckpointError` naming the file (and the tensor or
+    the fields) otherwise: what :func:`load` would refuse for the file itself, found before any work
+    (``text-cl --resume`` and ``text-cl-merge`` check every checkpoint of every record so)."""
     meta = read_metadata(path)
+    diff = config_differences(meta, config) if config is not None else {}
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written with another configuration (checkpoint, this "
+                              f"run): {diff}")
     _verified_tensors(path, meta)
     return meta
 

@@ -81,6 +81,16 @@ def _plan(args: argparse.Namespace) -> tuple[dict, list, list, Path]:
                 if not path.is_file():
                     raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
                                              "it first)")
+    from moram_ref.experiments.textcl import state  # noqa: PLC0415
+
+    fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
+    for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
+        for seed in range(settings["seeds"]):
+            where = state.folder(args.run, method, seed)
+            record = state.check(where, method, seed, names, fingerprint, config)
+            if record is None or record["tasks_done"] < len(names):
+                raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
+                                         "run is unfinished: `text-cl --resume` it first)")
     for name in (*OUTPUTS, *(f"routing_share_{m}.png" for m in methods)):
         if (args.run / name).exists() and not (args.run / name).is_file():
             raise cliargs.UsageError(f"run: cannot write {args.run / name}: it exists and is not a file")

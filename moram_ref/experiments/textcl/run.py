@@ -120,7 +120,8 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
         fingerprint = state.data_fingerprint(tasks)
         for seed in range(args.seeds):
             for method in args.methods:
-                state.check(state.folder(args.out, method, seed), method, seed, [t.name for t in tasks], fingerprint)
+                state.check(state.folder(args.out, method, seed), method, seed, [t.name for t in tasks], fingerprint,
+                            config)
     return tasks, config
 
 

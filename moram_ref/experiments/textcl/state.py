@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,17 @@ def _fail(path: Path, why: str) -> StateError:
                       "(the other records are kept)")
 
 
-def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str) -> dict | None:
-    """The validated record of ``where`` (None if there is none); StateError naming the file otherwise."""
+def _reason(exc: Exception, path: Path) -> str:
+    """A checkpoint error's message without the path :func:`_fail` puts in front of it."""
+    return str(exc).replace(f"checkpoint {path} ", "", 1).replace(f"checkpoint {path}: ", "", 1)
+
+
+def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str, config=None) -> dict | None:
+    """The validated record of ``where`` (None if there is none); StateError naming the file otherwise.
+
+    Validated: ``progress.json`` (method, seed, tasks, the data's ``fingerprint``, every field) and every
+    checkpoint it counts as done (each tensor against its sha256, written for this method, task and seed,
+    and with ``config``, a :class:`~moram_ref.config.MoRAMConfig`, if given)."""
     path = where / PROGRESS
     if not path.is_file():
         return None
@@ -120,21 +130,23 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
             raise ValueError(f"torch_generator holds {len(raw)} bytes, not {GENERATOR_STATE_BYTES}")
     except (KeyError, TypeError, ValueError) as exc:
         raise _fail(path, f"is malformed ({type(exc).__name__}: {exc})") from None
-    if done and method != "zero_shot":
-        ckpt = where / f"task{done}.safetensors"
-        if not ckpt.is_file():
-            raise _fail(ckpt, "is missing (progress.json says the task is done)")
+    if method != "zero_shot":
         from moram_ref.torch import checkpoint  # noqa: PLC0415
 
-        try:
-            meta = checkpoint.verify(ckpt)  # every tensor against its sha256: damage is named before any work
-        except checkpoint.CheckpointError as exc:
-            raise _fail(ckpt, str(exc)) from None
-        found = (meta.get("method"), meta.get("tasks_done"), meta.get("extra", {}).get("seed"),
-                 meta.get("extra", {}).get("data"))
-        if found != (method, done, seed, fingerprint):
-            raise _fail(ckpt, f"was written for method {found[0]!r}, task {found[1]!r}, seed {found[2]!r} "
-                              f"(or other data), not {method!r}, task {done}, seed {seed}")
+        for t in range(1, done + 1):  # every one: text-cl-routing reads them all, a merge copies them all
+            ckpt = where / f"task{t}.safetensors"
+            if not ckpt.is_file():
+                raise _fail(ckpt, "is missing (progress.json says the task is done)" if not os.path.lexists(ckpt)
+                            else "is not a readable file (a folder, a broken or looping link, or a device)")
+            try:
+                meta = checkpoint.verify(ckpt, config)
+            except checkpoint.CheckpointError as exc:
+                raise _fail(ckpt, _reason(exc, ckpt)) from None
+            found = (meta.get("method"), meta.get("tasks_done"), meta.get("extra", {}).get("seed"),
+                     meta.get("extra", {}).get("data"))
+            if found != (method, t, seed, fingerprint):
+                raise _fail(ckpt, f"was written for method {found[0]!r}, task {found[1]!r}, seed {found[2]!r} "
+                                  f"(or other data), not {method!r}, task {t}, seed {seed}")
     return record
 
 
@@ -153,7 +165,7 @@ def load(record: dict[str, Any] | None, where: Path, model, config, method: str,
         try:
             checkpoint.load(model, where / f"task{done}.safetensors", config, method)
         except checkpoint.CheckpointError as exc:
-            raise _fail(where / f"task{done}.safetensors", str(exc)) from None
+            raise _fail(where / f"task{done}.safetensors", _reason(exc, where / f"task{done}.safetensors")) from None
     union[:done], own[:done] = np.array(record["union"]).reshape(done, -1), np.array(record["own"]).reshape(done, -1)
     out["trainable_per_task"][:] = record["trainable_per_task"]
     out["seconds_per_task"][:] = record["seconds_per_task"]

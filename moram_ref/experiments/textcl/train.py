@@ -100,7 +100,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     start = 0
     fingerprint = state.data_fingerprint(tasks) if state_dir is not None else ""
     if resume and state_dir is not None:
-        record = state.check(state_dir, method, seed, [t.name for t in tasks], fingerprint)
+        record = state.check(state_dir, method, seed, [t.name for t in tasks], fingerprint, settings.moram)
         start = state.load(record, state_dir, model, settings.moram, method, gen, rng, union, own, out)
         if start and on_resume is not None:
             on_resume(start)
