@@ -52,8 +52,9 @@ def test_docs_table_is_what_its_marker_command_renders(doc, block, argv):
 
 
 def test_committed_results_are_small_summaries():
-    for path in RESULTS.rglob("*.json"):
-        assert path.stat().st_size < 200_000, f"{path.name} is {path.stat().st_size} bytes: keep summaries only"
+    for path in RESULTS.rglob("*.json"):  # the largest summary: the 15-task routing one (its shares after every
+        # task, 15 stages × 15 × 15 per seed and method), about 330 kB as text-cl-routing writes it
+        assert path.stat().st_size < 400_000, f"{path.name} is {path.stat().st_size} bytes: keep summaries only"
 
 
 def test_claims_table_needs_its_three_files(capsys):
