@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev bench notebooks docs clean
+.PHONY: demo test test-gpu-image install install-dev bench notebooks docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,19 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 
+# The same suite with the lent GPU machine's torch, Triton and transformers (on the CPU), in a second venv;
+# .ci/run runs it too. The pins and why: tools/gpu-image-constraints.txt.
+GPU_IMAGE_VENV := .venv-gpu-image
+
+$(GPU_IMAGE_VENV)/.dev-installed: pyproject.toml tools/gpu-image-constraints.txt
+	$(PY) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_VENV)/bin/pip install -q --upgrade pip
+	$(GPU_IMAGE_VENV)/bin/pip install -q -c tools/gpu-image-constraints.txt -e '.[dev]'
+	touch $@
+
+test-gpu-image: $(GPU_IMAGE_VENV)/.dev-installed
+	$(GPU_IMAGE_VENV)/bin/python -m pytest -q
+
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m moram_ref.bench
 
@@ -43,4 +56,4 @@ docs: $(VENV)/.dev-installed
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(GPU_IMAGE_VENV) runs build *.egg-info

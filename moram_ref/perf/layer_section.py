@@ -1,8 +1,9 @@
 """The layer section of the GPU check: every implementation checked, then timed side by side.
 
 Implementations (all include the frozen base layer): ``eager`` (:class:`MoRAMLinear` as is), ``compiled``
-(``torch.compile`` of the same module), ``fused`` (``MoRAMConfig(routing_kernel="triton")`` where that
-field exists), ``lora`` (plain LoRA of rank R), ``authors`` (:func:`layer_cases.authors_forward`).
+(``torch.compile(fullgraph=True)`` of the same module: a graph break is a failed check), ``fused``
+(``MoRAMConfig(routing_kernel="triton")`` where that field exists), ``lora`` (plain LoRA of rank R),
+``authors`` (:func:`layer_cases.authors_forward`).
 Per case and dtype: a float64 self-check of every implementation's output (training and evaluation
 mode) and gradients (:mod:`moram_ref.perf.accuracy`), median seconds for training (forward+backward) and
 evaluation (forward), peak memory, and the ratios. A failing check or implementation is recorded, with
@@ -93,7 +94,7 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
     except TypeError as exc:  # no such field in this version, or not on this device: say so, go on
         impls["fused"] = {"available": False, "reason": str(exc)}
     if compile_backend:
-        fns["compiled"] = torch.compile(layer, backend=compile_backend)
+        fns["compiled"] = torch.compile(layer, fullgraph=True, backend=compile_backend)  # a graph break fails
     else:
         impls["compiled"] = {"available": False, "reason": "not requested (budget or --compile none)"}
     params = {"eager": layer, "compiled": layer, "authors": layer, "fused": fused}

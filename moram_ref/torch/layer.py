@@ -37,6 +37,16 @@ def _routing_dtype(x_dtype: torch.dtype, atom_dtype: torch.dtype) -> torch.dtype
     return torch.promote_types(torch.promote_types(x_dtype, atom_dtype), torch.float32)
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    """Whether ``torch.autocast`` exists for ``device_type`` (not e.g. for ``"meta"``); a constant to the compiler.
+
+    Called directly, torch 2.11's dynamo cannot trace it (``torch._C._is_autocast_available``: a graph break
+    that fails ``fullgraph=True``); marked constant, every torch version folds it at trace time.
+    """
+    return torch.amp.is_autocast_available(device_type)
+
+
 class _WrapsLinear(nn.Module):
     """An adapter around ``self.base_layer`` (an ``nn.Linear``) that still looks like one from outside:
     ``weight``, ``bias``, ``in_features``, ``out_features`` are the base layer's (libraries read them,
@@ -170,7 +180,7 @@ class MoRAMLinear(_WrapsLinear):
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}
-        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device: nothing to switch off
+        if not _autocast_available(x.device.type):  # e.g. the meta device: nothing to switch off
             return self._moram_branch(x, y, explicit_delta)
         with torch.autocast(x.device.type, enabled=False):
             return self._moram_branch(x, y, explicit_delta)
