@@ -166,8 +166,10 @@ def test_timing_says_when_a_run_was_resumed():
     r = fake_results()
     assert tables.timing(r) == "10 min wall time on 1 thread(s)"
     r.update(resumed={"moram_seed0": 2}, method_seconds=3000.0, wall_seconds=60.0)
-    assert tables.timing(r).startswith("50 min of training and evaluation summed") and "last process ran 1 min" in \
-        tables.timing(r)
+    assert tables.timing(r) == ("50 min of training and evaluation summed over methods and seeds (resumed after a "
+                                "stop; its last process ran 1 min on 1 thread(s))")
+    r.update(merged_from=["part-a", "part-b"])
+    assert "(assembled from 2 parts by text-cl-merge; its last process ran 1 min on 1 thread(s))" in tables.timing(r)
 
 
 @pytest.mark.parametrize(("argv", "words"), [

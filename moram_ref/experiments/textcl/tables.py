@@ -82,12 +82,18 @@ def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str |
 
 
 def timing(results: dict) -> str:
-    """How long the run took: wall time, or for a resumed run the summed time of its methods and seeds."""
+    """How long the run took: wall time, or for a resumed run the summed time of its methods and seeds.
+
+    The thread count is the last process's (``machine``); a resumed or assembled run's earlier processes
+    are not recorded, so it is named as the last process's there.
+    """
     threads = results.get("machine", {}).get("threads", "?")
     if results.get("resumed"):
+        parts = results.get("merged_from") or []
+        how = f"assembled from {len(parts)} parts by text-cl-merge" if parts else "resumed after a stop"
         return (f"{results['method_seconds'] / 60:.0f} min of training and evaluation summed over methods and "
-                f"seeds on {threads} thread(s) (resumed after a stop; its last process ran "
-                f"{results['wall_seconds'] / 60:.0f} min)")
+                f"seeds ({how}; its last process ran {results['wall_seconds'] / 60:.0f} min on {threads} "
+                f"thread(s))")
     return f"{results['wall_seconds'] / 60:.0f} min wall time on {threads} thread(s)"
 
 
