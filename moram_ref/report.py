@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moram_ref import provenance
 from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.textcl import routing_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
@@ -51,6 +52,9 @@ def demo_table(results: dict) -> str:
         note += (" Validation sweep of τ on the digits stream (mean Average): "
                  + ", ".join(f"τ = {t}: {100 * v:.1f}" for t, v in zip(sweep["temperatures"], sweep["validation_average"]))
                  + f"; chosen τ = {sweep['chosen']}.")
+    if results.get("environment"):  # results written before it was recorded have none
+        note += (f" Computed by {provenance.describe(results['environment'])}; another NumPy or BLAS rounds "
+                 "differently and gives other numbers (`moram_ref/provenance.py`).")
     return "\n".join(lines) + note
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
-from moram_ref import report
+from moram_ref import provenance, report
 from moram_ref.cli import main
 from moram_ref.experiments.toy import demo
 
@@ -22,6 +23,11 @@ def test_readme_demo_table_is_generated_by_the_main_job(tmp_path):
     results = demo.run(args, log=lambda _: None)
     expected = report.demo_table(results)
     in_readme = report.read_block(README.read_text(), "demo")
+    here = provenance.describe(results["environment"])
+    named = re.search(r"Computed by (.*?);", in_readme)
+    if named and named.group(1) != here:  # another NumPy or BLAS: other numbers, by design
+        pytest.skip(f"README's demo table was computed by {named.group(1)}, this machine has {here}: the numbers "
+                    f"differ by rounding (moram_ref/provenance.py); CI's machine compares them")
     assert in_readme == expected, (
         "README.md's demo table is stale: run `make demo` then "
         "`moram-ref report runs/demo/results.json --write README.md`")

@@ -258,27 +258,36 @@ assert 0 < change < 1e-3
 # From the accuracy matrix $a[i, j]$ (after task $i$, on task $j$): **Last** is the mean of the final row;
 # **learned** is the mean of the diagonal (each task right after learning it); **forgetting** is the mean drop
 # from $a[j, j]$ to the final $a[T, j]$, counting only drops (the paper's clipped backward transfer).
+#
+# One run is not enough to rank two methods that are close: with 40 pairs, one pair is 2.5 points, and the
+# seed (it draws the fresh atoms) or even the rounding of another BLAS moves a few pairs. So every method runs
+# with five seeds on the same pairs; we compare means, print each seed's Last, and draw seed 1's matrices.
 
 # %%
-results = {}
+SEEDS = (1, 2, 3, 4, 5)
+results = {}  # (τ, method) -> seed 1's run (the figures below)
+summaries = {}  # (τ, method) -> Last, learned, forgetting: means over SEEDS, and Last per seed
+print("mean over seeds 1-5 (%)                 Last  learned  forgetting   Last per seed")
 for tau_run, cfg in ((0.01, config), (0.1, config_warm)):
     for method in ("seq_lora", "moe_lora", "dense_moram", "moram"):
-        results[(tau_run, method)] = recall.run_method(method, cfg, settings, stream, seed=1)
+        runs = [recall.run_method(method, cfg, settings, stream, seed=seed) for seed in SEEDS]
+        results[(tau_run, method)] = runs[0]
+        per_seed = [{"last": metrics.last(r["accuracy"]), "learned": float(np.mean(np.diag(r["accuracy"]))),
+                     "forgetting": metrics.summary(r["accuracy"])["forgetting"]} for r in runs]
+        summaries[(tau_run, method)] = s = {key: float(np.mean([p[key] for p in per_seed])) for key in per_seed[0]}
+        s["last_per_seed"] = [p["last"] for p in per_seed]
+        print(f"τ = {tau_run:<4} {LABELS[method]:<18}  {100 * s['last']:5.1f}  {100 * s['learned']:7.1f}  "
+              f"{100 * s['forgetting']:10.1f}   " + " ".join(f"{100 * v:5.1f}" for v in s["last_per_seed"]))
 assert results[(0.01, "moram")]["accuracy"][0, 0] == acc_paper_tau, "run_method is the loop above"
 assert results[(0.1, "moram")]["accuracy"][0, 0] == acc_warm
-summaries = {}
-for (tau_run, method), res in results.items():
-    a = res["accuracy"]
-    summaries[(tau_run, method)] = s = {"last": metrics.last(a), "learned": float(np.mean(np.diag(a))),
-                                        "forgetting": metrics.summary(a)["forgetting"]}
-    print(f"τ = {tau_run:<4} {LABELS[method]:<18} Last {100 * s['last']:5.1f}  learned {100 * s['learned']:5.1f}  "
-          f"forgetting {100 * s['forgetting']:5.1f}")
 for tau_run in (0.01, 0.1):
     mo = summaries[(tau_run, "moram")]
     for other in ("seq_lora", "moe_lora"):
         assert mo["last"] > summaries[(tau_run, other)]["last"] and mo["forgetting"] < summaries[(tau_run, other)]["forgetting"]
 assert summaries[(0.1, "moram")]["last"] > summaries[(0.01, "moram")]["last"]
-assert all(summaries[(t, "dense_moram")]["last"] >= summaries[(t, "moram")]["last"] for t in (0.01, 0.1))
+dense_minus_sparse = {t: summaries[(t, "dense_moram")]["last"] - summaries[(t, "moram")]["last"] for t in (0.01, 0.1)}
+print("dense minus sparse MoRAM, mean Last:", {t: round(100 * d, 1) for t, d in dense_minus_sparse.items()})
+assert abs(dense_minus_sparse[0.01]) < 0.1 and dense_minus_sparse[0.1] > 0
 
 fig, axes = plt.subplots(2, 4, figsize=(13, 6.4))
 for row, tau_run in enumerate((0.01, 0.1)):
@@ -294,7 +303,7 @@ for row, tau_run in enumerate((0.01, 0.1)):
         if col == 0:
             ax.set_ylabel("after task")
 fig.colorbar(im, ax=axes, label="accuracy (share of pairs recalled)", shrink=0.8)
-fig.suptitle("Accuracy matrices a[i, j]: sequential LoRA and MoE-LoRA do not use τ", fontsize=10)
+fig.suptitle("Accuracy matrices a[i, j], seed 1: sequential LoRA and MoE-LoRA do not use τ", fontsize=10)
 fig.savefig(FIGURES / "04_accuracy_matrices.png", dpi=110, bbox_inches="tight")
 plt.show()
 
@@ -303,9 +312,11 @@ plt.show()
 # survives. MoE-LoRA keeps old experts, but its router weighs whole experts, and it still forgets most of the
 # earlier tasks. MoRAM keeps what it learned (its forgetting is zero or close to it), but unlike LoRA it
 # does not learn every task perfectly (the "learned" column; on task 0 we saw why: pairs that share an atom),
-# and at $\tau = 0.1$ it learns each task better. In this toy, dense MoRAM does as well as sparse MoRAM or
-# better: the top-$k$ and the threshold pay off in compute and in leaving unfamiliar inputs to the pretrained
-# layer (tutorial 3), which these synthetic tasks cannot reward.
+# and at $\tau = 0.1$ it learns each task better. In this toy the top-$k$ and the threshold do not raise
+# accuracy: averaged over the seeds, dense MoRAM is level with sparse MoRAM at $\tau = 0.01$ (which of the two
+# is ahead changes from seed to seed: compare the per-seed columns) and a few points ahead at $\tau = 0.1$. They
+# pay off in compute and in leaving unfamiliar inputs to the pretrained layer (tutorial 3), which these
+# synthetic tasks cannot reward.
 
 # %%
 lora_last_row = results[(0.01, "seq_lora")]["accuracy"][-1]

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from moram_ref import metrics
+from moram_ref import metrics, provenance
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir
 from moram_ref.experiments.toy import digits, recall
@@ -117,7 +117,8 @@ def _run(args: argparse.Namespace, config: MoRAMConfig, log: Callable[[str], Non
 def _streams(args: argparse.Namespace, config: MoRAMConfig, out: Path, log: Callable[[str], None]) -> dict:
     """Train and evaluate every stream; figures go to ``out`` (the staging folder)."""
     seeds = [args.seed + i for i in range(args.seeds)]
-    results: dict = {"config": config.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]", "streams": {}}
+    results: dict = {"config": config.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]",
+                     "environment": provenance.numpy_environment(), "streams": {}}
     for stream_name in args.streams:
         built = [_stream(stream_name, args, seed) for seed in seeds]
         module, settings, _, task_names = built[0]

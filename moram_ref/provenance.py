@@ -1,0 +1,48 @@
+"""What computed a NumPy result: the NumPy version and the BLAS behind it (library, version, kernels).
+
+Float64 training is deterministic on one machine, but a matrix product's rounding depends on the BLAS
+build and on the kernels it picks for the CPU (OpenBLAS chooses them at run time: ``SkylakeX`` on an
+AVX-512 CPU, ``Haswell`` on an AVX2 one; ``OPENBLAS_CORETYPE`` overrides the choice). The top-k and the
+threshold turn last-bit differences into other routing decisions, so another BLAS gives other tables,
+not only other last digits (measured: the README's demo table under NumPy 2.5, or with Haswell kernels).
+Results record :func:`numpy_environment`; tests that compare numbers digit for digit compare
+:func:`describe` first.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+
+def numpy_environment() -> dict:
+    """``{"numpy", "blas", "python"}``: strings naming what computes NumPy's float64 products here.
+
+    ``blas`` is e.g. ``"OpenBLAS 0.3.31.188.0 (SkylakeX kernels)"`` (read with threadpoolctl, which
+    scikit-learn installs), or ``"unknown"`` when threadpoolctl is missing or finds no BLAS.
+    """
+    return {"numpy": np.__version__, "blas": _blas(), "python": platform.python_version()}
+
+
+def describe(env: dict) -> str:
+    """The arithmetic of ``env`` in words, e.g. ``"NumPy 2.4.6 with OpenBLAS 0.3.31.188.0 (SkylakeX kernels)"``.
+
+    Python's version is left out: it does not change NumPy's arithmetic. Two environments with the same
+    phrase compute float64 NumPy products alike; ``"unknown"`` in it means the BLAS could not be read.
+    """
+    return f"NumPy {env.get('numpy', '?')} with {env.get('blas', '?')}"
+
+
+def _blas() -> str:
+    try:
+        import threadpoolctl  # noqa: PLC0415 (a scikit-learn dependency; optional here)
+    except ImportError:
+        return "unknown"
+    libs = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+    if not libs:
+        return "unknown"
+    lib = min(libs, key=lambda lib: "numpy" not in str(lib.get("filepath", "")))  # NumPy's own (SciPy may load another)
+    name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib.get("internal_api"), str(lib.get("internal_api")))
+    kernels = f" ({lib['architecture']} kernels)" if lib.get("architecture") else ""
+    return f"{name} {lib.get('version') or '?'}{kernels}"
