@@ -33,15 +33,19 @@ test: $(VENV)/.dev-installed
 
 # The same suite with the lent GPU machine's torch, Triton and transformers (on the CPU), in a second venv;
 # .ci/run runs it too. The pins and why: tools/gpu-image-constraints.txt.
+# Python 3.12 as there when one runs here (on PATH, or pyenv's), else $(PY).
 GPU_IMAGE_VENV := .venv-gpu-image
+GPU_IMAGE_PY ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
+	$(shell $(p) -c '' >/dev/null 2>&1 && echo $(p))) $(PY))
 
 $(GPU_IMAGE_VENV)/.dev-installed: pyproject.toml tools/gpu-image-constraints.txt
-	$(PY) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_PY) -m venv $(GPU_IMAGE_VENV)
 	$(GPU_IMAGE_VENV)/bin/pip install -q --upgrade pip
 	$(GPU_IMAGE_VENV)/bin/pip install -q -c tools/gpu-image-constraints.txt -e '.[dev]'
 	touch $@
 
 test-gpu-image: $(GPU_IMAGE_VENV)/.dev-installed
+	$(GPU_IMAGE_VENV)/bin/python -c 'import sys, numpy, torch, triton, transformers as t; print("test-gpu-image: Python", sys.version.split()[0], "torch", torch.__version__, "Triton", triton.__version__, "transformers", t.__version__, "numpy", numpy.__version__)'
 	$(GPU_IMAGE_VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.dev-installed
