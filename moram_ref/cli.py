@@ -160,7 +160,8 @@ def _main(argv: list[str], exiting: bool) -> int:
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
             return 2
         if isinstance(exc, OSError):  # the file system refused (permissions, a full disk): one line
-            print(f"{name}: error: {exc}", file=sys.stderr)
+            said = exc.strerror if exc.filename is None and exc.strerror else exc  # no "[Errno N]" before ours
+            print(f"{name}: error: {said}", file=sys.stderr)
             return 1
         raise
     finally:

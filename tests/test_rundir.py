@@ -47,6 +47,22 @@ def test_write_json_is_atomic_on_failure(tmp_path):
     assert _strict_load(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+def test_a_refused_write_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    path = tmp_path / "config.json"
+    path.write_text("old")
+
+    def refusing(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(tmp_path / ".config.json.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refusing)
+    with pytest.raises(PermissionError) as refused:
+        rundir.write_json(path, {"a": 1})
+    assert str(refused.value) == f"[Errno 1] could not write {path} (Operation not permitted)"
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
 def test_resume_with_other_settings_lists_every_difference_and_changes_nothing(tmp_path):
     out = tmp_path / "run"
     with rundir.open_run(out, "llm", SETTINGS):
@@ -314,8 +330,10 @@ def test_publish_undoes_every_step_when_the_file_system_refuses(tmp_path, monkey
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", refusing)
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError) as refused:
         rundir.publish(stage, out, stale=("*.png",))
+    assert str(refused.value) == (f"[Errno 1] {out}: could not replace results.json (Operation not permitted); "
+                                  "every file there is as before")  # the output's name, not a staging path
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == {
         "results.json": "old results.json", "a.png": "old a.png", "b.png": "old b.png, not redrawn"}
 
@@ -363,7 +381,7 @@ def test_remove_is_all_or_nothing_when_the_file_system_refuses(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "replace", refusing)
     before = _snapshot(tmp_path)
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError, match=r"could not remove table\.md \(Operation not permitted\); every file"):
         rundir.remove(tmp_path, ("state", "results.json", "table.md"))
     assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".removing-*"))
     monkeypatch.setattr(os, "replace", real)
@@ -435,10 +453,10 @@ def test_a_stop_held_through_a_publish_is_reported_with_the_outputs_complete(tmp
 
     real = rundir._renames
 
-    def interrupted_inside(moves):
-        real(moves[:1])
+    def interrupted_inside(moves, *args):
+        real(moves[:1], *args)
         signal.raise_signal(signal.SIGINT)
-        real(moves[1:])
+        real(moves[1:], *args)
 
     (tmp_path / "a.png").write_text("old")
     monkeypatch.setattr(rundir, "_renames", interrupted_inside)

@@ -260,10 +260,10 @@ def test_an_interrupt_while_the_outputs_are_replaced_leaves_all_old_or_all_new(p
     old = {n: (copy / n).read_bytes() for n in ("routing.json", "routing_summary.json", "routing_share_moram.png")}
     real = rundir._renames
 
-    def interrupted_inside(moves):  # SIGINT arrives in the middle of the renames: held until they are done
-        real(moves[:1])
+    def interrupted_inside(moves, *args):  # SIGINT arrives in the middle of the renames: held until they are done
+        real(moves[:1], *args)
         signal.raise_signal(signal.SIGINT)
-        real(moves[1:])
+        real(moves[1:], *args)
 
     monkeypatch.setattr(rundir, "_renames", interrupted_inside)
     assert main(["text-cl-routing", str(copy), "--per-task", "2"]) == 130

@@ -66,16 +66,25 @@ def dumps(obj: Any) -> str:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never a part."""
+    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never a part.
+
+    Raises:
+        OSError: the file system refused (same errno and subclass), naming ``path`` rather than the hidden
+            temporary file beside it; ``path`` is then as before.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, f"could not write {path} ({exc.strerror})") from exc
         raise
 
 
@@ -180,21 +189,25 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(stage, ignore_errors=True)
 
 
-def _renames(moves: list[tuple[Path, Path]]) -> None:
+def _renames(moves: list[tuple[Path, Path]], out: Path, verb: str) -> None:
     """``os.replace`` every ``(source, target)`` in order; on an ``OSError`` undo those done, in reverse
-    and best effort, then raise it. Call it under :func:`uninterrupted`."""
+    and best effort, then raise an ``OSError`` of the same errno that names the file of ``out`` concerned
+    (not a hidden staging path) and says whether ``out`` is as before. Call it under :func:`uninterrupted`."""
     done: list[tuple[Path, Path]] = []
     try:
         for source, target in moves:
             os.replace(source, target)
             done.append((source, target))
-    except OSError:
-        for source, target in reversed(done):
+    except OSError as exc:
+        as_before = True
+        for undo_source, undo_target in reversed(done):
             try:
-                os.replace(target, source)
+                os.replace(undo_target, undo_source)
             except OSError:
-                pass
-        raise
+                as_before = False
+        name = next((p for p in (source, target) if Path(p).parent == out), Path(target)).name
+        state = "every file there is as before" if as_before else "some files could not be put back"
+        raise OSError(exc.errno, f"{out}: could not {verb} {name} ({exc.strerror}); {state}") from exc
 
 
 def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) -> list[str]:
@@ -219,7 +232,7 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
         moves.append((stage / name, out / name))
     moves += [(path, aside / path.name) for path in gone]
     with uninterrupted(on_held=lambda: _published_while_held.append(out)):
-        _renames(moves)
+        _renames(moves, out, "replace")
     return names
 
 
@@ -240,7 +253,7 @@ def remove(out: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
     with uninterrupted():
         trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=out))
         try:
-            _renames([(path, trash / path.name) for path in found])
+            _renames([(path, trash / path.name) for path in found], out, "remove")
         finally:
             shutil.rmtree(trash, ignore_errors=True)  # the removed files, or nothing if all was undone
     return [p.name for p in found]
