@@ -33,13 +33,14 @@ test: $(VENV)/.dev-installed
 
 # The same suite with the lent GPU machine's torch, Triton and transformers (on the CPU), in a second venv;
 # .ci/run runs it too. The pins and why: tools/gpu-image-constraints.txt.
-# Python 3.12 as there when one runs here (on PATH, or pyenv's), else $(PY).
+# Python 3.12 as there when one with venv runs here (on PATH, or pyenv's), else $(PY).
 GPU_IMAGE_VENV := .venv-gpu-image
-GPU_IMAGE_PY ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
-	$(shell $(p) -c '' >/dev/null 2>&1 && echo $(p))) $(PY))
+PYENV_VERSIONS = $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+GPU_IMAGE_PY ?= $(firstword $(foreach p,python3.12 $(wildcard $(PYENV_VERSIONS)/3.12*/bin/python3.12),\
+	$(shell $(p) -c 'import venv, ensurepip' >/dev/null 2>&1 && echo $(p))) $(PY))
 
 $(GPU_IMAGE_VENV)/.dev-installed: pyproject.toml tools/gpu-image-constraints.txt
-	$(GPU_IMAGE_PY) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_PY) -m venv --clear $(GPU_IMAGE_VENV)
 	$(GPU_IMAGE_VENV)/bin/pip install -q --upgrade pip
 	$(GPU_IMAGE_VENV)/bin/pip install -q -c tools/gpu-image-constraints.txt -e '.[dev]'
 	touch $@

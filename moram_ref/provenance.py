@@ -12,6 +12,7 @@ Results record :func:`numpy_environment`; tests that compare numbers digit for d
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +43,21 @@ def _blas() -> str:
     libs = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
     if not libs:
         return "unknown"
-    lib = min(libs, key=lambda lib: "numpy" not in str(lib.get("filepath", "")))  # NumPy's own (SciPy may load another)
+    lib = min(libs, key=_not_numpys)  # NumPy's own BLAS first (SciPy or torch may load others)
     name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib.get("internal_api"), str(lib.get("internal_api")))
     kernels = f" ({lib['architecture']} kernels)" if lib.get("architecture") else ""
     return f"{name} {lib.get('version') or '?'}{kernels}"
+
+
+def _not_numpys(lib: dict) -> int:
+    """0 for the BLAS NumPy ships (a wheel's ``numpy.libs`` beside the package, or inside it), 1 for one of
+    the version NumPy was built against, 2 for any other."""
+    package = Path(np.__file__).resolve().parent
+    path = Path(str(lib.get("filepath", ""))).resolve()
+    if path.parent in (package.parent / "numpy.libs", package) or package in path.parents:
+        return 0
+    try:
+        built = np.show_config(mode="dicts")["Build Dependencies"]["blas"].get("version")
+    except Exception:  # noqa: BLE001 (older NumPy: no dict form)
+        built = None
+    return 1 if built and lib.get("version") == built else 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ def test_without_threadpoolctl_the_blas_is_unknown(monkeypatch):
     assert provenance.numpy_environment()["blas"] == "unknown"
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OPENBLAS_CORETYPE=Haswell is an x86 core")
 def test_openblas_kernels_chosen_by_coretype_are_named():
     """OPENBLAS_CORETYPE picks other kernels (other rounding): the phrase must change with it."""
     code = "from moram_ref import provenance; print(provenance.describe(provenance.numpy_environment()))"
@@ -40,3 +43,16 @@ def test_the_demo_table_names_the_arithmetic_only_when_recorded():
     results["environment"] = {"numpy": "2.4.6", "blas": "OpenBLAS 0.3.31 (SkylakeX kernels)", "python": "3.11.7"}
     assert "Computed by NumPy 2.4.6 with OpenBLAS 0.3.31 (SkylakeX kernels); another NumPy or BLAS" in \
         report.demo_table(results)
+
+
+def test_numpys_own_blas_is_named_when_another_is_loaded_first(monkeypatch):
+    """SciPy (or torch) may load another OpenBLAS before NumPy's: the one NumPy ships is the one named."""
+    import threadpoolctl
+
+    package = Path(np.__file__).resolve().parent
+    scipys = {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell",
+              "filepath": "/home/u/numpy-study/site-packages/scipy.libs/libscipy_openblas.so"}
+    numpys = {"user_api": "blas", "internal_api": "openblas", "version": "9.9.9", "architecture": "SkylakeX",
+              "filepath": str(package.parent / "numpy.libs" / "libscipy_openblas64_.so")}
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [scipys, numpys])
+    assert provenance.numpy_environment()["blas"] == "OpenBLAS 9.9.9 (SkylakeX kernels)"

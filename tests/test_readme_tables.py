@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -12,25 +13,40 @@ from moram_ref import provenance, report
 from moram_ref.cli import main
 from moram_ref.experiments.toy import demo
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+COMMITTED = ROOT / "docs" / "results" / "demo.json"  # runs/demo/results.json of the `make demo` behind the README
+
+
+def test_readme_demo_table_is_the_committed_results():
+    """Everywhere, cheaply: the README's table is docs/results/demo.json's (both written from one `make demo`)."""
+    assert report.read_block(README.read_text(), "demo") == report.demo_table(json.loads(COMMITTED.read_text())), (
+        "README.md's demo table is not docs/results/demo.json's: run `make demo`, copy runs/demo/results.json to "
+        "docs/results/demo.json, then `moram-ref report runs/demo/results.json --write README.md`")
+
+
+def test_the_committed_results_come_from_the_pinned_numpy():
+    """The figures are the arithmetic of constraints.txt's NumPy, so the project's machines can rerun them."""
+    pin = re.search(r"^numpy==([\w.]+)", (ROOT / "constraints.txt").read_text(), re.MULTILINE)
+    assert pin, "constraints.txt pins no numpy"
+    assert json.loads(COMMITTED.read_text())["environment"]["numpy"] == pin.group(1)
 
 
 @pytest.mark.slow
-def test_readme_demo_table_is_generated_by_the_main_job(tmp_path):
+def test_the_main_job_still_prints_the_readme_table(tmp_path):
+    """Digit for digit, where NumPy and its BLAS are the ones that computed it (named under the table)."""
+    committed = provenance.describe(json.loads(COMMITTED.read_text())["environment"])
+    here = provenance.describe(provenance.numpy_environment())
+    if here != committed:  # another NumPy or BLAS: other numbers, by design
+        pytest.skip(f"README's demo table was computed by {committed}, this machine has {here}: the numbers differ "
+                    f"by rounding (moram_ref/provenance.py), so they are compared only where those match")
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "demo"), "--no-plots"])  # exactly `make demo`'s settings
     results = demo.run(args, log=lambda _: None)
-    expected = report.demo_table(results)
-    in_readme = report.read_block(README.read_text(), "demo")
-    here = provenance.describe(results["environment"])
-    named = re.search(r"Computed by (.*?);", in_readme)
-    if named and named.group(1) != here:  # another NumPy or BLAS: other numbers, by design
-        pytest.skip(f"README's demo table was computed by {named.group(1)}, this machine has {here}: the numbers "
-                    f"differ by rounding (moram_ref/provenance.py); CI's machine compares them")
-    assert in_readme == expected, (
-        "README.md's demo table is stale: run `make demo` then "
-        "`moram-ref report runs/demo/results.json --write README.md`")
+    assert report.read_block(README.read_text(), "demo") == report.demo_table(results), (
+        "README.md's demo table is stale: run `make demo`, copy runs/demo/results.json to docs/results/demo.json, "
+        "then `moram-ref report runs/demo/results.json --write README.md`")
 
 
 def test_report_check_and_write_round_trip(tmp_path, capsys):

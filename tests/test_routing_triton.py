@@ -81,11 +81,12 @@ def test_kernels_compile_for_a_hopper_gpu():
     scalars = dict(tau="fp32", delta="fp32", eps="fp32")
     for dt, bisect in (("fp32", False), ("bf16", True)):
         ptr = f"*{dt}"
-        fwd = dict(pa=ptr, pb=ptr, ca=ptr, cb=ptr, w_out="*fp32", stats="*fp32", cut_out="*i32", **common, **scalars)
+        fwd = dict(pa=ptr, pb=ptr, ca=ptr, cb=ptr, w_out="*fp32", stats="*fp32", cut_out="*i32", **common, k="i32",
+                   **scalars)
         bwd = dict(pa=ptr, pb=ptr, ga=ptr, gb=ptr, da=ptr, db=ptr, stats="*fp32", cut="*i32", **common,
                    stride_ga="i64", stride_gb="i64", **scalars)
         consts = dict(GATE=True, BLOCK_N=8, BLOCK_R=128)
-        fwd_consts = dict(K=24 if bisect else 8, BISECT=bisect, STORE_W=True)  # k > 16 takes the bisection
+        fwd_consts = dict(ROUNDS=0 if bisect else 8, BISECT=bisect, STORE_W=True)
         for fn, sig, extra in ((RT._fwd_kernel, fwd, fwd_consts), (RT._bwd_kernel, bwd, {})):
             jit = triton.JITFunction(fn)
             constexprs = {**consts, **extra}

@@ -170,6 +170,8 @@ def test_timing_says_when_a_run_was_resumed():
                                 "stop; its last process ran 1 min on 1 thread(s))")
     r.update(merged_from=["part-a", "part-b"])
     assert "(assembled from 2 parts by text-cl-merge; its last process ran 1 min on 1 thread(s))" in tables.timing(r)
+    r.update(merged_from=["part-a"])
+    assert "(assembled from 1 part by text-cl-merge;" in tables.timing(r)
 
 
 @pytest.mark.parametrize(("argv", "words"), [

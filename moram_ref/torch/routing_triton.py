@@ -17,8 +17,9 @@ Design, per token row (a tile of ``BLOCK_N`` rows × ``BLOCK_R ≥ R`` atoms per
   ``index ≤ j``). For ``k ≤ 16``: ``k`` rounds of (max, first index of the max). For larger ``k``: ``t`` is
   found bit by bit (32 counting passes) on the order-preserving int32 image of the float bits, then
   ``j`` by a cumulative count of the ties. Both cost O(R) registers per row and give the same ``(t, j)``.
-  ``k`` is a compile-time constant (``K``): one compiled kernel per distinct ``k_eff``, which a layer fixes
-  once ``R ≥ k``; a run-time loop bound is what Triton 3.6's interpreter cannot take (NumPy ≥ 2.4);
+  The argmax rounds' count is a compile-time constant (``ROUNDS = k``, at most 16 compiled variants; a
+  run-time loop bound is what Triton 3.6's interpreter cannot take with NumPy ≥ 2.4); the bisection reads
+  ``k`` at run time, so dense MoRAM (``k = R``, growing every task) does not recompile per task;
 * saved for backward: ``p`` itself (the inputs, no copy) and five numbers per row — ``‖p‖``, ``t``, ``j``, the
   softmax max and sum — from which the backward recomputes ``s``, the kept set, ``ŵ`` and the gate
   exactly. Nothing of width ``R`` is stored besides ``c`` (and ``w`` only when asked for).
@@ -197,9 +198,9 @@ def routing_forward(pa: Tensor, pb: Tensor, k: int, tau: float, delta: float, ep
         pb_, cb_ = (pb, cb) if r_b else (pa, ca)
         fwd[(triton.cdiv(n_rows, block_n),)](
             pa_, pb_, ca_, cb_, w if want_w else ca_, stats, cut,
-            n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), tau, delta, eps,
-            K=k, GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w, BLOCK_N=block_n, BLOCK_R=block_r,
-            num_warps=warps)
+            n_rows, r_a, r_b, pa_.stride(0), pb_.stride(0), k, tau, delta, eps,
+            ROUNDS=0 if k > ARGMAX_MAX_K else k, GATE=gate, BISECT=k > ARGMAX_MAX_K, STORE_W=want_w,
+            BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps)
     return ca, cb, w, stats, cut
 
 
@@ -269,8 +270,8 @@ def _kernels(interpret: bool):
 # Shapes in comments: BN = BLOCK_N token rows, BR = BLOCK_R ≥ R atom columns (padding masked off).
 
 
-def _fwd_kernel(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride_a, stride_b, tau, delta, eps,
-                 K: tl.constexpr, GATE: tl.constexpr, BISECT: tl.constexpr, STORE_W: tl.constexpr,
+def _fwd_kernel(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride_a, stride_b, k, tau, delta, eps,
+                 ROUNDS: tl.constexpr, GATE: tl.constexpr, BISECT: tl.constexpr, STORE_W: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     cols = tl.arange(0, BLOCK_R)  # (BR,)
@@ -294,21 +295,21 @@ def _fwd_kernel(pa, pb, ca, cb, w_out, stats, cut_out, n_rows, r_a, r_b, stride_
         key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
         t_key = tl.full([BLOCK_N], 1, tl.int32) << 31  # the smallest int32: count(key >= it) = R >= k
         n_ge = tl.sum(tl.where(valid & (key >= 0), 1, 0), axis=1)  # sign bit first (unsigned order)
-        t_key = tl.where(n_ge >= K, 0, t_key)
+        t_key = tl.where(n_ge >= k, 0, t_key)
         for i in range(31):  # then bits 30..0: the largest t_key with count(key >= t_key) >= k
             cand = t_key | (1 << (30 - i))
             n_ge = tl.sum(tl.where(valid & (key >= cand[:, None]), 1, 0), axis=1)
-            t_key = tl.where(n_ge >= K, cand, t_key)
+            t_key = tl.where(n_ge >= k, cand, t_key)
         t = tl.where(t_key < 0, t_key ^ 0x7FFFFFFF, t_key).to(tl.float32, bitcast=True)  # (BN,)
         n_above = tl.sum(tl.where(valid & (s > t[:, None]), 1, 0), axis=1)  # (BN,)
         tied = tl.where(valid & (s == t[:, None]), 1, 0)  # (BN, BR)
         rank = tl.cumsum(tied, axis=1)  # 1-based rank among the tied, by atom index
-        j = tl.max(tl.where((tied == 1) & (rank <= (K - n_above)[:, None]), col, -1), axis=1)
+        j = tl.max(tl.where((tied == 1) & (rank <= (k - n_above)[:, None]), col, -1), axis=1)
     else:
         taken = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.int32)
         t = tl.zeros([BLOCK_N], dtype=tl.float32)
         j = tl.zeros([BLOCK_N], dtype=tl.int32)
-        for _ in range(K):  # K rounds: the largest remaining score, and its lowest index
+        for _ in range(ROUNDS):  # k rounds: the largest remaining score, and its lowest index
             left = valid & (taken == 0)
             t = tl.max(tl.where(left, s, -float("inf")), axis=1)
             j = tl.min(tl.where(left & (s == t[:, None]), col, BLOCK_R), axis=1)

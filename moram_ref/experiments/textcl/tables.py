@@ -90,7 +90,8 @@ def timing(results: dict) -> str:
     threads = results.get("machine", {}).get("threads", "?")
     if results.get("resumed"):
         parts = results.get("merged_from") or []
-        how = f"assembled from {len(parts)} parts by text-cl-merge" if parts else "resumed after a stop"
+        how = (f"assembled from {len(parts)} part{'s' if len(parts) != 1 else ''} by text-cl-merge" if parts
+               else "resumed after a stop")
         return (f"{results['method_seconds'] / 60:.0f} min of training and evaluation summed over methods and "
                 f"seeds ({how}; its last process ran {results['wall_seconds'] / 60:.0f} min on {threads} "
                 f"thread(s))")
