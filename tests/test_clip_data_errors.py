@@ -17,7 +17,9 @@ from moram_ref.experiments.clip.data import Domain, Split, duplicate_prompts, lo
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
 from moram_ref.experiments.clip.tvdata import check_labels  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip" / "datasets.json"
+from conftest import shared_data  # noqa: E402
+
+SHARED = shared_data("clip", "datasets.json")
 
 
 def split_file(root: Path, key: str) -> Path:
@@ -95,7 +97,7 @@ def test_verify_reports_prompts_shared_across_domains(tmp_path):
                                            "classes": [["caltech101", 1, "pagoda"], ["sun397", 1, "pagoda"]]}]
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="shared CLIP facts not present")
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared CLIP facts ({SHARED}) are not present")
 def test_the_real_xtail_union_has_exactly_the_pagoda_clash():
     facts = json.loads(SHARED.read_text())["datasets"]
     spec = xtail_spec()

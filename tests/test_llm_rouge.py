@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import shared_data
+
 from moram_ref.experiments.llm import scoring
 from moram_ref.experiments.llm.rouge_l import rouge_l_f
 
-MEETINGBANK = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm-cl-benchmark-500" / "MeetingBank"
+MEETINGBANK = shared_data("llm-cl-benchmark-500", "MeetingBank")
 
 
 def package_f(prediction: str, reference: str) -> float:
@@ -49,7 +50,7 @@ def test_equals_the_package_on_generated_texts():
             prediction, reference)
 
 
-@pytest.mark.skipif(not MEETINGBANK.is_dir(), reason="shared MeetingBank data not present")
+@pytest.mark.skipif(not MEETINGBANK.is_dir(), reason=f"the shared MeetingBank data ({MEETINGBANK}) is not present")
 def test_equals_the_package_on_meetingbank_references():
     rows = json.loads((MEETINGBANK / "test.json").read_text())[:40]
     answers = [r["answer"] for r in rows]

@@ -257,7 +257,8 @@ assert 0 < change < 1e-3
 #
 # From the accuracy matrix $a[i, j]$ (after task $i$, on task $j$): **Last** is the mean of the final row;
 # **learned** is the mean of the diagonal (each task right after learning it); **forgetting** is the mean drop
-# from $a[j, j]$ to the final $a[T, j]$, counting only drops (the paper's clipped backward transfer).
+# from $a[j, j]$ to the final $a[T, j]$, counting only drops (the paper's clipped backward transfer), averaged
+# over all five tasks, the last one (which cannot drop) included: four tasks entirely forgotten give 80.
 #
 # One run is not enough to rank two methods that are close: with 40 pairs, one pair is 2.5 points, and the
 # seed (it draws the fresh atoms) or even the rounding of another BLAS moves a few pairs. So every method runs
@@ -318,7 +319,8 @@ plt.show()
 # survives. MoE-LoRA keeps old experts, but its router weighs whole experts, and it still forgets most of the
 # earlier tasks. MoRAM keeps what it learned (its forgetting is zero or close to it), but unlike LoRA it
 # does not learn every task perfectly (the "learned" column; on task 0 we saw why: pairs that share an atom),
-# and at $\tau = 0.1$ it learns each task better. In this toy the top-$k$ and the threshold do not raise
+# and at $\tau = 0.1$ it learns the tasks better on average (the "learned" column; not every task in every
+# seed). In this toy the top-$k$ and the threshold do not raise
 # accuracy. At $\tau = 0.01$ dense and sparse MoRAM cannot be told apart with five seeds: the 95 % interval of
 # their per-seed difference contains 0, and the difference is so sensitive that another NumPy's rounding moves
 # it by a few points either way (near one-hot weights turn last-bit differences into other atoms). At
@@ -338,7 +340,7 @@ assert summaries[(0.1, "moram")]["learned"] > summaries[(0.01, "moram")]["learne
 # %% [markdown]
 # ## Which atoms fire for which task
 # Rows: the atoms added by each task; columns: the keys of each task; entry: the mean total weight $\sum w$ of
-# that task's atoms (evaluation mode, after the last task). A diagonal pattern is the paper's claim: old
+# that task's atoms (seed 1, evaluation mode, after the last task). A diagonal pattern is the paper's claim: old
 # atoms keep firing for their own inputs, new atoms for new ones.
 
 # %%
