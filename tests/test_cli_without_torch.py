@@ -19,8 +19,9 @@ sys.meta_path.insert(0, _Block())
 def test_demo_runs_without_torch(tmp_path):
     code = BLOCK + (
         "from moram_ref.cli import main\n"
-        f"main(['demo', '--out', r'{tmp_path / 'demo'}', '--steps', '2'])\n"
+        f"status = main(['demo', '--out', r'{tmp_path / 'demo'}', '--steps', '2'])\n"
         "assert 'torch' not in sys.modules\n"
+        "raise SystemExit(status)\n"  # a failed or interrupted demo fails here, with its message
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
