@@ -9,6 +9,7 @@ checks that the README still says what it prints.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 from pathlib import Path
@@ -23,6 +24,27 @@ from moram_ref.experiments.toy import ablation_tables, claims
 from moram_ref.experiments.toy.demo import METRICS, format_cell
 
 HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
+
+
+def _first_differences(old: str, new: str, lines: int = 3, width: int = 160) -> str:
+    """The first ``lines`` changed lines of a block, each as a ``-`` (old) and ``+`` (new) line; a long line is
+    shown as a window of ``width`` characters around its first difference."""
+    matcher = difflib.SequenceMatcher(a=old.splitlines(), b=new.splitlines(), autojunk=False)
+    pairs = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            gone, came = matcher.a[i1:i2], matcher.b[j1:j2]
+            pairs += [(gone[k] if k < len(gone) else None, came[k] if k < len(came) else None)
+                      for k in range(max(len(gone), len(came)))]
+    out = []
+    for a, b in pairs[:lines]:
+        at = next((i for i, (x, y) in enumerate(zip(a or "", b or "")) if x != y), min(len(a or ""), len(b or "")))
+        lo = max(0, at - width // 3)
+        for sign, line in (("-", a), ("+", b)):
+            if line is not None:
+                part = line[lo:lo + width]
+                out.append(f"{sign} {'…' if lo else ''}{part}{'…' if lo + width < len(line) else ''}")
+    return "\n".join(out + (["…"] if len(pairs) > lines else []))
 
 
 def demo_table(results: dict) -> str:
@@ -43,11 +65,12 @@ def demo_table(results: dict) -> str:
         note += (" Digits: training on a domain raises its accuracy by "
                  f"{100 * np.mean(gain):.1f} points on average over the frozen base's zero-shot "
                  "(sequential LoRA's diagonal minus the frozen base's).")
-    silent = {name: np.mean([r["silent_fraction"] for r in res["methods"]["moram"]])
+    silent = {name: [r["silent_fraction"] for r in res["methods"]["moram"]]
               for name, res in results["streams"].items() if "moram" in res["methods"]}
     if silent:
-        note += (" Inputs that δ silences entirely at evaluation (MoRAM, layer 1, mean over seeds): "
-                 + ", ".join(f"{name} {100 * v:.1f} %" for name, v in silent.items()) + ".")
+        note += (" Inputs that δ silences entirely at evaluation (MoRAM, layer 1, mean over seeds, and the seeds' "
+                 "range): " + ", ".join(f"{name} {100 * np.mean(v):.1f} % ({100 * min(v):.1f}–{100 * max(v):.1f} %)"
+                                        for name, v in silent.items()) + ".")
     if sweep:
         note += (" Validation sweep of τ on the digits stream (mean Average): "
                  + ", ".join(f"τ = {t}: {100 * v:.1f}" for t, v in zip(sweep["temperatures"], sweep["validation_average"]))
@@ -194,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check is not None:
         if new != text:
-            print(f"{target}: the '{block}' table differs from {names}")
+            print(f"{target}: the '{block}' table differs from {names}; first differences (- {target}, + results):")
+            print(_first_differences(read_block(text, block), read_block(new, block)))
             return 1
         print(f"{target}: the '{block}' table matches {names}")
         return 0

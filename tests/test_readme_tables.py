@@ -55,7 +55,11 @@ def test_report_check_and_write_round_trip(tmp_path, capsys):
     results = tmp_path / "d" / "results.json"
     doc = tmp_path / "doc.md"
     doc.write_text("intro\n<!-- BEGIN generated: demo (moram-ref report) -->\nold\n<!-- END generated: demo -->\nend\n")
+    capsys.readouterr()
     assert main(["report", str(results), "--check", str(doc)]) == 1
+    said = capsys.readouterr().out.splitlines()  # what differs, not only that something does
+    assert said[0].endswith("first differences (- " + str(doc) + ", + results):")
+    assert said[1] == "- old" and said[2].startswith("+ | stream | method |")
     assert main(["report", str(results), "--write", str(doc)]) == 0
     assert main(["report", str(results), "--check", str(doc)]) == 0
     text = doc.read_text()
