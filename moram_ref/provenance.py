@@ -43,21 +43,26 @@ def _blas() -> str:
     libs = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
     if not libs:
         return "unknown"
-    lib = min(libs, key=_not_numpys)  # NumPy's own BLAS first (SciPy or torch may load others)
-    name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib.get("internal_api"), str(lib.get("internal_api")))
+    lib = min(libs, key=_numpys_first())  # NumPy's own BLAS (SciPy or torch may load others)
+    api = lib.get("internal_api")
+    name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(api, str(api))
     kernels = f" ({lib['architecture']} kernels)" if lib.get("architecture") else ""
     return f"{name} {lib.get('version') or '?'}{kernels}"
 
 
-def _not_numpys(lib: dict) -> int:
-    """0 for the BLAS NumPy ships (a wheel's ``numpy.libs`` beside the package, or inside it), 1 for one of
-    the version NumPy was built against, 2 for any other."""
+def _numpys_first():
+    """A sort key over threadpoolctl's libraries: 0 for the BLAS NumPy ships (a wheel's ``numpy.libs`` beside
+    the package, or inside it), 1 for one of the version NumPy was built against, 2 for any other."""
     package = Path(np.__file__).resolve().parent
-    path = Path(str(lib.get("filepath", ""))).resolve()
-    if path.parent in (package.parent / "numpy.libs", package) or package in path.parents:
-        return 0
     try:
         built = np.show_config(mode="dicts")["Build Dependencies"]["blas"].get("version")
     except Exception:  # noqa: BLE001 (older NumPy: no dict form)
         built = None
-    return 1 if built and lib.get("version") == built else 2
+
+    def key(lib: dict) -> int:
+        path = Path(str(lib.get("filepath", ""))).resolve()
+        if path.parent in (package.parent / "numpy.libs", package) or package in path.parents:
+            return 0
+        return 1 if built and lib.get("version") == built else 2
+
+    return key
