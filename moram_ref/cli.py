@@ -24,6 +24,8 @@ COMMANDS = {
                       "one text-cl run from parts that trained disjoint --methods (each in its own --out)"),
     "text-cl-routing": ("moram_ref.experiments.textcl.routing",
                         "where MoRAM's weight goes in a finished text-cl run, task by task (from its checkpoints)"),
+    "text-cl-confusion": ("moram_ref.experiments.textcl.confusion",
+                          "where each task's texts land in a finished text-cl run's union label space (every method)"),
     "clip": ("moram_ref.experiments.clip.run",
              "X-TAIL / MTIL on open_clip (real or --tiny); --verify checks the data, --make-synthetic writes some"),
     "llm": ("moram_ref.experiments.llm.run",

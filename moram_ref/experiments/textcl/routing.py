@@ -31,8 +31,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments.textcl import finished
 from moram_ref.experiments.textcl.routing_tables import PROBED
-from moram_ref.experiments.textcl.run import encoder_record, portable
+from moram_ref.experiments.textcl.run import portable
 from moram_ref.experiments.toy.ablation_tables import ci_cell
 
 
@@ -47,94 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 OUTPUTS = ("routing.json", "routing_summary.json")
 
 
-def _plan(args: argparse.Namespace) -> tuple[dict, list, list, Path]:
-    """Every check before any work: the run folder, its settings, the data, every checkpoint needed, the
-    output paths. Returns (settings, methods, tasks, data_root)."""
-    from moram_ref.experiments.textcl.data import SEQUENCES, load_task  # noqa: PLC0415
-
-    record = cliargs.read_json(args.run / rundir.CONFIG, "run")
-    if not isinstance(record, dict) or record.get("command") != "text-cl" or "settings" not in record:
-        raise cliargs.UsageError(f"run: {args.run} does not hold a `moram-ref text-cl` run (its config.json "
-                                 f"records {record.get('command') if isinstance(record, dict) else record!r})")
-    settings = record["settings"]
-    _check_settings(settings, args.run / rundir.CONFIG, SEQUENCES)
-    methods = [m for m in PROBED if m in settings["methods"]]
-    if not methods:
-        raise cliargs.UsageError(f"run: {args.run} trained neither MoRAM nor dense MoRAM (--methods "
-                                 f"{' '.join(settings['methods'])}): nothing routes")
-    data_root = args.data_root or Path(settings["data_root"])
-    if not data_root.is_dir():
-        raise cliargs.UsageError(f"--data-root: the recorded {data_root} does not exist; pass --data-root")
-    names = list(SEQUENCES[settings["sequence"]][: settings["tasks"]])
-    tasks = []
-    for name in names:
-        try:
-            tasks.append(load_task(data_root, name, max_train=settings["max_train"], max_test=settings["max_test"]))
-        except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
-            raise cliargs.UsageError(f"--data-root: cannot read task {name} under {data_root}: {exc}") from None
-        if not tasks[-1].test_text:
-            raise cliargs.UsageError(f"--data-root: task {name} under {data_root} has no test texts to probe")
-    for method in methods:
-        for seed in range(settings["seeds"]):
-            for t in range(1, len(names) + 1):
-                path = args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors"
-                if not path.is_file():
-                    raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
-                                             "it first)")
-    from moram_ref.experiments.textcl import state  # noqa: PLC0415
-
-    fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
-    for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
-        for seed in range(settings["seeds"]):
-            where = state.folder(args.run, method, seed)
-            record = state.check(where, method, seed, names, fingerprint, config)
-            if record is None or record["tasks_done"] < len(names):
-                raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
-                                         "run is unfinished: `text-cl --resume` it first)")
-    for name in (*OUTPUTS, *(f"routing_share_{m}.png" for m in methods)):
-        if (args.run / name).exists() and not (args.run / name).is_file():
-            raise cliargs.UsageError(f"run: cannot write {args.run / name}: it exists and is not a file")
-    return settings, methods, tasks, data_root
-
-
-def _check_settings(settings, path: Path, sequences: dict) -> None:
-    """The recorded settings this command reads, checked (a hand-edited or foreign config.json)."""
-    def bad(why: str) -> cliargs.UsageError:
-        return cliargs.UsageError(f"run: {path} records {why}; it was not written by `moram-ref text-cl` as it is")
-
-    if not isinstance(settings, dict):
-        raise bad(f"settings of type {type(settings).__name__}, not a mapping")
-    missing = [k for k in ("methods", "sequence", "tasks", "seeds", "data_root", "model_path", "adapt_layers",
-                           "placement", "max_length", "max_train", "max_test") if k not in settings]
-    if missing:
-        raise bad(f"no {', '.join(missing)} in its settings")
-    if not isinstance(settings["methods"], list) or not all(isinstance(m, str) for m in settings["methods"]):
-        raise bad(f"methods {settings['methods']!r}, not a list of names")
-    if settings["sequence"] not in sequences:
-        raise bad(f"sequence {settings['sequence']!r}, not one of {', '.join(sequences)}")
-    n = len(sequences[settings["sequence"]])
-    from moram_ref.experiments.textcl.encoder import PLACEMENTS  # noqa: PLC0415
-
-    for key, low, high in (("tasks", 2, n), ("seeds", 1, None), ("adapt_layers", 1, None), ("max_length", 2, None),
-                           ("max_train", 1, None), ("max_test", 1, None)):
-        v = settings[key]
-        if key in ("max_train", "max_test") and v is None:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
-            raise bad(f"{key} {v!r}, not an integer in [{low}, {high if high is not None else '∞'}]")
-    if settings["placement"] not in PLACEMENTS:
-        raise bad(f"placement {settings['placement']!r}, not one of {', '.join(sorted(PLACEMENTS))}")
-    for key, may_be_none in (("data_root", False), ("model_path", True)):
-        if not (isinstance(settings[key], str) or (may_be_none and settings[key] is None)):
-            raise bad(f"{key} {settings[key]!r}, not a path")
-    try:
-        cliargs.moram_config(argparse.Namespace(**settings))
-    except (cliargs.UsageError, TypeError, ValueError, AttributeError) as exc:
-        raise bad(f"MoRAM settings that do not form a configuration ({exc})") from None
+def _plan(args: argparse.Namespace) -> tuple[dict, list, list]:
+    """Every check before any work (:func:`.finished.plan`). Returns (settings, methods, tasks)."""
+    settings, methods, tasks, _ = finished.plan(
+        args.run, args.data_root, PROBED, OUTPUTS + tuple(f"routing_share_{m}.png" for m in PROBED),
+        "neither MoRAM nor dense MoRAM: nothing routes")
+    return settings, methods, tasks
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    settings, methods, tasks, data_root = _plan(args)
+    settings, methods, tasks = _plan(args)
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
         for leftover in args.run.glob(".routing*tmp*"):  # from a probe of an earlier version killed while writing
             leftover.unlink()
@@ -156,7 +79,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
 def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     import torch  # noqa: PLC0415
 
-    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
     from moram_ref.torch import attach as A  # noqa: PLC0415
     from moram_ref.torch import checkpoint  # noqa: PLC0415
 
@@ -164,14 +86,9 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     texts = [x for t in tasks for x in t.test_text[: args.per_task]]
     per_task = [min(args.per_task, len(t.test_text)) for t in tasks]
     groups = np.repeat(np.arange(len(tasks)), per_task)
-    model, tokenizer = load_encoder(settings["model_path"])
-    try:
-        enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
-    except ValueError as exc:
-        raise cliargs.UsageError(f"run: the recorded settings do not fit the encoder ({exc})") from None
+    enc, encoder = finished.encoder(settings)
     config = cliargs.moram_config(argparse.Namespace(**settings))
     lengths = np.array([enc.token_count(x) for x in texts])
-    encoder = encoder_record(settings["model_path"], model, settings["adapt_layers"])
     out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": max(per_task),
                  "texts_per_task": per_task, "methods": {}}
     for method in methods:

@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
 FIGURES = ("accuracy_*.png", "activation_*.png", "atoms_for_99_mass.png")  # what _figures draws
 EARLIER_RUN = ("state", "matrices", "results.json", "table.md", *FIGURES,  # and text-cl-routing's outputs:
-               "routing.json", "routing_summary.json", "routing_share_*.png")  # they came from that state
+               "routing.json", "routing_summary.json", "routing_share_*.png",  # they came from that state,
+               "confusion.json", "confusion.png")  # as text-cl-confusion's did
 RUNTIME_ONLY = ("out", "no_plots", "resume", "command", "merged_from")  # flags that do not shape the results
 
 

@@ -60,6 +60,8 @@ def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str |
     written before the run recorded its settings, or lacking the methods the table compares."""
     if isinstance(results, dict) and results.get("kind") == "text-cl routing":
         return "is a text-cl-routing summary, not a text-cl results.json"
+    if isinstance(results, dict) and results.get("kind") == "text-cl confusion":
+        return "is a text-cl-confusion confusion.json, not a text-cl results.json"
     if isinstance(results, dict) and {"run", "per_task", "methods"} <= set(results) and "kind" not in results:
         return "is a text-cl-routing routing.json, not a text-cl results.json"
     if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):

@@ -50,19 +50,34 @@ def class_offsets(tasks: list[TaskData]) -> list[int]:
 def evaluate(enc: CachedEncoder, tasks: list[TaskData], split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Accuracy on every task's ``split`` over the union of all labels, and over the task's own labels
     (in evaluation mode: the adapted blocks and their adapters are switched to it)."""
+    offsets, union, own = class_offsets(tasks), [], []
+    for j, (best, best_own) in enumerate(predict(enc, tasks, split)):
+        y = torch.as_tensor(getattr(tasks[j], f"{split}_y"))
+        union.append(float((best == y + offsets[j]).float().mean()))
+        own.append(float((best_own == y).float().mean()))
+    return np.array(union), np.array(own)
+
+
+@torch.no_grad()
+def predict(enc: CachedEncoder, tasks: list[TaskData], split: str = "test",
+            which: list[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per task ``j`` in ``which`` (default: all, in order), the predicted label of each of its ``split``
+    texts: (index into the union of every task's labels, in :func:`class_offsets` order; index into the
+    task's own labels), two int64 tensors of shape (N_j,). Evaluation mode, as :func:`evaluate`.
+
+    Raises ValueError for a ``split`` other than 'test' or 'val'."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     enc.top.eval()
     offsets = class_offsets(tasks)
     labels = enc.embed([p for t in tasks for p in t.prompts])  # (n_classes, D)
-    union, own = [], []
-    for j, task in enumerate(tasks):
-        texts, y = getattr(task, f"{split}_text"), torch.as_tensor(getattr(task, f"{split}_y"))
+    out = []
+    for j in range(len(tasks)) if which is None else which:
+        texts = getattr(tasks[j], f"{split}_text")
         emb = torch.cat([enc.embed(texts[i : i + 64]) for i in range(0, len(texts), 64)])
         scores = emb @ labels.T  # (N, n_classes)
-        union.append(float((scores.argmax(1) == y + offsets[j]).float().mean()))
-        own.append(float((scores[:, offsets[j] : offsets[j + 1]].argmax(1) == y).float().mean()))
-    return np.array(union), np.array(own)
+        out.append((scores.argmax(1), scores[:, offsets[j] : offsets[j + 1]].argmax(1)))
+    return out
 
 
 def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],

@@ -1,0 +1,153 @@
+"""``moram-ref text-cl-confusion RUN``: where each task's texts land in the union label space.
+
+In the task-agnostic protocol a text is scored against the labels of every task in the sequence, so it
+can be wrong in two ways: its best label belongs to another task (the text *lands* in that task), or it
+lands among its own task's labels on a wrong one. Union accuracy = (share of the task's texts landing in
+it) × (accuracy among those). This command separates the two, from a finished ``text-cl`` run's
+checkpoints (``state/<method>_seed<s>/task<t>.safetensors``, :mod:`.state`), for every method it ran:
+
+* ``after_own``: right after task ``t`` is learned (checkpoint ``task<t>``), where task ``t``'s texts land
+  (the accuracy matrix's diagonal);
+* ``after_last``: after the last task, where every task's texts land (the matrix's last row).
+
+For each, ``landed[seed][g][h]`` counts task ``g``'s texts whose best label is one of task ``h``'s, and
+``correct[seed][g]`` those that are right (the union accuracy's numerator). Zero-shot trains nothing:
+the frozen encoder's counts serve for both. The prediction is the training run's own
+(:func:`moram_ref.experiments.textcl.train.predict`, on the recorded ``--eval-split``), and the command
+checks the counts against the union accuracies the run recorded (``progress.json``): ``unreproduced``
+lists any cell that differs, ``[stage, seed, task, recorded correct, counted correct]`` (expected empty;
+a different BLAS thread count can move a near-tie).
+
+Writes ``<RUN>/confusion.json`` and, unless ``--no-plots``, ``confusion.png`` (one panel per method: the
+share of each task's texts landing in each task after the last task, mean over seeds); ``moram-ref report
+<RUN>/confusion.json --table textcl-confusion`` renders the tables (:mod:`.confusion_tables`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments.textcl import METHODS, finished
+from moram_ref.experiments.textcl.run import portable
+
+OUTPUT, FIGURE = "confusion.json", "confusion.png"
+STAGES = ("after_own", "after_last")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
+    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
+                   help="the task folders (default: the --data-root recorded in the run's config.json)")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    settings, methods, tasks, records = finished.plan(args.run, args.data_root, METHODS, (OUTPUT, FIGURE),
+                                                      "no method")
+    with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
+        result = _count(settings, methods, tasks, records, args.run, log)
+        with rundir.staging(args.run) as stage:  # written there, then published together: all old or all new
+            if not args.no_plots:
+                _figure(result, stage / FIGURE)
+            (stage / OUTPUT).write_text(rundir.dumps(result))
+            rundir.publish(stage, args.run, stale=(FIGURE,))  # a figure of an earlier count would not match
+    log(f"wrote {args.run}/{OUTPUT}" + ("" if args.no_plots else f", {FIGURE}"))
+    return result
+
+
+def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: Path, log) -> dict:
+    from moram_ref.experiments.textcl.train import class_offsets, predict  # noqa: PLC0415
+    from moram_ref.torch import attach as A  # noqa: PLC0415
+    from moram_ref.torch import checkpoint  # noqa: PLC0415
+
+    enc, encoder = finished.encoder(settings)
+    config = cliargs.moram_config(argparse.Namespace(**settings))
+    split = settings.get("eval_split", "test")
+    names = [t.name for t in tasks]
+    n = len(tasks)
+    group = np.repeat(np.arange(n), [len(t.labels) for t in tasks])  # union label index -> its task
+    offsets = class_offsets(tasks)
+    ys = [np.asarray(getattr(t, f"{split}_y")) for t in tasks]
+
+    def tally(which: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        landed, correct = np.zeros((len(which), n), dtype=int), np.zeros(len(which), dtype=int)
+        for i, (j, (best, _)) in enumerate(zip(which, predict(enc, tasks, split, which))):
+            best = best.numpy()
+            landed[i] = np.bincount(group[best], minlength=n)
+            correct[i] = int(np.sum(best == ys[j] + offsets[j]))
+        return landed, correct
+
+    result: dict = {"kind": "text-cl confusion",
+                    "run": {"settings": portable(settings), "tasks": names, "encoder": encoder}, "split": split,
+                    "texts_per_task": [len(y) for y in ys], "methods": {}}
+    for method in methods:
+        entry = {s: {"landed": [], "correct": []} for s in STAGES}
+        unreproduced = []
+        for seed in range(settings["seeds"]):
+            A.detach(enc.top)
+            if method == "zero_shot":  # the frozen encoder: one count serves every seed and stage
+                last = own = last if seed else tally(list(range(n)))
+            else:
+                rows = []
+                for t in range(1, n + 1):
+                    A.detach(enc.top)
+                    A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                    checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
+                                    config, method)
+                    rows.append(tally([t - 1]))
+                    if t == n:
+                        last = tally(list(range(n)))
+                own = (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
+            recorded = np.asarray(records[method, seed]["union"], dtype=float)
+            for stage, (landed, correct), accuracy in (("after_own", own, np.diag(recorded)),
+                                                       ("after_last", last, recorded[-1])):
+                entry[stage]["landed"].append(landed.tolist())
+                entry[stage]["correct"].append(correct.tolist())
+                expected = np.rint(accuracy * np.array([len(y) for y in ys])).astype(int)
+                unreproduced += [[stage, seed, names[g], int(expected[g]), int(correct[g])]
+                                 for g in np.flatnonzero(expected != correct)]
+            log(f"{method} seed {seed}: where each task's texts land counted"
+                + (f"; {len(unreproduced)} cell(s) differ from the recorded accuracy" if unreproduced else
+                   f"; reproduces the recorded union accuracy in all {2 * n} cells"))
+        entry["unreproduced"] = unreproduced
+        result["methods"][method] = entry
+    A.detach(enc.top)
+    return result
+
+
+def _figure(result: dict, path: Path) -> None:
+    from moram_ref.experiments.textcl.confusion_tables import shares_of  # noqa: PLC0415
+    from moram_ref.experiments.textcl.tables import LABELS  # noqa: PLC0415
+    from moram_ref.plots import _pyplot  # noqa: PLC0415  (matplotlib only when figures are wanted)
+
+    plt = _pyplot()
+    names = result["run"]["tasks"]
+    n, panels = len(names), list(result["methods"].items())
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    small = 8 if n <= 6 else 5
+    size = max(3.6, 0.42 * n + 1.6)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (method, entry) in zip(axes.flat, panels):
+        share = shares_of(entry, "after_last", np.asarray(result["texts_per_task"], float))[0]
+        image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+        for (g, h), v in np.ndenumerate(share):
+            if v >= 0.005:
+                ax.text(h, g, f"{100 * v:.0f}", ha="center", va="center", fontsize=small,
+                        color="white" if v < 0.6 else "black")
+        ax.set_xticks(range(n), names, fontsize=small + 1, rotation=60, ha="right")
+        ax.set_yticks(range(n), names, fontsize=small + 1)
+        ax.set_xlabel("lands in the labels of", fontsize=small + 2)
+        ax.set_title(LABELS[method], fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="share of the task's texts (rows)")
+    fig.suptitle(f"Where each task's texts land in the union of all labels, after the last task (mean over "
+                 f"{len(next(iter(result['methods'].values()))['after_last']['landed'])} seed(s), %)", fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

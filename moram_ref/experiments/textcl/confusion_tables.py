@@ -1,0 +1,130 @@
+"""Reading ``text-cl-confusion`` files (``confusion.json``): where each task's texts land, as tables.
+
+``moram-ref report CONFUSION.json [CONFUSION.json …] --table textcl-confusion`` renders, per run, two tables
+(rows: tasks; a column per method): right after each task is learned, and after the last task. A cell is
+``union accuracy (landed)``: the % of the task's texts whose best label in the union of every task's labels
+is the right one, and in brackets the % whose best label is one of the task's own (the accuracy's ceiling).
+The last column names the other task whose labels take the most of the task's texts, mean over the
+adapters. :func:`problem` checks a file's structure and every count first, so that a damaged or hand-edited
+file is named, never silently misread. Importable without torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moram_ref.experiments.textcl.tables import LABELS, run_label
+
+STAGES = (("after_own", "right after learning it (the accuracy matrix's diagonal)"),
+          ("after_last", "after the last task (the matrix's last row)"))
+
+
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
+
+
+def problem(data) -> str | None:
+    """Why ``data`` cannot feed the confusion table (None if it can)."""
+    if not isinstance(data, dict) or data.get("kind") != "text-cl confusion":
+        return "is not a text-cl-confusion confusion.json"
+    run = data.get("run")
+    if not isinstance(run, dict) or not all(isinstance(run.get(k), dict) for k in ("settings", "encoder")):
+        return "has no 'run' record with 'settings' and 'encoder'"
+    enc = run["encoder"]
+    if not all(_count(enc.get(k)) and enc.get(k) >= 1 for k in ("blocks", "adapted_blocks")):
+        return f"records an encoder {enc!r} without whole numbers of blocks and adapted blocks"
+    tasks = run.get("tasks")
+    if not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) for t in tasks):
+        return f"records tasks {tasks!r}: a confusion file needs a list of 2 or more task names"
+    n = len(tasks)
+    texts = data.get("texts_per_task")
+    if not (isinstance(texts, list) and len(texts) == n and all(_count(c) and c >= 1 for c in texts)):
+        return f"records texts_per_task {texts!r}: expected {n} whole numbers ≥ 1, one per task"
+    methods = data.get("methods")
+    if not isinstance(methods, dict) or not methods or not set(methods) <= set(LABELS):
+        return f"records methods {methods if not isinstance(methods, dict) else sorted(methods)!r}: expected one or " \
+               f"more of {', '.join(LABELS)}"
+    seeds = None
+    for method, entry in methods.items():
+        for stage, _ in STAGES:
+            part = entry.get(stage) if isinstance(entry, dict) else None
+            if not isinstance(part, dict):
+                return f"{LABELS[method]}: has no '{stage}' counts"
+            landed, correct = part.get("landed"), part.get("correct")
+            ok = (isinstance(landed, list) and isinstance(correct, list) and len(landed) == len(correct) >= 1
+                  and all(isinstance(s, list) and len(s) == n and all(isinstance(r, list) and len(r) == n
+                                                                     and all(_count(c) for c in r) for r in s)
+                          for s in landed)
+                  and all(isinstance(s, list) and len(s) == n and all(_count(c) for c in s) for s in correct))
+            if not ok:
+                return f"{LABELS[method]}: '{stage}' must hold, per seed, {n}×{n} landed counts and {n} correct counts"
+            if seeds not in (None, len(landed)):
+                return f"{LABELS[method]}: '{stage}' has {len(landed)} seed(s), another entry {seeds}"
+            seeds = len(landed)
+            for s, (rows, right) in enumerate(zip(landed, correct)):
+                for g in range(n):
+                    if sum(rows[g]) != texts[g] or right[g] > rows[g][g]:
+                        return (f"{LABELS[method]}: '{stage}' seed {s}, task {tasks[g]}: {sum(rows[g])} texts landed "
+                                f"and {right[g]} right of {rows[g][g]} in its own labels; expected {texts[g]} texts, "
+                                "and no more right than landed in its own labels")
+    return None
+
+
+def shares_of(entry: dict, stage: str, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(landed share (T, T), accuracy (T,)), both mean over seeds, in [0, 1]."""
+    landed = np.asarray(entry[stage]["landed"], float) / texts[None, :, None]
+    correct = np.asarray(entry[stage]["correct"], float) / texts[None, :]
+    return landed.mean(axis=0), correct.mean(axis=0)
+
+
+def _attractor(landed: np.ndarray, names: list[str]) -> str:
+    """'MNLI 37': the task whose labels take the largest share of the other tasks' texts (mean over those
+    tasks, %), from a landed-share matrix (T, T)."""
+    n = len(names)
+    taken = (landed.sum(axis=0) - np.diag(landed)) / (n - 1)
+    h = int(np.argmax(taken))
+    return f"{names[h]} {100 * taken[h]:.0f}"
+
+
+def confusion_table(*files: dict) -> str:
+    """Per run (one ``confusion.json`` each), the tables of the module docstring. ValueError if a file
+    fails :func:`problem`."""
+    if not files:
+        raise ValueError("no text-cl-confusion files given")
+    out = []
+    for data in files:
+        why = problem(data)
+        if why:
+            raise ValueError(f"the confusion file {why}")
+        names, methods = data["run"]["tasks"], data["methods"]
+        texts = np.asarray(data["texts_per_task"], float)
+        adapters = [m for m in methods if m != "zero_shot"] or list(methods)
+        seeds = len(next(iter(methods.values()))["after_last"]["landed"])
+        for stage, when in STAGES:
+            shares = {m: shares_of(e, stage, texts) for m, e in methods.items()}
+            out += [f"**{run_label(data['run'])}: where each task's texts land, {when}** — union accuracy % "
+                    f"(% landing among the task's own labels), mean over {seeds} seed(s)", "",
+                    "| task | " + " | ".join(LABELS[m] for m in methods) + " | most of the rest lands in |",
+                    "|---|" + "---|" * (len(methods) + 1)]
+            for g, name in enumerate(names):
+                cells = [f"{100 * acc[g]:.1f} ({100 * land[g, g]:.0f})" for land, acc in shares.values()]
+                elsewhere = np.mean([shares[m][0][g] for m in adapters], axis=0)
+                elsewhere[g] = -1
+                h = int(np.argmax(elsewhere))
+                out.append(f"| {name} | " + " | ".join(cells) + f" | {names[h]} ({100 * elsewhere[h]:.0f}) |")
+            out.append("| *labels taking most of the other tasks' texts* | "
+                       + " | ".join(_attractor(land, names) for land, _ in shares.values()) + " | |")
+            out.append("")
+        unreproduced = sum(len(e.get("unreproduced") or []) for e in methods.values())
+        out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({int(texts.min())}–{int(texts.max())} per "
+                   f"task). Recounted from the checkpoints: "
+                   + ("every cell reproduces the run's recorded union accuracy." if not unreproduced else
+                      f"{unreproduced} cell(s) differ from the run's recorded union accuracy (see `unreproduced`)."))
+        out.append("")
+    return "\n".join(out) + (
+        "\nA text lands in a task when its best-scoring label, among the labels of every task in the sequence, is "
+        "one of that task's; union accuracy ≤ the share landing in the task's own labels. *Most of the rest lands "
+        "in*: the other task whose labels take the largest share of the task's texts (%), mean over the adapters. "
+        "*Labels taking most of the other tasks' texts*: per method, the task whose labels take the largest share "
+        "of the other tasks' texts (%, mean over those tasks; an even spread would give each task 1/T of them). "
+        "Command: `moram-ref text-cl-confusion <run folder>`.")

@@ -1,0 +1,123 @@
+"""A finished ``text-cl`` run folder, checked whole before an analysis reads it.
+
+``text-cl-routing`` and ``text-cl-confusion`` both start here: :func:`plan` reads the run's recorded
+settings (``config.json``), checks them, reads the tasks from ``--data-root``, and checks every (method,
+seed) record the analysis will load (:func:`moram_ref.experiments.textcl.state.check`: each checkpoint's
+tensors against their sha256, written for this method, task, seed, data and configuration), and that the
+outputs can be written — all before the encoder loads, so a damaged, unfinished or foreign run is named
+in one line (:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from moram_ref.experiments import cliargs, rundir
+
+
+def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tuple[str, ...],
+         none_wanted: str) -> tuple[dict, list[str], list, dict[tuple[str, int], dict]]:
+    """Every check before any work. Returns (settings, methods, tasks, records).
+
+    run: the run folder; data_root: ``--data-root`` (None: the recorded one); wanted: the methods the
+    analysis reads, in its order (those the run trained are kept); outputs: the file names (globs allowed
+    for figures' names) it will write in ``run``; none_wanted: the message's end when the run trained none of
+    ``wanted``. ``records[(method, seed)]`` is that pair's validated ``progress.json`` record."""
+    from moram_ref.experiments.textcl import state  # noqa: PLC0415
+    from moram_ref.experiments.textcl.data import SEQUENCES, load_task  # noqa: PLC0415
+
+    record = cliargs.read_json(run / rundir.CONFIG, "run")
+    if not isinstance(record, dict) or record.get("command") != "text-cl" or "settings" not in record:
+        raise cliargs.UsageError(f"run: {run} does not hold a `moram-ref text-cl` run (its config.json "
+                                 f"records {record.get('command') if isinstance(record, dict) else record!r})")
+    settings = record["settings"]
+    check_settings(settings, run / rundir.CONFIG, SEQUENCES)
+    methods = [m for m in wanted if m in settings["methods"]]
+    if not methods:
+        raise cliargs.UsageError(f"run: {run} trained {none_wanted} (--methods {' '.join(settings['methods'])})")
+    data_root = data_root or Path(settings["data_root"])
+    if not data_root.is_dir():
+        raise cliargs.UsageError(f"--data-root: the recorded {data_root} does not exist; pass --data-root")
+    names = list(SEQUENCES[settings["sequence"]][: settings["tasks"]])
+    tasks = []
+    for name in names:
+        try:
+            tasks.append(load_task(data_root, name, max_train=settings["max_train"], max_test=settings["max_test"]))
+        except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            raise cliargs.UsageError(f"--data-root: cannot read task {name} under {data_root}: {exc}") from None
+        if not tasks[-1].test_text:
+            raise cliargs.UsageError(f"--data-root: task {name} under {data_root} has no test texts to probe")
+    for method in methods:
+        if method == "zero_shot":  # trains nothing, writes no checkpoint
+            continue
+        for seed in range(settings["seeds"]):
+            for t in range(1, len(names) + 1):
+                path = state.folder(run, method, seed) / f"task{t}.safetensors"
+                if not path.is_file():
+                    raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
+                                             "it first)")
+    fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
+    records = {}
+    for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
+        for seed in range(settings["seeds"]):
+            where = state.folder(run, method, seed)
+            found = state.check(where, method, seed, names, fingerprint, config)
+            if found is None or found["tasks_done"] < len(names):
+                raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
+                                         "run is unfinished: `text-cl --resume` it first)")
+            records[method, seed] = found
+    for pattern in outputs:
+        for path in (run.glob(pattern) if "*" in pattern else [run / pattern]):
+            if path.exists() and not path.is_file():
+                raise cliargs.UsageError(f"run: cannot write {path}: it exists and is not a file")
+    return settings, methods, tasks, records
+
+
+def check_settings(settings, path: Path, sequences: dict) -> None:
+    """The recorded settings an analysis reads, checked (a hand-edited or foreign config.json)."""
+    def bad(why: str) -> cliargs.UsageError:
+        return cliargs.UsageError(f"run: {path} records {why}; it was not written by `moram-ref text-cl` as it is")
+
+    if not isinstance(settings, dict):
+        raise bad(f"settings of type {type(settings).__name__}, not a mapping")
+    missing = [k for k in ("methods", "sequence", "tasks", "seeds", "data_root", "model_path", "adapt_layers",
+                           "placement", "max_length", "max_train", "max_test") if k not in settings]
+    if missing:
+        raise bad(f"no {', '.join(missing)} in its settings")
+    if not isinstance(settings["methods"], list) or not all(isinstance(m, str) for m in settings["methods"]):
+        raise bad(f"methods {settings['methods']!r}, not a list of names")
+    if settings["sequence"] not in sequences:
+        raise bad(f"sequence {settings['sequence']!r}, not one of {', '.join(sequences)}")
+    n = len(sequences[settings["sequence"]])
+    from moram_ref.experiments.textcl.encoder import PLACEMENTS  # noqa: PLC0415
+
+    for key, low, high in (("tasks", 2, n), ("seeds", 1, None), ("adapt_layers", 1, None), ("max_length", 2, None),
+                           ("max_train", 1, None), ("max_test", 1, None)):
+        v = settings[key]
+        if key in ("max_train", "max_test") and v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+            raise bad(f"{key} {v!r}, not an integer in [{low}, {high if high is not None else '∞'}]")
+    if settings["placement"] not in PLACEMENTS:
+        raise bad(f"placement {settings['placement']!r}, not one of {', '.join(sorted(PLACEMENTS))}")
+    for key, may_be_none in (("data_root", False), ("model_path", True)):
+        if not (isinstance(settings[key], str) or (may_be_none and settings[key] is None)):
+            raise bad(f"{key} {settings[key]!r}, not a path")
+    try:
+        cliargs.moram_config(argparse.Namespace(**settings))
+    except (cliargs.UsageError, TypeError, ValueError, AttributeError) as exc:
+        raise bad(f"MoRAM settings that do not form a configuration ({exc})") from None
+
+
+def encoder(settings: dict):
+    """(CachedEncoder with the recorded blocks and length, the encoder record) for a run's settings."""
+    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
+    from moram_ref.experiments.textcl.run import encoder_record  # noqa: PLC0415
+
+    model, tokenizer = load_encoder(settings["model_path"])
+    try:
+        enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
+    except ValueError as exc:
+        raise cliargs.UsageError(f"run: the recorded settings do not fit the encoder ({exc})") from None
+    return enc, encoder_record(settings["model_path"], model, settings["adapt_layers"])

