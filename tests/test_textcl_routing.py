@@ -117,6 +117,8 @@ def test_the_figure_is_drawn(probed):
     ("task-folder", ["--data-root: cannot read task", "yahoo"]),
     ("test-json", ["--data-root: cannot read task", "amazon"]),
     ("figure-dir", ["cannot write", "routing_share_moram.png", "not a file"]),
+    ("lr", ["moram_seed0/progress.json", "other settings", "--lr 0.002 recorded, 0.5 now"]),
+    ("no-steps", ["config.json records no steps"]),
 ])
 def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words):
     data, run, _ = probed
@@ -158,6 +160,10 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
             cfg["settings"] = [1, 2]
         elif damage == "sequence":
             cfg["settings"]["sequence"] = "nope"
+        elif damage == "lr":  # the records were written with --lr 0.002
+            cfg["settings"]["lr"] = 0.5
+        elif damage == "no-steps":
+            del cfg["settings"]["steps"]
         else:
             cfg["settings"]["tasks"] = 1
         (copy / "config.json").write_text(json.dumps(cfg))

@@ -84,10 +84,15 @@ def _plan(args: argparse.Namespace) -> tuple[dict, list, list, Path]:
     from moram_ref.experiments.textcl import state  # noqa: PLC0415
 
     fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
+    try:
+        recorded = state.shaping(settings)
+    except KeyError as exc:
+        raise cliargs.UsageError(f"run: {args.run / rundir.CONFIG} records no {exc.args[0]} in its settings; it was "
+                                 "not written by `moram-ref text-cl` as it is") from None
     for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
         for seed in range(settings["seeds"]):
             where = state.folder(args.run, method, seed)
-            record = state.check(where, method, seed, names, fingerprint, config)
+            record = state.check(where, method, seed, names, fingerprint, config, recorded)
             if record is None or record["tasks_done"] < len(names):
                 raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
                                          "run is unfinished: `text-cl --resume` it first)")
