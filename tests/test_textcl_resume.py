@@ -350,3 +350,21 @@ def test_a_record_written_before_settings_were_recorded_still_resumes(uninterrup
     assert "restored 1/3 task(s)" in capsys.readouterr().out
     assert _results(out) == whole
     assert json.loads((seq_lora / "progress.json").read_text())["settings"]["lr"] == 0.002
+
+
+def test_a_record_holds_the_settings_that_shape_it_and_names_each_that_differs(uninterrupted, tmp_path):
+    """The encoder is recorded by its name (its folder differs between machines); run-wide settings
+    (--methods, --seeds, --data-root …) are not recorded; every differing setting is named, as a flag."""
+    from moram_ref.experiments.textcl import state
+
+    _, out = _finished_copy(uninterrupted, tmp_path)
+    where = out / "state" / "moram_seed0"
+    record = json.loads((where / "progress.json").read_text())
+    settings = state.shaping(json.loads((out / "config.json").read_text())["settings"])
+    assert record["settings"] == settings and set(settings) == set(state.SHAPING)
+    assert settings["model_path"] == "all-MiniLM-L6-v2" and settings["lr"] == 0.002
+    args = (where, "moram", 0, record["tasks"], record["data"])
+    assert state.check(*args, None, settings)["tasks_done"] == 3
+    with pytest.raises(state.StateError, match=r'progress\.json: was written by a run with other settings \(--lr 0\.002 '
+                                               r'recorded, 0\.5 now; --model-path "all-MiniLM-L6-v2" recorded, "tiny" now\)'):
+        state.check(*args, None, {**settings, "lr": 0.5, "model_path": "tiny"})
