@@ -22,7 +22,7 @@ every (method, seed) before any work, so a damaged, foreign (another method, see
 A record from a run with other training settings is foreign too: ``progress.json`` and every checkpoint's
 metadata (``extra["settings"]``) hold the settings that shape the record (:data:`SHAPING`, as
 ``config.json`` names them, the encoder by its folder's name), and :func:`check`, given the current ones,
-refuses a record whose differ (``--lr 0.002 recorded, 0.5 now``): without it, a state folder copied in
+refuses a record whose settings differ (``--lr 0.002 recorded, 0.5 now``): without it, a state folder copied in
 from another run (into a run to ``--resume``, or between ``text-cl-merge`` parts, whose own ``config.json``
 do agree) would continue or be merged as a silent mix of two runs. Recorded: ``--steps``, ``--batch``,
 ``--lr``, ``--adapt-layers``, ``--placement``, ``--max-length``, ``--eval-split`` (they decide the
@@ -42,7 +42,7 @@ settings is another run's even where a setting does not act on it. Not recorded,
 * Constants without a flag (:class:`~.train.TrainSettings`' ``logit_scale``, ``olora_lambda``,
   ``probe_per_task``): only a change of the code changes them.
 
-A record written before these settings were (``progress.json`` or a checkpoint without the field, as
+A record written before records held their settings (``progress.json`` or a checkpoint without the field, as
 the long runs of ``docs/results.md``) is checked without its settings: every other check still applies,
 and a resumed run records them from its next task on.
 """
