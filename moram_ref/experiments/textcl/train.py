@@ -82,7 +82,7 @@ def predict(enc: CachedEncoder, tasks: list[TaskData], split: str = "test",
 
 def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],
                on_step=None, state_dir: Path | None = None, resume: bool = False, on_task=None,
-               on_resume=None) -> dict:
+               on_resume=None, recorded: dict | None = None) -> dict:
     """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes.
 
     Mode: the encoder's blocks stay in evaluation mode (their dropout off); the adapters are in training
@@ -94,12 +94,16 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
 
     ``state_dir`` (optional): the state after every task is recorded there (:mod:`.state`); with
     ``resume`` the recorded tasks are restored instead of rerun (``state.StateError`` if the record is
-    damaged, foreign or stale), and the result equals the uninterrupted run's, bit for bit.
+    damaged, foreign or stale), and the result equals the uninterrupted run's, bit for bit. ``recorded``
+    (required with ``state_dir``): the run's settings that shape the record (``state.shaping``), written
+    into it and, with ``resume``, compared with the record's.
     ``out["resumed_after"]`` says how many tasks were restored; ``on_resume(k)`` is called once, before
     any work, when ``k > 0`` tasks were.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if state_dir is not None and not isinstance(recorded, dict):
+        raise ValueError(f"recorded must be the run's settings (state.shaping) with a state_dir, got {recorded!r}")
     A.detach(enc.top)
     trained = method != "zero_shot"
     if trained:
@@ -115,7 +119,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     start = 0
     fingerprint = state.data_fingerprint(tasks) if state_dir is not None else ""
     if resume and state_dir is not None:
-        record = state.check(state_dir, method, seed, [t.name for t in tasks], fingerprint, settings.moram)
+        record = state.check(state_dir, method, seed, [t.name for t in tasks], fingerprint, settings.moram, recorded)
         start = state.load(record, state_dir, model, settings.moram, method, gen, rng, union, own, out)
         if start and on_resume is not None:
             on_resume(start)
@@ -152,8 +156,8 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
                 out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
         out["seconds_per_task"].append(time.perf_counter() - t0)
         if state_dir is not None:
-            state.save(state_dir, t + 1, model, settings.moram, method, seed, fingerprint, gen, rng, union, own,
-                       out, [x.name for x in tasks])
+            state.save(state_dir, t + 1, model, settings.moram, method, seed, fingerprint, recorded, gen, rng, union,
+                       own, out, [x.name for x in tasks])
         if on_task is not None:
             on_task(t + 1, task.name, union[t])
     out.update(union=union, own=own)
