@@ -62,7 +62,9 @@ def test_a_recount_that_differs_from_the_record_is_reported(counted, tmp_path, c
     record["union"][2][0] = (record["union"][2][0] * 9 + 1) % 10 / 9  # one more (or fewer) right text, task 1
     progress.write_text(json.dumps(record))
     assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
-    assert "moram seed 1: where each task's texts land counted; 1 cell(s) differ" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moram seed 1: where each task's texts land counted; 1 of 6 cell(s) differ" in out
+    assert "moram seed 0: where each task's texts land counted; reproduces" in out
     entry = json.loads((copy / "confusion.json").read_text())["methods"]["moram"]
     assert len(entry["unreproduced"]) == 1 and entry["unreproduced"][0][:3] == ["after_last", 1, "dbpedia"]
     assert not (copy / "confusion.png").exists()  # the earlier figure showed other counts: removed
