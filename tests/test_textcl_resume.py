@@ -145,6 +145,7 @@ def _edit(path: Path, **changes) -> None:
     ("earlier-checkpoint-damaged", ["task1.safetensors", "is damaged: tensor", "sha256"]),
     ("checkpoint-a-folder", ["task3.safetensors", "is not a readable file"]),
     ("data", ["the task data under --data-root changed"]),
+    ("early-format", ["progress.json", "records no seed, data", "earlier moram-ref text-cl"]),
 ])
 def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):
     data, out = _finished_copy(uninterrupted, tmp_path)
@@ -164,6 +165,9 @@ def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path,
         _edit(progress, numpy_rng={"bit_generator": "PCG64", "state": {}})
     elif case == "seed":
         shutil.copy(out / "state" / "seq_lora_seed0" / "progress.json", progress)
+    elif case == "early-format":  # as the first resumable version wrote it: neither seed nor data fingerprint
+        record = json.loads(progress.read_text())
+        progress.write_text(json.dumps({k: v for k, v in record.items() if k not in ("seed", "data")}))
     elif case == "checkpoint-of-another-seed":
         shutil.copy(out / "state" / "seq_lora_seed0" / "task3.safetensors", where / "task3.safetensors")
     elif case == "checkpoint-missing":

@@ -160,6 +160,10 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
         raise _fail(path, f"cannot be read ({exc})") from None
     if not isinstance(record, dict):
         raise _fail(path, f"holds a {type(record).__name__}, not a progress record")
+    unrecorded = [k for k in ("method", "seed", "tasks", "data") if k not in record]
+    if unrecorded:  # e.g. a record of an early version, which named neither its seed nor its data
+        raise _fail(path, f"records no {', '.join(unrecorded)} (written by an earlier moram-ref text-cl, or not by "
+                          "it), so it cannot be checked against this run")
     if (record.get("method"), record.get("seed"), record.get("tasks")) != (method, seed, names):
         raise _fail(path, f"records method {record.get('method')!r}, seed {record.get('seed')!r} on tasks "
                           f"{record.get('tasks')}, not {method!r}, seed {seed} on {names}")
