@@ -77,28 +77,30 @@ def test_the_table_is_the_counts_in_percent(counted):
     body = report.GENERATORS["textcl-confusion"](result)
     own_part, last_part = body.split("after the last task")
     texts = np.array(result["texts_per_task"], float)
+    names = result["run"]["tasks"]
+
+    def mean_share(method, stage):  # (tasks × tasks), mean over seeds
+        return np.mean(np.array(result["methods"][method][stage]["landed"]) / texts[None, :, None], axis=0)
+
     for part, stage in ((own_part, "after_own"), (last_part, "after_last")):
-        rows = [ln for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| task |")]
-        attractors, rows = rows[-1].strip("| ").split(" | ")[1:-1], rows[:-1]
-        for method, cell in zip(result["methods"], attractors):  # the column taking most of the others' texts
-            share = np.mean(np.array(result["methods"][method][stage]["landed"]) / texts[None, :, None], axis=0)
-            taken = 100 * (share.sum(axis=0) - np.diag(share)) / 2
-            name, value = cell.rsplit(" ", 1)
-            assert name == result["run"]["tasks"][int(np.argmax(taken))] and abs(float(value) - taken.max()) <= 0.51
-        assert [r.split(" | ")[0][2:] for r in rows] == result["run"]["tasks"]
+        header, *rows, attractors = [[c.strip() for c in ln.strip().strip("|").split("|")]
+                                     for ln in part.splitlines() if ln.startswith("| ") and "---" not in ln]
+        assert header == ["task", "texts cut", "zero-shot", "seq. LoRA", "MoRAM", "largest other destination"]
+        assert [r[0] for r in rows] == names and [r[1] for r in rows] == ["0", "0", "0"]  # short generated texts
         for m, method in enumerate(result["methods"]):
             entry = result["methods"][method][stage]
             accuracy = 100 * np.mean(np.array(entry["correct"]) / texts, axis=0)
-            landed = 100 * np.mean(np.array(entry["landed"]) / texts[None, :, None], axis=0)
+            landed = 100 * mean_share(method, stage)
             for g, row in enumerate(rows):
-                cell = row.strip("| ").split(" | ")[1 + m]
-                shown_acc, shown_own = cell.split(" (")
+                shown_acc, shown_own = row[2 + m].split(" (")
                 assert abs(float(shown_acc) - accuracy[g]) <= 0.051 and abs(float(shown_own[:-1]) - landed[g, g]) <= 0.51
+            taken = (landed.sum(axis=0) - np.diag(landed)) / 2  # (in %) the labels taking most of the others' texts
+            name, value = attractors[2 + m].rsplit(" ", 1)
+            assert name == names[int(np.argmax(taken))] and abs(float(value) - taken.max()) <= 0.51
         for g, row in enumerate(rows):  # the other task taking most, mean over the adapters (not zero-shot)
-            rest = np.mean([np.mean(np.array(result["methods"][m][stage]["landed"]) / texts[None, :, None], axis=0)
-                            for m in ("seq_lora", "moram")], axis=0)[g]
+            rest = np.mean([mean_share(m, stage) for m in ("seq_lora", "moram")], axis=0)[g]
             rest[g] = -1
-            assert row.split(" | ")[-1].startswith(result["run"]["tasks"][int(np.argmax(rest))] + " (")
+            assert row[-1] == f"{names[int(np.argmax(rest))]} ({100 * rest.max():.0f})"
 
 
 def _broken(result, edit):
@@ -112,6 +114,9 @@ def _broken(result, edit):
     (lambda r: r["run"].update(tasks=["a"]), ["2 or more task names"]),
     (lambda r: r.update(texts_per_task=[9, 9]), ["texts_per_task", "3 whole numbers"]),
     (lambda r: r["methods"].update(nope=r["methods"]["moram"]), ["expected one or more of"]),
+    (lambda r: r.update(texts_cut=[0, 10, 0]), ["texts_cut [0, 10, 0]", "none above its task's texts"]),
+    (lambda r: r.update(texts_cut=[0, 0]), ["texts_cut", "3 whole numbers"]),
+    (lambda r: r.update(wall_seconds=float("nan")), ["wall_seconds nan", "a time in seconds"]),
     (lambda r: r["methods"]["moram"].pop("after_own"), ["MoRAM", "no 'after_own'"]),
     (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].append(0), ["3×3 landed counts"]),
     (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].__setitem__(0, -1), ["3×3 landed counts"]),
@@ -176,3 +181,18 @@ def test_a_rerun_of_text_cl_removes_the_counts_of_the_earlier_run(counted, tmp_p
     shutil.copytree(run, copy)
     assert main(["text-cl", "--data-root", str(data), "--out", str(copy), *RUN]) == 0
     assert not (copy / "confusion.json").exists() and not (copy / "confusion.png").exists()
+
+
+def test_texts_cut_counts_texts_longer_than_max_length():
+    from types import SimpleNamespace
+
+    from moram_ref.experiments.textcl.confusion import texts_cut
+
+    def tokenizer(text, verbose=True):
+        assert verbose is False  # no warning about long inputs: counting them is the point
+        return {"input_ids": ["[CLS]", *text.split(), "[SEP]"]}
+
+    enc = SimpleNamespace(tokenizer=tokenizer, max_length=4)  # [CLS] + 2 words + [SEP] fit, 3 words do not
+    tasks = [SimpleNamespace(test_text=["a b", "a b c", "a"], val_text=["a b c d"]),
+             SimpleNamespace(test_text=["a b c d e"], val_text=[])]
+    assert texts_cut(enc, tasks, "test") == [1, 1] and texts_cut(enc, tasks, "val") == [1, 0]

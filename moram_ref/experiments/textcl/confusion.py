@@ -18,6 +18,9 @@ checks the counts against the union accuracies the run recorded (``progress.json
 lists any cell that differs, ``[stage, seed, task, recorded correct, counted correct]`` (expected empty;
 a different BLAS thread count can move a near-tie).
 
+It also counts, per task, the texts longer than ``--max-length`` tokens (``texts_cut``: the encoder sees
+only their beginning) and records its wall time and thread count.
+
 Writes ``<RUN>/confusion.json`` and, unless ``--no-plots``, ``confusion.png`` (one panel per method: the
 share of each task's texts landing in each task after the last task, mean over seeds); ``moram-ref report
 <RUN>/confusion.json --table textcl-confusion`` renders the tables (:mod:`.confusion_tables`).
@@ -26,6 +29,7 @@ share of each task's texts landing in each task after the last task, mean over s
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     settings, methods, tasks, records = finished.plan(args.run, args.data_root, METHODS, (OUTPUT, FIGURE),
                                                       "no method")
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
+        start = time.perf_counter()
         result = _count(settings, methods, tasks, records, args.run, log)
+        result["wall_seconds"] = time.perf_counter() - start
         with rundir.staging(args.run) as stage:  # written there, then published together: all old or all new
             if not args.no_plots:
                 _figure(result, stage / FIGURE)
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 
 def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: Path, log) -> dict:
+    import torch  # noqa: PLC0415
+
     from moram_ref.experiments.textcl.train import class_offsets, predict  # noqa: PLC0415
     from moram_ref.torch import attach as A  # noqa: PLC0415
     from moram_ref.torch import checkpoint  # noqa: PLC0415
@@ -83,7 +91,8 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
 
     result: dict = {"kind": "text-cl confusion",
                     "run": {"settings": portable(settings), "tasks": names, "encoder": encoder}, "split": split,
-                    "texts_per_task": [len(y) for y in ys], "methods": {}}
+                    "texts_per_task": [len(y) for y in ys], "texts_cut": texts_cut(enc, tasks, split),
+                    "threads": torch.get_num_threads(), "methods": {}}
     for method in methods:
         entry = {s: {"landed": [], "correct": []} for s in STAGES}
         unreproduced = []
@@ -123,6 +132,13 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
     return result
 
 
+def texts_cut(enc, tasks: list, split: str) -> list[int]:
+    """Per task, how many of its ``split`` texts have more tokens (with [CLS] and [SEP]) than the run's
+    ``--max-length``: the encoder sees only their beginning."""
+    return [sum(len(enc.tokenizer(x, verbose=False)["input_ids"]) > enc.max_length for x in getattr(t, f"{split}_text"))
+            for t in tasks]
+
+
 def _figure(result: dict, path: Path) -> None:
     from moram_ref.experiments.textcl.confusion_tables import shares_of  # noqa: PLC0415
     from moram_ref.experiments.textcl.tables import LABELS  # noqa: PLC0415
@@ -143,15 +159,17 @@ def _figure(result: dict, path: Path) -> None:
         share = shares_of(entry, "after_last", np.asarray(result["texts_per_task"], float))[0]
         image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
         for (g, h), v in np.ndenumerate(share):
-            if v >= 0.005:
+            if v >= 0.005:  # below 0.5 %: blank (the caption says so)
                 ax.text(h, g, f"{100 * v:.0f}", ha="center", va="center", fontsize=small,
                         color="white" if v < 0.6 else "black")
         ax.set_xticks(range(n), names, fontsize=small + 1, rotation=60, ha="right")
         ax.set_yticks(range(n), names, fontsize=small + 1)
         ax.set_xlabel("lands in the labels of", fontsize=small + 2)
+        ax.set_ylabel("texts of", fontsize=small + 2)
         ax.set_title(LABELS[method], fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="share of the task's texts (rows)")
     fig.suptitle(f"Where each task's texts land in the union of all labels, after the last task (mean over "
-                 f"{len(next(iter(result['methods'].values()))['after_last']['landed'])} seed(s), %)", fontsize=11)
+                 f"{len(next(iter(result['methods'].values()))['after_last']['landed'])} seed(s), %; blank: under 0.5 %)",
+                 fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)

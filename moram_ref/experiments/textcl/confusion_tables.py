@@ -4,8 +4,8 @@
 (rows: tasks; a column per method): right after each task is learned, and after the last task. A cell is
 ``union accuracy (landed)``: the % of the task's texts whose best label in the union of every task's labels
 is the right one, and in brackets the % whose best label is one of the task's own (the accuracy's ceiling).
-The last column names the other task whose labels take the most of the task's texts, mean over the
-adapters. :func:`problem` checks a file's structure and every count first, so that a damaged or hand-edited
+A column gives the % of the task's texts longer than the run's ``--max-length`` (if recorded); the last
+column names the other task whose labels take the largest share of the task's texts, mean over the adapters. :func:`problem` checks a file's structure and every count first, so that a damaged or hand-edited
 file is named, never silently misread. Importable without torch.
 """
 
@@ -40,6 +40,14 @@ def problem(data) -> str | None:
     texts = data.get("texts_per_task")
     if not (isinstance(texts, list) and len(texts) == n and all(_count(c) and c >= 1 for c in texts)):
         return f"records texts_per_task {texts!r}: expected {n} whole numbers ≥ 1, one per task"
+    cut = data.get("texts_cut")  # written since the command counted them
+    if cut is not None and not (isinstance(cut, list) and len(cut) == n
+                                and all(_count(c) and c <= t for c, t in zip(cut, texts))):
+        return f"records texts_cut {cut!r}: expected {n} whole numbers, none above its task's texts"
+    seconds = data.get("wall_seconds")
+    if seconds is not None and not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+                                    and 0 <= seconds < float("inf")):
+        return f"records wall_seconds {seconds!r}: expected a time in seconds"
     methods = data.get("methods")
     if not isinstance(methods, dict) or not methods or not set(methods) <= set(LABELS):
         return f"records methods {methods if not isinstance(methods, dict) else sorted(methods)!r}: expected one or " \
@@ -77,6 +85,10 @@ def shares_of(entry: dict, stage: str, texts: np.ndarray) -> tuple[np.ndarray, n
     return landed.mean(axis=0), correct.mean(axis=0)
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _attractor(landed: np.ndarray, names: list[str]) -> str:
     """'MNLI 37': the task whose labels take the largest share of the other tasks' texts (mean over those
     tasks, %), from a landed-share matrix (T, T)."""
@@ -102,29 +114,39 @@ def confusion_table(*files: dict) -> str:
         seeds = len(next(iter(methods.values()))["after_last"]["landed"])
         for stage, when in STAGES:
             shares = {m: shares_of(e, stage, texts) for m, e in methods.items()}
+            cut = data.get("texts_cut")
+            header = ["task", *(["texts cut"] if cut else []), *(LABELS[m] for m in methods),
+                      "largest other destination"]
             out += [f"**{run_label(data['run'])}: where each task's texts land, {when}** — union accuracy % "
                     f"(% landing among the task's own labels), mean over {seeds} seed(s)", "",
-                    "| task | " + " | ".join(LABELS[m] for m in methods) + " | most of the rest lands in |",
-                    "|---|" + "---|" * (len(methods) + 1)]
+                    _row(header), "|" + "---|" * len(header)]
             for g, name in enumerate(names):
-                cells = [f"{100 * acc[g]:.1f} ({100 * land[g, g]:.0f})" for land, acc in shares.values()]
                 elsewhere = np.mean([shares[m][0][g] for m in adapters], axis=0)
                 elsewhere[g] = -1
                 h = int(np.argmax(elsewhere))
-                out.append(f"| {name} | " + " | ".join(cells) + f" | {names[h]} ({100 * elsewhere[h]:.0f}) |")
-            out.append("| *labels taking most of the other tasks' texts* | "
-                       + " | ".join(_attractor(land, names) for land, _ in shares.values()) + " | |")
+                out.append(_row([name, *([f"{100 * cut[g] / texts[g]:.0f}"] if cut else []),
+                                 *(f"{100 * acc[g]:.1f} ({100 * land[g, g]:.0f})" for land, acc in shares.values()),
+                                 f"{names[h]} ({100 * elsewhere[h]:.0f})"]))
+            out.append(_row(["*labels taking the largest share of the other tasks' texts*", *([""] if cut else []),
+                             *(_attractor(land, names) for land, _ in shares.values()), ""]))
             out.append("")
         unreproduced = sum(len(e.get("unreproduced") or []) for e in methods.values())
+        took = (f" Counted in {data['wall_seconds'] / 60:.0f} min on {data.get('threads', '?')} thread(s)."
+                if "wall_seconds" in data else "")
         out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({int(texts.min())}–{int(texts.max())} per "
                    f"task). Recounted from the checkpoints: "
                    + ("every cell reproduces the run's recorded union accuracy." if not unreproduced else
-                      f"{unreproduced} cell(s) differ from the run's recorded union accuracy (see `unreproduced`)."))
+                      f"{unreproduced} cell(s) differ from the run's recorded union accuracy (see `unreproduced`).")
+                   + took)
         out.append("")
     return "\n".join(out) + (
-        "\nA text lands in a task when its best-scoring label, among the labels of every task in the sequence, is "
-        "one of that task's; union accuracy ≤ the share landing in the task's own labels. *Most of the rest lands "
-        "in*: the other task whose labels take the largest share of the task's texts (%), mean over the adapters. "
-        "*Labels taking most of the other tasks' texts*: per method, the task whose labels take the largest share "
-        "of the other tasks' texts (%, mean over those tasks; an even spread would give each task 1/T of them). "
+        "\nA text lands in a task when its best-scoring label, among the labels of every task in the sequence (the "
+        "union; right after task t it includes the labels of tasks not learned yet), is one of that task's; union "
+        "accuracy ≤ the share landing in the task's own labels, and their ratio is the accuracy among the texts "
+        "that land there. *Texts cut*: % of the task's texts longer than the run's --max-length tokens (the "
+        "encoder sees their beginning only). *Largest other destination*: the other task whose labels take the "
+        "largest share of the task's texts (% of all its texts), mean over the adapters (zero-shot excluded). "
+        "*Labels taking the largest share of the other tasks' texts*: per method, the task whose labels take the "
+        "largest share of the other tasks' texts (%, unweighted mean over those tasks, each counted at the stage "
+        "of the table; an even spread would give each task 1/T of them). "
         "Command: `moram-ref text-cl-confusion <run folder>`.")
