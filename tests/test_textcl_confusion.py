@@ -57,10 +57,10 @@ def test_a_recount_that_differs_from_the_record_is_reported(counted, tmp_path, c
     _, run, _ = counted
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    progress = copy / "state" / "moram_seed1" / "progress.json"
-    record = json.loads(progress.read_text())
-    record["union"][2][0] = (record["union"][2][0] * 9 + 1) % 10 / 9  # one more (or fewer) right text, task 1
-    progress.write_text(json.dumps(record))
+    for path in (copy / "state" / "moram_seed1" / "progress.json", copy / "matrices" / "moram_seed1.json"):
+        record = json.loads(path.read_text())  # as if counted where a near-tie fell the other way: one more
+        record["union"][2][0] = (record["union"][2][0] * 9 + 1) % 10 / 9  # (or fewer) right text of task 1
+        path.write_text(json.dumps(record))
     assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "moram seed 1: where each task's texts land counted; 1 of 6 cell(s) differ" in out
@@ -111,12 +111,20 @@ def _broken(result, edit):
 
 @pytest.mark.parametrize(("edit", "words"), [
     (lambda r: r.update(kind="text-cl routing"), ["not a text-cl-confusion"]),
-    (lambda r: r["run"].update(tasks=["a"]), ["2 or more task names"]),
+    (lambda r: r["run"].update(tasks=["a"]), ["2 or more distinct task names"]),
     (lambda r: r.update(texts_per_task=[9, 9]), ["texts_per_task", "3 whole numbers"]),
     (lambda r: r["methods"].update(nope=r["methods"]["moram"]), ["expected one or more of"]),
     (lambda r: r.update(texts_cut=[0, 10, 0]), ["texts_cut [0, 10, 0]", "none above its task's texts"]),
     (lambda r: r.update(texts_cut=[0, 0]), ["texts_cut", "3 whole numbers"]),
     (lambda r: r.update(wall_seconds=float("nan")), ["wall_seconds nan", "a time in seconds"]),
+    (lambda r: r["methods"]["moram"].update(unreproduced="oops"), ["MoRAM", "records unreproduced 'oops'"]),
+    (lambda r: r["methods"]["moram"].pop("unreproduced"), ["MoRAM", "records unreproduced None"]),
+    (lambda r: r["methods"]["moram"].update(unreproduced=[["after_last", 5, "dbpedia", 1, 2]]),
+     ["unreproduced cell", "[stage, seed, task, recorded, counted]"]),
+    (lambda r: r["run"].update(settings={}), ["without a sequence name"]),
+    (lambda r: r["run"]["encoder"].update(adapted_blocks=9), ["blocks ≥ adapted blocks"]),
+    (lambda r: r.update(split={"x": 1}), ["records split {'x': 1}"]),
+    (lambda r: r["run"].update(tasks=["a", "a", "b"]), ["distinct task names"]),
     (lambda r: r["methods"]["moram"].pop("after_own"), ["MoRAM", "no 'after_own'"]),
     (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].append(0), ["3×3 landed counts"]),
     (lambda r: r["methods"]["moram"]["after_last"]["landed"][0][1].__setitem__(0, -1), ["3×3 landed counts"]),
@@ -142,19 +150,56 @@ def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, w
 
 @pytest.mark.parametrize(("damage", "words"), [
     ("checkpoint", ["no checkpoint", "seq_lora_seed1", "task2.safetensors", "--resume"]),
+    ("checkpoint-a-folder", ["seq_lora_seed1/task2.safetensors", "is not a readable file", "reads the run as"]),
+    ("foreign-state", ["matrices/moram_seed1.json", "differ from those recorded", "moram_seed1/progress.json"]),
+    ("other-data", ["progress.json", "differs from the data",
+                    "reads the run as"]),
+    ("edited-config", ["--lr 0.002 recorded, 0.5 in the run's config.json", "reads the run as"]),
+    ("eval-split", ["eval_split 'train', not 'test' or 'val'"]),
+    ("model-path", ["--model-path: the encoder folder", "does not exist", "pass --model-path"]),
+    ("in-use", ["run: ", "is in use by another run (pid"]),
     ("damaged-checkpoint", ["moram_seed0/task1.safetensors", "is damaged: tensor", "sha256"]),
     ("zero-shot-unfinished", ["zero_shot_seed1/progress.json", "does not record every task as done"]),
     ("figure-dir", ["cannot write", "confusion.png", "not a file"]),
     ("no-method", ["trained no method"]),
 ])
 def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path, capsys, damage, words):
-    _, run, _ = counted
+    data, run, _ = counted
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
+    extra = []
     if damage == "checkpoint":
         (copy / "state" / "seq_lora_seed1" / "task2.safetensors").unlink()
     elif damage == "damaged-checkpoint":
         _flip_last_bytes(copy / "state" / "moram_seed0" / "task1.safetensors")
+    elif damage == "checkpoint-a-folder":
+        (copy / "state" / "seq_lora_seed1" / "task2.safetensors").unlink()
+        (copy / "state" / "seq_lora_seed1" / "task2.safetensors").mkdir()
+    elif damage == "foreign-state":  # another run's records (an early format: no settings to compare) put in
+        published = copy / "matrices" / "moram_seed1.json"
+        record = json.loads(published.read_text())
+        record["union"][1][1] = 1.0 - record["union"][1][1]
+        published.write_text(json.dumps(record))
+    elif damage == "other-data":
+        other = tmp_path / "data"
+        shutil.copytree(data, other)
+        rows = json.loads((other / "amazon" / "test.json").read_text())
+        (other / "amazon" / "test.json").write_text(json.dumps(rows[:5]))
+        extra = ["--data-root", str(other)]
+    elif damage in ("edited-config", "eval-split", "model-path"):
+        cfg = json.loads((copy / "config.json").read_text())
+        key, value = {"edited-config": ("lr", 0.5), "eval-split": ("eval_split", "train"),
+                      "model-path": ("model_path", str(tmp_path / "all-MiniLM-L6-v2"))}[damage]
+        cfg["settings"][key] = value
+        (copy / "config.json").write_text(json.dumps(cfg))
+    elif damage == "in-use":
+        import fcntl
+        import os
+
+        held = open(copy / ".lock", "a+")  # noqa: SIM115  (closed below, after the command)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"{os.getpid()}\n")
+        held.flush()
     elif damage == "zero-shot-unfinished":
         progress = copy / "state" / "zero_shot_seed1" / "progress.json"
         record = json.loads(progress.read_text())
@@ -168,10 +213,12 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
         cfg["settings"]["methods"] = []
         (copy / "config.json").write_text(json.dumps(cfg))
     before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"}
-    assert main(["text-cl-confusion", str(copy)]) == 2
+    assert main(["text-cl-confusion", str(copy), *extra]) == 2
+    if damage == "in-use":
+        held.close()
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "delete" not in err
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"} == before
 
 
@@ -196,3 +243,22 @@ def test_texts_cut_counts_texts_longer_than_max_length():
     tasks = [SimpleNamespace(test_text=["a b", "a b c", "a"], val_text=["a b c d"]),
              SimpleNamespace(test_text=["a b c d e"], val_text=[])]
     assert texts_cut(enc, tasks, "test") == [1, 1] and texts_cut(enc, tasks, "val") == [1, 0]
+
+
+def test_a_task_whose_texts_all_land_in_its_own_labels_has_no_other_destination(counted):
+    _, _, result = counted
+    whole = copying.deepcopy(result)
+    for entry in whole["methods"].values():
+        for stage in ("after_own", "after_last"):
+            entry[stage]["landed"] = [[[9 if h == g else 0 for h in range(3)] for g in range(3)] for _ in range(2)]
+    assert problem(whole) is None
+    rows = [ln for ln in confusion_table(whole).splitlines() if ln.startswith("| dbpedia |")]
+    assert len(rows) == 2 and all(r.endswith("| — (none) |") for r in rows)
+
+
+def test_no_plots_says_it_removed_the_earlier_figure(counted, tmp_path, capsys):
+    _, run, _ = counted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
+    assert "removed the earlier confusion.png" in capsys.readouterr().out and not (copy / "confusion.png").exists()

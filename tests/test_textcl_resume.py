@@ -144,7 +144,7 @@ def _edit(path: Path, **changes) -> None:
     ("checkpoint-damaged", ["task3.safetensors", "is damaged: tensor", "sha256"]),
     ("earlier-checkpoint-damaged", ["task1.safetensors", "is damaged: tensor", "sha256"]),
     ("checkpoint-a-folder", ["task3.safetensors", "is not a readable file"]),
-    ("data", ["the task data under --data-root changed"]),
+    ("data", ["the task data under --data-root (as read with --max-train and --max-test) differs"]),
     ("early-format", ["progress.json", "records no seed, data", "earlier moram-ref text-cl"]),
 ])
 def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):

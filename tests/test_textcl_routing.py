@@ -117,7 +117,7 @@ def test_the_figure_is_drawn(probed):
     ("task-folder", ["--data-root: cannot read task", "yahoo"]),
     ("test-json", ["--data-root: cannot read task", "amazon"]),
     ("figure-dir", ["cannot write", "routing_share_moram.png", "not a file"]),
-    ("lr", ["moram_seed0/progress.json", "other settings", "--lr 0.002 recorded, 0.5 now"]),
+    ("lr", ["moram_seed0/progress.json", "other settings", "--lr 0.002 recorded, 0.5 in the run's config.json"]),
     ("no-steps", ["config.json records no steps"]),
 ])
 def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words):
@@ -237,7 +237,7 @@ def test_settings_that_do_not_fit_are_refused_before_any_work(probed, tmp_path, 
                               ("max_test", "abc", "max_test 'abc', not an integer"),
                               ("max_length", 0, "max_length 0, not an integer"),
                               ("placement", "nope", "placement 'nope', not one of"),
-                              ("adapt_layers", 99, "--adapt-layers 1 recorded, 99 now"),  # the records say 1
+                              ("adapt_layers", 99, "--adapt-layers 1 recorded, 99 in the run's config.json"),  # the records say 1
                               ("old-records", 99, "do not fit the encoder")):  # records without settings
         copy = tmp_path / key
         shutil.copytree(run, copy)

@@ -46,33 +46,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
     p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
                    help="the task folders (default: the --data-root recorded in the run's config.json)")
+    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
+                   help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
+                        "MiniLM); its name must be the recorded one")
     p.add_argument("--no-plots", action="store_true")
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
     settings, methods, tasks, records = finished.plan(args.run, args.data_root, METHODS, (OUTPUT, FIGURE),
-                                                      "no method")
+                                                      "no method", args.model_path)
+    note = finished.unchecked_settings(records)
+    if note:
+        log(note)
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
         start = time.perf_counter()
-        result = _count(settings, methods, tasks, records, args.run, log)
+        result = _count(settings, methods, tasks, records, args.run, args.model_path, log)
         result["wall_seconds"] = time.perf_counter() - start
         with rundir.staging(args.run) as stage:  # written there, then published together: all old or all new
             if not args.no_plots:
                 _figure(result, stage / FIGURE)
             (stage / OUTPUT).write_text(rundir.dumps(result))
+            stale = args.no_plots and (args.run / FIGURE).is_file()
             rundir.publish(stage, args.run, stale=(FIGURE,))  # a figure of an earlier count would not match
-    log(f"wrote {args.run}/{OUTPUT}" + ("" if args.no_plots else f", {FIGURE}"))
+    log(f"wrote {args.run}/{OUTPUT}" + ("" if args.no_plots else f", {FIGURE}")
+        + (f"; removed the earlier {FIGURE}" if stale else ""))
     return result
 
 
-def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: Path, log) -> dict:
+def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: Path, model_path, log) -> dict:
     import torch  # noqa: PLC0415
 
     from moram_ref.experiments.textcl.train import class_offsets, predict  # noqa: PLC0415
     from moram_ref.torch import attach as A  # noqa: PLC0415
     from moram_ref.torch import checkpoint  # noqa: PLC0415
 
-    enc, encoder = finished.encoder(settings)
+    enc, encoder = finished.encoder(settings, model_path)
     config = cliargs.moram_config(argparse.Namespace(**settings))
     split = settings.get("eval_split", "test")
     names = [t.name for t in tasks]

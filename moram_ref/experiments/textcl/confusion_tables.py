@@ -31,11 +31,17 @@ def problem(data) -> str | None:
     if not isinstance(run, dict) or not all(isinstance(run.get(k), dict) for k in ("settings", "encoder")):
         return "has no 'run' record with 'settings' and 'encoder'"
     enc = run["encoder"]
-    if not all(_count(enc.get(k)) and enc.get(k) >= 1 for k in ("blocks", "adapted_blocks")):
-        return f"records an encoder {enc!r} without whole numbers of blocks and adapted blocks"
+    if not (all(_count(enc.get(k)) and enc.get(k) >= 1 for k in ("blocks", "adapted_blocks"))
+            and enc["adapted_blocks"] <= enc["blocks"]):
+        return f"records an encoder {enc!r}: expected whole numbers of blocks ≥ adapted blocks ≥ 1"
+    if not isinstance(run["settings"].get("sequence"), str):
+        return f"records settings without a sequence name ({run['settings'].get('sequence')!r})"
     tasks = run.get("tasks")
-    if not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) for t in tasks):
-        return f"records tasks {tasks!r}: a confusion file needs a list of 2 or more task names"
+    if (not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) for t in tasks)
+            or len(set(tasks)) < len(tasks)):
+        return f"records tasks {tasks!r}: a confusion file needs a list of 2 or more distinct task names"
+    if data.get("split", "test") not in ("test", "val"):
+        return f"records split {data.get('split')!r}, not 'test' or 'val'"
     n = len(tasks)
     texts = data.get("texts_per_task")
     if not (isinstance(texts, list) and len(texts) == n and all(_count(c) and c >= 1 for c in texts)):
@@ -75,6 +81,21 @@ def problem(data) -> str | None:
                         return (f"{LABELS[method]}: '{stage}' seed {s}, task {tasks[g]}: {sum(rows[g])} texts landed "
                                 f"and {right[g]} right of {rows[g][g]} in its own labels; expected {texts[g]} texts, "
                                 "and no more right than landed in its own labels")
+        why = _unreproduced_problem(entry.get("unreproduced"), tasks, seeds)
+        if why:
+            return f"{LABELS[method]}: {why}"
+    return None
+
+
+def _unreproduced_problem(cells, tasks: list[str], seeds: int) -> str | None:
+    """Why ``unreproduced`` is not a list of [stage, seed, task, recorded count, counted count] (None if it is)."""
+    if not isinstance(cells, list):
+        return f"records unreproduced {cells!r}: expected a list of the cells that differ from the run's record"
+    for cell in cells:
+        ok = (isinstance(cell, list) and len(cell) == 5 and cell[0] in dict(STAGES) and _count(cell[1])
+              and cell[1] < seeds and cell[2] in tasks and _count(cell[3]) and _count(cell[4]))
+        if not ok:
+            return f"records an unreproduced cell {cell!r}: expected [stage, seed, task, recorded, counted]"
     return None
 
 
@@ -124,9 +145,10 @@ def confusion_table(*files: dict) -> str:
                 elsewhere = np.mean([shares[m][0][g] for m in adapters], axis=0)
                 elsewhere[g] = -1
                 h = int(np.argmax(elsewhere))
+                destination = f"{names[h]} ({100 * elsewhere[h]:.0f})" if elsewhere[h] > 0 else "— (none)"
                 out.append(_row([name, *([f"{100 * cut[g] / texts[g]:.0f}"] if cut else []),
                                  *(f"{100 * acc[g]:.1f} ({100 * land[g, g]:.0f})" for land, acc in shares.values()),
-                                 f"{names[h]} ({100 * elsewhere[h]:.0f})"]))
+                                 destination]))
             out.append(_row(["*labels taking the largest share of the other tasks' texts*", *([""] if cut else []),
                              *(_attractor(land, names) for land, _ in shares.values()), ""]))
             out.append("")

@@ -12,19 +12,26 @@ in one line (:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from moram_ref.experiments import cliargs, rundir
 
 
+ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it (its config.json, the --data-root it used, "
+          "its state folders): undo the change, or rerun that text-cl command")
+
+
 def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tuple[str, ...],
-         none_wanted: str) -> tuple[dict, list[str], list, dict[tuple[str, int], dict]]:
+         none_wanted: str, model_path: Path | None = None) -> tuple[dict, list[str], list, dict[tuple[str, int], dict]]:
     """Every check before any work. Returns (settings, methods, tasks, records).
 
     run: the run folder; data_root: ``--data-root`` (None: the recorded one); wanted: the methods the
     analysis reads, in its order (those the run trained are kept); outputs: the file names (globs allowed
     for figures' names) it will write in ``run``; none_wanted: the message's end when the run trained none of
-    ``wanted``. ``records[(method, seed)]`` is that pair's validated ``progress.json`` record."""
+    ``wanted``; model_path: ``--model-path`` (None: the recorded encoder folder, or the packaged MiniLM).
+    ``records[(method, seed)]`` is that pair's validated ``progress.json`` record, whose accuracy rows equal
+    the run's ``matrices/<method>_seed<seed>.json`` where that file exists."""
     from moram_ref.experiments.textcl import state  # noqa: PLC0415
     from moram_ref.experiments.textcl.data import SEQUENCES, load_task  # noqa: PLC0415
 
@@ -34,6 +41,11 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
                                  f"records {record.get('command') if isinstance(record, dict) else record!r})")
     settings = record["settings"]
     check_settings(settings, run / rundir.CONFIG, SEQUENCES)
+    rundir.check(run, "text-cl", settings, eval_only=True, arg="run")  # in use by another process: said first
+    encoder_folder = model_path or settings["model_path"]
+    if encoder_folder is not None and not Path(encoder_folder).is_dir():
+        raise cliargs.UsageError(f"--model-path: the encoder folder {encoder_folder} does not exist"
+                                 + ("" if model_path else " (recorded in the run's config.json); pass --model-path"))
     methods = [m for m in wanted if m in settings["methods"]]
     if not methods:
         raise cliargs.UsageError(f"run: {run} trained {none_wanted} (--methods {' '.join(settings['methods'])})")
@@ -55,12 +67,15 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
         for seed in range(settings["seeds"]):
             for t in range(1, len(names) + 1):
                 path = state.folder(run, method, seed) / f"task{t}.safetensors"
+                if os.path.lexists(path) and not path.is_file():
+                    raise cliargs.UsageError(f"run: {path} is not a readable file (a folder, a broken or looping "
+                                             f"link, or a device); {ADVICE}")
                 if not path.is_file():
                     raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
                                              "it first)")
     fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
     try:
-        shaping = state.shaping(settings)
+        shaping = state.shaping({**settings, "model_path": str(model_path)} if model_path else settings)
     except KeyError as exc:
         raise cliargs.UsageError(f"run: {run / rundir.CONFIG} records no {exc.args[0]} in its settings; it was "
                                  "not written by `moram-ref text-cl` as it is") from None
@@ -68,16 +83,48 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
     for method in methods:  # every checkpoint read now, before the encoder loads: damage is named at once
         for seed in range(settings["seeds"]):
             where = state.folder(run, method, seed)
-            found = state.check(where, method, seed, names, fingerprint, config, shaping)
+            try:
+                found = state.check(where, method, seed, names, fingerprint, config, shaping,
+                                    now="given by --model-path" if model_path else "in the run's config.json")
+            except state.StateError as exc:
+                raise cliargs.UsageError(f"run: {exc.path}: {exc.why}; {ADVICE}") from None
             if found is None or found["tasks_done"] < len(names):
                 raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
                                          "run is unfinished: `text-cl --resume` it first)")
+            _same_as_published(run, method, seed, found)
             records[method, seed] = found
     for pattern in outputs:
         for path in (run.glob(pattern) if "*" in pattern else [run / pattern]):
             if path.exists() and not path.is_file():
                 raise cliargs.UsageError(f"run: cannot write {path}: it exists and is not a file")
     return settings, methods, tasks, records
+
+
+def _same_as_published(run: Path, method: str, seed: int, record: dict) -> None:
+    """The record's accuracy rows equal the run's published ``matrices/<method>_seed<seed>.json`` (when it
+    exists): a state folder that is not this run's is refused, even one that records no settings."""
+    import numpy as np  # noqa: PLC0415
+
+    path = run / "matrices" / f"{method}_seed{seed}.json"
+    if not path.is_file():
+        return
+    published = cliargs.read_json(path, "run")
+    try:
+        same = all(np.array_equal(np.asarray(published[k], float), np.asarray(record[k], float))
+                   for k in ("union", "own"))
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        raise cliargs.UsageError(f"run: the accuracies in {path} differ from those recorded in "
+                                 f"{run / 'state' / f'{method}_seed{seed}' / 'progress.json'}: that state is not "
+                                 f"the one this run published; {ADVICE}")
+
+
+def unchecked_settings(records: dict[tuple[str, int], dict]) -> str | None:
+    """A note naming the (method, seed) records written before records held their settings (None if none)."""
+    old = [f"{m} seed {s}" for (m, s), r in records.items() if "settings" not in r]
+    return (f"note: {len(old)} record(s) were written before records held their settings ({', '.join(old[:3])}"
+            f"{', …' if len(old) > 3 else ''}): their settings were not compared") if old else None
 
 
 def check_settings(settings, path: Path, sequences: dict) -> None:
@@ -105,6 +152,8 @@ def check_settings(settings, path: Path, sequences: dict) -> None:
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
             raise bad(f"{key} {v!r}, not an integer in [{low}, {high if high is not None else '∞'}]")
+    if settings.get("eval_split", "test") not in ("test", "val"):
+        raise bad(f"eval_split {settings['eval_split']!r}, not 'test' or 'val'")
     if settings["placement"] not in PLACEMENTS:
         raise bad(f"placement {settings['placement']!r}, not one of {', '.join(sorted(PLACEMENTS))}")
     for key, may_be_none in (("data_root", False), ("model_path", True)):
@@ -116,14 +165,16 @@ def check_settings(settings, path: Path, sequences: dict) -> None:
         raise bad(f"MoRAM settings that do not form a configuration ({exc})") from None
 
 
-def encoder(settings: dict):
-    """(CachedEncoder with the recorded blocks and length, the encoder record) for a run's settings."""
+def encoder(settings: dict, model_path: Path | None = None):
+    """(CachedEncoder with the recorded blocks and length, the encoder record) for a run's settings;
+    ``model_path`` (``--model-path``) replaces the recorded encoder folder."""
     from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
     from moram_ref.experiments.textcl.run import encoder_record  # noqa: PLC0415
 
-    model, tokenizer = load_encoder(settings["model_path"])
+    model_path = model_path or settings["model_path"]
+    model, tokenizer = load_encoder(model_path)
     try:
         enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
     except ValueError as exc:
         raise cliargs.UsageError(f"run: the recorded settings do not fit the encoder ({exc})") from None
-    return enc, encoder_record(settings["model_path"], model, settings["adapt_layers"])
+    return enc, encoder_record(model_path, model, settings["adapt_layers"])

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
     p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
                    help="the task folders (default: the --data-root recorded in the run's config.json)")
+    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
+                   help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
+                        "MiniLM); its name must be the recorded one")
     p.add_argument("--per-task", type=cliargs.integer(1), default=32, help="test texts probed per task")
     p.add_argument("--no-plots", action="store_true")
 
@@ -48,16 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 OUTPUTS = ("routing.json", "routing_summary.json")
 
 
-def _plan(args: argparse.Namespace) -> tuple[dict, list, list]:
-    """Every check before any work (:func:`.finished.plan`). Returns (settings, methods, tasks)."""
-    settings, methods, tasks, _ = finished.plan(
+def _plan(args: argparse.Namespace) -> tuple[dict, list, list, dict]:
+    """Every check before any work (:func:`.finished.plan`). Returns (settings, methods, tasks, records)."""
+    settings, methods, tasks, records = finished.plan(
         args.run, args.data_root, PROBED, OUTPUTS + tuple(f"routing_share_{m}.png" for m in PROBED),
-        "neither MoRAM nor dense MoRAM: nothing routes")
-    return settings, methods, tasks
+        "neither MoRAM nor dense MoRAM: nothing routes", args.model_path)
+    return settings, methods, tasks, records
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    settings, methods, tasks = _plan(args)
+    settings, methods, tasks, records = _plan(args)
+    note = finished.unchecked_settings(records)
+    if note:
+        log(note)
     with rundir.open_run(args.run, "text-cl", settings, eval_only=True, arg="run"):
         for leftover in args.run.glob(".routing*tmp*"):  # from a probe of an earlier version killed while writing
             leftover.unlink()
@@ -86,7 +92,7 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
     texts = [x for t in tasks for x in t.test_text[: args.per_task]]
     per_task = [min(args.per_task, len(t.test_text)) for t in tasks]
     groups = np.repeat(np.arange(len(tasks)), per_task)
-    enc, encoder = finished.encoder(settings)
+    enc, encoder = finished.encoder(settings, args.model_path)
     config = cliargs.moram_config(argparse.Namespace(**settings))
     lengths = np.array([enc.token_count(x) for x in texts])
     out: dict = {"run": {"settings": settings, "tasks": names, "encoder": encoder}, "per_task": max(per_task),

@@ -69,7 +69,13 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # the packaged encoder's name (no --model-
 
 class StateError(UsageError):
     """A recorded state that cannot be resumed from: the message names the file and says what to do
-    (a :class:`~moram_ref.experiments.cliargs.UsageError`: the CLI prints it as one line, exit status 2)."""
+    (a :class:`~moram_ref.experiments.cliargs.UsageError`: the CLI prints it as one line, exit status 2).
+    ``path`` and ``why`` hold the file and what is wrong with it, for a caller with other advice."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path, self.why = Path(path), why
+        super().__init__(f"{path}: {why}; delete {self.path.parent} to rerun that method and seed from its first "
+                         "task (the other records are kept)")
 
 
 def folder(out: Path, method: str, seed: int) -> Path:
@@ -91,9 +97,10 @@ def shaping(settings: dict) -> dict:
     return rundir.jsonable(picked)
 
 
-def _differences(recorded, current: dict) -> str:
-    """``"--lr 0.002 recorded, 0.5 now; …"`` for the settings of :data:`SHAPING` that differ ("" if none)."""
-    return "; ".join(f"--{k.replace('_', '-')} {json.dumps(recorded.get(k))} recorded, {json.dumps(current.get(k))} now"
+def _differences(recorded, current: dict, now: str = "now") -> str:
+    """``"--lr 0.002 recorded, 0.5 now; …"`` for the settings of :data:`SHAPING` that differ ("" if none);
+    ``now`` names where ``current`` comes from."""
+    return "; ".join(f"--{k.replace('_', '-')} {json.dumps(recorded.get(k))} recorded, {json.dumps(current.get(k))} {now}"
                      for k in SHAPING if recorded.get(k, "<absent>") != current.get(k, "<absent>"))
 
 
@@ -132,8 +139,7 @@ def save(where: Path, tasks_done: int, model, config, method: str, seed: int, fi
 
 
 def _fail(path: Path, why: str) -> StateError:
-    return StateError(f"{path}: {why}; delete {path.parent} to rerun that method and seed from its first task "
-                      "(the other records are kept)")
+    return StateError(path, why)
 
 
 def _reason(exc: Exception, path: Path) -> str:
@@ -142,15 +148,16 @@ def _reason(exc: Exception, path: Path) -> str:
 
 
 def check(where: Path, method: str, seed: int, names: list[str], fingerprint: str, config=None,
-          settings: dict | None = None) -> dict | None:
+          settings: dict | None = None, now: str = "now") -> dict | None:
     """The validated record of ``where`` (None if there is none); StateError naming the file otherwise.
 
     Validated: ``progress.json`` (method, seed, tasks, the data's ``fingerprint``, every field) and every
     checkpoint it counts as done (each tensor against its sha256, written for this method, task and seed,
     and with ``config``, a :class:`~moram_ref.config.MoRAMConfig`, if given). With ``settings`` (the run's
     :func:`shaping` settings), the settings recorded in ``progress.json`` and in each of those checkpoints
-    must equal them (the StateError names each that differs: ``--lr 0.002 recorded, 0.5 now``); a file
-    written before settings were recorded is checked without them (module docstring)."""
+    must equal them (the StateError names each that differs: ``--lr 0.002 recorded, 0.5 now``, ``now`` naming
+    where ``settings`` come from); a file written before settings were recorded is checked without them
+    (module docstring)."""
     path = where / PROGRESS
     if not path.is_file():
         return None
@@ -168,8 +175,9 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
         raise _fail(path, f"records method {record.get('method')!r}, seed {record.get('seed')!r} on tasks "
                           f"{record.get('tasks')}, not {method!r}, seed {seed} on {names}")
     if record.get("data") != fingerprint:
-        raise _fail(path, "the task data under --data-root changed since this record was written")
-    _check_settings(path, record, settings)
+        raise _fail(path, "the task data under --data-root (as read with --max-train and --max-test) differs from "
+                          "the data this record was written with")
+    _check_settings(path, record, settings, now)
     done = record.get("tasks_done")
     if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(names):
         raise _fail(path, f"tasks_done must be an integer in [0, {len(names)}], got {done!r}")
@@ -208,18 +216,18 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
             if found != (method, t, seed, fingerprint):
                 raise _fail(ckpt, f"was written for method {found[0]!r}, task {found[1]!r}, seed {found[2]!r} "
                                   f"(or other data), not {method!r}, task {t}, seed {seed}")
-            _check_settings(ckpt, meta.get("extra", {}), settings)
+            _check_settings(ckpt, meta.get("extra", {}), settings, now)
     return record
 
 
-def _check_settings(path: Path, record: dict, settings: dict | None) -> None:
+def _check_settings(path: Path, record: dict, settings: dict | None, now: str = "now") -> None:
     """``record["settings"]`` (absent: an older record, accepted) equals ``settings`` (None: not compared)."""
     if settings is None or "settings" not in record:
         return
     recorded = record["settings"]
     if not isinstance(recorded, dict):
         raise _fail(path, f"is malformed (settings must map settings to values, got {type(recorded).__name__})")
-    diff = _differences(recorded, rundir.jsonable(settings))
+    diff = _differences(recorded, rundir.jsonable(settings), now)
     if diff:
         raise _fail(path, f"was written by a run with other settings ({diff})")
 
