@@ -121,8 +121,21 @@ def _claims_file(r, i: int) -> str | None:
     return _P(r, ("zero_shot", "moram"), coarse=True)
 
 
+def _text_cl_file(r, i: int) -> str | None:
+    """For the NumPy tables (the default ``demo`` among them): a text-CL file passed without its --table."""
+    kind = r.get("kind") if isinstance(r, dict) else None
+    if kind == "text-cl confusion":
+        return "is a text-cl-confusion confusion.json: pass --table textcl-confusion"
+    if kind == "text-cl routing":
+        return "is a text-cl-routing summary: pass --table textcl-routing or --table textcl-shares"
+    if isinstance(r, dict) and {"settings", "encoder", "tasks"} <= set(r):
+        return "is a text-cl results.json: pass --table textcl (or textcl-matrix, textcl-brief)"
+    return None
+
+
 # Per-file checks of the inputs (their messages name the file): table -> check(file's data, its position)
 FILE_CHECKS = {
+    "demo": _text_cl_file, "ablation": _text_cl_file, "routing": _text_cl_file, "takeover": _text_cl_file,
     "textcl": lambda r, i: _P(r), "textcl-matrix": lambda r, i: _P(r),
     "textcl-brief": lambda r, i: _P(r, ("zero_shot", "moram"), coarse=True),
     "textcl-routing": lambda r, i: routing_tables.problem(r),

@@ -149,7 +149,8 @@ def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, w
 
 
 @pytest.mark.parametrize(("damage", "words"), [
-    ("checkpoint", ["no checkpoint", "seq_lora_seed1", "task2.safetensors", "--resume"]),
+    ("checkpoint", ["seq_lora_seed1/task2.safetensors: is missing (progress.json says the task is done)",
+                    "delete it and `moram-ref text-cl --resume` the run"]),
     ("checkpoint-a-folder", ["seq_lora_seed1/task2.safetensors", "is not a readable file", "reads the run as"]),
     ("foreign-state", ["matrices/moram_seed1.json", "differ from those recorded", "moram_seed1/progress.json"]),
     ("other-data", ["progress.json", "differs from the data",
@@ -218,7 +219,8 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
         held.close()
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "delete" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"delete {copy}" not in err  # the analysis never names a folder to delete: which one is at fault is unknown
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".lock"} == before
 
 
@@ -262,3 +264,10 @@ def test_no_plots_says_it_removed_the_earlier_figure(counted, tmp_path, capsys):
     shutil.copytree(run, copy)
     assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
     assert "removed the earlier confusion.png" in capsys.readouterr().out and not (copy / "confusion.png").exists()
+
+
+def test_report_without_its_table_names_the_table(counted, capsys):
+    _, run, _ = counted
+    assert main(["report", str(run / "confusion.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is a text-cl-confusion confusion.json: pass --table textcl-confusion" in err and "KeyError" not in err

@@ -105,7 +105,8 @@ def test_the_figure_is_drawn(probed):
 
 
 @pytest.mark.parametrize(("damage", "words"), [
-    ("checkpoint", ["no checkpoint", "task3.safetensors", "--resume"]),
+    ("checkpoint", ["task3.safetensors: is missing (progress.json says the task is done)", "delete it and",
+                    "--resume"]),
     ("damaged-checkpoint", ["moram_seed1/task1.safetensors", "is damaged: tensor", "sha256"]),
     ("unfinished", ["moram_seed0/progress.json", "does not record every task as done", "--resume"]),
     ("config", ["does not hold a `moram-ref text-cl` run"]),

@@ -164,18 +164,17 @@ def _figure(result: dict, path: Path) -> None:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (method, entry) in zip(axes.flat, panels):
-        share = shares_of(entry, "after_last", np.asarray(result["texts_per_task"], float))[0]
-        image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+        share = 100 * shares_of(entry, "after_last", np.asarray(result["texts_per_task"], float))[0]  # %
+        image = ax.imshow(share, cmap="viridis", vmin=0, vmax=100)
         for (g, h), v in np.ndenumerate(share):
-            if v >= 0.005:  # below 0.5 %: blank (the caption says so)
-                ax.text(h, g, f"{100 * v:.0f}", ha="center", va="center", fontsize=small,
-                        color="white" if v < 0.6 else "black")
+            if v >= 0.5:  # below 0.5 %: blank (the title says so)
+                ax.text(h, g, f"{v:.0f}", ha="center", va="center", fontsize=small, color="white" if v < 60 else "black")
         ax.set_xticks(range(n), names, fontsize=small + 1, rotation=60, ha="right")
         ax.set_yticks(range(n), names, fontsize=small + 1)
         ax.set_xlabel("lands in the labels of", fontsize=small + 2)
         ax.set_ylabel("texts of", fontsize=small + 2)
         ax.set_title(LABELS[method], fontsize=10)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="share of the task's texts (rows)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="% of the texts of the row's task")
     fig.suptitle(f"Where each task's texts land in the union of all labels, after the last task (mean over "
                  f"{len(next(iter(result['methods'].values()))['after_last']['landed'])} seed(s), %; blank: under 0.5 %)",
                  fontsize=11)

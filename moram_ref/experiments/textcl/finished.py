@@ -12,14 +12,14 @@ in one line (:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from moram_ref.experiments import cliargs, rundir
 
 
-ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it (its config.json, the --data-root it used, "
-          "its state folders): undo the change, or rerun that text-cl command")
+ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json or the data under "
+          "--data-root changed, undo that; a state folder that is damaged or not this run's: delete it and "
+          "`moram-ref text-cl --resume` the run")
 
 
 def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tuple[str, ...],
@@ -61,18 +61,6 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
             raise cliargs.UsageError(f"--data-root: cannot read task {name} under {data_root}: {exc}") from None
         if not tasks[-1].test_text:
             raise cliargs.UsageError(f"--data-root: task {name} under {data_root} has no test texts to probe")
-    for method in methods:
-        if method == "zero_shot":  # trains nothing, writes no checkpoint
-            continue
-        for seed in range(settings["seeds"]):
-            for t in range(1, len(names) + 1):
-                path = state.folder(run, method, seed) / f"task{t}.safetensors"
-                if os.path.lexists(path) and not path.is_file():
-                    raise cliargs.UsageError(f"run: {path} is not a readable file (a folder, a broken or looping "
-                                             f"link, or a device); {ADVICE}")
-                if not path.is_file():
-                    raise cliargs.UsageError(f"run: no checkpoint {path} (the run is unfinished: `text-cl --resume` "
-                                             "it first)")
     fingerprint, config = state.data_fingerprint(tasks), cliargs.moram_config(argparse.Namespace(**settings))
     try:
         shaping = state.shaping({**settings, "model_path": str(model_path)} if model_path else settings)
