@@ -1,12 +1,13 @@
 """A finished ``text-cl`` run folder, checked whole before an analysis reads it.
 
 ``text-cl-routing`` and ``text-cl-confusion`` both start here: :func:`plan` reads the run's recorded
-settings (``config.json``), checks them, reads the tasks from ``--data-root``, and checks every (method,
-seed) record the analysis will load (:func:`moram_ref.experiments.textcl.state.check`: each checkpoint's
-tensors against their sha256, written for this method, task, seed, data, configuration and the settings that
-shape a record), and that the
-outputs can be written — all before the encoder loads, so a damaged, unfinished or foreign run is named
-in one line (:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is written.
+settings (``config.json``), checks them, refuses a folder another process holds, reads the tasks from
+``--data-root``, checks every (method, seed) record the analysis will load
+(:func:`moram_ref.experiments.textcl.state.check`: each checkpoint's tensors against their sha256, written
+for this method, task, seed, data, configuration and the settings that shape a record), checks that each
+record's accuracies are the ones the run published in ``matrices/``, and that the outputs can be written —
+all before the encoder loads, so a damaged, unfinished or foreign run is named in one line
+(:class:`~moram_ref.experiments.cliargs.UsageError`) and nothing is written.
 """
 
 from __future__ import annotations
