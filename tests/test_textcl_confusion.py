@@ -271,3 +271,13 @@ def test_report_without_its_table_names_the_table(counted, capsys):
     assert main(["report", str(run / "confusion.json")]) == 2
     err = capsys.readouterr().err
     assert "is a text-cl-confusion confusion.json: pass --table textcl-confusion" in err and "KeyError" not in err
+
+
+def test_the_progress_line_names_each_task_with_its_accuracy(counted, tmp_path, capsys):
+    data, _, _ = counted
+    args = list(RUN)
+    args[args.index("--seeds") + 1] = "1"
+    args[args.index("--methods") + 1: args.index("--methods") + 4] = ["zero_shot"]
+    assert main(["text-cl", "--data-root", str(data), "--out", str(tmp_path / "one"), *args]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "after task 1/3" in ln)
+    assert "(dbpedia), union accuracy % dbpedia " in line and ", amazon " in line and ", yahoo " in line

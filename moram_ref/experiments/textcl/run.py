@@ -188,8 +188,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
         for method in args.methods:
             def after_task(i: int, name: str, row, method=method, seed=seed) -> None:
                 rundir.check_stop()  # an interrupt Python swallowed: stop here, not at the end
-                log(f"{method} seed {seed}: after task {i}/{len(tasks)} ({name}), union accuracy "
-                    + " ".join(f"{100 * v:.1f}" for v in row))
+                log(f"{method} seed {seed}: after task {i}/{len(tasks)} ({name}), union accuracy % "
+                    + ", ".join(f"{t.name} {100 * v:.1f}" for t, v in zip(tasks, row)))
 
             def restored(k: int, method=method, seed=seed) -> None:
                 log(f"{method} seed {seed}: restored {k}/{len(tasks)} task(s) from {state.folder(out, method, seed)}")
