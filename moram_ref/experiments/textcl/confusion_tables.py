@@ -155,8 +155,9 @@ def confusion_table(*files: dict) -> str:
         unreproduced = sum(len(e.get("unreproduced") or []) for e in methods.values())
         took = (f" Counted in {data['wall_seconds'] / 60:.0f} min on {data.get('threads', '?')} thread(s)."
                 if "wall_seconds" in data else "")
-        out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({int(texts.min())}–{int(texts.max())} per "
-                   f"task). Recounted from the checkpoints: "
+        per_task = f"{int(texts.min())}" if texts.min() == texts.max() else f"{int(texts.min())}–{int(texts.max())}"
+        out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({per_task} per task). Recounted from the "
+                   "checkpoints: "
                    + ("every cell reproduces the run's recorded union accuracy." if not unreproduced else
                       f"{unreproduced} cell(s) differ from the run's recorded union accuracy (see `unreproduced`).")
                    + took)
