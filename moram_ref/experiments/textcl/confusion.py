@@ -43,13 +43,7 @@ STAGES = ("after_own", "after_last")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
-    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
-                   help="the task folders (default: the --data-root recorded in the run's config.json)")
-    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
-                   help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
-                        "MiniLM); its name must be the recorded one")
-    p.add_argument("--no-plots", action="store_true")
+    finished.add_run_arguments(p)
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
@@ -88,6 +82,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
     group = np.repeat(np.arange(n), [len(t.labels) for t in tasks])  # union label index -> its task
     offsets = class_offsets(tasks)
     ys = [np.asarray(getattr(t, f"{split}_y")) for t in tasks]
+    texts = np.array([len(y) for y in ys])
 
     def tally(which: list[int]) -> tuple[np.ndarray, np.ndarray]:
         landed, correct = np.zeros((len(which), n), dtype=int), np.zeros(len(which), dtype=int)
@@ -99,7 +94,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
 
     result: dict = {"kind": "text-cl confusion",
                     "run": {"settings": portable(settings), "tasks": names, "encoder": encoder}, "split": split,
-                    "texts_per_task": [len(y) for y in ys], "texts_cut": texts_cut(enc, tasks, split),
+                    "texts_per_task": texts.tolist(), "texts_cut": texts_cut(enc, tasks, split),
                     "threads": torch.get_num_threads(), "methods": {}}
     for method in methods:
         entry = {s: {"landed": [], "correct": []} for s in STAGES}
@@ -117,9 +112,11 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
                     A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
                     checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
                                     config, method)
-                    rows.append(tally([t - 1]))
-                    if t == n:
+                    if t < n:
+                        rows.append(tally([t - 1]))
+                    else:  # the last checkpoint counts every task; its own task's row is among them
                         last = tally(list(range(n)))
+                        rows.append((last[0][-1:], last[1][-1:]))
                 own = (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
             recorded = np.asarray(records[method, seed]["union"], dtype=float)
             differ = len(unreproduced)
@@ -127,7 +124,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
                                                        ("after_last", last, recorded[-1])):
                 entry[stage]["landed"].append(landed.tolist())
                 entry[stage]["correct"].append(correct.tolist())
-                expected = np.rint(accuracy * np.array([len(y) for y in ys])).astype(int)
+                expected = np.rint(accuracy * texts).astype(int)
                 unreproduced += [[stage, seed, names[g], int(expected[g]), int(correct[g])]
                                  for g in np.flatnonzero(expected != correct)]
             differ = len(unreproduced) - differ

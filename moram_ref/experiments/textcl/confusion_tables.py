@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from moram_ref.experiments.textcl.routing_tables import _count  # a whole number in [low, 2**53)
 from moram_ref.experiments.textcl.tables import LABELS, run_label
 
 STAGES = (("after_own", "right after learning it (the accuracy matrix's diagonal)"),
           ("after_last", "after the last task (the matrix's last row)"))
-
-
-def _count(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
 
 
 def problem(data) -> str | None:
@@ -31,7 +28,7 @@ def problem(data) -> str | None:
     if not isinstance(run, dict) or not all(isinstance(run.get(k), dict) for k in ("settings", "encoder")):
         return "has no 'run' record with 'settings' and 'encoder'"
     enc = run["encoder"]
-    if not (all(_count(enc.get(k)) and enc.get(k) >= 1 for k in ("blocks", "adapted_blocks"))
+    if not (all(_count(enc.get(k), 1) for k in ("blocks", "adapted_blocks"))
             and enc["adapted_blocks"] <= enc["blocks"]):
         return f"records an encoder {enc!r}: expected whole numbers of blocks ≥ adapted blocks ≥ 1"
     if not isinstance(run["settings"].get("sequence"), str):
@@ -44,7 +41,7 @@ def problem(data) -> str | None:
         return f"records split {data.get('split')!r}, not 'test' or 'val'"
     n = len(tasks)
     texts = data.get("texts_per_task")
-    if not (isinstance(texts, list) and len(texts) == n and all(_count(c) and c >= 1 for c in texts)):
+    if not (isinstance(texts, list) and len(texts) == n and all(_count(c, 1) for c in texts)):
         return f"records texts_per_task {texts!r}: expected {n} whole numbers ≥ 1, one per task"
     cut = data.get("texts_cut")  # written since the command counted them
     if cut is not None and not (isinstance(cut, list) and len(cut) == n

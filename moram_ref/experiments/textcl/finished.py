@@ -18,6 +18,18 @@ from pathlib import Path
 from moram_ref.experiments import cliargs, rundir
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every analysis of a finished run takes: the run, where its data and encoder are now,
+    and ``--no-plots``."""
+    p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
+    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
+                   help="the task folders (default: the --data-root recorded in the run's config.json)")
+    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
+                   help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
+                        "MiniLM); its name must be the recorded one")
+    p.add_argument("--no-plots", action="store_true")
+
+
 ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json or the data under "
           "--data-root changed, undo that; a state folder that is damaged or not this run's: delete it and "
           "`moram-ref text-cl --resume` the run")

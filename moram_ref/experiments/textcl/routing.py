@@ -38,14 +38,8 @@ from moram_ref.experiments.toy.ablation_tables import ci_cell
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=cliargs.existing_dir, help="a finished `moram-ref text-cl` run folder")
-    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
-                   help="the task folders (default: the --data-root recorded in the run's config.json)")
-    p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
-                   help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
-                        "MiniLM); its name must be the recorded one")
+    finished.add_run_arguments(p)
     p.add_argument("--per-task", type=cliargs.integer(1), default=32, help="test texts probed per task")
-    p.add_argument("--no-plots", action="store_true")
 
 
 OUTPUTS = ("routing.json", "routing_summary.json")
