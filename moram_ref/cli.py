@@ -7,6 +7,7 @@ work starts and printed as one line, ``moram-ref <command>: error: …``, with e
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -111,7 +112,13 @@ def entry() -> None:
     finished process (exit status -2 or -15 instead of its own). The stop signals are therefore ignored
     from the moment the command ends (SIGQUIT and SIGKILL still end the process).
     """
-    sys.exit(_run(None, exiting=True))
+    status = _run(None, exiting=True)
+    try:
+        sys.stdout.flush()  # what is still buffered goes out now, where a broken pipe can be told apart
+    except BrokenPipeError:
+        _drop_stdout()
+        status = status or 141
+    sys.exit(status)
 
 
 def _run(argv: list[str] | None, exiting: bool) -> int:
@@ -161,6 +168,9 @@ def _main(argv: list[str], exiting: bool) -> int:
         if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
             return 2
+        if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone
+            _drop_stdout()
+            return 141  # quietly, as Unix tools end on SIGPIPE (128 + 13); outputs are written whole or not at all
         if isinstance(exc, OSError):  # the file system refused (permissions, a full disk): one line
             said = exc.strerror if exc.filename is None and exc.strerror else exc  # no "[Errno N]" before ours
             print(f"{name}: error: {said}", file=sys.stderr)
@@ -172,6 +182,17 @@ def _main(argv: list[str], exiting: bool) -> int:
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
         return _interrupted(name)
     return status if isinstance(status, int) else 0
+
+
+def _drop_stdout() -> None:
+    """Point standard output at ``os.devnull`` after its reader has gone, so that Python's flush at exit does
+    not report the broken pipe a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a replaced sys.stdout without a descriptor (a test, a notebook)
+        pass
 
 
 if __name__ == "__main__":

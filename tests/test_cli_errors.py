@@ -292,6 +292,23 @@ def test_console_entry_point_prints_one_line(argv, expected, data, tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("argv", [["report", "--table", "textcl-confusion", "FILE"],  # 5 kB: met by the flush at exit
+                                  ["report", "--table", "textcl-confusion", "FILE", "FILE", "FILE"]],  # 15 kB: by print
+                         ids=["buffered", "written"])
+def test_a_closed_output_pipe_ends_quietly_with_141(argv):
+    """`moram-ref … | head`: when the reader has gone, no error line and no traceback; 141 as after SIGPIPE."""
+    root = Path(__file__).resolve().parents[1]
+    argv = [str(root / "docs/results/textcl/long-4.confusion.json") if a == "FILE" else a for a in argv]
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the command writes anything
+    try:
+        proc = subprocess.run([sys.executable, "-m", "moram_ref.cli", *argv], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
 def test_help_lists_every_command_and_bench_options(capsys):
     from moram_ref.cli import COMMANDS
 

@@ -165,6 +165,76 @@ def test_demo_rerun_resume_rules_through_the_cli(tmp_path, capsys):
     assert _snapshot(out) == before
 
 
+def test_a_folder_that_cannot_be_created_or_locked_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """A read-only run folder (a read-only mount, `chattr +i`; root ignores mode bits, so the refusal is
+    simulated) and a folder that cannot be made: exit 1, one line naming the folder and what to do."""
+    args = ["demo", "--steps", "1", "--no-plots", "--streams", "recall", "--methods", "moram"]
+    real_mkdir = Path.mkdir
+
+    def refused(self, *rest, **kwargs):
+        if self.name == "unmakeable":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *rest, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "mkdir", refused)
+        assert main([*args, "--out", str(tmp_path / "unmakeable")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"moram-ref demo: error: --out: could not create the folder {tmp_path / 'unmakeable'} (Permission denied)\n"
+    out = tmp_path / "demo"
+    assert main([*args, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+
+    def read_only(path, mode="r", *rest, **kwargs):
+        if Path(path).name == rundir.LOCK and mode != "r":  # reading still works on a read-only mount
+            raise PermissionError(30, "Read-only file system", str(path))
+        return open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    assert main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"moram-ref demo: error: --out: {out} is not writable here (Read-only file system, on its lock "
+                   "file .lock); this command writes into it: choose another --out\n")
+    assert _snapshot(out) == before
+
+
+def test_a_folder_only_read_may_be_unwritable(tmp_path, monkeypatch):
+    """``reads_only`` (text-cl-merge's parts): an unwritable lock file is taken shared, or the folder is read
+    unlocked when it has none; a run holding it is still named; a writing command is still refused."""
+    import fcntl
+
+    out = tmp_path / "run"
+    with rundir.open_run(out, "demo", {"steps": 1}):
+        pass
+    real_open = open
+
+    def read_only(path, mode="r", *rest, **kwargs):
+        if Path(path).name == rundir.LOCK and mode != "r":
+            raise PermissionError(30, "Read-only file system", str(path))
+        return real_open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    with rundir.open_run(out, "demo", {"steps": 1}, resume=True, reads_only=True) as folder:
+        with real_open(out / rundir.LOCK) as other:  # a second reader is welcome
+            fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert folder.path == out
+    with pytest.raises(UsageError, match="steps"):  # the record is still checked
+        with rundir.open_run(out, "demo", {"steps": 2}, resume=True, reads_only=True):
+            pass
+    with real_open(out / rundir.LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run writing there (on a mount that allows it)
+        with pytest.raises(UsageError, match="in use by another run"):
+            with rundir.open_run(out, "demo", {"steps": 1}, resume=True, reads_only=True, arg="PART"):
+                pass
+    (out / rundir.LOCK).unlink()
+    with rundir.open_run(out, "demo", {"steps": 1}, resume=True, reads_only=True):
+        pass  # no lock file: no run can be writing (each creates it first)
+    with pytest.raises(OSError, match="is not writable here"):
+        with rundir.open_run(out, "demo", {"steps": 1}, resume=True):
+            pass
+
+
 def _llm_data(root: Path) -> Path:
     for name in ("dbpedia", "amazon"):
         (root / name).mkdir(parents=True)

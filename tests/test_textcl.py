@@ -42,6 +42,21 @@ def test_loads_offline_and_matches_the_full_model(encoder):
     assert e.shape == (2, 384)
 
 
+def test_loading_draws_no_progress_bar_and_keeps_the_callers_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # transformers' default: the bar is drawn
+    load_encoder()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # put back
+    hf_logging.disable_progress_bar()
+    try:
+        load_encoder()
+        assert not hf_logging.is_progress_bar_enabled()  # a caller who turned it off keeps it off
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def test_embeddings_are_deterministic(encoder):
     enc_a = CachedEncoder(*encoder, adapt_layers=3)
     enc_b = CachedEncoder(*encoder, adapt_layers=3)

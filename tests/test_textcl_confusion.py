@@ -148,6 +148,30 @@ def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, w
     assert str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def _encoder_copy(where, config_suffix: str = ""):
+    """The packaged encoder's folder, its files linked, ``config_suffix`` appended to its configuration."""
+    from moram_ref.experiments.textcl.encoder import default_model_path
+
+    where.mkdir(parents=True)
+    for f in default_model_path().iterdir():
+        if f.name == "config.json":
+            (where / f.name).write_text(f.read_text() + config_suffix)
+        elif f.is_file():
+            (where / f.name).symlink_to(f)
+    return where
+
+
+def test_an_identical_encoder_elsewhere_is_accepted(counted, tmp_path, capsys):
+    """Records name the encoder by its folder's name and its files' sha256, never by where it lies."""
+    _, run, result = counted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["text-cl-confusion", str(copy), "--no-plots",
+                 "--model-path", str(_encoder_copy(tmp_path / "moved" / "all-MiniLM-L6-v2"))]) == 0
+    again = json.loads((copy / "confusion.json").read_text())
+    assert again["methods"] == result["methods"]
+
+
 @pytest.mark.parametrize(("damage", "words"), [
     ("checkpoint", ["seq_lora_seed1/task2.safetensors: is missing (progress.json says the task is done)",
                     "delete it and `moram-ref text-cl --resume` the run"]),
@@ -158,6 +182,8 @@ def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, w
     ("edited-config", ["--lr 0.002 recorded, 0.5 in the run's config.json", "reads the run as"]),
     ("eval-split", ["eval_split 'train', not 'test' or 'val'"]),
     ("model-path", ["--model-path: the encoder folder", "does not exist", "pass --model-path"]),
+    ("other-encoder", ["_seed0/progress.json", "the encoder's files (--model-path) differ: sha256",
+                       "given by --model-path", "reads the run as"]),
     ("in-use", ["run: ", "is in use by another run (pid"]),
     ("damaged-checkpoint", ["moram_seed0/task1.safetensors", "is damaged: tensor", "sha256"]),
     ("zero-shot-unfinished", ["zero_shot_seed1/progress.json", "does not record every task as done"]),
@@ -193,6 +219,8 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
                       "model-path": ("model_path", str(tmp_path / "all-MiniLM-L6-v2"))}[damage]
         cfg["settings"][key] = value
         (copy / "config.json").write_text(json.dumps(cfg))
+    elif damage == "other-encoder":  # the packaged encoder's name, one byte more in its configuration
+        extra = ["--model-path", str(_encoder_copy(tmp_path / "all-MiniLM-L6-v2", config_suffix="\n"))]
     elif damage == "in-use":
         import fcntl
         import os

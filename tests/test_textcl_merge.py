@@ -151,6 +151,24 @@ def test_a_part_with_a_bad_config_is_named(parts, tmp_path, capsys, edit, words)
     assert not (tmp_path / "m").exists()
 
 
+def test_parts_on_a_read_only_mount_are_merged(uninterrupted, parts, tmp_path, monkeypatch):
+    """Merging only reads the parts: their lock files refusing writes (a read-only mount) stop nothing."""
+    from moram_ref.experiments import rundir
+
+    _, whole = uninterrupted
+    _, a, b = parts
+    real_open = open
+
+    def read_only(path, mode="r", *rest, **kwargs):
+        if Path(path).parent in (a, b) and mode != "r":
+            raise PermissionError(30, "Read-only file system", str(path))
+        return real_open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b), "--no-plots"]) == 0
+    assert _results(tmp_path / "m") == whole
+
+
 def test_a_part_in_use_is_named_as_the_part(parts, tmp_path, capsys):
     import fcntl
 

@@ -312,18 +312,25 @@ def test_a_record_of_a_run_with_another_lr_is_refused_before_any_work(uninterrup
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
-def _drop_recorded_settings(where: Path) -> None:
-    """``where``'s record as written before the settings were recorded: no ``settings`` anywhere."""
+def _drop_recorded_settings(where: Path, only: str | None = None) -> None:
+    """``where``'s record as written before the settings were recorded: no ``settings`` anywhere (``only``:
+    just that one setting, as before it was recorded)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    def drop(holder: dict) -> None:
+        if only is None:
+            holder.pop("settings", None)
+        else:
+            holder.get("settings", {}).pop(only, None)
+
     progress = json.loads((where / "progress.json").read_text())
-    progress.pop("settings", None)
+    drop(progress)
     (where / "progress.json").write_text(json.dumps(progress))
     for path in where.glob("task*.safetensors"):
         with safe_open(str(path), "pt") as f:
             meta, tensors = json.loads(f.metadata()["moram_ref"]), {k: f.get_tensor(k) for k in f.keys()}
-        meta["extra"].pop("settings", None)
+        drop(meta["extra"])
         save_file(tensors, str(path), metadata={"moram_ref": json.dumps(meta)})
 
 
@@ -365,10 +372,17 @@ def test_a_record_holds_the_settings_that_shape_it_and_names_each_that_differs(u
     where = out / "state" / "moram_seed0"
     record = json.loads((where / "progress.json").read_text())
     settings = state.shaping(json.loads((out / "config.json").read_text())["settings"])
-    assert record["settings"] == settings and set(settings) == set(state.SHAPING)
+    assert record["settings"] == settings and set(settings) == {*state.SHAPING, state.ENCODER_KEY}
+    assert settings[state.ENCODER_KEY] == state.encoder_fingerprint(None)
     assert settings["model_path"] == "all-MiniLM-L6-v2" and settings["lr"] == 0.002
     args = (where, "moram", 0, record["tasks"], record["data"])
     assert state.check(*args, None, settings)["tasks_done"] == 3
     with pytest.raises(state.StateError, match=r'progress\.json: was written by a run with other settings \(--lr 0\.002 '
                                                r'recorded, 0\.5 now; --model-path "all-MiniLM-L6-v2" recorded, "tiny" now\)'):
         state.check(*args, None, {**settings, "lr": 0.5, "model_path": "tiny"})
+    other = {**settings, state.ENCODER_KEY: "0" * 64}  # a folder of the same name holding other files
+    with pytest.raises(state.StateError, match=r"the encoder's files \(--model-path\) differ: sha256 "
+                                               + settings[state.ENCODER_KEY][:12] + r"… recorded, 000000000000… now"):
+        state.check(*args, None, other)
+    _drop_recorded_settings(where, only=state.ENCODER_KEY)  # as written before the encoder's files were hashed
+    assert state.check(*args, None, other)["tasks_done"] == 3  # compared by the folder's name only

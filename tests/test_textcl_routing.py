@@ -55,7 +55,7 @@ def test_shares_are_fractions_of_the_weight(probed):
         assert np.array(counts).shape == (3, t + 1) and np.sum(counts) <= 3 * 4  # 4 probe texts per task
     assert np.sum(entry["text_routing"][0][0]) == 3 * 4  # after task 1 every text goes to task 1's atoms
     body = report.GENERATORS["textcl-routing"](summary)
-    assert "| order 1, 3 tasks, top 1 of 6 blocks | MoRAM |" in body
+    assert "| order 1, 3 tasks, top 1 of 6 blocks, steps 2, batch 4, max length 24, atoms per task 2, top k 2 | MoRAM |" in body
 
 
 def test_shares_table_is_the_layer_mean_share_after_the_last_task(probed):

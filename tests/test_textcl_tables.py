@@ -48,6 +48,20 @@ def test_run_label_and_command():
     assert tables.command(all_blocks).endswith("--sequence long-4 --seeds 3 --adapt-layers 6 --out runs/text-cl-long-4-top6")
 
 
+def test_runs_of_one_order_are_told_apart():
+    """Settings that differ from the defaults name a run (label and --out); identical runs get '(run n)'."""
+    base, slower = fake_results(), fake_results()
+    slower["settings"].update(lr=0.001, eval_split="val")
+    assert tables.run_label(slower) == "order 1, 3 tasks, top 2 of 6 blocks, lr 0.001, eval split val"
+    assert tables.command(slower).endswith("--lr 0.001 --eval-split val --out runs/text-cl-standard-1-lr0.001-eval-splitval")
+    assert tables.command(base) != tables.command(slower)
+    assert tables.run_labels([base, slower, fake_results()]) == [
+        "order 1, 3 tasks, top 2 of 6 blocks (run 1)", "order 1, 3 tasks, top 2 of 6 blocks, lr 0.001, eval split val",
+        "order 1, 3 tasks, top 2 of 6 blocks (run 2)"]
+    rows = [line.split(" | ")[0] for line in tables.matrix_table(base, base).splitlines() if line.startswith("| order")]
+    assert rows[:2] == ["| order 1, 3 tasks, top 2 of 6 blocks (run 1)", "| order 1, 3 tasks, top 2 of 6 blocks (run 2)"]
+
+
 def test_paired_difference_over_seeds():
     r = fake_results(moram_diag=(0.8, 0.9, 1.0), lora_diag=(0.7, 0.7, 0.7))
     d = tables.paired(r, "moram", "seq_lora", "last")

@@ -366,9 +366,16 @@ class RunFolder:
 
 @contextmanager
 def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, eval_only: bool = False,
-             info: dict | None = None, primary: bool = True, arg: str = "--out") -> Iterator[RunFolder]:
+             info: dict | None = None, primary: bool = True, arg: str = "--out",
+             reads_only: bool = False) -> Iterator[RunFolder]:
     """Lock ``out`` for this run and record ``settings`` (after :func:`check`, repeated under the lock).
     ``arg``: how the command's users name the folder (its flag or positional argument), for the messages.
+
+    A folder whose lock file cannot be opened for writing (a read-only mount) is refused with an
+    ``OSError`` naming it, unless ``reads_only`` (the command only reads it, e.g. a part of
+    ``text-cl-merge``): then its existing lock is taken shared, which still waits for no one and fails
+    if a run holds it, and a folder without a lock file is read unlocked (no run can be writing it:
+    every run creates the lock file first).
 
     ``primary=False`` (a non-zero ``torchrun`` rank) takes no lock and writes nothing: rank 0 owns the folder.
     ``config.json`` is (re)written for a fresh run; a resume or an evaluation leaves the matching record as it is.
@@ -379,10 +386,24 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         return
     check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{arg}: could not create the folder {out} ({exc.strerror})") from None
     if (out / LOCK).exists() and not (out / LOCK).is_file():
         raise UsageError(f"{arg}: {out / LOCK} (the folder's lock) exists and is not a file; remove it")
-    fh = open(out / LOCK, "a+")
+    try:
+        fh = open(out / LOCK, "a+")
+    except OSError as exc:  # a read-only folder or file system: the command could write nothing there either
+        if not reads_only:
+            advice = ("choose another --out" if arg == "--out" else
+                      "copy the run folder somewhere writable and pass the copy")
+            raise OSError(exc.errno, f"{arg}: {out} is not writable here ({exc.strerror}, on its lock file "
+                                     f"{LOCK}); this command writes into it: {advice}") from None
+        fh = None
+    if fh is None:
+        yield from _read_unwritable(out, command, settings, resume, eval_only, arg)
+        return
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -399,6 +420,25 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         fh.flush()
         if not (resume or eval_only):  # a fresh run (or a re-run with the same settings) records itself
             write_json(out / CONFIG, {"command": command, "settings": settings, "info": info or {}})
+        yield folder
+    finally:
+        folder.close()
+
+
+def _read_unwritable(out: Path, command: str, settings: dict, resume: bool, eval_only: bool,
+                     arg: str) -> Iterator[RunFolder]:
+    """:func:`open_run` for a folder that is only read and cannot be written: a shared lock, or none."""
+    fh = open(out / LOCK) if (out / LOCK).is_file() else None
+    if fh is not None:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise UsageError(_in_use(out, holder, arg)) from None
+    folder = RunFolder(out, fh)
+    try:
+        _check_record(out, command, settings, resume, eval_only, arg)
         yield folder
     finally:
         folder.close()

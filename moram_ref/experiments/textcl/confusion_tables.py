@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from moram_ref.experiments.textcl.routing_tables import _count  # a whole number in [low, 2**53)
-from moram_ref.experiments.textcl.tables import LABELS, run_label
+from moram_ref.experiments.textcl.tables import LABELS, run_labels
 
 STAGES = (("after_own", "right after learning it (the accuracy matrix's diagonal)"),
           ("after_last", "after the last task (the matrix's last row)"))
@@ -121,11 +121,12 @@ def confusion_table(*files: dict) -> str:
     fails :func:`problem`."""
     if not files:
         raise ValueError("no text-cl-confusion files given")
-    out = []
     for data in files:
         why = problem(data)
         if why:
             raise ValueError(f"the confusion file {why}")
+    out = []
+    for data, label in zip(files, run_labels([data["run"] for data in files])):
         names, methods = data["run"]["tasks"], data["methods"]
         texts = np.asarray(data["texts_per_task"], float)
         adapters = [m for m in methods if m != "zero_shot"] or list(methods)
@@ -135,7 +136,7 @@ def confusion_table(*files: dict) -> str:
             cut = data.get("texts_cut")
             header = ["task", *(["texts cut"] if cut else []), *(LABELS[m] for m in methods),
                       "largest other destination"]
-            out += [f"**{run_label(data['run'])}: where each task's texts land, {when}** — union accuracy % "
+            out += [f"**{label}: where each task's texts land, {when}** — union accuracy % "
                     f"(% landing among the task's own labels), mean over {seeds} seed(s)", "",
                     _row(header), "|" + "---|" * len(header)]
             for g, name in enumerate(names):

@@ -32,12 +32,23 @@ def default_model_path() -> Path:
 
 
 def load_encoder(path: str | Path | None = None):
-    """(model, tokenizer) from a local folder, never the hub; the model in eval mode, frozen."""
+    """(model, tokenizer) from a local folder, never the hub; the model in eval mode, frozen.
+
+    transformers' "Loading weights" progress bar is off while it loads (a small encoder loads in well under a
+    second, and the bar's carriage returns clutter every log); the caller's setting is put back after.
+    """
     from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     path = Path(path) if path is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model.requires_grad_(False)
     return model, tokenizer
 

@@ -30,8 +30,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true")
 
 
-ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json or the data under "
-          "--data-root changed, undo that; a state folder that is damaged or not this run's: delete it and "
+ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json, the data under "
+          "--data-root or the encoder (--model-path) changed, undo that; a state folder that is damaged or not "
+          "this run's: delete it and "
           "`moram-ref text-cl --resume` the run")
 
 

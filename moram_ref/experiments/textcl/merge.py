@@ -142,7 +142,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                  f"({'; '.join(rundir.differences(settings, textcl.settings_of(resume)))})")
     with contextlib.ExitStack() as held:
         for part, recorded in merged["parts"].items():  # no part may change while its records are copied
-            held.enter_context(rundir.open_run(part, "text-cl", recorded, resume=True, arg="PART"))
+            held.enter_context(rundir.open_run(part, "text-cl", recorded, resume=True, arg="PART",
+                                                   reads_only=True))
         held.enter_context(rundir.open_run(args.out, "text-cl", settings, info=merged["info"]))
         stage = held.enter_context(rundir.staging(args.out))
         copied = []

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from moram_ref.experiments.textcl.tables import LABELS, _cell, run_label
+from moram_ref.experiments.textcl.tables import LABELS, _cell, run_labels
 from moram_ref.experiments.toy.ablation_tables import ci_cell
 
 COLUMNS = (("own", "own atoms' share on own tokens"), ("newest", "newest atoms' share on earlier tokens"),
@@ -153,14 +153,15 @@ def shares_table(*summaries: dict, method: str = "moram") -> str:
     mostly to each task's atoms. ValueError if a summary fails :func:`problem` (e.g. has no ``method``)."""
     if not summaries:
         raise ValueError("no text-cl-routing summaries given")
-    out = []
     for s in summaries:
         why = problem(s, need=method)
         if why:
             raise ValueError(f"the routing summary {why}")
+    out = []
+    for s, label in zip(summaries, run_labels([s["run"] for s in summaries])):
         entry, names, n = s["methods"][method], s["run"]["tasks"], len(s["run"]["tasks"])
         last = np.array([np.asarray(stages[-1], float) for stages in entry["mean_share"]])  # seed × atoms × tokens
-        out += [f"**{run_label(s['run'])}, {LABELS[method]}: share of Σw after the last task, % "
+        out += [f"**{label}, {LABELS[method]}: share of Σw after the last task, % "
                 f"(an even spread: {100 / n:.3g})**", "",
                 "| atoms of ↓ / tokens of → | " + " | ".join(names) + " |", "|---|" + "---|" * n]
         for g, row in enumerate(names):
@@ -207,7 +208,8 @@ def routing_table(*summaries: dict) -> str:
         why = problem(s)
         if why:
             raise ValueError(f"the routing summary {why}")
-        label = run_label(s["run"])  # the run record holds the settings, encoder and tasks it reads
+    # the run record holds the settings, encoder and tasks it reads
+    for s, label in zip(summaries, run_labels([s["run"] for s in summaries])):
         for method, entry in s["methods"].items():
             c = entry["summary"]
             a99 = c["atoms99"]

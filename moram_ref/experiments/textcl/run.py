@@ -77,10 +77,11 @@ def portable(settings: dict) -> dict:
 
 
 def encoder_record(model_path, model, adapt_layers: int) -> dict:
-    """The encoder a results file names: its folder (or the packaged MiniLM), its blocks, the adapted ones."""
-    from moram_ref.experiments.textcl.state import encoder_name  # noqa: PLC0415
+    """The encoder a results file names: its folder (or the packaged MiniLM), the sha256 of its files
+    (:func:`~.state.encoder_fingerprint`), its blocks, the adapted ones."""
+    from moram_ref.experiments.textcl.state import encoder_fingerprint, encoder_name  # noqa: PLC0415
 
-    return {"name": encoder_name(model_path),
+    return {"name": encoder_name(model_path), "sha256": encoder_fingerprint(model_path),
             "blocks": int(model.config.num_hidden_layers), "adapted_blocks": adapt_layers}
 
 

@@ -42,6 +42,11 @@ settings is another run's even where a setting does not act on it. Not recorded,
 * Constants without a flag (:class:`~.train.TrainSettings`' ``logit_scale``, ``olora_lambda``,
   ``probe_per_task``): only a change of the code changes them.
 
+The encoder is also compared by its content: records hold ``encoder_sha256``
+(:func:`encoder_fingerprint`, over the files of its folder that transformers reads: configuration,
+tokenizer, weights), so two folders of one name holding other weights are told apart; a record written
+before it held that field is compared by the folder's name only.
+
 A record written before records held their settings (``progress.json`` or a checkpoint without the field, as
 the long runs of ``docs/results.md``) is checked without its settings: every other check still applies,
 and a resumed run records them from its next task on.
@@ -65,6 +70,9 @@ GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state() on the CPU (mt1993
 SHAPING = ("steps", "batch", "lr", "adapt_layers", "placement", "max_length", "eval_split", "atoms_per_task",
            "top_k", "temperature", "threshold", "model_path")  # the settings a record holds (module docstring)
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # the packaged encoder's name (no --model-path)
+ENCODER_KEY = "encoder_sha256"  # beside SHAPING in a record; absent from records written before 2026-11-30
+ENCODER_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")  # configuration, tokenizer, weights
+_fingerprints: dict[tuple, str] = {}  # (folder, its files' names, sizes, mtimes) → sha256: hashed once
 
 
 class StateError(UsageError):
@@ -88,11 +96,37 @@ def encoder_name(model_path) -> str:
     return Path(model_path).name if model_path else DEFAULT_ENCODER
 
 
+def encoder_fingerprint(model_path) -> str:
+    """sha256 (hex) over the names and bytes of the encoder folder's top-level files with a suffix in
+    :data:`ENCODER_SUFFIXES` (what ``from_pretrained`` reads for the model and its tokenizer; a README or
+    ``.gitattributes`` does not count), in name order. ``model_path`` None: the packaged MiniLM.
+    OSError if the folder or a file cannot be read; a folder is hashed once per process while its files'
+    sizes and modification times stay the same (the MiniLM's 91 MB take about 0.2 s)."""
+    if model_path is None:
+        from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
+
+        model_path = default_model_path()
+    files = sorted((p for p in Path(model_path).iterdir() if p.is_file() and p.suffix in ENCODER_SUFFIXES),
+                   key=lambda p: p.name)
+    key = (str(Path(model_path).resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}\0{p.stat().st_size}\0".encode())  # name and length: files cannot run together
+            with open(p, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        _fingerprints[key] = h.hexdigest()
+    return _fingerprints[key]
+
+
 def shaping(settings: dict) -> dict:
     """The settings that shape a (method, seed) record (:data:`SHAPING`), picked from a run's settings
-    (``run.settings_of``, as ``config.json`` records them), the encoder by :func:`encoder_name`.
-    KeyError if one is missing."""
+    (``run.settings_of``, as ``config.json`` records them), the encoder by :func:`encoder_name`, and the
+    encoder's :func:`encoder_fingerprint` (:data:`ENCODER_KEY`). KeyError if a setting is missing; OSError
+    if the encoder folder cannot be read."""
     picked = {k: settings[k] for k in SHAPING}
+    picked[ENCODER_KEY] = encoder_fingerprint(picked["model_path"])
     picked["model_path"] = encoder_name(picked["model_path"])
     return rundir.jsonable(picked)
 
@@ -100,8 +134,12 @@ def shaping(settings: dict) -> dict:
 def _differences(recorded, current: dict, now: str = "now") -> str:
     """``"--lr 0.002 recorded, 0.5 now; …"`` for the settings of :data:`SHAPING` that differ ("" if none);
     ``now`` names where ``current`` comes from."""
-    return "; ".join(f"--{k.replace('_', '-')} {json.dumps(recorded.get(k))} recorded, {json.dumps(current.get(k))} {now}"
-                     for k in SHAPING if recorded.get(k, "<absent>") != current.get(k, "<absent>"))
+    diff = [f"--{k.replace('_', '-')} {json.dumps(recorded.get(k))} recorded, {json.dumps(current.get(k))} {now}"
+            for k in SHAPING if recorded.get(k, "<absent>") != current.get(k, "<absent>")]
+    if ENCODER_KEY in recorded and recorded[ENCODER_KEY] != current.get(ENCODER_KEY):  # absent: an older record
+        diff.append(f"the encoder's files (--model-path) differ: sha256 {str(recorded[ENCODER_KEY])[:12]}… recorded, "
+                    f"{str(current.get(ENCODER_KEY))[:12]}… {now}")
+    return "; ".join(diff)
 
 
 def data_fingerprint(tasks: list) -> str:

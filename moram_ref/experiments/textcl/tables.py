@@ -23,13 +23,40 @@ MATRIX_METRICS = (("last", "Last", True), ("average", "Average", True), ("forget
                   ("transfer", "Transfer", True))
 
 
+def changed(settings: dict) -> list[tuple[str, object]]:
+    """The run's settings that shape its numbers and differ from ``moram-ref text-cl``'s defaults, as
+    ``(flag name, value)`` in the flags' order: ``[("lr", 0.001), ("eval_split", "val")]``. The adapted
+    blocks are left out (:func:`run_label` names them)."""
+    from moram_ref.experiments.textcl.run import DEFAULTS  # noqa: PLC0415  (torch-free module)
+
+    out = [(k, settings[k]) for k, v in DEFAULTS.items() if k != "adapt_layers" and k in settings and settings[k] != v]
+    out += [(k, settings[k]) for k in ("max_train", "max_test") if settings.get(k) is not None]
+    if settings.get("eval_split", "test") != "test":
+        out.append(("eval_split", settings["eval_split"]))
+    return out
+
+
 def run_label(results: dict) -> str:
-    """``"order 1, 4 tasks, top 2 of 6 blocks"`` from the run's recorded settings and encoder."""
+    """``"order 1, 4 tasks, top 2 of 6 blocks"`` from the run's recorded settings and encoder, followed by the
+    settings that differ from the defaults (``", lr 0.001, eval split val"``)."""
     settings, enc = results["settings"], results["encoder"]
     seq = ORDER_NAMES.get(settings["sequence"], settings["sequence"])
     blocks = (f"all {enc['blocks']} blocks" if enc["adapted_blocks"] == enc["blocks"]
               else f"top {enc['adapted_blocks']} of {enc['blocks']} blocks")
-    return f"{seq}, {len(results['tasks'])} tasks, {blocks}"
+    extra = "".join(f", {k.replace('_', ' ')} {v}" for k, v in changed(settings))
+    return f"{seq}, {len(results['tasks'])} tasks, {blocks}{extra}"
+
+
+def run_labels(runs: list[dict]) -> list[str]:
+    """:func:`run_label` of each run; runs that would share a label (e.g. one order run twice with the same
+    settings) are told apart as ``"… (run 2)"``, ``"… (run 3)"`` in the order given."""
+    labels = [run_label(r) for r in runs]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if labels.count(label) == 1 else f"{label} (run {seen[label]})")
+    return out
 
 
 def command(results: dict) -> str:
@@ -45,13 +72,12 @@ def command(results: dict) -> str:
         parts.append(f"--tasks {s['tasks']}")
     if list(s.get("methods", METHODS)) != list(METHODS):
         parts.append("--methods " + " ".join(s["methods"]))
-    parts += [f"--{k.replace('_', '-')} {s[k]}" for k, v in DEFAULTS.items() if k in s and s[k] != v]
-    parts += [f"--{k.replace('_', '-')} {s[k]}" for k in ("max_train", "max_test") if s.get(k) is not None]
-    if s.get("eval_split", "test") != "test":
-        parts.append(f"--eval-split {s['eval_split']}")
-    blocks = "" if s.get("adapt_layers", DEFAULTS["adapt_layers"]) == DEFAULTS["adapt_layers"] else \
-        f"-top{s['adapt_layers']}"
-    parts.append(f"--out runs/text-cl-{s['sequence']}{blocks}")  # one folder per run: a second run may not reuse it
+    adapt = s.get("adapt_layers", DEFAULTS["adapt_layers"])
+    flags = ([("adapt_layers", adapt)] if adapt != DEFAULTS["adapt_layers"] else []) + changed(s)
+    parts += [f"--{k.replace('_', '-')} {v}" for k, v in flags]
+    # one folder per run (a second run may not reuse it): its name carries what differs from the defaults
+    suffix = "".join(f"-top{v}" if k == "adapt_layers" else f"-{k.replace('_', '-')}{v}" for k, v in flags)
+    parts.append(f"--out runs/text-cl-{s['sequence']}{suffix}")
     return " ".join(parts)
 
 
@@ -129,15 +155,15 @@ def matrix_table(*runs: dict) -> str:
     for metric, title, higher in MATRIX_METRICS:
         out += [f"**{title}** (union labels, %)", "", "| run | " + " | ".join(LABELS[m] for m in methods) + " |",
                 "|---|" + "---|" * len(methods)]
-        for r in runs:
+        for r, label in zip(runs, run_labels(list(runs))):
             c = cells(r, metric)
             ranked = [m for m in methods if m != "zero_shot"]
             best = (max if higher else min)(c[m]["mean"] for m in ranked)
-            out.append(f"| {run_label(r)} | " + " | ".join(_cell(c[m], m in ranked and c[m]["mean"] == best)
+            out.append(f"| {label} | " + " | ".join(_cell(c[m], m in ranked and c[m]["mean"] == best)
                                                            for m in methods) + " |")
         out.append("")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
-    walls = "; ".join(f"{run_label(r)}: {timing(r)}" for r in runs)
+    walls = "; ".join(f"{label}: {timing(r)}" for r, label in zip(runs, run_labels(list(runs))))
     out.append(f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds; bold: the best adapter's mean "
                f"(zero-shot, the frozen encoder, is not ranked). Time of each run: {walls}. Commands: "
                + "; ".join(f"`{command(r)}`" for r in runs) + ".")
@@ -161,7 +187,7 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
             low = [min(e, v) for e, v in zip(err, mean)]  # no whisker below 0: every metric here is ≥ 0
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=[low, err], capsize=2,
                    label=LABELS[m])
-        ax.set_xticks(x, [run_label(r).replace(", ", "\n", 1) for r in runs], fontsize=7)
+        ax.set_xticks(x, [label.replace(", ", "\n", 1) for label in run_labels(runs)], fontsize=7)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_ylabel("%")
     handles, names = axes.flat[0].get_legend_handles_labels()
@@ -179,7 +205,7 @@ def brief_table(*runs: dict) -> str:
         raise ValueError("no text-CL results given")
     lines = ["| run | Last: MoRAM / best coarse expert | forgetting: MoRAM / best coarse expert | "
              "Transfer: MoRAM / frozen |", "|---|---|---|---|"]
-    for r in runs:
+    for r, label in zip(runs, run_labels(list(runs))):
         row = []
         for metric, higher in (("last", True), ("forgetting", False)):
             c = cells(r, metric)
@@ -187,7 +213,7 @@ def brief_table(*runs: dict) -> str:
             row.append(f"{_cell(c['moram'], False)} / {_cell(c[best], False)} ({LABELS[best]})")
         c = cells(r, "transfer")
         row.append(f"{_cell(c['moram'], False)} / {_cell(c['zero_shot'], False)}")
-        lines.append(f"| {run_label(r)} | " + " | ".join(row) + " |")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
     return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, mean ± 95 % CI over {'/'.join(map(str, seeds))} "
                                "seeds; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
