@@ -113,11 +113,17 @@ def entry() -> None:
     from the moment the command ends (SIGQUIT and SIGKILL still end the process).
     """
     status = _run(None, exiting=True)
-    try:
-        sys.stdout.flush()  # what is still buffered goes out now, where a broken pipe can be told apart
-    except BrokenPipeError:
-        _drop_stdout()
-        status = status or 141
+    if sys.stdout is not None:  # None: started with standard output closed (`>&-`)
+        try:
+            sys.stdout.flush()  # what is still buffered goes out now, where a refusal can be told apart
+        except BrokenPipeError:
+            _drop_stdout()
+            status = status or _closed(_name(sys.argv[1:]))
+        except OSError as exc:  # `> /dev/full`: a full disk
+            _drop_stdout()
+            if not status:  # a failed command has said why already
+                print(f"{_name(sys.argv[1:])}: error: could not write its output ({exc.strerror})", file=sys.stderr)
+                status = 1
     sys.exit(status)
 
 
@@ -170,7 +176,7 @@ def _main(argv: list[str], exiting: bool) -> int:
             return 2
         if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone
             _drop_stdout()
-            return 141  # quietly, as Unix tools end on SIGPIPE (128 + 13); outputs are written whole or not at all
+            return _closed(name)
         if isinstance(exc, OSError):  # the file system refused (permissions, a full disk): one line
             said = exc.strerror if exc.filename is None and exc.strerror else exc  # no "[Errno N]" before ours
             print(f"{name}: error: {said}", file=sys.stderr)
@@ -182,6 +188,20 @@ def _main(argv: list[str], exiting: bool) -> int:
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
         return _interrupted(name)
     return status if isinstance(status, int) else 0
+
+
+RESUMABLE = ("text-cl", "clip", "llm")  # the commands with --resume
+
+
+def _closed(name: str) -> int:
+    """After the reader of standard output has gone (`| head`): 141, as Unix tools end on SIGPIPE (128 + 13).
+    ``report`` ends quietly (it only prints); a command that writes a run folder stopped its work there,
+    so it says so on standard error, and how to continue."""
+    if name != "moram-ref report":
+        more = " (`--resume` continues the run)" if name.removeprefix("moram-ref ") in RESUMABLE else ""
+        print(f"{name}: stopped: its output was closed (the reader of a pipe, e.g. `head`, exited); what it "
+              f"wrote is whole{more}", file=sys.stderr)
+    return 141
 
 
 def _drop_stdout() -> None:

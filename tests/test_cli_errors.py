@@ -292,21 +292,47 @@ def test_console_entry_point_prints_one_line(argv, expected, data, tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("argv", [["report", "--table", "textcl-confusion", "FILE"],  # 5 kB: met by the flush at exit
-                                  ["report", "--table", "textcl-confusion", "FILE", "FILE", "FILE"]],  # 15 kB: by print
-                         ids=["buffered", "written"])
-def test_a_closed_output_pipe_ends_quietly_with_141(argv):
-    """`moram-ref … | head`: when the reader has gone, no error line and no traceback; 141 as after SIGPIPE."""
+CONFUSION = ["report", "--table", "textcl-confusion", "docs/results/textcl/long-4.confusion.json"]
+
+
+def _console(argv: list[str], stdout, tmp_path, **kwargs) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
-    argv = [str(root / "docs/results/textcl/long-4.confusion.json") if a == "FILE" else a for a in argv]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # most shells: stdout buffered
+    argv = [str(root / a) if a.startswith("docs/") else a for a in argv]
+    return subprocess.run([sys.executable, "-m", "moram_ref.cli", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env={**env, "PYTHONPATH": str(root)}, cwd=tmp_path, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (CONFUSION, ""),  # 5 kB: met by the flush at exit; report only prints, so it ends quietly
+    (CONFUSION + CONFUSION[-1:] * 2, ""),  # 15 kB: met by print
+    (["demo", "--steps", "1", "--streams", "recall", "--methods", "moram", "--no-plots", "--out", "run"],
+     "moram-ref demo: stopped: its output was closed (the reader of a pipe, e.g. `head`, exited); what it wrote "
+     "is whole\n"),
+], ids=["buffered", "written", "demo"])
+def test_a_closed_output_pipe_ends_with_141(argv, said, tmp_path):
+    """`moram-ref … | head`: when the reader has gone, 141 as after SIGPIPE, no traceback; a command that
+    writes a run folder says it stopped."""
     read, write = os.pipe()
     os.close(read)  # the reader has gone before the command writes anything
     try:
-        proc = subprocess.run([sys.executable, "-m", "moram_ref.cli", *argv], stdout=write, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+        proc = _console(argv, write, tmp_path)
     finally:
         os.close(write)
-    assert (proc.returncode, proc.stderr) == (141, "")
+    assert (proc.returncode, proc.stderr) == (141, said)
+
+
+@pytest.mark.parametrize("copies", [1, 3], ids=["buffered", "written"])
+def test_a_full_disk_under_the_output_is_one_line(copies, tmp_path):
+    with open("/dev/full", "w") as full:
+        proc = _console(CONFUSION + CONFUSION[-1:] * (copies - 1), full, tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("moram-ref report: error: ") and "No space left on device" in proc.stderr
+
+
+def test_a_closed_standard_output_is_no_error(tmp_path):
+    proc = _console(CONFUSION, None, tmp_path, preexec_fn=lambda: os.close(1))  # `moram-ref … >&-`
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_help_lists_every_command_and_bench_options(capsys):

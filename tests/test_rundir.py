@@ -199,6 +199,29 @@ def test_a_folder_that_cannot_be_created_or_locked_is_one_line_naming_it(tmp_pat
     assert _snapshot(out) == before
 
 
+def test_a_folder_whose_lock_is_writable_but_not_the_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    """`chattr +i` on a run folder that has its lock file: the lock opens, new files cannot be made."""
+    out = tmp_path / "run"
+    with rundir.open_run(out, "demo", {"steps": 1}):
+        pass
+    real = rundir.tempfile.mkstemp
+
+    def immutable(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == out:
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", immutable)
+    reached = []
+    with pytest.raises(OSError) as refused:
+        with rundir.open_run(out, "demo", {"steps": 1}, resume=True):
+            reached.append(True)
+    assert not reached and refused.value.filename is None
+    assert refused.value.strerror == (f"--out: {out} is not writable here (Operation not permitted, on a new file); "
+                                      "this command writes into it: copy the run folder somewhere writable and give "
+                                      "the copy as --out")
+
+
 def test_a_folder_only_read_may_be_unwritable(tmp_path, monkeypatch):
     """``reads_only`` (text-cl-merge's parts): an unwritable lock file is taken shared, or the folder is read
     unlocked when it has none; a run holding it is still named; a writing command is still refused."""

@@ -148,14 +148,18 @@ def test_damaged_files_are_named_not_rendered(counted, tmp_path, capsys, edit, w
     assert str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def _encoder_copy(where, config_suffix: str = ""):
-    """The packaged encoder's folder, its files linked, ``config_suffix`` appended to its configuration."""
+def _encoder_copy(where, config_suffix: str = "", weights: str = "linked"):
+    """The packaged encoder's folder, its files linked, ``config_suffix`` appended to its configuration;
+    ``weights``: "linked", "dangling" (a broken link) or "none"."""
     from moram_ref.experiments.textcl.encoder import default_model_path
 
     where.mkdir(parents=True)
     for f in default_model_path().iterdir():
         if f.name == "config.json":
             (where / f.name).write_text(f.read_text() + config_suffix)
+        elif f.name == "model.safetensors" and weights != "linked":
+            if weights == "dangling":
+                (where / f.name).symlink_to(where / "gone.safetensors")
         elif f.is_file():
             (where / f.name).symlink_to(f)
     return where
@@ -166,10 +170,24 @@ def test_an_identical_encoder_elsewhere_is_accepted(counted, tmp_path, capsys):
     _, run, result = counted
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    assert main(["text-cl-confusion", str(copy), "--no-plots",
-                 "--model-path", str(_encoder_copy(tmp_path / "moved" / "all-MiniLM-L6-v2"))]) == 0
+    encoder = _encoder_copy(tmp_path / "moved" / "all-MiniLM-L6-v2")
+    (encoder / "LICENSE.txt").write_text("MIT")  # files transformers does not read do not count
+    (encoder / "data_config.json").unlink()
+    assert main(["text-cl-confusion", str(copy), "--no-plots", "--model-path", str(encoder)]) == 0
     again = json.loads((copy / "confusion.json").read_text())
     assert again["methods"] == result["methods"]
+
+
+@pytest.mark.parametrize("weights", ["dangling", "none"])
+def test_a_fresh_run_on_an_encoder_without_readable_weights_is_refused_before_any_work(counted, tmp_path, capsys,
+                                                                                       weights):
+    data, _, _ = counted
+    encoder = _encoder_copy(tmp_path / "enc", weights=weights)
+    out = tmp_path / "run"
+    assert main(["text-cl", "--data-root", str(data), "--out", str(out), *RUN, "--model-path", str(encoder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moram-ref text-cl: error: --model-path: ") and err.count("\n") == 1, err
+    assert str(encoder) in err and not out.exists()
 
 
 @pytest.mark.parametrize(("damage", "words"), [
@@ -184,6 +202,8 @@ def test_an_identical_encoder_elsewhere_is_accepted(counted, tmp_path, capsys):
     ("model-path", ["--model-path: the encoder folder", "does not exist", "pass --model-path"]),
     ("other-encoder", ["_seed0/progress.json", "the encoder's files (--model-path) differ: sha256",
                        "given by --model-path", "reads the run as"]),
+    ("dangling-weights", ["--model-path: cannot read", "model.safetensors (No such file or directory)"]),
+    ("no-weights", ["--model-path:", "holds no weights file (model.safetensors or pytorch_model.bin)"]),
     ("in-use", ["run: ", "is in use by another run (pid"]),
     ("damaged-checkpoint", ["moram_seed0/task1.safetensors", "is damaged: tensor", "sha256"]),
     ("zero-shot-unfinished", ["zero_shot_seed1/progress.json", "does not record every task as done"]),
@@ -221,6 +241,9 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
         (copy / "config.json").write_text(json.dumps(cfg))
     elif damage == "other-encoder":  # the packaged encoder's name, one byte more in its configuration
         extra = ["--model-path", str(_encoder_copy(tmp_path / "all-MiniLM-L6-v2", config_suffix="\n"))]
+    elif damage in ("dangling-weights", "no-weights"):
+        weights = damage.split("-")[0].replace("no", "none")
+        extra = ["--model-path", str(_encoder_copy(tmp_path / "all-MiniLM-L6-v2", weights=weights))]
     elif damage == "in-use":
         import fcntl
         import os

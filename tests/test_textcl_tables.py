@@ -41,7 +41,7 @@ def test_run_label_and_command():
     r = fake_results()
     assert tables.run_label(r) == "order 1, 3 tasks, top 2 of 6 blocks"
     assert tables.command(r) == ("moram-ref text-cl --data-root <llm-cl-benchmark-500> --sequence standard-1 "
-                                 "--seeds 3 --tasks 3 --out runs/text-cl-standard-1")  # other flags: defaults
+                                 "--seeds 3 --tasks 3 --out runs/text-cl-standard-1-tasks3")  # other flags: defaults
     all_blocks = fake_results("long-4", adapt_layers=6)
     all_blocks["settings"]["tasks"] = 15
     assert tables.run_label(all_blocks).endswith("all 6 blocks")
@@ -53,11 +53,21 @@ def test_runs_of_one_order_are_told_apart():
     base, slower = fake_results(), fake_results()
     slower["settings"].update(lr=0.001, eval_split="val")
     assert tables.run_label(slower) == "order 1, 3 tasks, top 2 of 6 blocks, lr 0.001, eval split val"
-    assert tables.command(slower).endswith("--lr 0.001 --eval-split val --out runs/text-cl-standard-1-lr0.001-eval-splitval")
+    assert tables.command(slower).endswith("--lr 0.001 --eval-split val --out runs/text-cl-standard-1-tasks3-lr0.001-eval-splitval")
     assert tables.command(base) != tables.command(slower)
     assert tables.run_labels([base, slower, fake_results()]) == [
         "order 1, 3 tasks, top 2 of 6 blocks (run 1)", "order 1, 3 tasks, top 2 of 6 blocks, lr 0.001, eval split val",
         "order 1, 3 tasks, top 2 of 6 blocks (run 2)"]
+    other = fake_results()
+    other["settings"].update(seeds=5, tasks=2, methods=["zero_shot", "moram"], model_path="bert-small")
+    assert tables.run_label(other) == "order 1, 3 tasks, top 2 of 6 blocks, encoder bert-small"
+    assert tables.command(other) == (
+        "moram-ref text-cl --data-root <llm-cl-benchmark-500> --sequence standard-1 --seeds 5 --tasks 2 --methods "
+        "zero_shot moram --model-path <bert-small> --out runs/text-cl-standard-1-seeds5-tasks2-zero_shot-moram-bert-small")
+    from moram_ref.cli import build_parser
+
+    recorded = build_parser("text-cl").parse_args(["text-cl", "--data-root", "."])
+    assert recorded.seeds == tables.SEEDS  # the default the --out names leave out
     rows = [line.split(" | ")[0] for line in tables.matrix_table(base, base).splitlines() if line.startswith("| order")]
     assert rows[:2] == ["| order 1, 3 tasks, top 2 of 6 blocks (run 1)", "| order 1, 3 tasks, top 2 of 6 blocks (run 2)"]
 

@@ -181,7 +181,11 @@ def staging(out: str | os.PathLike) -> Iterator[Path]:
     stage = None
     try:
         with uninterrupted():  # an interrupt right after the folder is made is delivered inside the try
-            stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+            try:
+                stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+            except OSError as exc:
+                raise OSError(exc.errno, f"could not create a folder for the outputs in {out} ({exc.strerror})") \
+                    from None
         yield stage
     finally:
         if stage is not None:
@@ -396,10 +400,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         fh = open(out / LOCK, "a+")
     except OSError as exc:  # a read-only folder or file system: the command could write nothing there either
         if not reads_only:
-            advice = ("choose another --out" if arg == "--out" else
-                      "copy the run folder somewhere writable and pass the copy")
-            raise OSError(exc.errno, f"{arg}: {out} is not writable here ({exc.strerror}, on its lock file "
-                                     f"{LOCK}); this command writes into it: {advice}") from None
+            raise _unwritable(out, exc, f"on its lock file {LOCK}", arg, resume or eval_only) from None
         fh = None
     if fh is None:
         yield from _read_unwritable(out, command, settings, resume, eval_only, arg)
@@ -414,6 +415,12 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     folder = RunFolder(out, fh)
     try:
         _check_record(out, command, settings, resume, eval_only, arg)  # again: another run may have written meanwhile
+        try:  # the lock file may be writable in a folder that is not (`chattr +i`): found now, not after the work
+            probe, name = tempfile.mkstemp(prefix=".write-check-", dir=out)
+            os.close(probe)
+            os.unlink(name)
+        except OSError as exc:
+            raise _unwritable(out, exc, "on a new file", arg, resume or eval_only) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -423,6 +430,14 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         yield folder
     finally:
         folder.close()
+
+
+def _unwritable(out: Path, exc: OSError, where: str, arg: str, existing_run: bool) -> OSError:
+    """The refusal of a run folder the file system does not let this command write (``exc``)."""
+    advice = ("choose another --out" if arg == "--out" and not existing_run else
+              f"copy the run folder somewhere writable and give the copy as {arg}")
+    return OSError(exc.errno, f"{arg}: {out} is not writable here ({exc.strerror}, {where}); this command writes "
+                              f"into it: {advice}")
 
 
 def _read_unwritable(out: Path, command: str, settings: dict, resume: bool, eval_only: bool,

@@ -60,6 +60,7 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
     if encoder_folder is not None and not Path(encoder_folder).is_dir():
         raise cliargs.UsageError(f"--model-path: the encoder folder {encoder_folder} does not exist"
                                  + ("" if model_path else " (recorded in the run's config.json); pass --model-path"))
+    state.check_encoder(encoder_folder)  # weights present, every file readable
     methods = [m for m in wanted if m in settings["methods"]]
     if not methods:
         raise cliargs.UsageError(f"run: {run} trained {none_wanted} (--methods {' '.join(settings['methods'])})")

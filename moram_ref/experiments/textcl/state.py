@@ -44,8 +44,9 @@ settings is another run's even where a setting does not act on it. Not recorded,
 
 The encoder is also compared by its content: records hold ``encoder_sha256``
 (:func:`encoder_fingerprint`, over the files of its folder that transformers reads: configuration,
-tokenizer, weights), so two folders of one name holding other weights are told apart; a record written
-before it held that field is compared by the folder's name only.
+tokenizer, weights), so two folders of one name holding other weights are told apart (the refusal then
+says to restore the encoder, not to delete the records); a record written before it held that field is
+compared by the folder's name only.
 
 A record written before records held their settings (``progress.json`` or a checkpoint without the field, as
 the long runs of ``docs/results.md``) is checked without its settings: every other check still applies,
@@ -71,7 +72,10 @@ SHAPING = ("steps", "batch", "lr", "adapt_layers", "placement", "max_length", "e
            "top_k", "temperature", "threshold", "model_path")  # the settings a record holds (module docstring)
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # the packaged encoder's name (no --model-path)
 ENCODER_KEY = "encoder_sha256"  # beside SHAPING in a record; absent from records written before 2026-11-30
-ENCODER_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")  # configuration, tokenizer, weights
+# the files transformers reads to build a model and its tokenizer (weights: *.safetensors, pytorch_model*.bin)
+ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model",
+                 "sentencepiece.bpe.model", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _fingerprints: dict[tuple, str] = {}  # (folder, its files' names, sizes, mtimes) → sha256: hashed once
 
 
@@ -80,10 +84,10 @@ class StateError(UsageError):
     (a :class:`~moram_ref.experiments.cliargs.UsageError`: the CLI prints it as one line, exit status 2).
     ``path`` and ``why`` hold the file and what is wrong with it, for a caller with other advice."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path, why: str, advice: str | None = None) -> None:
         self.path, self.why = Path(path), why
-        super().__init__(f"{path}: {why}; delete {self.path.parent} to rerun that method and seed from its first "
-                         "task (the other records are kept)")
+        super().__init__(f"{path}: {why}; " + (advice or f"delete {self.path.parent} to rerun that method and seed "
+                                                         "from its first task (the other records are kept)"))
 
 
 def folder(out: Path, method: str, seed: int) -> Path:
@@ -96,28 +100,63 @@ def encoder_name(model_path) -> str:
     return Path(model_path).name if model_path else DEFAULT_ENCODER
 
 
-def encoder_fingerprint(model_path) -> str:
-    """sha256 (hex) over the names and bytes of the encoder folder's top-level files with a suffix in
-    :data:`ENCODER_SUFFIXES` (what ``from_pretrained`` reads for the model and its tokenizer; a README or
-    ``.gitattributes`` does not count), in name order. ``model_path`` None: the packaged MiniLM.
-    OSError if the folder or a file cannot be read; a folder is hashed once per process while its files'
-    sizes and modification times stay the same (the MiniLM's 91 MB take about 0.2 s)."""
+def _is_weights(name: str) -> bool:
+    return name.endswith(".safetensors") or (name.startswith("pytorch_model") and name.endswith(".bin"))
+
+
+def encoder_files(model_path) -> list[Path]:
+    """The files of the encoder folder ``model_path`` that transformers reads (:data:`ENCODER_FILES` and the
+    weights), in name order, links included (a broken one too: reading it fails). ``model_path`` None: the
+    packaged MiniLM."""
     if model_path is None:
         from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
 
         model_path = default_model_path()
-    files = sorted((p for p in Path(model_path).iterdir() if p.is_file() and p.suffix in ENCODER_SUFFIXES),
-                   key=lambda p: p.name)
-    key = (str(Path(model_path).resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    return sorted((p for p in Path(model_path).iterdir()
+                   if (p.name in ENCODER_FILES or _is_weights(p.name)) and (p.is_symlink() or p.is_file())),
+                  key=lambda p: p.name)
+
+
+def encoder_fingerprint(model_path) -> str:
+    """sha256 (hex) over the names, lengths and bytes of :func:`encoder_files` (configuration, tokenizer,
+    weights; a README, a licence or sentence-transformers' own files do not count). OSError naming the file
+    (``filename``) if one cannot be read. A folder is hashed once per process while its files' sizes and
+    modification times stay the same (the MiniLM's 91 MB: about 0.1 s on an idle core)."""
+    files = encoder_files(model_path)
+    try:
+        stats = [p.stat() for p in files]
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, exc.filename) from None
+    key = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p, st in zip(files, stats))
     if key not in _fingerprints:
         h = hashlib.sha256()
-        for p in files:
-            h.update(f"{p.name}\0{p.stat().st_size}\0".encode())  # name and length: files cannot run together
-            with open(p, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
+        for p, st in zip(files, stats):
+            h.update(f"{p.name}\0{st.st_size}\0".encode())  # name and length: files cannot run together
+            try:
+                with open(p, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        h.update(chunk)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(p)) from None
         _fingerprints[key] = h.hexdigest()
     return _fingerprints[key]
+
+
+def check_encoder(model_path, flag: str = "--model-path") -> str:
+    """:func:`encoder_fingerprint` of an encoder folder that holds weights and whose files can all be read;
+    UsageError naming ``flag``, the folder or file, and why, otherwise. ``model_path`` None: the packaged
+    MiniLM."""
+    if model_path is None:
+        from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
+
+        model_path = default_model_path()
+    try:
+        files = encoder_files(model_path)
+        if not any(_is_weights(p.name) for p in files):
+            raise UsageError(f"{flag}: {model_path} holds no weights file (model.safetensors or pytorch_model.bin)")
+        return encoder_fingerprint(model_path)
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {exc.filename or model_path} ({exc.strerror})") from None
 
 
 def shaping(settings: dict) -> dict:
@@ -265,7 +304,12 @@ def _check_settings(path: Path, record: dict, settings: dict | None, now: str = 
     recorded = record["settings"]
     if not isinstance(recorded, dict):
         raise _fail(path, f"is malformed (settings must map settings to values, got {type(recorded).__name__})")
-    diff = _differences(recorded, rundir.jsonable(settings), now)
+    current = rundir.jsonable(settings)
+    diff = _differences(recorded, current, now)
+    if diff and not _differences(recorded, {**current, ENCODER_KEY: recorded.get(ENCODER_KEY)}, now):
+        raise StateError(path, f"was written by a run with other settings ({diff})",  # the encoder alone
+                         "the encoder folder's files changed since the run used them: restore them, or pass "
+                         "--model-path with the encoder the run was made with")
     if diff:
         raise _fail(path, f"was written by a run with other settings ({diff})")
 

@@ -8,6 +8,7 @@ table (:mod:`moram_ref.experiments.toy.claims`) reads its text-CL rows through :
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-Lo
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
 ORDER_NAMES = {"standard-1": "order 1", "standard-2": "order 2", "standard-3": "order 3", "long-4": "long (order 4)"}
 COARSE = ("seq_lora", "moe_lora", "olora")
+SEEDS = 3  # text-cl's default --seeds
 MATRIX_METRICS = (("last", "Last", True), ("average", "Average", True), ("forgetting", "forgetting", False),
                   ("transfer", "Transfer", True))
 
@@ -37,14 +39,16 @@ def changed(settings: dict) -> list[tuple[str, object]]:
 
 
 def run_label(results: dict) -> str:
-    """``"order 1, 4 tasks, top 2 of 6 blocks"`` from the run's recorded settings and encoder, followed by the
-    settings that differ from the defaults (``", lr 0.001, eval split val"``)."""
+    """``"order 1, 4 tasks, top 2 of 6 blocks"`` from the run's recorded settings and encoder, followed by an
+    encoder other than the packaged one (``", encoder bert-small"``) and the settings that differ from the
+    defaults (``", lr 0.001, eval split val"``). Seeds and methods are not in it (the tables say them)."""
     settings, enc = results["settings"], results["encoder"]
     seq = ORDER_NAMES.get(settings["sequence"], settings["sequence"])
     blocks = (f"all {enc['blocks']} blocks" if enc["adapted_blocks"] == enc["blocks"]
               else f"top {enc['adapted_blocks']} of {enc['blocks']} blocks")
     extra = "".join(f", {k.replace('_', ' ')} {v}" for k, v in changed(settings))
-    return f"{seq}, {len(results['tasks'])} tasks, {blocks}{extra}"
+    encoder = f", encoder {settings['model_path']}" if settings.get("model_path") else ""
+    return f"{seq}, {len(results['tasks'])} tasks, {blocks}{encoder}{extra}"
 
 
 def run_labels(runs: list[dict]) -> list[str]:
@@ -60,7 +64,10 @@ def run_labels(runs: list[dict]) -> list[str]:
 
 
 def command(results: dict) -> str:
-    """The ``moram-ref text-cl`` command line that reproduces the run (flags that differ from the defaults)."""
+    """The ``moram-ref text-cl`` command line that reproduces the run (flags that differ from the defaults;
+    ``--model-path <NAME>`` for an encoder other than the packaged one, whose folder the user supplies). Its
+    ``--out runs/text-cl-<sequence>…`` names every flag that differs from the defaults, so that the commands
+    of two different runs never share a folder."""
     from moram_ref.experiments.textcl import METHODS  # noqa: PLC0415
     from moram_ref.experiments.textcl.data import SEQUENCES  # noqa: PLC0415
     from moram_ref.experiments.textcl.run import DEFAULTS  # noqa: PLC0415  (torch-free module)
@@ -68,15 +75,20 @@ def command(results: dict) -> str:
     s = results["settings"]
     parts = ["moram-ref text-cl --data-root <llm-cl-benchmark-500>", f"--sequence {s['sequence']}",
              f"--seeds {s['seeds']}"]
+    suffix = "" if s["seeds"] == SEEDS else f"-seeds{s['seeds']}"
     if s.get("tasks") not in (None, len(SEQUENCES.get(s["sequence"], ()))):
         parts.append(f"--tasks {s['tasks']}")
+        suffix += f"-tasks{s['tasks']}"
     if list(s.get("methods", METHODS)) != list(METHODS):
         parts.append("--methods " + " ".join(s["methods"]))
+        suffix += "-" + "-".join(s["methods"])
+    if s.get("model_path"):  # recorded by its folder's name (run.portable)
+        parts.append(f"--model-path <{s['model_path']}>")
+        suffix += f"-{s['model_path']}"
     adapt = s.get("adapt_layers", DEFAULTS["adapt_layers"])
     flags = ([("adapt_layers", adapt)] if adapt != DEFAULTS["adapt_layers"] else []) + changed(s)
     parts += [f"--{k.replace('_', '-')} {v}" for k, v in flags]
-    # one folder per run (a second run may not reuse it): its name carries what differs from the defaults
-    suffix = "".join(f"-top{v}" if k == "adapt_layers" else f"-{k.replace('_', '-')}{v}" for k, v in flags)
+    suffix += "".join(f"-top{v}" if k == "adapt_layers" else f"-{k.replace('_', '-')}{v}" for k, v in flags)
     parts.append(f"--out runs/text-cl-{s['sequence']}{suffix}")
     return " ".join(parts)
 
@@ -187,7 +199,7 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
             low = [min(e, v) for e, v in zip(err, mean)]  # no whisker below 0: every metric here is ≥ 0
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=[low, err], capsize=2,
                    label=LABELS[m])
-        ax.set_xticks(x, [label.replace(", ", "\n", 1) for label in run_labels(runs)], fontsize=7)
+        ax.set_xticks(x, [textwrap.fill(label, 26) for label in run_labels(runs)], fontsize=7)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_ylabel("%")
     handles, names = axes.flat[0].get_legend_handles_labels()

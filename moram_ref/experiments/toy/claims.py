@@ -84,11 +84,10 @@ def _textcl_transfer_row(textcl: dict) -> tuple[str, str]:
     return fig, HOLDS + (f" (no loss measurable, but lower in {lower} of {len(ours)} seeds)" if lower else "")
 
 
-def _textcl_routing_rows(summary: dict) -> list[tuple[str, ...]]:
+def _textcl_routing_rows(summary: dict, label: str) -> list[tuple[str, ...]]:
     """Sparse / task-specific / quiet rows for MoRAM from a ``text-cl-routing`` summary (same rules as the
     NumPy streams' rows; each seed's value is the mean over the adapted layers)."""
     run = summary["run"]
-    label = tables.run_label(run)
     k, r_total = run["settings"]["top_k"], run["settings"]["atoms_per_task"] * len(run["tasks"])
     c = summary["methods"]["moram"]["summary"]
     cmd = "`moram-ref text-cl-routing <the run's folder>` after " + f"`{tables.command(run)}`"
@@ -138,6 +137,7 @@ def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
     ``text-cl-routing`` (sparsity and task-specificity rows)."""
     textcl = [f for f in textcl_files if f.get("kind") != "text-cl routing"]
     routing = [f for f in textcl_files if f.get("kind") == "text-cl routing"]
+    labels = tables.run_labels(textcl)  # runs that would share a label: "… (run 2)"
     rows = []
     for claim, metric, better in (
             ("Better plasticity–stability trade-off: higher Last than coarse experts", "last", True),
@@ -145,9 +145,9 @@ def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
         for stream in ("recall", "digits"):
             fig, verdict = _numpy_row(demo, stream, metric, better)
             rows.append((claim, f"main job, {stream} stream (3 seeds, paired)", fig, verdict, DEMO_CMD))
-        for run in textcl:
+        for run, label in zip(textcl, labels):
             fig, verdict = _textcl_row(run, metric, better)
-            rows.append((claim, f"text-CL (MiniLM), {tables.run_label(run)}, union labels", fig, verdict,
+            rows.append((claim, f"text-CL (MiniLM), {label}, union labels", fig, verdict,
                          f"`{tables.command(run)}`"))
     # Transfer ≈ frozen
     res = demo["streams"]["digits"]
@@ -158,10 +158,10 @@ def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
                  "main job, digits stream (recall: 0 for every method by construction)",
                  f"MoRAM {format_cell(res['summary']['moram']['transfer'])}; frozen "
                  f"{format_cell(res['summary']['frozen']['transfer'])} (Δ {signed_cell(diff)})", verdict, DEMO_CMD))
-    for run in textcl:
+    for run, label in zip(textcl, labels):
         fig, verdict = _textcl_transfer_row(run)
         rows.append(("Zero-shot ability on unseen tasks preserved (Transfer ≈ the frozen model's)",
-                     f"text-CL (MiniLM), {tables.run_label(run)}, union labels", fig, verdict,
+                     f"text-CL (MiniLM), {label}, union labels", fig, verdict,
                      f"`{tables.command(run)}`"))
     # granularity
     for stream, r in ablation.get("streams", {}).items():
@@ -201,8 +201,8 @@ def claims_table(demo: dict, ablation: dict, *textcl_files: dict) -> str:
                      f"MoRAM, {stream} stream, layer 1, right after each task t ≥ 2",
                      f"earlier tasks' atoms' share of the weight on task t's inputs {format_cell(quiet)}",
                      f"{verdict} (rule: share < 50 %, CI)", ABL_CMD))
-    for summary in routing:
-        rows += _textcl_routing_rows(summary)
+    for summary, label in zip(routing, tables.run_labels([summary["run"] for summary in routing])):
+        rows += _textcl_routing_rows(summary, label)
     lines = ["| claim | experiment | figure (mean ± 95 % CI, %) | verdict | reproduce |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + (
