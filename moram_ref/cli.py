@@ -118,7 +118,7 @@ def entry() -> None:
             sys.stdout.flush()  # what is still buffered goes out now, where a refusal can be told apart
         except BrokenPipeError:
             _drop_stdout()
-            status = status or _closed(_name(sys.argv[1:]))
+            status = status or _closed(_name(sys.argv[1:]), finished=True)
         except OSError as exc:  # `> /dev/full`: a full disk
             _drop_stdout()
             if not status:  # a failed command has said why already
@@ -129,12 +129,47 @@ def entry() -> None:
 
 def _run(argv: list[str] | None, exiting: bool) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    real = sys.stdout
+    guarded = sys.stdout = _Output(real) if real is not None else None
     try:
         return _main(argv, exiting)
     except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
         return _interrupted(_name(argv))
     finally:
+        if sys.stdout is guarded:  # the command may have replaced it in turn: then it is theirs to put back
+            sys.stdout = real
         rundir.clear_stop()  # the next command in this process (a test, a notebook) starts afresh
+
+
+class OutputError(OSError):
+    """Standard output refused a write (``> /dev/full``: a full disk), told apart from the command's own files."""
+
+
+class _Output:
+    """Standard output as the command sees it: a refused write raises :class:`OutputError` (a closed pipe
+    stays a ``BrokenPipeError``); everything else is the stream's own."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _name(argv: list[str]) -> str:
@@ -176,7 +211,12 @@ def _main(argv: list[str], exiting: bool) -> int:
             return 2
         if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone
             _drop_stdout()
-            return _closed(name)
+            return _closed(name, finished=False)
+        if isinstance(exc, OutputError):  # `> /dev/full`
+            _drop_stdout()
+            print(f"{name}: error: could not write its output ({exc.strerror}); it stopped there{_whole(name)}",
+                  file=sys.stderr)
+            return 1
         if isinstance(exc, OSError):  # the file system refused (permissions, a full disk): one line
             said = exc.strerror if exc.filename is None and exc.strerror else exc  # no "[Errno N]" before ours
             print(f"{name}: error: {said}", file=sys.stderr)
@@ -193,15 +233,21 @@ def _main(argv: list[str], exiting: bool) -> int:
 RESUMABLE = ("text-cl", "clip", "llm")  # the commands with --resume
 
 
-def _closed(name: str) -> int:
+def _closed(name: str, finished: bool) -> int:
     """After the reader of standard output has gone (`| head`): 141, as Unix tools end on SIGPIPE (128 + 13).
-    ``report`` ends quietly (it only prints); a command that writes a run folder stopped its work there,
-    so it says so on standard error, and how to continue."""
+    ``report`` ends quietly (it only prints). A command that writes a run folder says on standard error
+    whether it had ``finished`` (only the end of its output was lost) or stopped its work there."""
     if name != "moram-ref report":
-        more = " (`--resume` continues the run)" if name.removeprefix("moram-ref ") in RESUMABLE else ""
-        print(f"{name}: stopped: its output was closed (the reader of a pipe, e.g. `head`, exited); what it "
-              f"wrote is whole{more}", file=sys.stderr)
+        why = "its output was closed (the reader of a pipe, e.g. `head`, exited)"
+        print(f"{name}: {why} after the command had finished: only the end of its output was lost" if finished
+              else f"{name}: stopped: {why}{_whole(name)}", file=sys.stderr)
     return 141
+
+
+def _whole(name: str) -> str:
+    """'; what it wrote is whole', and how to continue a command with --resume."""
+    more = " (`--resume` continues a run it left unfinished)" if name.removeprefix("moram-ref ") in RESUMABLE else ""
+    return f"; what it wrote is whole{more}"
 
 
 def _drop_stdout() -> None:

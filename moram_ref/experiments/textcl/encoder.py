@@ -53,6 +53,22 @@ def load_encoder(path: str | Path | None = None):
     return model, tokenizer
 
 
+def load_checked(path: str | Path | None = None, flag: str = "--model-path"):
+    """:func:`load_encoder`, a folder that transformers or safetensors cannot read (malformed JSON, truncated
+    weights, a missing shard) reported as a :class:`~moram_ref.experiments.cliargs.UsageError` naming
+    ``flag``, the folder and the library's reason (its first line)."""
+    from moram_ref.experiments.cliargs import UsageError  # noqa: PLC0415
+
+    try:
+        return load_encoder(path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (every library error here means: this folder is not a usable encoder)
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        folder = path if path is not None else default_model_path()
+        raise UsageError(f"{flag}: cannot load the encoder in {folder} ({type(exc).__name__}: {reason})") from None
+
+
 class CachedEncoder:
     """Bottom blocks run once per text (cached); top blocks run on every call, with whatever adapters.
 

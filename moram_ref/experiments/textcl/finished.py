@@ -90,7 +90,7 @@ def plan(run: Path, data_root: Path | None, wanted: tuple[str, ...], outputs: tu
                 found = state.check(where, method, seed, names, fingerprint, config, shaping,
                                     now="given by --model-path" if model_path else "in the run's config.json")
             except state.StateError as exc:
-                raise cliargs.UsageError(f"run: {exc.path}: {exc.why}; {ADVICE}") from None
+                raise cliargs.UsageError(f"run: {exc.path}: {exc.why}; {exc.advice or ADVICE}") from None
             if found is None or found["tasks_done"] < len(names):
                 raise cliargs.UsageError(f"run: {where / state.PROGRESS} does not record every task as done (the "
                                          "run is unfinished: `text-cl --resume` it first)")
@@ -171,11 +171,11 @@ def check_settings(settings, path: Path, sequences: dict) -> None:
 def encoder(settings: dict, model_path: Path | None = None):
     """(CachedEncoder with the recorded blocks and length, the encoder record) for a run's settings;
     ``model_path`` (``--model-path``) replaces the recorded encoder folder."""
-    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: PLC0415
+    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_checked  # noqa: PLC0415
     from moram_ref.experiments.textcl.run import encoder_record  # noqa: PLC0415
 
     model_path = model_path or settings["model_path"]
-    model, tokenizer = load_encoder(model_path)
+    model, tokenizer = load_checked(model_path)
     try:
         enc = CachedEncoder(model, tokenizer, adapt_layers=settings["adapt_layers"], max_length=settings["max_length"])
     except ValueError as exc:

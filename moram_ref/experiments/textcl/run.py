@@ -155,20 +155,23 @@ def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
+    from moram_ref.experiments.textcl.encoder import load_checked
+
+    loaded = load_checked(args.model_path)  # an encoder that does not load is refused before the folder is touched
     with rundir.open_run(args.out, "text-cl", settings_of(args), resume=args.resume, info=info):
         if not args.resume:  # a re-run with the same settings starts from scratch: the earlier run goes
             removed = rundir.remove(args.out, EARLIER_RUN)
             if removed:
                 log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
-        return _run(args, tasks, config, log)
+        return _run(args, tasks, config, log, loaded)
 
 
-def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dict:
+def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple) -> dict:
     import torch
 
     from moram_ref.experiments.progress import printer
     from moram_ref.experiments.textcl import state
-    from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder
+    from moram_ref.experiments.textcl.encoder import CachedEncoder
     from moram_ref.experiments.textcl.train import TrainSettings, run_method
 
     started = time.perf_counter()
@@ -176,7 +179,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log) -> dic
                        moram=config, eval_split=args.eval_split)
     out: Path = args.out
     (out / "matrices").mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_encoder(args.model_path)
+    model, tokenizer = loaded
     enc = CachedEncoder(model, tokenizer, adapt_layers=args.adapt_layers, max_length=args.max_length)
     machine = {"python": platform.python_version(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "platform": platform.platform()}

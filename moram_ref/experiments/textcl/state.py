@@ -76,16 +76,19 @@ ENCODER_KEY = "encoder_sha256"  # beside SHAPING in a record; absent from record
 ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model",
                  "sentencepiece.bpe.model", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+ENCODER_ADVICE = ("the records are sound, the encoder is not the one they were made with: restore the encoder "
+                  "folder's files (or, for text-cl --resume and the analyses, pass --model-path with that encoder)")
 _fingerprints: dict[tuple, str] = {}  # (folder, its files' names, sizes, mtimes) → sha256: hashed once
 
 
 class StateError(UsageError):
     """A recorded state that cannot be resumed from: the message names the file and says what to do
     (a :class:`~moram_ref.experiments.cliargs.UsageError`: the CLI prints it as one line, exit status 2).
-    ``path`` and ``why`` hold the file and what is wrong with it, for a caller with other advice."""
+    ``path`` and ``why`` hold the file and what is wrong with it, for a caller with other advice; ``advice``
+    is set where the cause is known to lie outside the records (:data:`ENCODER_ADVICE`), else None."""
 
     def __init__(self, path: Path, why: str, advice: str | None = None) -> None:
-        self.path, self.why = Path(path), why
+        self.path, self.why, self.advice = Path(path), why, advice
         super().__init__(f"{path}: {why}; " + (advice or f"delete {self.path.parent} to rerun that method and seed "
                                                          "from its first task (the other records are kept)"))
 
@@ -307,9 +310,7 @@ def _check_settings(path: Path, record: dict, settings: dict | None, now: str = 
     current = rundir.jsonable(settings)
     diff = _differences(recorded, current, now)
     if diff and not _differences(recorded, {**current, ENCODER_KEY: recorded.get(ENCODER_KEY)}, now):
-        raise StateError(path, f"was written by a run with other settings ({diff})",  # the encoder alone
-                         "the encoder folder's files changed since the run used them: restore them, or pass "
-                         "--model-path with the encoder the run was made with")
+        raise StateError(path, f"was written by a run with other settings ({diff})", ENCODER_ADVICE)
     if diff:
         raise _fail(path, f"was written by a run with other settings ({diff})")
 

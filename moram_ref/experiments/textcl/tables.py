@@ -188,7 +188,9 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
 
     plt = _pyplot()
     methods = [m for m in LABELS if all(m in r["methods"] for r in runs)]
-    fig, axes = plt.subplots(2, 2, figsize=(max(9.0, 2.2 * len(runs) + 4), 7.5))
+    width_in = max(9.0, 3.0 * len(runs) + 4)
+    fig, axes = plt.subplots(2, 2, figsize=(width_in, 7.5))
+    chars = max(12, int(width_in / 2 * 0.75 / len(runs) / 0.065))  # a group's width in 7-point characters
     width = 0.8 / len(methods)
     x = np.arange(len(runs))
     for ax, (metric, title, higher) in zip(axes.flat, MATRIX_METRICS):
@@ -199,7 +201,7 @@ def matrix_figure(runs: list[dict], path: Path) -> None:
             low = [min(e, v) for e, v in zip(err, mean)]  # no whisker below 0: every metric here is ≥ 0
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=[low, err], capsize=2,
                    label=LABELS[m])
-        ax.set_xticks(x, [textwrap.fill(label, 26) for label in run_labels(runs)], fontsize=7)
+        ax.set_xticks(x, [textwrap.fill(label, chars) for label in run_labels(runs)], fontsize=7)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_ylabel("%")
     handles, names = axes.flat[0].get_legend_handles_labels()
