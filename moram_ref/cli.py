@@ -6,6 +6,7 @@ work starts and printed as one line, ``moram-ref <command>: error: …``, with e
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -130,7 +131,7 @@ def entry() -> None:
 def _run(argv: list[str] | None, exiting: bool) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     real = sys.stdout
-    guarded = sys.stdout = _Output(real) if real is not None else None
+    guarded = sys.stdout = _Output(real if real is not None else _ClosedOutput())
     try:
         return _main(argv, exiting)
     except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
@@ -143,6 +144,17 @@ def _run(argv: list[str] | None, exiting: bool) -> int:
 
 class OutputError(OSError):
     """Standard output refused a write (``> /dev/full``: a full disk), told apart from the command's own files."""
+
+
+class _ClosedOutput:
+    """What Python gives a process started with standard output closed (`>&-`) is None, where print does
+    nothing; this stands in for it and refuses every write, as `cat` does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
 
 
 class _Output:

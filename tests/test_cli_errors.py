@@ -337,9 +337,10 @@ def test_a_full_disk_under_the_output_is_one_line(copies, unbuffered, tmp_path):
     assert proc.stderr.startswith("moram-ref report: error: could not write its output (No space left on device)")
 
 
-def test_a_closed_standard_output_is_no_error(tmp_path):
-    proc = _console(CONFUSION, None, tmp_path, preexec_fn=lambda: os.close(1))  # `moram-ref … >&-`
-    assert (proc.returncode, proc.stderr) == (0, "")
+def test_a_closed_standard_output_is_one_line(tmp_path):
+    proc = _console(CONFUSION, None, tmp_path, preexec_fn=lambda: os.close(1))  # `moram-ref … >&-`, as `cat` does
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("moram-ref report: error: could not write its output (standard output is closed)")
 
 
 def test_help_lists_every_command_and_bench_options(capsys):
