@@ -415,13 +415,13 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     folder = RunFolder(out, fh)
     try:
         _check_record(out, command, settings, resume, eval_only, arg)  # again: another run may have written meanwhile
-        try:  # the lock file may be writable in a folder that is not (`chattr +i`): found now, not after the work
-            if not reads_only:
+        if not reads_only:  # the lock file may be writable in a folder that is not (`chattr +i`): found now
+            try:
                 probe, name = tempfile.mkstemp(prefix=".write-check-", dir=out)
                 os.close(probe)
                 os.unlink(name)
-        except OSError as exc:
-            raise _unwritable(out, exc, "on a new file", arg, resume or eval_only) from None
+            except OSError as exc:
+                raise _unwritable(out, exc, "on a new file", arg, resume or eval_only) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

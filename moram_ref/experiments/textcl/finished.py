@@ -1,8 +1,9 @@
 """A finished ``text-cl`` run folder, checked whole before an analysis reads it.
 
 ``text-cl-routing`` and ``text-cl-confusion`` both start here: :func:`plan` reads the run's recorded
-settings (``config.json``), checks them, refuses a folder another process holds, reads the tasks from
-``--data-root``, checks every (method, seed) record the analysis will load
+settings (``config.json``), checks them, refuses a folder another process holds, checks that the encoder
+folder holds weights and every file it needs can be read, reads the tasks from ``--data-root``, checks
+every (method, seed) record the analysis will load
 (:func:`moram_ref.experiments.textcl.state.check`: each checkpoint's tensors against their sha256, written
 for this method, task, seed, data, configuration and the settings that shape a record), checks that each
 record's accuracies are the ones the run published in ``matrices/``, and that the outputs can be written —

@@ -133,6 +133,7 @@ def _check_encoder(args: argparse.Namespace) -> None:
     """--model-path holds a transformers encoder whose files can all be read; --adapt-layers and
     --max-length fit it."""
     from moram_ref.experiments.textcl.encoder import default_model_path
+    from moram_ref.experiments.textcl.state import check_encoder
 
     try:
         path = args.model_path or default_model_path()
@@ -146,8 +147,6 @@ def _check_encoder(args: argparse.Namespace) -> None:
         raise cliargs.UsageError(f"--adapt-layers: {args.adapt_layers} exceeds the encoder's {layers} blocks")
     if isinstance(positions, int) and args.max_length > positions:
         raise cliargs.UsageError(f"--max-length: {args.max_length} exceeds the encoder's {positions} positions")
-    from moram_ref.experiments.textcl.state import check_encoder  # noqa: PLC0415
-
     check_encoder(path)  # weights present, every file readable (hashed once: the records name it)
 
 

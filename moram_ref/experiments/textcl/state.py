@@ -107,15 +107,20 @@ def _is_weights(name: str) -> bool:
     return name.endswith(".safetensors") or (name.startswith("pytorch_model") and name.endswith(".bin"))
 
 
+def _encoder_folder(model_path) -> Path:
+    """``model_path``, or the packaged MiniLM's folder when it is None."""
+    if model_path is not None:
+        return Path(model_path)
+    from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
+
+    return default_model_path()
+
+
 def encoder_files(model_path) -> list[Path]:
     """The files of the encoder folder ``model_path`` that transformers reads (:data:`ENCODER_FILES` and the
     weights), in name order, links included (a broken one too: reading it fails). ``model_path`` None: the
     packaged MiniLM."""
-    if model_path is None:
-        from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
-
-        model_path = default_model_path()
-    return sorted((p for p in Path(model_path).iterdir()
+    return sorted((p for p in _encoder_folder(model_path).iterdir()
                    if (p.name in ENCODER_FILES or _is_weights(p.name)) and (p.is_symlink() or p.is_file())),
                   key=lambda p: p.name)
 
@@ -149,10 +154,7 @@ def check_encoder(model_path, flag: str = "--model-path") -> str:
     """:func:`encoder_fingerprint` of an encoder folder that holds weights and whose files can all be read;
     UsageError naming ``flag``, the folder or file, and why, otherwise. ``model_path`` None: the packaged
     MiniLM."""
-    if model_path is None:
-        from moram_ref.experiments.textcl.encoder import default_model_path  # noqa: PLC0415
-
-        model_path = default_model_path()
+    model_path = _encoder_folder(model_path)
     try:
         files = encoder_files(model_path)
         if not any(_is_weights(p.name) for p in files):

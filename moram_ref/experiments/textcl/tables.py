@@ -163,11 +163,12 @@ def matrix_table(*runs: dict) -> str:
     if not runs:
         raise ValueError("no text-CL results given")
     methods = [m for m in LABELS if all(m in r["methods"] for r in runs)]
+    labels = run_labels(list(runs))
     out = []
     for metric, title, higher in MATRIX_METRICS:
         out += [f"**{title}** (union labels, %)", "", "| run | " + " | ".join(LABELS[m] for m in methods) + " |",
                 "|---|" + "---|" * len(methods)]
-        for r, label in zip(runs, run_labels(list(runs))):
+        for r, label in zip(runs, labels):
             c = cells(r, metric)
             ranked = [m for m in methods if m != "zero_shot"]
             best = (max if higher else min)(c[m]["mean"] for m in ranked)
@@ -175,7 +176,7 @@ def matrix_table(*runs: dict) -> str:
                                                            for m in methods) + " |")
         out.append("")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
-    walls = "; ".join(f"{label}: {timing(r)}" for r, label in zip(runs, run_labels(list(runs))))
+    walls = "; ".join(f"{label}: {timing(r)}" for r, label in zip(runs, labels))
     out.append(f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds; bold: the best adapter's mean "
                f"(zero-shot, the frozen encoder, is not ranked). Time of each run: {walls}. Commands: "
                + "; ".join(f"`{command(r)}`" for r in runs) + ".")
