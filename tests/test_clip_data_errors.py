@@ -97,7 +97,7 @@ def test_verify_reports_prompts_shared_across_domains(tmp_path):
                                            "classes": [["caltech101", 1, "pagoda"], ["sun397", 1, "pagoda"]]}]
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared CLIP facts ({SHARED}) are not present; set MORAM_SHARED_DATA to their folder")
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared CLIP facts ({SHARED}) are not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
 def test_the_real_xtail_union_has_exactly_the_pagoda_clash():
     facts = json.loads(SHARED.read_text())["datasets"]
     spec = xtail_spec()

@@ -123,7 +123,7 @@ def test_prompt_ensemble_averages_normalised_features():
     torch.testing.assert_close(ens[0], torch.nn.functional.normalize(f.mean(0), dim=-1))
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared data ({SHARED}) is not present; set MORAM_SHARED_DATA to its folder")
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared data ({SHARED}) is not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
 def test_zscl_names_and_template_ensemble_from_a_datasets_json(tv_root):
     names = read_classnames(SHARED, "zscl_mtil")
     templates = read_classnames(SHARED, "zscl_mtil_ensemble", "templates")

@@ -25,7 +25,7 @@ from moram_ref.experiments.llm.generate import generate  # noqa: E402
 from moram_ref.experiments.llm.train import Dist, LLMSettings, run_sequence  # noqa: E402
 
 DATA = shared_data("llm-cl-benchmark-500")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data ({DATA}) is not present; set MORAM_SHARED_DATA to its folder")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data ({DATA}) is not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
 TRACE_NAMES = ("C-STANCE", "FOMC", "ScienceQA", "Py150", "20Minuten")
 
 

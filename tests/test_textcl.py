@@ -18,7 +18,7 @@ from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # 
 from moram_ref.experiments.textcl.train import evaluate  # noqa: E402
 
 DATA = shared_data("llm-cl-benchmark-500")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data ({DATA}) is not present; set MORAM_SHARED_DATA to its folder")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data ({DATA}) is not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
 
 
 @pytest.fixture(scope="module")

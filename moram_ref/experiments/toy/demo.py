@@ -124,7 +124,8 @@ def _streams(args: argparse.Namespace, config: MoRAMConfig, out: Path, log: Call
         module, settings, _, task_names = built[0]
         data = [b[2] for b in built]
         log(f"\n== stream: {stream_name} ({len(task_names)} tasks: "
-            + ", ".join(f"T{j + 1} {n}" for j, n in enumerate(task_names)) + f"; seeds {seeds}) ==")
+            + ", ".join(n if n == f"T{j + 1}" else f"T{j + 1} {n}" for j, n in enumerate(task_names))
+            + f"; seeds {seeds}) ==")
         runs = {m: [] for m in args.methods}
         sweep = None
         if stream_name == "digits" and "moram" in args.methods and not args.no_sweep:
