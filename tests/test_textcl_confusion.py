@@ -266,7 +266,7 @@ def test_unusable_run_folders_are_named_and_nothing_is_written(counted, tmp_path
     elif damage == "zero-shot-unfinished":
         progress = copy / "state" / "zero_shot_seed1" / "progress.json"
         record = json.loads(progress.read_text())
-        record.update(tasks_done=1, union=record["union"][:1], own=record["own"][:1])
+        record.update(tasks_done=1, union=record["union"][:1], own=record["own"][:1], threads=record["threads"][:1])
         progress.write_text(json.dumps(record))
     elif damage == "figure-dir":
         (copy / "confusion.png").unlink()

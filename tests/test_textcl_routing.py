@@ -132,7 +132,7 @@ def test_unusable_run_folders_are_named(probed, tmp_path, capsys, damage, words)
     elif damage == "unfinished":
         progress = copy / "state" / "moram_seed0" / "progress.json"
         record = json.loads(progress.read_text())
-        record.update(tasks_done=2, union=record["union"][:2], own=record["own"][:2])
+        record.update(tasks_done=2, union=record["union"][:2], own=record["own"][:2], threads=record["threads"][:2])
         progress.write_text(json.dumps(record))
     elif damage == "config":
         (copy / "config.json").write_text(json.dumps({"command": "demo", "settings": {}}))

@@ -10,7 +10,7 @@ the settings). The rules:
 * **Settings recorded.** ``<out>/config.json`` holds ``{"command", "settings", "info"}``: ``settings``
   are every flag that shapes the results (model, data, sample caps, seeds, learning rate, methods, …;
   not runtime-only ones such as ``--device`` or ``--workers``, which the command lists), ``info`` is
-  what the run found (task sizes, machine) and is never compared.
+  what the run found (task sizes, torch's thread count: :mod:`.threads`) and is never compared.
 * **A resume must match.** ``--resume`` / ``--eval-only`` need a folder that holds a run of the same
   command with the same settings; every difference is listed (flag, recorded value, new value). A fresh
   run may reuse a folder only if it is empty or holds a run with the same settings (a re-run); a folder

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref import metrics
-from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments import cliargs, rundir, threads
 
 LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local .pt path (default openai)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings, on its thread count)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints")
     p.add_argument("--verify", action="store_true", help="check the data on disk and exit (non-zero on a problem)")
     p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
@@ -183,9 +183,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
         return {k: str(v) for k, v in roots.items()}
     if args.verify:
         return _verify(args, log)
+    info = {"threads": threads.current()}  # torch's CPU thread count: a resume continues on it
     with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
-                         primary=_rank() == 0):
-        return _run(args, domains, log)
+                         info=info, primary=_rank() == 0):
+        continued = threads.started_on(args.out) if args.resume or args.eval_only else None
+        with threads.pinned(continued, log if _rank() == 0 else None, "clip"):
+            return _run(args, domains, log)
 
 
 def _rank() -> int:

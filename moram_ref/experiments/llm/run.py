@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref import metrics
-from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments import cliargs, rundir, threads
 
 LABELS = {"zero_shot": "frozen (zero-shot)", "seq_lora": "sequential LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="a local folder (or a cached hub name) for AutoModelForCausalLM.from_pretrained")
     src.add_argument("--tiny", choices=["llama", "qwen2", "gemma"], help="a tiny random decoder (CPU tests)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings)")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings, on the run's thread count)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints")
     p.add_argument("--skip-missing", action="store_true", help="leave out tasks whose train/test file is absent")
     p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task")
@@ -199,9 +199,13 @@ PRINT_EVERY = 10  # a progress line every this many steps, and one at the end of
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, skipped = validate(args)
+    info = {"tasks": [t.name for t in tasks], "skipped": skipped,
+            "threads": threads.current()}  # torch's CPU thread count: a resume continues on it
     with rundir.open_run(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only,
-                         info={"tasks": [t.name for t in tasks], "skipped": skipped}, primary=_rank() == 0):
-        return _run(args, tasks, skipped, log)
+                         info=info, primary=_rank() == 0):
+        continued = threads.started_on(args.out) if args.resume or args.eval_only else None
+        with threads.pinned(continued, log if _rank() == 0 else None, "llm"):
+            return _run(args, tasks, skipped, log)
 
 
 def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict:

@@ -15,8 +15,9 @@ For each, ``landed[seed][g][h]`` counts task ``g``'s texts whose best label is o
 the frozen encoder's counts serve for both. The prediction is the training run's own
 (:func:`moram_ref.experiments.textcl.train.predict`, on the recorded ``--eval-split``), and the command
 checks the counts against the union accuracies the run recorded (``progress.json``): ``unreproduced``
-lists any cell that differs, ``[stage, seed, task, recorded correct, counted correct]`` (expected empty;
-a different BLAS thread count can move a near-tie).
+lists any cell that differs, ``[stage, seed, task, recorded correct, counted correct]`` (expected empty:
+each (method, seed) is counted on the thread count its records were made on, :mod:`..threads`, as another
+count can move a near-tie; records from before thread counts are counted on this process's).
 
 It also counts, per task, the texts longer than ``--max-length`` tokens (``texts_cut``: the encoder sees
 only their beginning) and records its wall time and thread count.
@@ -34,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments import cliargs, rundir
-from moram_ref.experiments.textcl import METHODS, finished
+from moram_ref.experiments import cliargs, rundir, threads
+from moram_ref.experiments.textcl import METHODS, finished, state
 from moram_ref.experiments.textcl.run import portable
 
 OUTPUT, FIGURE = "confusion.json", "confusion.png"
@@ -100,37 +101,39 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
         entry = {s: {"landed": [], "correct": []} for s in STAGES}
         unreproduced = []
         for seed in range(settings["seeds"]):
-            A.detach(enc.top)
-            if method == "zero_shot":  # the frozen encoder: one count serves every seed and stage
-                if seed == 0:
-                    frozen = tally(list(range(n)))
-                own = last = frozen
-            else:
-                rows = []
-                for t in range(1, n + 1):
-                    A.detach(enc.top)
-                    A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
-                    checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
-                                    config, method)
-                    if t < n:
-                        rows.append(tally([t - 1]))
-                    else:  # the last checkpoint counts every task; its own task's row is among them
-                        last = tally(list(range(n)))
-                        rows.append((last[0][-1:], last[1][-1:]))
-                own = (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
-            recorded = np.asarray(records[method, seed]["union"], dtype=float)
-            differ = len(unreproduced)
-            for stage, (landed, correct), accuracy in (("after_own", own, np.diag(recorded)),
-                                                       ("after_last", last, recorded[-1])):
-                entry[stage]["landed"].append(landed.tolist())
-                entry[stage]["correct"].append(correct.tolist())
-                expected = np.rint(accuracy * texts).astype(int)
-                unreproduced += [[stage, seed, names[g], int(expected[g]), int(correct[g])]
-                                 for g in np.flatnonzero(expected != correct)]
-            differ = len(unreproduced) - differ
-            log(f"{method} seed {seed}: where each task's texts land counted"
-                + (f"; {differ} of {2 * n} cell(s) differ from the recorded union accuracy" if differ else
-                   f"; reproduces the recorded union accuracy in all {2 * n} cells"))
+            with threads.pinned(state.recorded_threads(run / "state" / f"{method}_seed{seed}"), log,
+                                f"{method} seed {seed}", "its records were made"):  # the run's rounding
+                A.detach(enc.top)
+                if method == "zero_shot":  # the frozen encoder: one count serves every seed and stage
+                    if seed == 0:
+                        frozen = tally(list(range(n)))
+                    own = last = frozen
+                else:
+                    rows = []
+                    for t in range(1, n + 1):
+                        A.detach(enc.top)
+                        A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                        checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
+                                        config, method)
+                        if t < n:
+                            rows.append(tally([t - 1]))
+                        else:  # the last checkpoint counts every task; its own task's row is among them
+                            last = tally(list(range(n)))
+                            rows.append((last[0][-1:], last[1][-1:]))
+                    own = (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
+                recorded = np.asarray(records[method, seed]["union"], dtype=float)
+                differ = len(unreproduced)
+                for stage, (landed, correct), accuracy in (("after_own", own, np.diag(recorded)),
+                                                           ("after_last", last, recorded[-1])):
+                    entry[stage]["landed"].append(landed.tolist())
+                    entry[stage]["correct"].append(correct.tolist())
+                    expected = np.rint(accuracy * texts).astype(int)
+                    unreproduced += [[stage, seed, names[g], int(expected[g]), int(correct[g])]
+                                     for g in np.flatnonzero(expected != correct)]
+                differ = len(unreproduced) - differ
+                log(f"{method} seed {seed}: where each task's texts land counted"
+                    + (f"; {differ} of {2 * n} cell(s) differ from the recorded union accuracy" if differ else
+                       f"; reproduces the recorded union accuracy in all {2 * n} cells"))
         entry["unreproduced"] = unreproduced
         result["methods"][method] = entry
     A.detach(enc.top)

@@ -30,8 +30,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from moram_ref.experiments import cliargs, rundir
-from moram_ref.experiments.textcl import finished
+from moram_ref.experiments import cliargs, rundir, threads
+from moram_ref.experiments.textcl import finished, state
 from moram_ref.experiments.textcl.routing_tables import PROBED
 from moram_ref.experiments.textcl.run import portable
 from moram_ref.experiments.toy.ablation_tables import ci_cell
@@ -95,15 +95,17 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
         seeds, texts_routed = [], []
         for seed in range(settings["seeds"]):
             stages, routed = [], []
-            for t in range(1, len(names) + 1):
-                A.detach(enc.top)
-                A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
-                checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
-                                config, method)
-                enc.top.eval()
-                layers, shares = _diagnose(enc, texts, lengths, groups, len(names), A, torch)
-                stages.append(layers)
-                routed.append(text_routing(shares, groups, t).tolist())
+            with threads.pinned(state.recorded_threads(args.run / "state" / f"{method}_seed{seed}"), log,
+                                f"{method} seed {seed}", "its records were made"):  # the run's rounding
+                for t in range(1, len(names) + 1):
+                    A.detach(enc.top)
+                    A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                    checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
+                                    config, method)
+                    enc.top.eval()
+                    layers, shares = _diagnose(enc, texts, lengths, groups, len(names), A, torch)
+                    stages.append(layers)
+                    routed.append(text_routing(shares, groups, t).tolist())
             texts_routed.append(routed)
             seeds.append(stages)
             log(f"{method} seed {seed}: routing after each of {len(names)} tasks probed")

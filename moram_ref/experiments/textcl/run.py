@@ -12,7 +12,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments import cliargs, rundir, threads
 from moram_ref.experiments.toy.demo import format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)", "olora": "O-LoRA",
@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder folder (default: the packaged MiniLM)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (same settings) after its last finished task")
+                   help="continue the run in --out (same settings) after its last finished task, on the thread count "
+                        "its records were made on")
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
@@ -157,6 +158,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     from moram_ref.experiments.textcl.encoder import load_checked
 
     loaded = load_checked(args.model_path)  # an encoder that does not load is refused before the folder is touched
+    info["threads"] = threads.current()  # the count a resume continues on (a fresh run records it)
     with rundir.open_run(args.out, "text-cl", settings_of(args), resume=args.resume, info=info):
         if not args.resume:  # a re-run with the same settings starts from scratch: the earlier run goes
             removed = rundir.remove(args.out, EARLIER_RUN)
@@ -180,12 +182,15 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     (out / "matrices").mkdir(parents=True, exist_ok=True)
     model, tokenizer = loaded
     enc = CachedEncoder(model, tokenizer, adapt_layers=args.adapt_layers, max_length=args.max_length)
-    machine = {"python": platform.python_version(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "platform": platform.platform()}
+    own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
+               "platform": platform.platform()}
+    run_threads = (threads.started_on(out) if args.resume else None) or own
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")
     t0 = time.perf_counter()
     split_text = "val_text" if args.eval_split == "val" else "test_text"
-    enc.precompute([x for t in tasks for x in t.train_text + getattr(t, split_text) + t.prompts])
+    with threads.pinned(run_threads):  # the cached blocks' rounding is the run's too
+        enc.precompute([x for t in tasks for x in t.train_text + getattr(t, split_text) + t.prompts])
     log(f"cached {len(enc._cache)} texts in {time.perf_counter() - t0:.0f} s")
     rundir.check_stop()
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
@@ -201,9 +206,13 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
             def restored(k: int, method=method, seed=seed) -> None:
                 log(f"{method} seed {seed}: restored {k}/{len(tasks)} task(s) from {state.folder(out, method, seed)}")
 
-            res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
-                             state_dir=state.folder(out, method, seed), resume=args.resume, on_task=after_task,
-                             on_resume=restored, recorded=state.shaping(settings_of(args)))
+            folder = state.folder(out, method, seed)
+            recorded = state.recorded_threads(folder) if args.resume else None  # a pair continues on its own
+            with threads.pinned(recorded or run_threads, log, f"{method} seed {seed}",
+                                "its records were made" if recorded else "this run started"):
+                res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
+                                 state_dir=folder, resume=args.resume, on_task=after_task, on_resume=restored,
+                                 recorded=state.shaping(settings_of(args)))
             res["seconds"] = float(sum(res["seconds_per_task"]))
             runs[method].append(res)
             done += 1
@@ -214,7 +223,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     results = summarise(runs, [t.name for t in tasks])
     results["settings"] = portable(settings_of(args))
     results["train_settings"] = {**asdict(settings), "moram": config.to_dict()}
-    results["machine"] = machine
+    results["machine"] = machine  # this process's
+    results["threads"] = thread_counts([r["threads"] for rs in runs.values() for r in rs])
     results["encoder"] = encoder_record(args.model_path, model, args.adapt_layers)
     results["wall_seconds"] = time.perf_counter() - started  # this process's (a resumed run: since the resume)
     results["method_seconds"] = float(sum(r["seconds"] for rs in runs.values() for r in rs))  # restored tasks too
@@ -242,6 +252,13 @@ def _save_matrices(folder: Path, method: str, seed: int, res: dict, names: list[
     for space in ("union", "own"):
         rundir.write_csv(folder / f"{method}_seed{seed}_{space}.csv", [["after \\ on"] + names]
                          + [[name] + [f"{100 * v:.2f}" for v in row] for name, row in zip(names, res[space])])
+
+
+def thread_counts(per_pair: list[list]) -> dict:
+    """``{"counts", "unrecorded"}``: the thread counts the run's tasks ran on (sorted, each once) and how
+    many tasks' records predate thread counts, from each (method, seed) pair's ``run_method`` ``threads``."""
+    flat = [t for pair in per_pair for t in pair]
+    return {"counts": sorted({t for t in flat if t is not None}), "unrecorded": sum(t is None for t in flat)}
 
 
 def summarise(runs: dict[str, list[dict]], names: list[str]) -> dict:

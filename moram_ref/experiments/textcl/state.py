@@ -6,7 +6,9 @@ Layout, one folder per method and seed: ``<out>/state/<method>_seed<s>/``
   tensor, written atomically; its metadata names the method, the seed and ``t``); none for ``zero_shot``,
   which trains nothing.
 * ``progress.json`` — method, seed, the tasks and a fingerprint of their data, how many tasks are done,
-  the accuracy rows so far, the probes and timings, and the two random states a later task depends on:
+  the accuracy rows so far, the probes and timings, torch's thread count per task (``threads``: the
+  numbers depend on it, so a resumed pair continues on its last one, :func:`recorded_threads`), and the
+  two random states a later task depends on:
   the NumPy generator that draws the batches and the torch generator that draws the fresh atoms (adapter
   dropout is reseeded per step, :mod:`..seeding`). The optimiser and its schedule start afresh at every
   task, so nothing else carries over.
@@ -214,6 +216,7 @@ def save(where: Path, tasks_done: int, model, config, method: str, seed: int, fi
         "trainable_per_task": out["trainable_per_task"], "seconds_per_task": out["seconds_per_task"],
         "n99": out["n99"], "activation": {k: {n: np.asarray(w).tolist() for n, w in v.items()}
                                           for k, v in out["activation"].items()},
+        "threads": out["threads"],
         "numpy_rng": rng.bit_generator.state,
         "torch_generator": bytes(gen.get_state().numpy()).hex(),
     }
@@ -275,6 +278,10 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
         if not isinstance(record["activation"], dict) or not all(isinstance(v, dict)
                                                                  for v in record["activation"].values()):
             raise ValueError("activation must map stages to {task: weights}")
+        threads = record.get("threads", [None] * done)  # absent: written before thread counts were recorded
+        if not isinstance(threads, list) or len(threads) != done or not all(
+                t is None or (isinstance(t, int) and not isinstance(t, bool) and t >= 1) for t in threads):
+            raise ValueError(f"threads must list {done} thread count(s) (positive integers), got {threads!r}")
         np.random.default_rng().bit_generator.state = record["numpy_rng"]  # raises on a malformed state
         raw = bytes.fromhex(record["torch_generator"])
         if len(raw) != GENERATOR_STATE_BYTES:
@@ -337,8 +344,22 @@ def load(record: dict[str, Any] | None, where: Path, model, config, method: str,
     out["trainable_per_task"][:] = record["trainable_per_task"]
     out["seconds_per_task"][:] = record["seconds_per_task"]
     out["n99"][:] = record["n99"]
+    out["threads"][:] = record.get("threads", [None] * done)
     out["activation"].update({k: {n: np.array(w, dtype=np.float32) for n, w in v.items()}
                               for k, v in record["activation"].items()})
     rng.bit_generator.state = record["numpy_rng"]
     gen.set_state(torch.frombuffer(bytearray.fromhex(record["torch_generator"]), dtype=torch.uint8).clone())
     return done
+
+
+def recorded_threads(where: Path) -> int | None:
+    """The thread count the last recorded task in ``where`` ran on (its ``progress.json``, validated by
+    :func:`check` before); None if there is no record, no task done, or the record predates thread counts.
+    A resumed pair continues on it: another count gives other numbers (docs/results.md, "Threads and
+    reproducibility")."""
+    try:
+        record = json.loads((where / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    threads = record.get("threads") if isinstance(record, dict) and record.get("tasks_done") else None
+    return threads[-1] if threads else None

