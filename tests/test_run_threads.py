@@ -34,15 +34,39 @@ def test_pinned_sets_and_restores(set_threads):
     assert torch.get_num_threads() == 2 and len(said) == 1
 
 
-@pytest.mark.parametrize("config, expected", [({"info": {"threads": 3}}, 3), ({"info": {}}, None), ({}, None),
-                                              ({"info": {"threads": 0}}, None), ({"info": {"threads": True}}, None),
-                                              ({"info": {"threads": "2"}}, None), ({"info": []}, None), ([], None)])
-def test_started_on_reads_only_a_valid_count(tmp_path, config, expected):
+@pytest.mark.parametrize("config, expected", [({"info": {"threads": 3}}, 3), ({"info": {"threads": 4096}}, 4096),
+                                              ({"info": {}}, None), ({}, None), ({"info": []}, None), ([], None)])
+def test_started_on_reads_the_recorded_count(tmp_path, config, expected):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert TH.started_on(tmp_path) == expected
-    assert TH.started_on(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "2", 2.0, None, [], 4097, 10**9])
+def test_started_on_refuses_a_damaged_count(tmp_path, value):
+    from moram_ref.experiments.cliargs import UsageError
+
+    (tmp_path / "config.json").write_text(json.dumps({"info": {"threads": value}}))
+    with pytest.raises(UsageError, match=r"--out: .*config\.json records info\.threads .*not a thread count \(an "
+                                         r"integer from 1 to 4096\); put back"):
+        TH.started_on(tmp_path)
+
+
+def test_started_on_names_an_unreadable_file(tmp_path):
+    from moram_ref.experiments.cliargs import UsageError
+
     (tmp_path / "config.json").write_text("{not json")
-    assert TH.started_on(tmp_path) is None
+    with pytest.raises(UsageError, match="--out: cannot read"):
+        TH.started_on(tmp_path)
+
+
+def test_a_count_above_the_cores_is_said_to_be_slower(set_threads, monkeypatch):
+    set_threads(1)
+    monkeypatch.setattr(TH.os, "cpu_count", lambda: 2)
+    said = []
+    with TH.pinned(3, said.append, "llm"):
+        assert torch.get_num_threads() == 3
+    assert said == ["llm: on 3 thread(s), as the run started (this process has 1; another count gives other numbers; "
+                    "more than this machine's 2 cores: slower, the same numbers)"]
 
 
 def _spy(monkeypatch, module) -> list[int]:
@@ -55,6 +79,20 @@ def _spy(monkeypatch, module) -> list[int]:
 
     monkeypatch.setattr(module, "run_sequence", spying)
     return seen
+
+
+def _damaged(main, argv, out, capsys) -> None:
+    """A hand-damaged info.threads stops --resume and --eval-only in one line, the folder untouched."""
+    config = json.loads((out / "config.json").read_text())
+    config["info"]["threads"] = "two"
+    (out / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for again in ("--eval-only", "--resume"):
+        capsys.readouterr()
+        assert main(argv + [again]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and 'records info.threads "two", not a thread count' in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def _check(main, argv, out, monkeypatch, module, set_threads, capsys, name):
@@ -71,6 +109,7 @@ def _check(main, argv, out, monkeypatch, module, set_threads, capsys, name):
     log = capsys.readouterr().out
     assert log.count(f"{name}: on 1 thread(s), as the run started (this process has 2;") == 2, log
     assert json.loads((out / "config.json").read_text())["info"]["threads"] == 1  # the record is kept
+    _damaged(main, argv, out, capsys)
 
 
 def test_clip_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads, capsys):

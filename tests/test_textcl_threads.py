@@ -157,7 +157,7 @@ def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch
         in timing(results)
 
 
-@pytest.mark.parametrize("bad", [[0], ["1"], [True], 3, [1, 1], [], None])
+@pytest.mark.parametrize("bad", [[0], ["1"], [True], 3, [1, 1], [], None, [100_000], [2.0]])
 def test_a_malformed_thread_record_is_refused_and_nothing_changes(data, tmp_path, threads, monkeypatch, capsys, bad):
     threads(1)
     out = tmp_path / "run"
@@ -169,7 +169,7 @@ def test_a_malformed_thread_record_is_refused_and_nothing_changes(data, tmp_path
     capsys.readouterr()
     assert main(_args(data, out, "--resume")) == 2
     err = capsys.readouterr().err
-    assert str(_progress(out)) in err and "threads must list 1 thread count(s) (positive integers)" in err, err
+    assert str(_progress(out)) in err and "threads must list 1 thread count(s) (integers from 1 to 4096)" in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -183,3 +183,19 @@ def test_thread_counts_and_their_wording():
     resumed = timing({**base, "resumed": {"moram_seed0": 1}, "threads": {"counts": [1], "unrecorded": 0}})
     assert resumed == ("2 min of training and evaluation summed over methods and seeds (resumed after a stop; "
                        "its last process ran 1 min; its tasks ran on 1 thread(s))")
+
+
+@pytest.mark.parametrize("bad", ["two", 0, 10**6, True])
+def test_a_damaged_starting_count_stops_the_resume_early(data, tmp_path, threads, monkeypatch, capsys, bad):
+    threads(1)
+    out = tmp_path / "run"
+    _killed_at_task_2(data, out, monkeypatch)
+    config = json.loads((out / "config.json").read_text())
+    config["info"]["threads"] = bad
+    (out / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(_args(data, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"records info.threads {json.dumps(bad)}, not a thread count" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

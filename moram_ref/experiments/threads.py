@@ -13,11 +13,15 @@ intra-op one (``OMP_NUM_THREADS``, or the cores); GPU kernels do not depend on i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-CONFIG = "config.json"  # rundir.CONFIG (not imported: rundir must not need torch, and this module neither)
+from moram_ref.experiments.cliargs import UsageError
+
+CONFIG = "config.json"  # rundir.CONFIG
+MAX_THREADS = 4096  # more than any CPU has: a recorded count above it is damage, not a machine
 
 
 def current() -> int:
@@ -27,14 +31,32 @@ def current() -> int:
     return torch.get_num_threads()
 
 
-def started_on(out: Path) -> int | None:
+def is_count(value) -> bool:
+    """Whether ``value`` is a thread count a run can have recorded: an integer from 1 to :data:`MAX_THREADS`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS
+
+
+def started_on(out: Path, arg: str = "--out") -> int | None:
     """The thread count the run in ``out`` recorded when it started (``config.json``'s ``info.threads``);
-    None if it recorded none (a run from before counts were recorded) or the file cannot be read."""
+    None if it recorded none (a run from before counts were recorded).
+
+    Raises:
+        UsageError: naming ``arg``, the file and the value, if ``info.threads`` is there but not a count
+            (:func:`is_count`), or the file cannot be read (the run folder's checks read it before).
+    """
+    path = Path(out) / CONFIG
     try:
-        threads = json.loads((Path(out) / CONFIG).read_text()).get("info", {}).get("threads")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{arg}: cannot read {path} ({exc})") from None
+    info = record.get("info") if isinstance(record, dict) else None
+    if not isinstance(info, dict) or "threads" not in info:
         return None
-    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
+    if not is_count(info["threads"]):
+        raise UsageError(f"{arg}: {path} records info.threads {json.dumps(info['threads'])}, not a thread count (an "
+                         f"integer from 1 to {MAX_THREADS}); put back the count the run started with, or remove the "
+                         "key to continue on this process's count")
+    return info["threads"]
 
 
 @contextmanager
@@ -43,15 +65,18 @@ def pinned(count: int | None, log: Callable[[str], None] | None = None, who: str
     """Run the block on ``count`` threads (None: this process's own), then put the process's count back.
 
     When ``count`` differs from the process's, ``log`` (if given) says so once: ``"<who>: on 1 thread(s), as
-    <why> (this process has 2; another count gives other numbers)"``. Yields the count in effect.
+    <why> (this process has 2; another count gives other numbers)"``, adding that a count above the
+    machine's cores is slower (not different). Yields the count in effect.
     """
     import torch  # noqa: PLC0415
 
     own = torch.get_num_threads()
     count = own if count is None else count
     if count != own and log is not None:
+        cores = os.cpu_count() or count
+        more = f"; more than this machine's {cores} cores: slower, the same numbers" if count > cores else ""
         log(f"{who + ': ' if who else ''}on {count} thread(s), as {why} (this process has {own}; another count "
-            "gives other numbers)")
+            f"gives other numbers{more})")
     torch.set_num_threads(count)
     try:
         yield count

@@ -184,9 +184,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if args.verify:
         return _verify(args, log)
     info = {"threads": threads.current()}  # torch's CPU thread count: a resume continues on it
+    continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
     with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
-        continued = threads.started_on(args.out) if args.resume or args.eval_only else None
         with threads.pinned(continued, log if _rank() == 0 else None, "clip"):
             return _run(args, domains, log)
 

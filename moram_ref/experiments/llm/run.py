@@ -201,9 +201,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     tasks, skipped = validate(args)
     info = {"tasks": [t.name for t in tasks], "skipped": skipped,
             "threads": threads.current()}  # torch's CPU thread count: a resume continues on it
+    continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
     with rundir.open_run(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
-        continued = threads.started_on(args.out) if args.resume or args.eval_only else None
         with threads.pinned(continued, log if _rank() == 0 else None, "llm"):
             return _run(args, tasks, skipped, log)
 

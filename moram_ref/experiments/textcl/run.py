@@ -153,6 +153,7 @@ def _check_encoder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
+    started_threads = threads.started_on(args.out) if args.resume else None  # a damaged count stops here, early
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
     from moram_ref.experiments.textcl.encoder import load_checked
@@ -164,10 +165,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
             removed = rundir.remove(args.out, EARLIER_RUN)
             if removed:
                 log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
-        return _run(args, tasks, config, log, loaded)
+        return _run(args, tasks, config, log, loaded, started_threads)
 
 
-def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple) -> dict:
+def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple,
+         started_on: int | None = None) -> dict:
+    """The run itself; ``started_on``: the thread count a resumed run started with (None: this process's)."""
     import torch
 
     from moram_ref.experiments.progress import printer
@@ -185,7 +188,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
                "platform": platform.platform()}
-    run_threads = (threads.started_on(out) if args.resume else None) or own
+    run_threads = started_on or own
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")
     t0 = time.perf_counter()
     split_text = "val_text" if args.eval_split == "val" else "test_text"

@@ -67,6 +67,7 @@ import numpy as np
 
 from moram_ref.experiments import rundir
 from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.threads import MAX_THREADS, is_count
 
 PROGRESS = "progress.json"
 GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state() on the CPU (mt19937)
@@ -279,9 +280,9 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
                                                                  for v in record["activation"].values()):
             raise ValueError("activation must map stages to {task: weights}")
         threads = record.get("threads", [None] * done)  # absent: written before thread counts were recorded
-        if not isinstance(threads, list) or len(threads) != done or not all(
-                t is None or (isinstance(t, int) and not isinstance(t, bool) and t >= 1) for t in threads):
-            raise ValueError(f"threads must list {done} thread count(s) (positive integers), got {threads!r}")
+        if not isinstance(threads, list) or len(threads) != done or not all(t is None or is_count(t) for t in threads):
+            raise ValueError(f"threads must list {done} thread count(s) (integers from 1 to {MAX_THREADS}), "
+                             f"got {threads!r}")
         np.random.default_rng().bit_generator.state = record["numpy_rng"]  # raises on a malformed state
         raw = bytes.fromhex(record["torch_generator"])
         if len(raw) != GENERATOR_STATE_BYTES:
