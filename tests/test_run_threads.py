@@ -140,3 +140,24 @@ def test_llm_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads,
             "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
             "--device", "cpu"]
     _check(main, argv, out, monkeypatch, train, set_threads, capsys, "llm")
+
+
+def test_a_run_from_before_the_record_says_it_continues_on_this_process(tmp_path, monkeypatch, set_threads, capsys):
+    pytest.importorskip("transformers")
+    from moram_ref.cli import main
+    from moram_ref.experiments.llm import data
+
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=4, n_test=2)
+    out = tmp_path / "run"
+    argv = ["llm", "--data-root", str(root), "--out", str(out), "--tiny", "llama", "--skip-missing", "--epochs", "1",
+            "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["info"]["threads"]
+    (out / "config.json").write_text(json.dumps(config))
+    set_threads(2)
+    capsys.readouterr()
+    assert main(argv + ["--eval-only"]) == 0
+    assert ("llm: the run does not record the thread count it was made on (it predates the record); continuing on "
+            "this process's 2") in capsys.readouterr().out

@@ -343,3 +343,28 @@ def test_the_progress_line_names_each_task_with_its_accuracy(counted, tmp_path, 
     assert main(["text-cl", "--data-root", str(data), "--out", str(tmp_path / "one"), *args]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "after task 1/3" in ln)
     assert "(dbpedia), union accuracy % dbpedia " in line and ", amazon " in line and ", yahoo " in line
+
+
+def test_each_pair_is_counted_on_its_records_count(counted, tmp_path, capsys):
+    """A pair whose records were made on another count than this process's is counted on theirs, and the
+    footer names the counts the pairs were counted on (not the process's)."""
+    import torch
+
+    _, run, result = counted
+    assert result["threads_used"] == [torch.get_num_threads()]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    own = torch.get_num_threads()
+    other = own + 1
+    progress = copy / "state" / "moram_seed1" / "progress.json"
+    record = json.loads(progress.read_text())
+    record["threads"] = [other] * len(record["threads"])
+    progress.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["text-cl-confusion", str(copy), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert f"moram seed 1: on {other} thread(s), as its records were made (this process has {own};" in out, out
+    again = json.loads((copy / "confusion.json").read_text())
+    assert again["threads_used"] == [own, other] and again["threads"] == own
+    assert f"on {own} and {other} threads (mixed)." in confusion_table(again)
+    assert torch.get_num_threads() == own

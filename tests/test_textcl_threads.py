@@ -115,7 +115,10 @@ def test_a_resume_continues_on_the_recorded_count(data, tmp_path, threads, monke
     assert seen == [1] * 6, seen  # seed 0's task 2 (its record's count), seed 1 (the run's starting count)
     assert torch.get_num_threads() == 2  # the process's own count is back
     assert "moram seed 0: on 1 thread(s), as its records were made (this process has 2;" in log, log
-    assert "moram seed 1: on 1 thread(s), as this run started (this process has 2;" in log, log
+    assert "moram seed 1: on 1 thread(s), as its run started (this process has 2;" in log, log
+    capsys.readouterr()
+    assert main(_args(data, out, "--resume")) == 0  # every pair finished: restored only, no count to explain
+    assert "thread(s), as" not in capsys.readouterr().out
     assert json.loads(_progress(out).read_text())["threads"] == [1, 1]
     results = json.loads((out / "results.json").read_text())
     assert results["threads"] == {"counts": [1], "unrecorded": 0} and results["machine"]["threads"] == 2
@@ -133,7 +136,7 @@ def test_the_resumed_run_equals_the_uninterrupted_one(data, tmp_path, threads, m
 
 
 @pytest.mark.parametrize("config_says", [True, False])
-def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch, config_says):
+def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch, capsys, config_says):
     """A record without ``threads`` continues on the run's starting count, or, for a run that did not
     record one either, on the process's; the results count the tasks that do not say."""
     threads(1)
@@ -151,10 +154,11 @@ def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch
     assert main(_args(data, out, "--resume")) == 0
     expected = 1 if config_says else 2
     assert seen == [expected] * 6
+    said = "text-cl: the run does not record the thread count it was made on (it predates the record); continuing "
+    assert (said in capsys.readouterr().out) is not config_says
     results = json.loads((out / "results.json").read_text())
     assert results["threads"] == {"counts": [expected], "unrecorded": 1}
-    assert f"its tasks ran on {expected} thread(s) + 1 task record(s) made before thread counts were recorded" \
-        in timing(results)
+    assert f"its tasks ran on {expected} thread(s), 1 task(s) on a count not recorded)" in timing(results)
 
 
 @pytest.mark.parametrize("bad", [[0], ["1"], [True], 3, [1, 1], [], None, [100_000], [2.0]])
@@ -169,7 +173,7 @@ def test_a_malformed_thread_record_is_refused_and_nothing_changes(data, tmp_path
     capsys.readouterr()
     assert main(_args(data, out, "--resume")) == 2
     err = capsys.readouterr().err
-    assert str(_progress(out)) in err and "threads must list 1 thread count(s) (integers from 1 to 4096)" in err, err
+    assert str(_progress(out)) in err and "threads must list 1 thread count(s) (integers from 1 to 4096), got " + json.dumps(bad) in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -178,7 +182,7 @@ def test_thread_counts_and_their_wording():
     base = {"wall_seconds": 60.0, "method_seconds": 120.0, "machine": {"threads": 4}}
     assert timing({**base, "threads": {"counts": [1, 2], "unrecorded": 0}}) == "1 min wall time on 1 and 2 threads (mixed)"
     assert timing({**base, "threads": {"counts": [], "unrecorded": 3}}) == \
-        "1 min wall time on 3 task record(s) made before thread counts were recorded"
+        "1 min wall time on a thread count not recorded (3 task record(s) predate the record)"
     assert timing(base) == "1 min wall time on 4 thread(s)"  # a results file from before: its last process's
     resumed = timing({**base, "resumed": {"moram_seed0": 1}, "threads": {"counts": [1], "unrecorded": 0}})
     assert resumed == ("2 min of training and evaluation summed over methods and seeds (resumed after a stop; "
@@ -199,3 +203,47 @@ def test_a_damaged_starting_count_stops_the_resume_early(data, tmp_path, threads
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"records info.threads {json.dumps(bad)}, not a thread count" in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_merged_pair_no_part_started_runs_on_its_own_parts_count(data, tmp_path, threads, monkeypatch, capsys):
+    """text-cl-merge records each method's part's starting count: the result does not depend on PART order."""
+    def part(name: str, method: str, count: int) -> Path:
+        threads(count)
+        out = tmp_path / name
+        argv = _args(data, out)
+        argv[argv.index("moram")] = method
+        assert main(argv) == 0
+        return out
+
+    a, b = part("a", "moram", 1), part("b", "seq_lora", 2)
+    for seed in (0, 1):  # part b's pairs must be trained by the merge: remove its records
+        for f in (b / "state" / f"seq_lora_seed{seed}").iterdir():
+            f.unlink()
+        (b / "state" / f"seq_lora_seed{seed}").rmdir()
+    whole_b = json.loads((b / "results.json").read_text())["methods"]["seq_lora"]["union"]["per_seed"]
+    for order in ((a, b), (b, a)):
+        threads(1)
+        seen = _counting_steps(monkeypatch)
+        out = tmp_path / f"merged-{order[0].name}"
+        assert main(["text-cl-merge", "--out", str(out), *map(str, order)]) == 0
+        assert seen == [2] * 8, (order, seen)  # seq_lora's 2 seeds × 2 tasks × 2 steps, on part b's count
+        info = json.loads((out / "config.json").read_text())["info"]
+        assert info["threads_by_method"] == {"moram": 1, "seq_lora": 2}
+        results = json.loads((out / "results.json").read_text())
+        assert results["methods"]["seq_lora"]["union"]["per_seed"] == whole_b
+        assert results["threads"] == {"counts": [1, 2], "unrecorded": 0}
+
+
+def test_a_damaged_per_method_count_is_named(data, tmp_path, threads, monkeypatch, capsys):
+    threads(1)
+    out = tmp_path / "run"
+    _killed_at_task_2(data, out, monkeypatch)
+    config = json.loads((out / "config.json").read_text())
+    for bad, words in (({"moram": "x"}, 'info.threads_by_method.moram "x", not a thread count'),
+                       ([1], "info.threads_by_method [1], not a map from methods to thread counts")):
+        config["info"]["threads_by_method"] = bad
+        (out / "config.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main(_args(data, out, "--resume")) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err

@@ -4,9 +4,11 @@ Intel MKL, which PyTorch's x86 builds use for matrix products, picks a thread-de
 shapes, so a product can differ in its last bits between 1 and 2 threads (pytorch/pytorch#88718), and
 training carries the difference on: MoRAM's hard routing turns it into other predictions
 (docs/results.md, "Threads and reproducibility"; MKL's strict mode ``MKL_CBWR=AUTO,STRICT`` does not
-remove it). A run therefore records the count it starts with (``config.json``'s ``info.threads``), and
-``--resume`` / ``--eval-only`` continue on it (:func:`pinned`), whatever the resuming process has, so a
-resumed run equals the uninterrupted one on another machine of the same kind. The count is torch's
+remove it). A run therefore records the count it starts with (``config.json``'s ``info.threads``; a run
+assembled by ``text-cl-merge`` also each method's part's, ``info.threads_by_method``), and ``--resume`` /
+``--eval-only`` continue on it (:func:`pinned`), whatever the resuming process has, so a resumed run equals
+the uninterrupted one on another machine of the same kind; a run from before the record continues on the
+process's count and says so (:func:`unrecorded`). The count is torch's
 intra-op one (``OMP_NUM_THREADS``, or the cores); GPU kernels do not depend on it.
 """
 
@@ -36,9 +38,10 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS
 
 
-def started_on(out: Path, arg: str = "--out") -> int | None:
+def started_on(out: Path, arg: str = "--out", method: str | None = None) -> int | None:
     """The thread count the run in ``out`` recorded when it started (``config.json``'s ``info.threads``);
-    None if it recorded none (a run from before counts were recorded).
+    None if it recorded none (a run from before counts were recorded). With ``method``, a run assembled by
+    ``text-cl-merge`` answers with the count of the part that trained it (``info.threads_by_method``).
 
     Raises:
         UsageError: naming ``arg``, the file and the value, if ``info.threads`` is there but not a count
@@ -50,13 +53,29 @@ def started_on(out: Path, arg: str = "--out") -> int | None:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{arg}: cannot read {path} ({exc})") from None
     info = record.get("info") if isinstance(record, dict) else None
-    if not isinstance(info, dict) or "threads" not in info:
+    if not isinstance(info, dict):
         return None
-    if not is_count(info["threads"]):
-        raise UsageError(f"{arg}: {path} records info.threads {json.dumps(info['threads'])}, not a thread count (an "
-                         f"integer from 1 to {MAX_THREADS}); put back the count the run started with, or remove the "
-                         "key to continue on this process's count")
-    return info["threads"]
+    by_method = info.get("threads_by_method", {})
+    if not isinstance(by_method, dict):
+        raise UsageError(f"{arg}: {path} records info.threads_by_method {json.dumps(by_method)}, not a map from "
+                         "methods to thread counts; put back what text-cl-merge wrote, or remove the key")
+    if method is not None and method in by_method:
+        key, value = f"threads_by_method.{method}", by_method[method]
+    elif "threads" in info:
+        key, value = "threads", info["threads"]
+    else:
+        return None
+    if not is_count(value):
+        raise UsageError(f"{arg}: {path} records info.{key} {json.dumps(value)}, not a thread count (an integer from "
+                         f"1 to {MAX_THREADS}); put back the count the run started with, or remove the key to "
+                         "continue on this process's count")
+    return value
+
+
+def unrecorded(who: str, own: int) -> str:
+    """What a resume of a run that recorded no thread count says: it continues on this process's ``own``."""
+    return (f"{who}: the run does not record the thread count it was made on (it predates the record); continuing on "
+            f"this process's {own}: if it ran on another count, the numbers differ from an uninterrupted run's")
 
 
 @contextmanager

@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local .pt path (default openai)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings, on its thread count)")
-    p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings, on the thread count it started on)")
+    p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints (on the thread count it started on)")
     p.add_argument("--verify", action="store_true", help="check the data on disk and exit (non-zero on a problem)")
     p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
     p.add_argument("--iterations", type=cliargs.integer(1), default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
@@ -187,6 +187,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
     with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
+        if (args.resume or args.eval_only) and continued is None and _rank() == 0:
+            log(threads.unrecorded("clip", threads.current()))
         with threads.pinned(continued, log if _rank() == 0 else None, "clip"):
             return _run(args, domains, log)
 

@@ -30,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="a local folder (or a cached hub name) for AutoModelForCausalLM.from_pretrained")
     src.add_argument("--tiny", choices=["llama", "qwen2", "gemma"], help="a tiny random decoder (CPU tests)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings, on the run's thread count)")
-    p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings, on the thread count the run started on)")
+    p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints (on the thread count the run started on)")
     p.add_argument("--skip-missing", action="store_true", help="leave out tasks whose train/test file is absent")
     p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task")
     p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task")
@@ -204,6 +204,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
     with rundir.open_run(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
+        if (args.resume or args.eval_only) and continued is None and _rank() == 0:
+            log(threads.unrecorded("llm", threads.current()))
         with threads.pinned(continued, log if _rank() == 0 else None, "llm"):
             return _run(args, tasks, skipped, log)
 

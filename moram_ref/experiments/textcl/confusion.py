@@ -20,7 +20,8 @@ each (method, seed) is counted on the thread count its records were made on, :mo
 count can move a near-tie; records from before thread counts are counted on this process's).
 
 It also counts, per task, the texts longer than ``--max-length`` tokens (``texts_cut``: the encoder sees
-only their beginning) and records its wall time and thread count.
+only their beginning) and records its wall time, its process's thread count (``threads``) and the counts
+the pairs were counted on (``threads_used``).
 
 Writes ``<RUN>/confusion.json`` and, unless ``--no-plots``, ``confusion.png`` (one panel per method: the
 share of each task's texts landing in each task after the last task, mean over seeds); ``moram-ref report
@@ -96,13 +97,14 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
     result: dict = {"kind": "text-cl confusion",
                     "run": {"settings": portable(settings), "tasks": names, "encoder": encoder}, "split": split,
                     "texts_per_task": texts.tolist(), "texts_cut": texts_cut(enc, tasks, split),
-                    "threads": torch.get_num_threads(), "methods": {}}
+                    "threads": torch.get_num_threads(), "threads_used": [], "methods": {}}
     for method in methods:
         entry = {s: {"landed": [], "correct": []} for s in STAGES}
         unreproduced = []
         for seed in range(settings["seeds"]):
             with threads.pinned(state.recorded_threads(run / "state" / f"{method}_seed{seed}"), log,
-                                f"{method} seed {seed}", "its records were made"):  # the run's rounding
+                                f"{method} seed {seed}", "its records were made") as used:  # the run's rounding
+                result["threads_used"] = sorted({*result["threads_used"], used})
                 A.detach(enc.top)
                 if method == "zero_shot":  # the frozen encoder: one count serves every seed and stage
                     if seed == 0:

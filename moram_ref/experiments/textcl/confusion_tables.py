@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from moram_ref.experiments.textcl.routing_tables import _count  # a whole number in [low, 2**53)
-from moram_ref.experiments.textcl.tables import LABELS, run_labels
+from moram_ref.experiments.textcl.tables import LABELS, count_words, run_labels
 
 STAGES = (("after_own", "right after learning it (the accuracy matrix's diagonal)"),
           ("after_last", "after the last task (the matrix's last row)"))
@@ -151,8 +151,9 @@ def confusion_table(*files: dict) -> str:
                              *(_attractor(land, names) for land, _ in shares.values()), ""]))
             out.append("")
         unreproduced = sum(len(e.get("unreproduced") or []) for e in methods.values())
-        took = (f" Counted in {data['wall_seconds'] / 60:.0f} min on {data.get('threads', '?')} thread(s)."
-                if "wall_seconds" in data else "")
+        on = (count_words(data["threads_used"]) if data.get("threads_used")
+              else f"{data.get('threads', '?')} thread(s)")  # a file from before pairs were pinned: the process's
+        took = f" Counted in {data['wall_seconds'] / 60:.0f} min on {on}." if "wall_seconds" in data else ""
         per_task = f"{int(texts.min())}" if texts.min() == texts.max() else f"{int(texts.min())}–{int(texts.max())}"
         out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({per_task} per task). Recounted from the "
                    "checkpoints: "

@@ -29,7 +29,7 @@ import io
 import shutil
 from pathlib import Path
 
-from moram_ref.experiments import cliargs, rundir
+from moram_ref.experiments import cliargs, rundir, threads
 
 KNOWN = {"data_root", "sequence", "tasks", "seeds", "methods", "steps", "batch", "lr", "adapt_layers", "placement",
          "max_length", "atoms_per_task", "top_k", "temperature", "threshold", "max_train", "max_test", "eval_split",
@@ -48,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan(parts: list[Path], out: Path) -> dict:
     """Every check before any work; returns ``{"settings", "info", "owner", "parts"}``: the merged settings
-    (methods in the canonical order), the first part's ``info``, which part holds each method, and each
-    part's recorded settings.
+    (methods in the canonical order), the first part's ``info`` with each method's part's starting thread
+    count (``threads_by_method``: a pair no part started trains on it, :mod:`..threads`), which part holds
+    each method, and each part's recorded settings.
 
     Each part is checked as ``text-cl --resume`` would check it (its settings, the task data, every record:
     damaged, foreign or stale records are named; a part in use is refused). Raises
@@ -101,7 +102,10 @@ def plan(parts: list[Path], out: Path) -> dict:
             owner[method] = part
     merged = {**first, "methods": [m for m in METHODS if m in owner]}
     rundir.check(out, "text-cl", merged)  # empty, new, or an earlier merge with these settings
-    return {"settings": merged, "info": records[0].get("info", {}), "owner": owner,
+    info = dict(records[0].get("info", {}))
+    by_method = {m: threads.started_on(part, "PART") for m, part in owner.items()}  # a pair no part started
+    info["threads_by_method"] = {m: n for m, n in by_method.items() if n is not None}  # runs on its part's count
+    return {"settings": merged, "info": info, "owner": owner,
             "parts": {part: record["settings"] for part, record in zip(parts, records)}}
 
 

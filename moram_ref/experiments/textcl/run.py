@@ -54,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder folder (default: the packaged MiniLM)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (same settings) after its last finished task, on the thread count "
-                        "its records were made on")
+                   help="continue the run in --out (same settings) after its last finished task, each method and seed "
+                        "on the thread count it started on")
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
@@ -153,7 +153,9 @@ def _check_encoder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
-    started_threads = threads.started_on(args.out) if args.resume else None  # a damaged count stops here, early
+    started_threads = ({None: threads.started_on(args.out), **{m: threads.started_on(args.out, method=m)
+                                                                 for m in args.methods}}
+                       if args.resume else {})  # a damaged count stops here, early
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
     from moram_ref.experiments.textcl.encoder import load_checked
@@ -169,8 +171,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 
 def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple,
-         started_on: int | None = None) -> dict:
-    """The run itself; ``started_on``: the thread count a resumed run started with (None: this process's)."""
+         started_on: dict | None = None) -> dict:
+    """The run itself; ``started_on``: for a resume, the thread count the run started with (key None) and
+    each method's (a merged run's part's), None where not recorded (:func:`..threads.started_on`)."""
     import torch
 
     from moram_ref.experiments.progress import printer
@@ -188,7 +191,10 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
                "platform": platform.platform()}
-    run_threads = started_on or own
+    started_on = started_on or {}
+    run_threads = started_on.get(None) or own
+    if args.resume and started_on.get(None) is None:
+        log(threads.unrecorded("text-cl", own))
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")
     t0 = time.perf_counter()
     split_text = "val_text" if args.eval_split == "val" else "test_text"
@@ -211,8 +217,9 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
 
             folder = state.folder(out, method, seed)
             recorded = state.recorded_threads(folder) if args.resume else None  # a pair continues on its own
-            with threads.pinned(recorded or run_threads, log, f"{method} seed {seed}",
-                                "its records were made" if recorded else "this run started"):
+            left = not args.resume or state.tasks_done(folder) < len(tasks)  # a finished pair is only restored
+            with threads.pinned(recorded or started_on.get(method) or run_threads, log if left else None,
+                                f"{method} seed {seed}", "its records were made" if recorded else "its run started"):
                 res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
                                  state_dir=folder, resume=args.resume, on_task=after_task, on_resume=restored,
                                  recorded=state.shaping(settings_of(args)))

@@ -282,7 +282,7 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
         threads = record.get("threads", [None] * done)  # absent: written before thread counts were recorded
         if not isinstance(threads, list) or len(threads) != done or not all(t is None or is_count(t) for t in threads):
             raise ValueError(f"threads must list {done} thread count(s) (integers from 1 to {MAX_THREADS}), "
-                             f"got {threads!r}")
+                             f"got {json.dumps(threads)}")
         np.random.default_rng().bit_generator.state = record["numpy_rng"]  # raises on a malformed state
         raw = bytes.fromhex(record["torch_generator"])
         if len(raw) != GENERATOR_STATE_BYTES:
@@ -364,3 +364,13 @@ def recorded_threads(where: Path) -> int | None:
         return None
     threads = record.get("threads") if isinstance(record, dict) and record.get("tasks_done") else None
     return threads[-1] if threads else None
+
+
+def tasks_done(where: Path) -> int:
+    """How many tasks the record in ``where`` counts as done (validated by :func:`check` before); 0 if none."""
+    try:
+        record = json.loads((where / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return 0
+    done = record.get("tasks_done") if isinstance(record, dict) else 0
+    return done if isinstance(done, int) and not isinstance(done, bool) else 0

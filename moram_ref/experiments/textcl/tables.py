@@ -142,14 +142,22 @@ def timing(results: dict) -> str:
 
 
 def _threads(results: dict) -> str:
-    """``"1 thread(s)"``; ``"1 and 2 threads (mixed)"``, with the tasks whose records do not say."""
+    """What follows "on": ``"1 thread(s)"``, ``"1 and 2 threads (mixed)"``, and the tasks whose records do not
+    say (``"1 thread(s), 2 task(s) on a count not recorded"``, or ``"a thread count not recorded"``)."""
     if "threads" not in results:
         return f"{results.get('machine', {}).get('threads', '?')} thread(s)"
-    counts, unrecorded = results["threads"]["counts"], results["threads"]["unrecorded"]
+    return count_words(results["threads"]["counts"], results["threads"]["unrecorded"])
+
+
+def count_words(counts: list, unrecorded: int = 0) -> str:
+    """:func:`_threads`' words for thread ``counts`` (sorted) and ``unrecorded`` tasks."""
     said = (f"{counts[0]} thread(s)" if len(counts) == 1
             else f"{', '.join(map(str, counts[:-1]))} and {counts[-1]} threads (mixed)" if counts else "")
-    untold = f"{unrecorded} task record(s) made before thread counts were recorded" if unrecorded else ""
-    return " + ".join(x for x in (said, untold) if x) or "? thread(s)"
+    if not unrecorded:
+        return said or "? thread(s)"
+    if not said:
+        return f"a thread count not recorded ({unrecorded} task record(s) predate the record)"
+    return f"{said}, {unrecorded} task(s) on a count not recorded"
 
 
 def cells(results: dict, metric: str, space: str = "union") -> dict:
