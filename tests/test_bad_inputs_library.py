@@ -402,8 +402,9 @@ def checkpoint_rows(tmp: Any) -> list[Case]:
         load_case("damaged", damaged, r"damaged\.safetensors is damaged: tensor \S+ does not match its sha256"),
         load_case("truncated", truncated, r"truncated\.safetensors is not a readable safetensors file"),
         load_case("foreign", foreign, r"foreign\.safetensors has no moram_ref metadata"),
-        load_case("config", saved, r"config differs.*'top_k': \(4, 2\)", config=dataclasses.replace(CFG, top_k=2)),
-        load_case("method", saved, r"checkpoint method 'moram' differs from this model's 'seq_lora'",
+        load_case("config", saved, r"checkpoint \S+\.safetensors config differs.*'top_k': \(4, 2\)",
+                  config=dataclasses.replace(CFG, top_k=2)),
+        load_case("method", saved, r"checkpoint \S+\.safetensors method 'moram' differs from this model's 'seq_lora'",
                   method="seq_lora"),
         Case("checkpoint-load-architecture", r"another architecture: layers missing from it \[\], not in this "
              r"model \['0\.attn\.v_proj'\]", lambda m: C.load(m, saved()), other_arch, model_snap),

@@ -166,22 +166,23 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
     """
     meta = read_metadata(path)
     if method is not None and meta["method"] != method:
-        raise CheckpointError(f"checkpoint method {meta['method']!r} differs from this model's {method!r}")
+        raise CheckpointError(f"checkpoint {path} method {meta['method']!r} differs from this model's {method!r}")
     diff = config_differences(meta, config) if config is not None else {}
     if diff:
-        raise CheckpointError(f"checkpoint config differs from this model's (checkpoint, model): {diff}")
+        raise CheckpointError(f"checkpoint {path} config differs from this model's (checkpoint, model): {diff}")
     layers = describe_layers(model)
     if meta["layers"] != layers:
         missing = sorted(set(layers) - set(meta["layers"]))
         extra = sorted(set(meta["layers"]) - set(layers))
         changed = sorted(n for n in set(layers) & set(meta["layers"]) if layers[n] != meta["layers"][n])
-        raise CheckpointError(f"checkpoint was written for another architecture: layers missing from it "
+        raise CheckpointError(f"checkpoint {path} was written for another architecture: layers missing from it "
                               f"{missing[:5]}, not in this model {extra[:5]}, different shape/type {changed[:5]}")
     tensors = _verified_tensors(path, meta)
     expected = set(adapter_state(model))
     if _required(expected) != _required(set(tensors)):
-        raise CheckpointError(f"checkpoint tensors do not match the attached layers: missing "
-                              f"{sorted(expected - set(tensors))[:5]}, unexpected {sorted(set(tensors) - expected)[:5]}")
+        raise CheckpointError(f"checkpoint {path} tensors do not match the attached layers: missing "
+                              f"{sorted(expected - set(tensors))[:5]}, "
+                              f"unexpected {sorted(set(tensors) - expected)[:5]}")
     # every layer must accept its tensors; on the first refusal, every layer is put back as it was
     originals = {name: _adapter_part(layer) for name, layer in attached_layers(model)}
     current = None
