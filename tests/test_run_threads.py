@@ -161,3 +161,16 @@ def test_a_run_from_before_the_record_says_it_continues_on_this_process(tmp_path
     assert main(argv + ["--eval-only"]) == 0
     assert ("llm: the run does not record the thread count it was made on (it predates the record); continuing on "
             "this process's 2") in capsys.readouterr().out
+
+
+def test_cpu_names_the_model_and_its_widest_vector_extension(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    real = TH.Path
+
+    monkeypatch.setattr(TH, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
+    assert TH.cpu() == "Some CPU 9000 (AVX-512)"
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2\n")
+    assert TH.cpu() == "Old CPU"
+    info.unlink()
+    assert TH.cpu()  # platform.processor() or platform.machine(): never empty

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,21 @@ def current() -> int:
 def is_count(value) -> bool:
     """Whether ``value`` is a thread count a run can have recorded: an integer from 1 to :data:`MAX_THREADS`."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS
+
+
+def cpu() -> str:
+    """The CPU, as a results file records it beside the thread count (MKL also picks its code path by the
+    CPU): ``"AMD EPYC (AVX-512)"`` from ``/proc/cpuinfo`` on Linux (model name, widest vector extension),
+    else Python's ``platform.processor()`` or ``platform.machine()``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    name = model or platform.machine() or "unknown"
+    return f"{name} ({isa})" if isa else name
 
 
 def started_on(out: Path, arg: str = "--out", method: str | None = None) -> int | None:

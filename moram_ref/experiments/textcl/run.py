@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     enc = CachedEncoder(model, tokenizer, adapt_layers=args.adapt_layers, max_length=args.max_length)
     own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
-               "platform": platform.platform()}
+               "cpu": threads.cpu(), "platform": platform.platform()}
     started_on = started_on or {}
     run_threads = started_on.get(None) or own
     if args.resume and started_on.get(None) is None:
