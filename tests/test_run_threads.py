@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_pinned_sets_and_restores(set_threads):
 
 
 @pytest.mark.parametrize("config, expected", [({"info": {"threads": 3}}, 3), ({"info": {"threads": 4096}}, 4096),
-                                              ({"info": {}}, None), ({}, None), ({"info": []}, None), ([], None)])
+                                              ({"info": {}}, None), ({}, None), ([], None)])
 def test_started_on_reads_the_recorded_count(tmp_path, config, expected):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert TH.started_on(tmp_path) == expected
@@ -49,6 +50,28 @@ def test_started_on_refuses_a_damaged_count(tmp_path, value):
     with pytest.raises(UsageError, match=r"--out: .*config\.json records info\.threads .*not a thread count \(an "
                                          r"integer from 1 to 4096\); put back"):
         TH.started_on(tmp_path)
+
+
+@pytest.mark.parametrize("info", [[], [1], None, "abc"])
+def test_an_info_that_is_not_a_map_is_refused(tmp_path, info):
+    from moram_ref.experiments.cliargs import UsageError
+
+    (tmp_path / "config.json").write_text(json.dumps({"info": info}))
+    with pytest.raises(UsageError, match=r"records info .*, not a map \(what the run found\)"):
+        TH.started_on(tmp_path)
+
+
+@pytest.mark.parametrize("by_method, words", [({"bogus": 1}, "for bogus, not among the run's methods (moram)"),
+                                              ({"moram": 0}, "info.threads_by_method.moram 0, not a thread count"),
+                                              ([1], "not a map from methods to thread counts")])
+def test_part_counts_are_checked(tmp_path, by_method, words):
+    from moram_ref.experiments.cliargs import UsageError
+
+    (tmp_path / "config.json").write_text(json.dumps({"info": {"threads": 1, "threads_by_method": by_method}}))
+    with pytest.raises(UsageError, match=re.escape(words)):
+        TH.part_counts(tmp_path, ["moram"])
+    (tmp_path / "config.json").write_text(json.dumps({"info": {"threads": 1, "threads_by_method": {"moram": 3}}}))
+    assert TH.part_counts(tmp_path, ["moram"]) == {"moram": 3}
 
 
 def test_started_on_names_an_unreadable_file(tmp_path):

@@ -368,3 +368,17 @@ def test_each_pair_is_counted_on_its_records_count(counted, tmp_path, capsys):
     assert again["threads_used"] == [own, other] and again["threads"] == own
     assert f"on {own} and {other} threads (mixed)." in confusion_table(again)
     assert torch.get_num_threads() == own
+
+
+@pytest.mark.parametrize("edit", [{"threads_used": [-1, 0]}, {"threads_used": [True]}, {"threads_used": [1, 1, 1]},
+                                  {"threads_used": [2, 1]}, {"threads_used": []}, {"threads_used": None},
+                                  {"threads": "x"}, {"threads": -2}])
+def test_damaged_thread_counts_are_refused_by_report(counted, tmp_path, capsys, edit):
+    _, run, result = counted
+    damaged = {**{k: v for k, v in result.items() if k != "threads_used" or "threads" not in edit}, **edit}
+    path = tmp_path / "confusion.json"
+    path.write_text(json.dumps(damaged))
+    capsys.readouterr()
+    assert main(["report", str(path), "--table", "textcl-confusion"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("threads_used must list" in err or "threads must be a thread count" in err), err

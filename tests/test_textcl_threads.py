@@ -115,7 +115,7 @@ def test_a_resume_continues_on_the_recorded_count(data, tmp_path, threads, monke
     assert seen == [1] * 6, seen  # seed 0's task 2 (its record's count), seed 1 (the run's starting count)
     assert torch.get_num_threads() == 2  # the process's own count is back
     assert "moram seed 0: on 1 thread(s), as its records were made (this process has 2;" in log, log
-    assert "moram seed 1: on 1 thread(s), as its run started (this process has 2;" in log, log
+    assert "moram seed 1: on 1 thread(s), as this run started (this process has 2;" in log, log
     capsys.readouterr()
     assert main(_args(data, out, "--resume")) == 0  # every pair finished: restored only, no count to explain
     assert "thread(s), as" not in capsys.readouterr().out
@@ -157,7 +157,7 @@ def test_a_record_from_before_thread_counts(data, tmp_path, threads, monkeypatch
     assert main(_args(data, out, "--resume")) == 0
     expected = 1 if config_says else 2
     assert seen == [expected] * 6
-    said = "text-cl: the run does not record the thread count it was made on (it predates the record); continuing "
+    said = "moram seed 0: its run does not record the thread count it was made on (it predates the record); continuing "
     assert (said in capsys.readouterr().out) is not config_says
     results = json.loads((out / "results.json").read_text())
     assert results["threads"] == {"counts": [expected], "unrecorded": 1}
@@ -250,3 +250,88 @@ def test_a_damaged_per_method_count_is_named(data, tmp_path, threads, monkeypatc
         assert main(_args(data, out, "--resume")) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+def _part(data: Path, out: Path, method: str, count: int, threads) -> Path:
+    threads(count)
+    argv = _args(data, out)
+    argv[argv.index("moram")] = method
+    assert main(argv) == 0
+    return out
+
+
+def _unstarted(part: Path, method: str) -> None:
+    for seed in (0, 1):
+        folder = part / "state" / f"{method}_seed{seed}"
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+
+
+def _edit_info(part: Path, **changes) -> None:
+    config = json.loads((part / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config["info"].pop(key, None)
+        else:
+            config["info"][key] = value
+    (part / "config.json").write_text(json.dumps(config))
+
+
+def test_a_merged_part_passes_on_its_methods_counts(data, tmp_path, threads, monkeypatch):
+    a = _part(data, tmp_path / "a", "moram", 1, threads)
+    b = _part(data, tmp_path / "b", "seq_lora", 1, threads)
+    _unstarted(b, "seq_lora")
+    _edit_info(b, threads=2, threads_by_method={"seq_lora": 3})  # b as a merged run whose seq_lora part started on 3
+    threads(1)
+    seen = _counting_steps(monkeypatch)
+    assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b)]) == 0
+    assert seen == [3] * 8
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["info"]["threads_by_method"] == \
+        {"moram": 1, "seq_lora": 3}
+
+
+def test_a_part_without_a_count_gives_the_same_result_in_either_order(data, tmp_path, threads, monkeypatch, capsys):
+    a = _part(data, tmp_path / "a", "moram", 1, threads)
+    b = _part(data, tmp_path / "b", "seq_lora", 1, threads)
+    _unstarted(b, "seq_lora")
+    _edit_info(b, threads=None)  # a part from before counts were recorded
+    for order in ((a, b), (b, a)):
+        threads(2)  # the merging process: the merged run's own start
+        seen = _counting_steps(monkeypatch)
+        out = tmp_path / f"m-{order[0].name}"
+        assert main(["text-cl-merge", "--out", str(out), *map(str, order)]) == 0
+        assert seen == [2] * 8, (order, seen)
+        info = json.loads((out / "config.json").read_text())["info"]
+        assert info["threads"] == 2 and info["threads_by_method"] == {"moram": 1}
+
+
+@pytest.mark.parametrize("info", [[1], "abc", None])
+def test_a_part_whose_info_is_not_a_map_is_named(data, tmp_path, threads, capsys, info):
+    a = _part(data, tmp_path / "a", "moram", 1, threads)
+    b = _part(data, tmp_path / "b", "seq_lora", 1, threads)
+    config = json.loads((b / "config.json").read_text())
+    config["info"] = info
+    (b / "config.json").write_text(json.dumps(config))
+    for order in ((a, b), (b, a)):
+        capsys.readouterr()
+        assert main(["text-cl-merge", "--out", str(tmp_path / "m"), *map(str, order)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"PART: {b / 'config.json'} records info " in err and "not a map" in err, err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("bad", [{"counts": ["1", "2"], "unrecorded": 0}, {"counts": [-1], "unrecorded": 0},
+                                 {"counts": [], "unrecorded": 0}, {"counts": [2, 1], "unrecorded": 0},
+                                 {"counts": [1], "unrecorded": -3}, {"counts": [1], "unrecorded": "x"}, {}, "x"])
+def test_report_refuses_damaged_thread_counts(data, tmp_path, threads, capsys, bad):
+    threads(1)
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    results["threads"] = bad
+    (out / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    assert main(["report", str(out / "results.json"), "--table", "textcl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "threads must be {\"counts\": distinct thread counts" in err, err

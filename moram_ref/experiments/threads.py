@@ -54,43 +54,70 @@ def cpu() -> str:
     return f"{name} ({isa})" if isa else name
 
 
-def started_on(out: Path, arg: str = "--out", method: str | None = None) -> int | None:
-    """The thread count the run in ``out`` recorded when it started (``config.json``'s ``info.threads``);
-    None if it recorded none (a run from before counts were recorded). With ``method``, a run assembled by
-    ``text-cl-merge`` answers with the count of the part that trained it (``info.threads_by_method``).
-
-    Raises:
-        UsageError: naming ``arg``, the file and the value, if ``info.threads`` is there but not a count
-            (:func:`is_count`), or the file cannot be read (the run folder's checks read it before).
-    """
+def _info(out: Path, arg: str) -> tuple[Path, dict]:
+    """``config.json``'s ``info`` of the run in ``out`` (``{}`` if it has none); UsageError if unreadable or
+    not a map."""
     path = Path(out) / CONFIG
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{arg}: cannot read {path} ({exc})") from None
-    info = record.get("info") if isinstance(record, dict) else None
-    if not isinstance(info, dict):
+    if not isinstance(record, dict) or "info" not in record:
+        return path, {}
+    if not isinstance(record["info"], dict):
+        raise UsageError(f"{arg}: {path} records info {json.dumps(record['info'])}, not a map (what the run found); "
+                         "put back what the run wrote")
+    return path, record["info"]
+
+
+def _damaged(arg: str, path: Path, key: str, value, remedy: str) -> UsageError:
+    return UsageError(f"{arg}: {path} records info.{key} {json.dumps(value)}, not a thread count (an integer from 1 "
+                      f"to {MAX_THREADS}); put back the count the run started with, or {remedy}")
+
+
+def started_on(out: Path, arg: str = "--out") -> int | None:
+    """The thread count the run in ``out`` recorded when it started (``config.json``'s ``info.threads``);
+    None if it recorded none (a run from before counts were recorded).
+
+    Raises:
+        UsageError: naming ``arg``, the file and the value, if ``info`` is not a map or ``info.threads`` is
+            there but not a count (:func:`is_count`), or the file cannot be read.
+    """
+    path, info = _info(out, arg)
+    if "threads" not in info:
         return None
+    if not is_count(info["threads"]):
+        raise _damaged(arg, path, "threads", info["threads"], "remove the key to continue on this process's count")
+    return info["threads"]
+
+
+def part_counts(out: Path, methods, arg: str = "--out") -> dict[str, int]:
+    """``{method: thread count}`` of a run assembled by ``text-cl-merge`` (``info.threads_by_method``: the
+    count each method's part started with); ``{}`` for any other run.
+
+    Raises:
+        UsageError: naming ``arg``, the file and the value, if the map is not one from the run's ``methods``
+            to counts.
+    """
+    path, info = _info(out, arg)
     by_method = info.get("threads_by_method", {})
     if not isinstance(by_method, dict):
         raise UsageError(f"{arg}: {path} records info.threads_by_method {json.dumps(by_method)}, not a map from "
                          "methods to thread counts; put back what text-cl-merge wrote, or remove the key")
-    if method is not None and method in by_method:
-        key, value = f"threads_by_method.{method}", by_method[method]
-    elif "threads" in info:
-        key, value = "threads", info["threads"]
-    else:
-        return None
-    if not is_count(value):
-        raise UsageError(f"{arg}: {path} records info.{key} {json.dumps(value)}, not a thread count (an integer from "
-                         f"1 to {MAX_THREADS}); put back the count the run started with, or remove the key to "
-                         "continue on this process's count")
-    return value
+    unknown = sorted(set(by_method) - set(methods))
+    if unknown:
+        raise UsageError(f"{arg}: {path} records info.threads_by_method for {', '.join(unknown)}, not among the run's "
+                         f"methods ({', '.join(methods)}); put back what text-cl-merge wrote, or remove the entry")
+    for method, value in by_method.items():
+        if not is_count(value):
+            raise _damaged(arg, path, f"threads_by_method.{method}", value,
+                           "remove the entry to continue on the run's own starting count")
+    return dict(by_method)
 
 
-def unrecorded(who: str, own: int) -> str:
-    """What a resume of a run that recorded no thread count says: it continues on this process's ``own``."""
-    return (f"{who}: the run does not record the thread count it was made on (it predates the record); continuing on "
+def unrecorded(who: str, own: int, what: str = "the run") -> str:
+    """What is said where nothing records the count to continue on: it continues on this process's ``own``."""
+    return (f"{who}: {what} does not record the thread count it was made on (it predates the record); continuing on "
             f"this process's {own}: if it ran on another count, the numbers differ from an uninterrupted run's")
 
 

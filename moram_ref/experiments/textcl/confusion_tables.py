@@ -11,10 +11,13 @@ file is named, never silently misread. Importable without torch.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from moram_ref.experiments.textcl.routing_tables import _count  # a whole number in [low, 2**53)
-from moram_ref.experiments.textcl.tables import LABELS, count_words, run_labels
+from moram_ref.experiments.textcl.tables import LABELS, count_words, run_labels, valid_counts
+from moram_ref.experiments.threads import is_count
 
 STAGES = (("after_own", "right after learning it (the accuracy matrix's diagonal)"),
           ("after_last", "after the last task (the matrix's last row)"))
@@ -151,8 +154,7 @@ def confusion_table(*files: dict) -> str:
                              *(_attractor(land, names) for land, _ in shares.values()), ""]))
             out.append("")
         unreproduced = sum(len(e.get("unreproduced") or []) for e in methods.values())
-        on = (count_words(data["threads_used"]) if data.get("threads_used")
-              else f"{data.get('threads', '?')} thread(s)")  # a file from before pairs were pinned: the process's
+        on = _counted_on(data)
         took = f" Counted in {data['wall_seconds'] / 60:.0f} min on {on}." if "wall_seconds" in data else ""
         per_task = f"{int(texts.min())}" if texts.min() == texts.max() else f"{int(texts.min())}–{int(texts.max())}"
         out.append(f"{int(texts.sum())} {data.get('split', 'test')} texts ({per_task} per task). Recounted from the "
@@ -172,3 +174,16 @@ def confusion_table(*files: dict) -> str:
         "largest share of the other tasks' texts (%, unweighted mean over those tasks, each counted at the stage "
         "of the table; an even spread would give each task 1/T of them). "
         "Command: `moram-ref text-cl-confusion <run folder>`.")
+
+
+def _counted_on(data: dict) -> str:
+    """The thread counts the pairs were counted on (``threads_used``; a file from before it: the process's
+    ``threads``), in words. ValueError naming the field if it is not what the command writes."""
+    if "threads_used" in data:
+        if not valid_counts(data["threads_used"]):
+            raise ValueError(f"threads_used must list distinct thread counts (1 to 4096) in increasing order, got "
+                             f"{json.dumps(data['threads_used'])}")
+        return count_words(data["threads_used"])
+    if "threads" in data and not is_count(data["threads"]):
+        raise ValueError(f"threads must be a thread count (1 to 4096), got {json.dumps(data['threads'])}")
+    return f"{data.get('threads', '?')} thread(s)"

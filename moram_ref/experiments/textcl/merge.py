@@ -39,7 +39,8 @@ KNOWN = {"data_root", "sequence", "tasks", "seeds", "methods", "steps", "batch",
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("parts", nargs="+", type=cliargs.existing_dir, metavar="PART",
                    help="one or more text-cl run folders, finished or not, with the same settings except "
-                        "--methods (disjoint); the merged run trains the union of their methods")
+                        "--methods (disjoint); the merged run trains the union of their methods, each on the "
+                        "thread count of its part")
     p.add_argument("--out", type=cliargs.out_dir, required=True,
                    help="the merged run folder: new, empty, or holding a text-cl run with the merged settings "
                         "(that run is replaced; what it loses is named)")
@@ -102,9 +103,15 @@ def plan(parts: list[Path], out: Path) -> dict:
             owner[method] = part
     merged = {**first, "methods": [m for m in METHODS if m in owner]}
     rundir.check(out, "text-cl", merged)  # empty, new, or an earlier merge with these settings
-    info = dict(records[0].get("info", {}))
-    by_method = {m: threads.started_on(part, "PART") for m, part in owner.items()}  # a pair no part started
-    info["threads_by_method"] = {m: n for m, n in by_method.items() if n is not None}  # runs on its part's count
+    counts = {}  # a pair no part started runs on its part's starting count (a merged part: its method's part's)
+    for method, part in owner.items():
+        recorded = dict(zip(parts, records))[part]["settings"]["methods"]
+        count = threads.part_counts(part, recorded, "PART").get(method) or threads.started_on(part, "PART")
+        if count is not None:
+            counts[method] = count
+    info = {k: v for k, v in records[0].get("info", {}).items() if k not in ("threads", "threads_by_method")}
+    info["threads"] = threads.current()  # the merged run's own start: its cache, and pairs of parts without one
+    info["threads_by_method"] = counts
     return {"settings": merged, "info": info, "owner": owner,
             "parts": {part: record["settings"] for part, record in zip(parts, records)}}
 

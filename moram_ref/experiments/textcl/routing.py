@@ -95,8 +95,10 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
         seeds, texts_routed = [], []
         for seed in range(settings["seeds"]):
             stages, routed = [], []
-            with threads.pinned(state.recorded_threads(args.run / "state" / f"{method}_seed{seed}"), log,
-                                f"{method} seed {seed}", "its records were made"):  # the run's rounding
+            recorded = state.recorded_threads(args.run / "state" / f"{method}_seed{seed}")
+            if recorded is None:
+                log(threads.unrecorded(f"{method} seed {seed}", threads.current(), "its record"))
+            with threads.pinned(recorded, log, f"{method} seed {seed}", "its records were made"):  # its rounding
                 for t in range(1, len(names) + 1):
                     A.detach(enc.top)
                     A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)

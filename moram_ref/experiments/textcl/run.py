@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (same settings) after its last finished task, each method and seed "
-                        "on the thread count it started on")
+                        "on the thread count its records were made on")
 
 
 MIN_LENGTH = 3  # [CLS], one token of text, [SEP]
@@ -153,9 +153,8 @@ def _check_encoder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
-    started_threads = ({None: threads.started_on(args.out), **{m: threads.started_on(args.out, method=m)
-                                                                 for m in args.methods}}
-                       if args.resume else {})  # a damaged count stops here, early
+    started = (threads.started_on(args.out), threads.part_counts(args.out, args.methods)) if args.resume else None
+    # (a damaged count stops the run here, early)
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
     from moram_ref.experiments.textcl.encoder import load_checked
@@ -167,13 +166,13 @@ def run(args: argparse.Namespace, log=print) -> dict:
             removed = rundir.remove(args.out, EARLIER_RUN)
             if removed:
                 log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
-        return _run(args, tasks, config, log, loaded, started_threads)
+        return _run(args, tasks, config, log, loaded, *(started or (None, {})))
 
 
 def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple,
-         started_on: dict | None = None) -> dict:
-    """The run itself; ``started_on``: for a resume, the thread count the run started with (key None) and
-    each method's (a merged run's part's), None where not recorded (:func:`..threads.started_on`)."""
+         started_on: int | None = None, part_threads: dict | None = None) -> dict:
+    """The run itself. For a resume: ``started_on``, the thread count the run started with (None: not
+    recorded), and ``part_threads``, each method's part's in a merged run (:mod:`..threads`)."""
     import torch
 
     from moram_ref.experiments.progress import printer
@@ -191,10 +190,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
                "cpu": threads.cpu(), "platform": platform.platform()}
-    started_on = started_on or {}
-    run_threads = started_on.get(None) or own
-    if args.resume and started_on.get(None) is None:
-        log(threads.unrecorded("text-cl", own))
+    part_threads = part_threads or {}
+    run_threads = started_on or own  # the encoder's cached blocks: on the run's starting count
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")
     t0 = time.perf_counter()
     split_text = "val_text" if args.eval_split == "val" else "test_text"
@@ -216,10 +213,12 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
                 log(f"{method} seed {seed}: restored {k}/{len(tasks)} task(s) from {state.folder(out, method, seed)}")
 
             folder = state.folder(out, method, seed)
-            recorded = state.recorded_threads(folder) if args.resume else None  # a pair continues on its own
-            left = not args.resume or state.tasks_done(folder) < len(tasks)  # a finished pair is only restored
-            with threads.pinned(recorded or started_on.get(method) or run_threads, log if left else None,
-                                f"{method} seed {seed}", "its records were made" if recorded else "its run started"):
+            count, why = _pair_threads(state.recorded_threads(folder) if args.resume else None,
+                                       part_threads.get(method), started_on)
+            trains = not args.resume or state.tasks_done(folder) < len(tasks)  # a finished pair is only restored
+            if trains and args.resume and why is None:
+                log(threads.unrecorded(f"{method} seed {seed}", own, "its run"))
+            with threads.pinned(count, log if trains and why else None, f"{method} seed {seed}", why or ""):
                 res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
                                  state_dir=folder, resume=args.resume, on_task=after_task, on_resume=restored,
                                  recorded=state.shaping(settings_of(args)))
@@ -262,6 +261,15 @@ def _save_matrices(folder: Path, method: str, seed: int, res: dict, names: list[
     for space in ("union", "own"):
         rundir.write_csv(folder / f"{method}_seed{seed}_{space}.csv", [["after \\ on"] + names]
                          + [[name] + [f"{100 * v:.2f}" for v in row] for name, row in zip(names, res[space])])
+
+
+def _pair_threads(recorded: int | None, part: int | None, started: int | None) -> tuple[int | None, str | None]:
+    """The count a (method, seed) pair runs on and why: its records' last, else its part's starting count (a
+    merged run), else the run's; (None, None) if none is recorded: this process's own."""
+    for count, why in ((recorded, "its records were made"), (part, "its part started"), (started, "this run started")):
+        if count is not None:
+            return count, why
+    return None, None
 
 
 def thread_counts(per_pair: list[list]) -> dict:

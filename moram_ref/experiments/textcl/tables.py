@@ -8,11 +8,13 @@ table (:mod:`moram_ref.experiments.toy.claims`) reads its text-CL rows through :
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from moram_ref.experiments.threads import MAX_THREADS, is_count
 from moram_ref.experiments.toy.ablation_tables import paired_difference
 from moram_ref.experiments.toy.demo import format_cell
 
@@ -146,7 +148,20 @@ def _threads(results: dict) -> str:
     say (``"1 thread(s), 2 task(s) on a count not recorded"``, or ``"a thread count not recorded"``)."""
     if "threads" not in results:
         return f"{results.get('machine', {}).get('threads', '?')} thread(s)"
-    return count_words(results["threads"]["counts"], results["threads"]["unrecorded"])
+    recorded = results["threads"]
+    counts = recorded.get("counts") if isinstance(recorded, dict) else None
+    unrecorded = recorded.get("unrecorded") if isinstance(recorded, dict) else None
+    if not (valid_counts(counts, allow_empty=True) and isinstance(unrecorded, int) and not isinstance(unrecorded, bool)
+            and unrecorded >= 0 and (counts or unrecorded)):
+        raise ValueError(f"threads must be {{\"counts\": distinct thread counts (1 to {MAX_THREADS}) in increasing "
+                         f"order, \"unrecorded\": how many tasks predate the record}}, got {json.dumps(recorded)}")
+    return count_words(counts, unrecorded)
+
+
+def valid_counts(counts, allow_empty: bool = False) -> bool:
+    """Whether ``counts`` lists distinct thread counts in increasing order (as a run records them)."""
+    return (isinstance(counts, list) and (allow_empty or bool(counts)) and all(is_count(c) for c in counts)
+            and counts == sorted(set(counts)))
 
 
 def count_words(counts: list, unrecorded: int = 0) -> str:
