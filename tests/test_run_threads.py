@@ -152,29 +152,32 @@ def test_clip_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads
     _check(main, argv, out, monkeypatch, train, set_threads, capsys, "clip")
 
 
+def _llm_argv(tmp_path, out) -> list[str]:
+    """A tiny two-task llm run into ``out``, on generated TRACE-shaped data."""
+    from moram_ref.experiments.llm import data
+
+    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=4, n_test=2)
+    return ["llm", "--data-root", str(root), "--out", str(out), "--tiny", "llama", "--skip-missing", "--epochs", "1",
+            "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
+            "--device", "cpu"]
+
+
 def test_llm_continues_on_its_starting_count(tmp_path, monkeypatch, set_threads, capsys):
     pytest.importorskip("transformers")
     from moram_ref.cli import main
-    from moram_ref.experiments.llm import data, train
+    from moram_ref.experiments.llm import train
 
-    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=4, n_test=2)
     out = tmp_path / "run"
-    argv = ["llm", "--data-root", str(root), "--out", str(out), "--tiny", "llama", "--skip-missing", "--epochs", "1",
-            "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
-            "--device", "cpu"]
+    argv = _llm_argv(tmp_path, out)
     _check(main, argv, out, monkeypatch, train, set_threads, capsys, "llm")
 
 
 def test_a_run_from_before_the_record_says_it_continues_on_this_process(tmp_path, monkeypatch, set_threads, capsys):
     pytest.importorskip("transformers")
     from moram_ref.cli import main
-    from moram_ref.experiments.llm import data
 
-    root = data.write_trace_shaped(tmp_path / "data", ("C-STANCE", "FOMC"), n_train=4, n_test=2)
     out = tmp_path / "run"
-    argv = ["llm", "--data-root", str(root), "--out", str(out), "--tiny", "llama", "--skip-missing", "--epochs", "1",
-            "--batch", "4", "--micro-batch", "2", "--max-new-tokens", "2", "--atoms-per-task", "2", "--top-k", "2",
-            "--device", "cpu"]
+    argv = _llm_argv(tmp_path, out)
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     del config["info"]["threads"]

@@ -8,7 +8,7 @@ remove it). A run therefore records the count it starts with (``config.json``'s 
 assembled by ``text-cl-merge`` also each method's part's, ``info.threads_by_method``), and ``--resume`` /
 ``--eval-only`` continue on it (:func:`pinned`), whatever the resuming process has, so a resumed run equals
 the uninterrupted one on another machine of the same kind; a run from before the record continues on the
-process's count and says so (:func:`unrecorded`). The count is torch's
+process's count and says so (:func:`continued`). The count is torch's
 intra-op one (``OMP_NUM_THREADS``, or the cores); GPU kernels do not depend on it.
 """
 
@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from moram_ref.experiments.cliargs import UsageError
-
-CONFIG = "config.json"  # rundir.CONFIG
+from moram_ref.experiments.rundir import CONFIG
 MAX_THREADS = 4096  # more than any CPU has: a recorded count above it is damage, not a machine
 
 
@@ -144,3 +143,14 @@ def pinned(count: int | None, log: Callable[[str], None] | None = None, who: str
         yield count
     finally:
         torch.set_num_threads(own)
+
+
+@contextmanager
+def continued(count: int | None, log: Callable[[str], None] | None, who: str, why: str,
+              what: str = "the run") -> Iterator[int]:
+    """:func:`pinned` for work that continues a recorded run: on ``count``; where nothing recorded one (None),
+    on this process's own, and ``log`` (if given) says so (:func:`unrecorded`, naming ``what``)."""
+    if count is None and log is not None:
+        log(unrecorded(who, current(), what))
+    with pinned(count, log, who, why) as used:
+        yield used

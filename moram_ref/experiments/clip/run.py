@@ -187,9 +187,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
     with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
-        if (args.resume or args.eval_only) and continued is None and _rank() == 0:
-            log(threads.unrecorded("clip", threads.current()))
-        with threads.pinned(continued, log if _rank() == 0 else None, "clip"):
+        resuming = (args.resume or args.eval_only) and _rank() == 0
+        with threads.continued(continued, log if resuming else None, "clip", "the run started"):
             return _run(args, domains, log)
 
 

@@ -102,10 +102,8 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
         entry = {s: {"landed": [], "correct": []} for s in STAGES}
         unreproduced = []
         for seed in range(settings["seeds"]):
-            recorded = state.recorded_threads(run / "state" / f"{method}_seed{seed}")
-            if recorded is None:
-                log(threads.unrecorded(f"{method} seed {seed}", threads.current(), "its record"))
-            with threads.pinned(recorded, log, f"{method} seed {seed}", "its records were made") as used:
+            with threads.continued(state.recorded_threads(run / "state" / f"{method}_seed{seed}"), log,
+                                   f"{method} seed {seed}", "its records were made", "its record") as used:
                 result["threads_used"] = sorted({*result["threads_used"], used})
                 A.detach(enc.top)
                 if method == "zero_shot":  # the frozen encoder: one count serves every seed and stage

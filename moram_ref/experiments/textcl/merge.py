@@ -103,17 +103,17 @@ def plan(parts: list[Path], out: Path) -> dict:
             owner[method] = part
     merged = {**first, "methods": [m for m in METHODS if m in owner]}
     rundir.check(out, "text-cl", merged)  # empty, new, or an earlier merge with these settings
+    recorded = {part: record["settings"] for part, record in zip(parts, records)}
     counts = {}  # a pair no part started runs on its part's starting count (a merged part: its method's part's)
     for method, part in owner.items():
-        recorded = dict(zip(parts, records))[part]["settings"]["methods"]
-        count = threads.part_counts(part, recorded, "PART").get(method) or threads.started_on(part, "PART")
+        count = (threads.part_counts(part, recorded[part]["methods"], "PART").get(method)
+                 or threads.started_on(part, "PART"))
         if count is not None:
             counts[method] = count
     info = {k: v for k, v in records[0].get("info", {}).items() if k not in ("threads", "threads_by_method")}
     info["threads"] = threads.current()  # the merged run's own start: its cache, and pairs of parts without one
     info["threads_by_method"] = counts
-    return {"settings": merged, "info": info, "owner": owner,
-            "parts": {part: record["settings"] for part, record in zip(parts, records)}}
+    return {"settings": merged, "info": info, "owner": owner, "parts": recorded}
 
 
 def _parse(argv: list[str], part: Path) -> argparse.Namespace:

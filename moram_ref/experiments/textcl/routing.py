@@ -95,10 +95,8 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
         seeds, texts_routed = [], []
         for seed in range(settings["seeds"]):
             stages, routed = [], []
-            recorded = state.recorded_threads(args.run / "state" / f"{method}_seed{seed}")
-            if recorded is None:
-                log(threads.unrecorded(f"{method} seed {seed}", threads.current(), "its record"))
-            with threads.pinned(recorded, log, f"{method} seed {seed}", "its records were made"):  # its rounding
+            with threads.continued(state.recorded_threads(args.run / "state" / f"{method}_seed{seed}"), log,
+                                   f"{method} seed {seed}", "its records were made", "its record"):  # its rounding
                 for t in range(1, len(names) + 1):
                     A.detach(enc.top)
                     A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)

@@ -153,8 +153,8 @@ def _check_encoder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, config = validate(args)
-    started = (threads.started_on(args.out), threads.part_counts(args.out, args.methods)) if args.resume else None
-    # (a damaged count stops the run here, early)
+    started_on, part_threads = ((threads.started_on(args.out), threads.part_counts(args.out, args.methods))
+                                if args.resume else (None, {}))  # a damaged count stops the run here, early
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
     from moram_ref.experiments.textcl.encoder import load_checked
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
             removed = rundir.remove(args.out, EARLIER_RUN)
             if removed:
                 log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
-        return _run(args, tasks, config, log, loaded, *(started or (None, {})))
+        return _run(args, tasks, config, log, loaded, started_on, part_threads)
 
 
 def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded: tuple,
@@ -216,9 +216,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
             count, why = _pair_threads(state.recorded_threads(folder) if args.resume else None,
                                        part_threads.get(method), started_on)
             trains = not args.resume or state.tasks_done(folder) < len(tasks)  # a finished pair is only restored
-            if trains and args.resume and why is None:
-                log(threads.unrecorded(f"{method} seed {seed}", own, "its run"))
-            with threads.pinned(count, log if trains and why else None, f"{method} seed {seed}", why or ""):
+            with threads.continued(count, log if trains and args.resume else None, f"{method} seed {seed}",
+                                   why or "", "its run"):
                 res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
                                  state_dir=folder, resume=args.resume, on_task=after_task, on_resume=restored,
                                  recorded=state.shaping(settings_of(args)))

@@ -358,19 +358,21 @@ def recorded_threads(where: Path) -> int | None:
     :func:`check` before); None if there is no record, no task done, or the record predates thread counts.
     A resumed pair continues on it: another count gives other numbers (docs/results.md, "Threads and
     reproducibility")."""
-    try:
-        record = json.loads((where / PROGRESS).read_text())
-    except (OSError, ValueError):
-        return None
-    threads = record.get("threads") if isinstance(record, dict) and record.get("tasks_done") else None
+    record = _validated(where)
+    threads = record.get("threads") if record.get("tasks_done") else None
     return threads[-1] if threads else None
 
 
 def tasks_done(where: Path) -> int:
     """How many tasks the record in ``where`` counts as done (validated by :func:`check` before); 0 if none."""
+    done = _validated(where).get("tasks_done", 0)
+    return done if isinstance(done, int) and not isinstance(done, bool) else 0
+
+
+def _validated(where: Path) -> dict:
+    """``where``'s ``progress.json``, which :func:`check` validated before; ``{}`` if there is none."""
     try:
         record = json.loads((where / PROGRESS).read_text())
     except (OSError, ValueError):
-        return 0
-    done = record.get("tasks_done") if isinstance(record, dict) else 0
-    return done if isinstance(done, int) and not isinstance(done, bool) else 0
+        return {}
+    return record if isinstance(record, dict) else {}
