@@ -139,7 +139,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=cliargs.integer(1), default=16, help="k")
     p.add_argument("--tokens", type=cliargs.integer(1), default=8192, help="tokens per call")
     p.add_argument("--repeat", type=cliargs.integer(1), default=7, help="timed repetitions (the median is kept)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                   help="the layer's and the inputs' dtype (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy-vs-torch comparison")
     p.add_argument("--json", type=cliargs.out_file, default=None, help="also write the results to this file")

@@ -92,11 +92,26 @@ def _quiet_swallowed_interrupts(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def _interrupted(name: str) -> int:
+def _interrupted(name: str, argv: list[str] = ()) -> int:
     done = rundir.published_while_held()  # the stop came while the outputs were being replaced: they were
     print(f"{name}: interrupted" + (f" (after its outputs in {', '.join(map(str, done))} were all replaced: they "
-                                    "are complete)" if done else ""), file=sys.stderr)
+                                    "are complete)" if done else _how_to_continue(name, argv)), file=sys.stderr)
     return 130
+
+
+def _how_to_continue(name: str, argv: list[str]) -> str:
+    """'; <how to continue>' for a command that stopped inside a run folder it writes (else ''): the same
+    command with ``--resume`` (again, if it had it) for text-cl, clip and llm; text-cl-merge again."""
+    runs = rundir.opened_runs()
+    command = name.removeprefix("moram-ref ")
+    if not runs or command not in (*RESUMABLE, "text-cl-merge"):
+        return ""
+    where = f"the run in {runs[-1]}"
+    if command == "text-cl-merge":
+        return f"; the same `{name}` command again finishes {where} (from the parts' records, anew)"
+    if "--resume" in argv or "--eval-only" in argv:
+        return f"; the same command again continues {where}"
+    return f"; the same command with `--resume` continues {where}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +150,7 @@ def _run(argv: list[str] | None, exiting: bool) -> int:
     try:
         return _main(argv, exiting)
     except KeyboardInterrupt:  # a stop while the handlers are put back, after _main's own except clauses
-        return _interrupted(_name(argv))
+        return _interrupted(_name(argv), argv)
     finally:
         if sys.stdout is guarded:  # the command may have replaced it in turn: then it is theirs to put back
             sys.stdout = real
@@ -207,10 +222,10 @@ def _main(argv: list[str], exiting: bool) -> int:
         print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
-        return _interrupted(name)
+        return _interrupted(name, argv)
     except Exception as exc:
         if rundir.stop_requested():  # the interrupt surfaced as another error (e.g. an import it broke)
-            return _interrupted(name)
+            return _interrupted(name, argv)
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "moram_ref").partition(".")[0] != "moram_ref":
             print(f"{name}: error: needs the package that provides {exc.name!r}, which this environment lacks; "
                   "`make install-dev` installs every command's dependencies (`make demo` only NumPy and "
@@ -237,7 +252,7 @@ def _main(argv: list[str], exiting: bool) -> int:
         sys.unraisablehook = hook
         _put_back(replaced, exiting)
     if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
-        return _interrupted(name)
+        return _interrupted(name, argv)
     return status if isinstance(status, int) else 0
 
 

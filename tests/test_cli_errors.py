@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from moram_ref.cli import main
+from moram_ref.cli import COMMANDS, main
 
 TEXT_TASKS = ("dbpedia", "amazon", "yahoo", "agnews")  # text-cl standard-1 and llm olora-1
 
@@ -353,6 +353,36 @@ def test_help_lists_every_command_and_bench_options(capsys):
     assert code == 0 and "--tokens" in out and "--device" in out
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_has_help(command, capsys):
+    """Each command's --help renders (exit 0) and explains every flag and argument it lists."""
+    import argparse
+
+    from moram_ref.cli import build_parser
+
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    silent = [a.option_strings[-1] if a.option_strings else a.dest for a in sub._actions
+              if a.dest != "help" and not (a.help or "").strip()]
+    assert not silent, f"moram-ref {command}: flags without help text: {silent}"
+    code, out, _ = _run_in_process([command, "--help"], capsys)
+    assert code == 0 and "%(default)" not in out
+
+
+@pytest.mark.parametrize("command, preset, extra", [("clip", "paper_clip", ()),
+                                                    ("llm", "paper_llm", ("scale", "dropout"))])
+def test_moram_flag_defaults_are_the_papers(command, preset, extra):
+    """clip's and llm's MoRAM flags default to spec §5's column (MoRAMConfig.paper_clip / paper_llm)."""
+    from moram_ref.cli import build_parser
+    from moram_ref.config import MoRAMConfig
+
+    args = build_parser(command).parse_args([command, "--data-root", ".", "--tiny", "llama"] if command == "llm"
+                                            else [command])
+    want = getattr(MoRAMConfig, preset)()
+    for field in ("atoms_per_task", "top_k", "temperature", "threshold", *extra):
+        assert getattr(args, field) == getattr(want, field), field
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     from moram_ref import report
 
@@ -363,6 +393,41 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert main(["report", str(tmp_path / "x.json")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "moram-ref report: interrupted"
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}"],
+     "; the same command with `--resume` continues the run in {out}"),
+    (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "--resume"],
+     "; the same command again continues the run in {out}"),
+    (["clip", "--tiny", "--data-root", "{root}", "--out", "{out}", "--eval-only"],
+     "; the same command again continues the run in {out}"),
+    (["text-cl-merge", "{root}", "--out", "{out}"],
+     "; the same `moram-ref text-cl-merge` command again finishes the run in {out} (from the parts' records, anew)"),
+    (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "before"], ""),
+])
+def test_an_interrupted_run_says_how_to_continue(argv, hint, tmp_path, capsys, monkeypatch):
+    """Stopped inside the run folder it writes, a resumable command says how to continue it; stopped
+    before opening one (``before``), it says only "interrupted"."""
+    import importlib
+
+    from moram_ref.cli import COMMANDS
+    from moram_ref.experiments import rundir
+
+    out = tmp_path / "out"
+    argv = [a.format(root=tmp_path, out=out) for a in argv]
+    opens = argv[-1] != "before"
+    argv = argv[:-1] if not opens else argv
+
+    def stopped(args):
+        if opens:
+            with rundir.open_run(out, args.command, {"x": 1}):
+                raise KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(COMMANDS[argv[0]][0]), "run", stopped)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == f"moram-ref {argv[0]}: interrupted{hint.format(out=out)}\n"
 
 
 def test_a_command_whose_dependencies_are_not_installed_is_one_line(capsys, monkeypatch):

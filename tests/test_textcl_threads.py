@@ -91,14 +91,16 @@ def _counting_steps(monkeypatch) -> list[int]:
     return seen
 
 
-def test_a_fresh_run_records_its_thread_count(data, tmp_path, threads):
+def test_a_fresh_run_records_its_thread_count(data, tmp_path, threads, monkeypatch):
     threads(2)
+    monkeypatch.setenv("MKL_CBWR", "AUTO,STRICT")  # MKL's path (docs/results.md): recorded beside the CPU
     out = tmp_path / "run"
     assert main(_args(data, out)) == 0
     assert json.loads((out / "config.json").read_text())["info"]["threads"] == 2
     assert json.loads(_progress(out, 1).read_text())["threads"] == [2, 2]
     results = json.loads((out / "results.json").read_text())
     assert results["threads"] == {"counts": [2], "unrecorded": 0}
+    assert results["machine"]["mkl_cbwr"] == "AUTO,STRICT" and results["machine"]["cpu"]
     assert timing(results).endswith("wall time on 2 thread(s)")
 
 

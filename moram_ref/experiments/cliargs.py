@@ -147,6 +147,41 @@ def conflict(args: argparse.Namespace, *flags: str) -> None:
         raise UsageError(f"{used[0]} and {used[1]} cannot be used together")
 
 
+def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:
+    """Add the MoRAM settings as flags with ``defaults`` (a :class:`~moram_ref.config.MoRAMConfig`), one
+    wording for every command (spec §3–§5): ``--atoms-per-task``, ``--top-k``, ``--temperature``,
+    ``--threshold``, and those of ``--threshold-mode``, ``--scale``, ``--dropout`` named in ``extra``
+    (``"threshold_mode"``, ``"scale"``, ``"dropout"``). :func:`moram_config` reads them back."""
+    unknown = set(extra) - {"threshold_mode", "scale", "dropout"}
+    if unknown:
+        raise ValueError(f"extra: unknown MoRAM flags {sorted(unknown)}")
+    when = "when --threshold-mode says" if "threshold_mode" in extra else "in evaluation only, as in the paper"
+    p.add_argument("--atoms-per-task", type=integer(1), default=defaults.atoms_per_task, metavar="R",
+                   help="rank-1 atoms (key/value pairs) each task adds to every adapted layer (spec §4; "
+                        "default %(default)s)")
+    p.add_argument("--top-k", type=integer(1), default=defaults.top_k, metavar="K",
+                   help="atoms MoRAM keeps per token, by normalised key response (spec §3 step 3; dense MoRAM "
+                        "keeps all; default %(default)s)")
+    p.add_argument("--temperature", type=real(0, low_open=True), default=defaults.temperature, metavar="TAU",
+                   help="τ > 0 of the softmax over the kept atoms' normalised responses (spec §3 step 4; "
+                        "default %(default)s)")
+    p.add_argument("--threshold", type=real(-1, 1), default=defaults.threshold, metavar="DELTA",
+                   help=f"δ in [-1, 1]: a kept atom whose normalised response is below δ gets weight 0, {when} "
+                        f"(spec §3 step 5; default %(default)s)")
+    if "threshold_mode" in extra:
+        p.add_argument("--threshold-mode", default=defaults.threshold_mode, choices=["eval", "always", "never"],
+                       help="when the δ gate applies: in evaluation only, always, never (spec §3 step 5; "
+                            "default %(default)s)")
+    if "scale" in extra:
+        p.add_argument("--scale", type=real(nonzero=True), default=defaults.scale, metavar="ALPHA",
+                       help="α ≠ 0 multiplying the current task's values; folded into them when the task ends, "
+                            "so freezing changes nothing (spec §4, §9; default %(default)s)")
+    if "dropout" in extra:
+        p.add_argument("--dropout", type=real(0, 1, high_open=True), default=defaults.dropout, metavar="P",
+                       help="adapter dropout on the atoms' input, in training only (spec §3 step 1; "
+                            "default %(default)s)")
+
+
 def moram_config(args: argparse.Namespace, **extra: Any):
     """The run's :class:`~moram_ref.config.MoRAMConfig` from the usual flags; its errors name the flag."""
     from moram_ref.config import MoRAMConfig  # noqa: PLC0415

@@ -117,11 +117,19 @@ def stop_requested() -> bool:
 
 
 _published_while_held: list[Path] = []  # folders whose outputs were all published while a stop was held
+_opened: list[Path] = []  # run folders this command opened to write into (open_run), in order
 
 
 def clear_stop() -> None:
     _stop_requested.clear()
     _published_while_held.clear()
+    _opened.clear()
+
+
+def opened_runs() -> list[Path]:
+    """The run folders :func:`open_run` has opened for writing (a run recorded there) since :func:`clear_stop`:
+    where an interrupted command left work that its ``--resume`` continues (the CLI says so)."""
+    return list(_opened)
 
 
 def published_while_held() -> list[Path]:
@@ -428,6 +436,8 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         fh.flush()
         if not (resume or eval_only):  # a fresh run (or a re-run with the same settings) records itself
             write_json(out / CONFIG, {"command": command, "settings": settings, "info": info or {}})
+        if not reads_only:
+            _opened.append(out)
         yield folder
     finally:
         folder.close()

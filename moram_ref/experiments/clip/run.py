@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref import metrics
+from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir, threads
 
 LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
@@ -22,7 +23,9 @@ UNITS = "percent"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.clip import METHODS
 
-    p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"])
+    p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"],
+                   help="X-TAIL (10 domains, one label space for all) or MTIL (11 data sets, each its own labels) (spec §6; "
+                        "default %(default)s)")
     p.add_argument("--order", default=None, choices=["1", "2"], help="MTIL order I or II (default 1)")
     p.add_argument("--classnames-json", type=cliargs.existing_file, default=None,
                    help="MTIL: class names per dataset ({key: [names]} or a datasets.json-style file)")
@@ -33,29 +36,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=cliargs.existing_dir, default=None, help="required except with --make-synthetic")
     p.add_argument("--make-synthetic", type=cliargs.out_dir, default=None, metavar="DIR",
                    help="write small synthetic X-TAIL (DIR/xtail) and MTIL (DIR/mtil) data sets and exit")
-    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/xtail"))
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/xtail"), help="run folder (default %(default)s)")
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16)")
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local .pt path (default openai)")
-    p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS, metavar="METHOD",
+                   help=f"methods to run, one after the other ({', '.join(METHODS)}; default moram)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings, on the thread count it started on)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints (on the thread count it started on)")
     p.add_argument("--verify", action="store_true", help="check the data on disk and exit (non-zero on a problem)")
     p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
     p.add_argument("--iterations", type=cliargs.integer(1), default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
     p.add_argument("--batch", type=cliargs.integer(1), default=64, help="at most the smallest training set")
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4)
-    p.add_argument("--eval-batch", type=cliargs.integer(1), default=256)
-    p.add_argument("--workers", type=cliargs.integer(0), default=0)
-    p.add_argument("--seed", type=cliargs.integer(0), default=42)
-    p.add_argument("--encoders", nargs="+", default=["image", "text"], choices=["image", "text"])
-    p.add_argument("--kinds", nargs="+", default=["attention", "mlp"], choices=["attention", "mlp"])
-    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=16)
-    p.add_argument("--top-k", type=cliargs.integer(1), default=16)
-    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=0.01)
-    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=0.2)
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4,
+                   help="AdamW learning rate, cosine schedule over each task's iterations (spec §5; default %(default)s)")
+    p.add_argument("--eval-batch", type=cliargs.integer(1), default=256,
+                   help="images per evaluation batch (memory; default %(default)s)")
+    p.add_argument("--workers", type=cliargs.integer(0), default=0,
+                   help="data-loader worker processes; 0 loads in the main process (default %(default)s)")
+    p.add_argument("--seed", type=cliargs.integer(0), default=42,
+                   help="seeds the few-shot subsets, each task's fresh atoms and its batch order (spec §5; "
+                        "default %(default)s)")
+    p.add_argument("--encoders", nargs="+", default=["image", "text"], choices=["image", "text"],
+                   help="which of CLIP's encoders get adapters (spec §5: both; default: both)")
+    p.add_argument("--kinds", nargs="+", default=["attention", "mlp"], choices=["attention", "mlp"],
+                   help="which linear layers of every block: attention q/k/v/out, MLP c_fc/c_proj (spec §5: "
+                        "both; default: both)")
+    cliargs.moram_flags(p, MoRAMConfig.paper_clip())  # spec §5, CLIP
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref import metrics
+from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir, threads
 
 LABELS = {"zero_shot": "frozen (zero-shot)", "seq_lora": "sequential LoRA", "olora": "O-LoRA",
@@ -23,13 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.llm.data import SEQUENCES
     from moram_ref.experiments.llm import METHODS
 
-    p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence")
-    p.add_argument("--data-root", type=cliargs.existing_dir, required=True)
-    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/llm"))
+    p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence (default %(default)s)")
+    p.add_argument("--data-root", type=cliargs.existing_dir, required=True,
+                   help="folder with one sub-folder per task (train.json, test.json: lists of prompt/answer rows)")
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/llm"), help="run folder (default %(default)s)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a local folder (or a cached hub name) for AutoModelForCausalLM.from_pretrained")
     src.add_argument("--tiny", choices=["llama", "qwen2", "gemma"], help="a tiny random decoder (CPU tests)")
-    p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS, metavar="METHOD",
+                   help=f"methods to run, one after the other ({', '.join(METHODS)}; default moram)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings, on the thread count the run started on)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints (on the thread count the run started on)")
     p.add_argument("--skip-missing", action="store_true", help="leave out tasks whose train/test file is absent")
@@ -39,22 +42,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs per task (default: the paper's TRACE epochs, 1 for other tasks)")
     p.add_argument("--batch", type=cliargs.integer(1), default=32, help="effective batch (gradient accumulation)")
     p.add_argument("--micro-batch", type=cliargs.integer(1), default=4, help="at most --batch")
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4)
-    p.add_argument("--max-prompt", type=cliargs.integer(1), default=1024)
-    p.add_argument("--max-answer", type=cliargs.integer(1), default=512)
-    p.add_argument("--max-new-tokens", type=cliargs.integer(1), default=64)
-    p.add_argument("--eval-batch", type=cliargs.integer(1), default=16)
-    p.add_argument("--numglue-mode", default="numeric", choices=["numeric", "accuracy"])
-    p.add_argument("--seed", type=cliargs.integer(0), default=1234)
-    p.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
-    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=8)
-    p.add_argument("--top-k", type=cliargs.integer(1), default=8)
-    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=0.03)
-    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=0.2)
-    p.add_argument("--scale", type=cliargs.real(nonzero=True), default=2.0)
-    p.add_argument("--dropout", type=cliargs.real(0, 1, high_open=True), default=0.1)
+    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4,
+                   help="Adam learning rate, constant (spec §5; default %(default)s)")
+    p.add_argument("--max-prompt", type=cliargs.integer(1), default=1024,
+                   help="prompt tokens kept, from the end (MeetingBank: 4096 always, spec §5; default %(default)s)")
+    p.add_argument("--max-answer", type=cliargs.integer(1), default=512,
+                   help="answer tokens trained on (spec §5; default %(default)s)")
+    p.add_argument("--max-new-tokens", type=cliargs.integer(1), default=64,
+                   help="tokens generated per test prompt (greedy) (default %(default)s)")
+    p.add_argument("--eval-batch", type=cliargs.integer(1), default=16,
+                   help="prompts generated per batch (default %(default)s)")
+    p.add_argument("--numglue-mode", default="numeric", choices=["numeric", "accuracy"],
+                   help="NumGLUE scoring: the answer's final number compared numerically (the authors' code) or as "
+                        "text accuracy, like the classification tasks (default %(default)s)")
+    p.add_argument("--seed", type=cliargs.integer(0), default=1234,
+                   help="seeds each task's fresh atoms, the data order and the dropout masks (spec §5; "
+                        "default %(default)s)")
+    p.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"], metavar="NAME",
+                   help="linear layers to adapt: a module name or its last part(s) after a dot (spec §5: q_proj k_proj "
+                        "v_proj o_proj, the default)")
+    cliargs.moram_flags(p, MoRAMConfig.paper_llm(), extra=("scale", "dropout"))  # spec §5, LLMs
     p.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, slower")
     p.add_argument("--fsdp", action="store_true", help="shard the frozen model over the torchrun processes (FSDP2)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 

@@ -28,7 +28,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
                    help="the encoder folder (default: the one recorded in the run's config.json, or the packaged "
                         "MiniLM); its name must be the recorded one")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only, no figures (no matplotlib needed)")
 
 
 ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json, the data under "

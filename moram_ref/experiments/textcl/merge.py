@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=cliargs.out_dir, required=True,
                    help="the merged run folder: new, empty, or holding a text-cl run with the merged settings "
                         "(that run is replaced; what it loses is named)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true",
+                   help="tables and results.json only, no figures (no matplotlib needed)")
 
 
 def plan(parts: list[Path], out: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from dataclasses import asdict, replace
@@ -34,25 +35,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=cliargs.integer(2), default=None,
                    help="use only the first N ≥ 2 tasks of the sequence (Transfer and BWT need two)")
     p.add_argument("--seeds", type=cliargs.integer(1), default=3, help="seeds 0 … N-1 (training order and fresh atoms; default 3)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"methods to train and evaluate, each on every seed (default: all six: {', '.join(METHODS)}); "
+                        f"parts run with disjoint --methods join with text-cl-merge")
+    p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task (default %(default)s)")
     p.add_argument("--batch", type=cliargs.integer(1), default=DEFAULTS["batch"], help="texts per step (default 16)")
     p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=DEFAULTS["lr"], help="AdamW learning rate (default 2e-3)")
     p.add_argument("--adapt-layers", type=cliargs.integer(1), default=DEFAULTS["adapt_layers"],
-                   help="top blocks with adapters")
-    p.add_argument("--placement", default=DEFAULTS["placement"], choices=["attention", "ffn", "all"])
+                   help="adapters on the encoder's top N blocks (default %(default)s; MiniLM has 6)")
+    p.add_argument("--placement", default=DEFAULTS["placement"], choices=["attention", "ffn", "all"],
+                   help="which linear layers of an adapted block get adapters: attention q/k/v/output, the "
+                        "feed-forward pair, or both (default %(default)s)")
     p.add_argument("--max-length", type=cliargs.integer(MIN_LENGTH), default=DEFAULTS["max_length"],
-                   help="tokens per input (with [CLS] and [SEP])")
-    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEFAULTS["atoms_per_task"])
-    p.add_argument("--top-k", type=cliargs.integer(1), default=DEFAULTS["top_k"], help="MoRAM atoms kept per token (default 8)")
-    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEFAULTS["temperature"])
-    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEFAULTS["threshold"])
+                   help="tokens per input, [CLS] and [SEP] included; longer texts are cut (default %(default)s)")
+    cliargs.moram_flags(p, MoRAMConfig(**{k: DEFAULTS[k] for k in ("atoms_per_task", "top_k", "temperature",
+                                                                    "threshold")}))
     p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (quick runs)")
     p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task (quick runs)")
     p.add_argument("--eval-split", default="test", choices=["test", "val"], help="'val' for sweeps")
     p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
                    help="encoder folder (default: the packaged MiniLM)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="tables and results.json only, no figures (no matplotlib needed)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (same settings) after its last finished task, each method and seed "
                         "on the thread count its records were made on")
@@ -189,7 +192,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     enc = CachedEncoder(model, tokenizer, adapt_layers=args.adapt_layers, max_length=args.max_length)
     own = torch.get_num_threads()  # this process's count (OMP_NUM_THREADS, or the cores)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": own,
-               "cpu": threads.cpu(), "platform": platform.platform()}
+               "cpu": threads.cpu(), "mkl_cbwr": os.environ.get("MKL_CBWR"),  # MKL's path: None = its default
+               "platform": platform.platform()}
     part_threads = part_threads or {}
     run_threads = started_on or own  # the encoder's cached blocks: on the run's starting count
     log(f"sequence {args.sequence}: {', '.join(t.name for t in tasks)}; caching the frozen lower blocks …")

@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=cliargs.integer(0), default=0,
                    help="first seed (seed s: the main job's data and atoms of run s)")
     p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3, help="number of seeds; tables give mean ± 95%% CI")
-    p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES)
+    p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,
+                   help="'granularity' (rank-1 atoms vs units of 2/4/8), 'topk' (the top-k budget), 'takeover' "
+                        "(when the newest atoms take over) (default: all three)")
     p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"],
                    help="streams of the granularity and top-k studies (takeover: digits only)")
     p.add_argument("--steps", type=cliargs.integer(1), default=None, help="override the steps per task everywhere (quick checks)")

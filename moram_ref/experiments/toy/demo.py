@@ -38,14 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI (needs ≥ 2 for a CI)")
     p.add_argument("--steps", type=cliargs.integer(1), default=None,
                    help="training steps per task (both streams; default: each stream's own)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"methods to run (default: all: {', '.join(METHODS)})")
+    p.add_argument("--streams", nargs="+", default=["recall", "digits"], choices=["recall", "digits"],
+                   help="task streams: 'recall' (store and recall each task's key→value pairs) and 'digits' "
+                        "(scikit-learn's 8×8 digits in shifted domains on a frozen MLP encoder) (default: both)")
     p.add_argument("--no-sweep", action="store_true", help="skip the digits stream's validation sweep of τ")
-    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=DEMO_CONFIG.atoms_per_task)
-    p.add_argument("--top-k", type=cliargs.integer(1), default=DEMO_CONFIG.top_k)
-    p.add_argument("--temperature", type=cliargs.real(0, low_open=True), default=DEMO_CONFIG.temperature)
-    p.add_argument("--threshold", type=cliargs.real(-1, 1), default=DEMO_CONFIG.threshold)
-    p.add_argument("--threshold-mode", default=DEMO_CONFIG.threshold_mode, choices=["eval", "always", "never"])
+    cliargs.moram_flags(p, DEMO_CONFIG, extra=("threshold_mode",))
     p.add_argument("--overlap", type=cliargs.real(0, 1), default=recall.RecallSettings.overlap,
                    help="recall stream: share of each key drawn from the subspace all tasks share")
     p.add_argument("--no-layer-norm", action="store_true",
