@@ -18,7 +18,7 @@ import numpy as np
 
 from moram_ref import provenance
 from moram_ref.experiments.cliargs import UsageError
-from moram_ref.experiments.textcl import confusion_tables, routing_tables
+from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims
 from moram_ref.experiments.toy.demo import METRICS, format_cell
@@ -95,14 +95,16 @@ GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "r
               "takeover": ablation_tables.takeover_table, "claims": claims.claims_table,
               "textcl": textcl_table, "textcl-matrix": textcl_tables.matrix_table,
               "textcl-brief": textcl_tables.brief_table, "textcl-routing": routing_tables.routing_table,
-              "textcl-shares": routing_tables.shares_table, "textcl-confusion": confusion_tables.confusion_table}
+              "textcl-shares": routing_tables.shares_table, "textcl-confusion": confusion_tables.confusion_table,
+              "textcl-sensitivity": sensitivity_tables.sensitivity_table}
 # The results files each table reads: (what they are, how many at least, how many at most; None: no limit).
 INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or more text-CL results.json", 3, None),
           "textcl-matrix": ("one or more text-CL results.json", 1, None),
           "textcl-brief": ("one or more text-CL results.json", 1, None),
           "textcl-routing": ("one or more text-cl-routing routing_summary.json", 1, None),
           "textcl-shares": ("one or more text-cl-routing routing_summary.json", 1, None),
-          "textcl-confusion": ("one or more text-cl-confusion confusion.json", 1, None)}
+          "textcl-confusion": ("one or more text-cl-confusion confusion.json", 1, None),
+          "textcl-sensitivity": ("one or more text-cl-sensitivity sensitivity.json", 1, None)}
 PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _P = textcl_tables.problem
@@ -126,6 +128,8 @@ def _text_cl_file(r, i: int) -> str | None:
     kind = r.get("kind") if isinstance(r, dict) else None
     if kind == "text-cl confusion":
         return "is a text-cl-confusion confusion.json: pass --table textcl-confusion"
+    if kind == "text-cl sensitivity":
+        return "is a text-cl-sensitivity sensitivity.json: pass --table textcl-sensitivity"
     if kind == "text-cl routing":
         return "is a text-cl-routing summary: pass --table textcl-routing or --table textcl-shares"
     if isinstance(r, dict) and {"settings", "encoder", "tasks"} <= set(r):
@@ -141,6 +145,7 @@ FILE_CHECKS = {
     "textcl-routing": lambda r, i: routing_tables.problem(r),
     "textcl-shares": lambda r, i: routing_tables.problem(r, need="moram"),
     "textcl-confusion": lambda r, i: confusion_tables.problem(r),
+    "textcl-sensitivity": lambda r, i: sensitivity_tables.problem(r),
     "claims": _claims_file,
 }
 

@@ -82,7 +82,8 @@ def predict(enc: CachedEncoder, tasks: list[TaskData], split: str = "test",
 
 def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncoder, tasks: list[TaskData],
                on_step=None, state_dir: Path | None = None, resume: bool = False, on_task=None,
-               on_resume=None, recorded: dict | None = None) -> dict:
+               on_resume=None, recorded: dict | None = None, stop_after: int | None = None,
+               on_begin=None) -> dict:
     """Returns accuracy matrices (union and per-task label space), parameter counts, timings, and MoRAM probes.
 
     Mode: the encoder's blocks stay in evaluation mode (their dropout off); the adapters are in training
@@ -91,6 +92,10 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     reseeded from ``(seed, task, step)`` before every step and restored afterwards (:mod:`..seeding`).
     ``on_step`` (optional) receives a :class:`~moram_ref.experiments.progress.Step` after every step,
     ``on_task`` (optional) ``(task index from 1, task name, union row)`` after every task's evaluation.
+    ``stop_after`` (optional): train and evaluate the first ``stop_after`` tasks only (still evaluated over
+    every task of ``tasks``; the later rows of the matrices stay 0). ``on_begin`` (optional) is called with
+    the task index (from 1) after each task's fresh tensors are drawn, before its optimiser is built: a probe
+    may change them in place (:mod:`.sensitivity`).
 
     ``state_dir`` (optional): the state after every task is recorded there (:mod:`.state`); with
     ``resume`` the recorded tasks are restored instead of rerun (``state.StateError`` if the record is
@@ -129,9 +134,13 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     for t, task in enumerate(tasks):
         if t < start:
             continue
+        if stop_after is not None and t >= stop_after:
+            break
         t0 = time.perf_counter()
         if trained:
             A.begin_task(enc.top, gen)
+            if on_begin is not None:
+                on_begin(t + 1)
             params = list(A.trainable_parameters(enc.top))
             out["trainable_per_task"].append(int(sum(p.numel() for p in params)))
             opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.9999), weight_decay=0.0)
