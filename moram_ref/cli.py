@@ -112,9 +112,14 @@ def _how_to_continue(name: str, argv: list[str]) -> str:
     where = f"the run in {runs[-1]}"
     if command == "text-cl-merge":
         return f"; the same `{name}` command again finishes {where} (from the parts' records, anew)"
-    if "--resume" in argv or "--eval-only" in argv:
+    if _given(argv, "--resume") or _given(argv, "--eval-only"):
         return f"; the same command again continues {where}"
     return f"; the same command with `--resume` continues {where}"
+
+
+def _given(argv: list[str], flag: str) -> bool:
+    """Whether ``argv`` gives ``flag``, also as the unique prefix argparse accepts (``--resu``)."""
+    return any(a.startswith("--") and len(a) > 3 and flag.startswith(a.partition("=")[0]) for a in argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,9 @@ from typing import Any
 
 THRESHOLD_MODES = ("eval", "always", "never")
 ROUTING_KERNELS = ("auto", "torch", "triton")
+# τ's floor: scores lie in [-1, 1], and below it the kept scores s/τ of two atoms 1e-4 apart differ by 100 or
+# more, so the float32 softmax is already an argmax; near 3e-39, s/τ overflows float32 (inf, then NaN weights)
+MIN_TEMPERATURE = 1e-6
 # fields that choose how the torch layer computes, not what (the results are equal): a checkpoint written with
 # one value loads under another
 EXECUTION_ONLY = ("routing_kernel",)
@@ -25,7 +28,8 @@ class MoRAMConfig:
     Attributes:
         atoms_per_task: ``r``, rank-1 atoms appended by every ``begin_task()`` (spec §4).
         top_k: ``k``, the activation budget; ``None`` means every atom (dense MoRAM).
-        temperature: ``τ`` of the softmax over kept scores (spec §3 step 4).
+        temperature: ``τ`` of the softmax over kept scores (spec §3 step 4); at least ``MIN_TEMPERATURE``
+            (1e-6: below it the float32 softmax is an argmax, and far below it ``s/τ`` overflows).
         threshold: ``δ`` in [-1, 1]; atoms with ``s < δ`` get weight 0, no renormalisation (step 5).
         threshold_mode: when the threshold applies: ``"eval"`` (only when not training, the paper),
             ``"always"`` or ``"never"``.
@@ -58,8 +62,9 @@ class MoRAMConfig:
             _check_int("top_k", self.top_k, minimum=1)
         _check_int("min_active", self.min_active, minimum=1)
         _check_real("temperature", self.temperature)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not self.temperature >= MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (τ > 0; below 1e-6 the float32 softmax is "
+                             f"an argmax, and s/τ overflows near 3e-39), got {self.temperature!r}")
         _check_real("threshold", self.threshold)
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [-1, 1], got {self.threshold!r}")

@@ -172,8 +172,12 @@ def read_block(text: str, name: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, nargs="+",
-                   help="a run's results.json (e.g. runs/demo/results.json); --table claims takes the main job's, "
-                        "the ablation's and one or more text-CL ones; --table textcl-matrix one or more text-CL ones")
+                   help="the files the table is rendered from: a run's results.json (e.g. runs/demo/results.json) "
+                        "for demo, ablation, routing, takeover and textcl; one or more text-CL results.json for "
+                        "textcl-matrix and textcl-brief; the main job's, the ablation's, then text-CL results.json "
+                        "and routing summaries for claims; one or more routing_summary.json (text-cl-routing) for "
+                        "textcl-routing and textcl-shares, confusion.json (text-cl-confusion) for textcl-confusion, "
+                        "sensitivity.json (text-cl-sensitivity) for textcl-sensitivity")
     p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
     p.add_argument("--block", metavar="NAME", default=None,
                    help="the generated block to --write/--check (default: the table's name; e.g. textcl:standard-2 "

@@ -365,6 +365,11 @@ def test_every_flag_has_help(command, capsys):
     silent = [a.option_strings[-1] if a.option_strings else a.dest for a in sub._actions
               if a.dest != "help" and not (a.help or "").strip()]
     assert not silent, f"moram-ref {command}: flags without help text: {silent}"
+    formatter = sub._get_formatter()
+    unstated = [a.option_strings[-1] for a in sub._actions if a.option_strings and a.dest != "help"
+                and not any(a.default is x for x in (None, False, [])) and a.default != []
+                and "default" not in formatter._get_help_string(a)]
+    assert not unstated, f"moram-ref {command}: flags whose help does not give their default: {unstated}"
     code, out, _ = _run_in_process([command, "--help"], capsys)
     assert code == 0 and "%(default)" not in out
 
@@ -399,6 +404,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}"],
      "; the same command with `--resume` continues the run in {out}"),
     (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "--resume"],
+     "; the same command again continues the run in {out}"),
+    (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "--resu"],  # argparse's prefix
      "; the same command again continues the run in {out}"),
     (["clip", "--tiny", "--data-root", "{root}", "--out", "{out}", "--eval-only"],
      "; the same command again continues the run in {out}"),

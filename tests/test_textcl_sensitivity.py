@@ -78,7 +78,10 @@ def test_the_table_renders_and_refuses_a_damaged_file(probed):
     for damage in (lambda r: r.update(kind="x"), lambda r: r["probes"][0].update(distance=[1.0]),
                    lambda r: r["probes"][0].update(reproduces="yes"), lambda r: r.update(steps=[2, 1]),
                    lambda r: r["probes"][-1].update(kept_differ=[2.0, 0.0]), lambda r: r.update(probes=[]),
-                   lambda r: r.update(threads_used=[0])):
+                   lambda r: r.update(threads_used=[0]), lambda r: r["probes"][0].update(method=["moram"]),
+                   lambda r: r["probes"].append(copy.deepcopy(r["probes"][0])),
+                   lambda r: r["probes"][0].pop("reproduces"), lambda r: r.update(epsilon=0.9),
+                   lambda r: r["probes"][0]["distance"].__setitem__(3, float("nan"))):
         bad = copy.deepcopy(result)
         damage(bad)
         assert sensitivity_tables.problem(bad), damage
@@ -90,7 +93,8 @@ def test_the_table_renders_and_refuses_a_damaged_file(probed):
     (["--seed", "2"], "--seed: 2, but the run has seeds 0 … 1"),
     (["--tasks", "4"], "--tasks: 4 exceeds the run's 3 tasks"),
     (["--epsilon", "0"], "--epsilon"),
-    (["--temperatures", "0.5", "0.5"], "--temperatures: '0.5' given more than once"),
+    (["--temperatures", "0.5", ".5"], "--temperatures: '0.5' given more than once"),
+    (["--temperatures", "1e-45"], "--temperatures"),
 ])
 def test_bad_flags_are_one_line(probed, flags, message, capsys):
     _, run, _ = probed
@@ -108,3 +112,17 @@ def test_bad_flags_are_one_line(probed, flags, message, capsys):
 def test_recorded_steps():
     assert sensitivity.recorded_steps(60) == [1, 2, 5, 10, 20, 30, 40, 50, 60]
     assert sensitivity.recorded_steps(3) == [1, 2, 3] and sensitivity.recorded_steps(1) == [1]
+
+
+def test_moram_only_flags_on_a_run_without_moram(probed, tmp_path, capsys):
+    """--temperatures and --per-task act on MoRAM variants only: on a run without them they are refused."""
+    data, _, _ = probed
+    run = tmp_path / "run"
+    args = [a for a in RUN if a not in ("moram",)]
+    assert main(["text-cl", "--data-root", str(data), "--out", str(run), *args, "--tasks", "2", "--seeds", "1"]) == 0
+    for flags in (["--temperatures", "0.1"], ["--per-task", "4"]):
+        capsys.readouterr()
+        assert main(["text-cl-sensitivity", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]}: applies to MoRAM and dense MoRAM, and the run trained neither" in err, err
+    assert not (run / "sensitivity.json").exists()

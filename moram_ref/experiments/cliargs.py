@@ -21,8 +21,27 @@ class UsageError(ValueError):
     """Bad command-line input (a flag, a combination of flags, or an input file); the message is one line."""
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Help that names every flag's default: a help text that does not say it gets ``(default X)`` appended
+    (lists as their items; no default, None or a switch's False: nothing added)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or any(default is x for x in (None, False, argparse.SUPPRESS))
+                or default == []):  # identity: a default of 0 is shown
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default {shown.replace('%', '%%')})"
+
+
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block."""
+    """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block, and whose
+    help names every flag's default."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102  (argparse's hook)
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
@@ -162,9 +181,11 @@ def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ())
     p.add_argument("--top-k", type=integer(1), default=defaults.top_k, metavar="K",
                    help="atoms MoRAM keeps per token, by normalised key response (spec §3 step 3; dense MoRAM "
                         "keeps all; default %(default)s)")
-    p.add_argument("--temperature", type=real(0, low_open=True), default=defaults.temperature, metavar="TAU",
-                   help="τ > 0 of the softmax over the kept atoms' normalised responses (spec §3 step 4; "
-                        "default %(default)s)")
+    from moram_ref.config import MIN_TEMPERATURE  # noqa: PLC0415
+
+    p.add_argument("--temperature", type=real(MIN_TEMPERATURE), default=defaults.temperature, metavar="TAU",
+                   help=f"τ ≥ {MIN_TEMPERATURE:g} of the softmax over the kept atoms' normalised responses (spec §3 "
+                        f"step 4; default %(default)s)")
     p.add_argument("--threshold", type=real(-1, 1), default=defaults.threshold, metavar="DELTA",
                    help=f"δ in [-1, 1]: a kept atom whose normalised response is below δ gets weight 0, {when} "
                         f"(spec §3 step 5; default %(default)s)")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moram_ref.config import MIN_TEMPERATURE
 from moram_ref.experiments import cliargs, rundir, threads
 from moram_ref.experiments.textcl import finished, state
 from moram_ref.experiments.textcl.run import portable
@@ -42,6 +43,7 @@ OUTPUT, FIGURE = "sensitivity.json", "sensitivity.png"
 TRAINED = ("seq_lora", "moe_lora", "olora", "dense_moram", "moram")  # methods with adapters, in table order
 ROUTED = ("dense_moram", "moram")  # self-activated: their kept sets are compared
 EPSILON = 2.0 ** -23
+PER_TASK = 32  # probe texts per task whose kept sets are compared
 
 
 def recorded_steps(steps: int) -> list[int]:
@@ -57,9 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=cliargs.real(0, 0.5, low_open=True), default=EPSILON,
                    help="relative size of the nudge of the first task's fresh tensors (default 2^-23 = "
                         "1.19e-07, one float32 ulp at 1)")
-    p.add_argument("--temperatures", nargs="+", type=cliargs.real(0, low_open=True), default=[], metavar="TAU",
-                   help="also probe MoRAM and dense MoRAM at these τ (the run's own τ is always probed)")
-    p.add_argument("--per-task", type=cliargs.integer(1), default=32,
+    p.add_argument("--temperatures", nargs="+", type=cliargs.real(MIN_TEMPERATURE), default=[], metavar="TAU",
+                   help=f"also probe MoRAM and dense MoRAM at these τ ≥ {MIN_TEMPERATURE:g} (the run's own τ is "
+                        f"always probed)")
+    p.add_argument("--per-task", type=cliargs.integer(1), default=PER_TASK,
                    help="test texts per task whose kept atom sets are compared (default %(default)s)")
 
 
@@ -70,7 +73,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
         raise cliargs.UsageError(f"--seed: {args.seed}, but the run has seeds 0 … {settings['seeds'] - 1}")
     if args.tasks > len(tasks):
         raise cliargs.UsageError(f"--tasks: {args.tasks} exceeds the run's {len(tasks)} tasks")
-    cliargs.no_repeats("--temperatures", [str(t) for t in args.temperatures])
+    cliargs.no_repeats("--temperatures", [repr(t) for t in args.temperatures])
+    if not set(methods) & set(ROUTED):
+        for flag, given in (("--temperatures", args.temperatures), ("--per-task", args.per_task != PER_TASK)):
+            if given:
+                raise cliargs.UsageError(f"{flag}: applies to MoRAM and dense MoRAM, and the run trained neither "
+                                         f"(--methods {' '.join(settings['methods'])})")
     note = finished.unchecked_settings(records)
     if note:
         log(note)
@@ -237,13 +245,15 @@ def _figure(result: dict, path: Path) -> None:
 
     steps = result["steps"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for entry in result["probes"]:
+    colours = plt.get_cmap("tab20").colors
+    for i, entry in enumerate(result["probes"]):
         n = len(entry["distance"]) // len(steps)
         x = [t * steps[-1] + s for t in range(n) for s in steps]
         label = LABELS.get(entry["method"], entry["method"])
         if entry["method"] in ROUTED:
             label += f", τ {entry['temperature']:g}"
-        ax.plot(x, np.maximum(entry["distance"], 1e-12), marker=".", label=label)
+        ax.plot(x, np.maximum(entry["distance"], 1e-12), marker="." if entry["method"] != "dense_moram" else "x",
+                ls="--" if entry["method"] == "dense_moram" else "-", color=colours[i % len(colours)], label=label)
     for t in range(1, result["tasks_trained"]):
         ax.axvline(t * steps[-1] + 0.5, color="grey", lw=0.6, ls=":")
     ax.set_yscale("log")

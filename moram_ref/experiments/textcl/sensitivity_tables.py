@@ -40,23 +40,31 @@ def problem(data) -> str | None:
         return f"records tasks_trained {n!r}: expected a whole number from 1 to the run's {len(run['tasks'])} tasks"
     if not (isinstance(steps, list) and steps and all(_count(s, 1) for s in steps) and steps == sorted(set(steps))):
         return f"records steps {steps!r}: expected increasing whole numbers ≥ 1"
-    if not (_count(data.get("seed")) and _finite(data.get("epsilon")) and 0 < data["epsilon"] < 1):
-        return f"records seed {data.get('seed')!r} / epsilon {data.get('epsilon')!r}: expected a seed ≥ 0 and 0 < ε < 1"
+    if not (_count(data.get("seed")) and _finite(data.get("epsilon")) and 0 < data["epsilon"] <= 0.5):
+        return f"records seed {data.get('seed')!r} / epsilon {data.get('epsilon')!r}: expected a seed ≥ 0 and 0 < ε ≤ 0.5"
     if not valid_counts(data.get("threads_used")):
         return f"records threads_used {data.get('threads_used')!r}: expected thread counts in increasing order"
     probes = data.get("probes")
     if not isinstance(probes, list) or not probes:
         return "records no probes"
+    seen = set()
     for i, p in enumerate(probes):
         where = f"probe {i}"
-        if not isinstance(p, dict) or p.get("method") not in LABELS or p["method"] == "zero_shot":
-            return f"records {where} of method {p.get('method') if isinstance(p, dict) else p!r}: expected an adapter"
+        method = p.get("method") if isinstance(p, dict) else p
+        if not isinstance(method, str) or method not in LABELS or method == "zero_shot":
+            return f"records {where} of method {method!r}: expected one of {', '.join(m for m in LABELS if m != 'zero_shot')}"
         if not (_finite(p.get("temperature")) and p["temperature"] > 0):
             return f"records {where} with temperature {p.get('temperature')!r}: expected a number > 0"
+        if (method, p["temperature"]) in seen:
+            return f"records {where}, {method} at τ {p['temperature']:g}, twice"
+        seen.add((method, p["temperature"]))
         distance = p.get("distance")
-        if not (isinstance(distance, list) and len(distance) == n * len(steps) and all(_finite(d) for d in distance)):
+        if not (isinstance(distance, list) and len(distance) == n * len(steps)):
             return f"records {where} with {len(distance) if isinstance(distance, list) else distance!r} distances: " \
-                   f"expected {n * len(steps)} numbers ≥ 0 (tasks × recorded steps)"
+                   f"expected {n * len(steps)} (tasks × recorded steps)"
+        bad = next((j for j, d in enumerate(distance) if not _finite(d)), None)
+        if bad is not None:
+            return f"records {where} with distance {distance[bad]!r} at position {bad}: expected a number ≥ 0"
         for key in ("predictions_differ", "accuracy_gap"):
             v = p.get(key)
             if not (isinstance(v, list) and len(v) == n and all(_fraction(x) for x in v)):
@@ -65,8 +73,8 @@ def problem(data) -> str | None:
         want = n if p["method"] in ROUTED else 0
         if not (isinstance(kept, list) and len(kept) == want and all(_fraction(x) for x in kept)):
             return f"records {where} with kept_differ {kept!r}: expected {want} fractions"
-        if p.get("reproduces") not in (True, False, None):
-            return f"records {where} with reproduces {p.get('reproduces')!r}: expected true, false or null"
+        if "reproduces" not in p or not any(p["reproduces"] is x for x in (True, False, None)):
+            return f"records {where} with reproduces {p.get('reproduces', 'missing')!r}: expected true, false or null"
     return None
 
 
