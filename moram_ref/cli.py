@@ -29,8 +29,8 @@ COMMANDS = {
     "text-cl-confusion": ("moram_ref.experiments.textcl.confusion",
                           "where each task's texts land in a finished text-cl run's union label space (every method)"),
     "text-cl-sensitivity": ("moram_ref.experiments.textcl.sensitivity",
-                            "how far a one-ulp nudge of the fresh atoms carries in a finished text-cl run's setting, "
-                            "per method and τ"),
+                            "how far a one-ulp nudge of the first task's fresh adapter tensors carries in a finished "
+                            "text-cl run's setting, per method and τ"),
     "clip": ("moram_ref.experiments.clip.run",
              "X-TAIL / MTIL on open_clip (real or --tiny); --verify checks the data, --make-synthetic writes some"),
     "llm": ("moram_ref.experiments.llm.run",

@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"also probe MoRAM and dense MoRAM at these τ ≥ {MIN_TEMPERATURE:g} (the run's own τ is "
                         f"always probed)")
     p.add_argument("--per-task", type=cliargs.integer(1), default=PER_TASK,
-                   help="test texts per task whose kept atom sets are compared (default %(default)s)")
+                   help="evaluation texts (the run's --eval-split) per task whose kept atom sets are compared "
+                        "(default %(default)s)")
 
 
 def run(args: argparse.Namespace, log=print) -> dict:

@@ -79,7 +79,8 @@ def problem(data) -> str | None:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+    """A share in % to one decimal; a share above 0 that rounds to 0.0 shows as <0.1 (it is not none)."""
+    return "<0.1" if 0 < x < 0.0005 else f"{100 * x:.1f}"
 
 
 def sensitivity_table(*files: dict) -> str:
