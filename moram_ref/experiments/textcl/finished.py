@@ -31,6 +31,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="write the JSON only, no figures (no matplotlib needed)")
 
 
+def publish(run: Path, output: str, result: dict, figure: str, draw, no_plots: bool, log) -> None:
+    """Write an analysis's ``output`` (JSON of ``result``) and, unless ``no_plots``, its ``figure`` (``draw(result,
+    path)``) into ``run`` together: staged, then published, all old or all new; a figure left from an earlier
+    analysis is removed when none is drawn (it would not match). Says what it wrote."""
+    with rundir.staging(run) as stage:
+        if not no_plots:
+            draw(result, stage / figure)
+        (stage / output).write_text(rundir.dumps(result))
+        stale = no_plots and (run / figure).is_file()
+        rundir.publish(stage, run, stale=(figure,))
+    log(f"wrote {run}/{output}" + ("" if no_plots else f", {figure}")
+        + (f"; removed the earlier {figure}" if stale else ""))
+
+
 ADVICE = ("this command reads the run as `moram-ref text-cl` wrote it: if its config.json, the data under "
           "--data-root or the encoder (--model-path) changed, undo that; a state folder that is damaged or not "
           "this run's: delete it and "

@@ -88,14 +88,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         start = time.perf_counter()
         result = _probe(args, settings, methods, tasks, records, started_on, log)
         result["wall_seconds"] = time.perf_counter() - start
-        with rundir.staging(args.run) as stage:  # written there, then published together: all old or all new
-            if not args.no_plots:
-                _figure(result, stage / FIGURE)
-            (stage / OUTPUT).write_text(rundir.dumps(result))
-            stale = args.no_plots and (args.run / FIGURE).is_file()
-            rundir.publish(stage, args.run, stale=(FIGURE,))
-    log(f"wrote {args.run}/{OUTPUT}" + ("" if args.no_plots else f", {FIGURE}")
-        + (f"; removed the earlier {FIGURE}" if stale else ""))
+        finished.publish(args.run, OUTPUT, result, FIGURE, _figure, args.no_plots, log)
     return result
 
 

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import math
 
-from moram_ref.experiments.textcl.routing_tables import _count
+from moram_ref.experiments.textcl.routing_tables import _count, _number
 from moram_ref.experiments.textcl.tables import LABELS, count_words, run_labels, valid_counts
 
 ROUTED = ("dense_moram", "moram")
 
 
 def _fraction(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1
+    return _number(x, 0.0, 1.0)
 
 
-def _finite(x, low: float = 0.0) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= low
+def _finite(x) -> bool:
+    """A real number ≥ 0 (an integer beyond any float is not)."""
+    return _number(x, 0.0, math.inf)
 
 
 def problem(data) -> str | None:
