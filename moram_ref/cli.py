@@ -6,6 +6,7 @@ work starts and printed as one line, ``moram-ref <command>: error: …``, with e
 
 from __future__ import annotations
 
+import atexit
 import errno
 import importlib
 import os
@@ -56,8 +57,12 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
+_STOPS_SEEN: list[int] = []  # the stop signals :func:`_stop` received in this process (see _exit_after_a_stop)
+
+
 def _stop(signum, frame):
     """SIGINT, SIGTERM and SIGHUP end a command like Ctrl-C: its cleanup runs, one line, exit status 130."""
+    _STOPS_SEEN.append(signum)
     rundir.request_stop()
     raise KeyboardInterrupt
 
@@ -148,7 +153,30 @@ def entry() -> None:
             if not status:  # a failed command has said why already
                 print(f"{_name(sys.argv[1:])}: error: could not write its output ({exc.strerror})", file=sys.stderr)
                 status = 1
+    if _STOPS_SEEN:
+        _exit_after_a_stop(status)
     sys.exit(status)
+
+
+def _exit_after_a_stop(status: int) -> None:
+    """End the process with ``status`` (130 after "interrupted") after a stop signal, never by the signal itself.
+
+    CPython marks a ``KeyboardInterrupt`` that leaves Python source run from C (``PyRun_String``; pybind11 runs
+    some while torch is imported) as unhandled, even when the command then catches it; a process started as
+    ``python -m moram_ref.cli`` so marked kills itself with SIGINT once it has shut down (exit status -2, also
+    after a SIGTERM), whatever the command returned (the ``moram-ref`` script, run as a file, exits normally).
+    So here the ``atexit`` functions run and the standard streams are flushed, as at a normal exit, and the
+    process ends with ``os._exit``: what that skips is tearing the modules down and waiting for threads that
+    are not daemons (the commands start none). The stop signals are ignored by now (see :func:`entry`).
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed or full stream: its refusal was reported above, if it mattered
+            pass
+    os._exit(status)
 
 
 def _run(argv: list[str] | None, exiting: bool) -> int:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -572,6 +573,32 @@ _LATE = textwrap.dedent("""
     sys.argv = ["moram-ref", "demo", "--help"]
     cli.entry()
 """)
+
+
+_STOP_IN_C = textwrap.dedent("""
+    import ctypes, sys
+    from moram_ref import cli, report
+
+    def run(args):  # the stop arrives while C runs Python source, as pybind11 does while torch is imported
+        source = b"import signal\\nsignal.raise_signal(signal.%s)\\n"
+        ctypes.pythonapi.PyRun_String(source, 257, ctypes.py_object({}), ctypes.py_object({}))  # 257: Py_file_input
+
+    report.run = run
+    sys.argv = ["moram-ref", "report", "results.json"]
+    cli.entry()
+""")
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stop_during_torchs_import_still_ends_with_130(stop, tmp_path):
+    """CPython marks an interrupt that leaves PyRun_String as unhandled, and a `python -m` process so marked
+    killed itself with SIGINT after saying "interrupted" (a breaker saw exit status -2 after Ctrl-C or SIGTERM
+    3-4.6 s after the start, while torch was imported)."""
+    (tmp_path / "stop_in_c.py").write_text(_STOP_IN_C % stop)
+    done = subprocess.run([sys.executable, "-m", "stop_in_c"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)])
+    assert (done.returncode, done.stderr) == (130, "moram-ref report: interrupted\n")
 
 
 def test_the_console_script_ignores_a_stop_once_the_command_has_ended():
