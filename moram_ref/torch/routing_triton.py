@@ -175,7 +175,8 @@ def _routing_extras(pa: Tensor, n_atoms: int, want_w: bool) -> tuple[Tensor, Ten
 
 
 def _launch_shape(n_atoms: int) -> tuple[int, int, int]:
-    """(BLOCK_N rows, BLOCK_R atoms, warps) of one program: tiles of ~1,024 values, ≤ 8 per thread.
+    """(BLOCK_N rows, BLOCK_R atoms, warps) of one program: tiles of ~1,024 values (one row of BLOCK_R when R
+    is larger), ≤ 8 values per thread up to R = 4,096 and 16 at R = 8,192 (16 warps).
 
     No register spills on sm_90 for R ≤ 8,192 (ptxas -v); the tile size is a first guess, to be tuned on a GPU.
     """
