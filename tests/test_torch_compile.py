@@ -32,7 +32,7 @@ def run(layer, x):
     """Output and the gradients of every input that takes one (x and the current atoms)."""
     x = x.detach().requires_grad_(True)
     y = layer(x)
-    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    (y * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum().backward()
     grads = {"x": x.grad}
     grads.update({n: p.grad for n, p in layer.current_parameters().items()})
     for p in layer.parameters():
@@ -45,11 +45,13 @@ STATES = {"frozen_and_current": (2, True), "frozen_only": (2, False), "current_o
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("state", list(STATES))
-def test_fullgraph_compile_equals_eager(state, training):
+def test_fullgraph_compile_equals_eager(state, training, device):
+    """On CUDA the layer routes through the fused kernel (custom ops: one graph with them)."""
     torch._dynamo.reset()
-    layer = make_layer(*STATES[state]).train(training)
+    layer = make_layer(*STATES[state], device=device).train(training)
     x = torch.randn(2, 7, 6, generator=torch.Generator().manual_seed(1))
     x[0, 0] = 0.0  # an all-zero response row: every score ties
+    x = x.to(device)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     y_ref, g_ref = run(layer, x)
     y, g = run(compiled, x)
@@ -59,12 +61,12 @@ def test_fullgraph_compile_equals_eager(state, training):
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")
 
 
-def test_inductor_compile_equals_eager():
-    """The default backend (generated C++ on the CPU) too, for the full state in both modes."""
+def test_inductor_compile_equals_eager(device):
+    """The default backend (generated C++ on the CPU, Triton on CUDA) too, for the full state in both modes."""
     torch._dynamo.reset()
-    layer = make_layer(2, True)
+    layer = make_layer(2, True, device=device)
     compiled = torch.compile(layer, fullgraph=True)
-    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(2)).to(device)
     for training in (True, False):
         layer.train(training)
         y_ref, g_ref = run(layer, x)

@@ -1,5 +1,6 @@
 """The precision policy (docs/semantics.md#precision): responses exact on the operands as given, routing in
-float32, the value product in the base output's dtype, and autocast never changes routing."""
+float32, the value product in the base output's dtype, and autocast never changes routing. Device-aware
+(``MORAM_TEST_DEVICE=cuda``: on the GPU, under CUDA autocast, and the forward through the fused kernel)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from moram_ref.torch.layer import MoRAMLinear, _routing_dtype
 ROUTING = ("p", "s", "keep", "gated", "w")
 
 
-def make_layer(dtype=torch.float32, atoms_dtype=None, d=48, tasks=2, seed=0) -> MoRAMLinear:
+def make_layer(dtype=torch.float32, atoms_dtype=None, d=48, tasks=2, seed=0, device="cpu") -> MoRAMLinear:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     layer = MoRAMLinear(torch.nn.Linear(d, d).to(dtype), MoRAMConfig.paper_clip(atoms_per_task=8, top_k=8),
@@ -24,16 +25,16 @@ def make_layer(dtype=torch.float32, atoms_dtype=None, d=48, tasks=2, seed=0) -> 
             layer.values.normal_(0.0, 0.1, generator=gen)
         if t < tasks:
             layer.end_task()
-    return layer
+    return layer.to(device)
 
 
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_autocast_never_changes_routing(dtype, training):
-    layer = make_layer(dtype)
-    x = torch.randn(64, 48).to(dtype)
+def test_autocast_never_changes_routing(dtype, training, device):
+    layer = make_layer(dtype, device=device)
+    x = torch.randn(64, 48).to(dtype).to(device)
     plain = layer.trace(x, training)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         under = layer.trace(x, training)
     for name in ROUTING:
         assert torch.equal(under[name], plain[name]), f"{name} changed under autocast"
@@ -47,9 +48,9 @@ def test_autocast_never_changes_routing(dtype, training):
     (torch.float16, None, torch.float32, torch.float16),
     (torch.bfloat16, torch.float32, torch.float32, torch.bfloat16),
 ])
-def test_dtypes_follow_the_policy(dtype, atoms, rdt, out):
-    layer = make_layer(dtype, atoms)
-    x = torch.randn(5, 48).to(dtype)
+def test_dtypes_follow_the_policy(dtype, atoms, rdt, out, device):
+    layer = make_layer(dtype, atoms, device=device)
+    x = torch.randn(5, 48).to(dtype).to(device)
     tr = layer.trace(x)
     assert _routing_dtype(dtype, layer.frozen_keys.dtype) == rdt
     assert tr["p"].dtype == tr["s"].dtype == tr["w"].dtype == rdt
@@ -57,12 +58,12 @@ def test_dtypes_follow_the_policy(dtype, atoms, rdt, out):
 
 
 @pytest.mark.parametrize("atoms", [None, torch.float32])
-def test_half_precision_responses_are_exact_on_the_given_operands(atoms):
+def test_half_precision_responses_are_exact_on_the_given_operands(atoms, device):
     """bf16 operands widen exactly: p equals float64's on the same numbers up to float32 accumulation."""
-    layer = make_layer(torch.bfloat16, atoms)
-    x = torch.randn(256, 48).bfloat16()
+    layer = make_layer(torch.bfloat16, atoms, device=device)
+    x = torch.randn(256, 48).bfloat16().to(device)
     tr = layer.trace(x)
-    ref = make_layer(torch.bfloat16, atoms)
+    ref = make_layer(torch.bfloat16, atoms, device=device)
     ref.load_state_dict(layer.state_dict())
     ref64 = ref.double().trace(x.double())
     scale = ref64["p"].abs().max()
@@ -70,9 +71,10 @@ def test_half_precision_responses_are_exact_on_the_given_operands(atoms):
     assert torch.equal(tr["keep"], ref64["keep"]) and torch.equal(tr["gated"], ref64["gated"])
 
 
-def test_fused_forward_equals_the_trace_in_half_precision():
-    layer = make_layer(torch.bfloat16)
-    x = torch.randn(3, 7, 48).bfloat16()
+def test_fused_forward_equals_the_trace_in_half_precision(device):
+    """The forward (on CUDA: the fused routing kernel, routing_kernel="auto") against the readable trace."""
+    layer = make_layer(torch.bfloat16, device=device)
+    x = torch.randn(3, 7, 48).bfloat16().to(device)
     torch.testing.assert_close(layer(x), layer.trace(x)["y"], rtol=1e-2, atol=1e-2)
 
 
