@@ -114,7 +114,8 @@ def summary(sections: dict) -> dict:
         if where[0] == "layer":
             case = sec.get("cases", {}).get("clip_like/bfloat16", {})
             ratios = case.get(f"ratios_{where[1]}", {})
-            value, by = _best({n: ratios.get(f"{n}_over_{where[2]}") for n in ("eager", "compiled", "fused")})
+            impls = ("eager", "compiled", "fused", "stacked")  # "stacked": evaluation only
+            value, by = _best({n: ratios.get(f"{n}_over_{where[2]}") for n in impls}, impls)
         elif where[0] == "clip":
             value, by = _best({"moram": sec.get("ratios", {}).get("moram_over_seq_lora"),
                                "moram_fused": sec.get("ratios", {}).get("moram_fused_over_seq_lora")},

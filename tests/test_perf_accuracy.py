@@ -108,3 +108,33 @@ def test_bench_bf16_records_checks_instead_of_crashing():
     assert set(res["checks"]) == {"moram_dense", "moram_sparse", "authors_style", "lora"}
     for name, chk in res["checks"].items():
         assert chk["ok"], (name, chk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_stacked_evaluation_is_the_layer(dtype, device):
+    """[W0; A] x as one product (issue #11 point 4) routes as the layer: in float64 and float32 the same
+    output to rounding; in bf16 within the layer's own float64 bounds (its base output may round apart)."""
+    if dtype == torch.float64 and device != "cpu":
+        pytest.skip("float64 is the CPU reference")
+    bench = _bench(dtype, device, value_scale=10.0)
+    x, layer = bench.x, bench.layer
+    with torch.no_grad():
+        got = layer_cases.stacked_eval_forward(layer, layer_cases.stack_for_eval(layer), x)
+        want = layer(x)
+        res = accuracy.compare(got, accuracy.moram_reference(layer, x, False, torch.float32), bench.base(x),
+                               same_base=False)
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    if dtype != torch.bfloat16:
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert res["ok"] and res["update_check"]["violations"] == 0, res
+
+
+def test_stacking_refuses_an_open_task_and_mixed_dtypes():
+    bench = layer_cases.build(CASE, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="a task is open"):
+        layer_cases.stack_for_eval(bench.layer)
+    layer_cases.freeze_for_eval(bench.layer)
+    bench.layer.base_layer.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="keys are torch.float32, the base weight torch.bfloat16"):
+        layer_cases.stack_for_eval(bench.layer)

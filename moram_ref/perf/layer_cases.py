@@ -7,7 +7,9 @@ Every callable includes the frozen base layer ``y0 = x W0ᵀ + b0`` (as a real a
 * plain LoRA of rank ``R`` (all ``R`` atoms trainable) beside the same frozen base;
 * the authors' style: the bank concatenated from its per-task pieces on every call, ``topk`` + a scattered
   mask + a dense softmax over all ``R`` scores, the dense value product; responses in the input dtype (as
-  under autocast), the normaliser and softmax in float32.
+  under autocast), the normaliser and softmax in float32;
+* evaluation with the bank's responses in the base layer's product (:func:`stacked_eval_forward`), a
+  candidate of issue #11 point 4.
 """
 
 from __future__ import annotations
@@ -162,3 +164,43 @@ def train_step(fn, x: torch.Tensor):
         xi = x.detach().requires_grad_(True)
         fn(xi).sum().backward()
     return step
+
+
+def stack_for_eval(layer: MoRAMLinear) -> torch.Tensor:
+    """``[W0; A]`` (d_out + R, d_in): the base weight over the whole frozen bank's keys, one operand, made once
+    after ``end_task()``. Raises ``ValueError`` if a task is open or the keys are in another dtype than ``W0``
+    (a bf16 ``W0`` with float32 keys: rounding the keys would break the precision policy)."""
+    if layer.in_task:
+        raise ValueError("stack_for_eval: a task is open (call end_task() first; evaluation uses a frozen bank)")
+    w0 = layer.base_layer.weight  # (d_out, d_in)
+    if layer.frozen_keys.dtype != w0.dtype:
+        raise ValueError(f"stack_for_eval: the keys are {layer.frozen_keys.dtype}, the base weight {w0.dtype}")
+    return torch.cat([w0.detach(), layer.frozen_keys.detach()])  # (d_out + R, d_in)
+
+
+def stacked_eval_forward(layer: MoRAMLinear, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in evaluation, with ``x [W0; A]ᵀ`` as one product: (..., d_in) -> (..., d_out).
+
+    The product runs with float32 output (bf16/fp16 on CUDA: ``torch.mm(..., out_dtype=torch.float32)``,
+    tensor cores with float32 accumulation; elsewhere on the exactly widened operands), so ``p`` is what the
+    precision policy asks (docs/semantics.md#precision); ``y0 = z[:, :d_out] + b0`` is rounded to ``x``'s
+    dtype as the base layer's output is (its rounding may differ from the base GEMM's by an ulp). Routing as
+    the layer does it (the fused kernel where ``routing_kernel`` selects it, else the reference functions),
+    then ``y0 + c Bᵀ`` in ``x``'s dtype.
+    """
+    from moram_ref.torch import activation, routing_triton  # noqa: PLC0415
+
+    cfg, d_out = layer.config, layer.d_out
+    x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
+    if x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16):
+        z = torch.mm(x2, stacked.T, out_dtype=torch.float32)  # (N, d_out + R)
+    else:
+        z = x2.float() @ stacked.float().T if x2.dtype != torch.float64 else x2 @ stacked.T
+    bias = layer.base_layer.bias
+    y0 = (z[:, :d_out] + (bias.to(z.dtype) if bias is not None else 0)).to(x.dtype)  # (N, d_out)
+    p = z[:, d_out:]  # (N, R)
+    if routing_triton.use_triton(cfg, p, p.shape[-1]):
+        c = routing_triton.gated_responses(p, None, cfg, training=False, c_dtype=x.dtype)[0]
+    else:
+        c = (activation.final_weights(p, cfg, False)[-1] * p).to(x.dtype)  # (N, R)
+    return torch.addmm(y0, c, layer.frozen_values.T).reshape(*x.shape[:-1], d_out)

@@ -3,7 +3,8 @@
 Implementations (all include the frozen base layer): ``eager`` (:class:`MoRAMLinear` as is), ``compiled``
 (``torch.compile(fullgraph=True)`` of the same module: a graph break is a failed check), ``fused``
 (``MoRAMConfig(routing_kernel="triton")`` where that field exists), ``lora`` (plain LoRA of rank R),
-``authors`` (:func:`layer_cases.authors_forward`).
+``authors`` (:func:`layer_cases.authors_forward`), and in evaluation ``stacked`` (the frozen bank's responses
+in the base layer's product: :func:`layer_cases.stacked_eval_forward`).
 Per case and dtype: a float64 self-check of every implementation's output (training and evaluation
 mode) and gradients (:mod:`moram_ref.perf.accuracy`), median seconds for training (forward+backward) and
 evaluation (forward), peak memory, and the ratios. A failing check or implementation is recorded, with
@@ -21,7 +22,7 @@ import torch
 from moram_ref.perf import accuracy, layer_cases
 from moram_ref.perf.timing import median_seconds, peak_memory_gib, ratio
 
-MORAM_IMPLS = ("eager", "compiled", "fused")
+MORAM_IMPLS = ("eager", "compiled", "fused", "stacked")  # "stacked": evaluation only
 
 
 def _route_dtype(layer, x: torch.Tensor) -> torch.dtype:
@@ -104,6 +105,11 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
         training = mode == "train"
         if not training:
             layer_cases.freeze_for_eval(*(m for m in (layer, fused) if m is not None))
+            try:
+                stacked = layer_cases.stack_for_eval(layer)
+                fns["stacked"] = lambda x, stacked=stacked: layer_cases.stacked_eval_forward(layer, stacked, x)
+            except ValueError as exc:
+                impls["stacked"] = {"available": False, "reason": str(exc)}
         for name in list(fns):
             rec = impls.setdefault(name, {"available": True})
             t0 = time.perf_counter()
