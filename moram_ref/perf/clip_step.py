@@ -3,8 +3,9 @@
 Batch 64 images (224²) against 200 class prompts, adapters on both encoders (spec §5 targets), bf16
 autocast on CUDA, the two-term loss of the CLIP track. Methods, each on a fresh copy of one random model:
 ``frozen`` (forward and loss only), ``seq_lora`` (plain LoRA, rank 16 per layer), ``moram`` (eager) and
-``moram_fused`` (``routing_kernel="triton"``, where that field exists). Self-checks: attaching MoRAM at
-``begin_task`` (values 0) leaves the features unchanged, and every loss is finite.
+``moram_fused`` (``routing_kernel="triton"``, where that field exists); MoRAM in the last of 10 tasks (9
+frozen with random values, :data:`BANK_TASKS`). Self-checks: attaching MoRAM at ``begin_task`` (values 0)
+leaves the features unchanged, every loss is finite, and the fused variant's first losses follow eager's.
 """
 
 from __future__ import annotations
@@ -36,6 +37,25 @@ def _features(model, images, tokens):
     img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
     txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
     return img.float(), txt.float()
+
+
+BANK_TASKS = 10  # X-TAIL's 10 domains: MoRAM's step is timed in the last task (R = 160 per layer, as the
+# layer section's CLIP-like case), where routing chooses k = 16 of 160; in the first task it keeps all 16
+
+
+def _fill_bank(model, tasks: int, gen: torch.Generator) -> None:
+    """End the open task and ``tasks − 2`` more, each with random trained-looking values (N(0, 0.02²)), and
+    begin the last: ``tasks − 1`` frozen tasks and an open one."""
+    from moram_ref.torch import attach as A  # noqa: PLC0415
+    from moram_ref.torch.layer import MoRAMLinear  # noqa: PLC0415
+
+    for _ in range(tasks - 1):
+        with torch.no_grad():
+            for _, layer in A.attached_layers(model):
+                if isinstance(layer, MoRAMLinear):
+                    layer.values.copy_((0.02 * torch.randn(layer.values.shape, generator=gen)).to(layer.values))
+        A.end_task(model)
+        A.begin_task(model, gen)
 
 
 def clip_section(device: str, quick: bool, deadline: float, save=lambda part: None) -> dict:
@@ -79,8 +99,8 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
             rec: dict = {}
             if spec is not None:
                 A.attach(model, spec[1], target_regex(), method=spec[0])
-                A.begin_task(model, torch.Generator(device="cpu").manual_seed(0))
-                opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                A.begin_task(model, gen)
                 if spec[0] == "moram":  # values start at 0: the attached model is the frozen one (spec §4)
                     with torch.no_grad(), torch.autocast(**autocast):
                         img, txt = _features(model.eval(), images, tokens)
@@ -89,6 +109,9 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     # that is not bitwise reproducible, while a wrong update (≫ 2⁻⁸) still fails
                     rec["check_identity_at_begin"] = {"ok": diff <= 2.0**-8, "max_abs_diff": diff}
                     model.train()
+                    rec["tasks_in_bank"] = 3 if quick else BANK_TASKS  # quick: a pipeline check
+                    _fill_bank(model, rec["tasks_in_bank"], gen)  # the step of the sequence's last task
+                opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
             losses, times = [], []
             if is_cuda(device):
                 torch.cuda.reset_peak_memory_stats()
@@ -110,7 +133,7 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                        check_finite_loss={"ok": all(math.isfinite(v) for v in losses)},
                        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else None)
             eager = out["methods"].get("moram", {}).get("losses")
-            if name == "moram_fused" and eager:  # values start at 0: step 0's loss is the frozen model's; step 1's follows the first update
+            if name == "moram_fused" and eager:  # step 0 routes through the frozen bank, step 1 follows the first update
                 rec["check_losses_agree_with_eager"] = loss_agreement(eager, losses, checked=2)
             rec["ok"] = all(v["ok"] for k, v in rec.items() if k.startswith("check_"))
         except Exception as exc:
