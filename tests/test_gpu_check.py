@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -15,6 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("open_clip")
 
 from moram_ref import gpu_check  # noqa: E402
+from moram_ref.perf import layer_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +35,19 @@ def test_quick_run_checks_every_section_and_summarises(tmp_path, capsys, device)
         assert impl["check_train"]["checked_elements"] > 0 and "grads" in impl["check_train"]
         assert case["train_s"][name] > 0 and case["eval_s"][name] > 0
     assert "available" in case["impls"]["fused"]  # present, or a record of why not
+    stacked = case["impls"]["stacked"]  # evaluation only: the bank's responses in the base product
+    assert stacked["check_eval"]["ok"] and "check_train" not in stacked and case["eval_s"]["stacked"] > 0
+    assert stacked["routing_kernel"] == "torch" and "available" in case["impls"]["stacked_fused"]
+    assert case["ratios_eval"]["stacked_over_lora"] > 0 and case["best_moram_eval"] in layer_section.MORAM_IMPLS
+    assert case["impls"]["authors"]["check_train"]["grads"]["informative"] in (True, False)
     assert set(sections["layer"]["cases"]) == {f"{c}/{d}" for c in ("clip_like", "llm_like", "big_bank")
                                                for d in ("bfloat16", "float32")}
     assert sections["clip"]["methods"]["moram"]["check_identity_at_begin"]["max_abs_diff"] == 0.0
     assert sections["llm_train"]["methods"]["moram"]["check_identity_at_begin"]["ok"]
     assert sections["llm_generate"]["variants"]["moram_eager"]["new_tokens_per_s"] > 0
+    assert sections["clip"]["methods"]["moram"]["tasks_in_bank"] == 3  # --quick; the full run: X-TAIL's 10
+    gen = sections["llm_generate"]["ratios"]  # both compiled variants ran (the goal compares them), or neither
+    assert (gen["moram_compiled_over_plain_compiled"] is None) == (gen.get("moram_compiled_over_plain") is None)
     goals = report["summary"]["goals"]
     assert len(goals) == 5 and all(g["value"] is not None for g in goals), goals
     printed = capsys.readouterr().out
@@ -74,11 +84,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 def test_command_prints_the_gpu_line(capsys):
     assert gpu_check.main(["--command"]) == 0
-    check, tests = capsys.readouterr().out.strip().splitlines()
-    assert check.startswith("python3 -m pip install") and "--out $OUT" in check and ".whl/*.whl" in check
-    assert "MORAM_TEST_DEVICE=cuda" in tests and "-n 8" in tests and "--timeout" in tests
-    assert tests.endswith(" tests tests/routing_triton_cases.py 2>&1 | tee $OUT/pytest_cuda.log | tail -60")
-    assert max(len(check), len(tests)) < 2000  # the device tool's limit on one command line
+    line, = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("python3 -m pip install") and ".whl/*.whl" in line and "--out $OUT" in line
+    assert "MORAM_TEST_DEVICE=cuda" in line and "-n 8" in line and "--timeout" in line and "timeout -s INT" in line
+    assert line.endswith(" tests 2>&1 | tee $OUT/pytest_cuda.log | tail -60")
+    assert len(line) < 2000  # the device tool's limit on one command line
+    # the worst case of the two outer timeouts (with their -k grace) fits the 600 s of one device command
+    limits = [int(a) + int(k) for k, a in re.findall(r"timeout -s INT -k (\d+) (\d+)", line)]
+    assert len(limits) == 2 and sum(limits) <= 570, limits
 
 
 # What the lent GPU image lacks of `make install-dev` and is not carried as a wheel (its package list in the
@@ -88,17 +101,24 @@ IMAGE_LACKS = ("jupytext", "nbformat", "nbclient", "nbconvert", "ipykernel", "mk
 
 
 def test_the_cuda_suite_command_collects_without_what_the_image_lacks(tmp_path):
-    """The suite line's flags, plugins and paths as pytest takes them there: collection only (one process,
-    on this CPU), with the modules the image lacks made unimportable. A module that imports one of them at
-    the top stopped the whole run there ("1 error during collection")."""
+    """The suite's flags, plugins and paths as pytest takes them there: collection only (one process, on
+    this CPU; TRITON_INTERPRET=1 stands in for the GPU, so the kernel cases collect instead of skipping), with
+    the modules the image lacks made unimportable. A module that imports one of them at the top stopped the
+    whole run there ("1 error during collection"); a cases file named beside `tests` was silently dropped."""
     pytest.importorskip("xdist", reason="pytest-xdist is not installed (`make install-dev` installs it)")
     pytest.importorskip("pytest_timeout", reason="pytest-timeout is not installed (`make install-dev` installs it)")
-    flags = gpu_check.GPU_TEST_COMMAND.split("python3 -m pytest ")[1].split(" 2>&1")[0]
-    args = shlex.split(flags.replace("$OUT", str(tmp_path)).replace("-n 8", "-n 0")) + ["--collect-only"]
+    pytest.importorskip("triton", reason="triton does not import (CPU-only torch build)")
+    flags = gpu_check.GPU_TESTS.split("python3 -m pytest ")[1]
+    args = shlex.split(flags.replace("$OUT", str(tmp_path)).replace("-n 8", "-n 0")) + ["--collect-only", "-q", "-q"]  # -v -q -q: one node id a line
     code = f"import sys, pytest; sys.modules.update(dict.fromkeys({IMAGE_LACKS!r})); sys.exit(pytest.main({args!r}))"
-    env = {k: v for k, v in os.environ.items() if k not in ("MORAM_TEST_DEVICE", "TRITON_INTERPRET")}
+    env = {k: v for k, v in os.environ.items() if k != "MORAM_TEST_DEVICE"}
+    env["TRITON_INTERPRET"] = "1"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " error" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    collected = proc.stdout.splitlines()
+    cases = [n for n in collected if n.startswith("tests/routing_triton_cases.py::")]
+    assert len(cases) >= 20 and len(cases) == len(set(cases)), proc.stdout[-2000:]  # each case once
+    assert any(n.startswith("tests/test_torch_layer.py::") for n in collected)
     assert (tmp_path / "pytest_cuda.xml").is_file()

@@ -126,7 +126,7 @@ def test_reduced_run_end_to_end(tmp_path, capsys):
     assert np.array(m).shape == (2, 2)
     table = (out / "table.md").read_text()
     assert "Transfer" in table and table.endswith(thread_note(results) + "\n")
-    assert thread_note(results).startswith(f"Trained on {torch.get_num_threads()} thread(s), ")  # and the CPU
+    assert thread_note(results).startswith(f"Computed on {torch.get_num_threads()} thread(s), ")  # and the CPU
     assert (out / "matrices" / "moram_seed0_union.csv").is_file()
     for fig in ("accuracy_union.png", "atoms_for_99_mass.png", "activation_moram.png"):
         assert (out / fig).stat().st_size > 0
@@ -142,13 +142,15 @@ def test_loader_reports_missing_files(tmp_path):
     assert t.dropped["test"] == 2 and len(t.val_text) == 50
 
 
-@pytest.mark.parametrize("results, start", [
-    ({"threads": {"counts": [1], "unrecorded": 0}, "machine": {"cpu": "AMD EPYC (AVX-512)", "mkl_cbwr": None}},
-     "Trained on 1 thread(s), AMD EPYC (AVX-512); "),
-    ({"threads": {"counts": [1, 2], "unrecorded": 3}, "machine": {"cpu": "Intel Xeon", "mkl_cbwr": "COMPATIBLE"}},
-     "Trained on 1 and 2 thread(s) (3 task(s) on an unrecorded count), Intel Xeon, MKL_CBWR=COMPATIBLE; "),
-    ({"machine": {"threads": 2}}, "Trained on an unrecorded thread count; "),  # a file from before counts
+@pytest.mark.parametrize("results, start, moram", [
+    ({"threads": {"counts": [1], "unrecorded": 0}, "machine": {"cpu": "AMD EPYC (AVX-512)", "mkl_cbwr": None},
+      "methods": {"zero_shot": {}, "moram": {}}}, "Computed on 1 thread(s), AMD EPYC (AVX-512); ", True),
+    ({"threads": {"counts": [1, 2, 4], "unrecorded": 3}, "machine": {"cpu": "Intel Xeon", "mkl_cbwr": "COMPATIBLE"},
+      "methods": {"seq_lora": {}}},
+     "Computed on 1, 2 and 4 thread(s) (3 task(s) on an unrecorded count), Intel Xeon, MKL_CBWR=COMPATIBLE; ", False),
+    ({"machine": {"threads": 2}}, "Computed on an unrecorded thread count; ", False),  # a file from before counts
 ], ids=["one-count", "mixed", "unrecorded"])
-def test_table_md_says_what_the_numbers_were_computed_on(results, start):
+def test_table_md_says_what_the_numbers_were_computed_on(results, start, moram):
     note = thread_note(results)
     assert note.startswith(start) and note.endswith('docs/results.md, "Threads and reproducibility".'), note
+    assert ("MoRAM's at τ = 0.01" in note) == moram

@@ -25,5 +25,5 @@ done
 ls -la .whl
 du -sh .whl
 echo
-echo "On the GPU machine (carry .whl), two lines, back to back (docs/performance.md):"
+echo "On the GPU machine (carry .whl, timeout_s 600), one line (docs/performance.md):"
 "$PY" -m moram_ref.gpu_check --command 2>/dev/null || true

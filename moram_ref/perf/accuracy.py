@@ -196,14 +196,21 @@ def compare_grads(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], t
 LOSS_BOUND = 2.0**-5  # relative; see loss_agreement
 
 
-def loss_agreement(eager: list[float], fused: list[float], checked: int) -> dict:
+def loss_agreement(eager: list[float], fused: list[float], checked: int, plain: float | None = None) -> dict:
     """The fused kernel's losses against the eager reference's in a whole-model step section (same model,
     seed and batches): ``relative_diff`` per step, ``|fused - eager| / |eager|``, all recorded; the first
     ``checked`` steps are held to ``LOSS_BOUND`` (3 %). A loose bound, on purpose: it catches a kernel that
     routes or differentiates wrongly, not rounding. Routing and reductions run in another order in the kernel,
     a near-tie may keep another atom, and at τ = 0.01 training amplifies such a difference step by step
-    (docs/results.md, "Threads and reproducibility": 27-fold in step 2), so later steps are only recorded."""
+    (docs/results.md, "Threads and reproducibility": 27-fold in step 2), so later steps are only recorded.
+
+    ``plain``: the model's step-0 loss without the adapters. ``bank_effect`` = ``|eager[0] − plain| / |plain|``,
+    what the adapters change; ``informative`` = ``bank_effect ≥ 2·LOSS_BOUND``: only then can a kernel that
+    drops or misweights the bank miss the bound (a random Llama's bank moves its loss by ~10⁻⁴: there the
+    check cannot tell, and says so; the layer section checks the kernel layer by layer).
+    """
     diffs = [abs(f - e) / max(abs(e), 1e-30) for e, f in zip(eager, fused)]
     head = diffs[:checked]
+    effect = None if plain is None or not eager else abs(eager[0] - plain) / max(abs(plain), 1e-30)
     return {"ok": bool(head) and all(d <= LOSS_BOUND for d in head), "relative_diff": diffs, "checked_steps": checked,
-            "bound": LOSS_BOUND}
+            "bound": LOSS_BOUND, "bank_effect": effect, "informative": effect is not None and effect >= 2 * LOSS_BOUND}

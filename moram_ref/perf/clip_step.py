@@ -134,7 +134,9 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else None)
             eager = out["methods"].get("moram", {}).get("losses")
             if name == "moram_fused" and eager:  # step 0 routes through the frozen bank, step 1 follows the first update
-                rec["check_losses_agree_with_eager"] = loss_agreement(eager, losses, checked=2)
+                frozen = out["methods"].get("frozen", {}).get("losses")
+                rec["check_losses_agree_with_eager"] = loss_agreement(eager, losses, checked=2,
+                                                                      plain=frozen[0] if frozen else None)
             rec["ok"] = all(v["ok"] for k, v in rec.items() if k.startswith("check_"))
         except Exception as exc:
             rec = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc(limit=6)}

@@ -3,8 +3,9 @@
 Implementations (all include the frozen base layer): ``eager`` (:class:`MoRAMLinear` as is), ``compiled``
 (``torch.compile(fullgraph=True)`` of the same module: a graph break is a failed check), ``fused``
 (``MoRAMConfig(routing_kernel="triton")`` where that field exists), ``lora`` (plain LoRA of rank R),
-``authors`` (:func:`layer_cases.authors_forward`), and in evaluation ``stacked`` (the frozen bank's responses
-in the base layer's product: :func:`layer_cases.stacked_eval_forward`).
+``authors`` (:func:`layer_cases.authors_forward`), and in evaluation ``stacked`` / ``stacked_fused`` (the frozen
+bank's responses in the base layer's product, :func:`layer_cases.stacked_eval_forward`; routing by the
+reference functions / by the fused kernel).
 Per case and dtype: a float64 self-check of every implementation's output (training and evaluation
 mode) and gradients (:mod:`moram_ref.perf.accuracy`), median seconds for training (forward+backward) and
 evaluation (forward), peak memory, and the ratios. A failing check or implementation is recorded, with
@@ -22,7 +23,7 @@ import torch
 from moram_ref.perf import accuracy, layer_cases
 from moram_ref.perf.timing import median_seconds, peak_memory_gib, ratio
 
-MORAM_IMPLS = ("eager", "compiled", "fused", "stacked")  # "stacked": evaluation only
+MORAM_IMPLS = ("eager", "compiled", "fused", "stacked", "stacked_fused")  # "stacked*": evaluation only
 
 
 def _route_dtype(layer, x: torch.Tensor) -> torch.dtype:
@@ -105,11 +106,16 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
         training = mode == "train"
         if not training:
             layer_cases.freeze_for_eval(*(m for m in (layer, fused) if m is not None))
-            try:
-                stacked = layer_cases.stack_for_eval(layer)
-                fns["stacked"] = lambda x, stacked=stacked: layer_cases.stacked_eval_forward(layer, stacked, x)
-            except ValueError as exc:
-                impls["stacked"] = {"available": False, "reason": str(exc)}
+            for name, owner in (("stacked", layer), ("stacked_fused", fused)):  # routing: the owner's kernel
+                if owner is None:
+                    impls[name] = {"available": False, "reason": impls["fused"]["reason"]}
+                    continue
+                try:
+                    w = layer_cases.stack_for_eval(owner)
+                    fns[name] = lambda x, w=w, owner=owner: layer_cases.stacked_eval_forward(owner, w, x)
+                    impls[name] = {"available": True, "routing_kernel": owner.config.routing_kernel}
+                except ValueError as exc:
+                    impls[name] = {"available": False, "reason": str(exc)}
         for name in list(fns):
             rec = impls.setdefault(name, {"available": True})
             t0 = time.perf_counter()
@@ -136,7 +142,8 @@ def run_case(case: layer_cases.LayerCase, dtype: torch.dtype, device: str, repea
             **{f"{n}_over_authors": ratio(seconds.get(n), seconds.get("authors")) for n in MORAM_IMPLS},
             "authors_over_lora": ratio(seconds.get("authors"), seconds.get("lora")),
         }
-        best = min((n for n in MORAM_IMPLS if n in seconds), key=seconds.get, default=None)
+        passed = [n for n in MORAM_IMPLS if n in seconds and impls[n].get(f"check_{mode}", {}).get("ok")]
+        best = min(passed, key=seconds.get, default=None)  # only an implementation that passed its check
         out[f"best_moram_{mode}"] = best
     out["checks_ok"] = all(r.get(f"check_{m}", {}).get("ok", True) and r.get("ok", True)
                            for r in impls.values() for m in ("train", "eval"))

@@ -317,17 +317,20 @@ def format_table(results: dict) -> str:
 def thread_note(results: dict) -> str:
     """The line under ``table.md`` that says on what the numbers were computed and what else moves them: the
     thread counts the tasks ran on (``results["threads"]``) and the CPU (``results["machine"]["cpu"]``)."""
-    counts = results.get("threads", {}).get("counts", [])
+    counts = [str(c) for c in results.get("threads", {}).get("counts", [])]
     unrecorded = results.get("threads", {}).get("unrecorded", 0)
-    on = " and ".join(map(str, counts)) + " thread(s)" if counts else "an unrecorded thread count"
+    on = (", ".join(counts[:-1]) + " and " if len(counts) > 1 else "") + counts[-1] + " thread(s)" if counts \
+        else "an unrecorded thread count"
     if counts and unrecorded:
         on += f" ({unrecorded} task(s) on an unrecorded count)"
     machine = results.get("machine", {})
     where = "".join(f", {v}" for v in (machine.get("cpu"), machine.get("mkl_cbwr") and f"MKL_CBWR={machine['mkl_cbwr']}")
                     if v)
-    return (f"Trained on {on}{where}; `--resume` keeps each method and seed on its count. Another thread count "
-            "or CPU kind rounds differently, which moves some methods' numbers (MoRAM's at τ = 0.01 by up to 16 "
-            "points on a task): docs/results.md, \"Threads and reproducibility\".")
+    moram = {"moram", "dense_moram"} & set(results.get("methods", {}))
+    return (f"Computed on {on}{where}; `--resume` keeps each method and seed on its count. Another thread count "
+            "or CPU kind rounds differently, which can move the numbers"
+            + (" (MoRAM's at τ = 0.01 by up to 16 points on a task)" if moram else "")
+            + ": docs/results.md, \"Threads and reproducibility\".")
 
 
 def _figures(runs, results, tasks, config, out: Path) -> None:
