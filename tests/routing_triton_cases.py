@@ -280,3 +280,26 @@ def test_layer_compiles_whole_with_the_kernel(training):
         layer.zero_grad()
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stacked_evaluation_with_the_kernel_equals_the_layer(dtype):
+    """gpu_check's ``stacked_fused``: ``[W0; A] x`` as one product, then the fused routing, equals ``layer(x)``
+    (the same kernel on the same float32 responses; the base output may round apart by a bf16 ulp)."""
+    from moram_ref.perf import layer_cases
+
+    cfg = MoRAMConfig(atoms_per_task=5, top_k=4, temperature=0.05, threshold=0.1, routing_kernel="triton")
+    torch.manual_seed(0)
+    layer = MoRAMLinear(torch.nn.Linear(6, 7), cfg)
+    for t in range(3):
+        layer.begin_task(torch.Generator().manual_seed(t))
+        layer.values.data.normal_(generator=torch.Generator().manual_seed(10 + t))
+        layer.end_task()
+    layer.to(device=DEVICE, dtype=dtype).eval()
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(4)).to(device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        got = layer_cases.stacked_eval_forward(layer, layer_cases.stack_for_eval(layer), x)
+        want = layer(x)
+    assert got.shape == want.shape == (2, 3, 7) and got.dtype == want.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2 * 2.0**-8  # two bf16 ulps of the largest output
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
