@@ -100,8 +100,9 @@ def _section(name):
 SECTIONS = {name: _section(name) for name in DEADLINE_SHARE}
 
 
-def _best(ratios: dict, impls=("eager", "compiled", "fused"), pick=min):
-    have = {n: ratios[n] for n in impls if ratios.get(n) is not None}
+def _best(ratios: dict, pick=min):
+    """(value, name) of the best measured ratio in ``{name: ratio or None}``; (None, None) if none is."""
+    have = {n: r for n, r in ratios.items() if r is not None}
     if not have:
         return None, None
     name = pick(have, key=have.get)
@@ -117,19 +118,17 @@ def summary(sections: dict) -> dict:
         sec = sections.get(where[0], {})
         if where[0] == "layer":
             case = sec.get("cases", {}).get("clip_like/bfloat16", {})
-            ratios = case.get(f"ratios_{where[1]}", {})
-            impls = ("eager", "compiled", "fused", "stacked", "stacked_fused")  # "stacked*": evaluation only
-            passed = {n for n, r in case.get("impls", {}).items() if r.get(f"check_{where[1]}", {}).get("ok")}
-            value, by = _best({n: ratios.get(f"{n}_over_{where[2]}") for n in impls if n in passed}, impls)
+            by = case.get(f"best_moram_{where[1]}")  # the fastest implementation that passed its check
+            value = case.get(f"ratios_{where[1]}", {}).get(f"{by}_over_{where[2]}")
+            by = by if value is not None else None
         elif where[0] == "clip":
             value, by = _best({"moram": sec.get("ratios", {}).get("moram_over_seq_lora"),
-                               "moram_fused": sec.get("ratios", {}).get("moram_fused_over_seq_lora")},
-                              ("moram", "moram_fused"))
+                               "moram_fused": sec.get("ratios", {}).get("moram_fused_over_seq_lora")})
         else:
             r = sec.get("ratios", {})
             value, by = _best({"moram_eager": r.get("moram_eager_over_plain"),  # both eager
                                "moram_compiled": r.get("moram_compiled_over_plain_compiled")},  # both compiled
-                              ("moram_eager", "moram_compiled"), pick=max)
+                              pick=max)
         met = None if value is None else (value <= goal if cmp == "<=" else value >= goal)
         rows.append({"goal": f"{label} {cmp} {goal}", "value": value, "best_variant": by, "met": met})
     checks = {n: s.get("ok") for n, s in sections.items()}

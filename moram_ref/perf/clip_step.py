@@ -19,6 +19,7 @@ import traceback
 import torch
 
 from moram_ref.perf.accuracy import loss_agreement
+from moram_ref.perf.bank import fill_bank
 from moram_ref.perf.layer_cases import config_with_kernel, fused_config
 from moram_ref.perf.timing import is_cuda, ratio, sync
 
@@ -41,21 +42,6 @@ def _features(model, images, tokens):
 
 BANK_TASKS = 10  # X-TAIL's 10 domains: MoRAM's step is timed in the last task (R = 160 per layer, as the
 # layer section's CLIP-like case), where routing chooses k = 16 of 160; in the first task it keeps all 16
-
-
-def _fill_bank(model, tasks: int, gen: torch.Generator) -> None:
-    """End the open task and ``tasks − 2`` more, each with random trained-looking values (N(0, 0.02²)), and
-    begin the last: ``tasks − 1`` frozen tasks and an open one."""
-    from moram_ref.torch import attach as A  # noqa: PLC0415
-    from moram_ref.torch.layer import MoRAMLinear  # noqa: PLC0415
-
-    for _ in range(tasks - 1):
-        with torch.no_grad():
-            for _, layer in A.attached_layers(model):
-                if isinstance(layer, MoRAMLinear):
-                    layer.values.copy_((0.02 * torch.randn(layer.values.shape, generator=gen)).to(layer.values))
-        A.end_task(model)
-        A.begin_task(model, gen)
 
 
 def clip_section(device: str, quick: bool, deadline: float, save=lambda part: None) -> dict:
@@ -110,7 +96,7 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     rec["check_identity_at_begin"] = {"ok": diff <= 2.0**-8, "max_abs_diff": diff}
                     model.train()
                     rec["tasks_in_bank"] = 3 if quick else BANK_TASKS  # quick: a pipeline check
-                    _fill_bank(model, rec["tasks_in_bank"], gen)  # the step of the sequence's last task
+                    fill_bank(model, rec["tasks_in_bank"], gen)  # the step of the sequence's last task
                 opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
             losses, times = [], []
             if is_cuda(device):

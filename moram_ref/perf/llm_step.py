@@ -22,6 +22,7 @@ import traceback
 import torch
 
 from moram_ref.perf.accuracy import loss_agreement
+from moram_ref.perf.bank import fill_bank
 from moram_ref.perf.layer_cases import config_with_kernel, fused_config
 from moram_ref.perf.timing import is_cuda, ratio, sync
 
@@ -48,7 +49,6 @@ def attach_with_bank(model, config, method: str, tasks: int, check_ids: torch.Te
     current one. With ``check_ids``: first checks that the attached model (values 0) equals the plain one."""
     from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
     from moram_ref.torch import attach as A
-    from moram_ref.torch.layer import MoRAMLinear
 
     checks = {}
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -61,13 +61,7 @@ def attach_with_bank(model, config, method: str, tasks: int, check_ids: torch.Te
         # bitwise reproducible, while a wrong update still fails
         tol = 2.0**-8 * float(want.float().abs().max())
         checks["check_identity_at_begin"] = {"ok": diff <= tol, "max_abs_diff": diff, "tolerance": tol}
-    for _ in range(tasks - 1):
-        with torch.no_grad():
-            for _, layer in A.attached_layers(model):
-                if isinstance(layer, MoRAMLinear):
-                    layer.values.copy_(0.02 * torch.randn(layer.values.shape, generator=gen))
-        A.end_task(model)
-        A.begin_task(model, gen)
+    fill_bank(model, tasks, gen)
     return checks
 
 
