@@ -207,7 +207,7 @@ def loss_agreement(eager: list[float], fused: list[float], checked: int, plain: 
     ``plain``: the model's step-0 loss without the adapters. ``bank_effect`` = ``|eager[0] − plain| / |plain|``,
     what the adapters change; ``informative`` = ``bank_effect ≥ 2·LOSS_BOUND``: only then can a kernel that
     drops or misweights the bank miss the bound (a random Llama's bank moves its loss by ~10⁻⁴: there the
-    check cannot tell, and says so; the layer section checks the kernel layer by layer).
+    check cannot tell, and says so; :mod:`moram_ref.perf.layer_agreement` compares the models layer by layer).
     """
     diffs = [abs(f - e) / max(abs(e), 1e-30) for e, f in zip(eager, fused)]
     head = diffs[:checked]

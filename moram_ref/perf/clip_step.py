@@ -5,7 +5,9 @@ autocast on CUDA, the two-term loss of the CLIP track. Methods, each on a fresh 
 ``frozen`` (forward and loss only), ``seq_lora`` (plain LoRA, rank 16 per layer), ``moram`` (eager) and
 ``moram_fused`` (``routing_kernel="triton"``, where that field exists); MoRAM in the last of 10 tasks (9
 frozen with random values, :data:`BANK_TASKS`). Self-checks: attaching MoRAM at ``begin_task`` (values 0)
-leaves the features unchanged, every loss is finite, and the fused variant's first losses follow eager's.
+leaves the features unchanged, every loss is finite, the fused variant's layers agree with eager's layer by
+layer on the model's own activations (:mod:`moram_ref.perf.layer_agreement`, both modes), and its first
+losses follow eager's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import traceback
 
 import torch
 
+from moram_ref.perf import layer_agreement as LA
 from moram_ref.perf.accuracy import loss_agreement
 from moram_ref.perf.bank import fill_bank
 from moram_ref.perf.layer_cases import config_with_kernel, fused_config
@@ -59,6 +62,7 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
     tokens = tokenizer([f"a photo of a class {i}." for i in range(n_classes)]).to(device)
     labels = torch.randint(n_classes // 2, n_classes, (batch,), generator=gen).to(device)
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=is_cuda(device))
+    amp = lambda: torch.autocast(**autocast)  # noqa: E731
     cfg = MoRAMConfig.paper_clip()
     methods = {"frozen": None, "seq_lora": ("seq_lora", cfg), "moram": ("moram", config_with_kernel(cfg, "torch"))}
     try:
@@ -74,6 +78,8 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
         out["methods"]["moram_fused"] = out_fused
     with torch.no_grad(), torch.autocast(**autocast):
         frozen_img, frozen_txt = _features(base, images, tokens)
+    check_batch = images[:16], tokens[:32]  # the layer check's inputs: a slice keeps its references small
+    eager_ref = None  # the eager model's layer inputs and outputs, for the fused variant's check
     for name, spec in methods.items():
         if name == "moram_fused" and time.monotonic() > deadline:
             out["methods"][name] = {"available": False, "reason": "skipped: time budget"}
@@ -97,6 +103,11 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     model.train()
                     rec["tasks_in_bank"] = 3 if quick else BANK_TASKS  # quick: a pipeline check
                     fill_bank(model, rec["tasks_in_bank"], gen)  # the step of the sequence's last task
+                    if name == "moram":  # each layer's inputs during one eager forward, outputs in both modes
+                        eager_ref = LA.eager_reference(model, lambda m=model: _features(m, *check_batch), amp)
+                    elif eager_ref:  # the same inputs through the fused layers
+                        rec.update(LA.checks_against(eager_ref, model, amp))
+                    model.train()
                 opt = torch.optim.AdamW(list(A.trainable_parameters(model)), lr=5e-4, betas=(0.9, 0.9999))
             losses, times = [], []
             if is_cuda(device):

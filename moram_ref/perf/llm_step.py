@@ -7,8 +7,11 @@ for 64 prompts × 64 new tokens (greedy): the plain model, merged plain LoRA (``
 weights: the plain model's cost), MoRAM eager, and "compiled" (a static cache and the compiled forward
 of :mod:`moram_ref.experiments.llm.throughput` where it exists; else transformers' static cache, which
 it compiles on CUDA by itself), plain and MoRAM. Self-checks: the attached model equals the plain one
-while its values are 0; losses finite; every variant's first new token is its model's argmax wherever
-the top two logits are further apart than bf16 rounding can explain.
+while its values are 0; losses finite; the fused variant's layers agree with eager's layer by layer on the
+model's own activations (:mod:`moram_ref.perf.layer_agreement`, both modes; its step-0 loss is compared
+too, but on a random Llama the bank hardly moves the loss); every method trains on the same dropout draws;
+every variant's first new token is its model's argmax wherever the top two logits are further apart than
+bf16 rounding can explain.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import traceback
 
 import torch
 
+from moram_ref.perf import layer_agreement as LA
 from moram_ref.perf.accuracy import loss_agreement
 from moram_ref.perf.bank import fill_bank
 from moram_ref.perf.layer_cases import config_with_kernel, fused_config
@@ -81,6 +85,8 @@ def llm_train_section(device: str, quick: bool, deadline: float, save=lambda par
         methods["moram_fused"] = ("moram", fused_config(moram_cfg, device))
     except TypeError as exc:
         out["methods"]["moram_fused"] = {"available": False, "reason": str(exc)}
+    check_ids = ids[:, : min(length, 64)]
+    eager_ref = None  # the eager model's layer inputs and outputs, for the fused variant's check
     for name, (method, config) in methods.items():
         if name == "moram_fused" and time.monotonic() > deadline:
             out["methods"][name] = {"available": False, "reason": "skipped: time budget"}
@@ -90,13 +96,18 @@ def llm_train_section(device: str, quick: bool, deadline: float, save=lambda par
             model = copy.deepcopy(base)
             with torch.no_grad():
                 rec = attach_with_bank(model, config, method, TASKS if method == "moram" else 1,
-                                       check_ids=ids[:, : min(length, 64)] if method == "moram" else None)
+                                       check_ids=check_ids if method == "moram" else None)
+            if name == "moram":  # each layer's inputs during one eager forward, outputs in both modes
+                eager_ref = LA.eager_reference(model, lambda m=model: m(input_ids=check_ids))
+            elif name == "moram_fused" and eager_ref:  # the same inputs through the fused layers
+                rec.update(LA.checks_against(eager_ref, model))
             params = list(A.trainable_parameters(model))
             opt = torch.optim.Adam(params, lr=5e-4, betas=(0.9, 0.95))
             model.train()
             if is_cuda(device):
                 torch.cuda.reset_peak_memory_stats()
             times, losses = [], []
+            torch.manual_seed(1)  # the same dropout draws (p = 0.1 on the adapters' inputs) for every method
             for _ in range(warmup + steps):
                 sync(device)
                 t0 = time.perf_counter()
