@@ -80,7 +80,8 @@ def op(a: np.ndarray) -> float:
 
 
 def bwt(a: np.ndarray) -> float:
-    """Standard BWT — theory.md#eq-metrics-llm: ``(1/(T−1)) Σ_{i<T} (a[T, i] − a[i, i])``; NaN for T = 1."""
+    """Standard BWT — theory.md#eq-metrics-llm: ``(1/(T−1)) Σ_{i<T−1} (a[T−1, i] − a[i, i])`` (0-based, T tasks);
+    NaN for T = 1."""
     a = _square("accuracy matrix", a)
     t = a.shape[0]
     if t == 1:
@@ -90,7 +91,7 @@ def bwt(a: np.ndarray) -> float:
 
 
 def bwt_clipped(a: np.ndarray) -> float:
-    """The paper's clipped BWT — theory.md#eq-metrics-llm: ``(1/T) Σ_i min(a[T, i] − a[i, i], 0)`` ≤ 0.
+    """The paper's clipped BWT — theory.md#eq-metrics-llm: ``(1/T) Σ_i min(a[T−1, i] − a[i, i], 0)`` ≤ 0 (0-based).
 
     The paper prints its negation as a positive "lower is better" number; see :func:`summary`.
     """

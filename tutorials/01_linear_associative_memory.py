@@ -192,9 +192,10 @@ assert abs(rms / memory.predicted_crosstalk(64, 512) - 1) < 0.15
 twice = memory.read(memory.write_outer(2 * keys, vals), 2 * keys)
 print("2. read / value =", np.round((twice / vals).mean(), 6))
 assert np.allclose(twice, 4 * vals)
-# 3. least squares: 0 (K is invertible); Hebbian: an error as large as the value itself (each of the
-#    other 23 keys adds its value with a weight of about 1/√24: √(23/24) ≈ 1 before the per-value
-#    normalisation corrections discussed above, which push the mean a little above 1)
+# 3. least squares: 0 (K is invertible); Hebbian: an error about as large as the value itself (each of the
+#    other 23 keys adds its value with a weight of about 1/√24: √(23/24) ≈ 1 before corrections). The
+#    per-value correction is larger here than for the 64-entry values above: with 5 entries,
+#    E[1/‖v‖²] = 1/(5 − 2) instead of 1/5, so the printed mean lands near 1.1–1.2
 K_sq = memory.random_unit_keys(rng, 24, 24)
 V_sq = rng.standard_normal((24, 5))
 print(f"3. least squares {memory.crosstalk(memory.write_lstsq(K_sq, V_sq), K_sq, V_sq).max():.1e}, "

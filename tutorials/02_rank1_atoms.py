@@ -101,16 +101,17 @@ assert np.isclose(responses["against the key"], -key_length)
 #
 # MoRAM decides per atom, from the responses $p$, which atoms fire and with what weight (tutorial 3). So
 # the same $BA$ split two ways gives two *different* MoRAM layers. We load both splits as a bank of frozen
-# atoms into the library's `MoRAMLinear` (with top-2 of 4 atoms, so the per-atom choice matters) and feed
-# 500 random tokens to each. For $G$ we take a rotation: it mixes the atoms without changing their overall
-# scale.
+# atoms into the library's `MoRAMLinear` (with top-2 of 4 atoms, so the per-atom choice matters, and the
+# threshold $\delta = 0.2$ of tutorial 3, which in evaluation mode silences an atom whose normalised response
+# stays below it) and feed 500 random tokens to each. For $G$ we take an orthogonal matrix (this one is a
+# reflection; a rotation would do as well): it mixes the atoms without changing their overall scale.
 
 # %%
 d_in, d_out, r = 12, 6, 4
 W0 = rng.standard_normal((d_out, d_in))  # the frozen base layer
 A = rng.standard_normal((r, d_in)) / np.sqrt(d_in)  # (r, d_in)
 B = rng.standard_normal((d_out, r))  # (d_out, r)
-G = np.linalg.qr(rng.standard_normal((r, r)))[0]  # a rotation of the atoms (invertible, G⁻¹ = Gᵀ)
+G = np.linalg.qr(rng.standard_normal((r, r)))[0]  # orthogonal: mixes the atoms (invertible, G⁻¹ = Gᵀ)
 A2, B2 = np.linalg.solve(G, A), B @ G  # G⁻¹A, BG
 X = rng.standard_normal((500, d_in))  # (N, d_in) tokens as rows
 config = MoRAMConfig(atoms_per_task=r, top_k=2, temperature=0.01, threshold=0.2)

@@ -11,7 +11,7 @@
 #
 # This tutorial writes one training loop in the open, in NumPy: the forward pass, the loss, the hand-written
 # backward pass (checked against finite differences), Adam, `end_task` and a loss curve. It trains first with
-# the paper's temperature $\tau = 0.01$, then with $\tau = 0.1$, and explains what changes. Then it runs the same
+# the paper's CLIP temperature $\tau = 0.01$, then with $\tau = 0.1$, and explains what changes. Then it runs the same
 # loop through five tasks for MoRAM and three comparison methods. Every claim is asserted.
 #
 # Convention (every tutorial): a token $x$ has $d_\text{in}$ entries, the frozen layer is $W_0$ of shape
@@ -59,9 +59,10 @@ assert np.allclose(recall.relative_error(base, task), 1.0)
 assert recall.recall_accuracy(base, task, settings.tolerance) == 0.0
 
 # %% [markdown]
-# ## One task, trained in the open (τ = 0.01, the paper's temperature)
+# ## One task, trained in the open (τ = 0.01, the paper's CLIP temperature)
 # The settings: $r = 8$ atoms per task, top-$k$ with $k = 8$, $\tau = 0.01$, $\delta = 0.2$ at evaluation only,
-# and an adapter scale $\alpha = 2$ (as the paper uses for LLMs) so that we can watch `end_task` fold it.
+# and an adapter scale $\alpha = 2$ (the paper's LLM setting; its CLIP runs use 1) so that we can watch
+# `end_task` fold it.
 #
 # The loss is $L = \frac{1}{2N} \sum_n \lVert y_n - y^*_n\rVert^2$, so $\partial L / \partial y_n = (y_n - y^*_n)/N$.
 # `layer.backward` carries that back through $\Delta = B(w \odot p)$, the softmax, the shared normaliser
@@ -113,7 +114,7 @@ h, worst = 1e-5, 0.0
 for name in ("keys", "values"):
     param = layer.current_parameters()[name]
     for _ in range(6):
-        idx = tuple(check_rng.integers(0, n) for n in param.shape)
+        idx = tuple(int(check_rng.integers(0, n)) for n in param.shape)
         saved = param[idx]
         loss_at = []
         for shift in (h, -h):
@@ -182,8 +183,8 @@ acc_paper_tau = recall.recall_accuracy(layer, task, settings.tolerance)
 
 # %% [markdown]
 # ## The same task at τ = 0.1
-# A ten times warmer softmax lets a key blend about two atoms (the effective counts printed below), so pairs
-# that share their best atom can still get different answers, and the routing gradient is alive, so keys move
+# A ten times warmer softmax lets some keys blend two atoms (the effective counts printed below: most stay
+# near one), so pairs that share their best atom can still get different answers, and the routing gradient is alive, so keys move
 # to atoms nobody used.
 
 # %%
@@ -214,7 +215,7 @@ print(f"τ = 0.1: lowest loss {losses_warm[best]:.1e} at step {best}, then up to
 assert losses_warm[best] < 1e-8 and losses_warm[-1] > 100 * losses_warm[best]
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.semilogy(losses, label="τ = 0.01 (paper)")
+ax.semilogy(losses, label="τ = 0.01 (paper, CLIP)")
 ax.semilogy(losses_warm, label="τ = 0.1")
 ax.set_xlabel("Adam step (task 0)")
 ax.set_ylabel("loss ½·mean ‖y − y*‖²")
@@ -229,7 +230,7 @@ plt.show()
 # become tiny, and near the optimum it overshoots. A decaying learning rate removes it (exercise 3); the
 # paper's CLIP runs use a cosine schedule.
 #
-# So in this small problem the paper's $\tau$ is too cold: it turns MoRAM into "one atom per pair, chosen at
+# So in this small problem the paper's CLIP $\tau$ is too cold: it turns MoRAM into "one atom per pair, chosen at
 # random". The paper trains on far more tokens than atoms (CLIP images, LLM prompts), a regime this toy does
 # not reproduce; here, with as many pairs as atoms, $\tau = 0.1$ is the better setting. We compare both below.
 #
@@ -261,7 +262,7 @@ assert 0 < change < 1e-3
 #
 # From the accuracy matrix $a[i, j]$ (after task $i$, on task $j$): **Last** is the mean of the final row;
 # **learned** is the mean of the diagonal (each task right after learning it); **forgetting** is the mean drop
-# from $a[j, j]$ to the final $a[T, j]$, counting only drops (the paper's clipped backward transfer), averaged
+# from $a[j, j]$ to the final $a[T-1, j]$ (rows and columns count from 0, T tasks), counting only drops (the paper's clipped backward transfer), averaged
 # over all five tasks, the last one (which cannot drop) included: four tasks entirely forgotten give 80.
 #
 # One run is not enough to rank two methods that are close: with 40 pairs, one pair is 2.5 points, and the
