@@ -102,8 +102,11 @@ def check_backward(pa, pb, config, training, seed):
     g = torch.from_numpy(np.random.default_rng(seed + 1).standard_normal((pa.shape[0], pa.shape[1] + pb.shape[1])))
     g = g.to(device=DEVICE, dtype=pa.dtype)  # ∂L/∂c, exact in float64 too
     pa_, pb_ = pa.clone().requires_grad_(), pb.clone().requires_grad_()
-    c, _ = routed(pa_, pb_, config, training)
-    grad = torch.cat(torch.autograd.grad(c, (pa_, pb_), g), dim=-1).double()
+    ca, cb = RT.gated_responses(pa_, pb_, config, training)
+    # each block's incoming gradient its own contiguous tensor (row strides r_old and r, as in the layer):
+    # a kernel that swapped the two strides passed when both were views of one (N, R) gradient
+    g_a, g_b = g[:, : pa.shape[1]].contiguous(), g[:, pa.shape[1]:].contiguous()
+    grad = torch.cat(torch.autograd.grad((ca, cb), (pa_, pb_), (g_a, g_b)), dim=-1).double()
     p64 = torch.cat([pa, pb], dim=-1).double().requires_grad_()
     c64 = final_weights(p64, config, training)[-1] * p64
     (grad_ref,) = torch.autograd.grad(c64, p64, g.double())

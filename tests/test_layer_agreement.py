@@ -8,6 +8,7 @@ fresh process; with MORAM_TEST_DEVICE=cuda on the GPU), where a kernel returning
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -55,6 +56,7 @@ def test_a_copy_agrees_exactly_in_both_modes_and_the_check_is_informative():
         assert name in ("check_layers_agree_with_eager_train", "check_layers_agree_with_eager_eval")
         assert rec["ok"] and rec["median_relative_diff"] == 0.0 and rec["layers"] == 3, rec
         assert rec["informative"] and rec["median_bank_effect"] > 0.01 and rec["bound"] == LA.LAYER_BOUND
+        assert name.endswith("_eval") or rec["backward"]["ok"]
 
 
 def test_a_twin_without_its_frozen_bank_fails_with_relative_diff_one():
@@ -71,7 +73,7 @@ def test_a_twin_without_its_frozen_bank_fails_with_relative_diff_one():
 def test_a_small_perturbation_stays_within_the_bound_and_a_large_one_does_not():
     model = _stack()
     x = torch.randn(32, 16)
-    for factor, ok in ((1.01, True), (1.5, False)):
+    for factor, ok in ((1.0002, True), (1.01, False)):  # float32: the bound is LAYER_BOUND = 2⁻¹⁰
         twin = copy.deepcopy(model)
         with torch.no_grad():
             for _, layer in A.attached_layers(twin):
@@ -101,8 +103,8 @@ def test_training_mode_uses_the_same_dropout_draw_for_both_models():
     a = LA.layer_outputs(model, inputs, training=True, seed=3)
     b = LA.layer_outputs(copy.deepcopy(model), inputs, training=True, seed=3)
     c = LA.layer_outputs(model, inputs, training=True, seed=4)
-    assert all(torch.equal(a[n][0], b[n][0]) for n in a)
-    assert any(not torch.equal(a[n][0], c[n][0]) for n in a)  # the seed matters: dropout is on
+    assert all(torch.equal(a[n].y, b[n].y) and torch.equal(a[n].grads["keys"], b[n].grads["keys"]) for n in a)
+    assert any(not torch.equal(a[n].y, c[n].y) for n in a)  # the seed matters: dropout is on
 
 
 def test_a_bank_that_adds_nothing_is_not_informative_and_divides_by_no_zero():
@@ -121,13 +123,34 @@ def test_bf16_outputs_widen_the_bound_by_their_rounding():
     for r in rec.values():
         e = r["median_bank_effect"]
         assert r["ok"] and r["bound"] == pytest.approx(max(LA.LAYER_BOUND, 2 * 2.0**-8 * (1 + e) / e))
+    assert rec["check_layers_agree_with_eager_train"]["backward"]["atoms"]["bound"] == 8 * 2.0**-8
+    assert "backward" not in rec["check_layers_agree_with_eager_eval"]  # no backward in evaluation mode
+
+
+def test_a_wrong_backward_fails_though_the_forward_agrees():
+    model = _stack()
+    x = torch.randn(32, 16)
+    for part in ("keys", "x"):
+        twin = copy.deepcopy(model)
+        for _, layer in A.attached_layers(twin):  # every layer: a wrong kernel is wrong in all of them
+            if part == "keys":  # the current task's keys get twice their gradient
+                layer.keys.register_hook(lambda g: 2 * g)
+            else:  # the layer's input gets 1.5 times its gradient
+                layer.register_full_backward_hook(lambda _m, grad_in, _out: (grad_in[0] * 1.5,))
+        rec = _check(model, twin, x)["check_layers_agree_with_eager_train"]
+        assert rec["median_relative_diff"] == 0.0, rec  # the forward is the same
+        back = rec["backward"]
+        assert not rec["ok"] and not back["ok"], rec
+        assert not back["atoms" if part == "keys" else "x"]["ok"] and back["x" if part == "keys" else "atoms"]["ok"]
+    rec = _check(model, copy.deepcopy(model), x)["check_layers_agree_with_eager_train"]
+    assert rec["backward"]["ok"] and rec["backward"]["atoms"]["median_relative_diff"] == 0.0
 
 
 def test_nan_and_mismatched_layers_are_failures_not_exceptions():
     model = _stack()
     ref = LA.eager_reference(model, lambda: model(torch.randn(8, 16)))
     twin = LA.layer_outputs(model, ref["inputs"], training=False)
-    twin["2"] = (torch.full_like(twin["2"][0], float("nan")), *twin["2"][1:])
+    twin["2"] = dataclasses.replace(twin["2"], y=torch.full_like(twin["2"].y, float("nan")))
     rec = LA.layer_agreement(ref["outputs"]["eval"], twin)
     assert not rec["ok"] and rec["worst_layer"] == "2"
     del twin["2"]

@@ -154,8 +154,11 @@ def compare(out: torch.Tensor, ref: dict, base_out: torch.Tensor | None = None, 
         ratio_u = ((y_hat - y0_hat - ref["delta"]).abs() / bound_u.clamp_min(1e-300))[ok_rows]
         update = {"violations": int((ratio_u > 1).sum()),
                   "max_diff_over_bound": float(ratio_u.max()) if ratio_u.numel() else 0.0}
+    failed = [name for name, bad in (("output", violations > 0), ("finite", not bool(torch.isfinite(out).all())),
+                                     ("update", update is not None and update["violations"] > 0)) if bad]
     return {
-        "ok": violations == 0 and bool(torch.isfinite(out).all()) and (update is None or update["violations"] == 0),
+        "ok": not failed,
+        "failed": failed,  # which part failed: the output bound, finiteness, the (tighter) update check
         "update_check": update,
         "violations": violations,
         "checked_elements": int(ratio.numel()),
@@ -198,8 +201,8 @@ LOSS_BOUND = 2.0**-5  # relative; see loss_agreement
 
 def loss_agreement(eager: list[float], fused: list[float], checked: int, plain: float | None = None) -> dict:
     """The fused kernel's losses against the eager reference's in a whole-model step section (same model,
-    seed and batches): ``relative_diff`` per step, ``|fused - eager| / |eager|``, all recorded; the first
-    ``checked`` steps are held to ``LOSS_BOUND`` (3 %). A loose bound, on purpose: it catches a kernel that
+    seed and batches): ``|fused - eager| / |eager|`` per step, the first ``checked`` steps in ``relative_diff``,
+    held to ``LOSS_BOUND`` (3 %), the later ones in ``later_relative_diff``, only recorded. A loose bound, on purpose: it catches a kernel that
     routes or differentiates wrongly, not rounding. Routing and reductions run in another order in the kernel,
     a near-tie may keep another atom, and at τ = 0.01 training amplifies such a difference step by step
     (docs/results.md, "Threads and reproducibility": 27-fold in step 2), so later steps are only recorded.
@@ -212,5 +215,6 @@ def loss_agreement(eager: list[float], fused: list[float], checked: int, plain: 
     diffs = [abs(f - e) / max(abs(e), 1e-30) for e, f in zip(eager, fused)]
     head = diffs[:checked]
     effect = None if plain is None or not eager else abs(eager[0] - plain) / max(abs(plain), 1e-30)
-    return {"ok": bool(head) and all(d <= LOSS_BOUND for d in head), "relative_diff": diffs, "checked_steps": checked,
+    return {"ok": bool(head) and all(d <= LOSS_BOUND for d in head), "relative_diff": head, "checked_steps": checked,
+            "later_relative_diff": diffs[checked:],  # recorded, not held to the bound (see above)
             "bound": LOSS_BOUND, "bank_effect": effect, "informative": effect is not None and effect >= 2 * LOSS_BOUND}

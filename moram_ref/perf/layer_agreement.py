@@ -15,17 +15,31 @@ dropout draw in training mode). Per layer, with ``u`` the unit roundoff of the l
     relative_diff = ‖y_f − y_e‖ / max(‖y_e − y_0‖, u·‖y_0‖)    the fused layer's error as a share of it
 
 ``relative_diff`` is 0 for a kernel identical to eager and 1 for one that drops the bank; the floor
-``u·‖y_0‖`` keeps a layer whose bank adds nothing (every token gated off) from dividing by zero. It does not compound, since every layer sees the eager
-model's input. Legitimate non-zero values come from float32 routing arithmetic in another order (≈ 10⁻⁷
-in ``w``), which can flip the rounding of an output element by one unit, and from a token whose top-k is
-a near tie keeping another atom (its whole update then differs). Rounding alone moves an output element by
-at most one unit in the last place (``2u·|y|``), so it cannot push ``relative_diff`` past
-``2u·‖y_e‖ / ‖y_e − y_0‖ ≈ 2u·(1 + e)/e`` for a bank effect ``e``; the bound is that or ``LAYER_BOUND``,
-whichever is larger, held by the *median* over layers (``e`` its median too) — a wrong kernel is wrong in
-every layer, a near tie lands in a few — and the maximum and its layer are recorded. ``informative``: the
-bound is at most 1/2, so a kernel dropping the bank (score 1) or getting half of it wrong fails.
-Measured on the CPU (``TRITON_INTERPRET=1``): a correct kernel 0.7 % (tiny Llama, e = 0.24) and 1.5 %
-(Llama-3.2-1B shape, e = 0.045, bound 0.18); one returning zeros, or zeros for the frozen bank, 100 %.
+``u·‖y_0‖`` keeps a layer whose bank adds nothing (every token gated off) from dividing by zero. It does
+not compound, since every layer sees the eager model's input. Legitimate non-zero values come from float32
+routing arithmetic in another order (≈ 10⁻⁷ in ``w``), which can flip the rounding of an output element by
+one unit, and from a token whose top-k is a near tie keeping another atom (its whole update then
+differs). Rounding alone moves an output element by at most one unit in the last place (``2u·|y|``), so
+it cannot push ``relative_diff`` past ``2u·‖y_e‖ / ‖y_e − y_0‖ ≈ 2u·(1 + e)/e`` for a bank effect ``e``; the
+bound is that or ``LAYER_BOUND`` (2⁻¹⁰), whichever is larger, held by the *median* over layers (``e`` its
+median too) — a wrong kernel is wrong in every layer, a near tie lands in a few — and the maximum and its
+layer are recorded. ``informative``: the bound is at most 1/2, so a kernel dropping the bank (score 1) or
+getting half of it wrong fails.
+
+In training mode the backward is compared too: the gradients of ``⟨y, G⟩`` (``G`` fixed, random) with
+respect to ``x`` — relative to the bank's share of it, bounded like the forward — and to the current
+task's keys and values, relative to their norms, bounded by ``8u`` (the gradient of an atom passes through
+a few roundings in the output dtype: the value product, the cast of ``c``, the incoming gradient).
+
+Measured on the CPU (``TRITON_INTERPRET=1``), median over layers: on the random Llama-3.2-1B shape (bf16,
+2 × 64 tokens, e = 0.044) a correct kernel's forward 0.015 (bound 0.18), ``∂/∂x`` 1.3·10⁻⁵, ``∂/∂atoms``
+0.0045 (bound 0.031); on the quick tiny Llama 0.0071, 0, 0.0047; on the quick CLIP (float32) all below
+6·10⁻⁷ (bound 2⁻¹⁰). A kernel returning zeros, or zeros for the frozen bank: forward 1.0. Of 13 mutants of
+the kernel, the quick CLIP and LLM steps between them catch every one that changes a result there beyond
+rounding (τ ignored,
+``c = w``, the gate in training, softmax over all R, k + 1, two wrong backward terms); the other five act
+only on exact ties, scores exactly at δ, k > 16 or the gate in a backward, which the kernel's own test
+cases (``tests/routing_triton_cases.py``, in the CUDA suite too) pin.
 """
 
 from __future__ import annotations
@@ -34,12 +48,14 @@ import contextlib
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from moram_ref.perf.accuracy import UNIT_ROUNDOFF
 
-LAYER_BOUND = 2.0**-4  # least bound on the median relative_diff over layers; see the module docstring
+LAYER_BOUND = 2.0**-10  # least bound on a median relative_diff over layers; see the module docstring
+ATOM_GRAD_ROUNDINGS = 8  # ∂/∂keys, ∂/∂values: bound 8u (u of the layer's output dtype); see the module docstring
 
 
 def moram_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -78,58 +94,108 @@ def layer_inputs(model: torch.nn.Module, forward: Callable[[], object]) -> dict[
     return seen
 
 
+@dataclass
+class LayerRecord:
+    """One layer's side of the comparison, on the CPU in float32: ``y`` (the layer's output), ``y0`` (its base
+    layer's), ``u`` (the output dtype's unit roundoff) and, in training mode, ``grads``: the gradients of
+    ``⟨y, G⟩`` for a fixed random ``G`` with respect to the input (``x``; ``x0`` through the base layer alone)
+    and the current task's ``keys`` and ``values``."""
+
+    y: torch.Tensor
+    y0: torch.Tensor
+    u: float
+    grads: dict[str, torch.Tensor] | None = None
+
+
+def _cpu(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return (torch.zeros_like(like) if t is None else t).detach().float().cpu()
+
+
 def layer_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], training: bool, seed: int = 0,
                   context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-    """``(y, y_0, u)`` per layer: the layer (in training or evaluation mode) and its base layer alone, each on
-    ``inputs[name]``, widened to float32 and moved to the CPU (the check holds no device memory while the
-    steps are timed), and the unit roundoff ``u`` of the layer's output dtype; under ``context()`` (e.g. the caller's autocast), the global RNG seeded with
-    ``seed`` before each layer call. The model's mode is restored afterwards."""
+                  ) -> dict[str, LayerRecord]:
+    """A :class:`LayerRecord` per layer: the layer (in training or evaluation mode) and its base layer alone,
+    each on ``inputs[name]``, under ``context()`` (e.g. the caller's autocast), the global RNG seeded with
+    ``seed`` before each layer call (the same dropout draw). In training mode also the backward pass, with
+    ``G`` drawn from ``seed + 1``. Results move to the CPU (the check holds no device memory while the steps
+    are timed); the model's mode is restored afterwards."""
     layers = moram_layers(model)
     was = {name: layer.training for name, layer in layers.items()}
     out = {}
     try:
-        with torch.no_grad(), context():
+        with context():
             for name, layer in layers.items():
-                x = inputs[name]
                 layer.train(training)
+                x = inputs[name].detach().requires_grad_(training)
                 torch.manual_seed(seed)
-                y = layer(x)
-                out[name] = (y.float().cpu(), layer.base_layer(x).float().cpu(), UNIT_ROUNDOFF[y.dtype])
+                with torch.set_grad_enabled(training):
+                    y, y0 = layer(x), layer.base_layer(x)
+                rec = LayerRecord(_cpu(y, y), _cpu(y0, y0), UNIT_ROUNDOFF[y.dtype])
+                if training:
+                    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(y.device)
+                    gx, gk, gv = torch.autograd.grad((y.float() * g).sum(), [x, layer.keys, layer.values],
+                                                     allow_unused=True)
+                    (gx0,) = torch.autograd.grad((y0.float() * g).sum(), [x])
+                    rec.grads = {"x": _cpu(gx, x), "x0": _cpu(gx0, x), "keys": _cpu(gk, layer.keys),
+                                 "values": _cpu(gv, layer.values)}
+                out[name] = rec
     finally:
         for name, layer in layers.items():
             layer.train(was[name])
     return out
 
 
-def layer_agreement(eager: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
-                    fused: dict[str, tuple[torch.Tensor, torch.Tensor, float]]) -> dict:
+def _relative(got: torch.Tensor, want: torch.Tensor, scale: float) -> float:
+    """``‖got − want‖ / scale``; 0 when both agree exactly, ∞ when they differ and ``scale`` is 0."""
+    err = float(torch.linalg.vector_norm(got - want))
+    return err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+
+
+def _median_summary(diff: dict[str, float], bound: float) -> dict:
+    worst = max(diff, key=lambda n: (diff[n] != diff[n], diff[n]))  # a NaN counts as worst
+    med = statistics.median(diff.values())
+    return {"ok": all(math.isfinite(v) for v in diff.values()) and med <= bound, "bound": bound,
+            "median_relative_diff": med, "max_relative_diff": diff[worst], "worst_layer": worst}
+
+
+def layer_agreement(eager: dict[str, LayerRecord], fused: dict[str, LayerRecord]) -> dict:
     """Compare :func:`layer_outputs` of the fused model with the eager one's (see the module docstring).
 
-    Returns ``ok`` (median ``relative_diff`` ≤ ``bound``, every value finite, the same layers), ``bound``,
-    ``informative``, medians and maxima of ``relative_diff`` and ``bank_effect``, the worst layer's name, the
-    number of layers. Never raises on numbers (a NaN makes ``ok`` false).
+    Returns ``ok`` (the forward's median ``relative_diff`` ≤ ``bound``, every value finite, the same layers,
+    and the backward's, where recorded), ``bound``, ``informative``, medians and maxima of ``relative_diff``
+    and ``bank_effect``, the worst layer's name, the number of layers, and in training mode ``backward``: the
+    same for the gradients — ``x``: ``∂/∂x`` relative to the bank's share of it, ``max(‖g_x − g_x0‖, u·‖g_x0‖)``,
+    bounded as the forward; ``atoms``: the larger of ``∂/∂keys``, ``∂/∂values`` relative to their norms, bounded
+    by ``max(LAYER_BOUND, 8u)``. Never raises on numbers (a NaN makes ``ok`` false).
     """
     if set(eager) != set(fused) or not eager:
         return {"ok": False, "informative": False, "error": f"layers differ: eager {len(eager)}, fused {len(fused)}"}
-    diff, effect = {}, {}
-    unit = 0.0
-    for name, (y_e, y_0, u) in eager.items():
-        y_f = fused[name][0]
-        added, base = float(torch.linalg.vector_norm(y_e - y_0)), float(torch.linalg.vector_norm(y_0))
-        floor = max(added, u * base)
-        err = float(torch.linalg.vector_norm(y_f - y_e))
-        diff[name] = err / floor if floor > 0 else (0.0 if err == 0 else float("inf"))
-        effect[name] = added / base if base > 0 else float("inf")
-        unit = max(unit, u)
-    worst = max(diff, key=lambda n: (diff[n] != diff[n], diff[n]))  # a NaN counts as worst
-    med_diff, med_effect = statistics.median(diff.values()), statistics.median(effect.values())
-    finite = all(math.isfinite(v) for v in diff.values())
+    norm = lambda t: float(torch.linalg.vector_norm(t))  # noqa: E731
+    diff, effect, unit = {}, {}, 0.0
+    for name, e in eager.items():
+        added, base = norm(e.y - e.y0), norm(e.y0)
+        diff[name] = _relative(fused[name].y, e.y, max(added, e.u * base))
+        effect[name] = added / base if base > 0 else math.inf
+        unit = max(unit, e.u)
+    med_effect = statistics.median(effect.values())
     bound = max(LAYER_BOUND, 2 * unit * (1 + med_effect) / med_effect) if med_effect > 0 else math.inf
-    return {"ok": finite and med_diff <= bound, "bound": bound, "layers": len(diff),
-            "median_relative_diff": med_diff, "max_relative_diff": diff[worst], "worst_layer": worst,
-            "median_bank_effect": med_effect, "min_bank_effect": min(effect.values()),
-            "informative": bound <= 0.5}
+    out = {**_median_summary(diff, bound), "layers": len(diff), "median_bank_effect": med_effect,
+           "min_bank_effect": min(effect.values()), "informative": bound <= 0.5}
+    if all(e.grads is not None and fused[n].grads is not None for n, e in eager.items()):
+        x_diff, x_effect, atom_diff = {}, {}, {}
+        for name, e in eager.items():
+            g, f = e.grads, fused[name].grads
+            added, base = norm(g["x"] - g["x0"]), norm(g["x0"])
+            x_diff[name] = _relative(f["x"], g["x"], max(added, e.u * base))
+            x_effect[name] = added / base if base > 0 else math.inf
+            atom_diff[name] = max(_relative(f[k], g[k], norm(g[k])) for k in ("keys", "values"))
+        med = statistics.median(x_effect.values())
+        x_bound = max(LAYER_BOUND, 2 * unit * (1 + med) / med) if med > 0 else math.inf
+        out["backward"] = {"x": {**_median_summary(x_diff, x_bound), "median_bank_effect": med},
+                           "atoms": _median_summary(atom_diff, max(LAYER_BOUND, ATOM_GRAD_ROUNDINGS * unit))}
+        out["backward"]["ok"] = out["backward"]["x"]["ok"] and out["backward"]["atoms"]["ok"]
+        out["ok"] = out["ok"] and out["backward"]["ok"]
+    return out
 
 
 MODES = ("train", "eval")

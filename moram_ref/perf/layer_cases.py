@@ -55,6 +55,8 @@ CASES = {
     "big_bank": LayerCase("big_bank", d=4096, tasks=64, r=16, k=16, tokens=8192),
 }
 QUICK_CASES = {name: dataclasses.replace(c, d=32, tasks=3, r=4, k=4, tokens=64) for name, c in CASES.items()}
+# the quick big bank differs from the quick CLIP-like case, and its k > 16 takes the kernel's other top-k path
+QUICK_CASES["big_bank"] = dataclasses.replace(CASES["big_bank"], d=32, tasks=8, r=4, k=20, tokens=64)
 
 
 def config_with_kernel(config: MoRAMConfig, routing_kernel: str) -> MoRAMConfig:
