@@ -202,8 +202,8 @@ LOSS_BOUND = 2.0**-5  # relative; see loss_agreement
 def loss_agreement(eager: list[float], fused: list[float], checked: int, plain: float | None = None) -> dict:
     """The fused kernel's losses against the eager reference's in a whole-model step section (same model,
     seed and batches): ``|fused - eager| / |eager|`` per step, the first ``checked`` steps in ``relative_diff``,
-    held to ``LOSS_BOUND`` (3 %), the later ones in ``later_relative_diff``, only recorded. A loose bound, on purpose: it catches a kernel that
-    routes or differentiates wrongly, not rounding. Routing and reductions run in another order in the kernel,
+    held to ``LOSS_BOUND`` (3 %), the later ones in ``later_relative_diff``, only recorded. A loose bound, on
+    purpose: it catches a kernel that routes or differentiates wrongly, not rounding. Routing and reductions run in another order in the kernel,
     a near-tie may keep another atom, and at τ = 0.01 training amplifies such a difference step by step
     (docs/results.md, "Threads and reproducibility": 27-fold in step 2), so later steps are only recorded.
 

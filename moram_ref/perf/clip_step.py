@@ -104,7 +104,7 @@ def clip_section(device: str, quick: bool, deadline: float, save=lambda part: No
                     rec["tasks_in_bank"] = 3 if quick else BANK_TASKS  # quick: a pipeline check
                     fill_bank(model, rec["tasks_in_bank"], gen)  # the step of the sequence's last task
                     if name == "moram":  # each layer's inputs during one eager forward, outputs in both modes
-                        eager_ref = LA.eager_reference(model, lambda m=model: _features(m, *check_batch), amp)
+                        eager_ref = LA.eager_reference(model, lambda: _features(model, *check_batch), amp)
                     elif eager_ref:  # the same inputs through the fused layers
                         rec.update(LA.checks_against(eager_ref, model, amp))
                     model.train()

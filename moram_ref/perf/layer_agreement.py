@@ -60,9 +60,10 @@ ATOM_GRAD_ROUNDINGS = 8  # ∂/∂keys, ∂/∂values: bound 8u (u of the layer'
 
 def moram_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The model's attached MoRAM layers by qualified name, in module order."""
+    from moram_ref.torch.attach import attached_layers  # noqa: PLC0415
     from moram_ref.torch.layer import MoRAMLinear  # noqa: PLC0415
 
-    return {n: m for n, m in model.named_modules() if isinstance(m, MoRAMLinear)}
+    return {n: m for n, m in attached_layers(model) if isinstance(m, MoRAMLinear)}
 
 
 def layer_inputs(model: torch.nn.Module, forward: Callable[[], object]) -> dict[str, torch.Tensor]:
@@ -145,9 +146,13 @@ def layer_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], train
     return out
 
 
+def _norm(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t))
+
+
 def _relative(got: torch.Tensor, want: torch.Tensor, scale: float) -> float:
     """``‖got − want‖ / scale``; 0 when both agree exactly, ∞ when they differ and ``scale`` is 0."""
-    err = float(torch.linalg.vector_norm(got - want))
+    err = _norm(got - want)
     return err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
 
 
@@ -156,6 +161,20 @@ def _median_summary(diff: dict[str, float], bound: float) -> dict:
     med = statistics.median(diff.values())
     return {"ok": all(math.isfinite(v) for v in diff.values()) and med <= bound, "bound": bound,
             "median_relative_diff": med, "max_relative_diff": diff[worst], "worst_layer": worst}
+
+
+def _against_bank(got: dict, want: dict, want0: dict, unit: float) -> dict:
+    """Per layer ``‖got − want‖ / max(‖want − want0‖, u·‖want0‖)`` (the error as a share of what the bank
+    adds to ``want0``, the base layer's part), summarised over layers against ``max(LAYER_BOUND,
+    2u(1 + e)/e)`` for the median bank effect ``e`` (see the module docstring)."""
+    diff, effect = {}, {}
+    for name in want:
+        added, base = _norm(want[name] - want0[name]), _norm(want0[name])
+        diff[name] = _relative(got[name], want[name], max(added, unit * base))
+        effect[name] = added / base if base > 0 else math.inf
+    med = statistics.median(effect.values())
+    bound = max(LAYER_BOUND, 2 * unit * (1 + med) / med) if med > 0 else math.inf
+    return {**_median_summary(diff, bound), "median_bank_effect": med, "min_bank_effect": min(effect.values())}
 
 
 def layer_agreement(eager: dict[str, LayerRecord], fused: dict[str, LayerRecord]) -> dict:
@@ -170,30 +189,17 @@ def layer_agreement(eager: dict[str, LayerRecord], fused: dict[str, LayerRecord]
     """
     if set(eager) != set(fused) or not eager:
         return {"ok": False, "informative": False, "error": f"layers differ: eager {len(eager)}, fused {len(fused)}"}
-    norm = lambda t: float(torch.linalg.vector_norm(t))  # noqa: E731
-    diff, effect, unit = {}, {}, 0.0
-    for name, e in eager.items():
-        added, base = norm(e.y - e.y0), norm(e.y0)
-        diff[name] = _relative(fused[name].y, e.y, max(added, e.u * base))
-        effect[name] = added / base if base > 0 else math.inf
-        unit = max(unit, e.u)
-    med_effect = statistics.median(effect.values())
-    bound = max(LAYER_BOUND, 2 * unit * (1 + med_effect) / med_effect) if med_effect > 0 else math.inf
-    out = {**_median_summary(diff, bound), "layers": len(diff), "median_bank_effect": med_effect,
-           "min_bank_effect": min(effect.values()), "informative": bound <= 0.5}
+    unit = max(e.u for e in eager.values())
+    out = _against_bank({n: f.y for n, f in fused.items()}, {n: e.y for n, e in eager.items()},
+                        {n: e.y0 for n, e in eager.items()}, unit)
+    out.update(layers=len(eager), informative=out["bound"] <= 0.5)
     if all(e.grads is not None and fused[n].grads is not None for n, e in eager.items()):
-        x_diff, x_effect, atom_diff = {}, {}, {}
-        for name, e in eager.items():
-            g, f = e.grads, fused[name].grads
-            added, base = norm(g["x"] - g["x0"]), norm(g["x0"])
-            x_diff[name] = _relative(f["x"], g["x"], max(added, e.u * base))
-            x_effect[name] = added / base if base > 0 else math.inf
-            atom_diff[name] = max(_relative(f[k], g[k], norm(g[k])) for k in ("keys", "values"))
-        med = statistics.median(x_effect.values())
-        x_bound = max(LAYER_BOUND, 2 * unit * (1 + med) / med) if med > 0 else math.inf
-        out["backward"] = {"x": {**_median_summary(x_diff, x_bound), "median_bank_effect": med},
-                           "atoms": _median_summary(atom_diff, max(LAYER_BOUND, ATOM_GRAD_ROUNDINGS * unit))}
-        out["backward"]["ok"] = out["backward"]["x"]["ok"] and out["backward"]["atoms"]["ok"]
+        grads = {n: (e.grads, fused[n].grads) for n, e in eager.items()}
+        x = _against_bank({n: f["x"] for n, (_, f) in grads.items()}, {n: g["x"] for n, (g, _) in grads.items()},
+                          {n: g["x0"] for n, (g, _) in grads.items()}, unit)
+        atoms = {n: max(_relative(f[k], g[k], _norm(g[k])) for k in ("keys", "values")) for n, (g, f) in grads.items()}
+        out["backward"] = {"x": x, "atoms": _median_summary(atoms, max(LAYER_BOUND, ATOM_GRAD_ROUNDINGS * unit))}
+        out["backward"]["ok"] = x["ok"] and out["backward"]["atoms"]["ok"]
         out["ok"] = out["ok"] and out["backward"]["ok"]
     return out
 

@@ -98,7 +98,7 @@ def llm_train_section(device: str, quick: bool, deadline: float, save=lambda par
                 rec = attach_with_bank(model, config, method, TASKS if method == "moram" else 1,
                                        check_ids=check_ids if method == "moram" else None)
             if name == "moram":  # each layer's inputs during one eager forward, outputs in both modes
-                eager_ref = LA.eager_reference(model, lambda m=model: m(input_ids=check_ids))
+                eager_ref = LA.eager_reference(model, lambda: model(input_ids=check_ids))
             elif name == "moram_fused" and eager_ref:  # the same inputs through the fused layers
                 rec.update(LA.checks_against(eager_ref, model))
             params = list(A.trainable_parameters(model))
