@@ -50,7 +50,7 @@ test-gpu-image: $(GPU_IMAGE_VENV)/.dev-installed
 	$(GPU_IMAGE_VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python -m moram_ref.bench
+	$(BIN)/python -m moram_ref.bench --repeat 9
 
 notebooks: $(VENV)/.dev-installed
 	$(BIN)/jupytext --to ipynb tutorials/[0-9][0-9]_*.py

@@ -1,8 +1,9 @@
 """Routing benchmark: ratios measured side by side in one run (``python -m moram_ref.bench_routing``).
 
-* top-k: the exact, branch-free rule of :func:`moram_ref.torch.activation.top_k_indices` (two ``topk``,
-  the second on integer rank keys) vs the former path (one ``topk``, then a host-side check for a tie
-  at the boundary — a device synchronisation on every call) vs a stable descending sort;
+* top-k: the exact, branch-free rule of :func:`moram_ref.torch.activation._top_k_indices_branch_free` (two
+  ``topk``, the second on integer rank keys; what the layer runs on CUDA and under ``torch.compile``) vs the
+  former path (one ``topk``, then a host-side check for a tie at the boundary — a device synchronisation on
+  every call off the CPU; the layer's eager CPU path now works this way) vs a stable descending sort;
 * the layer (R − r frozen atoms + r current, all kept in the graph): eager vs ``torch.compile(fullgraph=True)``,
   evaluation forward and training forward+backward.
 Timings are medians over interleaved repetitions; only ratios measured in the same run are reported.
@@ -46,7 +47,8 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
     ties = s.clone()
     ties[:, 1::2] = ties[:, 0::2][:, : ties[:, 1::2].shape[1]]  # every score twice: ties everywhere
     want = {name: torch.sort(activation.top_k_indices(t, k), -1).values for name, t in (("s", s), ("ties", ties))}
-    topk_fns = {"rank_key": activation.top_k_indices, "with_sync": top_k_indices_with_sync, "stable_sort": top_k_indices_by_sort}
+    topk_fns = {"rank_key": activation._top_k_indices_branch_free, "with_sync": top_k_indices_with_sync,
+                "stable_sort": top_k_indices_by_sort}
     for name, fn in topk_fns.items():  # every candidate is exact: the same sets, proven here
         for case, t in (("s", s), ("ties", ties)):
             if not torch.equal(torch.sort(fn(t, k), -1).values, want[case]):

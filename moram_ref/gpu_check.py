@@ -28,14 +28,18 @@ import time
 import traceback
 from pathlib import Path
 
+from moram_ref.experiments.rundir import write_text
+
 GPU_INSTALL = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
                "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && ")
-# One device call (≤ 600 s): the check, then the suite on CUDA. `timeout -s INT`: a stopped pytest still prints
-# its summary and writes the JUnit file (-k: killed 15-20 s later if it does not stop). The kernel cases file
+# One device call (≤ 600 s): the check, then the suite on CUDA. `timeout -s INT`: the check keeps what it
+# measured and writes its summary, a stopped pytest still prints its summary and writes the JUnit file (-k:
+# killed 15-20 s later if it does not stop). The check's timeout leaves 120 s past its budget: compilation
+# under way (compiled generation) may run into it (perf/llm_step.OVERRUN_S). The kernel cases file
 # is collected by adding its name to python_files (named beside `tests`, pytest would drop it); -v: each
 # test's outcome is in the log as it ends; the slowest 15 listed.
-GPU_CHECK = "timeout -s INT -k 20 330 python3 -m moram_ref.gpu_check --out $OUT --budget-s 200"
-GPU_TESTS = ("MORAM_TEST_DEVICE=cuda timeout -s INT -k 15 200 python3 -m pytest -n 8 --timeout 120 -v -rfE "
+GPU_CHECK = "timeout -s INT -k 20 350 python3 -m moram_ref.gpu_check --out $OUT --budget-s 230"
+GPU_TESTS = ("MORAM_TEST_DEVICE=cuda timeout -s INT -k 15 180 python3 -m pytest -n 8 --timeout 120 -v -rfE "
              "--durations=15 -p no:cacheprovider -o 'python_files=test_*.py routing_triton_cases.py' "
              "--junitxml=$OUT/pytest_cuda.xml tests")
 GPU_SESSION = (GPU_INSTALL + "set -o pipefail; " + GPU_CHECK + "; echo \"gpu_check: exit $?\"; " + GPU_TESTS
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(name=None, part=None):
         if name is not None:
             report["sections"][name] = part
-        path.write_text(json.dumps(report, indent=1, default=str))
+        write_text(path, json.dumps(report, indent=1, default=str))  # whole or not at all, even if killed
 
     for name in a.sections:
         t0 = time.monotonic()
@@ -187,12 +191,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res = SECTIONS[name](device, a.quick, deadline, lambda part, n=name: save(n, {"partial": True, **part}),
                                  backend)
+        except KeyboardInterrupt:  # `timeout -s INT`: keep what the section saved, then the summary, then stop
+            res = {**report["sections"].get(name, {}), "ok": False, "interrupted": True}
+            report["interrupted_in"] = name
         except Exception as exc:  # one failing section must not hide the others' results
             res = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
         res["wall_s"] = time.monotonic() - t0
         res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
         save(name, res)
-        print(f"{name:<13} {'ok' if res.get('ok') else 'CHECK FAILED'}  ({res['wall_s']:.0f} s)", flush=True)
+        print(f"{name:<13} {'ok' if res.get('ok') else 'INTERRUPTED' if res.get('interrupted') else 'CHECK FAILED'}"
+              f"  ({res['wall_s']:.0f} s)", flush=True)
+        if "interrupted_in" in report:
+            break
     report["summary"] = summary(report["sections"])
     report["wall_s"] = time.monotonic() - start
     save()

@@ -67,6 +67,47 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkey
     assert report["summary"]["goals"][3]["met"] is None  # not measured, not claimed
 
 
+def test_an_interrupt_keeps_the_partial_section_writes_the_summary_and_stops(tmp_path, monkeypatch, capsys):
+    """`timeout -s INT` around the check: what the interrupted section saved stays, later sections do not start,
+    the summary is written, and the JSON is whole (written through a temporary file and a rename)."""
+    started = []
+
+    def interrupted(device, quick, deadline, save, backend):
+        save({"cases": {"first": {"checks_ok": True}}})
+        raise KeyboardInterrupt
+
+    def later(*args, **kwargs):
+        started.append(True)
+        return {"ok": True}
+
+    monkeypatch.setitem(gpu_check.SECTIONS, "clip", interrupted)
+    monkeypatch.setitem(gpu_check.SECTIONS, "llm_train", later)
+    code = gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--sections", "env", "clip", "llm_train"])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert code == 1 and not started and report["interrupted_in"] == "clip"
+    clip = report["sections"]["clip"]
+    assert clip["interrupted"] and not clip["ok"] and clip["cases"] == {"first": {"checks_ok": True}}
+    assert "summary" in report and "wall_s" in report and report["sections"]["env"]["ok"]
+    assert "INTERRUPTED" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]  # no temporary file left behind
+
+
+def test_compiled_generation_starts_only_when_it_can_end_before_the_timeout(monkeypatch):
+    """MoRAM's compiled variant follows the plain model's (the goal compares like with like) and starts only if
+    1.5 × the plain model's time ends within OVERRUN_S past the budget; the command's timeout leaves room."""
+    from moram_ref.perf import llm_step
+
+    monkeypatch.setattr(llm_step.time, "monotonic", lambda: 1000.0)
+    skip = llm_step._skip_compiled
+    assert skip("plain_compiled", None, deadline=1061.0, quick=False) is None
+    assert "60 s" in skip("plain_compiled", None, deadline=1059.0, quick=False)
+    assert "did not run" in skip("moram_compiled", None, deadline=2000.0, quick=False)
+    assert skip("moram_compiled", 60.0, deadline=1000.0 - llm_step.OVERRUN_S + 90.0, quick=False) is None  # ends at 1090
+    assert "would end" in skip("moram_compiled", 60.0, deadline=1000.0 - llm_step.OVERRUN_S + 89.0, quick=False)
+    timeout, budget = map(float, re.search(r"timeout -s INT -k \d+ (\d+) .*--budget-s (\d+)", gpu_check.GPU_CHECK).groups())
+    assert timeout - budget >= llm_step.OVERRUN_S + 15  # the expected end still leaves time to write the JSON
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         gpu_check.main(["--budget-s", "0", "--out", str(tmp_path)])
@@ -92,6 +133,7 @@ def test_command_prints_the_gpu_line(capsys):
     # the worst case of the two outer timeouts (with their -k grace) fits the 600 s of one device command
     limits = [int(a) + int(k) for k, a in re.findall(r"timeout -s INT -k (\d+) (\d+)", line)]
     assert len(limits) == 2 and sum(limits) <= 570, limits
+    assert line in (ROOT / "docs" / "performance.md").read_text().splitlines()  # the docs show the line it prints
 
 
 # What the lent GPU image lacks of `make install-dev` and is not carried as a wheel (its package list in the

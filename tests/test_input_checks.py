@@ -45,3 +45,17 @@ def test_sync_free_check_reads_nothing_back(monkeypatch):
 def test_numpy_arrays_use_the_same_message():
     with pytest.raises(ValueError, match=r"w contains NaN or inf \(2 entries\)"):
         check_finite("w", np.array([np.nan, np.inf, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_one_pass_check_is_exact(dtype):
+    """The CPU check sums first: finite entries whose sum overflows pass, any NaN or ±inf (also +inf and -inf
+    together, whose sum is NaN) is counted and refused."""
+    huge = torch.full((4, 3), torch.finfo(dtype).max, dtype=dtype)
+    assert not torch.isfinite(huge.sum())  # the sum overflows ...
+    check_finite("x", huge)  # ... yet every entry is finite: no false alarm
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        x = torch.ones(4, 3, dtype=dtype)
+        x.view(-1)[: len(bad)] = torch.tensor(bad, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"x contains NaN or inf \({len(bad)} entries\)"):
+            check_finite("x", x)

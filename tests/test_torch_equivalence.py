@@ -180,16 +180,22 @@ def test_lean_final_weights_match_the_full_trace(training):
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 40), k=st.integers(1, 42), levels=st.integers(1, 4),
-       lead=st.sampled_from([(7,), (2, 3), (1, 1, 5)]), dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_top_k_indices_with_ties_equal_numpy(seed, n_atoms, k, levels, lead, dtype):
-    """Scores from a handful of levels (±0.0 among them) make ties at the boundary the rule, not the exception."""
+@given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 40), k=st.integers(1, 42), levels=st.integers(1, 5),
+       lead=st.sampled_from([(7,), (2, 3), (1, 1, 5)]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       rule=st.sampled_from(["top_k_indices", "_top_k_indices_branch_free"]))
+def test_top_k_indices_with_ties_equal_numpy(seed, n_atoms, k, levels, lead, dtype, rule):
+    """Scores from a handful of levels (±0.0 among them) make ties at the boundary the rule, not the exception;
+    levels = 5: continuous scores, no ties (the CPU's one-topk shortcut answers). Both torch rules."""
     from moram_ref.numpy import activation as na
     from moram_ref.torch import activation as ta
 
     rng = np.random.default_rng(seed)
-    s = rng.choice(np.array([0.0, -0.0, 0.5, -0.25, 1.0])[: levels + 1], size=(*lead, n_atoms))
-    got = ta.top_k_indices(torch.from_numpy(s).to(dtype), k).numpy()
-    want = na.top_k_indices(s, k)
+    if levels == 5:
+        s = rng.standard_normal((*lead, n_atoms))
+    else:
+        s = rng.choice(np.array([0.0, -0.0, 0.5, -0.25, 1.0])[: levels + 1], size=(*lead, n_atoms))
+    s_t = torch.from_numpy(s).to(dtype)
+    got = getattr(ta, rule)(s_t, k).numpy()
+    want = na.top_k_indices(s_t.double().numpy(), k)  # on the scores as torch sees them (float32 may tie two)
     assert got.shape == want.shape and got.dtype == np.int64
     assert np.array_equal(np.sort(got, axis=-1), want), f"kept {np.sort(got, axis=-1)} instead of {want}"

@@ -200,7 +200,8 @@ attach.begin_task(model, generator)
 bank_same = torch.equal(model(inputs), with_bank)
 print(f"2. fresh model unchanged by begin_task: {fresh_same};  model with a trained bank unchanged: {bank_same}")
 assert fresh_same and not bank_same
-# 3. About float32's resolution, ~1e-6 relative.
+# 3. About float32's rounding: |Δy| near 1e-6 on outputs of size ~8, i.e. ~1e-7 relative (float32's unit
+#    roundoff is 6e-8).
 t32 = TorchMoRAM(torch.nn.Linear(10, 6), cfg)
 t32.load_state_dict({k: torch.from_numpy(v).float() for k, v in np_layer.state_dict().items()})
 t32.eval()

@@ -170,7 +170,8 @@ class MoRAMLinear(_WrapsLinear):
     def _forward(self, x: torch.Tensor, explicit_delta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The forward pass of spec §3 under the precision policy of docs/semantics.md#precision.
 
-        No step waits for the device or branches on data (``torch.compile(fullgraph=True)`` traces it).
+        No step waits for the device, and on CUDA or under ``torch.compile(fullgraph=True)`` none branches on
+        data (on a CPU in eager mode the input check and the top-k's tie test read one value each).
         The base layer follows the caller's autocast like any linear layer; the MoRAM branch runs with
         autocast off, so autocast never changes routing: ``p`` and every routing step in
         :func:`_routing_dtype` (float32 for bf16/fp16/fp32 models), the value product in the base

@@ -1,15 +1,19 @@
 """Batched, left-padded greedy generation (spec §6: greedy decoding), and its one-by-one reference.
 
 Three modes, the same greedy tokens (tested): ``"eager"`` (Hugging Face's dynamic cache), ``"static"``
-(a static cache, ``cache_implementation="static"``), ``"compiled"`` (static cache and the model's forward
+(a static cache, ``cache_implementation="static"``), ``"compiled"`` (static cache, and every decoding step
 under ``torch.compile(fullgraph=True)``; MoRAM layers trace as one graph, no host synchronisation).
+
+"compiled" uses transformers' own decode-step compilation (``compile_config``): the prefill runs eagerly and
+creates the static cache, which transformers then marks as fixed addresses, so CUDA graphs
+(``mode="reduce-overhead"``) can replay the decoding step. Compiling the whole forward instead (prefill
+included) creates the cache inside the graph, unmarked: CUDA graphs then either skip or free it under the
+next step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -27,42 +31,33 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 GENERATION_MODES = ("eager", "static", "compiled")
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(backend, mode): compiled forward}
 
 
-@contextlib.contextmanager
-def generation_mode(model, mode: str = "eager", backend: str = "inductor",
-                    compile_mode: str | None = None) -> Iterator[dict]:
-    """The extra ``model.generate`` arguments of ``mode``; for ``"compiled"``, ``model.forward`` is
-    ``torch.compile(fullgraph=True, backend=backend, mode=compile_mode)`` until the block ends.
+def generation_kwargs(model, mode: str = "eager", backend: str | Callable = "inductor",
+                      compile_mode: str | None = None) -> dict:
+    """The extra ``model.generate`` arguments of ``mode``; nothing on the model changes here.
 
-    ``compile_mode`` defaults to ``"reduce-overhead"`` (CUDA graphs) on CUDA and ``"default"`` elsewhere.
-    Transformers' own automatic compilation is switched off in the static modes, so "static" stays eager.
+    ``"compiled"``: a static cache and ``compile_config=CompileConfig(fullgraph=True, backend=backend,
+    mode=compile_mode)`` — transformers compiles the decoding step only (once per model and setting; it keeps
+    the compiled call on the model), also on a CPU. ``compile_mode`` defaults to ``"reduce-overhead"`` (CUDA
+    graphs) on CUDA and ``"default"`` elsewhere. In ``"static"`` transformers' automatic compilation is
+    switched off, so it stays eager.
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`GENERATION_MODES`.
     """
     if mode not in GENERATION_MODES:
         raise ValueError(f"mode must be one of {GENERATION_MODES}, got {mode!r}")
     if mode == "eager":
-        yield {}
-        return
-    extra = {"cache_implementation": "static", "disable_compile": True}
+        return {}
     if mode == "static":
-        yield extra
-        return
+        return {"cache_implementation": "static", "disable_compile": True}
+    from transformers import CompileConfig  # noqa: PLC0415
+
     cuda = next(model.parameters()).device.type == "cuda"
-    compile_mode = compile_mode or ("reduce-overhead" if cuda else "default")
-    own = model.__dict__.get("forward")  # an instance-level forward (e.g. set by a hook library), restored after
-    cache = _COMPILED.setdefault(model, {})  # one compiled forward per model and setting: compiled once
-    if (backend, compile_mode, id(own)) not in cache:
-        cache[backend, compile_mode, id(own)] = torch.compile(own or type(model).forward.__get__(model),
-                                                              fullgraph=True, backend=backend, mode=compile_mode)
-    model.forward = cache[backend, compile_mode, id(own)]
-    try:
-        yield extra
-    finally:
-        if own is None:
-            del model.forward
-        else:
-            model.forward = own
+    config = CompileConfig(fullgraph=True, backend=backend, mode=compile_mode or ("reduce-overhead" if cuda else "default"))
+    config._compile_all_devices = True  # transformers compiles on accelerators only unless told (its flag for tests)
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 @torch.no_grad()
@@ -71,7 +66,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     """Greedy continuations of every prompt, ``batch_size`` at a time, left-padded; decoded new tokens only.
 
     ``synced``: every process keeps stepping until all are done (needed when the model is sharded).
-    ``mode``: one of :data:`GENERATION_MODES` (see :func:`generation_mode`). Runs in evaluation mode
+    ``mode``: one of :data:`GENERATION_MODES` (see :func:`generation_kwargs`). Runs in evaluation mode
     (threshold δ on, dropout off); every module's mode is restored afterwards.
     """
     if mode not in GENERATION_MODES:
@@ -93,11 +88,10 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt,
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        with generation_mode(model, mode) as extra:
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 synced_gpus=synced, **extra)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             synced_gpus=synced, **generation_kwargs(model, mode))
         for row, i in enumerate(idx):
             results[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
     return [results[i] for i in range(len(prompts))]

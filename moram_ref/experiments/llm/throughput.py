@@ -2,7 +2,7 @@
 MoRAM eager, MoRAM compiled — the same prompts, the same number of new tokens (no early stop).
 
 ``generation_throughput(model, tokenizer, prompts, max_new_tokens, mode)`` times one mode of
-:func:`moram_ref.experiments.llm.generate.generation_mode` on one model; :func:`merge_random_lora` makes
+:func:`moram_ref.experiments.llm.generate.generation_kwargs` on one model; :func:`merge_random_lora` makes
 "a model with a merged LoRA" (its cost is the plain model's: a merged LoRA adds no computation).
 """
 
@@ -14,7 +14,7 @@ import time
 import torch
 
 from moram_ref.experiments.llm.data import encode_prompt
-from moram_ref.experiments.llm.generate import GENERATION_MODES, generation_mode, left_pad
+from moram_ref.experiments.llm.generate import GENERATION_MODES, generation_kwargs, left_pad
 
 
 def _sync(device: torch.device) -> None:
@@ -31,7 +31,7 @@ def generation_throughput(model, tokenizer, prompts, max_new_tokens: int, mode: 
         prompts: a list of strings (encoded by ``tokenizer``, left-padded) or an int64 tensor (batch, length)
             of token ids (``tokenizer`` may then be None; pad id: the model config's, else 0).
         max_new_tokens: every sequence gets exactly this many new tokens (``min_new_tokens`` too).
-        mode: ``"eager"``, ``"static"`` or ``"compiled"`` (see ``generation_mode``); the warm-up call
+        mode: ``"eager"``, ``"static"`` or ``"compiled"`` (see ``generation_kwargs``); the warm-up call
             includes compilation and is reported apart (``warmup_seconds``).
     Returns ``{"mode", "prompts", "prompt_length", "new_tokens", "seconds", "new_tokens_per_s",
     "warmup_seconds", "sequences"}``; ``sequences`` (batch, max_new_tokens) are the new token ids (CPU).
@@ -57,18 +57,18 @@ def generation_throughput(model, tokenizer, prompts, max_new_tokens: int, mode: 
     model.eval()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                   do_sample=False, num_beams=1, pad_token_id=pad_id)
-    with generation_mode(model, mode, backend, compile_mode) as extra:
-        _sync(device)
+    kwargs.update(generation_kwargs(model, mode, backend, compile_mode))
+    _sync(device)
+    t0 = time.perf_counter()
+    model.generate(**kwargs)  # warm-up: compilation, CUDA graphs, allocator
+    _sync(device)
+    warmup = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        model.generate(**kwargs, **extra)  # warm-up: compilation, CUDA graphs, allocator
+        out = model.generate(**kwargs)
         _sync(device)
-        warmup = time.perf_counter() - t0
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            out = model.generate(**kwargs, **extra)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     new = ids.shape[0] * max_new_tokens
     return {"mode": mode, "prompts": ids.shape[0], "prompt_length": ids.shape[1], "new_tokens": new,
