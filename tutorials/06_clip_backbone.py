@@ -103,7 +103,7 @@ print("class prompts of the first domain:", domains[0].prompts)
 settings = ClipSettings(shots=8, iterations=40, batch=8, lr=5e-3, moram=config)
 zero_shot = evaluate(model, tokenizer, transform, domains, settings, DEVICE, root)
 print("zero-shot accuracy (%):", zero_shot.round(1))
-layer = model.get_submodule(map_layer(model))  # the image encoder's k-projection in block len(blocks) // 2 (block 1 of 0, 1 here)
+layer = model.get_submodule(map_layer(model))  # image encoder, k-projection of block len(blocks) // 2 (1 of 0, 1)
 matrix, maps = [], {}
 for t in range(len(domains)):
     train_task(model, tokenizer, transform, domains, t, settings, DEVICE, root / "manifests", root)
@@ -128,9 +128,10 @@ if not REAL:  # a claim about the tiny toy: the later domains are not learned
 #
 # ## Which atoms fire for which image tokens
 # The paper's rank activation maps (its Fig. 3; spec §8.1): the final weights `w` at the image encoder's
-# attention k-projection of the middle block (`map_layer`: block `len // 2`, the second of the toy's two), for the first test image of each domain, after task 1, after
-# task 2 and after the last task. Rows are atoms in blocks of 8, one block per task (cyan lines); columns
-# are image tokens (the class token and the patches).
+# attention k-projection of the middle block (`map_layer`: block `len // 2`, the second of the toy's two),
+# for the first test image of each domain, after task 1, after task 2 and after the last task. Rows are
+# atoms in blocks of 8, one block per task (cyan lines); columns are image tokens (the class token and the
+# patches).
 
 # %%
 fig = plots.token_activation_figure(maps, config.atoms_per_task,

@@ -34,12 +34,12 @@ a few roundings in the output dtype: the value product, the cast of ``c``, the i
 Measured on the CPU (``TRITON_INTERPRET=1``), median over layers: on the random Llama-3.2-1B shape (bf16,
 2 × 64 tokens, e = 0.044) a correct kernel's forward 0.015 (bound 0.18), ``∂/∂x`` 1.3·10⁻⁵, ``∂/∂atoms``
 0.0045 (bound 0.031); on the quick tiny Llama 0.0071, 0, 0.0047; on the quick CLIP (float32) the medians
-3–6·10⁻⁷, the largest layer's about 6·10⁻⁷ (bound 2⁻¹⁰). A kernel returning zeros, or zeros for the frozen bank: forward 1.0. Of 13 mutants of
-the kernel, the quick CLIP and LLM steps between them catch every one that changes a result there beyond
-rounding (τ ignored,
-``c = w``, the gate in training, softmax over all R, k + 1, two wrong backward terms); the other five act
-only on exact ties, scores exactly at δ, k > 16 or the gate in a backward, which the kernel's own test
-cases (``tests/routing_triton_cases.py``, in the CUDA suite too) pin.
+3–6·10⁻⁷, the largest layer's about 6·10⁻⁷ (bound 2⁻¹⁰). A kernel returning zeros, or zeros for the frozen
+bank: forward 1.0. Of 13 mutants of the kernel, the quick CLIP and LLM steps between them catch every one
+that changes a result there beyond rounding (τ ignored, ``c = w``, the gate in training, softmax over all R,
+k + 1, two wrong backward terms); the other five act only on exact ties, scores exactly at δ, k > 16 or the
+gate in a backward, which the kernel's own test cases (``tests/routing_triton_cases.py``, in the CUDA suite
+too) pin.
 """
 
 from __future__ import annotations

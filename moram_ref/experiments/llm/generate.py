@@ -55,7 +55,8 @@ def generation_kwargs(model, mode: str = "eager", backend: str | Callable = "ind
     from transformers import CompileConfig  # noqa: PLC0415
 
     cuda = next(model.parameters()).device.type == "cuda"
-    config = CompileConfig(fullgraph=True, backend=backend, mode=compile_mode or ("reduce-overhead" if cuda else "default"))
+    mode_ = compile_mode or ("reduce-overhead" if cuda else "default")
+    config = CompileConfig(fullgraph=True, backend=backend, mode=mode_)
     config._compile_all_devices = True  # transformers compiles on accelerators only unless told (its flag for tests)
     return {"cache_implementation": "static", "compile_config": config}
 
