@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from moram_ref.experiments import rundir
 from moram_ref.experiments.rundir import write_text
 
 GPU_INSTALL = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
@@ -157,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.command:  # one device run, under the 10-minute limit of one command (docs/performance.md)
         print(GPU_SESSION)
         return 0
-    if a.budget_s <= 0:
-        p.error(f"--budget-s must be > 0, got {a.budget_s}")
+    if not (math.isfinite(a.budget_s) and a.budget_s > 0):
+        p.error(f"--budget-s must be a finite number of seconds > 0, got {a.budget_s}")
     if a.out.exists() and not a.out.is_dir():
         p.error(f"--out must be a folder, got the file {a.out}")
     import torch
@@ -173,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if backend not in known:
         p.error(f"--compile-backend must be one of {known}, got {backend!r}")
     backend = None if backend == "none" else backend
-    a.out.mkdir(parents=True, exist_ok=True)
+    try:
+        a.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {a.out}: cannot make the folder ({exc.strerror})")
     path = a.out / "gpu_check.json"
     report: dict = {"argv": sys.argv[1:] if argv is None else argv, "quick": a.quick, "sections": {}}
     start = time.monotonic()
@@ -183,6 +189,34 @@ def main(argv: list[str] | None = None) -> int:
             report["sections"][name] = part
         write_text(path, json.dumps(report, indent=1, default=str))  # whole or not at all, even if killed
 
+    previous = {sig: signal.signal(sig, _stop) for sig in rundir.STOP_SIGNALS}
+    rundir.clear_stop()
+    try:
+        _run_sections(a, device, backend, report, save, start, torch)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    report["summary"] = summary(report["sections"])
+    report["wall_s"] = time.monotonic() - start
+    save()
+    for row in report["summary"]["goals"]:
+        value = "not measured" if row["value"] is None else f"{row['value']:.2f} ({row['best_variant']})"
+        verdict = {True: "met", False: "NOT met", None: "—"}[row["met"]]
+        print(f"  {row['goal']:<72} {value:<32} {verdict}")
+    print(f"wrote {path} ({report['wall_s']:.0f} s)")
+    stopped = "interrupted_in" in report or "interrupted_after" in report
+    return 0 if all(s.get("ok") for s in report["sections"].values()) and not stopped else 1
+
+
+def _stop(signum, frame):
+    """SIGINT/SIGTERM (``timeout -s INT``): noted first, so that an interrupt Python swallows (one raised in a
+    garbage-collection callback is only reported as "Exception ignored") still stops after the section."""
+    rundir.request_stop()
+    raise KeyboardInterrupt
+
+
+def _run_sections(a, device, backend, report, save, start, torch) -> None:
+    """Each section in turn (see :func:`main`); an interrupt keeps what the section saved and stops."""
     for name in a.sections:
         t0 = time.monotonic()
         deadline = start + DEADLINE_SHARE[name] * a.budget_s
@@ -203,15 +237,11 @@ def main(argv: list[str] | None = None) -> int:
               f"  ({res['wall_s']:.0f} s)", flush=True)
         if "interrupted_in" in report:
             break
-    report["summary"] = summary(report["sections"])
-    report["wall_s"] = time.monotonic() - start
-    save()
-    for row in report["summary"]["goals"]:
-        value = "not measured" if row["value"] is None else f"{row['value']:.2f} ({row['best_variant']})"
-        verdict = {True: "met", False: "NOT met", None: "—"}[row["met"]]
-        print(f"  {row['goal']:<72} {value:<32} {verdict}")
-    print(f"wrote {path} ({report['wall_s']:.0f} s)")
-    return 0 if all(s.get("ok") for s in report["sections"].values()) else 1
+        if rundir.stop_requested():  # an interrupt swallowed inside the section: it finished, stop here
+            report["interrupted_after"] = name
+            save()
+            print(f"stop requested during {name}: no further section", flush=True)
+            break
 
 
 if __name__ == "__main__":

@@ -89,7 +89,34 @@ def test_an_interrupt_keeps_the_partial_section_writes_the_summary_and_stops(tmp
     assert clip["interrupted"] and not clip["ok"] and clip["cases"] == {"first": {"checks_ok": True}}
     assert "summary" in report and "wall_s" in report and report["sections"]["env"]["ok"]
     assert "INTERRUPTED" in capsys.readouterr().out
+    from moram_ref.experiments import rundir
+
+    rundir.clear_stop()
     assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]  # no temporary file left behind
+
+
+def test_an_interrupt_python_swallowed_still_stops_after_the_section(tmp_path, monkeypatch):
+    """A SIGINT raised inside a garbage-collection callback is only printed ("Exception ignored"); the handler
+    notes the stop first, so the check ends after that section, says so, and exits 1."""
+    import signal
+
+    from moram_ref.experiments import rundir
+
+    def swallowed(device, quick, deadline, save, backend):
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            handler(signal.SIGINT, None)  # what the signal would run
+        except KeyboardInterrupt:
+            pass  # ... and what a GC callback does with the exception
+        return {"ok": True}
+
+    monkeypatch.setitem(gpu_check.SECTIONS, "clip", swallowed)
+    monkeypatch.setitem(gpu_check.SECTIONS, "llm_train", lambda *a, **k: pytest.fail("ran after a stop"))
+    code = gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--sections", "clip", "llm_train"])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert code == 1 and report["interrupted_after"] == "clip" and "summary" in report
+    assert signal.getsignal(signal.SIGINT) is not gpu_check._stop  # handlers restored
+    rundir.clear_stop()
 
 
 def test_compiled_generation_starts_only_when_it_can_end_before_the_timeout(monkeypatch):
@@ -109,9 +136,10 @@ def test_compiled_generation_starts_only_when_it_can_end_before_the_timeout(monk
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        gpu_check.main(["--budget-s", "0", "--out", str(tmp_path)])
-    assert exc.value.code == 2 and "--budget-s must be > 0, got 0.0" in capsys.readouterr().err
+    for budget in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.main(["--budget-s", budget, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and "--budget-s must be a finite number of seconds > 0" in capsys.readouterr().err
     for flags, message in ((["--device", "tpu"], "--device must be cpu or cuda[:N], got 'tpu'"),
                            (["--compile-backend", "nope"], "--compile-backend must be one of")):
         with pytest.raises(SystemExit):
@@ -121,6 +149,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", str(tmp_path / "file")])
     assert "--out must be a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder under a file: named, no traceback
+        gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "file" / "sub")])
+    assert "cannot make the folder" in capsys.readouterr().err
 
 
 def test_command_prints_the_gpu_line(capsys):

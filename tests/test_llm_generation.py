@@ -95,6 +95,18 @@ def test_generation_errors(tokenizer, models):
     _, moram = models
     with pytest.raises(ValueError, match="mode must be one of"):
         generate(moram, tokenizer, PROMPTS, mode="fast")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        generate(moram, tokenizer, PROMPTS, batch_size=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        generation_kwargs(moram, "compiled", backend="nope")
+    with pytest.raises(ValueError, match="compile_mode must be None or one of"):
+        generation_kwargs(moram, "compiled", compile_mode="bogus")
+    with pytest.raises(ValueError, match="with batch, length >= 1"):
+        generation_throughput(moram, None, torch.ones(2, 0, dtype=torch.long), 2)
+    moram.train()
+    generation_throughput(moram, None, torch.tensor([[5, 6]]), 1, repeat=1)
+    assert moram.training  # the caller's mode is restored
+    moram.eval()
     with pytest.raises(ValueError, match="max_new_tokens"):
         generation_throughput(moram, tokenizer, PROMPTS, 0)
     with pytest.raises(ValueError, match="int64"):

@@ -199,3 +199,20 @@ def test_top_k_indices_with_ties_equal_numpy(seed, n_atoms, k, levels, lead, dty
     want = na.top_k_indices(s_t.double().numpy(), k)  # on the scores as torch sees them (float32 may tie two)
     assert got.shape == want.shape and got.dtype == np.int64
     assert np.array_equal(np.sort(got, axis=-1), want), f"kept {np.sort(got, axis=-1)} instead of {want}"
+
+
+def test_cpu_top_k_shortcut_decides_per_row():
+    """The eager CPU top-k answers tie-free rows with one topk and the others with the branch-free rule, row by
+    row: a row's indices (their order too, which sums follow) never depend on a tie in another row; a NaN
+    row takes the branch-free rule, as on CUDA and under torch.compile."""
+    from moram_ref.torch import activation as ta
+
+    gen = torch.Generator().manual_seed(0)
+    free = torch.randn(1, 12, generator=gen)  # no ties
+    tied = torch.tensor([[0.5, 1.0, 0.5, 0.5, -1.0, 0.5, 0.2, 0.1, 0.0, 0.3, 0.4, 0.5]])  # four 0.5 at the boundary
+    nan = torch.tensor([[float("nan"), 1.0, 2.0, 3.0] + [0.0] * 8])
+    alone = ta.top_k_indices(free, 3)
+    together = ta.top_k_indices(torch.cat([free, tied, nan]), 3)
+    assert torch.equal(together[0], alone[0])  # same atoms in the same order, whatever the other rows hold
+    assert torch.equal(together[1:], ta._top_k_indices_branch_free(torch.cat([tied, nan]), 3))
+    assert sorted(together[1].tolist()) == [0, 1, 2]  # the tied 0.5s go to the lowest indices

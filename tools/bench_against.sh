@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REV=${1:-2aec278}
 RUNS=${2:-4}
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench_against.sh: RUNS must be an integer >= 1, got '$RUNS'" >&2; exit 2; }
 PY=${PYTHON:-$PWD/.venv/bin/python}
 HERE=$PWD
 TMP=$(mktemp -d)

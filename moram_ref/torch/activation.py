@@ -31,16 +31,22 @@ def top_k_indices(s: torch.Tensor, k: int) -> torch.Tensor:
     s: (..., R) -> (..., min(k, R)) int64, in no particular order: the atoms :func:`top_k_mask` keeps.
     On CUDA and while ``torch.compile`` traces: :func:`_top_k_indices_branch_free` (nothing waits for the
     device, no graph break). On a CPU in eager mode, where reading a value back costs no device wait, one
-    ``topk`` decides wherever no row has a tie at its boundary (its choice is then the rule's: exactly k
-    scores are ≥ the k-th largest); otherwise the branch-free rule. Both are exact (tested against NumPy);
-    the CPU shortcut saves the second ``topk`` (≈ 4 % of the layer's evaluation forward, docs/performance.md).
+    ``topk`` answers for every row with exactly ``k`` scores ≥ its k-th largest (its choice is then the
+    rule's); the other rows (a tie at the boundary, or a NaN score) take the branch-free rule, decided per
+    row, so a row's result never depends on the other rows. Both are exact (tested against NumPy); the CPU
+    shortcut saves the second ``topk`` (≈ 4 % of the layer's evaluation forward, docs/performance.md). Where
+    a shortcut row lists its atoms in another order than the branch-free rule would, sums over them round
+    differently (float32: a few units in the last place). NaN scores, which the layer never produces (its
+    input check refuses NaN and inf), follow the branch-free rule on every path.
     """
     k = min(k, s.shape[-1])
     if k > 0 and s.device.type == "cpu" and not torch.compiler.is_compiling():
         values, idx = torch.topk(s, k, dim=-1, sorted=False)  # (..., k)
         kth = values.amin(dim=-1, keepdim=True)  # (..., 1)
-        if not bool(((s >= kth).sum(dim=-1) > k).any()):  # no tie at any row's boundary
+        other = (s >= kth).sum(dim=-1, keepdim=True) != k  # (..., 1) a boundary tie (> k), or NaN (0)
+        if not bool(other.any()):
             return idx
+        return torch.where(other, _top_k_indices_branch_free(s, k), idx)  # (..., k)
     return _top_k_indices_branch_free(s, k)
 
 

@@ -31,6 +31,7 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 GENERATION_MODES = ("eager", "static", "compiled")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def generation_kwargs(model, mode: str = "eager", backend: str | Callable = "inductor",
@@ -44,10 +45,18 @@ def generation_kwargs(model, mode: str = "eager", backend: str | Callable = "ind
     switched off, so it stays eager.
 
     Raises:
-        ValueError: ``mode`` is not one of :data:`GENERATION_MODES`.
+        ValueError: ``mode`` is not one of :data:`GENERATION_MODES`; for ``"compiled"``, ``backend`` (a name)
+            is not one of ``torch._dynamo.list_backends``, or ``compile_mode`` is not one of
+            :data:`COMPILE_MODES`.
     """
     if mode not in GENERATION_MODES:
         raise ValueError(f"mode must be one of {GENERATION_MODES}, got {mode!r}")
+    if mode == "compiled":
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if isinstance(backend, str) and backend not in known:
+            raise ValueError(f"backend must be one of {known} (or a callable), got {backend!r}")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be None or one of {COMPILE_MODES}, got {compile_mode!r}")
     if mode == "eager":
         return {}
     if mode == "static":
@@ -72,6 +81,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     """
     if mode not in GENERATION_MODES:
         raise ValueError(f"mode must be one of {GENERATION_MODES}, got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

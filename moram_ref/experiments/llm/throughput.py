@@ -45,7 +45,8 @@ def generation_throughput(model, tokenizer, prompts, max_new_tokens: int, mode: 
     device = next(model.parameters()).device
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.dtype != torch.long or prompts.numel() == 0:
-            raise ValueError(f"prompts as a tensor must be int64 (batch, length), got {prompts.dtype} {tuple(prompts.shape)}")
+            raise ValueError("prompts as a tensor must be int64 (batch, length) with batch, length >= 1, got "
+                             f"{prompts.dtype} {tuple(prompts.shape)}")
         ids, mask = prompts, torch.ones_like(prompts)
         pad_id = getattr(model.config, "pad_token_id", None) or 0
     else:
@@ -54,10 +55,20 @@ def generation_throughput(model, tokenizer, prompts, max_new_tokens: int, mode: 
         pad_id = tokenizer.pad_token_id
         ids, mask = left_pad([encode_prompt(tokenizer, p, 1 << 30)[0] for p in prompts], pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    model.eval()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                   do_sample=False, num_beams=1, pad_token_id=pad_id)
     kwargs.update(generation_kwargs(model, mode, backend, compile_mode))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return _timed(model, kwargs, repeat, device, mode, ids.shape, max_new_tokens)
+    finally:  # every module's mode as it was
+        for module, training in modes:
+            module.training = training
+
+
+def _timed(model, kwargs: dict, repeat: int, device: torch.device, mode: str, shape, max_new_tokens: int) -> dict:
+    """One warm-up ``generate``, then the median of ``repeat`` timed ones (see :func:`generation_throughput`)."""
     _sync(device)
     t0 = time.perf_counter()
     model.generate(**kwargs)  # warm-up: compilation, CUDA graphs, allocator
@@ -70,10 +81,10 @@ def generation_throughput(model, tokenizer, prompts, max_new_tokens: int, mode: 
         _sync(device)
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    new = ids.shape[0] * max_new_tokens
-    return {"mode": mode, "prompts": ids.shape[0], "prompt_length": ids.shape[1], "new_tokens": new,
+    new = shape[0] * max_new_tokens
+    return {"mode": mode, "prompts": shape[0], "prompt_length": shape[1], "new_tokens": new,
             "seconds": seconds, "new_tokens_per_s": new / seconds, "warmup_seconds": warmup,
-            "sequences": out[:, ids.shape[1]:].cpu()}
+            "sequences": out[:, shape[1]:].cpu()}
 
 
 @torch.no_grad()
