@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = summary(report["sections"])
     report["wall_s"] = time.monotonic() - start
     save()
+    if a.quick or not device.startswith("cuda"):
+        why = ", ".join(w for w, on in (("--quick sizes", a.quick), (f"on {device}", not device.startswith("cuda"))) if on)
+        print(f"  goals of #11 ({why}): these ratios exercise the code; the goals are about full sizes on a GPU")
     for row in report["summary"]["goals"]:
         value = "not measured" if row["value"] is None else f"{row['value']:.2f} ({row['best_variant']})"
         verdict = {True: "met", False: "NOT met", None: "—"}[row["met"]]

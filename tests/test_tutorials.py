@@ -74,7 +74,8 @@ def test_tutorial_runs(path, tmp_path, executed):
     env = tutorial_env(path)
     if notebooks.missing_requirement(path, env):
         pytest.skip(f"{path.name} needs the benchmark data, which the tests pass it as {notebooks.NEEDS[path.stem]}: {DATA} "
-                    "is not present (set MORAM_SHARED_DATA to the folder that holds llm-cl-benchmark-500/)")
+                    "is not present (for the tests set MORAM_SHARED_DATA to the folder that holds llm-cl-benchmark-500/; "
+                    "by hand, the tutorial reads DATA_ROOT=<that folder>/llm-cl-benchmark-500)")
     figures = tmp_path / "figures"
     nb = notebooks.execute(path, figures, environ=env)  # a failing cell (a false claim) raises here
     shown, saved = notebooks.figure_count(nb), len(list(figures.glob("*.png")))

@@ -27,7 +27,11 @@ for i in $(seq "$RUNS"); do
   done
 done
 echo
-echo "medians over $RUNS runs (old: $REV, new: working tree)"
+if [ "$RUNS" = 1 ]; then
+  echo "one run each (old: $REV, new: working tree); one run is noise on a shared CPU: use 4 or more to compare"
+else
+  echo "medians over $RUNS runs (old: $REV, new: working tree)"
+fi
 for side in old new; do
   "$PY" - "$TMP/$side.txt" "$side" <<'EOF'
 import re, statistics, sys
