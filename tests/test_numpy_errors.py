@@ -123,3 +123,13 @@ def test_state_round_trip_any_bank_size(rng):
         dst.load_state_dict(src.state_dict())
         x = rng.standard_normal((3, 6))
         assert np.array_equal(dst.forward(x)[0], src.forward(x)[0])
+
+
+def test_top_k_indices_refuses_nan_scores():
+    """The rule orders real numbers: a NaN score is named, not a reshape error from the rows that kept fewer."""
+    from moram_ref.numpy.activation import top_k_indices
+
+    s = np.array([[0.1, 0.4, 0.2], [np.nan, np.nan, np.nan]])
+    with pytest.raises(ValueError, match=r"s: 1 row\(s\) hold NaN scores \(first: row 1"):
+        top_k_indices(s, 2)
+    assert np.array_equal(top_k_indices(s[:1], 2), [[1, 2]])

@@ -54,7 +54,13 @@ def top_k_indices(s: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest signed scores, ties to the lower atom index — theory.md#eq-topk (step 3).
 
     Returns (..., min(k, R)) int64, ascending by atom index: the positions :func:`top_k_mask` keeps.
+    Raises ValueError if a score is NaN (the rule orders real numbers; the layer's input check refuses NaN
+    and inf, so the layer never gets here with one).
     """
+    if np.isnan(s).any():
+        rows = np.flatnonzero(np.isnan(s).reshape(-1, s.shape[-1]).any(axis=-1))
+        raise ValueError(f"s: {rows.size} row(s) hold NaN scores (first: row {rows[0]} of the flattened leading "
+                         "dims); top-k is defined for real-valued scores")
     return _kept_indices(top_k_mask(s, k), min(k, s.shape[-1]))
 
 
