@@ -139,7 +139,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     for budget in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit) as exc:
             gpu_check.main(["--budget-s", budget, "--out", str(tmp_path)])
-        assert exc.value.code == 2 and "--budget-s must be a finite number of seconds > 0" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument --budget-s: expected a finite number > 0, got {budget}" in err
+        assert err.count("\n") == 1 and "usage:" not in err  # one line, as moram-ref's errors
     for flags, message in ((["--device", "tpu"], "--device must be cpu or cuda[:N], got 'tpu'"),
                            (["--compile-backend", "nope"], "--compile-backend must be one of")):
         with pytest.raises(SystemExit):

@@ -50,7 +50,7 @@ def test_equals_the_package_on_generated_texts():
             prediction, reference)
 
 
-@pytest.mark.skipif(not MEETINGBANK.is_dir(), reason=f"the shared MeetingBank data ({MEETINGBANK}) is not present; set MORAM_SHARED_DATA to the folder that holds llm-cl-benchmark-500/")
+@pytest.mark.skipif(not MEETINGBANK.is_dir(), reason=f"the shared MeetingBank data ({MEETINGBANK}) is not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
 def test_equals_the_package_on_meetingbank_references():
     rows = json.loads((MEETINGBANK / "test.json").read_text())[:40]
     answers = [r["answer"] for r in rows]

@@ -87,7 +87,7 @@ def test_dropout_and_recording_trace_as_one_graph():
     assert x.grad is not None and layer.keys.grad is not None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronisation is only observable on CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronisation is only observable on CUDA; it runs wherever torch sees a GPU")
 @pytest.mark.parametrize("training", [True, False])
 def test_no_host_sync_on_cuda(training):
     layer = make_layer(2, True, device="cuda").train(training)

@@ -22,6 +22,12 @@
 import os
 from pathlib import Path
 
+DATA_ROOT = os.environ.get("DATA_ROOT")  # checked before the heavy imports: a missing folder fails in a second
+if not DATA_ROOT or not Path(DATA_ROOT, "dbpedia").is_dir():
+    raise SystemExit(("DATA_ROOT is not set" if not DATA_ROOT else f"DATA_ROOT={DATA_ROOT!r} has no dbpedia/ folder")
+                     + ": set DATA_ROOT to the benchmark folder llm-cl-benchmark-500 (the one holding dbpedia/, "
+                     "amazon/, …; the O-LoRA tasks in JSON, not shipped with this project)")
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -37,10 +43,6 @@ from moram_ref.torch import attach
 FIGURES = Path(os.environ.get("MORAM_FIGURES", "runs/tutorial-figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 hf_logging.disable_progress_bar()
-DATA_ROOT = os.environ.get("DATA_ROOT")
-if not DATA_ROOT or not Path(DATA_ROOT, "dbpedia").is_dir():
-    raise SystemExit(f"DATA_ROOT={DATA_ROOT!r}: set DATA_ROOT to the benchmark folder llm-cl-benchmark-500 "
-                     "(the one holding dbpedia/, amazon/, …)")
 
 # %% [markdown]
 # ## Two real tasks
