@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="folder for gpu_check.json")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--quick", "--small", action="store_true", help="tiny sizes: the whole script on a CPU in 15-60 s; its ratios are not GPU figures")
+    p.add_argument("--quick", "--small", action="store_true", 
+                   help="tiny sizes: the whole script on a CPU in 15-60 s; its ratios are not GPU figures")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument("--budget-s", type=cliargs.real(0, low_open=True), default=300.0,
                    help="time budget in seconds (default 300); compilation and optional variants stop when their "

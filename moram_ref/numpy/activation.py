@@ -55,10 +55,12 @@ def top_k_indices(s: np.ndarray, k: int) -> np.ndarray:
 
     Returns (..., min(k, R)) int64, ascending by atom index: the positions :func:`top_k_mask` keeps.
     Raises ValueError if a score is NaN (the rule orders real numbers; the layer's input check refuses NaN
-    and inf, so the layer never gets here with one).
+    and inf, so the layer never gets here with one). The torch twin cannot raise without a host-device
+    wait and sends such rows to its branch-free rule instead.
     """
-    if np.isnan(s).any():
-        rows = np.flatnonzero(np.isnan(s).reshape(-1, s.shape[-1]).any(axis=-1))
+    nan_rows = np.isnan(s).reshape(-1, s.shape[-1]).any(axis=-1)  # (rows,) over the flattened leading dims
+    if nan_rows.any():
+        rows = np.flatnonzero(nan_rows)
         raise ValueError(f"s: {rows.size} row(s) hold NaN scores (first: row {rows[0]} of the flattened leading "
                          "dims); top-k is defined for real-valued scores")
     return _kept_indices(top_k_mask(s, k), min(k, s.shape[-1]))
