@@ -6,7 +6,6 @@ work starts and printed as one line, ``moram-ref <command>: error: …``, with e
 
 from __future__ import annotations
 
-import atexit
 import errno
 import importlib
 import os
@@ -57,7 +56,7 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
-_STOPS_SEEN: list[int] = []  # the stop signals :func:`_stop` received in this process (see _exit_after_a_stop)
+_STOPS_SEEN: list[int] = []  # the stop signals :func:`_stop` received in this process (see rundir.exit_after_a_stop)
 
 
 def _stop(signum, frame):
@@ -91,13 +90,6 @@ def _put_back(replaced: dict, exiting: bool = False) -> None:
                 stopped = True
     if stopped:
         raise KeyboardInterrupt
-
-
-def _quiet_swallowed_interrupts(unraisable) -> None:
-    """An interrupt raised inside a callback Python cannot propagate from (garbage collection, fork) is
-    noted by :func:`_stop` and ends the command at its next check; no traceback for it."""
-    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and rundir.stop_requested()):
-        sys.__unraisablehook__(unraisable)
 
 
 def _interrupted(name: str, argv: list[str] = ()) -> int:
@@ -154,29 +146,8 @@ def entry() -> None:
                 print(f"{_name(sys.argv[1:])}: error: could not write its output ({exc.strerror})", file=sys.stderr)
                 status = 1
     if _STOPS_SEEN:
-        _exit_after_a_stop(status)
+        rundir.exit_after_a_stop(status)
     sys.exit(status)
-
-
-def _exit_after_a_stop(status: int) -> None:
-    """End the process with ``status`` (130 after "interrupted") after a stop signal, never by the signal itself.
-
-    CPython marks a ``KeyboardInterrupt`` that leaves Python source run from C (``PyRun_String``; pybind11 runs
-    some while torch is imported) as unhandled, even when the command then catches it; a process started as
-    ``python -m moram_ref.cli`` so marked kills itself with SIGINT once it has shut down (exit status -2, also
-    after a SIGTERM), whatever the command returned (the ``moram-ref`` script, run as a file, exits normally).
-    So here the ``atexit`` functions run and the standard streams are flushed, as at a normal exit, and the
-    process ends with ``os._exit``: what that skips is tearing the modules down and waiting for threads that
-    are not daemons (the commands start none). The stop signals are ignored by now (see :func:`entry`).
-    """
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):  # a closed or full stream: its refusal was reported above, if it mattered
-            pass
-    os._exit(status)
 
 
 def _run(argv: list[str] | None, exiting: bool) -> int:
@@ -249,7 +220,7 @@ def _main(argv: list[str], exiting: bool) -> int:
     try:
         if main_thread:
             _stop_handlers(replaced)
-        sys.unraisablehook = _quiet_swallowed_interrupts
+        sys.unraisablehook = rundir.quiet_swallowed_interrupts
         args = build_parser(command).parse_args(argv)  # may import torch: interruptible too
         name = f"moram-ref {args.command}"
         module, _, function = COMMANDS[args.command][0].partition(":")
@@ -287,7 +258,7 @@ def _main(argv: list[str], exiting: bool) -> int:
     finally:
         sys.unraisablehook = hook
         _put_back(replaced, exiting)
-    if rundir.stop_requested():  # an interrupt Python swallowed (see _quiet_swallowed_interrupts)
+    if rundir.stop_requested():  # an interrupt Python swallowed (see rundir.quiet_swallowed_interrupts)
         return _interrupted(name, argv)
     return status if isinstance(status, int) else 0
 

@@ -46,6 +46,8 @@ GPU_TESTS = ("MORAM_TEST_DEVICE=cuda timeout -s INT -k 15 180 python3 -m pytest 
              "--junitxml=$OUT/pytest_cuda.xml tests")
 GPU_SESSION = (GPU_INSTALL + "set -o pipefail; " + GPU_CHECK + "; echo \"gpu_check: exit $?\"; " + GPU_TESTS
                + " 2>&1 | tee $OUT/pytest_cuda.log | tail -60")
+_WRITTEN: list[Path] = []  # the JSON files this process wrote (named by :func:`entry` after a stop)
+_STOPPED: list = []  # a stop signal came (see :func:`_exit`)
 # cumulative share of the time budget at which each section's optional parts (compilation, kernels) stop
 DEADLINE_SHARE = {"env": 0.0, "layer": 0.40, "clip": 0.55, "llm_train": 0.65, "llm_generate": 1.0}
 GOALS = [  # (name, where in the report, comparison, goal) — issue #11
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if name is not None:
             report["sections"][name] = part
         write_text(path, json.dumps(report, indent=1, default=str))  # whole or not at all, even if killed
+        if path not in _WRITTEN:
+            _WRITTEN.append(path)
 
     previous = {sig: signal.signal(sig, _stop) for sig in rundir.STOP_SIGNALS}
     rundir.clear_stop()
@@ -216,6 +220,7 @@ def _stop(signum, frame):
     """SIGINT/SIGTERM (``timeout -s INT``): noted first, so that an interrupt Python swallows (one raised in a
     garbage-collection callback is only reported as "Exception ignored") still stops after the section."""
     rundir.request_stop()
+    _STOPPED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -248,5 +253,47 @@ def _run_sections(a, device, backend, report, save, start, torch) -> None:
             break
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """:func:`main` as the script runs it: a stop outside the sections' own handling (while torch imports, a
+    second Ctrl-C while the report is saved) ends it with one line on stderr and exit status 130 instead of a
+    traceback, and the JSON already written stays whole (it is replaced by a rename, never rewritten in place);
+    an interrupt Python swallows in a callback prints nothing (:func:`rundir.quiet_swallowed_interrupts`)."""
+    previous = {sig: signal.signal(sig, _stop) for sig in rundir.STOP_SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, rundir.quiet_swallowed_interrupts
+    try:
+        return main(argv)
+    except Exception:
+        if not rundir.stop_requested():  # an interrupt can surface as another error (an import it broke)
+            raise
+        return _interrupted()
+    except KeyboardInterrupt:
+        return _interrupted()
+    finally:
+        sys.unraisablehook = hook
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        rundir.clear_stop()
+
+
+def _interrupted() -> int:
+    _STOPPED.append(True)
+    written = [p for p in _WRITTEN if p.is_file()]
+    print("python -m moram_ref.gpu_check: interrupted"
+          + (f"; {written[-1]} holds the sections finished before" if written else " before any section ran"),
+          file=sys.stderr)
+    return 130
+
+
+def _exit(status: int) -> None:
+    """End the script with ``status``, never by a stop signal: the report is written, so from here the stop
+    signals are ignored (a late Ctrl-C or ``timeout -s INT`` during Python's shutdown would end it with -2),
+    and after a stop it ends through :func:`rundir.exit_after_a_stop` (which says why)."""
+    for sig in rundir.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if _STOPPED:
+        rundir.exit_after_a_stop(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _exit(entry())

@@ -119,6 +119,31 @@ def test_an_interrupt_python_swallowed_still_stops_after_the_section(tmp_path, m
     rundir.clear_stop()
 
 
+def test_a_stop_outside_the_sections_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while torch imports (before any section) or a second one while the summary is written: one line
+    naming what is on disk, exit 130, no traceback; the JSON written before stays whole."""
+    monkeypatch.setattr(gpu_check, "_WRITTEN", [])
+    real_main = gpu_check.main
+
+    def importing(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "main", importing)
+    assert gpu_check.entry(["--quick"]) == 130
+    assert capsys.readouterr().err == "python -m moram_ref.gpu_check: interrupted before any section ran\n"
+
+    def second_stop(sections):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "main", real_main)
+    monkeypatch.setattr(gpu_check, "summary", second_stop)
+    monkeypatch.setitem(gpu_check.SECTIONS, "clip", lambda *a, **k: {"ok": True})
+    assert gpu_check.entry(["--quick", "--device", "cpu", "--out", str(tmp_path), "--sections", "clip"]) == 130
+    err = capsys.readouterr().err
+    assert err == f"python -m moram_ref.gpu_check: interrupted; {tmp_path / 'gpu_check.json'} holds the sections finished before\n"
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["clip"]["ok"]
+
+
 def test_compiled_generation_starts_only_when_it_can_end_before_the_timeout(monkeypatch):
     """MoRAM's compiled variant follows the plain model's (the goal compares like with like) and starts only if
     1.5 × the plain model's time ends within OVERRUN_S past the budget; the command's timeout leaves room."""

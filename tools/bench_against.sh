@@ -6,7 +6,8 @@
 #
 # REV's moram_ref/bench.py is the harness for both (the same LoRA baseline, timing and cases); the working
 # tree's package must still offer what that harness calls. Prints each run's ratios and absolute times, then
-# the medians per package. Uses .venv's Python and 2 threads (as `make bench` on this project's machine).
+# a table of the medians: old, new and new/old, times in ms and ratios to plain LoRA (lower is better). Uses
+# .venv's Python and 2 threads (as `make bench` on this project's machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REV=${1:-2aec278}
@@ -32,13 +33,22 @@ if [ "$RUNS" = 1 ]; then
 else
   echo "medians over $RUNS runs (old: $REV, new: working tree)"
 fi
-for side in old new; do
-  "$PY" - "$TMP/$side.txt" "$side" <<'EOF'
-import re, statistics, sys
-vals = {}
-for line in open(sys.argv[1]):
-    name, value = line.split()[:2]
-    vals.setdefault(name, []).append(float(value))
-print(sys.argv[2].ljust(4), "  ".join(f"{n} {statistics.median(v):.3f}" for n, v in vals.items()))
+"$PY" - "$TMP/old.txt" "$TMP/new.txt" <<'EOF'
+import statistics, sys
+sides = []
+for path in sys.argv[1:]:
+    vals = {}
+    for line in open(path):
+        name, value, *unit = line.split()
+        vals.setdefault((name, " ".join(unit)), []).append(float(value))
+    sides.append({key: statistics.median(v) for key, v in vals.items()})
+old, new = sides
+print(f"  {'':<28} {'old':>10} {'new':>10} {'new/old':>8}")
+for (name, unit), value in new.items():
+    label = f"{name} ({unit})" if unit else f"{name} (ratio)"
+    before = old.get((name, unit))
+    fmt = "{:10.1f}" if unit else "{:10.3f}"
+    print(f"  {label:<28} " + (fmt.format(before) if before is not None else f"{'—':>10}") + " " + fmt.format(value)
+          + (f" {value / before:8.3f}" if before else ""))
+print("  (ms: median time of one call; ratio: MoRAM's time over plain LoRA's, lower is better)")
 EOF
-done

@@ -27,6 +27,8 @@ from moram_ref.torch.layer import MoRAMLinear as TorchMoRAM
 
 FIGURES = Path(os.environ.get("MORAM_FIGURES", "runs/tutorial-figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
+if "inline" not in plt.get_backend():  # run as a script, not in a notebook: say where the figures go
+    print(f"figures are saved under {FIGURES.resolve()}")
 rng = np.random.default_rng(5)
 
 # %% [markdown]

@@ -45,6 +45,8 @@ from moram_ref.torch import attach
 
 FIGURES = Path(os.environ.get("MORAM_FIGURES", "runs/tutorial-figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
+if "inline" not in plt.get_backend():  # run as a script, not in a notebook: say where the figures go
+    print(f"figures are saved under {FIGURES.resolve()}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REAL = os.environ.get("REAL") == "1"
 if REAL:

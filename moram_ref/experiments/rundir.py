@@ -25,6 +25,7 @@ arrays and scalars become lists and numbers, paths strings. Files are written at
 
 from __future__ import annotations
 
+import atexit
 import csv
 import fcntl
 import io
@@ -33,6 +34,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -136,6 +138,37 @@ def published_while_held() -> list[Path]:
     """The folders :func:`publish` replaced whole while holding a stop signal that then ended the command:
     their outputs are complete and new (the CLI says so beside "interrupted"). Emptied by :func:`clear_stop`."""
     return list(_published_while_held)
+
+
+def quiet_swallowed_interrupts(unraisable) -> None:
+    """A ``sys.unraisablehook`` for a command that handles stop signals: an interrupt raised inside a callback
+    Python cannot propagate from (garbage collection, an import lock's, fork) was noted by
+    :func:`request_stop` and ends the command at its next check, so no traceback is printed for it; anything
+    else goes to Python's own hook."""
+    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and stop_requested()):
+        sys.__unraisablehook__(unraisable)
+
+
+def exit_after_a_stop(status: int) -> None:
+    """End the process with ``status`` (130 after "interrupted") after a stop signal, never by the signal itself.
+
+    CPython marks a ``KeyboardInterrupt`` that leaves Python source run from C (``PyRun_String``; pybind11 runs
+    some while torch is imported) as unhandled, even when the command then catches it; a process started with
+    ``python -m`` so marked kills itself with SIGINT once it has shut down (exit status -2, also after a
+    SIGTERM), whatever the command returned (a console script, run as a file, exits normally). So here the
+    ``atexit`` functions run and the standard streams are flushed, as at a normal exit, and the process ends
+    with ``os._exit``: what that skips is tearing the modules down and waiting for threads that are not
+    daemons (the commands start none). The caller ignores the stop signals before (``moram_ref.cli.entry``,
+    ``moram_ref.gpu_check``).
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed or full stream: its refusal was reported already, if it mattered
+            pass
+    os._exit(status)
 
 
 def check_stop() -> None:
