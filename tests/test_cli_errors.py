@@ -59,6 +59,14 @@ def _set(rel: str, content) -> callable:
     return mutate
 
 
+def _folder(rel: str) -> callable:
+    """A data mutation: ``TEXT/rel`` becomes an empty folder."""
+    def mutate(root: Path) -> None:
+        (root / rel).unlink()
+        (root / rel).mkdir()
+    return mutate
+
+
 ROW = {"prompt": "p", "answer": "dbpedia0"}
 TC = ["text-cl", "--data-root", "TEXT", "--out", "OUT"]
 LLM = ["llm", "--tiny", "llama", "--benchmark", "olora-1", "--data-root", "TEXT", "--out", "OUT"]
@@ -124,6 +132,8 @@ CASES = [
     ("tc-train-object", TC, ["agnews/train.json", "list"], _set("agnews/train.json", {"rows": []})),
     ("tc-labels-missing", TC, ["dbpedia/labels.json"], _set("dbpedia/labels.json", None)),
     ("tc-labels-bad", TC, ["dbpedia/labels.json", "label strings"], _set("dbpedia/labels.json", [1, 2])),
+    ("tc-labels-twice", TC, ["dbpedia/labels.json", "more than once", "'a'"],
+     _set("dbpedia/labels.json", ["a", "b", "a"])),
     ("tc-no-known-answer", TC, ["amazon", "labels.json"],
      _set("amazon/test.json", [{"prompt": "p", "answer": "unknown"}])),
     # clip
@@ -133,6 +143,8 @@ CASES = [
     ("clip-dataset-twice", XT[:4] + ["--batch", "4", "--datasets", "dtd", "dtd"], ["--datasets", "'dtd'"], None),
     ("clip-mtil-dataset", MT[:6] + ["--datasets", "imagenet"], ["--datasets", "'imagenet'"], None),
     ("clip-batch-huge", XT + ["--shots", "2", "--batch", "100000"], ["--batch", "100000"], None),
+    ("clip-seed-huge", XT + ["--seed", "99999999999999999999"], ["--seed", "[0, 4294967295]"], None),
+    ("llm-seed-huge", LLM + ["--seed", "9223372036854775807"], ["--seed", "[0, 4294967295]"], None),
     ("clip-batch-0", XT + ["--batch", "0"], ["--batch", "0"], None),
     ("clip-shots-neg", XT + ["--shots", "-1"], ["--shots", "-1"], None),
     ("clip-iterations-0", XT + ["--iterations", "0"], ["--iterations", "0"], None),
@@ -201,6 +213,12 @@ CASES = [
     ("llm-json-malformed", LLM, ["dbpedia/test.json", "not valid JSON", "line 1"], _set("dbpedia/test.json", "{oops")),
     ("llm-train-missing", LLM, ["dbpedia/train.json", "--skip-missing"], _set("dbpedia/train.json", None)),
     ("llm-labels-bad", LLM, ["dbpedia/labels.json"], _set("dbpedia/labels.json", {"a": 1})),
+    ("llm-labels-empty", LLM, ["dbpedia/labels.json", "non-empty list"], _set("dbpedia/labels.json", [])),
+    ("llm-answer-empty", LLM, ["amazon/test.json", "entry 1", "'answer' is empty"],
+     _set("amazon/test.json", [ROW, {"prompt": "p", "answer": ""}])),
+    ("llm-answer-blank", LLM, ["agnews/train.json", "entry 0", "'answer' is empty"],
+     _set("agnews/train.json", [{"prompt": "p", "answer": " \n"}])),
+    ("llm-train-folder", LLM, ["yahoo/train.json", "is not a file"], _folder("yahoo/train.json")),
     # bench
     ("bench-d-0", BENCH + ["--d", "0"], ["--d", "0"], None),
     ("bench-tasks-neg", BENCH + ["--tasks", "-1"], ["--tasks", "-1"], None),

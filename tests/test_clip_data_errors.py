@@ -157,3 +157,17 @@ def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, s
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=re.escape(message)):
         read_classnames(path, None, section)
+
+
+def test_a_dataset_without_test_images_is_refused_before_any_work(tmp_path, capsys):
+    """An empty ``test`` list would end the run after training its task (a division by zero in the accuracy)."""
+    from moram_ref.cli import main
+
+    for key in ("caltech101", "dtd"):
+        make_coop_dataset(tmp_path / "data", key, n_classes=3)
+    rewrite(split_file(tmp_path / "data", "dtd"), lambda s: s.update(test=[]))
+    code = main(["clip", "--tiny", "--data-root", str(tmp_path / "data"), "--datasets", "caltech101", "dtd",
+                 "--shots", "2", "--iterations", "1", "--batch", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "dtd has no test images" in err
+    assert not (tmp_path / "out").exists()

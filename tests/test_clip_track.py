@@ -155,6 +155,24 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("PROBLEM") == 3 and captured.err.count("\n") == 1 and "--verify" in captured.err
 
+    # a damaged method folder is named in one line before any work, and nothing in it changes
+    argv = ["clip", "--tiny", "--data-root", str(data_root), "--datasets", *KEYS, "--shots", "2", "--iterations",
+            "2", "--batch", "4", "--methods", "moram", "zero_shot", "--atoms-per-task", "4", "--top-k", "4"]
+    ckpts = out / "moram" / "checkpoints"
+    damaged = {"task1 in task2's place": (ckpts / "task2.safetensors", (ckpts / "task1.safetensors").read_bytes(),
+                                          "task2.safetensors holds the adapters after task 1, not after task 2"),
+               "progress not an object": (out / "moram" / "progress.json", b"[1, 2, 3]", "must hold a JSON object")}
+    for what, (path, content, message) in damaged.items():
+        original = path.read_bytes()
+        path.write_bytes(content)
+        for flag in ("--resume", "--eval-only"):
+            snapshot = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+            assert main([*argv, "--out", str(out), flag]) == 2, (what, flag)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err, (what, flag, err)
+            assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == snapshot, (what, flag)
+        path.write_bytes(original)
+
 
 def test_aircraft_loader_reads_the_official_lists(tmp_path):
     from PIL import Image

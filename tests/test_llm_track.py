@@ -51,6 +51,28 @@ def test_tokenizer_is_local_and_round_trips(tokenizer):
     assert tokenizer.decode(ids, skip_special_tokens=True) == "the lazy fox"
 
 
+def test_the_tokenizer_of_a_run_folder_is_written_whole_and_a_damaged_one_named(tmp_path):
+    """The tiny model's tokenizer goes into the run folder through a hidden sibling and a rename (nothing
+    half-written after a kill); one that no longer loads is a one-line error saying how to get it back."""
+    from types import SimpleNamespace
+
+    from moram_ref.experiments.cliargs import UsageError
+    from moram_ref.experiments.llm.run import build
+
+    texts = ["the quick brown fox jumps over the lazy dog", "Answer: positive negative"] * 10
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{")  # what an in-place write, killed, could leave
+    backbones.build_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "tokenizer")
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]  # no hidden folder left behind
+    args = SimpleNamespace(bf16=False, device="cpu", model=None, tiny="llama", gradient_checkpointing=False)
+    _, tok = build(args, [], tmp_path, seed=0)
+    assert tok.decode(tok("the lazy fox")["input_ids"], skip_special_tokens=True) == "the lazy fox"
+    path = tmp_path / "tokenizer" / "tokenizer.json"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(UsageError, match=r"tokenizer holds a tokenizer that does not load \(JSONDecodeError.*remove that"):
+        build(args, [], tmp_path, seed=0)
+
+
 def test_answer_only_loss_mask_and_truncation_report(tokenizer):
     rows = [{"prompt": "the quick brown fox", "answer": "positive"},
             {"prompt": "the quick brown fox " * 30, "answer": "negative " * 20}]

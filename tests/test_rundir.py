@@ -102,6 +102,11 @@ def test_fresh_run_refuses_foreign_files_other_settings_and_other_commands(tmp_p
         rundir.check(tmp_path / "run", "demo", {**SETTINGS, "lr": 1.0})
     with pytest.raises(UsageError, match="holds a 'demo' run"):
         rundir.check(tmp_path / "run", "clip", SETTINGS)
+    for record in ({"command": "demo", "settings": [1, 2]}, {"command": 7, "settings": {}}, [1], {"command": "demo"}):
+        (tmp_path / "run" / "config.json").write_text(json.dumps(record))  # valid JSON, not a run record
+        for resume in (False, True):
+            with pytest.raises(UsageError, match="is not a moram-ref run record"):
+                rundir.check(tmp_path / "run", "demo", SETTINGS, resume=resume)
 
 
 HOLDER = textwrap.dedent("""

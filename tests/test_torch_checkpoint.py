@@ -85,6 +85,21 @@ def test_mismatches_give_clear_errors(tmp_path):
         C.load(same, tmp_path / "missing.safetensors")
 
 
+def test_a_checkpoint_in_another_tasks_place_is_refused_and_the_model_unchanged(tmp_path):
+    """A task-1 file copied over task 2's: load and verify, told the task it belongs in, refuse it by name."""
+    path = C.save(trained(1), tmp_path / "task2.safetensors", CFG, tasks_done=1)
+    model = trained(2)
+    before = {k: v.clone() for k, v in C.adapter_state(model).items()}
+    with pytest.raises(C.CheckpointError, match=r"task2\.safetensors holds the adapters after task 1, not after task 2"):
+        C.load(model, path, CFG, "moram", tasks_done=2)
+    assert all(torch.equal(before[k], v) for k, v in C.adapter_state(model).items())
+    with pytest.raises(C.CheckpointError, match="not after task 2"):
+        C.verify(path, CFG, "moram", tasks_done=2)
+    with pytest.raises(C.CheckpointError, match="written by method 'moram', not 'seq_lora'"):
+        C.verify(path, CFG, "seq_lora")
+    assert C.verify(path, CFG, "moram", tasks_done=1)["tasks_done"] == 1
+
+
 def test_routing_kernel_is_not_part_of_the_config_a_checkpoint_checks(tmp_path, monkeypatch):
     """routing_kernel chooses how, not what: a checkpoint loads under any value, and one written before the
     field existed loads too."""
@@ -191,3 +206,15 @@ def test_every_checkpoint_read_goes_through_checkpoint_load():
     readers = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "checkpoint.py"
                and any(s in p.read_text() for s in ("safe_open", "load_file", "torch.load", "safetensors.torch"))]
     assert readers == []
+
+
+def test_a_checkpoint_is_as_readable_as_the_runs_other_files(tmp_path):
+    """Permissions from the umask, as the JSON files of a run folder (safetensors alone would give 0600)."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = C.save(trained(1), tmp_path / "ck.safetensors", CFG, tasks_done=1)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

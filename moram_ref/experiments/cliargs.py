@@ -52,6 +52,9 @@ def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+MAX_SEED = 2**32 - 1  # --seed: what every seeding API takes (the tracks derive per-task seeds as seed·1000 + t)
+
+
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in ``[minimum, maximum]``."""
     allowed = f"an integer ≥ {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
@@ -231,9 +234,10 @@ def read_json(path: Path, what: str) -> Any:
                          f"column {exc.colno})") from None
 
 
-def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "answer")) -> list[dict]:
-    """A non-empty list of objects whose ``fields`` are strings; else a :class:`UsageError` naming
-    the file, the entry's index and the field."""
+def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "answer"),
+                  nonblank: Sequence[str] = ()) -> list[dict]:
+    """A non-empty list of objects whose ``fields`` are strings, those in ``nonblank`` not empty or only
+    white space; else a :class:`UsageError` naming the file, the entry's index and the field."""
     if not isinstance(rows, list):
         raise UsageError(f"{path}: expected a JSON list of {{{', '.join(map(repr, fields))}}} objects, "
                          f"got {type(rows).__name__}")
@@ -249,6 +253,8 @@ def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "ans
             if not isinstance(row[field], str):
                 raise UsageError(f"{path}: entry {i}, field {field!r} must be a string, "
                                  f"got {json.dumps(row[field])[:60]}")
+            if field in nonblank and not row[field].strip():
+                raise UsageError(f"{path}: entry {i}, field {field!r} is empty ({json.dumps(row[field])})")
     return rows
 
 

@@ -383,6 +383,8 @@ def _check_record(out: Path, command: str, settings: dict, resume: bool, eval_on
     try:
         recorded = json.loads(config_path.read_text())
         recorded_command, recorded_settings = recorded["command"], recorded["settings"]
+        if not isinstance(recorded_command, str) or not isinstance(recorded_settings, dict):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"--out: {config_path} is not a moram-ref run record (unreadable, or no "
                          "'command'/'settings'); choose another --out") from None

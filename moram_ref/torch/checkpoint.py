@@ -98,6 +98,9 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
         save_file(tensors, str(tmp), metadata={"moram_ref": json.dumps(meta)})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # safetensors creates it 0600; as readable as the run's other files
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -158,15 +161,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None = None,
-         method: str | None = None) -> dict[str, Any]:
+         method: str | None = None, tasks_done: int | None = None) -> dict[str, Any]:
     """Restore every adapter of ``model`` from ``path``; returns the metadata.
 
-    Checks first (format, method, config, layer names, types and shapes, every tensor readable), then
-    assigns: a checkpoint that does not fit leaves the model unchanged.
+    Checks first (format, method, config, the task count it was written after when ``tasks_done`` is
+    given, layer names, types and shapes, every tensor readable), then assigns: a checkpoint that does not
+    fit leaves the model unchanged.
     """
     meta = read_metadata(path)
     if method is not None and meta["method"] != method:
         raise CheckpointError(f"checkpoint {path} method {meta['method']!r} differs from this model's {method!r}")
+    check_tasks_done(path, meta, tasks_done)
     diff = config_differences(meta, config) if config is not None else {}
     if diff:
         raise CheckpointError(f"checkpoint {path} config differs from this model's (checkpoint, model): {diff}")
@@ -205,13 +210,26 @@ def config_differences(meta: dict[str, Any], config: MoRAMConfig) -> dict[str, t
     return {k: (theirs.get(k), ours.get(k)) for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)}
 
 
-def verify(path: str | os.PathLike, config: MoRAMConfig | None = None) -> dict[str, Any]:
+def check_tasks_done(path: str | os.PathLike, meta: dict[str, Any], tasks_done: int | None) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint (``meta``, from ``path``) was written after task
+    ``tasks_done`` (None: not checked): a file copied into another task's place is refused, not loaded."""
+    if tasks_done is not None and meta["tasks_done"] != tasks_done:
+        raise CheckpointError(f"checkpoint {path} holds the adapters after task {meta['tasks_done']!r}, not after "
+                              f"task {tasks_done} (a file copied or renamed into this task's place?)")
+
+
+def verify(path: str | os.PathLike, config: MoRAMConfig | None = None, method: str | None = None,
+           tasks_done: int | None = None) -> dict[str, Any]:
     """Read every tensor of the checkpoint at ``path`` and check it against its recorded sha256 and for NaN
-    or inf, without a model, and (given ``config``) that it was written with that configuration; returns
-    the metadata (:func:`read_metadata`). Raises :class:`CheckpointError` naming the file (and the tensor or
-    the fields) otherwise: what :func:`load` would refuse for the file itself, found before any work
-    (``text-cl --resume`` and ``text-cl-merge`` check every checkpoint of every record so)."""
+    or inf, without a model, and (given them) that it was written with ``config``, by ``method`` and after
+    task ``tasks_done``; returns the metadata (:func:`read_metadata`). Raises :class:`CheckpointError`
+    naming the file (and the tensor or the fields) otherwise: what :func:`load` would refuse for the file
+    itself, found before any work (``--resume`` and ``--eval-only`` of every track, and ``text-cl-merge``,
+    check every checkpoint they will read so)."""
     meta = read_metadata(path)
+    if method is not None and meta["method"] != method:
+        raise CheckpointError(f"checkpoint {path} was written by method {meta['method']!r}, not {method!r}")
+    check_tasks_done(path, meta, tasks_done)
     diff = config_differences(meta, config) if config is not None else {}
     if diff:
         raise CheckpointError(f"checkpoint {path} was written with another configuration (checkpoint, this "

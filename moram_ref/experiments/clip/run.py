@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per evaluation batch (memory; default %(default)s)")
     p.add_argument("--workers", type=cliargs.integer(0), default=0,
                    help="data-loader worker processes; 0 loads in the main process (default %(default)s)")
-    p.add_argument("--seed", type=cliargs.integer(0), default=42,
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=42,
                    help="seeds the few-shot subsets, each task's fresh atoms and its batch order (spec §5; "
                         "default %(default)s)")
     p.add_argument("--encoders", nargs="+", default=["image", "text"], choices=["image", "text"],
@@ -119,6 +119,9 @@ def validate(args: argparse.Namespace) -> list:
     cliargs.device("--device", args.device)
     domains = _load_domains(args, mtil)
     for d in domains:
+        if not len(d.test.labels):
+            raise cliargs.UsageError(f"--data-root: {d.key} has no test images (its split lists none); every task is "
+                                     "evaluated on its test set")
         counts = np.bincount(np.asarray(d.train.labels, dtype=int), minlength=len(d.classnames))
         n_train = int(np.minimum(counts, args.shots).sum()) if args.shots else len(d.train.labels)
         if args.batch > n_train:
@@ -128,6 +131,10 @@ def validate(args: argparse.Namespace) -> list:
         rundir.check(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only)
     if args.eval_only:
         rundir.require_checkpoints(args.out, args.methods, len(domains))
+    if args.resume or args.eval_only:  # what the run will read back, checked before any work
+        from moram_ref.experiments import sequence_state
+
+        sequence_state.check_run(args.out, args.methods, len(domains), cliargs.moram_config(args), args.eval_only)
     return domains
 
 

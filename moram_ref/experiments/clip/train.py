@@ -11,7 +11,6 @@ the loss sees the current dataset's classes only and each dataset is scored in i
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments import rundir, seeding
+from moram_ref.experiments import rundir, seeding, sequence_state
 from moram_ref.experiments.clip.data import Domain, few_shot
 from moram_ref.experiments.progress import Step
 from moram_ref.torch import attach as A
@@ -64,7 +63,13 @@ class ImageList(torch.utils.data.Dataset):
 
             img = open_item(p, str(self.data_root))
         else:
-            img = Image.open(p)
+            try:
+                img = Image.open(p)
+                img.load()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # truncated or not an image: named (PIL's "Truncated File Read" is not)
+                raise OSError(exc.errno, f"{p}: cannot read the image ({exc})") from None
         return self.transform(img.convert("RGB")), int(self.labels[i])
 
 
@@ -234,25 +239,25 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     n = len(domains)
     progress_path = out / "progress.json"
-    progress = {"tasks_done": 0, "matrix": [[math.nan] * n for _ in range(n)], "train": []}
+    progress = sequence_state.fresh(n)
     trained = settings.method != "zero_shot"
     if trained:
         A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
-    if (resume or eval_only) and progress_path.is_file():
-        try:
-            progress = json.loads(progress_path.read_text())
-        except (OSError, ValueError) as exc:  # a damaged run folder: name the file, don't guess
-            raise checkpoint.CheckpointError(f"{progress_path} cannot be read ({exc}); it records which tasks are "
-                                             "done: restore it or start a fresh run") from None
+    if (resume or eval_only) and progress_path.is_file():  # a damaged folder is named before any work
+        progress = sequence_state.read(progress_path, n)
+        if trained:
+            sequence_state.check_checkpoints(out / "checkpoints", n if eval_only else progress["tasks_done"],
+                                             settings.moram, settings.method)
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
-                            settings.moram, settings.method)
-            log(f"resumed after task {progress['tasks_done']}")
+                            settings.moram, settings.method, tasks_done=progress["tasks_done"])
+            log(f"{settings.method}: resumed after task {progress['tasks_done']}")
     start = 0 if eval_only else progress["tasks_done"]
     zero_shot_row = None
     for t in range(start, n):
         if eval_only and trained:
-            checkpoint.load(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, settings.method)
+            checkpoint.load(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, settings.method,
+                            tasks_done=t + 1)
         elif trained:
             info = train_task(model, tokenizer, transform, domains, t, settings, device, out / "manifests", data_root,
                               on_step)

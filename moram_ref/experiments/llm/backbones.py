@@ -8,6 +8,9 @@ attention q, k, v, o projections (spec §5); other targets are a flag.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,8 +32,17 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000, out_dir: str |
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    if out_dir is not None:
-        fast.save_pretrained(str(out_dir))
+    if out_dir is not None:  # written whole or not at all: into a hidden sibling folder, then renamed
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            fast.save_pretrained(str(tmp))
+            shutil.rmtree(out_dir, ignore_errors=True)  # what a kill during an older, in-place write left
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return fast
 
 

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numglue-mode", default="numeric", choices=["numeric", "accuracy"],
                    help="NumGLUE scoring: the answer's final number compared numerically (the authors' code) or as "
                         "text accuracy, like the classification tasks (default %(default)s)")
-    p.add_argument("--seed", type=cliargs.integer(0), default=1234,
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=1234,
                    help="seeds each task's fresh atoms, the data order and the dropout masks (spec §5; "
                         "default %(default)s)")
     p.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"], metavar="NAME",
@@ -102,16 +102,19 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
     for name in SEQUENCES[args.benchmark]:
         for split in ("train", "test"):
             path = args.data_root / name / f"{split}.json"
+            if path.exists() and not path.is_file():
+                raise cliargs.UsageError(f"--data-root: {path} is not a file (task {name} of --benchmark {args.benchmark})")
             if path.is_file():
-                cliargs.check_samples(path, cliargs.read_json(path, "--data-root"))
+                # an empty answer would be matched by every prediction (scoring compares the answer's length)
+                cliargs.check_samples(path, cliargs.read_json(path, "--data-root"), nonblank=("answer",))
             elif not args.skip_missing:
                 raise cliargs.UsageError(f"--data-root: {path} does not exist (task {name} of --benchmark "
                                          f"{args.benchmark}); pass --skip-missing to leave such tasks out")
         labels = args.data_root / name / "labels.json"
         if labels.is_file():
             value = cliargs.read_json(labels, "--data-root")
-            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise cliargs.UsageError(f"{labels}: expected a list of label strings")
+            if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+                raise cliargs.UsageError(f"{labels}: expected a non-empty list of label strings")
     try:
         tasks, skipped = load_sequence(args.data_root, args.benchmark, args.skip_missing, args.max_train, args.max_test)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -120,6 +123,10 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
         rundir.check(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only)
     if args.eval_only:
         rundir.require_checkpoints(args.out, args.methods, len(tasks))
+    if args.resume or args.eval_only:  # what the run will read back, checked before any work
+        from moram_ref.experiments import sequence_state
+
+        sequence_state.check_run(args.out, args.methods, len(tasks), cliargs.moram_config(args, scale=args.scale, dropout=args.dropout), args.eval_only)
     return tasks, skipped
 
 
@@ -192,7 +199,13 @@ def build(args, tasks, out: Path, seed: int):
 
         tok_dir = out / "tokenizer"
         if (tok_dir / "tokenizer.json").is_file():
-            tok = AutoTokenizer.from_pretrained(str(tok_dir))
+            try:
+                tok = AutoTokenizer.from_pretrained(str(tok_dir))
+            except (OSError, ValueError) as exc:  # a damaged file of the run folder: named, with the way out
+                raise cliargs.UsageError(f"--out: {tok_dir} holds a tokenizer that does not load "
+                                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); remove that "
+                                         "folder and the run trains the same tokenizer again from the task text") \
+                    from None
         else:
             texts = [r["prompt"] + " " + r["answer"] for t in tasks for r in t.train]
             tok = backbones.build_tokenizer(texts, vocab_size=2000, out_dir=tok_dir)

@@ -14,7 +14,6 @@ global batch is empty still runs a (zero-loss) forward and backward, so it joins
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.experiments import rundir, seeding
+from moram_ref.experiments import rundir, seeding, sequence_state
 from moram_ref.experiments.llm import scoring
 from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
 from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
@@ -198,7 +197,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
     ck_dir = out / "checkpoints"
     n = len(tasks)
     progress_path = out / "progress.json"
-    progress = {"tasks_done": 0, "matrix": [[math.nan] * n for _ in range(n)], "train": []}
+    progress = sequence_state.fresh(n)
     if dist.rank == 0:
         ck_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_json(out / "config.json", {"settings": _jsonable(asdict(settings)),
@@ -211,21 +210,22 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         base_dtype = next(model.parameters()).dtype
         atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
         A.attach(model, settings.moram, list(settings.targets), method=settings.method, dtype=atoms_dtype)
-    if (resume or eval_only) and progress_path.is_file():
-        try:
-            progress = json.loads(progress_path.read_text())
-        except (OSError, ValueError) as exc:  # a damaged run folder: name the file, don't guess
-            raise checkpoint.CheckpointError(f"{progress_path} cannot be read ({exc}); it records which tasks are "
-                                             "done: restore it or start a fresh run") from None
+    if (resume or eval_only) and progress_path.is_file():  # a damaged folder is named before any work
+        progress = sequence_state.read(progress_path, n)
+        if trained:
+            sequence_state.check_checkpoints(ck_dir, n if eval_only else progress["tasks_done"], settings.moram,
+                                             settings.method)
         if resume and progress["tasks_done"] and trained:
-            checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method)
-            log(f"resumed after task {progress['tasks_done']}")
+            checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
+                            tasks_done=progress["tasks_done"])
+            log(f"{settings.method}: resumed after task {progress['tasks_done']}")
     start = 0 if eval_only else progress["tasks_done"]
     frozen_results: dict[str, dict] = {}  # the frozen model's answers never change: generate each task once
     for t in range(start, n):
         if eval_only:
             if trained:
-                checkpoint.load(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, settings.method)
+                checkpoint.load(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, settings.method,
+                                tasks_done=t + 1)
         elif trained:
             info = train_task(model, tokenizer, tasks[t], t, settings, dist, on_step, n)
             progress["train"].append({"task": tasks[t].name, **info})

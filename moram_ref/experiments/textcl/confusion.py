@@ -109,7 +109,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
                         A.detach(enc.top)
                         A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
                         checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
-                                        config, method)
+                                        config, method, tasks_done=t)
                         if t < n:
                             rows.append(tally([t - 1]))
                         else:  # the last checkpoint counts every task; its own task's row is among them

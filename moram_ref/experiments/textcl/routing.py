@@ -101,7 +101,7 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
                     A.detach(enc.top)
                     A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
                     checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
-                                    config, method)
+                                    config, method, tasks_done=t)
                     enc.top.eval()
                     layers, shares = _diagnose(enc, texts, lengths, groups, len(names), A, torch)
                     stages.append(layers)

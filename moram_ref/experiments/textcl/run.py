@@ -110,6 +110,9 @@ def validate(args: argparse.Namespace) -> tuple[list, MoRAMConfig]:
         labels = cliargs.read_json(folder / "labels.json", "--data-root")
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise cliargs.UsageError(f"{folder / 'labels.json'}: expected a non-empty list of label strings")
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise cliargs.UsageError(f"{folder / 'labels.json'}: each label once, got {repeated} more than once")
         for split in ("train", "test"):
             path = folder / f"{split}.json"
             cliargs.check_samples(path, cliargs.read_json(path, "--data-root"))
@@ -160,6 +163,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                 if args.resume else (None, {}))  # a damaged count stops the run here, early
     info = {"tasks": [{"name": t.name, "labels": t.labels, "prompts": t.prompts, "train": len(t.train_text),
                        "val": len(t.val_text), "test": len(t.test_text), "dropped": t.dropped} for t in tasks]}
+    for t in tasks:  # recorded in config.json too; said here, where it is seen
+        if any(t.dropped.values()):
+            log(f"{t.name}: left out {t.dropped.get('train', 0)} training and {t.dropped.get('test', 0)} test "
+                "sample(s) whose answer is none of labels.json's labels")
     from moram_ref.experiments.textcl.encoder import load_checked
 
     loaded = load_checked(args.model_path)  # an encoder that does not load is refused before the folder is touched

@@ -53,7 +53,8 @@ def recorded_steps(steps: int) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     finished.add_run_arguments(p)
-    p.add_argument("--seed", type=cliargs.integer(0), default=0, help="the run's seed to probe (default 0)")
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0,
+                   help="the run's seed to probe (default 0)")
     p.add_argument("--tasks", type=cliargs.integer(1), default=2,
                    help="train the first N tasks of the run's sequence (default %(default)s)")
     p.add_argument("--epsilon", type=cliargs.real(0, 0.5, low_open=True), default=EPSILON,

@@ -41,7 +41,7 @@ STAGES = (0, 1, 4)  # the routing tables and figures after task 1, task 2 and th
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/ablation"), help="run folder (created)")
-    p.add_argument("--seed", type=cliargs.integer(0), default=0,
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0,
                    help="first seed (seed s: the main job's data and atoms of run s)")
     p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3, help="number of seeds; tables give mean ± 95%% CI")
     p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,

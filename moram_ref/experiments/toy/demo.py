@@ -32,7 +32,7 @@ METRICS = ("transfer", "average", "last", "bwt", "forgetting")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/demo"), help="run folder (created)")
-    p.add_argument("--seed", type=cliargs.integer(0), default=0,
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0,
                    help="first seed; seed s draws the data and the atoms of run s")
     p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3,
                    help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI (needs ≥ 2 for a CI)")

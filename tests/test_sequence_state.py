@@ -1,0 +1,62 @@
+"""The CLIP and LLM tracks' progress.json and per-task checkpoints, read back for --resume and --eval-only:
+every damage is named in one CheckpointError before any work (the CLI prints it, exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moram_ref.experiments import sequence_state as S
+from moram_ref.torch import checkpoint as C
+from test_torch_attach import CFG
+from test_torch_checkpoint import trained
+
+
+def _written(tmp_path, record) -> object:
+    path = tmp_path / "progress.json"
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return path
+
+
+def test_a_fresh_record_round_trips(tmp_path):
+    from moram_ref.experiments import rundir
+
+    path = tmp_path / "progress.json"
+    rundir.write_json(path, S.fresh(3))  # NaN is written as null, and read back
+    assert S.read(path, 3) == {"tasks_done": 0, "matrix": [[None] * 3] * 3, "train": []}
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ("{", "cannot be read"),
+    ([1, 2, 3], "must hold a JSON object, got list"),
+    ({"tasks_done": 1, "train": []}, "lacks matrix"),
+    ({"tasks_done": "two", "matrix": [[None] * 3] * 3, "train": []}, 'tasks_done "two", not an integer from 0 to 3'),
+    ({"tasks_done": 7, "matrix": [[None] * 3] * 3, "train": []}, "tasks_done 7, not an integer from 0 to 3"),
+    ({"tasks_done": -1, "matrix": [[None] * 3] * 3, "train": []}, "tasks_done -1"),
+    ({"tasks_done": True, "matrix": [[None] * 3] * 3, "train": []}, "tasks_done true"),
+    ({"tasks_done": 1, "matrix": [[None] * 3] * 2, "train": []}, "not 3 rows of 3 entries"),
+    ({"tasks_done": 1, "matrix": [[None] * 2] * 3, "train": []}, "not 3 rows of 3 entries"),
+    ({"tasks_done": 1, "matrix": [["x", None, None]] + [[None] * 3] * 2, "train": []}, "neither a number nor null"),
+    ({"tasks_done": 1, "matrix": [[None] * 3] * 3, "train": {}}, "train dict, not a list"),
+])
+def test_a_damaged_progress_record_is_named(tmp_path, record, message):
+    path = _written(tmp_path, record)
+    with pytest.raises(C.CheckpointError) as exc:
+        S.read(path, 3)
+    assert message in str(exc.value) and str(path) in str(exc.value) and "start a fresh run" in str(exc.value)
+
+
+def test_every_checkpoint_up_to_the_last_done_is_checked(tmp_path):
+    for t in (1, 2):
+        C.save(trained(t), tmp_path / f"task{t}.safetensors", CFG, tasks_done=t)
+    S.check_checkpoints(tmp_path, 2, CFG, "moram")
+    with pytest.raises(C.CheckpointError, match=r"task3\.safetensors does not exist"):
+        S.check_checkpoints(tmp_path, 3, CFG, "moram")
+    (tmp_path / "task2.safetensors").write_bytes((tmp_path / "task1.safetensors").read_bytes())  # copied over
+    with pytest.raises(C.CheckpointError, match=r"task2\.safetensors holds the adapters after task 1, not after task 2"):
+        S.check_checkpoints(tmp_path, 2, CFG, "moram")
+    data = (tmp_path / "task1.safetensors").read_bytes()
+    (tmp_path / "task1.safetensors").write_bytes(data[: len(data) - 9])  # truncated: found before task 2
+    with pytest.raises(C.CheckpointError, match=r"task1\.safetensors"):
+        S.check_checkpoints(tmp_path, 2, CFG, "moram")
