@@ -171,3 +171,13 @@ def test_a_dataset_without_test_images_is_refused_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "dtd has no test images" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_decodes_a_sample_of_the_images(tmp_path):
+    """A truncated image is found by --verify (named, with PIL's reason), not only when training reaches it."""
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    assert verify(tmp_path, ["dtd"])["dtd"]["unreadable_files_sampled"] == 0
+    image = sorted((tmp_path / xtail_spec()["datasets"]["dtd"]["folder"]).rglob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:50])
+    entry = verify(tmp_path, ["dtd"])["dtd"]
+    assert not entry["ok"] and entry["unreadable_files_sampled"] == 1 and entry["first_unreadable"][0].startswith(str(image))

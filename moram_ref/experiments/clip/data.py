@@ -181,6 +181,23 @@ def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
     return [{"prompts": list(k[0 if union else 1:]), "classes": v} for k, v in groups.items() if len(v) > 1]
 
 
+DECODED = 200  # images per dataset that --verify decodes whole (an evenly spaced sample of those it checks exist)
+
+
+def _unreadable(paths: list[Path]) -> list[str]:
+    """Those of ``paths`` that PIL cannot decode whole (truncated, not an image), each with PIL's reason."""
+    from PIL import Image  # noqa: PLC0415
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.load()
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken files
+            bad.append(f"{p} ({exc})")
+    return bad
+
+
 def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, dict]:
     """Per dataset: what is on disk against what is expected, and where it comes from; and under
     ``"union"``: the classes of the loaded datasets whose prompts coincide (kept, see
@@ -195,11 +212,14 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
             d = load_domain(data_root, key, s)
             loaded.append(d)
             found = {"train": len(d.train.labels), "test": len(d.test.labels)}
-            missing = [str(p) for p in d.train.paths[:2000] + d.test.paths[:2000]
-                       if not str(p).startswith("tv:") and not p.is_file()]
+            sampled = [p for p in d.train.paths[:2000] + d.test.paths[:2000] if not str(p).startswith("tv:")]
+            missing = [str(p) for p in sampled if not p.is_file()]
+            unreadable = _unreadable([p for p in sampled if p.is_file()][:: max(1, len(sampled) // DECODED)])
             entry.update(found=found, classes=len(d.classnames), missing_files_sampled=len(missing),
-                         first_missing=missing[:3],
-                         ok=not missing and all(found[k] == s["expected"].get(k, found[k]) for k in found))
+                         first_missing=missing[:3], unreadable_files_sampled=len(unreadable),
+                         first_unreadable=unreadable[:3],
+                         ok=not missing and not unreadable
+                         and all(found[k] == s["expected"].get(k, found[k]) for k in found))
         except (FileNotFoundError, ValueError, KeyError) as exc:
             entry.update(ok=False, error=str(exc))
         report[key] = entry
