@@ -71,6 +71,15 @@ def test_the_tokenizer_of_a_run_folder_is_written_whole_and_a_damaged_one_named(
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(UsageError, match=r"tokenizer holds a tokenizer that does not load \(JSONDecodeError.*remove that"):
         build(args, [], tmp_path, seed=0)
+    path.write_text('{"version": "1.0"}')  # valid JSON, not a tokenizer
+    with pytest.raises(UsageError, match="tokenizer holds a tokenizer that does not load"):
+        build(args, [], tmp_path, seed=0)
+    mask = os.umask(0o022)
+    try:  # the folder gets the umask's mode, as the run folder's others (mkdtemp alone gives 0700)
+        backbones.build_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "again")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "again").stat().st_mode & 0o777 == 0o755
 
 
 def test_answer_only_loss_mask_and_truncation_report(tokenizer):

@@ -37,8 +37,18 @@ def test_a_fresh_record_round_trips(tmp_path):
     ({"tasks_done": True, "matrix": [[None] * 3] * 3, "train": []}, "tasks_done true"),
     ({"tasks_done": 1, "matrix": [[None] * 3] * 2, "train": []}, "not 3 rows of 3 entries"),
     ({"tasks_done": 1, "matrix": [[None] * 2] * 3, "train": []}, "not 3 rows of 3 entries"),
-    ({"tasks_done": 1, "matrix": [["x", None, None]] + [[None] * 3] * 2, "train": []}, "neither a number nor null"),
-    ({"tasks_done": 1, "matrix": [[None] * 3] * 3, "train": {}}, "train dict, not a list"),
+    ({"tasks_done": 1, "matrix": [["x", None, None]] + [[None] * 3] * 2, "train": []}, "matrix[0][0] = \"x\", not an accuracy"),
+    ({"tasks_done": 1, "matrix": [[None] * 3] * 3, "train": {}}, "matrix[0][0] = null, not an accuracy from 0 to 100 "
+                                                                "(task 1 is done"),
+    ({"tasks_done": 1, "matrix": [[50.0, None, None]] + [[None] * 3] * 2, "train": {}}, "train dict, not a list"),
+    ({"tasks_done": 3, "matrix": [[-500.0] * 3] * 3, "train": []}, "matrix[0][0] = -500.0, not an accuracy"),
+    ({"tasks_done": 3, "matrix": [[1e308] * 3] * 3, "train": []}, "matrix[0][0] = 1e+308"),
+    ("""{"tasks_done": 1, "matrix": [[NaN, null, null], [null, null, null], [null, null, null]], "train": []}""",
+     "matrix[0][0] = NaN"),
+    ({"tasks_done": 2, "matrix": [[50, None, None], [50, None, None], [None] * 3], "train": []}, "matrix[1][1] = null"),
+    ({"tasks_done": 1, "matrix": [[50, None, None]] + [[None] * 3] * 2, "train": [], "n99": "x"}, "n99 str, not a list"),
+    ({"tasks_done": 1, "matrix": [[50, None, None]] + [[None] * 3] * 2, "train": [], "maps": []}, "maps list"),
+    ("[" * 200_000 + "]" * 200_000, "cannot be read (RecursionError"),
 ])
 def test_a_damaged_progress_record_is_named(tmp_path, record, message):
     path = _written(tmp_path, record)
@@ -60,3 +70,22 @@ def test_every_checkpoint_up_to_the_last_done_is_checked(tmp_path):
     (tmp_path / "task1.safetensors").write_bytes(data[: len(data) - 9])  # truncated: found before task 2
     with pytest.raises(C.CheckpointError, match=r"task1\.safetensors"):
         S.check_checkpoints(tmp_path, 2, CFG, "moram")
+
+
+def test_a_checkpoint_of_another_seed_is_refused(tmp_path):
+    C.save(trained(1), tmp_path / "task1.safetensors", CFG, tasks_done=1, extra=S.extra(7))
+    S.check_checkpoints(tmp_path, 1, CFG, "moram", seed=7)
+    with pytest.raises(C.CheckpointError, match=r"task1\.safetensors was written by a run with --seed 7, not 8"):
+        S.check_checkpoints(tmp_path, 1, CFG, "moram", seed=8)
+
+
+def test_check_run_reads_every_methods_record_before_any_work(tmp_path):
+    """zero_shot's record too (it has no checkpoints), and a record that is not a file is named."""
+    (tmp_path / "zero_shot").mkdir()
+    (tmp_path / "zero_shot" / "progress.json").write_text("[1, 2, 3]")
+    with pytest.raises(C.CheckpointError, match=r"zero_shot/progress\.json must hold a JSON object"):
+        S.check_run(tmp_path, ["zero_shot"], 3, CFG, eval_only=False)
+    (tmp_path / "zero_shot" / "progress.json").unlink()
+    (tmp_path / "zero_shot" / "progress.json").mkdir()
+    with pytest.raises(C.CheckpointError, match="is not a readable file"):
+        S.check_run(tmp_path, ["zero_shot"], 3, CFG, eval_only=False)

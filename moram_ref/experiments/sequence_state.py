@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ def fresh(n_tasks: int) -> dict[str, Any]:
 
 def read(path: Path, n_tasks: int) -> dict[str, Any]:
     """``progress.json`` at ``path``, checked: an object with ``tasks_done`` (an int from 0 to ``n_tasks``),
-    ``matrix`` (``n_tasks`` rows of ``n_tasks`` numbers or null, null for "not evaluated") and ``train``
-    (a list, one entry per task trained). Raises ``CheckpointError`` naming the file and what is wrong."""
+    ``matrix`` (``n_tasks`` rows of ``n_tasks`` accuracies in percent, 0 to 100, or null for "not evaluated";
+    row ``i`` < ``tasks_done`` holds numbers at least up to its diagonal, what every metric reads) and
+    ``train`` (a list, one entry per task trained); the CLIP track's probes, where present, are ``n99`` (a
+    list) and ``maps`` (an object). Raises ``CheckpointError`` naming the file and what is wrong."""
 
     def bad(why: str) -> checkpoint.CheckpointError:
         return checkpoint.CheckpointError(f"{path} {why}; it records which tasks are done: restore it or start a "
@@ -36,8 +39,8 @@ def read(path: Path, n_tasks: int) -> dict[str, Any]:
 
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise bad(f"cannot be read ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise bad(f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     if not isinstance(record, dict):
         raise bad(f"must hold a JSON object, got {type(record).__name__}")
     missing = [k for k in ("tasks_done", "matrix", "train") if k not in record]
@@ -50,29 +53,52 @@ def read(path: Path, n_tasks: int) -> dict[str, Any]:
     if not (isinstance(matrix, list) and len(matrix) == n_tasks
             and all(isinstance(row, list) and len(row) == n_tasks for row in matrix)):
         raise bad(f"has a matrix that is not {n_tasks} rows of {n_tasks} entries")
-    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for row in matrix for v in row):
-        raise bad("has a matrix entry that is neither a number nor null")
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if v is None and (i >= done or j > i):
+                continue
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+                raise bad(f"has matrix[{i}][{j}] = {json.dumps(v)}, not an accuracy from 0 to 100"
+                          + (f" (task {i + 1} is done: its row is needed)" if v is None else ""))
     if not isinstance(record["train"], list):
         raise bad(f"has train {type(record['train']).__name__}, not a list")
+    for key, kind in (("n99", list), ("maps", dict)):
+        if key in record and not isinstance(record[key], kind):
+            raise bad(f"has {key} {type(record[key]).__name__}, not a {'list' if kind is list else 'JSON object'}")
     return record
 
 
-def check_checkpoints(folder: Path, upto: int, config: MoRAMConfig, method: str) -> None:
+def check_checkpoints(folder: Path, upto: int, config: MoRAMConfig, method: str, seed: int | None = None) -> None:
     """Every checkpoint ``folder/task<t>.safetensors``, ``t`` = 1 … ``upto``, exists, reads back whole
     (checksums), and was written by ``method`` with ``config`` after task ``t``
-    (:func:`~moram_ref.torch.checkpoint.verify`); ``CheckpointError`` naming the first that is not."""
+    (:func:`~moram_ref.torch.checkpoint.verify`) and, where it records one (:func:`extra`), with ``seed``;
+    ``CheckpointError`` naming the first that is not."""
     for t in range(1, upto + 1):
-        checkpoint.verify(folder / f"task{t}.safetensors", config, method, tasks_done=t)
+        path = folder / f"task{t}.safetensors"
+        meta = checkpoint.verify(path, config, method, tasks_done=t)
+        recorded = meta.get("extra", {}).get("seed")
+        if seed is not None and recorded is not None and recorded != seed:
+            raise checkpoint.CheckpointError(f"checkpoint {path} was written by a run with --seed {recorded}, "
+                                             f"not {seed} (a file copied from another run?)")
 
 
-def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, eval_only: bool) -> None:
-    """``--resume`` or ``--eval-only`` of a CLIP or LLM run in ``out``, before any work: for every method but
-    ``zero_shot``, its ``progress.json`` (where there is one) reads back (:func:`read`) and the checkpoints a
-    run will load are whole and in their places (:func:`check_checkpoints`: with ``eval_only`` all
-    ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
+def extra(seed: int) -> dict[str, Any]:
+    """What a CLIP or LLM checkpoint records about its run beyond method, config and task: the seed."""
+    return {"seed": seed}
+
+
+def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, eval_only: bool,
+              seed: int | None = None) -> None:
+    """``--resume`` or ``--eval-only`` of a CLIP or LLM run in ``out``, before any work: for every method, its
+    ``progress.json`` (where there is one) reads back (:func:`read`) and, but for ``zero_shot``, the
+    checkpoints a run will load are whole and in their places (:func:`check_checkpoints`: with ``eval_only``
+    all ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
-        if method == "zero_shot":
-            continue
         path = Path(out) / method / "progress.json"
+        if os.path.lexists(path) and not path.is_file():
+            raise checkpoint.CheckpointError(f"{path} is not a readable file (a folder, a broken link or a device); "
+                                             "it records which tasks are done: restore it or start a fresh run")
         done = read(path, n_tasks)["tasks_done"] if path.is_file() else 0
-        check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method)
+        if method != "zero_shot":
+            check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method,
+                              seed)

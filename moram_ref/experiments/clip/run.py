@@ -134,7 +134,8 @@ def validate(args: argparse.Namespace) -> list:
     if args.resume or args.eval_only:  # what the run will read back, checked before any work
         from moram_ref.experiments import sequence_state
 
-        sequence_state.check_run(args.out, args.methods, len(domains), cliargs.moram_config(args), args.eval_only)
+        sequence_state.check_run(args.out, args.methods, len(domains), cliargs.moram_config(args), args.eval_only,
+                                 args.seed)
     return domains
 
 

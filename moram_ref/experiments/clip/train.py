@@ -247,7 +247,7 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         progress = sequence_state.read(progress_path, n)
         if trained:
             sequence_state.check_checkpoints(out / "checkpoints", n if eval_only else progress["tasks_done"],
-                                             settings.moram, settings.method)
+                                             settings.moram, settings.method, settings.seed)
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
                             settings.moram, settings.method, tasks_done=progress["tasks_done"])
@@ -264,7 +264,7 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
             progress["train"].append({"task": domains[t].key, **info})
             if rank == 0:
                 checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,
-                                settings.method)
+                                settings.method, sequence_state.extra(settings.seed))
             _barrier()
         if trained:
             row = evaluate(model, tokenizer, transform, domains, settings, device, data_root)

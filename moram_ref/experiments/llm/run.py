@@ -126,7 +126,9 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
     if args.resume or args.eval_only:  # what the run will read back, checked before any work
         from moram_ref.experiments import sequence_state
 
-        sequence_state.check_run(args.out, args.methods, len(tasks), cliargs.moram_config(args, scale=args.scale, dropout=args.dropout), args.eval_only)
+        sequence_state.check_run(args.out, args.methods, len(tasks),
+                                 cliargs.moram_config(args, scale=args.scale, dropout=args.dropout), args.eval_only,
+                                 args.seed)
     return tasks, skipped
 
 
@@ -201,7 +203,7 @@ def build(args, tasks, out: Path, seed: int):
         if (tok_dir / "tokenizer.json").is_file():
             try:
                 tok = AutoTokenizer.from_pretrained(str(tok_dir))
-            except (OSError, ValueError) as exc:  # a damaged file of the run folder: named, with the way out
+            except Exception as exc:  # noqa: BLE001  a damaged file of the run folder (transformers raises many kinds)
                 raise cliargs.UsageError(f"--out: {tok_dir} holds a tokenizer that does not load "
                                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); remove that "
                                          "folder and the run trains the same tokenizer again from the task text") \

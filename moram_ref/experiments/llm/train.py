@@ -214,7 +214,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         progress = sequence_state.read(progress_path, n)
         if trained:
             sequence_state.check_checkpoints(ck_dir, n if eval_only else progress["tasks_done"], settings.moram,
-                                             settings.method)
+                                             settings.method, settings.seed)
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
                             tasks_done=progress["tasks_done"])
@@ -234,7 +234,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                 log(f"{tasks[t].name}: truncated {cut['prompt']} prompt(s) to their last tokens and "
                     f"{cut['answer']} answer(s) (max prompt {settings.max_prompt}, max answer {settings.max_answer})")
             if dist.rank == 0:
-                checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method)
+                checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method,
+                                sequence_state.extra(settings.seed))
             dist.barrier()
         if trained:
             results = evaluate_tasks(model, tokenizer, tasks[: t + 1], settings, dist)
