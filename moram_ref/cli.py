@@ -234,9 +234,10 @@ def _main(argv: list[str], exiting: bool) -> int:
         if rundir.stop_requested():  # the interrupt surfaced as another error (e.g. an import it broke)
             return _interrupted(name, argv)
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "moram_ref").partition(".")[0] != "moram_ref":
+            # (a module of ours missing is a broken install: traceback)
             print(f"{name}: error: needs the package that provides {exc.name!r}, which this environment lacks; "
                   "`make install-dev` installs every command's dependencies (`make demo` only NumPy, "
-                  "matplotlib and scikit-learn)", file=sys.stderr)  # a module of ours missing is a broken install: traceback
+                  "matplotlib and scikit-learn)", file=sys.stderr)
             return 2
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
         if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):

@@ -80,7 +80,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -90,7 +90,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it: set to 0 and back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

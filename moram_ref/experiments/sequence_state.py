@@ -37,6 +37,8 @@ def read(path: Path, n_tasks: int) -> dict[str, Any]:
         return checkpoint.CheckpointError(f"{path} {why}; it records which tasks are done: restore it or start a "
                                           "fresh run")
 
+    if not path.is_file():
+        raise bad("is not a readable file (a folder, a broken link or a device)")
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as exc:
@@ -95,10 +97,7 @@ def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, 
     all ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
         path = Path(out) / method / "progress.json"
-        if os.path.lexists(path) and not path.is_file():
-            raise checkpoint.CheckpointError(f"{path} is not a readable file (a folder, a broken link or a device); "
-                                             "it records which tasks are done: restore it or start a fresh run")
-        done = read(path, n_tasks)["tasks_done"] if path.is_file() else 0
+        done = read(path, n_tasks)["tasks_done"] if os.path.lexists(path) else 0
         if method != "zero_shot":
             check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method,
                               seed)

@@ -243,11 +243,8 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
     trained = settings.method != "zero_shot"
     if trained:
         A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
-    if (resume or eval_only) and progress_path.is_file():  # a damaged folder is named before any work
+    if (resume or eval_only) and progress_path.is_file():  # the CLI checked the folder (sequence_state.check_run)
         progress = sequence_state.read(progress_path, n)
-        if trained:
-            sequence_state.check_checkpoints(out / "checkpoints", n if eval_only else progress["tasks_done"],
-                                             settings.moram, settings.method, settings.seed)
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
                             settings.moram, settings.method, tasks_done=progress["tasks_done"])

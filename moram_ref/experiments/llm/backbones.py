@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from moram_ref.experiments import rundir
+
 ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 FAMILIES = ("llama", "qwen2", "gemma")
 
@@ -38,9 +40,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000, out_dir: str |
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
         try:
             fast.save_pretrained(str(tmp))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; as the run folder's other folders
+            os.chmod(tmp, 0o777 & ~rundir.umask())  # mkdtemp makes it 0700; as the run folder's other folders
             shutil.rmtree(out_dir, ignore_errors=True)  # what a kill during an older, in-place write left
             os.replace(tmp, out_dir)
         except BaseException:
