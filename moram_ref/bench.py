@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from moram_ref.experiments import threads
 from moram_ref.perf import accuracy, layer_cases
 from moram_ref.perf.timing import median_seconds, ratio
 from moram_ref.torch import activation
@@ -85,7 +86,7 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
         "shapes": {"d_in": d, "d_out": d, "R": tasks * r, "r": r, "k": k, "tokens": tokens, "dtype": dtype,
                    "device": device},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu": platform.processor() or platform.machine()},
+                    "cpu": threads.cpu()},
         "seconds": {"train": train, "eval": evals},
         "checks": checks,
         "ratios": {

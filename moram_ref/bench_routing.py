@@ -16,6 +16,8 @@ import platform
 
 import torch
 
+from moram_ref.experiments import threads
+from moram_ref.perf import timing
 from moram_ref.perf.timing import median_seconds
 from moram_ref.config import MoRAMConfig
 from moram_ref.torch import activation
@@ -67,7 +69,7 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
     x = torch.randn(tokens, d, generator=gen).to(device)
     out = {"shapes": {"d": d, "R": n_atoms, "r": r, "k": k, "tokens": tokens, "device": device},
            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+                       "threads": torch.get_num_threads(), "cpu": threads.cpu()},
            "seconds": {"topk": topk},
            "ratios": {f"topk_{a}_over_with_sync_{c}": topk[f"{a}_{c}"] / topk[f"with_sync_{c}"]
                       for a in ("rank_key", "stable_sort") for c in ("random", "ties")}}
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-compile", action="store_true", help="skip the eager vs compiled layer timings")
     a = p.parse_args(argv)
+    timing.quiet_cuda_home_notice()
     for name in ("d", "tasks", "atoms_per_task", "top_k", "tokens", "repeat"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")

@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out must be a folder, got the file {a.out}")
     import torch
 
+    from moram_ref.perf import timing
+
+    timing.quiet_cuda_home_notice()
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu" and not device.startswith("cuda"):
         p.error(f"--device must be cpu or cuda[:N], got {device!r}")

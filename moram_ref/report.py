@@ -21,7 +21,7 @@ from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims
-from moram_ref.experiments.toy.demo import METRICS, format_cell
+from moram_ref.experiments.toy.demo import METRICS, cells_phrase, format_cell, seeds_phrase
 
 HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
 
@@ -58,7 +58,7 @@ def demo_table(results: dict) -> str:
                          + " |")
     digits = results["streams"].get("digits", {})
     sweep = digits.get("sweep")
-    note = (f"\n\nSeeds {seeds[0]}–{seeds[-1]} ({len(seeds)} runs); cells are mean ± 95 % CI half-width, in %.")
+    note = f"\n\n{seeds_phrase(seeds)}; cells are {cells_phrase(seeds)}, in %."
     if {"frozen", "seq_lora"} <= set(digits.get("methods", {})):
         gain = [np.mean(np.diag(np.array(s["accuracy"])) - np.diag(np.array(f["accuracy"])))
                 for s, f in zip(digits["methods"]["seq_lora"], digits["methods"]["frozen"])]

@@ -14,6 +14,11 @@ def describe(arr: Any) -> str:
     return f"shape {tuple(arr.shape)}, dtype {arr.dtype}"
 
 
+def key_mismatch(missing: list, unexpected: list) -> str:
+    """``missing ['a']; unexpected ['b']``, naming only the non-empty lists (an error message's detail)."""
+    return "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+
+
 def check_ndim(name: str, arr: Any, ndim: int) -> None:
     if not hasattr(arr, "shape"):
         raise ValueError(f"{name} must be an array, got {type(arr).__name__}")
@@ -98,7 +103,7 @@ def check_layer_state(state: dict, prefix: str, d_out: int, d_in: int, has_bias:
         missing = sorted(expected - present)
         unexpected = sorted(present - expected - {"base_layer.bias"})
         if missing or unexpected:
-            raise ValueError(f"state keys under {prefix!r} mismatch: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"state keys under {prefix!r} mismatch: {key_mismatch(missing, unexpected)}")
     get = {k: state.get(prefix + k) for k in (*sorted(expected), "base_layer.bias")}
     if get["base_layer.weight"] is not None:
         check_shape(prefix + "base_layer.weight", get["base_layer.weight"], (d_out, d_in))

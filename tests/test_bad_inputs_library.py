@@ -196,6 +196,10 @@ def layer_rows(backend: str) -> list[Case]:
         Case(f"{b}-end-task-without-task", r"end_task\(\) called with no task in progress",
              lambda L: L.end_task(), lambda: (np_layer if b == "numpy" else torch_layer)(in_task=False), snap, STATE),
         # state dicts
+        Case(f"{b}-state-key-missing", r"state keys (under '' )?mismatch: missing \['values'\]$",
+             edited(b, lambda s, xp: s.pop("values")), mk, snap),
+        Case(f"{b}-state-key-unexpected", r"state keys (under '' )?mismatch: unexpected \['extra'\]$",
+             edited(b, lambda s, xp: s.update(extra=s["keys"])), mk, snap),
         Case(f"{b}-state-frozen_values-shape", r"frozen_values must have shape \(5, 6\), got shape \(5, 5\)",
              edited(b, lambda s, xp: s.update(frozen_values=s["frozen_values"][:, :-1])), mk, snap),
         Case(f"{b}-state-keys-rows", r"keys must have 0 or atoms_per_task=3 rows, got \(2, 6\)",
@@ -333,7 +337,9 @@ def attach_rows() -> list[Case]:
                     model_snap)
 
     return [
-        attach_case("unknown-name", ["q_prj"], r"target_modules \['q_prj'\] match no nn\.Linear.*q_proj"),
+        attach_case("unknown-name", ["q_prj"],
+                    r"target_modules \['q_prj'\] match no nn\.Linear in the model \('q_prj': did you mean 'q_proj'"),
+        attach_case("unknown-name-far", ["zzz"], r"\('zzz': no name close to it\); some names: \["),
         attach_case("regex-no-match", "nothing.*", r"target_modules regex 'nothing\.\*' matches no nn\.Linear"),
         attach_case("bad-regex", "(", r"target_modules '\(' is not a valid regular expression"),
         attach_case("empty-list", [], r"target_modules is empty"),

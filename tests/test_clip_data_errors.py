@@ -38,7 +38,13 @@ def test_a_train_part_without_one_label_is_refused(tmp_path):
     # label 2 has no train entry: CoOp's label→name map would shift "thing 3" onto index 2
     rewrite(path, lambda s: s.update(train=[e for e in s["train"] if e[1] != 2],
                                      test=[e for e in s["test"] if e[1] != 2]))
-    with pytest.raises(ValueError, match=r"split_zhou_DescribableTextures.json: train labels .* missing \[2\]"):
+    with pytest.raises(ValueError, match=r"split_zhou_DescribableTextures.json: train labels .* present; missing \[2\]$"):
+        load_domain(tmp_path, "dtd")
+    rewrite(path, lambda s: s.update(train=[[p, -1 if y == 0 else y, n] for p, y, n in s["train"]], test=[]))
+    with pytest.raises(ValueError, match=r"present; missing \[0, 2\]; negative \[-1\]$"):
+        load_domain(tmp_path, "dtd")
+    rewrite(path, lambda s: s.update(train=[]))
+    with pytest.raises(ValueError, match=r"present; there are none$"):
         load_domain(tmp_path, "dtd")
 
 

@@ -246,3 +246,13 @@ def test_real_model_attaches_and_generates():
 
     A.attach(model, CFG, backbones.ATTENTION_TARGETS)
     assert generate(model, tok, ["Hello"], max_new_tokens=4)
+
+
+def test_bf16_on_a_cpu_is_said_not_silent():
+    from types import SimpleNamespace
+
+    from moram_ref.experiments.llm.run import cpu_bf16_note
+
+    assert "several times slower than in float32" in cpu_bf16_note(SimpleNamespace(bf16=True, device="cpu"))
+    assert cpu_bf16_note(SimpleNamespace(bf16=False, device="cpu")) is None
+    assert cpu_bf16_note(SimpleNamespace(bf16=True, device="cuda:0")) is None

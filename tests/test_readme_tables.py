@@ -71,3 +71,29 @@ def test_report_check_and_write_round_trip(tmp_path, capsys):
     assert (tmp_path / "plain.md").read_text() == "no markers here\n"
     assert main(["report", str(results), "--check", str(tmp_path / "missing.md")]) == 2
     assert "missing.md" in capsys.readouterr().err
+
+
+def test_one_seed_tables_say_one_run_and_a_negative_ci_is_refused(tmp_path, capsys):
+    """A single seed gives no confidence interval: the footer and the printed table say so instead of '± CI';
+    a hand-edited results file whose half-width is negative is refused, naming it."""
+    assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "5", "--seeds", "1", "--seed", "4", "--no-plots",
+                 "--streams", "recall"]) == 0
+    printed = capsys.readouterr().out
+    assert "method (one seed)" in printed and "± 95% CI" not in printed and "mean over seeds" not in printed
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    table = report.demo_table(results)
+    assert "Seed 4 (1 run); cells are the one run's values (a single seed gives no confidence interval), in %." in table
+    assert "±" not in table
+    cell = results["streams"]["recall"]["summary"]["moram"]["last"]
+    cell["ci95"] = -0.01
+    (tmp_path / "bad.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json is not a demo results file" in err and "-0.01 (negative)" in err
+
+
+def test_the_seeds_of_a_table_are_listed_when_they_are_not_a_range():
+    assert demo.seeds_phrase([0, 1, 2]) == "Seeds 0–2 (3 runs)"
+    assert demo.seeds_phrase([0, 4, 7], " per row") == "Seeds 0, 4, 7 (3 runs per row)"
+    assert demo.seeds_phrase([5], None) == "Seed 5"
+    assert demo.cells_phrase([0, 1]) == "mean ± 95 % CI half-width"

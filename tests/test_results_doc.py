@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moram_ref import report
+from moram_ref import provenance, report
 from moram_ref.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,9 @@ def test_ablation_runs_and_g1_is_the_main_jobs_moram(tmp_path):
         np.testing.assert_allclose(ours["accuracy"], theirs["accuracy"], rtol=0, atol=1e-6)
     body = report.GENERATORS["ablation"](abl)
     assert "| recall | **1** | 8 (k = 8 atoms) |" in body and "Steps per task overridden to 4" in body
+    assert abl["environment"] == provenance.numpy_environment()  # the build that rounded these figures
+    assert f"Computed by {provenance.describe(abl['environment'])}" in body
+    assert "Computed by" not in report.GENERATORS["ablation"]({k: v for k, v in abl.items() if k != "environment"})
 
 
 def test_ablation_rejects_bad_flags(capsys):

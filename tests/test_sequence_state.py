@@ -40,7 +40,8 @@ def test_a_fresh_record_round_trips(tmp_path):
     ({"tasks_done": 1, "matrix": [["x", None, None]] + [[None] * 3] * 2, "train": []}, "matrix[0][0] = \"x\", not an accuracy"),
     ({"tasks_done": 1, "matrix": [[None] * 3] * 3, "train": {}}, "matrix[0][0] = null, not an accuracy from 0 to 100 "
                                                                 "(task 1 is done"),
-    ({"tasks_done": 1, "matrix": [[50.0, None, None]] + [[None] * 3] * 2, "train": {}}, "train dict, not a list"),
+    ({"tasks_done": 1, "matrix": [[50.0, None, None]] + [[None] * 3] * 2, "train": {}}, "train {}, not a list of JSON objects"),
+    ({"tasks_done": 1, "matrix": [[50.0, None, None]] + [[None] * 3] * 2, "train": [3]}, "train [3], not a list of JSON"),
     ({"tasks_done": 3, "matrix": [[-500.0] * 3] * 3, "train": []}, "matrix[0][0] = -500.0, not an accuracy"),
     ({"tasks_done": 3, "matrix": [[1e308] * 3] * 3, "train": []}, "matrix[0][0] = 1e+308"),
     ("""{"tasks_done": 1, "matrix": [[NaN, null, null], [null, null, null], [null, null, null]], "train": []}""",
@@ -55,6 +56,18 @@ def test_a_damaged_progress_record_is_named(tmp_path, record, message):
     with pytest.raises(C.CheckpointError) as exc:
         S.read(path, 3)
     assert message in str(exc.value) and str(path) in str(exc.value) and "start a fresh run" in str(exc.value)
+
+
+def test_a_method_that_trains_has_one_train_record_per_task_done(tmp_path):
+    record = {"tasks_done": 2, "matrix": [[50, None, None], [50, 60, None], [None] * 3], "train": [{"task": "a"}]}
+    path = _written(tmp_path, record)
+    S.read(path, 3)  # the count is checked only where the method is known
+    with pytest.raises(C.CheckpointError, match=r"has 1 train record\(s\) for tasks_done 2 \(one per task trained\)"):
+        S.read(path, 3, trained=True)
+    with pytest.raises(C.CheckpointError, match=r"zero_shot trains nothing, so none"):
+        S.read(path, 3, trained=False)
+    record["train"].append({"task": "b"})
+    assert len(S.read(_written(tmp_path, record), 3, trained=True)["train"]) == 2
 
 
 def test_every_checkpoint_up_to_the_last_done_is_checked(tmp_path):

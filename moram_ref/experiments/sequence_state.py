@@ -26,12 +26,13 @@ def fresh(n_tasks: int) -> dict[str, Any]:
     return {"tasks_done": 0, "matrix": [[math.nan] * n_tasks for _ in range(n_tasks)], "train": []}
 
 
-def read(path: Path, n_tasks: int) -> dict[str, Any]:
+def read(path: Path, n_tasks: int, trained: bool | None = None) -> dict[str, Any]:
     """``progress.json`` at ``path``, checked: an object with ``tasks_done`` (an int from 0 to ``n_tasks``),
     ``matrix`` (``n_tasks`` rows of ``n_tasks`` accuracies in percent, 0 to 100, or null for "not evaluated";
     row ``i`` < ``tasks_done`` holds numbers at least up to its diagonal, what every metric reads) and
-    ``train`` (a list, one entry per task trained); the CLIP track's probes, where present, are ``n99`` (a
-    list) and ``maps`` (an object). Raises ``CheckpointError`` naming the file and what is wrong."""
+    ``train`` (a list of objects, one per task trained: with ``trained`` given, ``tasks_done`` of them for a
+    method that trains, none for ``zero_shot``); the CLIP track's probes, where present, are ``n99`` (a list) and
+    ``maps`` (an object). Raises ``CheckpointError`` naming the file and what is wrong."""
 
     def bad(why: str) -> checkpoint.CheckpointError:
         return checkpoint.CheckpointError(f"{path} {why}; it records which tasks are done: restore it or start a "
@@ -62,8 +63,12 @@ def read(path: Path, n_tasks: int) -> dict[str, Any]:
             if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
                 raise bad(f"has matrix[{i}][{j}] = {json.dumps(v)}, not an accuracy from 0 to 100"
                           + (f" (task {i + 1} is done: its row is needed)" if v is None else ""))
-    if not isinstance(record["train"], list):
-        raise bad(f"has train {type(record['train']).__name__}, not a list")
+    train = record["train"]
+    if not isinstance(train, list) or not all(isinstance(entry, dict) for entry in train):
+        raise bad(f"has train {json.dumps(train)[:80]}, not a list of JSON objects (one per task trained)")
+    if trained is not None and len(train) != (done if trained else 0):
+        raise bad(f"has {len(train)} train record(s) for tasks_done {done} ("
+                  + ("one per task trained)" if trained else "zero_shot trains nothing, so none)"))
     for key, kind in (("n99", list), ("maps", dict)):
         if key in record and not isinstance(record[key], kind):
             raise bad(f"has {key} {type(record[key]).__name__}, not a {'list' if kind is list else 'JSON object'}")
@@ -97,7 +102,7 @@ def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, 
     all ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
         path = Path(out) / method / "progress.json"
-        done = read(path, n_tasks)["tasks_done"] if os.path.lexists(path) else 0
+        done = read(path, n_tasks, method != "zero_shot")["tasks_done"] if os.path.lexists(path) else 0
         if method != "zero_shot":
             check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method,
                               seed)

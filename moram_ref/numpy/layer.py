@@ -13,7 +13,7 @@ import numpy as np
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.numpy import activation, backward
-from moram_ref.shapes import check_last_dim, check_layer_state, check_ndim, check_shape
+from moram_ref.shapes import check_last_dim, check_layer_state, check_ndim, check_shape, key_mismatch
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
@@ -196,7 +196,7 @@ class MoRAMLinear:
         missing = [k for k in STATE_KEYS if k not in state]
         unknown = sorted(set(state) - set(STATE_KEYS))
         if missing or unknown:
-            raise ValueError(f"state keys mismatch: missing {missing}, unexpected {unknown}")
+            raise ValueError(f"state keys mismatch: {key_mismatch(missing, unknown)}")
         arrays = {k: _as_float_array(k, v) for k, v in state.items() if v is not None or k != "base_layer.bias"}
         check_layer_state(state, "", self.d_out, self.d_in, self.bias is not None, self.config.atoms_per_task)
         dtypes = {a.dtype for a in arrays.values()}

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def quiet_cuda_home_notice() -> None:
+    """Silence torch's "No CUDA runtime is found, using CUDA_HOME=…" warning, which ``torch.compile`` on a
+    CPU prints where a CUDA toolkit is installed without a GPU: it says nothing about the figures. For the
+    benchmark entry points only (it sets the level of one torch logger)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def is_cuda(device: str | torch.device) -> bool:

@@ -60,7 +60,10 @@ def match_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list
         if unknown:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear} | set(linear))
             close = {t: difflib.get_close_matches(t, suffixes, n=3, cutoff=0.5) for t in unknown}
-            raise ValueError(f"target_modules {unknown} match no nn.Linear in the model; close matches: {close}")
+            hints = "; ".join(f"{t!r}: did you mean {' or '.join(map(repr, c))}?" if c else f"{t!r}: no name close to it"
+                              for t, c in close.items())
+            raise ValueError(f"target_modules {unknown} match no nn.Linear in the model ({hints}); some names: "
+                             f"{linear[:8]}")
         if len(hits) < len(target_modules):
             repeated = sorted({t for t in target_modules if list(target_modules).count(t) > 1})
             raise ValueError(f"target_modules lists {repeated} more than once")

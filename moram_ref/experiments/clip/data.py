@@ -86,10 +86,12 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
                 raise ValueError(f"{path}: label {label} is {names[label]!r} in train but {name!r} in {part}")
         if part == "train":
             missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
-            if missing or min(names, default=0) < 0 or not names:
-                raise ValueError(f"{path}: train labels must be 0..C-1 with every label present; missing "
-                                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                                 f"negative {sorted(k for k in names if k < 0)}")
+            negative = sorted(k for k in names if k < 0)
+            if missing or negative or not names:
+                why = "; ".join(w for w in (not names and "there are none",
+                                            missing and f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}",
+                                            negative and f"negative {negative[:10]}") if w)
+                raise ValueError(f"{path}: train labels must be 0..C-1 with every label present; {why}")
     return names
 
 

@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear layers to adapt: a module name or its last part(s) after a dot (spec §5: q_proj k_proj "
                         "v_proj o_proj, the default)")
     cliargs.moram_flags(p, MoRAMConfig.paper_llm(), extra=("scale", "dropout"))  # spec §5, LLMs
-    p.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 weights, for GPUs (on a CPU it runs, several times slower, and says so)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less memory, slower")
     p.add_argument("--fsdp", action="store_true", help="shard the frozen model over the torchrun processes (FSDP2)")
@@ -186,6 +187,18 @@ def _setup_dist():
     return Dist(torch.distributed.get_rank(), world)
 
 
+def cpu_bf16_note(args: argparse.Namespace) -> str | None:
+    """A line for ``--bf16`` on a CPU: it runs, but slowly (None otherwise)."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.bf16 or torch.device(device).type != "cpu":
+        return None
+    return ("--bf16 on the CPU: the run goes ahead in bfloat16, but most CPUs have no bfloat16 matrix units and "
+            "multiply in it several times slower than in float32 (4× on a 2-core AMD EPYC); the flag is meant "
+            "for GPUs")
+
+
 def build(args, tasks, out: Path, seed: int):
     """(model, tokenizer): a pretrained model, or a tiny one with a tokenizer trained on the task text."""
     import torch
@@ -241,6 +254,8 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
     dist = _setup_dist()
     if skipped and dist.rank == 0:
         log(f"skipped (missing split): {skipped}")
+    if dist.rank == 0 and (note := cpu_bf16_note(args)):
+        log(note)
     config = cliargs.moram_config(args, scale=args.scale, dropout=args.dropout)
     summary = {}
     for method in args.methods:

@@ -211,7 +211,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
         A.attach(model, settings.moram, list(settings.targets), method=settings.method, dtype=atoms_dtype)
     if (resume or eval_only) and progress_path.is_file():  # the CLI checked the folder (sequence_state.check_run)
-        progress = sequence_state.read(progress_path, n)
+        progress = sequence_state.read(progress_path, n, trained)
         if resume and progress["tasks_done"] and trained:
             checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
                             tasks_done=progress["tasks_done"])

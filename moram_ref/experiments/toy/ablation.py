@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from moram_ref import metrics
+from moram_ref import metrics, provenance
 from moram_ref.experiments import cliargs, rundir
 from moram_ref.experiments.toy import digits, recall, routing
 from moram_ref.experiments.toy.demo import DEMO_CONFIG, METRICS, format_cell, summarise
@@ -190,7 +190,8 @@ def _run_all(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     seeds = [args.seed + i for i in range(args.seeds)]
     t0 = time.perf_counter()
     results: dict = {"config": DEMO_CONFIG.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]",
-                     "studies": list(args.studies), "steps_override": args.steps}
+                     "studies": list(args.studies), "steps_override": args.steps,
+                     "environment": provenance.numpy_environment()}  # its NumPy and BLAS round the figures
     log("setting  " + "".join(f"{m:>14}" for m in METRICS) + "   (mean ± 95% CI over seeds, %)")
     if {"granularity", "topk"} & set(args.studies):
         results["streams"] = run_grouped(args, seeds, log)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from moram_ref import metrics
-from moram_ref.experiments.toy.demo import format_cell
+from moram_ref import metrics, provenance
+from moram_ref.experiments.toy.demo import cells_phrase, format_cell, seeds_phrase
 
 COLUMNS = (("average", "Average"), ("last", "Last"), ("forgetting", "forgetting"), ("transfer", "Transfer"),
            ("atoms99", "atoms for 99 %"), ("own_share", "own-task share"))
@@ -64,8 +64,10 @@ def ablation_table(results: dict) -> str:
             lines.append(f"| {stream} | {name} | {kept} (k = {'R' if k is None else k} atoms) | "
                          + " | ".join(_row_cells(setting)) + f" | {diff} |")
     seeds = results["seeds"]
-    note = (f"\n\nSeeds {seeds[0]}–{seeds[-1]} ({len(seeds)} runs per row, the main job's data and atoms); cells are "
-            "mean ± 95 % CI half-width over seeds, in % (atoms for 99 %: a count). A unit of g atoms gets one "
+    per_row = " per row, the main job's data and atoms"
+    note = (f"\n\n{seeds_phrase(seeds, per_row)}; cells are "
+            f"{cells_phrase(seeds, 'mean ± 95 % CI half-width over seeds')}, in % (atoms for 99 %: a count). "
+            "A unit of g atoms gets one "
             "weight from the score σ_u = Σ_{i∈u} s_i / √g; the top-k budget counts atoms, so k = 8 keeps 8/g units. "
             "The row g = 1, k = 8 (bold) is MoRAM with the main job's settings. atoms for 99 %: per input of every "
             "domain after the last task, layer 1, inputs with any weight; own-task share: the mean share of each "
@@ -73,6 +75,9 @@ def ablation_table(results: dict) -> str:
             "difference over seeds.")
     if results.get("steps_override") is not None:
         note += f" Steps per task overridden to {results['steps_override']} (a quick check, not the main settings)."
+    if results.get("environment"):  # results written before it was recorded have none
+        note += (f" Computed by {provenance.describe(results['environment'])}; another NumPy or BLAS rounds "
+                 "differently and gives other numbers (`moram_ref/provenance.py`).")
     return "\n".join(lines) + note
 
 
@@ -112,8 +117,9 @@ def routing_table(results: dict) -> str:
             out.append(f"| {layer + 1} | " + " | ".join(f"{v:.3f}" for v in rec(-1, layer, "key_norm")) + " |")
         out.append("")
     seeds = results["seeds"]
-    out.append(f"MoRAM with the main job's settings (r = k = 8, τ = 0.01, δ = 0.2 at evaluation), means over seeds "
-               f"{seeds[0]}–{seeds[-1]}. Shares: of the total weight Σw on a domain's test inputs, the part each "
+    over = "means over" if len(seeds) > 1 else "from"
+    out.append(f"MoRAM with the main job's settings (r = k = 8, τ = 0.01, δ = 0.2 at evaluation), {over} "
+               f"{seeds_phrase(seeds, None).lower()}. Shares: of the total weight Σw on a domain's test inputs, the part each "
                "task's atoms take (in each seed a column sums to 1, or to 0 when δ silences every input of the "
                "domain, so a mean column can sum to less). Atoms for 99 %: over inputs that keep any weight. Key "
                "norms: a fresh key is uniform in ±1/√d_in per entry, norm ≈ 1/√3 ≈ 0.58; keys are frozen at the "
@@ -145,7 +151,7 @@ def takeover_table(results: dict) -> str:
                           f"{np.corrcoef(newest, ratio)[0, 1]:.2f}")
     seeds = results["seeds"]
     return "\n".join(lines) + ("\n\nPooled over the grid: " + "; ".join(pooled) + "." if pooled else "") + (
-        f"\n\nDigits stream, MoRAM (r = k = 8, δ = 0.2 at evaluation), seeds {seeds[0]}–{seeds[-1]}, layer 1, after "
+        f"\n\nDigits stream, MoRAM (r = k = 8, δ = 0.2 at evaluation), {seeds_phrase(seeds, None).lower()}, layer 1, after "
         "the last domain; mean ± 95 % CI over seeds (shares and Last in %). Newest atoms' share: the part of the weight "
         "on the four earlier domains' inputs that the last domain's atoms take (20 % would be an even split over 5 "
         "tasks). Key–input alignment: the mean cosine between a task's keys and the mean direction of the layer's "

@@ -176,7 +176,8 @@ def summarise(runs: list[dict]) -> dict:
 def _print_stream(runs: dict, summary: dict, task_names: list[str], sweep, log: Callable[[str], None]) -> None:
     for method, rs in runs.items():
         mean_acc = np.mean([r["accuracy"] for r in rs], axis=0)
-        log(f"\n{label(method, sweep)} — accuracy (%), mean over seeds; row i = after task i, column j = task j")
+        over = "one seed" if len(rs) == 1 else "mean over seeds"
+        log(f"\n{label(method, sweep)} — accuracy (%), {over}; row i = after task i, column j = task j")
         log("          " + " ".join(f"{f'T{j + 1}':>7}" for j in range(len(task_names))))
         for i, row in enumerate(mean_acc):
             log(f"after T{i + 1:<3}" + " ".join(f"{100 * v:7.1f}" for v in row))
@@ -190,15 +191,37 @@ def _print_stream(runs: dict, summary: dict, task_names: list[str], sweep, log: 
                 + " ".join(f"{v:.2f}" for v in norms))
             silent = np.mean([r["silent_fraction"] for r in rs])
             log(f"  inputs with every atom switched off by δ at evaluation: {100 * silent:.1f}%")
-    log("\nmethod (mean ± 95% CI)   " + "".join(f"{k:>15}" for k in ("Transfer", "Average", "Last", "BWT", "forgetting")))
+    one = len(next(iter(runs.values()))) == 1
+    log(f"\n{'method (one seed)' if one else 'method (mean ± 95% CI)':<25}"
+        + "".join(f"{k:>15}" for k in ("Transfer", "Average", "Last", "BWT", "forgetting")))
     for method, s in summary.items():
         log(f"{label(method, sweep):<24} " + "".join(f"{format_cell(s[k]):>15}" for k in METRICS))
 
 
 def format_cell(cell: dict) -> str:
-    """``mean ± half-width`` in percent, one decimal (``mean`` alone for one seed)."""
+    """``mean ± half-width`` in percent, one decimal (``mean`` alone for one seed).
+
+    Raises ValueError for a negative half-width (a results file edited by hand or damaged)."""
     text, half = f"{100 * cell['mean']:.1f}", cell["ci95"]
+    if half is not None and half < 0:
+        raise ValueError(f"a 95 % CI half-width of {half} (negative) beside the mean {cell['mean']}")
     return text if half is None or np.isnan(half) else f"{text} ± {100 * half:.1f}"
+
+
+def seeds_phrase(seeds: list[int], runs: str | None = "") -> str:
+    """``Seeds 0–2 (3 runs)``, ``Seeds 0, 4, 7 (3 runs)`` or ``Seed 5 (1 run)``: the seeds a table's cells are
+    over; ``runs`` is appended inside the parentheses, and ``None`` leaves them out (``Seeds 0–2``)."""
+    seeds = list(seeds)
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    listed = f"{seeds[0]}–{seeds[-1]}" if consecutive and len(seeds) > 1 else ", ".join(map(str, seeds))
+    text = f"Seed{'s' if len(seeds) > 1 else ''} {listed}"
+    return text if runs is None else f"{text} ({len(seeds)} run{'s' if len(seeds) > 1 else ''}{runs})"
+
+
+def cells_phrase(seeds: list[int], many: str = "mean ± 95 % CI half-width") -> str:
+    """What a cell of a seeds table is: ``many`` (a mean with its 95 % CI) over several seeds, the one run's value
+    over a single seed (which gives no confidence interval)."""
+    return many if len(seeds) > 1 else "the one run's values (a single seed gives no confidence interval)"
 
 
 def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str, sweep) -> None:
