@@ -43,6 +43,11 @@ COMMANDS = {
 }
 
 
+# "spec §N" in a flag's help cites the method's specification, which is not shipped: docs/theory.md maps each section
+SPEC_NOTE = ("'spec §N' cites the method's specification by section; docs/theory.md says where each section is "
+             "written out in these docs (§3 the forward pass, §5 the paper's settings, §7 its numbers).")
+
+
 def build_parser(command: str | None = None) -> Parser:
     """The ``moram-ref`` parser; only ``command``'s module is imported (the demo never imports torch)."""
     parser = Parser(prog="moram-ref", description="MoRAM reference implementation: one command per experiment, "
@@ -50,7 +55,7 @@ def build_parser(command: str | None = None) -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
                                 help="see 'moram-ref COMMAND --help'")
     for name, (module, description) in COMMANDS.items():
-        p = sub.add_parser(name, help=description, description=description)
+        p = sub.add_parser(name, help=description, description=description, epilog=SPEC_NOTE)
         if name == command:
             importlib.import_module(module.split(":")[0]).add_arguments(p)
     return parser

@@ -67,7 +67,8 @@ def env_section(device: str, quick: bool, deadline: float, save=lambda part: Non
     from moram_ref.config import MoRAMConfig
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-           "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+           "torch_cuda_build": torch.version.cuda,  # the CUDA version torch was built for (set on a CPU too)
+           "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads(),
            "routing_kernel_field": "routing_kernel" in {f.name for f in dataclasses.fields(MoRAMConfig)},
            "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
            "allow_bf16_reduced_precision_reduction": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction}
@@ -117,9 +118,11 @@ def _best(ratios: dict, pick=min):
     return have[name], name
 
 
-def summary(sections: dict) -> dict:
-    """Each goal of issue #11 with the measured ratio (the best MoRAM variant), met or not (None: not measured).
-    Generation compares like with like: MoRAM eager with the plain model eager, compiled with compiled."""
+def summary(sections: dict, judged: bool = True) -> dict:
+    """Each goal of issue #11 with the measured ratio (the best MoRAM variant) and its verdict: ``met`` True or
+    False, None where not measured or not ``judged`` (``--quick`` or a CPU: the goals are about full sizes on a
+    GPU), with ``verdict`` in words. Generation compares like with like: MoRAM eager with the plain model
+    eager, compiled with compiled."""
     rows = []
     for label, where, cmp, goal in GOALS:
         value, by = None, None
@@ -137,10 +140,12 @@ def summary(sections: dict) -> dict:
             value, by = _best({"moram_eager": r.get("moram_eager_over_plain"),  # both eager
                                "moram_compiled": r.get("moram_compiled_over_plain_compiled")},  # both compiled
                               pick=max)
-        met = None if value is None else (value <= goal if cmp == "<=" else value >= goal)
-        rows.append({"goal": f"{label} {cmp} {goal}", "value": value, "best_variant": by, "met": met})
+        met = None if value is None or not judged else (value <= goal if cmp == "<=" else value >= goal)
+        verdict = "not judged" if not judged else {True: "met", False: "NOT met", None: "not measured"}[met]
+        rows.append({"goal": f"{label} {cmp} {goal}", "value": value, "best_variant": by, "met": met,
+                     "verdict": verdict})
     checks = {n: s.get("ok") for n, s in sections.items()}
-    return {"goals": rows, "checks_ok": checks}
+    return {"judged": judged, "goals": rows, "checks_ok": checks}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,18 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    report["summary"] = summary(report["sections"])
+    judged = not a.quick and device.startswith("cuda")  # the goals are about full sizes on a GPU
+    report["summary"] = summary(report["sections"], judged)
     report["wall_s"] = time.monotonic() - start
     save()
-    judged = not a.quick and device.startswith("cuda")  # the goals are about full sizes on a GPU
     header = "GPU performance goals (docs/performance.md); in brackets the MoRAM variant with the best ratio"
     if not judged:
         header += f"\n  ({'--quick' if a.quick else 'full'} sizes on {device}: the ratios exercise the code, not judged)"
     print("  " + header)
     for row in report["summary"]["goals"]:
         value = "not measured" if row["value"] is None else f"{row['value']:.2f} ({row['best_variant']})"
-        verdict = {True: "met", False: "NOT met", None: "—"}[row["met"]] if judged else "not judged"
-        print(f"  {row['goal']:<72} {value:<32} {verdict}")
+        print(f"  {row['goal']:<72} {value:<32} {row['verdict']}")
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
     stopped = "interrupted_in" in report or "interrupted_after" in report
     return 0 if all(s.get("ok") for s in report["sections"].values()) and not stopped else 1

@@ -61,9 +61,13 @@ def activation_map(weights: np.ndarray, groups: np.ndarray, atoms_per_task: int,
     for g in range(1, w.shape[0] // atoms_per_task):
         ax.axhline(g * atoms_per_task - 0.5, color="cyan", lw=0.6)
     centers = [np.mean(np.flatnonzero(groups[order] == d)) for d in range(len(task_names))]
-    ax.set_xticks(centers, [f"inputs of {n}" for n in task_names], fontsize=7)
+    # names alone on the ticks (what they are is in the axis labels), slanted where they could run together
+    slant = {"rotation": 20, "ha": "right", "rotation_mode": "anchor"} if max(map(len, task_names)) > 10 else {}
+    ax.set_xticks(centers, task_names, fontsize=7, **slant)
     ax.set_yticks([(g + 0.5) * atoms_per_task - 0.5 for g in range(w.shape[0] // atoms_per_task)],
-                  [f"atoms of {n}" for n in task_names[: w.shape[0] // atoms_per_task]], fontsize=7)
+                  task_names[: w.shape[0] // atoms_per_task], fontsize=7)
+    ax.set_xlabel("test inputs, grouped by task", fontsize=8)
+    ax.set_ylabel("atoms, by the task that added them", fontsize=8)
     fig.colorbar(im, ax=ax, label="w")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

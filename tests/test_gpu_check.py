@@ -50,6 +50,10 @@ def test_quick_run_checks_every_section_and_summarises(tmp_path, capsys, device)
     assert (gen["moram_compiled_over_plain_compiled"] is None) == (gen.get("moram_compiled_over_plain") is None)
     goals = report["summary"]["goals"]
     assert len(goals) == 5 and all(g["value"] is not None for g in goals), goals
+    # --quick on a CPU: the ratios are recorded, no goal is judged, in the JSON as in the printout
+    assert report["summary"]["judged"] is False
+    assert all(g["met"] is None and g["verdict"] == "not judged" for g in goals), goals
+    assert sections["env"]["cuda_available"] is False and "torch_cuda_build" in sections["env"]
     printed = capsys.readouterr().out
     assert "CLIP step: MoRAM / sequential LoRA" in printed and "wrote" in printed
 
@@ -222,3 +226,16 @@ def test_the_cuda_suite_command_collects_without_what_the_image_lacks(tmp_path):
     assert len(cases) >= 20 and len(cases) == len(set(cases)), proc.stdout[-2000:]  # each case once
     assert any(n.startswith("tests/test_torch_layer.py::") for n in collected)
     assert (tmp_path / "pytest_cuda.xml").is_file()
+
+
+@pytest.mark.parametrize(("clip_ratio", "gen_ratio", "verdicts"), [
+    (1.1, 0.8, ["met", "met"]), (1.5, 0.5, ["NOT met", "NOT met"]), (None, None, ["not measured", "not measured"])])
+def test_goals_are_judged_only_on_full_sizes_on_a_gpu(clip_ratio, gen_ratio, verdicts):
+    sections = {"clip": {"ratios": {"moram_over_seq_lora": clip_ratio}},
+                "llm_generate": {"ratios": {"moram_eager_over_plain": gen_ratio}}}
+    judged = gpu_check.summary(sections, judged=True)["goals"]
+    assert [g["verdict"] for g in judged[3:]] == verdicts and judged[0]["verdict"] == "not measured"
+    assert [g["met"] for g in judged[3:]] == [{"met": True, "NOT met": False}.get(v) for v in verdicts]
+    quick = gpu_check.summary(sections, judged=False)
+    assert not quick["judged"] and all(g["met"] is None and g["verdict"] == "not judged" for g in quick["goals"])
+    assert [g["value"] for g in quick["goals"][3:]] == [clip_ratio, gen_ratio]  # the ratios are still recorded

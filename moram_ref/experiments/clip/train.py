@@ -282,5 +282,6 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         if not eval_only and rank == 0:
             checkpoint.write_text_atomic(progress_path, rundir.dumps(progress))
         _barrier()
-        log(f"after task {t + 1}/{n} ({domains[t].key}): " + " ".join(f"{v:.1f}" for v in row))
+        log(f"{settings.method} after task {t + 1}/{n} ({domains[t].key}), accuracy (%): "
+            + ", ".join(f"{d.key} {v:.1f}" for d, v in zip(domains, row)))
     return np.array(progress["matrix"], dtype=float)

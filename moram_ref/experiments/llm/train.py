@@ -249,8 +249,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                 rundir.write_json(pred_dir / f"{name}.json", r)
             if not eval_only:
                 checkpoint.write_text_atomic(progress_path, rundir.dumps(progress))
-            log(f"after task {t + 1}/{n} ({tasks[t].name}): " +
-                ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
+            log(f"{settings.method} after task {t + 1}/{n} ({tasks[t].name}), scores (0–100): "
+                + ", ".join(f"{k} {v['score']:.1f}" for k, v in results.items()))
         dist.barrier()
     return np.array(progress["matrix"], dtype=float)
 
