@@ -136,7 +136,7 @@ def test_a_stop_outside_the_sections_is_one_line_and_exit_130(tmp_path, monkeypa
     assert gpu_check.entry(["--quick"]) == 130
     assert capsys.readouterr().err == "python -m moram_ref.gpu_check: interrupted before any section ran\n"
 
-    def second_stop(sections):
+    def second_stop(*_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gpu_check, "main", real_main)
