@@ -164,6 +164,12 @@ def cli_run(a: argparse.Namespace) -> int:
     from moram_ref.experiments import cliargs, rundir  # noqa: PLC0415
 
     cliargs.device("--device", a.device)
+    if torch.device(a.device).type not in ("cpu", "cuda"):
+        raise cliargs.UsageError(f"--device: {a.device!r} is neither cpu nor cuda[:N]")
+    width = 8 if a.dtype == "float64" else 4  # the base weight, its LoRA, and a few (tokens, d) activations
+    cliargs.fits_in_memory("--d/--tokens/--tasks", width * (3 * a.d * a.d + 8 * a.tokens * a.d
+                                                             + 4 * a.tasks * a.atoms_per_task * (a.d + a.tokens)),
+                           a.device)
     if a.top_k > a.tasks * a.atoms_per_task:
         raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
                                  f"{a.tasks * a.atoms_per_task}")

@@ -35,6 +35,19 @@ def describe(env: dict) -> str:
     return f"NumPy {env.get('numpy', '?')} with {env.get('blas', '?')}"
 
 
+def problem(env: object) -> str | None:
+    """None if ``env`` is what :func:`numpy_environment` records (``numpy``, ``blas`` and ``python``, each a
+    one-line string), else why not, in words naming the key (a results file edited by hand or damaged)."""
+    if not isinstance(env, dict):
+        return f"{str(env)[:60]!r}: expected an object with numpy, blas and python"
+    for key in ("numpy", "blas", "python"):
+        value = env.get(key)
+        if not isinstance(value, str) or not value.strip() or "\n" in value or len(value) > 200:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            return f"{key} {shown}: expected a one-line name of the build (as `moram_ref/provenance.py` records)"
+    return None
+
+
 def _blas() -> str:
     try:
         import threadpoolctl  # noqa: PLC0415 (a scikit-learn dependency; optional here)

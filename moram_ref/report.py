@@ -20,7 +20,7 @@ from moram_ref import provenance
 from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
-from moram_ref.experiments.toy import ablation_tables, claims
+from moram_ref.experiments.toy import ablation_tables, claims, results_check
 from moram_ref.experiments.toy.demo import METRICS, cells_phrase, format_cell, seeds_phrase
 
 HEADERS = {"transfer": "Transfer", "average": "Average", "last": "Last", "bwt": "BWT", "forgetting": "forgetting"}
@@ -67,7 +67,10 @@ def demo_table(results: dict) -> str:
                  "(sequential LoRA's diagonal minus the frozen base's).")
     silent = {name: [r["silent_fraction"] for r in res["methods"]["moram"]]
               for name, res in results["streams"].items() if "moram" in res["methods"]}
-    if silent:
+    if silent and len(seeds) == 1:
+        note += (" Inputs that δ silences entirely at evaluation (MoRAM, layer 1): "
+                 + ", ".join(f"{name} {100 * v[0]:.1f} %" for name, v in silent.items()) + ".")
+    elif silent:
         note += (" Inputs that δ silences entirely at evaluation (MoRAM, layer 1, mean over seeds, and the seeds' "
                  "range): " + ", ".join(f"{name} {100 * np.mean(v):.1f} % ({100 * min(v):.1f}–{100 * max(v):.1f} %)"
                                         for name, v in silent.items()) + ".")
@@ -114,10 +117,12 @@ def _claims_file(r, i: int) -> str | None:
     """The claims table's inputs, in order: the main job's results, the ablation's, then text-CL files."""
     if i == 0:
         ok = isinstance(r, dict) and isinstance(r.get("streams"), dict) and "studies" not in r
-        return None if ok else "is not the main job's results.json (`moram-ref demo`), which --table claims takes first"
+        return results_check.demo_problem(r) if ok else \
+            "is not the main job's results.json (`moram-ref demo`), which --table claims takes first"
     if i == 1:
         ok = isinstance(r, dict) and isinstance(r.get("streams"), dict) and "studies" in r
-        return None if ok else "is not the ablation's results.json (`moram-ref ablation`), which --table claims takes second"
+        return results_check.ablation_problem(r) if ok else \
+            "is not the ablation's results.json (`moram-ref ablation`), which --table claims takes second"
     if isinstance(r, dict) and (r.get("kind") == "text-cl routing" or "per_task" in r):
         return routing_tables.problem(r, need="moram")
     return _P(r, ("zero_shot", "moram"), coarse=True)
@@ -137,9 +142,18 @@ def _text_cl_file(r, i: int) -> str | None:
     return None
 
 
+def _demo_file(r, i: int) -> str | None:
+    return _text_cl_file(r, i) or (None if not isinstance(r, dict) or "studies" in r else results_check.demo_problem(r))
+
+
+def _ablation_file(r, i: int) -> str | None:
+    return _text_cl_file(r, i) or (None if not isinstance(r, dict) or "studies" not in r
+                                   else results_check.ablation_problem(r))
+
+
 # Per-file checks of the inputs (their messages name the file): table -> check(file's data, its position)
 FILE_CHECKS = {
-    "demo": _text_cl_file, "ablation": _text_cl_file, "routing": _text_cl_file, "takeover": _text_cl_file,
+    "demo": _demo_file, "ablation": _ablation_file, "routing": _ablation_file, "takeover": _ablation_file,
     "textcl": lambda r, i: _P(r), "textcl-matrix": lambda r, i: _P(r),
     "textcl-brief": lambda r, i: _P(r, ("zero_shot", "moram"), coarse=True),
     "textcl-routing": lambda r, i: routing_tables.problem(r),
@@ -209,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             loaded.append(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, an over-long integer
             raise UsageError(f"results: cannot read {path}: {err}") from None
     check = FILE_CHECKS.get(args.table)
     for i, (path, data) in enumerate(zip(paths, loaded)):
@@ -220,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         body = GENERATORS[args.table](*loaded)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError) as err:
-        raise UsageError(f"results: {names} is not a {args.table} results file "
+        article = "an" if args.table[0] in "aeiou" else "a"
+        raise UsageError(f"results: {names} is not {article} {args.table} results file "
                          f"({type(err).__name__}: {err})") from None
     target: Path | None = args.write or args.check
     new = text = None

@@ -96,14 +96,15 @@ def check_layer_state(state: dict, prefix: str, d_out: int, d_in: int, has_bias:
     expected = {"base_layer.weight", *bank} | ({"base_layer.bias"} if has_bias else set())
     present = {k[len(prefix):] for k in state if k.startswith(prefix)}
     if strict:
+        missing = sorted(expected - present - {"base_layer.bias"})  # the bias is named below, with the reason
+        unexpected = sorted(present - expected - {"base_layer.bias"})
+        if missing or unexpected:
+            under = f" under {prefix!r}" if prefix else ""
+            raise ValueError(f"state keys{under} mismatch: {key_mismatch(missing, unexpected)}")
         given_bias = state.get(prefix + "base_layer.bias") is not None
         if given_bias != has_bias:
             raise ValueError(f"{prefix}base_layer.bias is {'present' if given_bias else 'missing'} in the state, "
                              f"this layer has {'a' if has_bias else 'no'} bias")
-        missing = sorted(expected - present)
-        unexpected = sorted(present - expected - {"base_layer.bias"})
-        if missing or unexpected:
-            raise ValueError(f"state keys under {prefix!r} mismatch: {key_mismatch(missing, unexpected)}")
     get = {k: state.get(prefix + k) for k in (*sorted(expected), "base_layer.bias")}
     if get["base_layer.weight"] is not None:
         check_shape(prefix + "base_layer.weight", get["base_layer.weight"], (d_out, d_in))

@@ -187,3 +187,43 @@ def test_verify_decodes_a_sample_of_the_images(tmp_path):
     image.write_bytes(image.read_bytes()[:50])
     entry = verify(tmp_path, ["dtd"])["dtd"]
     assert not entry["ok"] and entry["unreadable_files_sampled"] == 1 and entry["first_unreadable"][0].startswith(str(image))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{", r"split_zhou_DescribableTextures\.json is not a JSON split file \(JSONDecodeError"),
+    ("[1]", r"split_zhou_DescribableTextures\.json holds a JSON list, not an object with 'train' and 'test'"),
+    (None, r"train labels must be 0\.\.C-1 .*; missing \[3, 4, 5, 6, 7, 8, 9, 10, 11, 12\] \.\.\. "
+           r"\(9999999999 in all, up to the label 10000000002\)$"),
+    ("blank", r"train entry \['x\.jpg', 0, ' '\] is not \[image_path, int label, class name\] \(the name a non-blank"),
+])
+def test_a_split_file_that_is_not_one_is_named(tmp_path, content, message):
+    """Not JSON, not an object, a label far beyond the others (named without listing ten billion labels), a
+    blank class name: one error naming the file, in a run and in --verify (whose error names the file too)."""
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    path = split_file(tmp_path, "dtd")
+    if content is None:
+        rewrite(path, lambda s: s["train"].append(["x.jpg", 10**10 + 2, "far"]))
+    elif content == "blank":
+        rewrite(path, lambda s: s["train"].insert(0, ["x.jpg", 0, " "]))
+    else:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_domain(tmp_path, "dtd")
+    report = verify(tmp_path, ["dtd"])
+    assert not report["dtd"]["ok"] and re.search(message, report["dtd"]["error"])
+    assert report["union"]["left_out"] == ["dtd"] and report["union"]["classes"] == 0
+
+
+def test_a_damaged_manifest_is_named_and_can_be_drawn_again(tmp_path):
+    from moram_ref.experiments.clip.data import few_shot
+
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    first = few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    path = tmp_path / "m" / "dtd_2shot_seed0.json"
+    for damage in ('{"n_train": 9, "indi', '{"n_train": 9, "indices": [0, 99]}', "[]"):
+        path.write_text(damage)
+        with pytest.raises(ValueError, match=r"manifest .*dtd_2shot_seed0\.json cannot be read .*delete it"):
+            few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
+    path.unlink()
+    assert few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m").tolist() == first.tolist()
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["dtd_2shot_seed0.json"]  # no temporary file left

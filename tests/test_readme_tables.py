@@ -89,7 +89,7 @@ def test_one_seed_tables_say_one_run_and_a_negative_ci_is_refused(tmp_path, caps
     (tmp_path / "bad.json").write_text(json.dumps(results))
     assert main(["report", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
-    assert "bad.json is not a demo results file" in err and "-0.01 (negative)" in err
+    assert "bad.json has streams.recall.summary.moram.last.ci95 = -0.01 over one seed" in err
 
 
 def test_the_seeds_of_a_table_are_listed_when_they_are_not_a_range():

@@ -102,3 +102,13 @@ def test_check_run_reads_every_methods_record_before_any_work(tmp_path):
     (tmp_path / "zero_shot" / "progress.json").mkdir()
     with pytest.raises(C.CheckpointError, match="is not a readable file"):
         S.check_run(tmp_path, ["zero_shot"], 3, CFG, eval_only=False)
+
+
+def test_the_clip_track_needs_whole_rows_for_the_tasks_done(tmp_path):
+    """CLIP evaluates every domain after each task (Transfer reads above the diagonal); the LLM track only the
+    tasks seen so far: a null above the diagonal of a done row is refused for CLIP, before any work."""
+    record = {"tasks_done": 1, "matrix": [[50, None, 20], [None] * 3, [None] * 3], "train": [{}]}
+    path = _written(tmp_path, record)
+    S.read(path, 3, trained=True)
+    with pytest.raises(C.CheckpointError, match=r"matrix\[0\]\[1\] = null, not an accuracy .*task 1 is done"):
+        S.read(path, 3, trained=True, full_rows=True)

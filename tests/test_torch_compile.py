@@ -108,3 +108,20 @@ def test_routing_bench_candidates_agree_and_report_ratios():
     assert set(res["ratios"]) == {f"topk_{a}_over_with_sync_{c}" for a in ("rank_key", "stable_sort")
                                   for c in ("random", "ties")}
     assert all(v > 0 for v in res["ratios"].values())
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "xyz"], "--device: unknown device 'xyz'"),
+    (["--device", "meta"], "--device: device type 'meta' is not supported"),
+    (["--top-k", "100", "--tasks", "2", "--atoms-per-task", "2"], "--top-k: 100 exceeds the bank size"),
+    (["--d", "999999999999"], "--d/--tokens/--tasks: these sizes need about"),
+    (["--repeat", "0"], "argument --repeat: expected an integer ≥ 1, got 0"),
+])
+@pytest.mark.parametrize("module", ["bench_routing", "bench"])
+def test_the_benchmarks_refuse_bad_flags_in_one_line(module, argv, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"moram_ref.{module}").main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -232,6 +233,8 @@ def read_json(path: Path, what: str) -> Any:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting deeper than the stack
+        raise UsageError(f"{what}: {path} cannot be read as JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "answer"),
@@ -256,6 +259,25 @@ def check_samples(path: Path, rows: Any, fields: Sequence[str] = ("prompt", "ans
             if field in nonblank and not row[field].strip():
                 raise UsageError(f"{path}: entry {i}, field {field!r} is empty ({json.dumps(row[field])})")
     return rows
+
+
+def fits_in_memory(flags: str, nbytes: float, device_text: str = "cpu") -> None:
+    """:class:`UsageError` naming ``flags`` when about ``nbytes`` cannot fit in the memory of ``device_text``
+    (a CPU: physical memory; CUDA: the device's), so that a size typed with a digit too many is refused in
+    one line rather than failing inside an allocation."""
+    import torch  # noqa: PLC0415
+
+    dev = torch.device(device_text)
+    if dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev.index or 0).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit is known
+            return
+    if nbytes > total:
+        raise UsageError(f"{flags}: these sizes need about {nbytes / 2**30:,.0f} GiB, more than the "
+                         f"{total / 2**30:,.0f} GiB of {dev.type}")
 
 
 def device(flag: str, text: str | None) -> str | None:

@@ -26,10 +26,11 @@ def fresh(n_tasks: int) -> dict[str, Any]:
     return {"tasks_done": 0, "matrix": [[math.nan] * n_tasks for _ in range(n_tasks)], "train": []}
 
 
-def read(path: Path, n_tasks: int, trained: bool | None = None) -> dict[str, Any]:
+def read(path: Path, n_tasks: int, trained: bool | None = None, full_rows: bool = False) -> dict[str, Any]:
     """``progress.json`` at ``path``, checked: an object with ``tasks_done`` (an int from 0 to ``n_tasks``),
     ``matrix`` (``n_tasks`` rows of ``n_tasks`` accuracies in percent, 0 to 100, or null for "not evaluated";
-    row ``i`` < ``tasks_done`` holds numbers at least up to its diagonal, what every metric reads) and
+    row ``i`` < ``tasks_done`` holds numbers up to its diagonal, what OP and BWT read, or with ``full_rows`` in
+    every column, what the CLIP track evaluates after each task and its Transfer and Average read) and
     ``train`` (a list of objects, one per task trained: with ``trained`` given, ``tasks_done`` of them for a
     method that trains, none for ``zero_shot``); the CLIP track's probes, where present, are ``n99`` (a list) and
     ``maps`` (an object). Raises ``CheckpointError`` naming the file and what is wrong."""
@@ -58,7 +59,7 @@ def read(path: Path, n_tasks: int, trained: bool | None = None) -> dict[str, Any
         raise bad(f"has a matrix that is not {n_tasks} rows of {n_tasks} entries")
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
-            if v is None and (i >= done or j > i):
+            if v is None and (i >= done or (j > i and not full_rows)):
                 continue
             if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
                 raise bad(f"has matrix[{i}][{j}] = {json.dumps(v)}, not an accuracy from 0 to 100"
@@ -95,14 +96,14 @@ def extra(seed: int) -> dict[str, Any]:
 
 
 def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, eval_only: bool,
-              seed: int | None = None) -> None:
+              seed: int | None = None, full_rows: bool = False) -> None:
     """``--resume`` or ``--eval-only`` of a CLIP or LLM run in ``out``, before any work: for every method, its
     ``progress.json`` (where there is one) reads back (:func:`read`) and, but for ``zero_shot``, the
     checkpoints a run will load are whole and in their places (:func:`check_checkpoints`: with ``eval_only``
     all ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
         path = Path(out) / method / "progress.json"
-        done = read(path, n_tasks, method != "zero_shot")["tasks_done"] if os.path.lexists(path) else 0
+        done = read(path, n_tasks, method != "zero_shot", full_rows)["tasks_done"] if os.path.lexists(path) else 0
         if method != "zero_shot":
             check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method,
                               seed)

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moram_ref.config import EXECUTION_ONLY, MoRAMConfig
+from moram_ref.shapes import key_mismatch
 from moram_ref.torch.attach import METHODS, attached_layers
 
 FORMAT = "moram_ref.checkpoint"
@@ -141,8 +142,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has no moram_ref metadata (not written by moram_ref)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {path} has unreadable moram_ref metadata ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an over-long integer, deep nesting
+        raise CheckpointError(f"checkpoint {path} has unreadable moram_ref metadata "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     meta = meta if isinstance(meta, dict) else {}
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -185,9 +187,8 @@ def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None =
     tensors = _verified_tensors(path, meta)
     expected = set(adapter_state(model))
     if _required(expected) != _required(set(tensors)):
-        raise CheckpointError(f"checkpoint {path} tensors do not match the attached layers: missing "
-                              f"{sorted(expected - set(tensors))[:5]}, "
-                              f"unexpected {sorted(set(tensors) - expected)[:5]}")
+        raise CheckpointError(f"checkpoint {path} tensors do not match the attached layers: "
+                              + key_mismatch(sorted(expected - set(tensors))[:5], sorted(set(tensors) - expected)[:5]))
     # every layer must accept its tensors; on the first refusal, every layer is put back as it was
     originals = {name: _adapter_part(layer) for name, layer in attached_layers(model)}
     current = None

@@ -10,6 +10,7 @@ written to ``<run>/manifests/<d>_<K>shot_seed<s>.json`` and read back on resume.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from moram_ref.experiments.rundir import write_text
 
 
 def xtail_spec() -> dict:
@@ -52,7 +55,10 @@ def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
     split_path = root / spec["split_file"]
     if not split_path.is_file():
         raise FileNotFoundError(f"{split_path} missing ({spec['source']})")
-    split = json.loads(split_path.read_text())
+    try:
+        split = json.loads(split_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{split_path} is not a JSON split file ({type(exc).__name__}: {exc})") from None
     image_root = root / spec["image_root"]
     names = coop_label_names(split, split_path)
     classnames = [names[i] + spec.get("classname_suffix", "") for i in range(len(names))]
@@ -67,6 +73,8 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
     """Label → class name from a CoOp split's train part (CoOp's rule), checked so that names and labels
     cannot drift apart: labels contiguous 0..C-1 in train, one name per label in every part, and no
     val/test label outside train's. ``ValueError`` naming the file and the labels otherwise."""
+    if not isinstance(split, dict):
+        raise ValueError(f"{path} holds a JSON {type(split).__name__}, not an object with 'train' and 'test' lists")
     for part in ("train", "test"):
         if not isinstance(split.get(part), list):
             raise ValueError(f"{path} has no {part!r} list")
@@ -74,8 +82,9 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
     for part in ("train", "val", "test"):
         for entry in split.get(part, []):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)
-                    and not isinstance(entry[1], bool) and isinstance(entry[2], str)):
-                raise ValueError(f"{path}: {part} entry {entry!r} is not [image_path, int label, class name]")
+                    and not isinstance(entry[1], bool) and isinstance(entry[2], str) and entry[2].strip()):
+                raise ValueError(f"{path}: {part} entry {entry!r} is not [image_path, int label, class name] "
+                                 "(the name a non-blank string)")
             label, name = entry[1], entry[2]
             if part == "train":
                 if names.setdefault(label, name) != name:
@@ -85,11 +94,15 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
             elif names[label] != name:
                 raise ValueError(f"{path}: label {label} is {names[label]!r} in train but {name!r} in {part}")
         if part == "train":
-            missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+            top = max(names, default=-1)
+            # the labels absent from 0..top, counted without listing them (a label of 10**10 must not fill memory)
+            n_missing = top + 1 - sum(1 for k in names if k >= 0)
+            missing = list(itertools.islice((i for i in range(top + 1) if i not in names), 10))
             negative = sorted(k for k in names if k < 0)
-            if missing or negative or not names:
+            if n_missing or negative or not names:
                 why = "; ".join(w for w in (not names and "there are none",
-                                            missing and f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}",
+                                            n_missing and f"missing {missing}{' ...' if n_missing > 10 else ''}"
+                                            + (f" ({n_missing} in all, up to the label {top})" if n_missing > 10 else ""),
                                             negative and f"negative {negative[:10]}") if w)
                 raise ValueError(f"{path}: train labels must be 0..C-1 with every label present; {why}")
     return names
@@ -149,7 +162,17 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
     path = Path(manifest_dir) / f"{domain.key}_{shots}shot_seed{seed}.json"
     digest = hashlib.sha256(np.asarray(domain.train.labels, dtype=np.int64).tobytes()).hexdigest()
     if path.is_file():
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("n_train"), int) \
+                    or not isinstance(data.get("indices"), list):
+                raise ValueError("not an object with n_train and indices")
+            if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < data["n_train"]
+                       for i in data["indices"]):
+                raise ValueError(f"indices outside 0..{data['n_train'] - 1}")
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"manifest {path} cannot be read ({type(exc).__name__}: {exc}); delete it to draw "
+                             "the few-shot subset again") from None
         if data["n_train"] != len(domain.train.labels):
             raise ValueError(f"manifest {path} was drawn from {data['n_train']} training items, "
                              f"the data on disk has {len(domain.train.labels)}")
@@ -164,7 +187,7 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
         chosen.extend(rng.permutation(members)[:shots].tolist())
     indices = np.array(sorted(chosen))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,
+    write_text(path, json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,  # atomic: a kill leaves none
                                 "n_train": len(domain.train.labels), "labels_sha256": digest,
                                 "indices": indices.tolist()}))
     return indices
@@ -227,7 +250,8 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
         report[key] = entry
     dups = duplicate_prompts(loaded)
     n_classes = sum(len(d.classnames) for d in loaded)
-    report["union"] = {"ok": True, "datasets": [d.key for d in loaded], "classes": n_classes,
+    report["union"] = {"ok": True, "datasets": [d.key for d in loaded],
+                       "left_out": [k for k, e in report.items() if not e["ok"] and "error" in e], "classes": n_classes,
                        "distinct_prompts": n_classes - sum(len(g["classes"]) - 1 for g in dups),
                        "duplicate_prompts": dups}
     if dups:

@@ -135,7 +135,7 @@ def validate(args: argparse.Namespace) -> list:
         from moram_ref.experiments import sequence_state
 
         sequence_state.check_run(args.out, args.methods, len(domains), cliargs.moram_config(args), args.eval_only,
-                                 args.seed)
+                                 args.seed, full_rows=True)  # every domain is evaluated after each task
     return domains
 
 

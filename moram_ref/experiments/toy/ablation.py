@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/ablation"), help="run folder (created)")
     p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0,
                    help="first seed (seed s: the main job's data and atoms of run s)")
-    p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3, help="number of seeds; tables give mean ± 95%% CI")
+    p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3, help="number of seeds; tables give mean ± 95%% CI over ≥ 2, one seed's values alone")
     p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,
                    help="'granularity' (rank-1 atoms vs units of 2/4/8), 'topk' (the top-k budget), 'takeover' "
                         "(when the newest atoms take over) (default: all three)")
@@ -121,7 +121,7 @@ def share_figure(name: str, stream: dict, out: Path) -> None:
     stages = {f"after {tasks[t]}": np.mean([r["routing"][t][0]["share"] for r in runs], axis=0) for t in STAGES}
     routing.share_heatmaps(stages, tasks, out / f"{name}_routing_share.png",
                            f"{name}: share of weight of each task's atoms on each task's inputs "
-                           f"(MoRAM, layer 1, mean over {len(runs)} seeds)")
+                           f"(MoRAM, layer 1, {'one seed' if len(runs) == 1 else f'mean over {len(runs)} seeds'})")
 
 
 def _summary(rs: list[dict]) -> dict:
@@ -192,7 +192,8 @@ def _run_all(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     results: dict = {"config": DEMO_CONFIG.to_dict(), "seeds": seeds, "units": "fractions in [0, 1]",
                      "studies": list(args.studies), "steps_override": args.steps,
                      "environment": provenance.numpy_environment()}  # its NumPy and BLAS round the figures
-    log("setting  " + "".join(f"{m:>14}" for m in METRICS) + "   (mean ± 95% CI over seeds, %)")
+    log("setting  " + "".join(f"{m:>14}" for m in METRICS)
+        + ("   (mean ± 95% CI over seeds, %)" if len(seeds) > 1 else "   (one seed, %)"))
     if {"granularity", "topk"} & set(args.studies):
         results["streams"] = run_grouped(args, seeds, log)
     if "takeover" in args.studies:

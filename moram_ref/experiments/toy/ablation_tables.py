@@ -71,8 +71,8 @@ def ablation_table(results: dict) -> str:
             "weight from the score σ_u = Σ_{i∈u} s_i / √g; the top-k budget counts atoms, so k = 8 keeps 8/g units. "
             "The row g = 1, k = 8 (bold) is MoRAM with the main job's settings. atoms for 99 %: per input of every "
             "domain after the last task, layer 1, inputs with any weight; own-task share: the mean share of each "
-            "domain's own atoms in the weight on its inputs (layer 1). The last column is the paired "
-            "difference over seeds.")
+            "domain's own atoms in the weight on its inputs (layer 1). The last column is the "
+            + ("paired difference over seeds." if len(seeds) > 1 else "difference in the one run."))
     if results.get("steps_override") is not None:
         note += f" Steps per task overridden to {results['steps_override']} (a quick check, not the main settings)."
     if results.get("environment"):  # results written before it was recorded have none
@@ -152,7 +152,7 @@ def takeover_table(results: dict) -> str:
     seeds = results["seeds"]
     return "\n".join(lines) + ("\n\nPooled over the grid: " + "; ".join(pooled) + "." if pooled else "") + (
         f"\n\nDigits stream, MoRAM (r = k = 8, δ = 0.2 at evaluation), {seeds_phrase(seeds, None).lower()}, layer 1, after "
-        "the last domain; mean ± 95 % CI over seeds (shares and Last in %). Newest atoms' share: the part of the weight "
+        f"the last domain; {cells_phrase(seeds, 'mean ± 95 % CI over seeds')} (shares and Last in %). Newest atoms' share: the part of the weight "
         "on the four earlier domains' inputs that the last domain's atoms take (20 % would be an even split over 5 "
         "tasks). Key–input alignment: the mean cosine between a task's keys and the mean direction of the layer's "
         "inputs. Input coherence: the length of the mean unit input (1: every input points the same way).")

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0,
                    help="first seed; seed s draws the data and the atoms of run s")
     p.add_argument("--seeds", type=cliargs.integer(1, 1000), default=3,
-                   help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI (needs ≥ 2 for a CI)")
+                   help="number of seeds (seed, seed+1, …); tables give mean ± 95%% CI over ≥ 2, one seed's values alone")
     p.add_argument("--steps", type=cliargs.integer(1), default=None,
                    help="training steps per task (both streams; default: each stream's own)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
@@ -142,7 +142,7 @@ def _streams(args: argparse.Namespace, config: MoRAMConfig, out: Path, log: Call
                 res = module.run_method("moram" if method == SWEPT else method, cfg, settings, stream, seed=seed + 1)
                 res["metrics"] = metrics.summary(res["accuracy"])
                 runs[method].append(res)
-            log(f"{label(method, sweep):<22} {time.perf_counter() - t0:5.1f} s ({len(seeds)} seeds)")
+            log(f"{label(method, sweep):<22} {time.perf_counter() - t0:5.1f} s ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
         summary = {m: summarise(rs) for m, rs in runs.items()}
         _print_stream(runs, summary, task_names, sweep, log)
         results["streams"][stream_name] = {
@@ -208,6 +208,10 @@ def format_cell(cell: dict) -> str:
     return text if half is None or np.isnan(half) else f"{text} ± {100 * half:.1f}"
 
 
+def _over(n_seeds: int) -> str:
+    return "one seed" if n_seeds == 1 else f"mean over {n_seeds} seeds"
+
+
 def seeds_phrase(seeds: list[int], runs: str | None = "") -> str:
     """``Seeds 0–2 (3 runs)``, ``Seeds 0, 4, 7 (3 runs)`` or ``Seed 5 (1 run)``: the seeds a table's cells are
     over; ``runs`` is appended inside the parentheses, and ``None`` leaves them out (``Seeds 0–2``)."""
@@ -229,7 +233,7 @@ def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, 
 
     mean_acc = {label(m, sweep): np.mean([r["accuracy"] for r in rs], axis=0) for m, rs in runs.items()}
     plots.accuracy_heatmaps(mean_acc, task_names, out / f"{stream}_accuracy.png",
-                            f"{stream}: accuracy matrices (mean over {len(next(iter(runs.values())))} seeds)")
+                            f"{stream}: accuracy matrices ({_over(len(next(iter(runs.values()))))})")
     if "moram" in runs:
         r = runs["moram"][0]
         plots.activation_map(r["weights"], r["groups"], config.atoms_per_task, task_names,
