@@ -278,8 +278,11 @@ def _closed(name: str, finished: bool) -> int:
     whether it had ``finished`` (only the end of its output was lost) or stopped its work there."""
     if name != "moram-ref report":
         why = "its output was closed (the reader of a pipe, e.g. `head`, exited)"
-        print(f"{name}: {why} after the command had finished: only the end of its output was lost" if finished
-              else f"{name}: stopped: {why}{_whole(name)}", file=sys.stderr)
+        try:  # standard error may be in the same pipe (`2>&1 | head`): then the line has nowhere to go
+            print(f"{name}: {why} after the command had finished: only the end of its output was lost" if finished
+                  else f"{name}: stopped: {why}{_whole(name)}", file=sys.stderr, flush=True)
+        except (BrokenPipeError, ValueError):
+            _drop_stdout(sys.stderr)
     return 141
 
 
@@ -289,12 +292,12 @@ def _whole(name: str) -> str:
     return f"; what it wrote is whole{more}"
 
 
-def _drop_stdout() -> None:
-    """Point standard output at ``os.devnull`` after its reader has gone, so that Python's flush at exit does
-    not report the broken pipe a second time."""
+def _drop_stdout(stream=None) -> None:
+    """Point standard output (or ``stream``) at ``os.devnull`` after its reader has gone, so that Python's
+    flush at exit does not report the broken pipe a second time."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, (stream or sys.stdout).fileno())
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # a replaced sys.stdout without a descriptor (a test, a notebook)
         pass

@@ -14,6 +14,17 @@ def describe(arr: Any) -> str:
     return f"shape {tuple(arr.shape)}, dtype {arr.dtype}"
 
 
+def type_name(value: Any) -> str:
+    """``value``'s type with its package, e.g. ``torch.Generator``, ``numpy.random.Generator``, ``int``: an error
+    message then says which library's object was passed (both have a ``Generator``)."""
+    kind = type(value)
+    package = kind.__module__.split(".")[0]
+    if package == "builtins":
+        return kind.__qualname__
+    return "numpy.random.Generator" if package == "numpy" and kind.__qualname__ == "Generator" else \
+        f"{package}.{kind.__qualname__}"
+
+
 def key_mismatch(missing: list, unexpected: list) -> str:
     """``missing ['a']; unexpected ['b']``, naming only the non-empty lists (an error message's detail)."""
     return "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys)

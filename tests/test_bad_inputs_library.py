@@ -185,8 +185,8 @@ def layer_rows(backend: str) -> list[Case]:
              lambda L: forward(L, torch.zeros(2, 6, dtype=torch.float64) if b == "numpy" else np.zeros((2, 6))),
              mk, snap),
         Case(f"{b}-begin-task-wrong-generator",
-             r"(rng must be a numpy\.random\.Generator|generator must be a torch\.Generator or None), got "
-             r"(Generator|int)",
+             r"(rng must be a numpy\.random\.Generator, got torch\.Generator|generator must be a torch\.Generator "
+             r"or None, got numpy\.random\.Generator)",
              lambda L: L.begin_task(torch.Generator() if b == "numpy" else np.random.default_rng(0)),
              lambda: (np_layer if b == "numpy" else torch_layer)(in_task=False), snap),
         Case(f"{b}-begin-task-int", r"(rng|generator) must be .*, got int",
@@ -289,8 +289,8 @@ def baseline_rows() -> list[Case]:
                 Case(f"{b}-{name}-forward-last-dim", r"x must have shape \(\.\.\., 6\), got shape \(2, 4\)",
                      lambda L, x=x: L.forward(x(np.zeros((2, 4)))), in_task, snap),
                 Case(f"{b}-{name}-begin-task-wrong-generator",
-                     r"(rng must be a numpy\.random\.Generator|generator must be a torch\.Generator or None), "
-                     r"got Generator", lambda L, gen=gen: L.begin_task(gen), mk, snap),
+                     r"(rng must be a numpy\.random\.Generator, got torch\.Generator|generator must be a "
+                     r"torch\.Generator or None, got numpy\.random\.Generator)", lambda L, gen=gen: L.begin_task(gen), mk, snap),
                 Case(f"{b}-{name}-rank", r"rank must be an int >= 1, got 0",
                      lambda _, b=b, name=name: (getattr(npb, name)(np.zeros((D_OUT, D_IN)), None, 0) if b == "numpy"
                                                 else getattr(tb, name, OLoRALinear)(nn.Linear(D_IN, D_OUT), 0))),
@@ -363,10 +363,10 @@ def attach_rows() -> list[Case]:
              lambda _: A.attach({}, CFG, ["q_proj"])),
         Case("attach-twice", r"model already has attached layers", lambda m: A.attach(m, CFG, ["q_proj"]),
              attached, model_snap, STATE),
-        Case("attach-begin-task-numpy-generator", r"generator must be a torch\.Generator or None, got Generator",
+        Case("attach-begin-task-numpy-generator", r"generator must be a torch\.Generator or None, got numpy\.random\.Generator",
              lambda m: A.begin_task(m, np.random.default_rng(0)), attached, model_snap),
         Case("attach-begin-task-numpy-generator-seq_lora",
-             r"generator must be a torch\.Generator or None, got Generator",
+             r"generator must be a torch\.Generator or None, got numpy\.random\.Generator",
              lambda m: A.begin_task(m, np.random.default_rng(0)),
              lambda: (lambda m: (A.attach(m, CFG, ["q_proj"], method="seq_lora"), m)[1])(tiny_model()), model_snap),
         Case("attach-begin-task-no-layers", r"no attached layers", lambda m: A.begin_task(m), tiny_model,

@@ -176,6 +176,9 @@ CASES = [
     ("clip-classnames-malformed", MT + ["--classnames-json", "FILE"], ["--classnames-json", "notes.txt", "JSON"], None),
     ("clip-classnames-field", MT + ["--classnames-json", "CLASSNAMES", "--classnames-field", "nope"],
      ["--classnames-json", "'nope'"], None),
+    ("clip-classnames-count", MT[:6] + ["--datasets", "dtd"] + MT[10:] + ["--classnames-json", "CLASSNAMES",
+                               "--classnames-field", "clip"],
+     ["--classnames-json", "classnames.json: dtd: 2 class names given"], None),
     ("clip-synthetic-verify", ["clip", "--make-synthetic", "OUT", "--verify"], ["--make-synthetic", "--verify"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
@@ -471,3 +474,19 @@ def test_a_command_whose_dependencies_are_not_installed_is_one_line(capsys, monk
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("moram-ref text-cl: error: needs the package that provides 'torch'")
     assert "make install-dev" in err
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["finished", "stopped"])
+def test_a_closed_pipe_that_also_held_standard_error_still_ends_with_141(unbuffered, tmp_path):
+    """`moram-ref … 2>&1 | head`: the line saying what happened has nowhere to go; the status still says it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        root = Path(__file__).resolve().parents[1]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        env.update({"PYTHONPATH": str(root)}, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
+        proc = subprocess.run([sys.executable, "-m", "moram_ref.cli", *DEMO], stdout=write, stderr=write,
+                              env=env, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141

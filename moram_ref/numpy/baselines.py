@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from moram_ref.numpy.layer import _as_float_array
-from moram_ref.shapes import check_last_dim, check_ndim
+from moram_ref.shapes import check_last_dim, check_ndim, type_name
 
 
 class _AdapterBase:
@@ -45,7 +45,7 @@ class _AdapterBase:
 
     def _new_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type_name(rng)}")
         bound = 1.0 / np.sqrt(self.d_in)  # kaiming-uniform(a=√5), as for MoRAM keys (spec §4)
         a = rng.uniform(-bound, bound, size=(self.rank, self.d_in)).astype(self.weight.dtype)
         return a, np.zeros((self.d_out, self.rank), self.weight.dtype)

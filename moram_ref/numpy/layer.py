@@ -13,9 +13,9 @@ import numpy as np
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.numpy import activation, backward
-from moram_ref.shapes import check_last_dim, check_layer_state, check_ndim, check_shape, key_mismatch
+from moram_ref.shapes import check_last_dim, check_layer_state, check_ndim, check_shape, key_mismatch, type_name
 
-TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
+TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")  # equal in both backends
 STATE_KEYS = ("base_layer.weight", "base_layer.bias", "frozen_keys", "frozen_values", "keys", "values")
 
 
@@ -93,7 +93,7 @@ class MoRAMLinear:
     def begin_task(self, rng: np.random.Generator) -> None:
         """Append ``r`` fresh atoms: keys ``U(-1/√d_in, 1/√d_in)``, values 0 — theory.md#eq-begin-task."""
         if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type_name(rng)}")
         if self.in_task:
             raise RuntimeError("begin_task() called while a task is in progress; call end_task() first")
         bound = 1.0 / np.sqrt(self.d_in)
@@ -145,9 +145,10 @@ class MoRAMLinear:
     __call__ = forward
 
     def trace(self, x: np.ndarray, training: bool = False) -> dict[str, np.ndarray]:
-        """Every intermediate of spec §3 (``p, s, keep, w_soft, gated, w, delta, y``), for comparisons."""
+        """Every intermediate of spec §3 (``p, s, idx, keep, w_soft, gated, w, delta, y``; ``idx`` the kept atoms'
+        indices, the same set in both backends, in an order each backend's top-k leaves), for comparisons."""
         _, cache = self.forward(x, training=training)
-        return {k: cache[k] for k in TRACE_KEYS}
+        return {k: cache[k] for k in (*TRACE_KEYS, "idx")}
 
     def backward(self, grad_y: np.ndarray, cache: dict[str, Any]) -> dict[str, np.ndarray]:
         """Gradients for the current atoms and the input — theory.md#eq-backward.

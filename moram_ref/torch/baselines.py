@@ -11,13 +11,13 @@ import math
 import torch
 from torch import nn
 
-from moram_ref.shapes import check_input
+from moram_ref.shapes import check_input, type_name
 from moram_ref.torch.layer import _WrapsLinear
 
 
 def _new_pair(base: nn.Linear, rank: int, generator: torch.Generator | None, dtype: torch.dtype):
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(f"generator must be a torch.Generator or None, got {type_name(generator)}")
     bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform(a=√5), as MoRAM keys (spec §4)
     dev = generator.device if generator is not None else base.weight.device
     a = torch.rand(rank, base.in_features, generator=generator, dtype=torch.float64, device=dev)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from moram_ref.config import MoRAMConfig
-from moram_ref.shapes import check_finite, check_input, check_layer_state
+from moram_ref.shapes import check_finite, check_input, check_layer_state, type_name
 from moram_ref.torch import activation, routing_triton
 
 TRACE_KEYS = ("p", "s", "keep", "w_soft", "gated", "w", "delta", "y")
@@ -132,7 +132,7 @@ class MoRAMLinear(_WrapsLinear):
     def begin_task(self, generator: torch.Generator | None = None) -> None:
         """Append ``r`` fresh atoms: keys ``U(-1/√d_in, 1/√d_in)``, values 0 — theory.md#eq-begin-task."""
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            raise TypeError(f"generator must be a torch.Generator or None, got {type_name(generator)}")
         if self.in_task:
             raise RuntimeError("begin_task() called while a task is in progress; call end_task() first")
         r, bound = self.config.atoms_per_task, 1.0 / math.sqrt(self.d_in)
@@ -159,7 +159,8 @@ class MoRAMLinear(_WrapsLinear):
         return self._forward(x)[0]
 
     def trace(self, x: torch.Tensor, training: bool = False) -> dict[str, torch.Tensor]:
-        """Every intermediate of spec §3 (``p, s, keep, w_soft, gated, w, delta, y``), for comparisons."""
+        """Every intermediate of spec §3 (``p, s, idx, keep, w_soft, gated, w, delta, y``; ``idx`` the kept atoms'
+        indices, the same set in both backends, in an order each backend's top-k leaves), for comparisons."""
         was = self.training
         self.train(training)
         try:

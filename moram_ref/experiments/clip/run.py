@@ -182,7 +182,11 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
             domains.append(load_mtil_domain(args.data_root, key, names.get(key), eval_templates=ensembles.get(key))
                            if mtil else load_domain(args.data_root, key))
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise cliargs.UsageError(f"--data-root: {key}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+            said = " ".join(str(exc).split()).removeprefix(f"{key}: ") or type(exc).__name__
+            # names from --classnames-json that do not fit the dataset: the flag's file is what to fix
+            flag = (f"--classnames-json {args.classnames_json}" if mtil and key in names and "class names" in said
+                    else "--data-root")
+            raise cliargs.UsageError(f"{flag}: {key}: {said}") from None
     return domains
 
 

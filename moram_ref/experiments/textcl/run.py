@@ -317,7 +317,8 @@ def format_table(results: dict) -> str:
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {params:,} | {e['seconds_mean']:.0f} |")
         lines.append("")
     seeds = next(iter(results["methods"].values()))["seeds"]
-    lines.append(f"Mean ± 95 % confidence half-width (Student t) over {seeds} seed(s), in %.")
+    lines.append(f"Mean ± 95 % confidence half-width (Student t) over {seeds} seed(s), in %." if seeds > 1
+                 else "One seed: each cell is that run's value, in % (a single seed gives no confidence interval).")
     return "\n".join(lines) + "\n"
 
 
