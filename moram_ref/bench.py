@@ -131,18 +131,42 @@ def _numpy_vs_torch(layer: MoRAMLinear, x: torch.Tensor, repeat: int) -> dict:
                              "train_numpy_over_torch": t["numpy_train"] / t["torch_train"]}}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """The layer case's flags, shared with ``bench_routing`` (checked by :func:`check_sizes`)."""
     from moram_ref.experiments import cliargs  # noqa: PLC0415
 
     p.add_argument("--d", type=cliargs.integer(1), default=768, help="layer width (d_in = d_out)")
     p.add_argument("--tasks", type=cliargs.integer(1), default=10, help="tasks in the bank (R = tasks × r)")
     p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=16, help="r")
-    p.add_argument("--top-k", type=cliargs.integer(1), default=16, help="k")
+    p.add_argument("--top-k", type=cliargs.integer(1), default=16, help="k, at most R")
     p.add_argument("--tokens", type=cliargs.integer(1), default=8192, help="tokens per call")
     p.add_argument("--repeat", type=cliargs.integer(1), default=7, help="timed repetitions (the median is kept)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def check_sizes(a: argparse.Namespace, width: int = 4) -> None:
+    """:class:`~moram_ref.experiments.cliargs.UsageError` for a device that is not here (or not cpu/cuda), a
+    ``--top-k`` above the bank, or sizes whose tensors (``width`` bytes an element) cannot fit its memory."""
+    from moram_ref.experiments import cliargs  # noqa: PLC0415
+
+    cliargs.device("--device", a.device)
+    if torch.device(a.device).type not in ("cpu", "cuda"):
+        raise cliargs.UsageError(f"--device: {a.device!r} is neither cpu nor cuda[:N]")
+    if a.top_k > a.tasks * a.atoms_per_task:
+        raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
+                                 f"{a.tasks * a.atoms_per_task}")
+    # the base weight, a LoRA of rank R, a few (tokens, d) activations and (tokens, R) responses
+    cliargs.fits_in_memory("--d/--tokens/--tasks", width * (3 * a.d * a.d + 8 * a.tokens * a.d
+                                                            + 4 * a.tasks * a.atoms_per_task * (a.d + a.tokens)),
+                           a.device)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from moram_ref.experiments import cliargs  # noqa: PLC0415
+
+    add_size_arguments(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
                    help="the layer's and the inputs' dtype (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy-vs-torch comparison")
     p.add_argument("--json", type=cliargs.out_file, default=None, help="also write the results to this file")
 
@@ -163,16 +187,7 @@ def cli_run(a: argparse.Namespace) -> int:
     """Check the flags (:class:`~moram_ref.experiments.cliargs.UsageError`), run, print, write ``--json``."""
     from moram_ref.experiments import cliargs, rundir  # noqa: PLC0415
 
-    cliargs.device("--device", a.device)
-    if torch.device(a.device).type not in ("cpu", "cuda"):
-        raise cliargs.UsageError(f"--device: {a.device!r} is neither cpu nor cuda[:N]")
-    width = 8 if a.dtype == "float64" else 4  # the base weight, its LoRA, and a few (tokens, d) activations
-    cliargs.fits_in_memory("--d/--tokens/--tasks", width * (3 * a.d * a.d + 8 * a.tokens * a.d
-                                                             + 4 * a.tasks * a.atoms_per_task * (a.d + a.tokens)),
-                           a.device)
-    if a.top_k > a.tasks * a.atoms_per_task:
-        raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
-                                 f"{a.tasks * a.atoms_per_task}")
+    check_sizes(a, width=8 if a.dtype == "float64" else 4)
     res = run(a.d, a.tasks, a.atoms_per_task, a.top_k, a.tokens, a.repeat, a.dtype, a.device, not a.no_numpy)
     print(f"shapes: {res['shapes']}\nmachine: {res['machine']}")
     for group in ("seconds", "seconds_numpy_vs_torch"):

@@ -16,6 +16,7 @@ import platform
 
 import torch
 
+from moram_ref import bench
 from moram_ref.experiments import cliargs, threads
 from moram_ref.perf import timing
 from moram_ref.perf.timing import median_seconds
@@ -96,26 +97,12 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
 def main(argv: list[str] | None = None) -> int:
     p = cliargs.Parser(prog="python -m moram_ref.bench_routing", description=__doc__,  # errors: one line, exit 2
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d", type=cliargs.integer(1), default=768, help="layer width (d_in = d_out)")
-    p.add_argument("--tasks", type=cliargs.integer(1), default=10, help="tasks in the bank (R = tasks × r)")
-    p.add_argument("--atoms-per-task", type=cliargs.integer(1), default=16, help="r")
-    p.add_argument("--top-k", type=cliargs.integer(1), default=16, help="k, at most R")
-    p.add_argument("--tokens", type=cliargs.integer(1), default=8192, help="tokens per call")
-    p.add_argument("--repeat", type=cliargs.integer(1), default=7, help="timed repetitions (the median is kept)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bench.add_size_arguments(p)
     p.add_argument("--no-compile", action="store_true", help="skip the eager vs compiled layer timings")
     a = p.parse_args(argv)
     timing.quiet_cuda_home_notice()
     try:
-        cliargs.device("--device", a.device)
-        if torch.device(a.device).type not in ("cpu", "cuda"):
-            raise cliargs.UsageError(f"--device: {a.device!r} is neither cpu nor cuda[:N]")
-        if a.top_k > a.tasks * a.atoms_per_task:
-            raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
-                                     f"{a.tasks * a.atoms_per_task}")
-        cliargs.fits_in_memory("--d/--tokens/--tasks", 4 * (3 * a.d * a.d + 8 * a.tokens * a.d
-                                                            + 4 * a.tasks * a.atoms_per_task * (a.d + a.tokens)),
-                               a.device)
+        bench.check_sizes(a)
     except cliargs.UsageError as exc:
         p.error(str(exc))
     res = run(a.d, a.tasks, a.atoms_per_task, a.top_k, a.tokens, a.repeat, a.device, not a.no_compile)

@@ -39,7 +39,8 @@ def problem(env: object) -> str | None:
     """None if ``env`` is what :func:`numpy_environment` records (``numpy``, ``blas`` and ``python``, each a
     one-line string), else why not, in words naming the key (a results file edited by hand or damaged)."""
     if not isinstance(env, dict):
-        return f"{str(env)[:60]!r}: expected an object with numpy, blas and python"
+        shown = repr(env) if len(repr(env)) <= 60 else repr(env)[:57] + "..."
+        return f"{shown}: expected an object with numpy, blas and python"
     for key in ("numpy", "blas", "python"):
         value = env.get(key)
         if not isinstance(value, str) or not value.strip() or "\n" in value or len(value) > 200:

@@ -143,12 +143,15 @@ def _text_cl_file(r, i: int) -> str | None:
 
 
 def _demo_file(r, i: int) -> str | None:
-    return _text_cl_file(r, i) or (None if not isinstance(r, dict) or "studies" in r else results_check.demo_problem(r))
+    if isinstance(r, dict) and "studies" in r:
+        return "is the ablation's results.json (`moram-ref ablation`): pass --table ablation, routing or takeover"
+    return _text_cl_file(r, i) or results_check.demo_problem(r)
 
 
 def _ablation_file(r, i: int) -> str | None:
-    return _text_cl_file(r, i) or (None if not isinstance(r, dict) or "studies" not in r
-                                   else results_check.ablation_problem(r))
+    if isinstance(r, dict) and "studies" not in r and isinstance(r.get("seeds"), list) and "streams" in r:
+        return "is the main job's results.json (`moram-ref demo`): pass --table demo (the default)"
+    return _text_cl_file(r, i) or results_check.ablation_problem(r)
 
 
 # Per-file checks of the inputs (their messages name the file): table -> check(file's data, its position)

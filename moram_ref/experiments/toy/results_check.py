@@ -9,6 +9,7 @@ Each ``*_problem`` returns None for a well-formed file, else why not, in words t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from moram_ref import provenance
@@ -70,53 +71,56 @@ def environment_problem(results: dict) -> str | None:
     return None if why is None else f"has environment {why}"
 
 
-def demo_problem(results: dict) -> str | None:
-    """The main job's ``results.json``: seeds, the environment, every stream's summary cells and runs."""
+def _first_problem(results: dict, problems: Callable[[dict, int], Iterator[str]]) -> str | None:
+    """Seeds and environment first (the rest counts runs per seed), then the first of ``problems``."""
+    if not isinstance(results, dict):
+        return f"holds a JSON {type(results).__name__}, not a results object"
     why = seeds_problem(results) or environment_problem(results)
-    if why:
-        return why
-    n = len(results["seeds"])
+    return why or next(problems(results, len(results["seeds"])), None)
+
+
+def _demo_problems(results: dict, n: int) -> Iterator[str]:
     streams = results.get("streams")
     if not isinstance(streams, dict) or not streams:
-        return "has no streams: expected the runs of at least one stream"
+        yield "has no streams: expected the runs of at least one stream"
+        return
     for name, res in streams.items():
         if not isinstance(res, dict) or not isinstance(res.get("summary"), dict) or not res["summary"]:
-            return f"has streams.{name} without a summary of its methods"
+            yield f"has streams.{name} without a summary of its methods"
+            return
         for method, cells in res["summary"].items():
             if not isinstance(cells, dict):
-                return f"has streams.{name}.summary.{method} = {cells!r}: expected a cell per metric"
+                yield f"has streams.{name}.summary.{method} = {_short(cells)}: expected a cell per metric"
+                return
+            runs = res.get("methods", {}).get(method) if isinstance(res.get("methods"), dict) else None
+            yield from filter(None, [_runs_problem(f"streams.{name}.methods.{method}", runs, n)])
             for key in METRICS:
                 low = -1.0 if key in ("bwt", "forgetting") else 0.0
-                why = cell_problem(f"streams.{name}.summary.{method}.{key}", cells.get(key), n, low)
-                if why:
-                    return why
-            why = _runs_problem(f"streams.{name}.methods.{method}", res.get("methods", {}).get(method), n)
-            if why:
-                return why
-    return None
+                yield from filter(None, [cell_problem(f"streams.{name}.summary.{method}.{key}", cells.get(key), n, low)])
+
+
+def _ablation_problems(results: dict, n: int) -> Iterator[str]:
+    steps = results.get("steps_override")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+        yield f"has steps_override {_short(steps)}: expected null or a number of steps"
+    for name, res in (results.get("streams") or {}).items():
+        for key, setting in (res.get("runs") or {}).items() if isinstance(res, dict) else ():
+            runs = setting.get("runs") if isinstance(setting, dict) else setting
+            yield from filter(None, [_runs_problem(f"streams.{name}.runs.{key}.runs", runs, n)])
+    takeover = results.get("takeover")
+    for i, cell in enumerate(takeover.get("cells", []) if isinstance(takeover, dict) else []):
+        where = f"takeover.cells[{i}]"
+        yield from filter(None, [_runs_problem(f"{where}.runs", cell.get("runs") if isinstance(cell, dict) else cell, n)])
+        for key in ("newest", "own", "last"):  # the cells in % of the takeover table
+            summary = cell.get("summary") if isinstance(cell, dict) and isinstance(cell.get("summary"), dict) else {}
+            yield from filter(None, [cell_problem(f"{where}.summary.{key}", summary.get(key), n, 0.0)])
+
+
+def demo_problem(results: dict) -> str | None:
+    """The main job's ``results.json``: seeds, the environment, every stream's summary cells and runs."""
+    return _first_problem(results, _demo_problems)
 
 
 def ablation_problem(results: dict) -> str | None:
     """The ablation's ``results.json``: seeds, the environment, one run per seed in every setting."""
-    why = seeds_problem(results) or environment_problem(results)
-    if why:
-        return why
-    n = len(results["seeds"])
-    steps = results.get("steps_override")
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
-        return f"has steps_override {_short(steps)}: expected null or a number of steps"
-    for name, res in (results.get("streams") or {}).items():
-        for key, setting in (res.get("runs") or {}).items() if isinstance(res, dict) else ():
-            why = _runs_problem(f"streams.{name}.runs.{key}.runs", setting.get("runs")
-                                if isinstance(setting, dict) else setting, n)
-            if why:
-                return why
-    takeover = results.get("takeover")
-    for i, cell in enumerate(takeover.get("cells", []) if isinstance(takeover, dict) else []):
-        where = f"takeover.cells[{i}]"
-        why = _runs_problem(f"{where}.runs", cell.get("runs") if isinstance(cell, dict) else cell, n)
-        for key in ("newest", "own", "last"):  # the cells in % of the takeover table
-            why = why or cell_problem(f"{where}.summary.{key}", (cell.get("summary") or {}).get(key), n, 0.0)
-        if why:
-            return why
-    return None
+    return _first_problem(results, _ablation_problems)
