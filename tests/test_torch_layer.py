@@ -147,3 +147,31 @@ def test_compile_matches_eager():
     except Exception as exc:  # pragma: no cover - depends on the torch build
         pytest.skip(f"torch.compile unavailable here: {exc}")
     torch.testing.assert_close(y, layer(x))
+
+
+def test_strict_false_follows_torch_and_strict_names_every_key_first():
+    """``strict=False`` (a base checkpoint loaded into an adapted model, a state with extra keys) loads what is
+    there and returns what is not; ``strict=True`` on the layer refuses before anything changes; inside a model,
+    the model's ``load_state_dict`` lists the layer's keys like any module's."""
+    src = trained_layer(tasks=2)
+    dst = MoRAMLinear(torch.nn.Linear(6, 5).double(), src.config)
+    base_only = {k: v for k, v in src.state_dict().items() if k.startswith("base_layer.")}
+    result = dst.load_state_dict({**base_only, "extra": torch.zeros(1)}, strict=False)
+    assert sorted(result.missing_keys) == ["frozen_keys", "frozen_values", "keys", "values"]
+    assert result.unexpected_keys == ["extra"]
+    assert torch.equal(dst.base_layer.weight, src.base_layer.weight) and dst.n_atoms == 0  # the bank stays as it was
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"state keys mismatch: missing \['frozen_keys', 'frozen_values', 'keys', "
+                                         r"'values'\]; unexpected \['extra'\]$"):
+        dst.load_state_dict({**base_only, "extra": torch.zeros(1)})
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+    model, other = torch.nn.Sequential(dst), torch.nn.Sequential(src)
+    assert model.load_state_dict(other.state_dict(), strict=False).missing_keys == []
+    assert dst.n_atoms == src.n_atoms and torch.equal(model(torch.ones(2, 6, dtype=torch.float64)),
+                                                      other(torch.ones(2, 6, dtype=torch.float64)))
+    partial = {k: v for k, v in other.state_dict().items() if not k.endswith(".values")}
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "0\.values"'):
+        model.load_state_dict(partial)
+    with pytest.raises(ValueError, match=r"0\.frozen_values must have shape"):  # shapes are checked in both modes
+        model.load_state_dict({**other.state_dict(), "0.frozen_values": torch.zeros(5, 1, dtype=torch.float64)},
+                              strict=False)

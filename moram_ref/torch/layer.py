@@ -237,11 +237,26 @@ class MoRAMLinear(_WrapsLinear):
         return out, {"p": p, **trace, "delta": delta, "y": out}
 
     # --- state ---------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a bank of any size (same ``d_in``, ``d_out``, bias and ``atoms_per_task``).
+
+        ``strict`` (the default): every key, shape and value is checked before anything changes, and a key
+        missing or unexpected is a ``ValueError`` naming it (``shapes.check_layer_state``, shared with NumPy).
+        ``strict=False``: torch's rule — the keys present load (shapes and values still checked; the bank is
+        resized only when all four of its tensors are there), and the missing and unexpected ones are
+        returned. Loaded as part of a model, the model's ``load_state_dict`` applies torch's rule to it."""
+        if strict:
+            check_layer_state(state_dict, "", self.d_out, self.d_in, self.base_layer.bias is not None,
+                              self.config.atoms_per_task, strict=True)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Resize the bank to the incoming sizes (a bank of any size loads), after checking consistency."""
-        strict = args[1] if len(args) > 1 else kwargs.get("strict", True)
+        """Resize the bank to the incoming sizes (a bank of any size loads), after checking the shapes and
+        values of the keys present; torch records the missing and unexpected ones (it passes ``strict=True``
+        here whatever the caller asked, and applies the caller's ``strict`` to those lists afterwards)."""
         has_bias = self.base_layer.bias is not None
-        check_layer_state(state_dict, prefix, self.d_out, self.d_in, has_bias, self.config.atoms_per_task, strict)
+        check_layer_state(state_dict, prefix, self.d_out, self.d_in, has_bias, self.config.atoms_per_task,
+                          strict=False)
         get = {k: state_dict.get(prefix + k) for k in ("frozen_keys", "frozen_values", "keys", "values")}
         if all(v is not None for v in get.values()):
             fk, fv, k, v = get["frozen_keys"], get["frozen_values"], get["keys"], get["values"]
