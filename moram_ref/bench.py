@@ -156,7 +156,7 @@ def check_sizes(a: argparse.Namespace, width: int = 4) -> None:
         raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
                                  f"{a.tasks * a.atoms_per_task}")
     # the base weight, a LoRA of rank R, a few (tokens, d) activations and (tokens, R) responses
-    cliargs.fits_in_memory("--d/--tokens/--tasks", width * (3 * a.d * a.d + 8 * a.tokens * a.d
+    cliargs.fits_in_memory("--d/--tokens/--tasks/--atoms-per-task", width * (3 * a.d * a.d + 8 * a.tokens * a.d
                                                             + 4 * a.tasks * a.atoms_per_task * (a.d + a.tokens)),
                            a.device)
 

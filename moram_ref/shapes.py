@@ -107,8 +107,10 @@ def check_layer_state(state: dict, prefix: str, d_out: int, d_in: int, has_bias:
     expected = {"base_layer.weight", *bank} | ({"base_layer.bias"} if has_bias else set())
     present = {k[len(prefix):] for k in state if k.startswith(prefix)}
     if strict:
-        missing = sorted(expected - present - {"base_layer.bias"})  # the bias is named below, with the reason
+        missing = sorted(expected - present - {"base_layer.bias"})  # a lone bias mismatch is named below
         unexpected = sorted(present - expected - {"base_layer.bias"})
+        if missing and has_bias and "base_layer.bias" not in present:
+            missing = sorted([*missing, "base_layer.bias"])
         if missing or unexpected:
             under = f" under {prefix!r}" if prefix else ""
             raise ValueError(f"state keys{under} mismatch: {key_mismatch(missing, unexpected)}")

@@ -220,7 +220,8 @@ def test_a_damaged_manifest_is_named_and_can_be_drawn_again(tmp_path):
     make_coop_dataset(tmp_path, "dtd", n_classes=3)
     first = few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")
     path = tmp_path / "m" / "dtd_2shot_seed0.json"
-    for damage in ('{"n_train": 9, "indi', '{"n_train": 9, "indices": [0, 99]}', "[]"):
+    for damage in ('{"n_train": 9, "indi', '{"n_train": 9, "indices": [0, 99]}', "[]", '{"n_train": 9, "indices": []}',
+                   '{"n_train": 9, "indices": [5, 5, 5]}'):
         path.write_text(damage)
         with pytest.raises(ValueError, match=r"manifest .*dtd_2shot_seed0\.json cannot be read .*delete it"):
             few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m")

@@ -114,7 +114,7 @@ def test_routing_bench_candidates_agree_and_report_ratios():
     (["--device", "xyz"], "--device: unknown device 'xyz'"),
     (["--device", "meta"], "--device: device type 'meta' is not supported"),
     (["--top-k", "100", "--tasks", "2", "--atoms-per-task", "2"], "--top-k: 100 exceeds the bank size"),
-    (["--d", "999999999999"], "--d/--tokens/--tasks: these sizes need about"),
+    (["--d", "999999999999"], "--d/--tokens/--tasks/--atoms-per-task: these sizes need about"),
     (["--repeat", "0"], "argument --repeat: expected an integer ≥ 1, got 0"),
 ])
 @pytest.mark.parametrize("module", ["bench_routing", "bench"])

@@ -57,7 +57,7 @@ def _coop(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
         raise FileNotFoundError(f"{split_path} missing ({spec['source']})")
     try:
         split = json.loads(split_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 5,000-digit number
         raise ValueError(f"{split_path} is not a JSON split file ({type(exc).__name__}: {exc})") from None
     image_root = root / spec["image_root"]
     names = coop_label_names(split, split_path)
@@ -81,7 +81,7 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
     names: dict[int, str] = {}
     for part in ("train", "val", "test"):
         for entry in split.get(part, []):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], int)
                     and not isinstance(entry[1], bool) and isinstance(entry[2], str) and entry[2].strip()):
                 raise ValueError(f"{path}: {part} entry {entry!r} is not [image_path, int label, class name] "
                                  "(the name a non-blank string)")
@@ -157,9 +157,14 @@ def load_domain(data_root: str | Path, key: str, spec: dict | None = None) -> Do
     return Domain(key, classnames, spec["template"], train, test)
 
 
+def manifest_path(key: str, shots: int, seed: int, manifest_dir: Path) -> Path:
+    """Where :func:`few_shot` keeps dataset ``key``'s ``shots``-shot subset for ``seed``."""
+    return Path(manifest_dir) / f"{key}_{shots}shot_seed{seed}.json"
+
+
 def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.ndarray:
     """Indices into ``domain.train`` of the K-shot subset, from (or written to) its manifest."""
-    path = Path(manifest_dir) / f"{domain.key}_{shots}shot_seed{seed}.json"
+    path = manifest_path(domain.key, shots, seed, manifest_dir)
     digest = hashlib.sha256(np.asarray(domain.train.labels, dtype=np.int64).tobytes()).hexdigest()
     if path.is_file():
         try:
@@ -170,6 +175,8 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
             if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < data["n_train"]
                        for i in data["indices"]):
                 raise ValueError(f"indices outside 0..{data['n_train'] - 1}")
+            if not data["indices"] or len(set(data["indices"])) != len(data["indices"]):
+                raise ValueError("indices empty or repeated (a draw takes each image once)")
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ValueError(f"manifest {path} cannot be read ({type(exc).__name__}: {exc}); delete it to draw "
                              "the few-shot subset again") from None

@@ -136,6 +136,17 @@ def validate(args: argparse.Namespace) -> list:
 
         sequence_state.check_run(args.out, args.methods, len(domains), cliargs.moram_config(args), args.eval_only,
                                  args.seed, full_rows=True)  # every domain is evaluated after each task
+    if args.resume and args.shots:  # the few-shot subsets drawn before, read back as the run will read them
+        from moram_ref.experiments.clip.data import few_shot, manifest_path
+
+        for method in args.methods:
+            folder = args.out / method / "manifests"
+            for d in domains:
+                if manifest_path(d.key, args.shots, args.seed, folder).is_file():
+                    try:
+                        few_shot(d, args.shots, args.seed, folder)
+                    except ValueError as exc:
+                        raise cliargs.UsageError(f"--resume: {exc}") from None
     return domains
 
 

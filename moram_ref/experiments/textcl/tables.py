@@ -214,7 +214,9 @@ def matrix_table(*runs: dict) -> str:
         out.append("")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
     walls = "; ".join(f"{label}: {timing(r)}" for r, label in zip(runs, labels))
-    out.append(f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds; bold: the best adapter's mean "
+    over = ("One seed: each cell is that run's value (no confidence interval)" if seeds == [1]
+            else f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds")
+    out.append(f"{over}; bold: the best adapter's mean "
                f"(zero-shot, the frozen encoder, is not ranked). Time of each run: {walls}. Commands: "
                + "; ".join(f"`{command(r)}`" for r in runs) + ".")
     return "\n".join(out)
@@ -267,6 +269,6 @@ def brief_table(*runs: dict) -> str:
         row.append(f"{_cell(c['moram'], False)} / {_cell(c['zero_shot'], False)}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
-    return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, mean ± 95 % CI over {'/'.join(map(str, seeds))} "
-                               "seeds; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
+    over = "one seed (no CI)" if seeds == [1] else f"mean ± 95 % CI over {'/'.join(map(str, seeds))} seeds"
+    return "\n".join(lines) + (f"\n\nUnion of all tasks' labels, %, {over}; coarse experts: sequential LoRA, MoE-LoRA with a router, O-LoRA, with the "
                                "same adapter parameters per task as MoRAM (MoE-LoRA adds its router).")

@@ -141,8 +141,8 @@ def run_takeover(args, seeds, log) -> dict:
     cells = []
     for layer_norm in (True, False):
         built = {}
-        for tau, lr, steps in itertools.product(*TAKEOVER_GRID.values()):
-            steps = args.steps if args.steps is not None else steps
+        grid = itertools.product(*TAKEOVER_GRID.values())  # --steps folds the grid's step counts into one
+        for tau, lr, steps in dict.fromkeys((t, r, args.steps if args.steps is not None else s) for t, r, s in grid):
             t0 = time.perf_counter()
             rs = []
             for seed in seeds:

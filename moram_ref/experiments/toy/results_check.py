@@ -88,6 +88,11 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
         if not isinstance(res, dict) or not isinstance(res.get("summary"), dict) or not res["summary"]:
             yield f"has streams.{name} without a summary of its methods"
             return
+        ran = set(res.get("methods") or {}) if isinstance(res.get("methods"), dict) else set()
+        if ran != set(res["summary"]):
+            yield (f"has streams.{name}.summary for {sorted(res['summary'])} but runs of {sorted(ran)}: a table "
+                   "row would be missing or empty")
+            return
         for method, cells in res["summary"].items():
             if not isinstance(cells, dict):
                 yield f"has streams.{name}.summary.{method} = {_short(cells)}: expected a cell per metric"
@@ -108,6 +113,8 @@ def _ablation_problems(results: dict, n: int) -> Iterator[str]:
             runs = setting.get("runs") if isinstance(setting, dict) else setting
             yield from filter(None, [_runs_problem(f"streams.{name}.runs.{key}.runs", runs, n)])
     takeover = results.get("takeover")
+    if "takeover" in (results.get("studies") or []) and not (isinstance(takeover, dict) and takeover.get("cells")):
+        yield "has no takeover.cells although its studies include takeover"
     for i, cell in enumerate(takeover.get("cells", []) if isinstance(takeover, dict) else []):
         where = f"takeover.cells[{i}]"
         yield from filter(None, [_runs_problem(f"{where}.runs", cell.get("runs") if isinstance(cell, dict) else cell, n)])
