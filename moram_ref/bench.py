@@ -149,9 +149,7 @@ def check_sizes(a: argparse.Namespace, width: int = 4) -> None:
     ``--top-k`` above the bank, or sizes whose tensors (``width`` bytes an element) cannot fit its memory."""
     from moram_ref.experiments import cliargs  # noqa: PLC0415
 
-    cliargs.device("--device", a.device)
-    if torch.device(a.device).type not in ("cpu", "cuda"):
-        raise cliargs.UsageError(f"--device: {a.device!r} is neither cpu nor cuda[:N]")
+    cliargs.device("--device", a.device)  # also refuses a device type other than cpu and cuda
     if a.top_k > a.tasks * a.atoms_per_task:
         raise cliargs.UsageError(f"--top-k: {a.top_k} exceeds the bank size --tasks × --atoms-per-task = "
                                  f"{a.tasks * a.atoms_per_task}")

@@ -35,17 +35,21 @@ def describe(env: dict) -> str:
     return f"NumPy {env.get('numpy', '?')} with {env.get('blas', '?')}"
 
 
+def short_repr(value: object, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters with ``...`` (a value quoted in an error message)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def problem(env: object) -> str | None:
     """None if ``env`` is what :func:`numpy_environment` records (``numpy``, ``blas`` and ``python``, each a
     one-line string), else why not, in words naming the key (a results file edited by hand or damaged)."""
     if not isinstance(env, dict):
-        shown = repr(env) if len(repr(env)) <= 60 else repr(env)[:57] + "..."
-        return f"{shown}: expected an object with numpy, blas and python"
+        return f"{short_repr(env)}: expected an object with numpy, blas and python"
     for key in ("numpy", "blas", "python"):
         value = env.get(key)
         if not isinstance(value, str) or not value.strip() or "\n" in value or len(value) > 200:
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-            return f"{key} {shown}: expected a one-line name of the build (as `moram_ref/provenance.py` records)"
+            return f"{key} {short_repr(value)}: expected a one-line name of the build (as `moram_ref/provenance.py` records)"
     return None
 
 

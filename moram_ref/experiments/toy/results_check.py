@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from moram_ref import provenance
+from moram_ref.provenance import short_repr
 from moram_ref.experiments.toy.demo import METRICS
 
 
@@ -26,18 +27,13 @@ def _number(value: Any) -> bool:
         return False
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def seeds_problem(results: dict) -> str | None:
     """``seeds``: a non-empty list of distinct integers (the runs each row is over)."""
     seeds = results.get("seeds")
     if not isinstance(seeds, list) or not seeds:
-        return f"has seeds {_short(seeds)}: expected a non-empty list of the run's seeds"
+        return f"has seeds {short_repr(seeds)}: expected a non-empty list of the run's seeds"
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
-        return f"has seeds {_short(seeds)}: expected distinct integers"
+        return f"has seeds {short_repr(seeds)}: expected distinct integers"
     return None
 
 
@@ -45,14 +41,14 @@ def cell_problem(where: str, cell: Any, n_seeds: int, low: float = -1.0, high: f
     """A ``{"mean", "ci95"}`` cell in fractions: a finite mean in [low, high]; a 95 % CI half-width that is
     finite and ≥ 0 over several seeds, None over one (no interval from one run)."""
     if not isinstance(cell, dict) or "mean" not in cell or "ci95" not in cell:
-        return f"has {where} = {_short(cell)}: expected {{'mean': …, 'ci95': …}}"
+        return f"has {where} = {short_repr(cell)}: expected {{'mean': …, 'ci95': …}}"
     mean, half = cell["mean"], cell["ci95"]
     if not _number(mean) or not low <= mean <= high:
-        return f"has {where}.mean = {_short(mean)}: expected a number from {low:g} to {high:g} (fractions, not %)"
+        return f"has {where}.mean = {short_repr(mean)}: expected a number from {low:g} to {high:g} (fractions, not %)"
     if n_seeds == 1 and half is not None:
-        return f"has {where}.ci95 = {_short(half)} over one seed: one run gives no interval (null expected)"
+        return f"has {where}.ci95 = {short_repr(half)} over one seed: one run gives no interval (null expected)"
     if n_seeds > 1 and (not _number(half) or half < 0):
-        return f"has {where}.ci95 = {_short(half)}: expected a half-width ≥ 0 over {n_seeds} seeds"
+        return f"has {where}.ci95 = {short_repr(half)}: expected a half-width ≥ 0 over {n_seeds} seeds"
     return None
 
 
@@ -95,7 +91,7 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
             return
         for method, cells in res["summary"].items():
             if not isinstance(cells, dict):
-                yield f"has streams.{name}.summary.{method} = {_short(cells)}: expected a cell per metric"
+                yield f"has streams.{name}.summary.{method} = {short_repr(cells)}: expected a cell per metric"
                 return
             runs = res.get("methods", {}).get(method) if isinstance(res.get("methods"), dict) else None
             yield from filter(None, [_runs_problem(f"streams.{name}.methods.{method}", runs, n)])
@@ -107,7 +103,7 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
 def _ablation_problems(results: dict, n: int) -> Iterator[str]:
     steps = results.get("steps_override")
     if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
-        yield f"has steps_override {_short(steps)}: expected null or a number of steps"
+        yield f"has steps_override {short_repr(steps)}: expected null or a number of steps"
     for name, res in (results.get("streams") or {}).items():
         for key, setting in (res.get("runs") or {}).items() if isinstance(res, dict) else ():
             runs = setting.get("runs") if isinstance(setting, dict) else setting
