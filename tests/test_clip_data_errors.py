@@ -90,6 +90,36 @@ def test_duplicate_prompts_across_the_union_and_within_a_domain():
     assert duplicate_prompts([a, b, c], union=False) == []  # MTIL scores each domain over its own classes
     assert duplicate_prompts([_domain("dtd", ["x", "y", "x"])], union=False)[0]["classes"] == [
         ["dtd", 0, "x"], ["dtd", 2, "x"]]
+    # CLIP's tokenizer folds case and whitespace: "Pagoda" and "pagoda  " give one text feature
+    folded = duplicate_prompts([_domain("caltech101", ["Pagoda"]), _domain("sun397", ["pagoda  "])])
+    assert folded == [{"prompts": ["a photo of a Pagoda."],
+                       "classes": [["caltech101", 0, "Pagoda"], ["sun397", 0, "pagoda  "]]}]
+
+
+@pytest.mark.parametrize(("a", "b"), [("a photo of a Cat.", "a photo of a cat."), ("a  photo\tof a cat .", "a photo of a cat."),
+                                      ("cats &amp; dogs", "cats & dogs"), ("caf\u00e9", "cafe\u0301"),
+                                      ("x " * 80, "x " * 75 + "y")])
+def test_prompt_key_is_what_the_clip_text_encoder_receives(a, b):
+    """Case, spacing, HTML entities, Unicode normal form and text past the 77-token context: each gives
+    equal keys, and equal keys are equal ``open_clip.tokenize`` rows (what the text encoder sees)."""
+    open_clip = pytest.importorskip("open_clip")
+    from moram_ref.experiments.clip.text import prompt_key
+
+    assert prompt_key(a) == prompt_key(b) and prompt_key(a) != prompt_key("a dog")
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    assert tok([a]).tolist() == tok([b]).tolist()
+
+
+def test_an_invisible_class_name_is_refused(tmp_path):
+    """A zero-width space passes ``str.strip``; as a class name it would prompt with nothing."""
+    from moram_ref.experiments.clip.text import visible
+
+    assert not visible("\u200b") and not visible(" \u00a0\t") and visible("\u200bx")
+    make_coop_dataset(tmp_path, "dtd", n_classes=3)
+    rewrite(split_file(tmp_path, "dtd"), lambda s: [e.__setitem__(2, "\u200b") for part in s.values()
+                                                     for e in part if e[1] == 1])
+    with pytest.raises(ValueError, match="a visible character"):
+        load_domain(tmp_path, "dtd")
 
 
 def test_verify_reports_prompts_shared_across_domains(tmp_path):
@@ -152,7 +182,10 @@ def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
     ({"dtd": []}, "templates", "non-empty list"),
     ({"mnist": ["no placeholder"]}, "templates", "needs a '{}'"),
     ({"mnist": ["x", "x", "y"]}, "classnames", "repeat ['x']"),
-    ({"mnist": [3, 4]}, "classnames", "non-empty strings"),
+    ({"mnist": [3, 4]}, "classnames", "each with a visible character (item 0: 3)"),
+    ({"mnist": ["0", "\u200b"]}, "classnames", "each with a visible character (item 1: '\\u200b')"),
+    ({"mnist": ["Cat", "cat ", "dog"]}, "classnames", "repeat ['Cat', 'cat ']"),
+    ({"mnist": ["a photo of {}.", "A  photo of {}."]}, "templates", "repeat ['a photo of {}.', 'A  photo of {}.']"),
 ])
 def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, section, message):
     """An empty template list used to fall back to the default template, a template without {} gave every
@@ -194,7 +227,7 @@ def test_verify_decodes_a_sample_of_the_images(tmp_path):
     ("[1]", r"split_zhou_DescribableTextures\.json holds a JSON list, not an object with 'train' and 'test'"),
     (None, r"train labels must be 0\.\.C-1 .*; missing \[3, 4, 5, 6, 7, 8, 9, 10, 11, 12\] \.\.\. "
            r"\(9999999999 in all, up to the label 10000000002\)$"),
-    ("blank", r"train entry \['x\.jpg', 0, ' '\] is not \[image_path, int label, class name\] \(the name a non-blank"),
+    ("blank", r"train entry \['x\.jpg', 0, ' '\] is not \[image_path, int label, class name\] \(the name a string with a visible character"),
 ])
 def test_a_split_file_that_is_not_one_is_named(tmp_path, content, message):
     """Not JSON, not an object, a label far beyond the others (named without listing ten billion labels), a

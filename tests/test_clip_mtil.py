@@ -149,3 +149,23 @@ def test_real_vit_b16_split_attention_keeps_the_function():
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(img), ref.eval().encode_image(img), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(model.encode_text(txt), ref.encode_text(txt), rtol=1e-4, atol=1e-5)
+
+
+def test_verify_checks_the_class_names_and_templates_the_run_would_use(tv_root, tmp_path, capsys):
+    """``--verify`` used to load torchvision's own names whatever --classnames-json said, so a names file
+    that did not fit the data passed the check and failed the run."""
+    from moram_ref.cli import main
+
+    names, templates = tmp_path / "names.json", tmp_path / "templates.json"
+    verify = ["clip", "--benchmark", "mtil", "--verify", "--data-root", str(tv_root), "--datasets", "dtd"]
+    names.write_text(json.dumps({"dtd": ["banded", "dotted"]}))  # dtd has 3 classes
+    assert main(verify + ["--classnames-json", str(names)]) == 2
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "2 class names given" in out
+    names.write_text(json.dumps({"dtd": ["banded", "dotted", "zig-zag"]}))
+    templates.write_text(json.dumps({"dtd": ["a photo of {}.", "{} texture."]}))
+    assert main(verify + ["--classnames-json", str(names), "--templates-json", str(templates)]) == 0
+    assert "\"classes\": 3, \"prompts_per_class\": 2" in capsys.readouterr().out
+    templates.write_text(json.dumps({"mnist": ["a photo of {}."]}))  # no list for dtd: refused, naming the flag
+    assert main(verify + ["--templates-json", str(templates)]) == 2
+    assert "--classnames-json/--templates-json" in capsys.readouterr().err

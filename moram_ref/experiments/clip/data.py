@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref.experiments.rundir import write_text
+from moram_ref.experiments.clip.text import prompt_key, visible
 
 
 def xtail_spec() -> dict:
@@ -82,9 +83,9 @@ def coop_label_names(split: dict, path: Path) -> dict[int, str]:
     for part in ("train", "val", "test"):
         for entry in split.get(part, []):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], int)
-                    and not isinstance(entry[1], bool) and isinstance(entry[2], str) and entry[2].strip()):
+                    and not isinstance(entry[1], bool) and isinstance(entry[2], str) and visible(entry[2])):
                 raise ValueError(f"{path}: {part} entry {entry!r} is not [image_path, int label, class name] "
-                                 "(the name a non-blank string)")
+                                 "(the name a string with a visible character)")
             label, name = entry[1], entry[2]
             if part == "train":
                 if names.setdefault(label, name) != name:
@@ -113,6 +114,9 @@ def _aircraft(root: Path, spec: dict) -> tuple[list[str], Split, Split]:
     if not variants.is_file():
         raise FileNotFoundError(f"{variants} missing ({spec['source']})")
     classnames = [ln.strip() for ln in variants.read_text().splitlines() if ln.strip()]
+    invisible = [i + 1 for i, c in enumerate(classnames) if not visible(c)]
+    if invisible:
+        raise ValueError(f"{variants}: names {invisible[:10]} (counting non-blank lines) show no visible character")
     repeated = sorted({c for c in classnames if classnames.count(c) > 1})
     if repeated:
         raise ValueError(f"{variants} lists {repeated} more than once")
@@ -201,7 +205,8 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
 
 
 def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
-    """Classes whose evaluation prompts are identical, so their text features are identical and no image
+    """Classes whose evaluation prompts are identical as CLIP's tokenizer reads them (:func:`text.prompt_key`:
+    case, whitespace and HTML entities folded), so their text features are identical and no image
     can be classified into the later one (argmax takes the first). ``union``: across all domains (the
     X-TAIL label space); else within each domain (MTIL). One entry per shared prompt set:
     ``{"prompts": [...], "classes": [[domain, label, classname], ...]}``."""
@@ -209,8 +214,9 @@ def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
     for d in domains:
         for label, (name, prompts) in enumerate(zip(d.classnames, d.eval_prompts())):
             scope = () if union else (d.key,)
-            groups.setdefault((*scope, *prompts), []).append([d.key, label, name])
-    return [{"prompts": list(k[0 if union else 1:]), "classes": v} for k, v in groups.items() if len(v) > 1]
+            key = (*scope, *(prompt_key(p) for p in prompts))
+            groups.setdefault(key, {"prompts": prompts, "classes": []})["classes"].append([d.key, label, name])
+    return [g for g in groups.values() if len(g["classes"]) > 1]  # "prompts": the first class's, as written
 
 
 DECODED = 200  # images per dataset that --verify decodes whole (an evenly spaced sample of those it checks exist)

@@ -165,9 +165,11 @@ def _check_model(model: str, pretrained: str) -> None:
                                  f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})")
 
 
-def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
-    from moram_ref.experiments.clip.data import load_domain
-    from moram_ref.experiments.clip.tvdata import load_mtil_domain, read_classnames
+def _read_name_files(args: argparse.Namespace) -> tuple:
+    """``--classnames-json`` and ``--templates-json`` read and checked: ``(names, ensembles)``, each a dict
+    ``{dataset key: list of strings}`` (empty when the flag is not given). Raises ``cliargs.UsageError``
+    naming the flag for a file that is not a JSON object, cannot be read, or holds no list for any dataset."""
+    from moram_ref.experiments.clip.tvdata import read_classnames
 
     for flag in ("--classnames-json", "--templates-json"):
         path = getattr(args, flag[2:].replace("-", "_"))
@@ -187,6 +189,14 @@ def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
             raise cliargs.UsageError(f"{flag}-json: {path} holds no list for any dataset"
                                      + (f" under {flag}-field {getattr(args, f'{flag[2:]}_field')!r}"
                                         if getattr(args, f"{flag[2:]}_field") else ""))
+    return names, ensembles
+
+
+def _load_domains(args: argparse.Namespace, mtil: bool) -> list:
+    from moram_ref.experiments.clip.data import load_domain
+    from moram_ref.experiments.clip.tvdata import load_mtil_domain
+
+    names, ensembles = _read_name_files(args) if mtil else ({}, {})
     domains = []
     for key in args.datasets:
         try:
@@ -229,16 +239,21 @@ def _rank() -> int:
 
 
 def _verify(args: argparse.Namespace, log) -> dict:
-    from moram_ref.experiments.clip.data import verify
+    from moram_ref.experiments.clip.data import duplicate_prompts, verify
     from moram_ref.experiments.clip.tvdata import load_mtil_domain
 
     if args.benchmark == "mtil":
+        names, ensembles = _read_name_files(args)  # a --verify checks the names the run would use
         report = {}
         for key in args.datasets:
             try:
-                d = load_mtil_domain(args.data_root, key)
+                d = load_mtil_domain(args.data_root, key, names.get(key), eval_templates=ensembles.get(key))
                 report[key] = {"ok": True, "found": {"train": len(d.train.labels), "test": len(d.test.labels)},
-                               "classes": len(d.classnames)}
+                               "classes": len(d.classnames), "prompts_per_class": len(d.eval_prompts()[0])}
+                dups = duplicate_prompts([d], union=False)  # MTIL scores each dataset over its own classes
+                if dups:
+                    report[key].update(duplicate_prompts=dups, note="classes sharing a prompt get identical text "
+                                       "features: the later one is never predicted")
             except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 report[key] = {"ok": False, "error": str(exc)}
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref.experiments.clip.data import Domain, Split
+from moram_ref.experiments.clip.text import prompt_key, visible
 
 
 def mtil_spec() -> dict:
@@ -151,10 +152,15 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
     else:
         found = {k: v for k, v in data.items() if isinstance(v, list)}
     for key, items in found.items():  # an empty list, a non-string, a duplicate, a template without {}
-        if not items or not all(isinstance(v, str) and v.strip() for v in items):
-            raise ValueError(f"{path}: {section} of {key!r} must be a non-empty list of non-empty strings")
-        if len(set(items)) != len(items):
-            raise ValueError(f"{path}: {section} of {key!r} repeat {sorted({v for v in items if items.count(v) > 1})}")
+        if not items or not all(isinstance(v, str) and visible(v) for v in items):
+            raise ValueError(f"{path}: {section} of {key!r} must be a non-empty list of strings, each with a visible "
+                             f"character" + next((f" (item {i}: {v!r})" for i, v in enumerate(items)
+                                                  if not (isinstance(v, str) and visible(v))), ""))
+        folded = [prompt_key(v) for v in items]  # what CLIP's tokenizer tells apart (case, spaces folded)
+        if len(set(folded)) != len(folded):
+            same = list(dict.fromkeys(v for v, f in zip(items, folded) if folded.count(f) > 1))
+            raise ValueError(f"{path}: {section} of {key!r} repeat {same[:10]} (CLIP's tokenizer folds case, "
+                             "whitespace and HTML entities, so these give the same text feature)")
         if section == "templates" and not all("{}" in v for v in items):
             raise ValueError(f"{path}: every template of {key!r} needs a '{{}}' for the class name")
     missing = [k for k in keys or [] if k not in found]
