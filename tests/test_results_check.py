@@ -34,6 +34,21 @@ def _cell(r):
     (lambda r: r["environment"].update(blas=None), "has environment blas None: expected a one-line name"),
     (lambda r: r["environment"].update(numpy="2.4\n| injected |"), "has environment numpy '2.4\\n| injected |'"),
     (lambda r: r.update(environment="numpy"), "has environment 'numpy': expected an object"),
+    (lambda r: r["streams"]["recall"].update(labels=[]),
+     "streams.recall.labels = []: expected an object giving each method its row name"),
+    (lambda r: r["streams"]["recall"]["labels"].pop("moram"), "streams.recall.labels.moram = None: expected a row name"),
+    (lambda r: r["streams"]["recall"]["methods"]["moram"][1]["metrics"].update(last=float("nan")),
+     "streams.recall.methods.moram[1].metrics.last = nan: expected a number from 0 to 1"),
+    (lambda r: r["streams"]["recall"]["methods"]["frozen"][0]["accuracy"].pop(),
+     "streams.recall.methods.frozen[0].accuracy = 4 entries: expected a list of 5"),
+    (lambda r: r["streams"]["digits"]["methods"]["moram"][2].update(silent_fraction=-0.5),
+     "streams.digits.methods.moram[2].silent_fraction = -0.5: expected a number from 0 to 1"),
+    (lambda r: r["streams"]["digits"]["sweep"].update(chosen=0.5), "streams.digits.sweep.chosen = 0.5: expected one of"),
+    (lambda r: r["streams"]["digits"]["sweep"]["validation_average"].append(0.5),
+     "streams.digits.sweep.validation_average = 5 entries: expected a list of 4"),
+    (lambda r: r["streams"]["recall"].update(tasks=["T1", "T1"]), "streams.recall.tasks = ['T1', 'T1']: expected"),
+    (lambda r: r.update(units="%"), "has units '%': the tables read 'fractions in [0, 1]'"),
+    (lambda r: r["config"].update(top_k=0), "has config {'atoms_per_task': 8, 'top_k': 0"),
 ])
 def test_a_damaged_demo_results_file_is_named(edit, message, tmp_path, capsys):
     results = copy.deepcopy(DEMO)
@@ -51,6 +66,20 @@ def test_a_damaged_demo_results_file_is_named(edit, message, tmp_path, capsys):
      "takeover.cells[0].summary.newest.ci95 = -1"),
     ("routing", lambda r: r.update(steps_override="x"), "has steps_override 'x'"),
     ("ablation", lambda r: r.update(environment={"numpy": "2.4.6"}), "has environment blas None"),
+    ("routing", lambda r: r["streams"]["digits"]["runs"]["g1_k8"]["runs"][0]["routing"][4][0]["share"][1].__setitem__(
+        2, float("nan")), "streams.digits.runs.g1_k8.runs[0].routing[4][0].share[1][2] = nan: expected a number from 0 to 1"),
+    ("routing", lambda r: r["streams"]["recall"]["runs"]["g1_k8"]["runs"][1]["routing"].pop(),
+     "streams.recall.runs.g1_k8.runs[1].routing = [[{'share'"),
+    ("ablation", lambda r: r["streams"]["recall"]["runs"]["g2_k8"].update(group="x"),
+     "streams.recall.runs.g2_k8.group = 'x': expected a number of atoms per unit"),
+    ("ablation", lambda r: r["streams"]["recall"]["runs"]["g1_k4"]["runs"][0]["metrics"].update(last=None),
+     "streams.recall.runs.g1_k4.runs[0].metrics.last = None: expected a number from 0 to 1"),
+    ("ablation", lambda r: r["streams"]["recall"]["runs"]["g1_k4"]["summary"]["atoms99"].update(mean=-1),
+     "streams.recall.runs.g1_k4.summary.atoms99.mean = -1"),
+    ("takeover", lambda r: r["takeover"]["cells"][3]["runs"][0].update(newest=float("inf")),
+     "takeover.cells[3].runs[0].newest = inf: expected a number from 0 to 1"),
+    ("takeover", lambda r: r["takeover"]["cells"][0].update(layer_norm="yes"),
+     "takeover.cells[0].layer_norm = 'yes': expected true or false"),
 ])
 def test_a_damaged_ablation_results_file_is_named(table, edit, message, tmp_path, capsys):
     results = copy.deepcopy(ABLATION)

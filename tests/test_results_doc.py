@@ -14,6 +14,7 @@ import pytest
 
 from moram_ref import provenance, report
 from moram_ref.cli import main
+from moram_ref.experiments.toy import results_check
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
@@ -77,6 +78,8 @@ def test_ablation_runs_and_g1_is_the_main_jobs_moram(tmp_path):
     demo = json.loads((tmp_path / "demo" / "results.json").read_text())
     for ours, theirs in zip(runs["g1_k8"]["runs"], demo["streams"]["recall"]["methods"]["moram"]):
         np.testing.assert_allclose(ours["accuracy"], theirs["accuracy"], rtol=0, atol=1e-6)
+    # what the runs write passes the checks `moram-ref report` makes before rendering
+    assert results_check.ablation_problem(abl) is None and results_check.demo_problem(demo) is None
     body = report.GENERATORS["ablation"](abl)
     assert "| recall | **1** | 8 (k = 8 atoms) |" in body and "Steps per task overridden to 4" in body
     assert abl["environment"] == provenance.numpy_environment()  # the build that rounded these figures

@@ -14,7 +14,11 @@ from typing import Any
 
 from moram_ref import provenance
 from moram_ref.provenance import short_repr
+from moram_ref.config import MoRAMConfig
 from moram_ref.experiments.toy.demo import METRICS
+
+UNITS = "fractions in [0, 1]"  # what the runs write under "units"
+LOW = {"bwt": -1.0, "forgetting": -1.0}  # metrics that can be negative (fractions); the others start at 0
 
 
 def _number(value: Any) -> bool:
@@ -52,6 +56,56 @@ def cell_problem(where: str, cell: Any, n_seeds: int, low: float = -1.0, high: f
     return None
 
 
+def number_problem(where: str, value: Any, low: float = -math.inf, high: float = math.inf) -> str | None:
+    """A finite number from ``low`` to ``high``."""
+    if not _number(value) or not low <= value <= high:
+        span = f"from {low:g} to {high:g}" if math.isfinite(low) and math.isfinite(high) else (
+            f"≥ {low:g}" if math.isfinite(low) else "finite")
+        return f"has {where} = {short_repr(value)}: expected a number {span}"
+    return None
+
+
+def array_problem(where: str, value: Any, shape: tuple[int, ...], low: float = -math.inf,
+                  high: float = math.inf) -> str | None:
+    """Nested lists of the given ``shape`` whose entries pass :func:`number_problem`; the first bad entry
+    is named by its index (``…share[2][0] = nan``)."""
+    def walk(path: str, v: Any, dims: tuple[int, ...]) -> str | None:
+        if not dims:
+            return number_problem(path, v, low, high)
+        if not isinstance(v, list) or len(v) != dims[0]:
+            count = f"{len(v)} entries" if isinstance(v, list) else short_repr(v)
+            return f"has {path} = {count}: expected a list of {dims[0]}"
+        return next(filter(None, (walk(f"{path}[{i}]", x, dims[1:]) for i, x in enumerate(v))), None)
+
+    return walk(where, value, shape)
+
+
+def names_problem(where: str, value: Any) -> str | None:
+    """A non-empty list of distinct, non-blank strings (task or domain names: table headers)."""
+    if (not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value)
+            or len(set(value)) != len(value)):
+        return f"has {where} = {short_repr(value)}: expected a non-empty list of distinct names"
+    return None
+
+
+def config_problem(results: dict) -> str | None:
+    """``config`` (optional): the MoRAM settings of the run, as :class:`MoRAMConfig` accepts them."""
+    if "config" not in results:
+        return None
+    try:
+        MoRAMConfig.from_dict(results["config"])
+    except (TypeError, ValueError, AttributeError) as exc:
+        return f"has config {short_repr(results['config'])}: not MoRAM settings ({exc})"
+    return None
+
+
+def units_problem(results: dict) -> str | None:
+    """``units`` (optional): the cells are fractions; a file that says otherwise would print 100× off."""
+    if "units" in results and results["units"] != UNITS:
+        return f"has units {short_repr(results['units'])}: the tables read {UNITS!r}"
+    return None
+
+
 def _runs_problem(where: str, runs: Any, n_seeds: int) -> str | None:
     if not isinstance(runs, list) or len(runs) != n_seeds or not all(isinstance(r, dict) for r in runs):
         count = len(runs) if isinstance(runs, list) else type(runs).__name__
@@ -71,8 +125,18 @@ def _first_problem(results: dict, problems: Callable[[dict, int], Iterator[str]]
     """Seeds and environment first (the rest counts runs per seed), then the first of ``problems``."""
     if not isinstance(results, dict):
         return f"holds a JSON {type(results).__name__}, not a results object"
-    why = seeds_problem(results) or environment_problem(results)
+    why = seeds_problem(results) or environment_problem(results) or config_problem(results) or units_problem(results)
     return why or next(problems(results, len(results["seeds"])), None)
+
+
+def _metrics_problems(where: str, run: dict) -> Iterator[str]:
+    """A run's ``metrics``: every one of :data:`METRICS`, a fraction (bwt and forgetting from -1)."""
+    m = run.get("metrics")
+    if not isinstance(m, dict):
+        yield f"has {where}.metrics = {short_repr(m)}: expected an object with {', '.join(METRICS)}"
+        return
+    for key in METRICS:
+        yield from filter(None, [number_problem(f"{where}.metrics.{key}", m.get(key), LOW.get(key, 0.0), 1.0)])
 
 
 def _demo_problems(results: dict, n: int) -> Iterator[str]:
@@ -89,34 +153,159 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
             yield (f"has streams.{name}.summary for {sorted(res['summary'])} but runs of {sorted(ran)}: a table "
                    "row would be missing or empty")
             return
+        why = names_problem(f"streams.{name}.tasks", res.get("tasks"))
+        if why:
+            yield why
+            return
+        n_tasks = len(res["tasks"])
+        labels = res.get("labels")
+        for method in res["summary"]:
+            label = labels.get(method) if isinstance(labels, dict) else None
+            if not (isinstance(label, str) and label.strip()):
+                where = f"streams.{name}.labels" + (f".{method}" if isinstance(labels, dict) else "")
+                yield (f"has {where} = {short_repr(label if isinstance(labels, dict) else labels)}: expected "
+                       f"{'a row name' if isinstance(labels, dict) else 'an object giving each method its row name'}")
+                return
         for method, cells in res["summary"].items():
             if not isinstance(cells, dict):
                 yield f"has streams.{name}.summary.{method} = {short_repr(cells)}: expected a cell per metric"
                 return
-            runs = res.get("methods", {}).get(method) if isinstance(res.get("methods"), dict) else None
+            runs = res["methods"][method]
             yield from filter(None, [_runs_problem(f"streams.{name}.methods.{method}", runs, n)])
             for key in METRICS:
-                low = -1.0 if key in ("bwt", "forgetting") else 0.0
-                yield from filter(None, [cell_problem(f"streams.{name}.summary.{method}.{key}", cells.get(key), n, low)])
+                yield from filter(None, [cell_problem(f"streams.{name}.summary.{method}.{key}", cells.get(key), n,
+                                                      LOW.get(key, 0.0))])
+            for j, run in enumerate(runs if isinstance(runs, list) else []):
+                where = f"streams.{name}.methods.{method}[{j}]"
+                yield from _metrics_problems(where, run)
+                yield from filter(None, [array_problem(f"{where}.accuracy", run.get("accuracy"), (n_tasks, n_tasks),
+                                                       0.0, 1.0)])
+                if method == "moram":  # the table's note on silenced inputs
+                    yield from filter(None, [number_problem(f"{where}.silent_fraction", run.get("silent_fraction"),
+                                                            0.0, 1.0)])
+        yield from _sweep_problems(f"streams.{name}.sweep", res.get("sweep"))
+
+
+def _sweep_problems(where: str, sweep: Any) -> Iterator[str]:
+    """The validation sweep of τ (or null): temperatures > 0, a validation Average in [0, 1] for each, and
+    the chosen τ among them."""
+    if sweep is None:
+        return
+    temps = sweep.get("temperatures") if isinstance(sweep, dict) else None
+    if not isinstance(temps, list) or not temps:
+        yield f"has {where} = {short_repr(sweep)}: expected null or an object with temperatures, validation_average, chosen"
+        return
+    yield from filter(None, [array_problem(f"{where}.temperatures", temps, (len(temps),), 1e-300)])
+    yield from filter(None, [array_problem(f"{where}.validation_average", sweep.get("validation_average"),
+                                           (len(temps),), 0.0, 1.0)])
+    if sweep.get("chosen") not in temps:
+        yield f"has {where}.chosen = {short_repr(sweep.get('chosen'))}: expected one of the temperatures {short_repr(temps)}"
+
+
+# The ablation table's cells per setting: (low, high) of each summary entry (fractions; atoms99 a count).
+SETTING_CELLS = {"average": (0.0, 1.0), "last": (0.0, 1.0), "transfer": (0.0, 1.0), "forgetting": (-1.0, 1.0),
+                 "atoms99": (0.0, math.inf), "own_share": (0.0, 1.0), "newest_share": (0.0, 1.0)}
+# The takeover table's cells: (low, high) of each summary entry.
+TAKEOVER_CELLS = {"newest": (0.0, 1.0), "own": (0.0, 1.0), "last": (0.0, 1.0), "key_norm_ratio": (0.0, math.inf),
+                  "alignment_first": (-1.0, 1.0), "alignment_last": (-1.0, 1.0), "coherence": (0.0, 1.0)}
+
+
+def _count(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _routing_problems(where: str, routing: Any, n_tasks: int, n_layers: int | None, every_task: bool) -> Iterator[str]:
+    """A run's routing records (:mod:`routing`): one stage per task (``every_task``; the other settings keep
+    the last only), each a list of ``n_layers`` layer records; after task t, ``share`` is (t+1) × tasks in
+    [0, 1], ``silent`` and ``atoms99`` one per domain, ``key_norm`` and ``key_alignment`` one per task so far,
+    ``coherence`` in [0, 1]."""
+    stages = n_tasks if every_task else 1
+    if not isinstance(routing, list) or len(routing) != stages:
+        yield (f"has {where} = {short_repr(routing)}: expected "
+               + (f"one record per task ({n_tasks})" if every_task else "the record after the last task"))
+        return
+    for t, stage in enumerate(routing, start=n_tasks - stages):
+        if not isinstance(stage, list) or not stage or (n_layers is not None and len(stage) != n_layers):
+            yield (f"has {where}[{t - n_tasks + stages}] = {short_repr(stage)}: expected a record per layer"
+                   + (f" ({n_layers}, as in the first run)" if n_layers else ""))
+            return
+        for layer, rec in enumerate(stage):
+            at = f"{where}[{t - n_tasks + stages}][{layer}]"
+            if not isinstance(rec, dict):
+                yield f"has {at} = {short_repr(rec)}: expected share, silent, atoms99, key_norm, key_alignment, coherence"
+                return
+            for key, shape, low, high in (("share", (t + 1, n_tasks), 0.0, 1.0), ("silent", (n_tasks,), 0.0, 1.0),
+                                          ("atoms99", (n_tasks,), 0.0, math.inf), ("key_norm", (t + 1,), 0.0, math.inf),
+                                          ("key_alignment", (t + 1,), -1.0, 1.0), ("coherence", (), 0.0, 1.0)):
+                yield from filter(None, [array_problem(f"{at}.{key}", rec.get(key), shape, low, high)])
+
+
+def _setting_problems(where: str, key: str, setting: Any, n: int, n_tasks: int) -> Iterator[str]:
+    if not isinstance(setting, dict):
+        yield f"has {where} = {short_repr(setting)}: expected a setting with group, top_k, runs and summary"
+        return
+    group, top_k = setting.get("group"), setting.get("top_k")
+    if not _count(group):
+        yield f"has {where}.group = {short_repr(group)}: expected a number of atoms per unit (≥ 1)"
+    if top_k is not None and not _count(top_k):
+        yield f"has {where}.top_k = {short_repr(top_k)}: expected null (every atom) or a number of atoms (≥ 1)"
+    runs = setting.get("runs")
+    yield from filter(None, [_runs_problem(f"{where}.runs", runs, n)])
+    summary = setting.get("summary")
+    if not isinstance(summary, dict):
+        yield f"has {where}.summary = {short_repr(summary)}: expected a cell per column"
+        return
+    for cell, (low, high) in SETTING_CELLS.items():
+        yield from filter(None, [cell_problem(f"{where}.summary.{cell}", summary.get(cell), n, low, high)])
+    layers = None
+    for j, run in enumerate(runs if isinstance(runs, list) else []):
+        yield from _metrics_problems(f"{where}.runs[{j}]", run)
+        if key == "g1_k8" or "routing" in run:  # the routing table and the claims read g1_k8's
+            yield from _routing_problems(f"{where}.runs[{j}].routing", run.get("routing"), n_tasks, layers,
+                                         every_task=key == "g1_k8")
+            stages = run.get("routing")
+            layers = len(stages[0]) if layers is None and isinstance(stages, list) and stages and \
+                isinstance(stages[0], list) else layers
 
 
 def _ablation_problems(results: dict, n: int) -> Iterator[str]:
     steps = results.get("steps_override")
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+    if steps is not None and not _count(steps):
         yield f"has steps_override {short_repr(steps)}: expected null or a number of steps"
-    for name, res in (results.get("streams") or {}).items():
-        for key, setting in (res.get("runs") or {}).items() if isinstance(res, dict) else ():
-            runs = setting.get("runs") if isinstance(setting, dict) else setting
-            yield from filter(None, [_runs_problem(f"streams.{name}.runs.{key}.runs", runs, n)])
+    streams = results.get("streams")
+    if not isinstance(streams, dict):
+        yield f"has streams {short_repr(streams)}: expected an object of streams"
+        return
+    for name, res in streams.items():
+        if not isinstance(res, dict) or not isinstance(res.get("runs"), dict):
+            yield f"has streams.{name} = {short_repr(res)}: expected an object with tasks and runs"
+            return
+        why = names_problem(f"streams.{name}.tasks", res.get("tasks"))
+        if why:
+            yield why
+            return
+        for key, setting in res["runs"].items():
+            yield from _setting_problems(f"streams.{name}.runs.{key}", key, setting, n, len(res["tasks"]))
     takeover = results.get("takeover")
     if "takeover" in (results.get("studies") or []) and not (isinstance(takeover, dict) and takeover.get("cells")):
         yield "has no takeover.cells although its studies include takeover"
     for i, cell in enumerate(takeover.get("cells", []) if isinstance(takeover, dict) else []):
         where = f"takeover.cells[{i}]"
-        yield from filter(None, [_runs_problem(f"{where}.runs", cell.get("runs") if isinstance(cell, dict) else cell, n)])
-        for key in ("newest", "own", "last"):  # the cells in % of the takeover table
-            summary = cell.get("summary") if isinstance(cell, dict) and isinstance(cell.get("summary"), dict) else {}
-            yield from filter(None, [cell_problem(f"{where}.summary.{key}", summary.get(key), n, 0.0)])
+        if not isinstance(cell, dict):
+            yield f"has {where} = {short_repr(cell)}: expected a grid cell"
+            return
+        if not isinstance(cell.get("layer_norm"), bool):
+            yield f"has {where}.layer_norm = {short_repr(cell.get('layer_norm'))}: expected true or false"
+        for key in ("temperature", "lr", "steps"):
+            yield from filter(None, [number_problem(f"{where}.{key}", cell.get(key), 1e-300)])
+        runs = cell.get("runs")
+        yield from filter(None, [_runs_problem(f"{where}.runs", runs, n)])
+        summary = cell.get("summary") if isinstance(cell.get("summary"), dict) else {}
+        for key, (low, high) in TAKEOVER_CELLS.items():  # the cells of the takeover table
+            yield from filter(None, [cell_problem(f"{where}.summary.{key}", summary.get(key), n, low, high)])
+        for j, run in enumerate(runs if isinstance(runs, list) else []):  # the pooled sentence reads these
+            for key, (low, high) in (("newest", (0.0, 1.0)), ("key_norm_ratio", (0.0, math.inf))):
+                yield from filter(None, [number_problem(f"{where}.runs[{j}].{key}", run.get(key), low, high)])
 
 
 def demo_problem(results: dict) -> str | None:
