@@ -218,3 +218,45 @@ def test_a_checkpoint_is_as_readable_as_the_runs_other_files(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _forge(path, out, edit):
+    """Rewrite checkpoint ``path`` as ``out`` with ``edit(tensors, meta)`` applied and every checksum redone:
+    a file whose checksums all agree, so only the layout check can tell."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(fh.metadata()["moram_ref"])
+    edit(tensors, meta)
+    meta["sha256"] = {k: C.tensor_digest(v) for k, v in tensors.items()}
+    save_file(tensors, str(out), metadata={"moram_ref": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_every_saved_checkpoint_has_the_layout_its_metadata_implies(tmp_path, method, tasks):
+    """expected_layout rebuilds the layers on the meta device: it must agree with real saves, mid-task too."""
+    for in_task in (False, True):
+        path = C.save(trained(tasks, in_task, method), tmp_path / f"ck{in_task}.safetensors", CFG, tasks, method)
+        assert C.verify(path, CFG, method, tasks)["tasks_done"] == tasks
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t, m: t.pop("0.q_proj.frozen_keys"), r"does not hold what its layers need after task 2: missing \[.0.q_proj.frozen_keys.\]"),
+    (lambda t, m: t.update(extra=torch.zeros(2)), r"unexpected \['extra'\]"),
+    (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"][:3].clone()}),
+     r"tensors of another shape than its layers have after task 2: 0.fc.frozen_keys \(3, \d+\) \(expected \(4, \d+\)\)"),
+    (lambda t, m: m.update(tasks_done=3), r"missing|another shape"),
+    (lambda t, m: m["layers"]["0.fc"].update(d_in="wide"), r"does not describe layers this moram_ref can build \(TypeError"),
+    (lambda t, m: m["layers"]["0.fc"].update(type="LoRALinear"), r"method 'moram' builds 'MoRAMLinear'"),
+])
+def test_a_forged_checkpoint_is_refused_without_a_model(tmp_path, edit, message):
+    """A tensor dropped together with its checksum (or one of another shape) used to pass verify() and the
+    --resume/--eval-only checks, and was found only when a run loaded it, after other work."""
+    path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)
+    forged = _forge(path, tmp_path / "forged.safetensors", edit)
+    with pytest.raises(C.CheckpointError, match=message):
+        C.verify(forged)

@@ -28,7 +28,7 @@ from torch import nn
 
 from moram_ref.config import EXECUTION_ONLY, MoRAMConfig
 from moram_ref.shapes import key_mismatch
-from moram_ref.torch.attach import METHODS, attached_layers
+from moram_ref.torch.attach import METHODS, attached_layers, make_adapter
 
 FORMAT = "moram_ref.checkpoint"
 FORMAT_VERSION = 2  # 2: sha256 of every tensor in the metadata
@@ -235,8 +235,59 @@ def verify(path: str | os.PathLike, config: MoRAMConfig | None = None, method: s
     if diff:
         raise CheckpointError(f"checkpoint {path} was written with another configuration (checkpoint, this "
                               f"run): {diff}")
-    _verified_tensors(path, meta)
+    tensors = _verified_tensors(path, meta)
+    _check_layout(path, meta, {k: tuple(v.shape) for k, v in tensors.items()})
     return meta
+
+
+def expected_layout(meta: dict[str, Any], open_task: bool = False) -> dict[str, tuple[int, ...]]:
+    """The adapter tensors a checkpoint with metadata ``meta`` holds, ``{full name: shape}``: each layer
+    its ``layers`` entry describes, built by :func:`~moram_ref.torch.attach.make_adapter` for its method and
+    config on the ``meta`` device (no memory is allocated) and taken through ``tasks_done`` tasks, then, with
+    ``open_task``, into the next one (a checkpoint saved mid-task holds its current atoms). ``ValueError``,
+    ``TypeError`` or ``KeyError`` when the metadata cannot describe such layers."""
+    config = MoRAMConfig.from_dict(meta["config"])
+    built: dict[tuple[int, int], tuple[str, dict[str, tuple[int, ...]]]] = {}  # layers of equal width: built once
+    layout = {}
+    for name, desc in meta["layers"].items():
+        dims = (desc["d_in"], desc["d_out"])
+        if dims not in built:
+            layer = make_adapter(nn.Linear(*dims, device="meta"), config, meta["method"])
+            for _ in range(meta["tasks_done"]):
+                layer.begin_task()
+                layer.end_task()
+            if open_task:
+                layer.begin_task()
+            built[dims] = (type(layer).__name__, {k: tuple(v.shape) for k, v in layer.state_dict().items()
+                                                  if not k.startswith("base_layer.")})
+        kind, shapes = built[dims]
+        if kind != desc["type"]:
+            raise ValueError(f"layer {name} is recorded as {desc['type']!r}, but method {meta['method']!r} builds {kind!r}")
+        layout.update({f"{name}.{k}": shape for k, shape in shapes.items()})
+    return layout
+
+
+def _check_layout(path: str | os.PathLike, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensors (``shapes``) are those its own metadata's layers have after ``tasks_done`` tasks
+    (:func:`expected_layout`), or after them and inside the next: a file that lost a tensor together with its
+    checksum, or holds one of another shape, is refused here, without a model, rather than when a run loads it."""
+    try:
+        layouts = [expected_layout(meta), expected_layout(meta, open_task=True)]
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its metadata does not describe layers this moram_ref can build "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if any(_required(set(lay)) <= set(shapes) <= set(lay) and all(shapes[k] == lay[k] for k in shapes)
+           for lay in layouts):
+        return
+    layout = layouts[0]  # named against the state at the end of the task
+    missing = sorted(_required(set(layout)) - set(shapes))
+    extra = sorted(set(shapes) - set(layouts[0]) - set(layouts[1]))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {path} does not hold what its layers need after task {meta['tasks_done']}: "
+                              + key_mismatch(missing[:5], extra[:5]))
+    wrong = [f"{k} {shapes[k]} (expected {layout.get(k)})" for k in sorted(shapes) if shapes[k] != layout.get(k)]
+    raise CheckpointError(f"checkpoint {path}: tensors of another shape than its layers have after task "
+                          f"{meta['tasks_done']}: {', '.join(wrong[:3])}")
 
 
 def _verified_tensors(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
