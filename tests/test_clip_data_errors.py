@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("PIL")
+pytest.importorskip("open_clip")  # names and prompts are compared as its tokenizer reads them (clip/text.py)
 
 from moram_ref.experiments.clip.data import Domain, Split, duplicate_prompts, load_domain, verify, xtail_spec  # noqa: E402
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
