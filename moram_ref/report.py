@@ -139,6 +139,12 @@ def _text_cl_file(r, i: int) -> str | None:
         return "is a text-cl-routing summary: pass --table textcl-routing or --table textcl-shares"
     if isinstance(r, dict) and {"settings", "encoder", "tasks"} <= set(r):
         return "is a text-cl results.json: pass --table textcl (or textcl-matrix, textcl-brief)"
+    if isinstance(r, dict) and r and all(isinstance(v, dict) and v.get("units") == "percent" and "matrix" in v
+                                         for v in r.values()):
+        track = "llm" if any("op" in v for v in r.values()) else "clip"
+        return (f"is the summary.json of a `moram-ref {track}` run (per method, its matrix and metrics in %): that run "
+                "prints its table at the end, and matrix.csv in each method's folder holds the matrix; report renders "
+                "the demo, ablation and text-CL results files")
     return None
 
 

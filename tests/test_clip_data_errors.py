@@ -146,7 +146,7 @@ def test_the_real_xtail_union_has_exactly_the_pagoda_clash():
 
 
 @pytest.mark.parametrize(("names", "dataset_names", "labels", "message"), [
-    (["a", "b"], ["a", "b", "c"], {"train": np.array([0, 1])}, r"mnist: 2 class names given, torchvision's mnist has 3"),
+    (["a", "b"], ["a", "b", "c"], {"train": np.array([0, 1])}, r"mnist: 2 class names given, the mnist data under --data-root has 3 classes \(as torchvision reads it\)"),
     (["a", "b", "c"], None, {"train": np.array([0, 1])}, r"mnist: 3 class names given, the labels on disk run 0..1"),
     (["a", "b"], ["a", "b"], {"train": np.array([0, 1]), "test": np.array([2])}, r"mnist: test labels \[2\] lie outside 0..1"),
     (["a", "b"], ["a", "b"], {"train": np.array([-1, 1])}, r"mnist: train labels \[-1\] lie outside"),
@@ -187,6 +187,7 @@ def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
     ({"mnist": ["0", "\u200b"]}, "classnames", "each with a visible character (item 1: '\\u200b')"),
     ({"mnist": ["Cat", "cat ", "dog"]}, "classnames", "repeat ['Cat', 'cat ']"),
     ({"mnist": ["a photo of {}.", "A  photo of {}."]}, "templates", "repeat ['a photo of {}.', 'A  photo of {}.']"),
+    ({"mnist": ["0", "1"], "eurosta": ["a"]}, "classnames", "list for 'eurosta', which is no MTIL dataset: did you mean 'eurosat'?"),
 ])
 def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, section, message):
     """An empty template list used to fall back to the default template, a template without {} gave every

@@ -27,6 +27,7 @@ def tv_root(tmp_path_factory):
     synthetic.make_torchvision_mnist(root)
     synthetic.make_torchvision_dtd(root)
     synthetic.make_torchvision_eurosat(root)
+    synthetic.mark_synthetic(root, KEYS)  # as --make-synthetic leaves it: --verify compares no split sizes
     return root
 
 
@@ -168,4 +169,40 @@ def test_verify_checks_the_class_names_and_templates_the_run_would_use(tv_root, 
     assert "\"classes\": 3, \"prompts_per_class\": 2" in capsys.readouterr().out
     templates.write_text(json.dumps({"mnist": ["a photo of {}."]}))  # no list for dtd: refused, naming the flag
     assert main(verify + ["--templates-json", str(templates)]) == 2
-    assert "--classnames-json/--templates-json" in capsys.readouterr().err
+    assert "--templates-json: " in capsys.readouterr().err
+
+
+def test_verify_compares_sizes_and_decodes_a_sample(tv_root, tmp_path, capsys):
+    """Without the --make-synthetic marker the sizes are compared with mtil.json's; a broken image is named."""
+    import shutil
+
+    from moram_ref.cli import main
+    from moram_ref.experiments.clip.data import SYNTHETIC_MARKER
+
+    root = tmp_path / "tv"
+    shutil.copytree(tv_root, root)
+    (root / SYNTHETIC_MARKER).unlink()
+    assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(root), "--datasets", "dtd"]) == 2
+    assert "dtd            PROBLEM (train: 12 found, 1880 expected; test: 6 found, 1880 expected)" in capsys.readouterr().out
+    (root / SYNTHETIC_MARKER).write_text("{}")
+    broken = sorted((root / "dtd").rglob("*.jpg"))[0]
+    broken.write_bytes(b"not an image")
+    assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(root), "--datasets", "dtd"]) == 2
+    out = capsys.readouterr().out
+    assert "PROBLEM (1 of " in out and "sampled images unreadable" in out and broken.name in out
+
+
+def test_a_resume_with_an_edited_names_file_is_refused(tv_root, tmp_path, capsys):
+    """config.json records the names file's sha256: a resume whose file was edited would rename classes."""
+    from moram_ref.cli import main
+
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"dtd": ["banded", "dotted", "zigzagged"]}))
+    argv = ["clip", "--benchmark", "mtil", "--tiny", "--data-root", str(tv_root), "--datasets", "dtd", "--shots", "0",
+            "--iterations", "1", "--batch", "4", "--methods", "moram", "--atoms-per-task", "2", "--top-k", "2",
+            "--classnames-json", str(names), "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    names.write_text(json.dumps({"dtd": ["banded", "dotted", "zig-zag"]}))
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 2
+    assert "--classnames-json (the file's sha256): recorded " in capsys.readouterr().err

@@ -16,6 +16,7 @@ pytest.importorskip("torchvision")
 from moram_ref.experiments.clip import backbone  # noqa: E402
 from moram_ref.experiments.clip.data import few_shot, load_domain, verify  # noqa: E402
 from moram_ref.experiments.clip.synthetic import make_coop_dataset  # noqa: E402
+from moram_ref.experiments.clip import synthetic  # noqa: E402
 from moram_ref.experiments.clip.train import ClipSettings, evaluate, run_sequence  # noqa: E402
 from moram_ref.torch import attach as A  # noqa: E402
 from conftest import TEST_DEVICE  # noqa: E402
@@ -154,6 +155,11 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 2
     captured = capsys.readouterr()
     assert captured.out.count("PROBLEM") == 3 and captured.err.count("\n") == 1 and "--verify" in captured.err
+    assert "caltech101     PROBLEM (train: " in captured.out and " expected; test: " in captured.out  # says why
+    synthetic.mark_synthetic(data_root, KEYS)  # what --make-synthetic leaves: sizes not compared, files still checked
+    assert main(["clip", "--verify", "--data-root", str(data_root), "--datasets", *KEYS]) == 0
+    assert "not compared (synthetic data)" in capsys.readouterr().out
+    (data_root / synthetic.SYNTHETIC_MARKER).unlink()
 
     # a damaged method folder is named in one line before any work, and nothing in it changes
     argv = ["clip", "--tiny", "--data-root", str(data_root), "--datasets", *KEYS, "--shots", "2", "--iterations",

@@ -100,3 +100,14 @@ def test_the_committed_files_pass_and_each_is_sent_to_its_table(capsys):
     assert "pass --table ablation, routing or takeover" in capsys.readouterr().err
     assert main(["report", str(RESULTS / "demo.json"), "--table", "routing"]) == 2
     assert "pass --table demo (the default)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("summary", "track"), [
+    ({"moram": {"units": "percent", "tasks": ["a", "b"], "matrix": [[1.0, 2.0], [3.0, 4.0]], "transfer": 2.0}}, "clip"),
+    ({"moram": {"units": "percent", "tasks": ["a", "b"], "matrix": [[1.0, None], [3.0, 4.0]], "op": 3.5}}, "llm"),
+])
+def test_a_clip_or_llm_summary_is_named_as_such(tmp_path, capsys, summary, track):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    assert main(["report", str(path)]) == 2
+    assert f"is the summary.json of a `moram-ref {track}` run" in capsys.readouterr().err

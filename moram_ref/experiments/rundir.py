@@ -313,6 +313,9 @@ def write_csv(path: str | os.PathLike, rows: list[list]) -> None:
 
 
 def _flag(key: str) -> str:
+    """The flag a setting comes from; ``<flag>_sha256``: the content of the file that flag names."""
+    if key.endswith("_sha256"):
+        return _flag(key.removesuffix("_sha256")) + " (the file's sha256)"
     return "--" + key.replace("_", "-")
 
 

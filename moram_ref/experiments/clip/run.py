@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -73,9 +74,14 @@ RUNTIME_ONLY = ("out", "resume", "eval_only", "verify", "make_synthetic", "worke
 
 
 def settings_of(args: argparse.Namespace) -> dict:
-    """The flags recorded in ``config.json`` and compared on a resume (paths made absolute)."""
-    return {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in RUNTIME_ONLY}
+    """The flags recorded in ``config.json`` and compared on a resume (paths made absolute), and the sha256
+    of the class-name and template files: a resume with an edited file would name classes otherwise."""
+    settings = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in RUNTIME_ONLY}
+    for key in ("classnames_json", "templates_json"):
+        if getattr(args, key, None) is not None:
+            settings[f"{key}_sha256"] = hashlib.sha256(Path(getattr(args, key)).read_bytes()).hexdigest()
+    return settings
 
 
 def validate(args: argparse.Namespace) -> list:
@@ -175,14 +181,16 @@ def _read_name_files(args: argparse.Namespace) -> tuple:
         path = getattr(args, flag[2:].replace("-", "_"))
         if path is not None and not isinstance(cliargs.read_json(path, flag), dict):
             raise cliargs.UsageError(f"{flag}: {path} must hold a JSON object ({{dataset: [...]}} or datasets.json-style)")
-    try:
-        names, ensembles = {}, {}
-        if args.classnames_json:
-            names = read_classnames(args.classnames_json, args.classnames_field, keys=args.datasets)
-        if args.templates_json:
-            ensembles = read_classnames(args.templates_json, args.templates_field, "templates", args.datasets)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise cliargs.UsageError(f"--classnames-json/--templates-json: {exc}") from None
+    names, ensembles = {}, {}
+    for flag, section in (("--classnames-json", "classnames"), ("--templates-json", "templates")):
+        path = getattr(args, f"{section}_json")
+        if path is None:
+            continue
+        try:
+            found = read_classnames(path, getattr(args, f"{section}_field"), section, args.datasets)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise cliargs.UsageError(f"{flag}: {exc}") from None
+        (names if section == "classnames" else ensembles).update(found)
     for flag, found in (("--classnames", names), ("--templates", ensembles)):
         path = getattr(args, f"{flag[2:]}_json")
         if path is not None and not found:
@@ -239,27 +247,17 @@ def _rank() -> int:
 
 
 def _verify(args: argparse.Namespace, log) -> dict:
-    from moram_ref.experiments.clip.data import duplicate_prompts, verify
-    from moram_ref.experiments.clip.tvdata import load_mtil_domain
+    from moram_ref.experiments.clip.data import verify
+    from moram_ref.experiments.clip.tvdata import verify as verify_mtil
 
     if args.benchmark == "mtil":
-        names, ensembles = _read_name_files(args)  # a --verify checks the names the run would use
-        report = {}
-        for key in args.datasets:
-            try:
-                d = load_mtil_domain(args.data_root, key, names.get(key), eval_templates=ensembles.get(key))
-                report[key] = {"ok": True, "found": {"train": len(d.train.labels), "test": len(d.test.labels)},
-                               "classes": len(d.classnames), "prompts_per_class": len(d.eval_prompts()[0])}
-                dups = duplicate_prompts([d], union=False)  # MTIL scores each dataset over its own classes
-                if dups:
-                    report[key].update(duplicate_prompts=dups, note="classes sharing a prompt get identical text "
-                                       "features: the later one is never predicted")
-            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-                report[key] = {"ok": False, "error": str(exc)}
+        report = verify_mtil(args.data_root, args.datasets, *_read_name_files(args))  # the names the run would use
     else:
         report = verify(args.data_root, args.datasets)
     for key, entry in report.items():
-        log(f"{key:14s} {'ok' if entry['ok'] else 'PROBLEM'}  " + json.dumps({k: v for k, v in entry.items() if k != 'ok'}))
+        why = "; ".join(entry.get("problems", [])) or entry.get("error", "")
+        status = "ok" if entry["ok"] else f"PROBLEM ({why})" if why else "PROBLEM"
+        log(f"{key:14s} {status}  " + json.dumps({k: v for k, v in entry.items() if k not in ("ok", "problems", "error")}))
     bad = [k for k, e in report.items() if not e["ok"]]
     if bad:
         raise cliargs.UsageError(f"--verify: {len(bad)} of {len([k for k in report if k != 'union'])} data sets have problems under --data-root "

@@ -9,14 +9,16 @@ opened by :func:`open_item`, which builds each torchvision dataset once per proc
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments.clip.data import Domain, Split
+from moram_ref.experiments.clip.data import DECODED, Domain, Split, duplicate_prompts, is_synthetic, size_problems
 from moram_ref.experiments.clip.text import prompt_key, visible
 
 
@@ -46,8 +48,9 @@ def _construct(key: str, root: str, split: str):
     try:
         ds = makers[key]()
     except (RuntimeError, FileNotFoundError) as exc:
-        raise FileNotFoundError(f"torchvision {key} not found under {root} (download it with torchvision "
-                                f"first; this project never downloads): {exc}") from exc
+        said = re.sub(r"\s*You can use download=True to download it\.?", "", str(exc)).strip()  # we never do
+        raise FileNotFoundError(f"torchvision {key} not found under {root} ({said or type(exc).__name__}): download "
+                                "it with torchvision first; this project never downloads") from exc
     if key == "sun397":  # rglob order depends on the filesystem: sort for a reproducible split
         order = np.argsort([str(p) for p in ds._image_files], kind="stable")
         ds._image_files = [ds._image_files[i] for i in order]
@@ -120,7 +123,8 @@ def check_labels(key: str, classnames: list[str], dataset_names: list[str] | Non
     the dataset otherwise."""
     n = len(classnames)
     if dataset_names is not None and len(dataset_names) != n:
-        raise ValueError(f"{key}: {n} class names given, torchvision's {key} has {len(dataset_names)} classes")
+        raise ValueError(f"{key}: {n} class names given, the {key} data under --data-root has {len(dataset_names)} "
+                         "classes (as torchvision reads it)")
     top = max(int(np.max(y)) for y in labels.values() if len(y)) + 1
     if dataset_names is None and top != n:
         raise ValueError(f"{key}: {n} class names given, the labels on disk run 0..{top - 1} ({top} classes)")
@@ -163,8 +167,62 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
                              "whitespace and HTML entities, so these give the same text feature)")
         if section == "templates" and not all("{}" in v for v in items):
             raise ValueError(f"{path}: every template of {key!r} needs a '{{}}' for the class name")
+    known = {k for order in mtil_spec()["orders"].values() for k in order}
+    for key in sorted(set(found) - known):  # a key one typo away from a dataset's: its list would go unused
+        close = difflib.get_close_matches(key, sorted(known - set(found)), n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"{path} has a {section} list for {key!r}, which is no MTIL dataset: did you mean "
+                             f"{close[0]!r}?")
     missing = [k for k in keys or [] if k not in found]
     if missing:
         where = f"{section} list under field {field!r}" if field else f"{section} list"
         raise ValueError(f"{path} has no {where} for datasets {missing}")
     return found
+
+
+def _undecodable(refs: list[str], data_root: str) -> list[str]:
+    """Those of the ``"tv:…"`` references whose image torchvision cannot load, each with the reason."""
+    bad = []
+    for ref in refs:
+        try:
+            open_item(ref, data_root).load()
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken files
+            bad.append(f"{ref} ({exc})")
+    return bad
+
+
+def verify(data_root: str | Path, keys: list[str], names: dict[str, list[str]] | None = None,
+           ensembles: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """``--verify`` for MTIL, per dataset: loaded as the run loads it (with ``names`` and ``ensembles`` from
+    ``--classnames-json`` / ``--templates-json``), its images per split against ``mtil.json``'s
+    ``expected`` (not compared on ``--make-synthetic`` data), an evenly spaced sample of ``DECODED`` images
+    decoded whole, and classes that share a prompt within the dataset (MTIL scores each dataset over its
+    own classes). Each entry: ``ok``, ``found``, ``expected``, ``classes``, ``prompts_per_class``,
+    ``problems`` (why not ok) or ``error`` (could not load)."""
+    spec = mtil_spec()
+    synthetic = is_synthetic(data_root)
+    names, ensembles = names or {}, ensembles or {}
+    report = {}
+    for key in keys:
+        expected = None if synthetic else spec["expected"][key]
+        entry: dict = {"expected": expected if expected else "not compared (synthetic data)"}
+        try:
+            d = load_mtil_domain(data_root, key, names.get(key), eval_templates=ensembles.get(key))
+            found = {"train": len(d.train.labels), "test": len(d.test.labels)}
+            refs = [str(p) for p in d.train.paths] + [str(p) for p in d.test.paths]
+            step = max(1, len(refs) // DECODED)
+            unreadable = _undecodable(refs[::step][:DECODED], str(data_root))
+            problems = size_problems(found, expected) + (
+                [f"{len(unreadable)} of {len(refs[::step][:DECODED])} sampled images unreadable"] if unreadable else [])
+            entry.update(found=found, classes=len(d.classnames), prompts_per_class=len(d.eval_prompts()[0]),
+                         unreadable_files_sampled=len(unreadable), first_unreadable=unreadable[:3], ok=not problems)
+            if problems:
+                entry["problems"] = problems
+            dups = duplicate_prompts([d], union=False)
+            if dups:
+                entry.update(duplicate_prompts=dups, note="classes sharing a prompt get identical text features: the "
+                             "later one is never predicted")
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            entry.update(ok=False, error=str(exc))
+        report[key] = entry
+    return report
