@@ -206,3 +206,16 @@ def test_a_resume_with_an_edited_names_file_is_refused(tv_root, tmp_path, capsys
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 2
     assert "--classnames-json (the file's sha256): recorded " in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared CLIP facts ({SHARED}) are not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")
+def test_mtil_expected_sizes_are_zscls():
+    """What --verify compares with (mtil.json) equals the ZSCL split sizes recorded in the shared facts."""
+    from moram_ref.experiments.clip.tvdata import mtil_spec
+
+    facts = json.loads(SHARED.read_text())["datasets"]
+    expected = mtil_spec()["expected"]
+    assert set(expected) == set(mtil_spec()["orders"]["1"])
+    for key, sizes in expected.items():
+        zscl = facts[key]["counts"]["zscl_mtil"]
+        assert sizes == {"train": zscl["train"], "test": zscl["test"]}, key
