@@ -250,7 +250,17 @@ def test_every_saved_checkpoint_has_the_layout_its_metadata_implies(tmp_path, me
     (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"][:3].clone()}),
      r"tensors of another shape than its layers have after task 2: 0.fc.frozen_keys \(3, \d+\) \(expected \(4, \d+\)\)"),
     (lambda t, m: m.update(tasks_done=3), r"missing|another shape"),
-    (lambda t, m: m["layers"]["0.fc"].update(d_in="wide"), r"does not describe layers this moram_ref can build \(TypeError"),
+    (lambda t, m: m["layers"]["0.fc"].update(d_in="wide"), r"metadata describes layer '0.fc' as .*expected \{type, d_in, d_out\}"),
+    (lambda t, m: m["layers"]["0.fc"].update(d_in=0), r"describes layer '0.fc' as .*widths from 1 to 2147483647"),
+    (lambda t, m: m["layers"]["0.fc"].update(d_out=10**30), r"describes layer '0.fc'"),
+    (lambda t, m: m.update(tasks_done=10**6), r"another shape than its layers have after task 1000000"),
+    (lambda t, m: m.update(tasks_done=True), r"metadata has tasks_done True: expected a number of tasks"),
+    (lambda t, m: m.update(tasks_done=-1), r"metadata has tasks_done -1"),
+    (lambda t, m: m.update(layers={}), r"metadata has layers \{\}: expected an object describing at least one"),
+    (lambda t, m: m.update(extra="seed"), r"metadata has extra 'seed': expected an object"),
+    (lambda t, m: m["config"].update(temperature=10**400), r"does not describe layers this moram_ref can build \(OverflowError"),
+    (lambda t, m: m["config"].update(atoms_per_task=10**30), r"does not describe layers this moram_ref can build \(\w+: [^\n]*$"),
+    (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"].to(torch.int32)}), r"are torch.int32, not floating point"),
     (lambda t, m: m["layers"]["0.fc"].update(type="LoRALinear"), r"method 'moram' builds 'MoRAMLinear'"),
 ])
 def test_a_forged_checkpoint_is_refused_without_a_model(tmp_path, edit, message):
@@ -260,3 +270,31 @@ def test_a_forged_checkpoint_is_refused_without_a_model(tmp_path, edit, message)
     forged = _forge(path, tmp_path / "forged.safetensors", edit)
     with pytest.raises(C.CheckpointError, match=message):
         C.verify(forged)
+
+
+@pytest.mark.parametrize("sha256", [["0.fc.keys"], None])
+def test_checksums_that_are_not_an_object_are_named(tmp_path, sha256):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = C.save(trained(1), tmp_path / "ck.safetensors", CFG, tasks_done=1)
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(fh.metadata()["moram_ref"])
+    meta["sha256"] = sha256
+    save_file(tensors, str(path), metadata={"moram_ref": json.dumps(meta)})
+    with pytest.raises(C.CheckpointError, match=r"metadata has sha256 .*expected an object \{tensor name: hex digest\}"):
+        C.verify(path)
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+@pytest.mark.parametrize("open_task", [False, True])
+def test_the_extrapolated_layout_equals_the_built_one(monkeypatch, method, open_task):
+    """Past EXACT_TASKS the shapes are extrapolated linearly: equal to building every task."""
+    layers = {"a": {"type": type(A.make_adapter(torch.nn.Linear(5, 3), CFG, method)).__name__, "d_in": 5, "d_out": 3}}
+    for tasks in (4, 7):
+        meta = {"config": CFG.to_dict(), "method": method, "tasks_done": tasks, "layers": layers}
+        fast = C.expected_layout(meta, open_task)
+        monkeypatch.setattr(C, "EXACT_TASKS", 100)
+        assert C.expected_layout(meta, open_task) == fast
+        monkeypatch.undo()

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moram_ref.config import EXECUTION_ONLY, MoRAMConfig
+from moram_ref.provenance import short_repr
 from moram_ref.shapes import key_mismatch
 from moram_ref.torch.attach import METHODS, attached_layers, make_adapter
 
@@ -159,7 +160,43 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in ("method", "config", "tasks_done", "layers", "sha256") if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint {path} metadata lacks {missing}")
+    why = _metadata_problem(meta)
+    if why:
+        raise CheckpointError(f"checkpoint {path} metadata {why}")
     return meta
+
+
+MAX_WIDTH = 2**31 - 1  # the widest layer a checkpoint may describe (torch's int32 index range)
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str | None:
+    """Why the fields every reader relies on do not have their types (None when they do): ``method`` a
+    string, ``config`` an object, ``tasks_done`` an integer ≥ 0 (not a bool), ``layers`` a non-empty object of
+    ``{type, d_in, d_out}`` with widths 1 … ``MAX_WIDTH``, ``sha256`` an object of strings, ``extra`` (if any)
+    an object."""
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta["method"], str):
+        return f"has method {short_repr(meta['method'])}: expected a method name"
+    if not isinstance(meta["config"], dict):
+        return f"has config {short_repr(meta['config'])}: expected an object of MoRAM settings"
+    if not count(meta["tasks_done"]) or meta["tasks_done"] < 0:
+        return f"has tasks_done {short_repr(meta['tasks_done'])}: expected a number of tasks (an integer ≥ 0)"
+    layers = meta["layers"]
+    if not isinstance(layers, dict) or not layers:
+        return f"has layers {short_repr(layers)}: expected an object describing at least one adapted layer"
+    for name, desc in layers.items():
+        if not (isinstance(desc, dict) and isinstance(desc.get("type"), str)
+                and all(count(desc.get(k)) and 1 <= desc[k] <= MAX_WIDTH for k in ("d_in", "d_out"))):
+            return (f"describes layer {name!r} as {short_repr(desc)}: expected {{type, d_in, d_out}} with widths "
+                    f"from 1 to {MAX_WIDTH}")
+    digests = meta["sha256"]
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        return f"has sha256 {short_repr(digests)}: expected an object {{tensor name: hex digest}}"
+    if not isinstance(meta.get("extra", {}), dict):
+        return f"has extra {short_repr(meta['extra'])}: expected an object (the run's seed and settings)"
+    return None
 
 
 def load(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig | None = None,
@@ -237,34 +274,56 @@ def verify(path: str | os.PathLike, config: MoRAMConfig | None = None, method: s
                               f"run): {diff}")
     tensors = _verified_tensors(path, meta)
     _check_layout(path, meta, {k: tuple(v.shape) for k, v in tensors.items()})
+    integral = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if integral:
+        raise CheckpointError(f"checkpoint {path}: tensors {integral[:3]} are {tensors[integral[0]].dtype}, not floating "
+                              "point (every adapter tensor is a float bank or weight)")
     return meta
+
+
+EXACT_TASKS = 3  # expected_layout builds up to this many tasks; beyond, every shape grows linearly in the tasks
 
 
 def expected_layout(meta: dict[str, Any], open_task: bool = False) -> dict[str, tuple[int, ...]]:
     """The adapter tensors a checkpoint with metadata ``meta`` holds, ``{full name: shape}``: each layer
     its ``layers`` entry describes, built by :func:`~moram_ref.torch.attach.make_adapter` for its method and
     config on the ``meta`` device (no memory is allocated) and taken through ``tasks_done`` tasks, then, with
-    ``open_task``, into the next one (a checkpoint saved mid-task holds its current atoms). ``ValueError``,
-    ``TypeError`` or ``KeyError`` when the metadata cannot describe such layers."""
+    ``open_task``, into the next one (a checkpoint saved mid-task holds its current atoms). Every adapter's
+    banks grow by a fixed number of rows per task, so past ``EXACT_TASKS`` tasks the shapes are extrapolated
+    from the last two built (a forged ``tasks_done`` of 10⁶ costs nothing). ``ValueError``, ``TypeError``,
+    ``KeyError`` or ``ArithmeticError`` when the metadata cannot describe such layers."""
     config = MoRAMConfig.from_dict(meta["config"])
+    tasks = meta["tasks_done"]
+
+    def state(dims: tuple[int, int], t: int) -> tuple[str, dict[str, tuple[int, ...]]]:
+        layer = make_adapter(nn.Linear(*dims, device="meta"), config, meta["method"])
+        for _ in range(t):
+            layer.begin_task()
+            layer.end_task()
+        if open_task:
+            layer.begin_task()
+        return type(layer).__name__, _shapes(layer)
+
     built: dict[tuple[int, int], tuple[str, dict[str, tuple[int, ...]]]] = {}  # layers of equal width: built once
     layout = {}
     for name, desc in meta["layers"].items():
         dims = (desc["d_in"], desc["d_out"])
         if dims not in built:
-            layer = make_adapter(nn.Linear(*dims, device="meta"), config, meta["method"])
-            for _ in range(meta["tasks_done"]):
-                layer.begin_task()
-                layer.end_task()
-            if open_task:
-                layer.begin_task()
-            built[dims] = (type(layer).__name__, {k: tuple(v.shape) for k, v in layer.state_dict().items()
-                                                  if not k.startswith("base_layer.")})
+            kind, shapes = state(dims, min(tasks, EXACT_TASKS))
+            if tasks > EXACT_TASKS:  # linear growth, from the last two states built
+                _, before = state(dims, EXACT_TASKS - 1)
+                shapes = {k: tuple(b + (tasks - EXACT_TASKS) * (b - a) for a, b in zip(before[k], v))
+                          for k, v in shapes.items()}
+            built[dims] = (kind, shapes)
         kind, shapes = built[dims]
         if kind != desc["type"]:
             raise ValueError(f"layer {name} is recorded as {desc['type']!r}, but method {meta['method']!r} builds {kind!r}")
         layout.update({f"{name}.{k}": shape for k, shape in shapes.items()})
     return layout
+
+
+def _shapes(layer: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in layer.state_dict().items() if not k.startswith("base_layer.")}
 
 
 def _check_layout(path: str | os.PathLike, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
@@ -273,9 +332,10 @@ def _check_layout(path: str | os.PathLike, meta: dict[str, Any], shapes: dict[st
     checksum, or holds one of another shape, is refused here, without a model, rather than when a run loads it."""
     try:
         layouts = [expected_layout(meta), expected_layout(meta, open_task=True)]
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ArithmeticError) as exc:
+        said = (str(exc).strip().splitlines() or [""])[0][:200]  # torch appends a C++ location on a second line
         raise CheckpointError(f"checkpoint {path}: its metadata does not describe layers this moram_ref can build "
-                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+                              f"({type(exc).__name__}: {said})") from exc
     if any(_required(set(lay)) <= set(shapes) <= set(lay) and all(shapes[k] == lay[k] for k in shapes)
            for lay in layouts):
         return
