@@ -154,15 +154,16 @@ def _demo_file(r, i: int) -> str | None:
     return _text_cl_file(r, i) or results_check.demo_problem(r)
 
 
-def _ablation_file(r, i: int) -> str | None:
+def _ablation_file(r, i: int, table: str = "ablation") -> str | None:
     if isinstance(r, dict) and "studies" not in r and isinstance(r.get("seeds"), list) and "streams" in r:
         return "is the main job's results.json (`moram-ref demo`): pass --table demo (the default)"
-    return _text_cl_file(r, i) or results_check.ablation_problem(r)
+    return _text_cl_file(r, i) or results_check.ablation_problem(r, table)
 
 
 # Per-file checks of the inputs (their messages name the file): table -> check(file's data, its position)
 FILE_CHECKS = {
-    "demo": _demo_file, "ablation": _ablation_file, "routing": _ablation_file, "takeover": _ablation_file,
+    "demo": _demo_file, "ablation": _ablation_file, "routing": lambda r, i: _ablation_file(r, i, "routing"),
+    "takeover": lambda r, i: _ablation_file(r, i, "takeover"),
     "textcl": lambda r, i: _P(r), "textcl-matrix": lambda r, i: _P(r),
     "textcl-brief": lambda r, i: _P(r, ("zero_shot", "moram"), coarse=True),
     "textcl-routing": lambda r, i: routing_tables.problem(r),

@@ -49,6 +49,14 @@ def _cell(r):
     (lambda r: r["streams"]["recall"].update(tasks=["T1", "T1"]), "streams.recall.tasks = ['T1', 'T1']: expected"),
     (lambda r: r.update(units="%"), "has units '%': the tables read 'fractions in [0, 1]'"),
     (lambda r: r["config"].update(top_k=0), "has config {'atoms_per_task': 8, 'top_k': 0"),
+    (lambda r: r["config"].update(temperature=10**400), "not MoRAM settings"),
+    (lambda r: _cell(r).update(ci95=1e308), "ci95 = 1e+308: expected a half-width ≥ 0 over 3 seeds, at most 1.434"),
+    (lambda r: r["streams"]["recall"]["labels"].update(moram="MoRAM | x"), "streams.recall.labels.moram = 'MoRAM | x'"),
+    (lambda r: r["streams"].update({"a\nb": r["streams"].pop("recall")}), "has a stream named 'a\\nb'"),
+    (lambda r: r["streams"]["digits"]["sweep"].update(chosen=True, temperatures=[1, 2], validation_average=[0.1, 0.2]),
+     "streams.digits.sweep.chosen = True: expected one of the temperatures"),
+    (lambda r: r["streams"]["recall"]["methods"].update(moram=[1, 2, 3]),
+     "streams.recall.methods.moram[0] = 1: expected a run's record"),
 ])
 def test_a_damaged_demo_results_file_is_named(edit, message, tmp_path, capsys):
     results = copy.deepcopy(DEMO)
@@ -80,6 +88,17 @@ def test_a_damaged_demo_results_file_is_named(edit, message, tmp_path, capsys):
      "takeover.cells[3].runs[0].newest = inf: expected a number from 0 to 1"),
     ("takeover", lambda r: r["takeover"]["cells"][0].update(layer_norm="yes"),
      "takeover.cells[0].layer_norm = 'yes': expected true or false"),
+    ("takeover", lambda r: r["takeover"]["cells"][0].update(steps=2.5), "takeover.cells[0].steps = 2.5: expected a number of steps"),
+    ("takeover", lambda r: r.update(takeover=[1]), "has takeover [1]: expected an object with a list of grid cells"),
+    ("takeover", lambda r: (r.pop("takeover"), r.update(studies=["granularity"])),
+     "has no takeover.cells: the takeover table needs a run with --studies takeover"),
+    ("takeover", lambda r: r.update(studies=5), "has studies 5: expected a non-empty list of granularity, topk, takeover"),
+    ("takeover", lambda r: r["takeover"]["cells"][0]["runs"][0].update(key_norm_ratio=1e308),
+     "takeover.cells[0].runs[0].key_norm_ratio = 1e+308: expected a number from 0 to 1e+06"),
+    ("routing", lambda r: r.update(streams={}), "has no stream with MoRAM's runs (g1_k8)"),
+    ("ablation", lambda r: r.update(streams={}), "has no stream with runs: the ablation table would have no rows"),
+    ("ablation", lambda r: r["streams"]["recall"]["runs"]["g8_k8"].update(top_k=4),
+     "streams.recall.runs.g8_k8.top_k = 4: expected null (every atom) or a number of atoms, a multiple of the group 8"),
 ])
 def test_a_damaged_ablation_results_file_is_named(table, edit, message, tmp_path, capsys):
     results = copy.deepcopy(ABLATION)
@@ -111,3 +130,16 @@ def test_a_clip_or_llm_summary_is_named_as_such(tmp_path, capsys, summary, track
     path.write_text(json.dumps(summary))
     assert main(["report", str(path)]) == 2
     assert f"is the summary.json of a `moram-ref {track}` run" in capsys.readouterr().err
+
+
+def test_a_takeover_share_that_does_not_vary_has_no_correlation(tmp_path, capsys):
+    """np.corrcoef of a constant is nan: the sentence says the correlation is undefined instead."""
+    results = copy.deepcopy(ABLATION)
+    for cell in results["takeover"]["cells"]:
+        for run in cell["runs"]:
+            run["newest"] = 0.25
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert main(["report", str(path), "--table", "takeover"]) == 0
+    out = capsys.readouterr()
+    assert "nan" not in out.out and "undefined (one of them is the same in every run)" in out.out and not out.err

@@ -98,7 +98,7 @@ def routing_table(results: dict) -> str:
         runs, tasks = res["runs"]["g1_k8"]["runs"], res["tasks"]
         n_layers = len(runs[0]["routing"][0])
         rec = lambda t, layer, key: np.mean([r["routing"][t][layer][key] for r in runs], axis=0)  # noqa: E731
-        for t in sorted({0, 1, len(tasks) - 1}):
+        for t in sorted({0, min(1, len(tasks) - 1), len(tasks) - 1}):
             out += [f"**{stream}, share of the weight on each domain's inputs, layer 1, after {tasks[t]}**", ""]
             out += _share_table(rec(t, 0, "share"), tasks) + [""]
         out += [f"**{stream}, after the last task, per domain**", "",
@@ -145,10 +145,12 @@ def takeover_table(results: dict) -> str:
         if len(runs) > 2:
             newest = np.array([r["newest"] for r in runs])
             ratio = np.array([r["key_norm_ratio"] for r in runs])
+            spread = newest.std() > 0 and ratio.std() > 0  # a correlation needs both to vary
             pooled.append(f"LayerNorm {'on' if layer_norm else 'off'}: the newest atoms take over half the weight in "
                           f"{int(np.sum(newest > 0.5))} of {len(runs)} runs (mean share {100 * newest.mean():.1f} %); "
                           f"correlation of that share with the key-norm ratio over the runs "
-                          f"{np.corrcoef(newest, ratio)[0, 1]:.2f}")
+                          + (f"{np.corrcoef(newest, ratio)[0, 1]:.2f}" if spread else
+                             "undefined (one of them is the same in every run)"))
     seeds = results["seeds"]
     return "\n".join(lines) + ("\n\nPooled over the grid: " + "; ".join(pooled) + "." if pooled else "") + (
         f"\n\nDigits stream, MoRAM (r = k = 8, δ = 0.2 at evaluation), {seeds_phrase(seeds, None).lower()}, layer 1, after "

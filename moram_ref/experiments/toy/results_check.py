@@ -12,12 +12,18 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from moram_ref import provenance
+import numpy as np
+
+from moram_ref import metrics, provenance
 from moram_ref.provenance import short_repr
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.toy.ablation import STUDIES
 from moram_ref.experiments.toy.demo import METRICS
 
 UNITS = "fractions in [0, 1]"  # what the runs write under "units"
+# The largest magnitude any recorded quantity may have (counts of atoms, key norms and their ratios are far
+# smaller): beyond it a file is damaged, and the tables' sums and ×100 would overflow to inf.
+BIG = 1e6
 LOW = {"bwt": -1.0, "forgetting": -1.0}  # metrics that can be negative (fractions); the others start at 0
 
 
@@ -42,26 +48,35 @@ def seeds_problem(results: dict) -> str | None:
 
 
 def cell_problem(where: str, cell: Any, n_seeds: int, low: float = -1.0, high: float = 1.0) -> str | None:
-    """A ``{"mean", "ci95"}`` cell in fractions: a finite mean in [low, high]; a 95 % CI half-width that is
-    finite and ≥ 0 over several seeds, None over one (no interval from one run)."""
+    """A ``{"mean", "ci95"}`` cell: a finite mean in [low, high] (bounds beyond ±``BIG`` are ±``BIG``); a 95 %
+    CI half-width from 0 to the width of that range over several seeds, None over one (no interval from one run)."""
+    low, high = max(low, -BIG), min(high, BIG)
     if not isinstance(cell, dict) or "mean" not in cell or "ci95" not in cell:
         return f"has {where} = {short_repr(cell)}: expected {{'mean': …, 'ci95': …}}"
     mean, half = cell["mean"], cell["ci95"]
     if not _number(mean) or not low <= mean <= high:
-        return f"has {where}.mean = {short_repr(mean)}: expected a number from {low:g} to {high:g} (fractions, not %)"
+        return (f"has {where}.mean = {short_repr(mean)}: expected a number from {low:g} to {high:g}"
+                + (" (fractions, not %)" if high == 1 else ""))
     if n_seeds == 1 and half is not None:
         return f"has {where}.ci95 = {short_repr(half)} over one seed: one run gives no interval (null expected)"
-    if n_seeds > 1 and (not _number(half) or half < 0):
-        return f"has {where}.ci95 = {short_repr(half)}: expected a half-width ≥ 0 over {n_seeds} seeds"
+    if n_seeds > 1 and (not _number(half) or not 0 <= half <= widest_half_width(n_seeds, low, high) * (1 + 1e-9)):
+        return (f"has {where}.ci95 = {short_repr(half)}: expected a half-width ≥ 0 over {n_seeds} seeds, at most "
+                f"{widest_half_width(n_seeds, low, high):.4g} (the widest that {n_seeds} values from {low:g} to "
+                f"{high:g} give)")
     return None
 
 
+def widest_half_width(n: int, low: float, high: float) -> float:
+    """The widest 95 % Student-t half-width :func:`metrics.confidence_interval` gives for ``n`` values in
+    [low, high]: half of them at each end (the largest sample variance)."""
+    return metrics.confidence_interval(np.array([low] * (n // 2) + [high] * (n - n // 2), dtype=float))[1]
+
+
 def number_problem(where: str, value: Any, low: float = -math.inf, high: float = math.inf) -> str | None:
-    """A finite number from ``low`` to ``high``."""
+    """A finite number from ``low`` to ``high``; bounds beyond ±``BIG`` are ±``BIG``."""
+    low, high = max(low, -BIG), min(high, BIG)
     if not _number(value) or not low <= value <= high:
-        span = f"from {low:g} to {high:g}" if math.isfinite(low) and math.isfinite(high) else (
-            f"≥ {low:g}" if math.isfinite(low) else "finite")
-        return f"has {where} = {short_repr(value)}: expected a number {span}"
+        return f"has {where} = {short_repr(value)}: expected a number from {low:g} to {high:g}"
     return None
 
 
@@ -80,11 +95,18 @@ def array_problem(where: str, value: Any, shape: tuple[int, ...], low: float = -
     return walk(where, value, shape)
 
 
+def table_text(value: Any) -> bool:
+    """A string a Markdown table cell can show as it is: non-blank, one line, no ``|``, at most 100 characters."""
+    return (isinstance(value, str) and bool(value.strip()) and len(value) <= 100
+            and not any(c in value for c in "|\n\r") and value.isprintable())
+
+
 def names_problem(where: str, value: Any) -> str | None:
-    """A non-empty list of distinct, non-blank strings (task or domain names: table headers)."""
-    if (not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value)
+    """A non-empty list of distinct names a table can show (:func:`table_text`): task or domain names."""
+    if (not isinstance(value, list) or not value or not all(table_text(v) for v in value)
             or len(set(value)) != len(value)):
-        return f"has {where} = {short_repr(value)}: expected a non-empty list of distinct names"
+        return (f"has {where} = {short_repr(value)}: expected a non-empty list of distinct names (one line each, "
+                "no '|')")
     return None
 
 
@@ -94,7 +116,7 @@ def config_problem(results: dict) -> str | None:
         return None
     try:
         MoRAMConfig.from_dict(results["config"])
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         return f"has config {short_repr(results['config'])}: not MoRAM settings ({exc})"
     return None
 
@@ -107,9 +129,12 @@ def units_problem(results: dict) -> str | None:
 
 
 def _runs_problem(where: str, runs: Any, n_seeds: int) -> str | None:
-    if not isinstance(runs, list) or len(runs) != n_seeds or not all(isinstance(r, dict) for r in runs):
+    if not isinstance(runs, list) or len(runs) != n_seeds:
         count = len(runs) if isinstance(runs, list) else type(runs).__name__
         return f"has {where} with {count} run(s) for {n_seeds} seed(s): one run per seed expected"
+    bad = next((i for i, r in enumerate(runs) if not isinstance(r, dict)), None)
+    if bad is not None:
+        return f"has {where}[{bad}] = {short_repr(runs[bad])}: expected a run's record (an object)"
     return None
 
 
@@ -145,6 +170,9 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
         yield "has no streams: expected the runs of at least one stream"
         return
     for name, res in streams.items():
+        if not table_text(name):
+            yield f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+            return
         if not isinstance(res, dict) or not isinstance(res.get("summary"), dict) or not res["summary"]:
             yield f"has streams.{name} without a summary of its methods"
             return
@@ -161,10 +189,10 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
         labels = res.get("labels")
         for method in res["summary"]:
             label = labels.get(method) if isinstance(labels, dict) else None
-            if not (isinstance(label, str) and label.strip()):
+            if not table_text(label):
                 where = f"streams.{name}.labels" + (f".{method}" if isinstance(labels, dict) else "")
                 yield (f"has {where} = {short_repr(label if isinstance(labels, dict) else labels)}: expected "
-                       f"{'a row name' if isinstance(labels, dict) else 'an object giving each method its row name'}")
+                       f"{'a row name (one line, no |)' if isinstance(labels, dict) else 'an object giving each method its row name'}")
                 return
         for method, cells in res["summary"].items():
             if not isinstance(cells, dict):
@@ -198,8 +226,9 @@ def _sweep_problems(where: str, sweep: Any) -> Iterator[str]:
     yield from filter(None, [array_problem(f"{where}.temperatures", temps, (len(temps),), 1e-300)])
     yield from filter(None, [array_problem(f"{where}.validation_average", sweep.get("validation_average"),
                                            (len(temps),), 0.0, 1.0)])
-    if sweep.get("chosen") not in temps:
-        yield f"has {where}.chosen = {short_repr(sweep.get('chosen'))}: expected one of the temperatures {short_repr(temps)}"
+    chosen = sweep.get("chosen")
+    if not _number(chosen) or chosen not in temps:
+        yield f"has {where}.chosen = {short_repr(chosen)}: expected one of the temperatures {short_repr(temps)}"
 
 
 # The ablation table's cells per setting: (low, high) of each summary entry (fractions; atoms99 a count).
@@ -247,8 +276,9 @@ def _setting_problems(where: str, key: str, setting: Any, n: int, n_tasks: int) 
     group, top_k = setting.get("group"), setting.get("top_k")
     if not _count(group):
         yield f"has {where}.group = {short_repr(group)}: expected a number of atoms per unit (≥ 1)"
-    if top_k is not None and not _count(top_k):
-        yield f"has {where}.top_k = {short_repr(top_k)}: expected null (every atom) or a number of atoms (≥ 1)"
+    if top_k is not None and not (_count(top_k) and _count(group) and top_k >= group and top_k % group == 0):
+        yield (f"has {where}.top_k = {short_repr(top_k)}: expected null (every atom) or a number of atoms, a multiple "
+               f"of the group {short_repr(group)} (k/g units are kept)")
     runs = setting.get("runs")
     yield from filter(None, [_runs_problem(f"{where}.runs", runs, n)])
     summary = setting.get("summary")
@@ -268,15 +298,30 @@ def _setting_problems(where: str, key: str, setting: Any, n: int, n_tasks: int) 
                 isinstance(stages[0], list) else layers
 
 
-def _ablation_problems(results: dict, n: int) -> Iterator[str]:
+def _ablation_problems(results: dict, n: int, table: str = "ablation") -> Iterator[str]:
     steps = results.get("steps_override")
     if steps is not None and not _count(steps):
         yield f"has steps_override {short_repr(steps)}: expected null or a number of steps"
+    studies = results.get("studies")
+    if not isinstance(studies, list) or not studies or not all(s in STUDIES for s in studies):
+        yield f"has studies {short_repr(studies)}: expected a non-empty list of {', '.join(STUDIES)}"
+        return
     streams = results.get("streams")
     if not isinstance(streams, dict):
         yield f"has streams {short_repr(streams)}: expected an object of streams"
         return
+    if table == "ablation" and not any(isinstance(r, dict) and r.get("runs") for r in streams.values()):
+        yield "has no stream with runs: the ablation table would have no rows (studies granularity, topk write them)"
+        return
+    if table == "routing" and not any(isinstance(r, dict) and isinstance(r.get("runs"), dict) and "g1_k8" in r["runs"]
+                                      for r in streams.values()):
+        yield ("has no stream with MoRAM's runs (g1_k8): the routing table would be empty (the granularity or topk "
+               "study writes them)")
+        return
     for name, res in streams.items():
+        if not table_text(name):
+            yield f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+            return
         if not isinstance(res, dict) or not isinstance(res.get("runs"), dict):
             yield f"has streams.{name} = {short_repr(res)}: expected an object with tasks and runs"
             return
@@ -287,17 +332,24 @@ def _ablation_problems(results: dict, n: int) -> Iterator[str]:
         for key, setting in res["runs"].items():
             yield from _setting_problems(f"streams.{name}.runs.{key}", key, setting, n, len(res["tasks"]))
     takeover = results.get("takeover")
-    if "takeover" in (results.get("studies") or []) and not (isinstance(takeover, dict) and takeover.get("cells")):
-        yield "has no takeover.cells although its studies include takeover"
-    for i, cell in enumerate(takeover.get("cells", []) if isinstance(takeover, dict) else []):
+    if takeover is not None and not (isinstance(takeover, dict) and isinstance(takeover.get("cells"), list)):
+        yield f"has takeover {short_repr(takeover)}: expected an object with a list of grid cells"
+        return
+    if ("takeover" in studies or table == "takeover") and not (takeover or {}).get("cells"):
+        yield ("has no takeover.cells" + (" although its studies include takeover" if "takeover" in studies else
+                                          ": the takeover table needs a run with --studies takeover"))
+        return
+    for i, cell in enumerate((takeover or {}).get("cells", [])):
         where = f"takeover.cells[{i}]"
         if not isinstance(cell, dict):
             yield f"has {where} = {short_repr(cell)}: expected a grid cell"
             return
         if not isinstance(cell.get("layer_norm"), bool):
             yield f"has {where}.layer_norm = {short_repr(cell.get('layer_norm'))}: expected true or false"
-        for key in ("temperature", "lr", "steps"):
+        for key in ("temperature", "lr"):
             yield from filter(None, [number_problem(f"{where}.{key}", cell.get(key), 1e-300)])
+        if not _count(cell.get("steps")):
+            yield f"has {where}.steps = {short_repr(cell.get('steps'))}: expected a number of steps (an integer ≥ 1)"
         runs = cell.get("runs")
         yield from filter(None, [_runs_problem(f"{where}.runs", runs, n)])
         summary = cell.get("summary") if isinstance(cell.get("summary"), dict) else {}
@@ -313,6 +365,7 @@ def demo_problem(results: dict) -> str | None:
     return _first_problem(results, _demo_problems)
 
 
-def ablation_problem(results: dict) -> str | None:
-    """The ablation's ``results.json``: seeds, the environment, one run per seed in every setting."""
-    return _first_problem(results, _ablation_problems)
+def ablation_problem(results: dict, table: str = "ablation") -> str | None:
+    """The ablation's ``results.json`` for ``table`` (ablation, routing or takeover: each also needs its
+    rows to exist): seeds, the environment, every setting, routing record and takeover cell it reads."""
+    return _first_problem(results, lambda r, n: _ablation_problems(r, n, table))
