@@ -115,7 +115,7 @@ def test_an_invisible_class_name_is_refused(tmp_path):
     """A zero-width space passes ``str.strip``; as a class name it would prompt with nothing."""
     from moram_ref.experiments.clip.text import visible
 
-    assert not visible("\u200b") and not visible(" \u00a0\t") and visible("\u200bx")
+    assert not visible("\u200b") and not visible(" \u00a0\t") and visible("\u200bx") and not visible("&nbsp;&#32;")
     make_coop_dataset(tmp_path, "dtd", n_classes=3)
     rewrite(split_file(tmp_path, "dtd"), lambda s: [e.__setitem__(2, "\u200b") for part in s.values()
                                                      for e in part if e[1] == 1])
@@ -181,13 +181,22 @@ def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content, section, message", [
     ({"dtd": []}, "templates", "non-empty list"),
-    ({"mnist": ["no placeholder"]}, "templates", "needs a '{}'"),
+    ({"mnist": ["no placeholder"]}, "templates", "('no placeholder') has no '{}' for the class name"),
     ({"mnist": ["x", "x", "y"]}, "classnames", "repeat ['x']"),
     ({"mnist": [3, 4]}, "classnames", "each with a visible character (item 0: 3)"),
     ({"mnist": ["0", "\u200b"]}, "classnames", "each with a visible character (item 1: '\\u200b')"),
     ({"mnist": ["Cat", "cat ", "dog"]}, "classnames", "repeat ['Cat', 'cat ']"),
     ({"mnist": ["a photo of {}.", "A  photo of {}."]}, "templates", "repeat ['a photo of {}.', 'A  photo of {}.']"),
     ({"mnist": ["0", "1"], "eurosta": ["a"]}, "classnames", "list for 'eurosta', which is no MTIL dataset: did you mean 'eurosat'?"),
+    ({"mnist": ["0", "&nbsp;"]}, "classnames", "each with a visible character (item 1: '&nbsp;')"),
+    ({"mnist": ["a photo of {{}}."]}, "templates", "has no '{}' for the class name (a '{{}}' is a literal brace pair)"),
+    ({"mnist": ["{} {x}"]}, "templates", "is not a format string with one '{}' for the class name (KeyError"),
+    ({"mnist": ["{} {}"]}, "templates", "is not a format string with one '{}' for the class name (IndexError"),
+    ({"mnist": ["{} {"]}, "templates", "(ValueError"),
+    ({"mnist": ["A photo of a {}.", "a photo of a {} ."]}, "templates", "repeat ['A photo of a {}.', 'a photo of a {} .']"),
+    ([["0", "1"]], "classnames", "holds a JSON list, not an object of lists per dataset"),
+    ({"datasets": []}, "classnames", "'datasets' is a JSON list"),
+    ({"datasets": {"mnist": {"classnames": ["0"]}}}, "classnames", "datasets.mnist.classnames is a JSON list"),
 ])
 def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, section, message):
     """An empty template list used to fall back to the default template, a template without {} gave every
@@ -196,8 +205,23 @@ def test_class_name_and_template_files_are_refused_not_bent(tmp_path, content, s
 
     path = tmp_path / "lists.json"
     path.write_text(json.dumps(content))
+    field = "f" if isinstance(content, dict) and "datasets" in content else None
     with pytest.raises(ValueError, match=re.escape(message)):
-        read_classnames(path, None, section)
+        read_classnames(path, field, section)
+
+
+def test_a_field_for_a_plain_file_and_lists_of_other_datasets(tmp_path):
+    """--classnames-field on a plain {dataset: [..]} file used to be ignored without a word; the lists of
+    datasets the run does not use are not checked (a ZSCL file may carry more)."""
+    from moram_ref.experiments.clip.tvdata import read_classnames
+
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"mnist": ["0", "1"], "cifar10": [""]}))
+    with pytest.raises(ValueError, match=r"plain \{dataset: \[\.\.\]\} file: --classnames-field 'zscl' applies"):
+        read_classnames(path, "zscl", keys=["mnist"])
+    assert read_classnames(path, keys=["mnist"])["mnist"] == ["0", "1"]
+    with pytest.raises(ValueError, match="cifar10"):
+        read_classnames(path)  # without keys, every list is checked
 
 
 def test_a_dataset_without_test_images_is_refused_before_any_work(tmp_path, capsys):

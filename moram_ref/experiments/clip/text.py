@@ -10,6 +10,7 @@ imitating it.
 """
 from __future__ import annotations
 
+import html
 import unicodedata
 from functools import lru_cache
 
@@ -31,7 +32,8 @@ def prompt_key(text: str) -> tuple[int, ...]:
 
 
 def visible(text: str) -> bool:
-    """True when ``text`` holds at least one character that is neither a separator (Unicode category
-    Z*: spaces) nor a control, format or unassigned character (C*: e.g. the zero-width space U+200B,
-    which ``str.strip`` keeps). A class name must be visible: an invisible one prompts with nothing."""
-    return any(unicodedata.category(ch)[0] not in "ZC" for ch in text)
+    """True when ``text``, with its HTML entities unescaped as CLIP's cleaning does (``&nbsp;`` is a space),
+    holds at least one character that is neither a separator (Unicode category Z*: spaces) nor a control,
+    format or unassigned character (C*: e.g. the zero-width space U+200B, which ``str.strip`` keeps). A
+    class name must be visible: an invisible one prompts with nothing."""
+    return any(unicodedata.category(ch)[0] not in "ZC" for ch in html.unescape(html.unescape(text)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import Counter
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -143,31 +144,40 @@ def open_item(ref: str, data_root: str):
 def read_classnames(path: str | Path, field: str | None = None, section: str = "classnames",
                     keys: list[str] | None = None) -> dict[str, list[str]]:
     """Lists per dataset from a JSON file: ``{key: [..]}``, or a ``{"datasets": {key: {section: {field: [..]}}}}``
-    document (``section`` "classnames" or "templates") with ``field`` naming the list to use.
+    document (``section`` "classnames" or "templates") with ``field`` naming the list to use (and only there).
 
-    With ``keys``, every one of those datasets must have a list there: ``ValueError`` naming the file
-    and the datasets otherwise (a dataset left out would silently keep torchvision's names/template)."""
+    The lists of ``keys`` (every dataset's when None) are checked: non-empty, each item a string with a visible
+    character as CLIP reads it, no two items that CLIP's tokenizer reads alike (for templates: once a class
+    name is put in), every template a format string with exactly one ``{}``. With ``keys``, each of those
+    datasets must have a list (a dataset left out would silently keep torchvision's names/template), and a key
+    one typo away from a dataset's is refused. ``ValueError`` naming the file, the dataset and the item."""
     data = json.loads(Path(path).read_text())
+    flag = f"--{section}-field"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of lists per dataset")
     if "datasets" in data:
         if field is None:
-            raise ValueError(f"{path} holds several lists per dataset: name one with --{section}-field")
-        found = {k: v[section][field] for k, v in data["datasets"].items()
-                 if isinstance(v.get(section, {}).get(field), list)}
+            raise ValueError(f"{path} holds several lists per dataset: name one with {flag}")
+        if not isinstance(data["datasets"], dict):
+            raise ValueError(f"{path}: 'datasets' is a JSON {type(data['datasets']).__name__}, not an object "
+                             "{dataset: {classnames: {field: [..]}, templates: {field: [..]}}}")
+        found = {}
+        for key, entry in data["datasets"].items():
+            lists = entry.get(section) if isinstance(entry, dict) else None
+            if lists is not None and not isinstance(lists, dict):
+                raise ValueError(f"{path}: datasets.{key}.{section} is a JSON {type(lists).__name__}, not an object "
+                                 f"{{field: [..]}}")
+            if isinstance(lists, dict) and isinstance(lists.get(field), list):
+                found[key] = lists[field]
     else:
+        if field is not None:
+            raise ValueError(f"{path} is a plain {{dataset: [..]}} file: {flag} {field!r} applies to a "
+                             "datasets.json-style file only (drop it)")
         found = {k: v for k, v in data.items() if isinstance(v, list)}
-    for key, items in found.items():  # an empty list, a non-string, a duplicate, a template without {}
-        if not items or not all(isinstance(v, str) and visible(v) for v in items):
-            raise ValueError(f"{path}: {section} of {key!r} must be a non-empty list of strings, each with a visible "
-                             f"character" + next((f" (item {i}: {v!r})" for i, v in enumerate(items)
-                                                  if not (isinstance(v, str) and visible(v))), ""))
-        folded = [prompt_key(v) for v in items]  # what CLIP's tokenizer tells apart (case, spaces folded)
-        if len(set(folded)) != len(folded):
-            same = list(dict.fromkeys(v for v, f in zip(items, folded) if folded.count(f) > 1))
-            raise ValueError(f"{path}: {section} of {key!r} repeat {same[:10]} (CLIP's tokenizer folds case, "
-                             "whitespace and HTML entities, so these give the same text feature)")
-        if section == "templates" and not all("{}" in v for v in items):
-            raise ValueError(f"{path}: every template of {key!r} needs a '{{}}' for the class name")
-    known = {k for order in mtil_spec()["orders"].values() for k in order}
+    for key in (k for k in (keys if keys is not None else found) if k in found):
+        _check_list(path, section, key, found[key])
+    # CIFAR10 is in ZSCL's lists (its zero-shot reference) though never in an MTIL order
+    known = {k for order in mtil_spec()["orders"].values() for k in order} | {"cifar10"}
     for key in sorted(set(found) - known):  # a key one typo away from a dataset's: its list would go unused
         close = difflib.get_close_matches(key, sorted(known - set(found)), n=1, cutoff=0.8)
         if close:
@@ -178,6 +188,39 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
         where = f"{section} list under field {field!r}" if field else f"{section} list"
         raise ValueError(f"{path} has no {where} for datasets {missing}")
     return found
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a prompt template with exactly one positional ``{}`` for the class name
+    (None when it is): ``"{} {}"``, ``"{x}"``, ``"{{}}"`` (a literal brace pair) and an unbalanced brace are not."""
+    try:
+        a, b = template.format("\x00A\x00"), template.format("\x00B\x00")
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        return f"is not a format string with one '{{}}' for the class name ({type(exc).__name__}: {exc})"
+    if a == b or a.count("\x00A\x00") != 1:
+        return "has no '{}' for the class name (a '{{}}' is a literal brace pair)"
+    return None
+
+
+def _check_list(path: str | Path, section: str, key: str, items: list) -> None:
+    """One dataset's list from :func:`read_classnames`'s file (see there); ``ValueError`` naming the item."""
+    bad = next(((i, v) for i, v in enumerate(items) if not (isinstance(v, str) and visible(v))), None)
+    if not items or bad:
+        raise ValueError(f"{path}: {section} of {key!r} must be a non-empty list of strings, each with a visible "
+                         "character" + (f" (item {bad[0]}: {bad[1]!r})" if bad else ""))
+    if section == "templates":
+        for i, v in enumerate(items):
+            why = template_problem(v)
+            if why:
+                raise ValueError(f"{path}: template {i} of {key!r} ({v!r}) {why}")
+        folded = [prompt_key(v.format("pagoda")) for v in items]  # two templates giving one prompt
+    else:
+        folded = [prompt_key(v) for v in items]  # what CLIP's tokenizer tells apart (case, spaces folded)
+    counts = Counter(folded)
+    if len(counts) != len(folded):
+        same = list(dict.fromkeys(v for v, f in zip(items, folded) if counts[f] > 1))
+        raise ValueError(f"{path}: {section} of {key!r} repeat {same[:10]} (CLIP's tokenizer folds case, "
+                         "whitespace and HTML entities, so these give the same text feature)")
 
 
 def _undecodable(refs: list[str], data_root: str) -> list[str]:
