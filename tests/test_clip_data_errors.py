@@ -194,6 +194,9 @@ def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
     ({"mnist": ["{} {}"]}, "templates", "is not a format string with one '{}' for the class name (IndexError"),
     ({"mnist": ["{} {"]}, "templates", "(ValueError"),
     ({"mnist": ["A photo of a {}.", "a photo of a {} ."]}, "templates", "repeat ['A photo of a {}.', 'a photo of a {} .']"),
+    ({"mnist": ["a photo of a {:.3}."]}, "templates", "changes the class name it puts in (a precision such as {:.3} cuts it"),
+    ({"mnist": ["a photo of a {!r}."]}, "templates", "changes the class name it puts in"),
+    ({"mnist": ["<end_of_text>a", "<end_of_text>b", "c"]}, "classnames", "repeat ['<end_of_text>a', '<end_of_text>b']"),
     ([["0", "1"]], "classnames", "holds a JSON list, not an object of lists per dataset"),
     ({"datasets": []}, "classnames", "'datasets' is a JSON list"),
     ({"datasets": {"mnist": {"classnames": ["0"]}}}, "classnames", "datasets.mnist.classnames is a JSON list"),
@@ -287,3 +290,9 @@ def test_a_damaged_manifest_is_named_and_can_be_drawn_again(tmp_path):
     path.unlink()
     assert few_shot(load_domain(tmp_path, "dtd"), 2, 0, tmp_path / "m").tolist() == first.tolist()
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["dtd_2shot_seed0.json"]  # no temporary file left
+
+
+def test_a_padded_template_is_a_template():
+    from moram_ref.experiments.clip.tvdata import template_problem
+
+    assert template_problem("a photo of a {:>60}.") is None and template_problem("{0} texture") is None

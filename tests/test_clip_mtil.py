@@ -177,6 +177,7 @@ def test_verify_compares_sizes_and_decodes_a_sample(tv_root, tmp_path, capsys):
     import shutil
 
     from moram_ref.cli import main
+    from moram_ref.experiments.clip import synthetic
     from moram_ref.experiments.clip.data import SYNTHETIC_MARKER
 
     root = tmp_path / "tv"
@@ -184,7 +185,10 @@ def test_verify_compares_sizes_and_decodes_a_sample(tv_root, tmp_path, capsys):
     (root / SYNTHETIC_MARKER).unlink()
     assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(root), "--datasets", "dtd"]) == 2
     assert "dtd            PROBLEM (train: 12 found, 1880 expected; test: 6 found, 1880 expected)" in capsys.readouterr().out
-    (root / SYNTHETIC_MARKER).write_text("{}")
+    (root / SYNTHETIC_MARKER).write_text("{}")  # not the marker --make-synthetic writes: sizes still compared
+    assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(root), "--datasets", "dtd"]) == 2
+    assert "dtd            PROBLEM (train: 12 found" in capsys.readouterr().out
+    synthetic.mark_synthetic(root, ["dtd"])
     broken = sorted((root / "dtd").rglob("*.jpg"))[0]
     broken.write_bytes(b"not an image")
     assert main(["clip", "--benchmark", "mtil", "--verify", "--data-root", str(root), "--datasets", "dtd"]) == 2
@@ -202,10 +206,17 @@ def test_a_resume_with_an_edited_names_file_is_refused(tv_root, tmp_path, capsys
             "--iterations", "1", "--batch", "4", "--methods", "moram", "--atoms-per-task", "2", "--top-k", "2",
             "--classnames-json", str(names), "--out", str(tmp_path / "run")]
     assert main(argv) == 0
+    names.write_text(json.dumps({"dtd": ["banded", "dotted", "zigzagged"]}, indent=4))  # re-indented: the same
+    assert main(argv + ["--resume"]) == 0
     names.write_text(json.dumps({"dtd": ["banded", "dotted", "zig-zag"]}))
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 2
     assert "--classnames-json (the file's sha256): recorded " in capsys.readouterr().err
+    config = tmp_path / "run" / "config.json"  # a run recorded before the digest was kept: compared without it
+    record = json.loads(config.read_text())
+    del record["settings"]["classnames_json_sha256"]
+    config.write_text(json.dumps(record))
+    assert main(argv + ["--resume"]) == 0
 
 
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"the shared CLIP facts ({SHARED}) are not present; set MORAM_SHARED_DATA to the folder that holds clip/ and llm-cl-benchmark-500/")

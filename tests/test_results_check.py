@@ -28,6 +28,7 @@ def _cell(r):
     (lambda r: _cell(r).update(mean=10**400), "last.mean = 1000"),
     (lambda r: _cell(r).pop("mean"), "streams.recall.summary.moram.last = {'ci95'"),
     (lambda r: r.update(seeds=[0, 0, 1]), "has seeds [0, 0, 1]: expected distinct integers"),
+    (lambda r: r.update(seeds=[-5, 7, 100]), "has seeds [-5, 7, 100]: expected distinct integers from 0 to 4294967295"),
     (lambda r: r.update(seeds=[]), "has seeds []: expected a non-empty list"),
     (lambda r: r.update(seeds=[0, 1]), "streams.recall.methods.frozen with 3 run(s) for 2 seed(s)"),
     (lambda r: r.update(streams={}), "has no streams"),
@@ -97,6 +98,8 @@ def test_a_damaged_demo_results_file_is_named(edit, message, tmp_path, capsys):
      "takeover.cells[0].runs[0].key_norm_ratio = 1e+308: expected a number from 0 to 1e+06"),
     ("routing", lambda r: r.update(streams={}), "has no stream with MoRAM's runs (g1_k8)"),
     ("ablation", lambda r: r.update(streams={}), "has no stream with runs: the ablation table would have no rows"),
+    ("ablation", lambda r: r["streams"]["recall"]["runs"]["g8_k8"].update(group=10**30, top_k=10**30),
+     "streams.recall.runs.g8_k8.group = 1000"),
     ("ablation", lambda r: r["streams"]["recall"]["runs"]["g8_k8"].update(top_k=4),
      "streams.recall.runs.g8_k8.top_k = 4: expected null (every atom) or a number of atoms, a multiple of the group 8"),
 ])

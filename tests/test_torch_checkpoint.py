@@ -260,7 +260,12 @@ def test_every_saved_checkpoint_has_the_layout_its_metadata_implies(tmp_path, me
     (lambda t, m: m.update(extra="seed"), r"metadata has extra 'seed': expected an object"),
     (lambda t, m: m["config"].update(temperature=10**400), r"does not describe layers this moram_ref can build \(OverflowError"),
     (lambda t, m: m["config"].update(atoms_per_task=10**30), r"does not describe layers this moram_ref can build \(\w+: [^\n]*$"),
-    (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"].to(torch.int32)}), r"are torch.int32, not floating point"),
+    (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"].to(torch.int32)}),
+     r"tensor 0.fc.frozen_keys is torch.int32; adapter tensors are float32, float64, bfloat16, float16"),
+    (lambda t, m: t.update({"0.fc.frozen_keys": t["0.fc.frozen_keys"].to(torch.float8_e4m3fn)}),
+     r"tensor 0.fc.frozen_keys is torch.float8_e4m3fn"),
+    (lambda t, m: m["layers"].update({f"x{i}": {"type": "MoRAMLinear", "d_in": i + 1, "d_out": 1} for i in range(300)}),
+     r"describes layers of 30\d different \(d_in, d_out\) shapes: more than the 256"),
     (lambda t, m: m["layers"]["0.fc"].update(type="LoRALinear"), r"method 'moram' builds 'MoRAMLinear'"),
 ])
 def test_a_forged_checkpoint_is_refused_without_a_model(tmp_path, edit, message):

@@ -320,10 +320,12 @@ def _flag(key: str) -> str:
 
 
 def differences(recorded: dict, settings: dict) -> list[str]:
-    """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values)."""
+    """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values). A file digest
+    (``*_sha256``) that the record lacks is not compared: records written before digests were kept."""
     new = jsonable(settings)
+    keys = sorted(set(recorded) | {k for k in new if not (k.endswith("_sha256") and k not in recorded)})
     return [f"{_flag(k)}: recorded {json.dumps(recorded.get(k))}, now {json.dumps(new.get(k))}"
-            for k in sorted(set(recorded) | set(new)) if recorded.get(k, "<absent>") != new.get(k, "<absent>")]
+            for k in keys if recorded.get(k, "<absent>") != new.get(k, "<absent>")]
 
 
 def _holder(out: Path) -> str | None:

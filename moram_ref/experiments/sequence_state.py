@@ -86,7 +86,7 @@ def check_checkpoints(folder: Path, upto: int, config: MoRAMConfig, method: str,
         meta = checkpoint.verify(path, config, method, tasks_done=t)
         recorded = meta.get("extra", {}).get("seed")
         if seed is not None and recorded is not None and recorded != seed:
-            raise checkpoint.CheckpointError(f"checkpoint {path} was written by a run with --seed {recorded}, "
+            raise checkpoint.CheckpointError(f"checkpoint {path} was written by a run with --seed {recorded!r}, "
                                              f"not {seed} (a file copied from another run?)")
 
 

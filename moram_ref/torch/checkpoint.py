@@ -167,6 +167,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 MAX_WIDTH = 2**31 - 1  # the widest layer a checkpoint may describe (torch's int32 index range)
+MAX_SHAPES = 256  # distinct (d_in, d_out) pairs a checkpoint may describe (a real model has a handful; each is built)
 
 
 def _metadata_problem(meta: dict[str, Any]) -> str | None:
@@ -191,6 +192,10 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
                 and all(count(desc.get(k)) and 1 <= desc[k] <= MAX_WIDTH for k in ("d_in", "d_out"))):
             return (f"describes layer {name!r} as {short_repr(desc)}: expected {{type, d_in, d_out}} with widths "
                     f"from 1 to {MAX_WIDTH}")
+    shapes = {(d["d_in"], d["d_out"]) for d in layers.values()}
+    if len(shapes) > MAX_SHAPES:
+        return (f"describes layers of {len(shapes)} different (d_in, d_out) shapes: more than the {MAX_SHAPES} "
+                "this moram_ref checks (a real model has a handful)")
     digests = meta["sha256"]
     if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
         return f"has sha256 {short_repr(digests)}: expected an object {{tensor name: hex digest}}"
@@ -274,10 +279,6 @@ def verify(path: str | os.PathLike, config: MoRAMConfig | None = None, method: s
                               f"run): {diff}")
     tensors = _verified_tensors(path, meta)
     _check_layout(path, meta, {k: tuple(v.shape) for k, v in tensors.items()})
-    integral = sorted(k for k, v in tensors.items() if not v.is_floating_point())
-    if integral:
-        raise CheckpointError(f"checkpoint {path}: tensors {integral[:3]} are {tensors[integral[0]].dtype}, not floating "
-                              "point (every adapter tensor is a float bank or weight)")
     return meta
 
 
@@ -368,10 +369,14 @@ def _verify_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], d
     for name, tensor in tensors.items():
         if tensor_digest(tensor) != digests[name]:
             raise CheckpointError(f"checkpoint {path} is damaged: tensor {name} does not match its sha256")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.dtype not in DTYPES:
+            raise CheckpointError(f"checkpoint {path}: tensor {name} is {tensor.dtype}; adapter tensors are "
+                                  f"{', '.join(str(d).removeprefix('torch.') for d in DTYPES)}")
+        if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or inf")
 
 
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # what an adapter's banks and weights can be
 OPTIONAL = ("lora_a", "lora_b", "router")  # the baselines' current tensors exist only during a task
 
 

@@ -221,12 +221,20 @@ def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
 
 DECODED = 200  # images per dataset that --verify decodes whole (an evenly spaced sample of those it checks exist)
 SYNTHETIC_MARKER = "moram_ref_synthetic.json"  # written by --make-synthetic at each data root it makes
+SYNTHETIC_BY = "moram-ref clip --make-synthetic"  # the marker's "made_by"
 
 
-def is_synthetic(data_root: str | Path) -> bool:
-    """True for a data root written by ``moram-ref clip --make-synthetic`` (it holds :data:`SYNTHETIC_MARKER`):
-    its split sizes are its own, not a release's, so ``--verify`` does not compare them."""
-    return (Path(data_root) / SYNTHETIC_MARKER).is_file()
+def synthetic_keys(data_root: str | Path) -> frozenset[str]:
+    """The datasets that ``moram-ref clip --make-synthetic`` wrote under ``data_root``, as its marker file
+    (:data:`SYNTHETIC_MARKER`) lists them: their split sizes are their own, not a release's, so ``--verify``
+    does not compare them. Empty when there is no marker, or it is not the one that command writes."""
+    try:
+        marker = json.loads((Path(data_root) / SYNTHETIC_MARKER).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return frozenset()
+    if not (isinstance(marker, dict) and marker.get("made_by") == SYNTHETIC_BY and isinstance(marker.get("datasets"), list)):
+        return frozenset()
+    return frozenset(k for k in marker["datasets"] if isinstance(k, str))
 
 
 def size_problems(found: dict[str, int], expected: dict[str, int] | None) -> list[str]:
@@ -255,12 +263,12 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
     ``"union"``: the classes of the loaded datasets whose prompts coincide (kept, see
     docs/experiments.md), with the number of classes and distinct prompts."""
     spec = xtail_spec()
-    synthetic = is_synthetic(data_root)
+    synthetic = synthetic_keys(data_root)
     report = {}
     loaded = []
     for key in keys or spec["order"]:
         s = spec["datasets"][key]
-        expected = None if synthetic else s["expected"]
+        expected = None if key in synthetic else s["expected"]
         entry: dict = {"source": s["source"], "expected": expected if expected else "not compared (synthetic data)"}
         try:
             d = load_domain(data_root, key, s)

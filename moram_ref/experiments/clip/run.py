@@ -75,12 +75,14 @@ RUNTIME_ONLY = ("out", "resume", "eval_only", "verify", "make_synthetic", "worke
 
 def settings_of(args: argparse.Namespace) -> dict:
     """The flags recorded in ``config.json`` and compared on a resume (paths made absolute), and the sha256
-    of the class-name and template files: a resume with an edited file would name classes otherwise."""
+    of the class-name and template files' content (their JSON, keys sorted: a re-indented file is the same):
+    a resume with an edited file would name classes otherwise."""
     settings = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in RUNTIME_ONLY}
     for key in ("classnames_json", "templates_json"):
         if getattr(args, key, None) is not None:
-            settings[f"{key}_sha256"] = hashlib.sha256(Path(getattr(args, key)).read_bytes()).hexdigest()
+            content = json.dumps(json.loads(Path(getattr(args, key)).read_text()), sort_keys=True, ensure_ascii=False)
+            settings[f"{key}_sha256"] = hashlib.sha256(content.encode()).hexdigest()
     return settings
 
 

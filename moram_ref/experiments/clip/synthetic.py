@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments.clip.data import SYNTHETIC_MARKER, xtail_spec
+from moram_ref.experiments.clip.data import SYNTHETIC_BY, SYNTHETIC_MARKER, xtail_spec
 
 
 def make_coop_dataset(root: str | Path, key: str, n_classes: int = 3, n_train: int = 5, n_test: int = 2,
@@ -102,5 +102,5 @@ def mark_synthetic(root: str | Path, keys: list[str]) -> None:
     """Mark ``root`` as generated data (:data:`~moram_ref.experiments.clip.data.SYNTHETIC_MARKER`): ``--verify``
     then checks its files but does not compare its split sizes with the releases'."""
     (Path(root) / SYNTHETIC_MARKER).write_text(json.dumps(
-        {"made_by": "moram-ref clip --make-synthetic", "datasets": keys,
+        {"made_by": SYNTHETIC_BY, "datasets": keys,
          "note": "random images: a pipeline check, not a benchmark"}) + "\n")

@@ -25,10 +25,13 @@ def _tokenizer():
 
 
 def prompt_key(text: str) -> tuple[int, ...]:
-    """The BPE token ids CLIP's text encoder receives for ``text`` (between its start and end markers,
-    truncated as ``open_clip.tokenize`` truncates). Equal keys mean equal text features. Needs
+    """The BPE token ids CLIP's text encoder reads for ``text`` (between its start and end markers,
+    truncated as ``open_clip.tokenize`` truncates, and up to an ``<end_of_text>`` written inside the text:
+    the feature is taken at the first end token). Equal keys mean equal text features. Needs
     ``open_clip`` (the ``clip`` extra); the first call loads its vocabulary (about 0.3 s)."""
-    return tuple(_tokenizer().encode(text)[: CONTEXT - 2])
+    ids = _tokenizer().encode(text)[: CONTEXT - 2]
+    end = _tokenizer().eot_token_id  # the feature is read at the first end-of-text token: what follows is unseen
+    return tuple(ids[: ids.index(end)] if end in ids else ids)
 
 
 def visible(text: str) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments.clip.data import DECODED, Domain, Split, duplicate_prompts, is_synthetic, size_problems
+from moram_ref.experiments.clip.data import DECODED, Domain, Split, duplicate_prompts, size_problems, synthetic_keys
 from moram_ref.experiments.clip.text import prompt_key, visible
 
 
@@ -163,7 +163,10 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
                              "{dataset: {classnames: {field: [..]}, templates: {field: [..]}}}")
         found = {}
         for key, entry in data["datasets"].items():
-            lists = entry.get(section) if isinstance(entry, dict) else None
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}: datasets.{key} is a JSON {type(entry).__name__}, not an object "
+                                 f"{{classnames: {{field: [..]}}, templates: {{field: [..]}}}}")
+            lists = entry.get(section)
             if lists is not None and not isinstance(lists, dict):
                 raise ValueError(f"{path}: datasets.{key}.{section} is a JSON {type(lists).__name__}, not an object "
                                  f"{{field: [..]}}")
@@ -193,12 +196,15 @@ def read_classnames(path: str | Path, field: str | None = None, section: str = "
 def template_problem(template: str) -> str | None:
     """Why ``template`` is not a prompt template with exactly one positional ``{}`` for the class name
     (None when it is): ``"{} {}"``, ``"{x}"``, ``"{{}}"`` (a literal brace pair) and an unbalanced brace are not."""
+    probe_a, probe_b = "\x00" + "A" * 64 + "\x00", "\x00" + "B" * 64 + "\x00"  # longer than any precision cuts
     try:
-        a, b = template.format("\x00A\x00"), template.format("\x00B\x00")
-    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        a, b = template.format(probe_a), template.format(probe_b)
+    except (IndexError, KeyError, ValueError, AttributeError, TypeError) as exc:
         return f"is not a format string with one '{{}}' for the class name ({type(exc).__name__}: {exc})"
-    if a == b or a.count("\x00A\x00") != 1:
+    if a == b:
         return "has no '{}' for the class name (a '{{}}' is a literal brace pair)"
+    if a.count(probe_a) != 1:
+        return "changes the class name it puts in (a precision such as {:.3} cuts it, a conversion such as {!r} quotes it)"
     return None
 
 
@@ -243,11 +249,11 @@ def verify(data_root: str | Path, keys: list[str], names: dict[str, list[str]] |
     own classes). Each entry: ``ok``, ``found``, ``expected``, ``classes``, ``prompts_per_class``,
     ``problems`` (why not ok) or ``error`` (could not load)."""
     spec = mtil_spec()
-    synthetic = is_synthetic(data_root)
+    synthetic = synthetic_keys(data_root)
     names, ensembles = names or {}, ensembles or {}
     report = {}
     for key in keys:
-        expected = None if synthetic else spec["expected"][key]
+        expected = None if key in synthetic else spec["expected"][key]
         entry: dict = {"expected": expected if expected else "not compared (synthetic data)"}
         try:
             d = load_mtil_domain(data_root, key, names.get(key), eval_templates=ensembles.get(key))

@@ -17,6 +17,7 @@ import numpy as np
 from moram_ref import metrics, provenance
 from moram_ref.provenance import short_repr
 from moram_ref.config import MoRAMConfig
+from moram_ref.experiments.cliargs import MAX_SEED
 from moram_ref.experiments.toy.ablation import STUDIES
 from moram_ref.experiments.toy.demo import METRICS
 
@@ -42,8 +43,9 @@ def seeds_problem(results: dict) -> str | None:
     seeds = results.get("seeds")
     if not isinstance(seeds, list) or not seeds:
         return f"has seeds {short_repr(seeds)}: expected a non-empty list of the run's seeds"
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
-        return f"has seeds {short_repr(seeds)}: expected distinct integers"
+    if (not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        return f"has seeds {short_repr(seeds)}: expected distinct integers from 0 to {MAX_SEED} (what --seed takes)"
     return None
 
 
@@ -240,7 +242,8 @@ TAKEOVER_CELLS = {"newest": (0.0, 1.0), "own": (0.0, 1.0), "last": (0.0, 1.0), "
 
 
 def _count(value: Any, low: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    """An integer from ``low`` to ``BIG`` (a number of atoms, steps or units), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= BIG
 
 
 def _routing_problems(where: str, routing: Any, n_tasks: int, n_layers: int | None, every_task: bool) -> Iterator[str]:
