@@ -226,7 +226,8 @@ def _check_list(path: str | Path, section: str, key: str, items: list) -> None:
     if len(counts) != len(folded):
         same = list(dict.fromkeys(v for v, f in zip(items, folded) if counts[f] > 1))
         raise ValueError(f"{path}: {section} of {key!r} repeat {same[:10]} (CLIP's tokenizer folds case, "
-                         "whitespace and HTML entities, so these give the same text feature)")
+                         "whitespace and HTML entities and reads up to an <end_of_text>, so these give the same "
+                         "text feature)")
 
 
 def _undecodable(refs: list[str], data_root: str) -> list[str]:
