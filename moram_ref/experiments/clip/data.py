@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moram_ref.experiments.rundir import write_text
 from moram_ref.experiments.clip.text import prompt_key, visible
+from moram_ref.experiments.rundir import write_text
 
 
 def xtail_spec() -> dict:
@@ -206,7 +206,7 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
 
 def duplicate_prompts(domains: list[Domain], union: bool = True) -> list[dict]:
     """Classes whose evaluation prompts are identical as CLIP's tokenizer reads them (:func:`text.prompt_key`:
-    case, whitespace and HTML entities folded), so their text features are identical and no image
+    case, whitespace and HTML entities folded, the 77-token context), so their text features are identical and no image
     can be classified into the later one (argmax takes the first). ``union``: across all domains (the
     X-TAIL label space); else within each domain (MTIL). One entry per shared prompt set:
     ``{"prompts": [...], "classes": [[domain, label, classname], ...]}``."""
@@ -276,10 +276,12 @@ def verify(data_root: str | Path, keys: list[str] | None = None) -> dict[str, di
             found = {"train": len(d.train.labels), "test": len(d.test.labels)}
             sampled = [p for p in d.train.paths[:2000] + d.test.paths[:2000] if not str(p).startswith("tv:")]
             missing = [str(p) for p in sampled if not p.is_file()]
-            unreadable = _unreadable([p for p in sampled if p.is_file()][:: max(1, len(sampled) // DECODED)])
+            decoded = [p for p in sampled if p.is_file()][:: max(1, len(sampled) // DECODED)]
+            unreadable = _unreadable(decoded)
             problems = size_problems(found, expected) + [
-                f"{n} of {len(sampled)} sampled files {what}" for n, what in
-                ((len(missing), "missing"), (len(unreadable), "unreadable")) if n]
+                f"{n} of {total} {what}" for n, total, what in
+                ((len(missing), len(sampled), "sampled files missing"),
+                 (len(unreadable), len(decoded), "decoded files unreadable")) if n]
             entry.update(found=found, classes=len(d.classnames), missing_files_sampled=len(missing),
                          first_missing=missing[:3], unreadable_files_sampled=len(unreadable),
                          first_unreadable=unreadable[:3], ok=not problems)
