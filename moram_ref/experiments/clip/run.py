@@ -176,7 +176,8 @@ def _check_model(model: str, pretrained: str) -> None:
 def _read_name_files(args: argparse.Namespace) -> tuple:
     """``--classnames-json`` and ``--templates-json`` read and checked: ``(names, ensembles)``, each a dict
     ``{dataset key: list of strings}`` (empty when the flag is not given). Raises ``cliargs.UsageError``
-    naming the flag for a file that is not a JSON object, cannot be read, or holds no list for any dataset."""
+    naming the flag for a file that is not a JSON object, cannot be read, or lacks a list for a dataset of
+    the run (:func:`~moram_ref.experiments.clip.tvdata.read_classnames` checks every list the run uses)."""
     from moram_ref.experiments.clip.tvdata import read_classnames
 
     for flag in ("--classnames-json", "--templates-json"):
@@ -193,12 +194,6 @@ def _read_name_files(args: argparse.Namespace) -> tuple:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise cliargs.UsageError(f"{flag}: {exc}") from None
         (names if section == "classnames" else ensembles).update(found)
-    for flag, found in (("--classnames", names), ("--templates", ensembles)):
-        path = getattr(args, f"{flag[2:]}_json")
-        if path is not None and not found:
-            raise cliargs.UsageError(f"{flag}-json: {path} holds no list for any dataset"
-                                     + (f" under {flag}-field {getattr(args, f'{flag[2:]}_field')!r}"
-                                        if getattr(args, f"{flag[2:]}_field") else ""))
     return names, ensembles
 
 

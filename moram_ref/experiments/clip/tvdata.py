@@ -260,10 +260,10 @@ def verify(data_root: str | Path, keys: list[str], names: dict[str, list[str]] |
             d = load_mtil_domain(data_root, key, names.get(key), eval_templates=ensembles.get(key))
             found = {"train": len(d.train.labels), "test": len(d.test.labels)}
             refs = [str(p) for p in d.train.paths] + [str(p) for p in d.test.paths]
-            step = max(1, len(refs) // DECODED)
-            unreadable = _undecodable(refs[::step][:DECODED], str(data_root))
+            sample = refs[:: max(1, len(refs) // DECODED)][:DECODED]
+            unreadable = _undecodable(sample, str(data_root))
             problems = size_problems(found, expected) + (
-                [f"{len(unreadable)} of {len(refs[::step][:DECODED])} sampled images unreadable"] if unreadable else [])
+                [f"{len(unreadable)} of {len(sample)} sampled images unreadable"] if unreadable else [])
             entry.update(found=found, classes=len(d.classnames), prompts_per_class=len(d.eval_prompts()[0]),
                          unreadable_files_sampled=len(unreadable), first_unreadable=unreadable[:3], ok=not problems)
             if problems:

@@ -103,6 +103,10 @@ def table_text(value: Any) -> bool:
             and not any(c in value for c in "|\n\r") and value.isprintable())
 
 
+def _stream_name_problem(name: Any) -> str:
+    return f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+
+
 def names_problem(where: str, value: Any) -> str | None:
     """A non-empty list of distinct names a table can show (:func:`table_text`): task or domain names."""
     if (not isinstance(value, list) or not value or not all(table_text(v) for v in value)
@@ -173,7 +177,7 @@ def _demo_problems(results: dict, n: int) -> Iterator[str]:
         return
     for name, res in streams.items():
         if not table_text(name):
-            yield f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+            yield _stream_name_problem(name)
             return
         if not isinstance(res, dict) or not isinstance(res.get("summary"), dict) or not res["summary"]:
             yield f"has streams.{name} without a summary of its methods"
@@ -323,7 +327,7 @@ def _ablation_problems(results: dict, n: int, table: str = "ablation") -> Iterat
         return
     for name, res in streams.items():
         if not table_text(name):
-            yield f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+            yield _stream_name_problem(name)
             return
         if not isinstance(res, dict) or not isinstance(res.get("runs"), dict):
             yield f"has streams.{name} = {short_repr(res)}: expected an object with tasks and runs"
