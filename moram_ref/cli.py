@@ -15,6 +15,7 @@ import threading
 
 from moram_ref.experiments import rundir
 from moram_ref.experiments.cliargs import Parser, UsageError
+from moram_ref.shapes import NonFiniteError
 
 # name → (module with add_arguments and run [or module:function to run], one-line description)
 COMMANDS = {
@@ -248,6 +249,11 @@ def _main(argv: list[str], exiting: bool) -> int:
         if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
             return 2
+        if isinstance(exc, NonFiniteError):  # activations overflowed: a diverged run or overflowing weights
+            print(f"{name}: error: {' '.join(str(exc).split())}: activations overflowed before it — training "
+                  "that diverged (try a smaller --lr, in a new --out) or adapter weights that are finite but too "
+                  "large (a checkpoint that matches its checksum was written so)", file=sys.stderr)
+            return 1
         if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone
             _drop_stdout()
             return _closed(name, finished=False)

@@ -52,12 +52,22 @@ def check_last_dim(name: str, arr: Any, size: int) -> None:
         raise ValueError(f"{name} must have shape (..., {size}), got {describe(arr)}")
 
 
+class NonFiniteError(ValueError):
+    """An array that must be finite holds NaN or inf (a ``ValueError``: callers that catch that still do).
+
+    The commands print it as one line with its likely causes (``moram_ref.cli``): a forward's input
+    is where activations that overflowed upstream are first seen.
+    """
+
+
 def _is_torch(arr: Any) -> bool:
     return type(arr).__module__.startswith("torch")
 
 
-def check_finite(name: str, arr: Any, sync_free: bool = False) -> None:
-    """``ValueError`` naming ``name`` if ``arr`` holds NaN or inf (NumPy arrays and torch tensors).
+def check_finite(name: str, arr: Any, sync_free: bool = False, where: str = "") -> None:
+    """:class:`NonFiniteError` naming ``name`` if ``arr`` holds NaN or inf (NumPy arrays and torch tensors).
+
+    ``where`` (optional) is appended to the message, e.g. ``"; it is the input of adapted layer 'fc'"``.
 
     ``sync_free`` (torch only, the forward path): on a CPU tensor outside ``torch.compile`` the same
     plain check; on any other device, or while compiling, a device-side assertion
@@ -74,7 +84,7 @@ def check_finite(name: str, arr: Any, sync_free: bool = False) -> None:
         if arr.element_size() == 1:  # float8: no sum or isfinite kernels; float32 holds every value exactly
             arr = arr.float()
         if sync_free and (torch.compiler.is_compiling() or arr.device.type != "cpu"):
-            torch._assert_async(torch.isfinite(arr).all(), f"{name} contains NaN or inf")
+            torch._assert_async(torch.isfinite(arr).all(), f"{name} contains NaN or inf{where}")
             return
         if bool(torch.isfinite(arr.sum())):  # one pass: a NaN or inf anywhere makes the sum NaN or inf
             return  # (a sum that overflows with every entry finite falls through to the exact count)
@@ -84,17 +94,20 @@ def check_finite(name: str, arr: Any, sync_free: bool = False) -> None:
 
         bad = int(np.sum(~np.isfinite(arr)))
     if bad:
-        raise ValueError(f"{name} contains NaN or inf ({bad} entries)")
+        raise NonFiniteError(f"{name} contains NaN or inf ({bad} entries){where}")
 
 
-def check_input(name: str, x: Any, size: int) -> None:
-    """A torch forward's input: a floating tensor of shape (..., size) without NaN/inf (sync-free)."""
+def check_input(name: str, x: Any, size: int, site: str = "") -> None:
+    """A torch forward's input: a floating tensor of shape (..., size) without NaN/inf (sync-free).
+
+    ``site``: the layer's name in its model (an adapter's ``site``, set by ``attach``), named in the
+    NaN/inf message so that a model's first non-finite activation says where it was seen."""
     if not _is_torch(x) or not hasattr(x, "is_floating_point"):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     check_last_dim(name, x, size)
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {describe(x)}")
-    check_finite(name, x, sync_free=True)
+    check_finite(name, x, sync_free=True, where=f"; it is the input of adapted layer '{site}'" if site else "")
 
 
 def check_layer_state(state: dict, prefix: str, d_out: int, d_in: int, has_bias: bool, atoms_per_task: int,

@@ -490,3 +490,15 @@ def test_a_closed_pipe_that_also_held_standard_error_still_ends_with_141(unbuffe
     finally:
         os.close(write)
     assert proc.returncode == 141
+
+
+def test_training_that_diverges_is_one_line_naming_the_layer(data, tmp_path, capsys):
+    """NaN/inf activations (here: a learning rate of 10¹²) end the run with one line: the first adapted
+    layer they reach, and the two usual causes — no traceback; the tasks finished before stay."""
+    argv = _argv(XT + ["--shots", "2", "--iterations", "3", "--methods", "moram", "--lr", "1e12"],
+                 dict(data, OUT=tmp_path / "out"))
+    code, _, err = _run_in_process(argv, capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("moram-ref clip: error: x contains NaN or inf (")
+    for said in ("; it is the input of adapted layer '", "a smaller --lr", "a checkpoint that matches its checksum"):
+        assert said in err, (said, err)

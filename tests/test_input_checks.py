@@ -69,3 +69,17 @@ def test_float8_is_checked_too(name):
     check_finite("x", torch.zeros(3, dtype=dtype))  # finite: passes (float8 has no sum kernel of its own)
     with pytest.raises(ValueError, match=r"x contains NaN or inf \(1 entries\)"):
         check_finite("x", torch.tensor([0.0, float("nan"), 1.0]).to(dtype))
+
+
+def test_a_named_site_is_in_both_messages(monkeypatch):
+    """``site`` (an adapter's name in its model) ends the message, eager and sync-free alike."""
+    from moram_ref.shapes import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"x contains NaN or inf \(1 entries\); it is the input of adapted "
+                                             r"layer 'blocks\.3\.fc'$"):
+        check_input("x", torch.tensor([[1.0, float("nan"), 0.0]]), 3, site="blocks.3.fc")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    calls = []
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: calls.append(msg))
+    check_input("x", torch.tensor([[1.0, float("nan"), 0.0]]), 3, site="blocks.3.fc")
+    assert calls == ["x contains NaN or inf; it is the input of adapted layer 'blocks.3.fc'"]

@@ -164,3 +164,22 @@ def test_a_layer_registered_twice_is_refused():
     m[1].q_proj = m[0].q_proj  # one module, two paths
     with pytest.raises(ValueError, match=r"registered under several names \['0\.q_proj', '1\.q_proj'\]"):
         A.attach(m, CFG, ["q_proj"])
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_a_non_finite_activation_names_the_adapted_layer_it_reaches(method):
+    """Activations that overflow upstream are refused at the first adapted layer they reach, by name
+    (NonFiniteError, a ValueError); the same layer alone, outside a model, says only ``x``."""
+    from moram_ref.shapes import NonFiniteError
+
+    m = tiny_model()
+    A.attach(m, CFG, ["fc", "out"], method=method)
+    assert {n: layer.site for n, layer in A.attached_layers(m)} == {n: n for n, _ in A.attached_layers(m)}
+    with torch.no_grad():
+        m[0].v_proj.weight.fill_(1e308)  # a frozen, non-adapted layer overflows: inf * tanh(...) reaches 0.fc
+    with pytest.raises(NonFiniteError, match=r"x contains NaN or inf \(\d+ entries\); it is the input of "
+                                             r"adapted layer '0\.fc'$"):
+        m(torch.randn(2, 8, dtype=torch.float64))
+    alone = A.make_adapter(nn.Linear(8, 8), CFG, method)
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(1 entries\)$"):
+        alone(torch.tensor([[float("nan")] + [0.0] * 7]))

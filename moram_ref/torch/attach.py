@@ -165,6 +165,7 @@ def attach(
     replaced = {}
     for name, adapter in adapters.items():
         replaced[name] = adapter.base_layer
+        adapter.site = name
         _set_submodule(model, name, adapter)
     return replaced
 

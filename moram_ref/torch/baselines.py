@@ -80,7 +80,7 @@ class LoRALinear(_AdapterBase):
         return {} if self.lora_a is None else {"lora_a": self.lora_a, "lora_b": self.lora_b}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("x", x, self.base_layer.in_features)  # as the NumPy baselines (sync-free on CUDA)
+        check_input("x", x, self.base_layer.in_features, self.site)  # as the NumPy baselines (sync-free on CUDA)
         y = self.base_layer(x)
         if self.lora_a is None:
             return y
@@ -126,7 +126,7 @@ class MoELoRALinear(_AdapterBase):
         return {"lora_a": self.lora_a, "lora_b": self.lora_b, "router": self.router}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("x", x, self.base_layer.in_features)  # as the NumPy baselines (sync-free on CUDA)
+        check_input("x", x, self.base_layer.in_features, self.site)  # as the NumPy baselines (sync-free on CUDA)
         y = self.base_layer(x)
         a, b, g = self.frozen_a, self.frozen_b, self.frozen_router
         if self.lora_a is not None:

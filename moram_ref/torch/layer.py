@@ -53,6 +53,7 @@ class _WrapsLinear(nn.Module):
     e.g. open_clip asks ``mlp.c_fc.weight.dtype``)."""
 
     base_layer: nn.Linear
+    site: str = ""  # the layer's name in its model, set by ``attach``; named in input errors
 
     @property
     def weight(self) -> torch.Tensor:
@@ -178,7 +179,7 @@ class MoRAMLinear(_WrapsLinear):
         :func:`_routing_dtype` (float32 for bf16/fp16/fp32 models), the value product in the base
         output's dtype (bf16 on a bf16 model, or under bf16 autocast), added to it in one ``addmm``.
         """
-        check_input("x", x, self.d_in)  # shape, floating dtype, finite (sync-free on CUDA)
+        check_input("x", x, self.d_in, self.site)  # shape, floating dtype, finite (sync-free on CUDA)
         y = self.base_layer(x)  # (..., d_out)
         if self.n_atoms == 0:
             return y, {"y": y}

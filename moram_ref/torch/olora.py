@@ -49,7 +49,7 @@ class OLoRALinear(_AdapterBase):
         return (self.lora_a @ self.frozen_a.T).abs().sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("x", x, self.base_layer.in_features)  # as every adapter layer (sync-free on CUDA)
+        check_input("x", x, self.base_layer.in_features, self.site)  # as every adapter layer (sync-free on CUDA)
         y = self.base_layer(x)
         xc = x.to(self.dtype)
         delta = None
