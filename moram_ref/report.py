@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moram_ref import provenance
+from moram_ref.experiments import track_tables
 from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
@@ -99,7 +100,8 @@ GENERATORS = {"demo": demo_table, "ablation": ablation_tables.ablation_table, "r
               "textcl": textcl_table, "textcl-matrix": textcl_tables.matrix_table,
               "textcl-brief": textcl_tables.brief_table, "textcl-routing": routing_tables.routing_table,
               "textcl-shares": routing_tables.shares_table, "textcl-confusion": confusion_tables.confusion_table,
-              "textcl-sensitivity": sensitivity_tables.sensitivity_table}
+              "textcl-sensitivity": sensitivity_tables.sensitivity_table,
+              "clip": lambda *runs: track_tables.table("clip", *runs), "llm": lambda *runs: track_tables.table("llm", *runs)}
 # The results files each table reads: (what they are, how many at least, how many at most; None: no limit).
 INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or more text-CL results.json", 3, None),
           "textcl-matrix": ("one or more text-CL results.json", 1, None),
@@ -107,7 +109,9 @@ INPUTS = {"claims": ("the main job's results.json, the ablation's, then one or m
           "textcl-routing": ("one or more text-cl-routing routing_summary.json", 1, None),
           "textcl-shares": ("one or more text-cl-routing routing_summary.json", 1, None),
           "textcl-confusion": ("one or more text-cl-confusion confusion.json", 1, None),
-          "textcl-sensitivity": ("one or more text-cl-sensitivity sensitivity.json", 1, None)}
+          "textcl-sensitivity": ("one or more text-cl-sensitivity sensitivity.json", 1, None),
+          "clip": ("one or more `moram-ref clip` summary.json; several: runs of one setting, averaged", 1, None),
+          "llm": ("one or more `moram-ref llm` summary.json; several: runs of one setting, averaged", 1, None)}
 PLOTS = {"textcl-matrix": textcl_tables.matrix_figure}
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _P = textcl_tables.problem
@@ -139,12 +143,8 @@ def _text_cl_file(r, i: int) -> str | None:
         return "is a text-cl-routing summary: pass --table textcl-routing or --table textcl-shares"
     if isinstance(r, dict) and {"settings", "encoder", "tasks"} <= set(r):
         return "is a text-cl results.json: pass --table textcl (or textcl-matrix, textcl-brief)"
-    if isinstance(r, dict) and r and all(isinstance(v, dict) and v.get("units") == "percent" and "matrix" in v
-                                         for v in r.values()):
-        track = "llm" if any("op" in v for v in r.values()) else "clip"
-        return (f"is the summary.json of a `moram-ref {track}` run (per method, its matrix and metrics in %): that run "
-                "prints its table at the end, and matrix.csv in each method's folder holds the matrix; report renders "
-                "the demo, ablation and text-CL results files")
+    if (track := track_tables.track_of(r)) is not None:
+        return f"is the summary.json of a `moram-ref {track}` run: pass --table {track}"
     return None
 
 
@@ -171,6 +171,7 @@ FILE_CHECKS = {
     "textcl-confusion": lambda r, i: confusion_tables.problem(r),
     "textcl-sensitivity": lambda r, i: sensitivity_tables.problem(r),
     "claims": _claims_file,
+    "clip": lambda r, i: track_tables.problem(r, "clip"), "llm": lambda r, i: track_tables.problem(r, "llm"),
 }
 
 
@@ -201,7 +202,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "textcl-matrix and textcl-brief; the main job's, the ablation's, then text-CL results.json "
                         "and routing summaries for claims; one or more routing_summary.json (text-cl-routing) for "
                         "textcl-routing and textcl-shares, confusion.json (text-cl-confusion) for textcl-confusion, "
-                        "sensitivity.json (text-cl-sensitivity) for textcl-sensitivity")
+                        "sensitivity.json (text-cl-sensitivity) for textcl-sensitivity; one or more summary.json of "
+                        "`moram-ref clip` / `moram-ref llm` runs for clip / llm")
     p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
     p.add_argument("--block", metavar="NAME", default=None,
                    help="the generated block to --write/--check (default: the table's name; e.g. textcl:standard-2 "
@@ -240,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
         why = check(data, i) if check else None
         if why:
             raise UsageError(f"results: {path} {why} (--table {args.table})")
+    if args.table in ("clip", "llm"):  # a run's summary with its settings (config.json beside it), then across runs
+        loaded = [track_tables.read_run(path, data) for path, data in zip(paths, loaded)]
+        if why := track_tables.runs_problem(loaded, args.table):
+            raise UsageError(f"results: {why} (--table {args.table})")
     names = " ".join(str(p) for p in paths)
     try:
         body = GENERATORS[args.table](*loaded)

@@ -148,6 +148,12 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
         assert re.search(rf"^moram task {t}/3 \({key}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
     assert "Transfer" in printed and (out / "moram" / "matrix.csv").is_file() and (out / "accuracy.png").is_file()
     assert (out / "activation_moram.png").is_file() and (out / "atoms_for_99_mass_moram.png").is_file()
+    # report renders the run's summary.json again, as Markdown, with the numbers the run printed
+    row = re.search(r"^MoRAM\s+(\S+)\s+(\S+)\s+(\S+)$", printed, re.M).groups()
+    assert main(["report", "--table", "clip", str(out / "summary.json")]) == 0
+    table = capsys.readouterr().out
+    assert f"| MoRAM | {' | '.join(row)} | " in table and "| zero-shot CLIP | " in table, (row, table)
+    assert "X-TAIL, a tiny random CLIP, 2-shot, 2 iterations of batch 4 per task" in table
     progress = json.loads((out / "moram" / "progress.json").read_text())
     assert len(progress["n99"]) == 3 and set(progress["maps"]) == {"after_task_1", "after_task_2", "after_task_3"}
     capsys.readouterr()

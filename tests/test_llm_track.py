@@ -236,6 +236,12 @@ def test_cli_prints_progress_lines(tmp_path, capsys):
     for t, name in enumerate(("C-STANCE", "FOMC"), 1):  # 6 samples in batches of 4: 2 steps per task
         assert re.search(rf"^moram task {t}/2 \({name}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
         assert f"after task {t}/2 ({name})" in printed
+    # report renders the run's summary.json again, as Markdown, with the same OP and BWT as the printed table
+    op, bwt = re.search(r"^MoRAM\s+(-?\d+\.\d\d)\s+(-?\d+\.\d\d)", printed, re.M).groups()
+    assert main(["report", "--table", "llm", str(tmp_path / "out" / "summary.json")]) == 0
+    table = capsys.readouterr().out
+    assert f"| MoRAM | {float(op):.1f} | {float(bwt):.1f} | " in table and "| after \\ on | C-STANCE | FOMC |" in table
+    assert "a tiny random llama decoder" in table and "Seed 1234." in table
 
 
 @pytest.mark.real_weights

@@ -19,6 +19,9 @@ LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lor
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
 # summary.json / matrix.json: every accuracy (matrix entries, Transfer, Average, Last, BWT, forgetting) in percent
 UNITS = "percent"
+# The published Transfer / Average / Last a run is compared with (docs/experiments.md, spec §7).
+PAPER = {"xtail": "paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot Transfer 62.4",
+         "mtil": "ViT-B/16 MTIL order I: zero-shot 69.4 / 65.3 / 65.3; ZSCL 68.1 / 75.4 / 83.6"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -334,8 +337,7 @@ def format_table(summary: dict, benchmark: str = "xtail", tiny: bool = False) ->
     lines = ["method               Transfer  Average     Last", ]
     for method, s in summary.items():
         lines.append(f"{LABELS[method]:<18} " + " ".join(f"{s[k]:8.1f}" for k in ("transfer", "average", "last")))
-    paper = ("paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot Transfer 62.4" if benchmark == "xtail"
-             else "ViT-B/16 MTIL order I: zero-shot 69.4 / 65.3 / 65.3; ZSCL 68.1 / 75.4 / 83.6")
+    paper = PAPER[benchmark]
     if tiny:
         lines.append(f"(--tiny: a small random CLIP, a pipeline check whose numbers mean nothing; for scale only, the "
                      f"{paper} — docs/experiments.md)")

@@ -1,0 +1,217 @@
+"""``moram-ref report --table clip|llm``: a CLIP or LLM run's ``summary.json`` as Markdown tables.
+
+A run prints its table when it ends; this renders the same numbers again, later, as Markdown — one row per
+method (the metrics of spec §6, recomputed here from the accuracy matrices the file holds, and checked
+against the values the run stored beside them), then each method's matrix — so a GPU run's results go
+into a document with ``report --table clip runs/xtail/summary.json --write docs/results.md``, never typed.
+Several files (runs of one setting with other seeds) give the mean over the runs and its 95 % Student-t
+half-width per cell (``metrics.confidence_interval``). The run's settings come from the ``config.json``
+its run folder keeps beside ``summary.json`` (a copied summary without it is rendered without them).
+
+Every file is checked before anything is rendered; a problem names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moram_ref import metrics
+from moram_ref.experiments.toy.demo import seeds_phrase
+from moram_ref.experiments.toy.results_check import names_problem, short_repr
+
+# What each track's table shows: (the metric's key in summary.json, its column header).
+COLUMNS = {
+    "clip": (("transfer", "Transfer"), ("average", "Average"), ("last", "Last"), ("bwt", "BWT"),
+             ("forgetting", "forgetting")),
+    "llm": (("op", "OP"), ("bwt", "BWT"), ("forgetting", "BWT (clipped, paper's positive)")),
+}
+# Settings that may differ between runs averaged together (the seed is what several runs are for).
+MAY_DIFFER = {"seed", "data_root", "classnames_json", "templates_json"}
+TOLERANCE = 1e-6  # stored metric vs the one recomputed from the matrix, in points (%): JSON keeps 17 digits
+
+
+def labels(track: str) -> dict[str, str]:
+    """The methods a track runs and the names its table gives them (the run's own labels)."""
+    if track == "clip":
+        from moram_ref.experiments.clip.run import LABELS  # noqa: PLC0415  (argparse and NumPy only)
+    else:
+        from moram_ref.experiments.llm.run import LABELS  # noqa: PLC0415
+    return LABELS
+
+
+def track_of(summary: Any) -> str | None:
+    """``"clip"`` or ``"llm"`` for a run's summary.json (LLM runs store OP, CLIP runs Transfer), else None."""
+    if not (isinstance(summary, dict) and summary and all(isinstance(v, dict) for v in summary.values())):
+        return None
+    kinds = {"llm" if "op" in v else "clip" if "transfer" in v else None for v in summary.values()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def recomputed(track: str, matrix: np.ndarray) -> dict[str, float]:
+    """The table's metrics (in points) from an accuracy matrix in percent (spec §6, ``moram_ref.metrics``)."""
+    m = metrics.summary(matrix / 100) if track == "clip" else {
+        "op": metrics.op(matrix / 100), "bwt": metrics.bwt(matrix / 100), "bwt_clipped": metrics.bwt_clipped(matrix / 100)}
+    m["forgetting"] = -m["bwt_clipped"] + 0.0
+    return {k: 100 * v for k, v in m.items()}
+
+
+def problem(summary: Any, track: str) -> str | None:
+    """Why ``summary`` (a parsed summary.json) cannot be ``track``'s table, or None. Messages follow the file."""
+    other = track_of(summary)
+    if other is not None and other != track:
+        return f"is the summary.json of a `moram-ref {other}` run: pass --table {other}"
+    if other is None:
+        return (f"is not the summary.json of a `moram-ref {track}` run (an object {{method: {{units, tasks, matrix, "
+                f"{COLUMNS[track][0][0]}, …}}}})")
+    known = labels(track)
+    tasks = None
+    for method, entry in summary.items():
+        where = f"method {short_repr(method)}"
+        if method not in known:
+            return f"has {where}: `moram-ref {track}` runs {', '.join(known)}"
+        if entry.get("units") != "percent":
+            return f"has {where} in units {short_repr(entry.get('units'))}: expected 'percent'"
+        if (why := names_problem(f"{where}'s tasks", entry.get("tasks"))) is not None:
+            return why
+        if tasks is not None and entry["tasks"] != tasks:
+            return f"has {where} on tasks {short_repr(entry['tasks'])}, another method on {short_repr(tasks)}"
+        tasks = entry["tasks"]
+        if (why := _matrix_problem(track, entry.get("matrix"), len(tasks))) is not None:
+            return f"has {where}'s matrix {why}"
+        matrix = np.array(entry["matrix"], dtype=float)
+        for key, value in recomputed(track, matrix).items():
+            stored = entry.get(key)
+            if key == "forgetting" and track == "llm":
+                continue  # the LLM run stores bwt_clipped only
+            if stored is None and math.isnan(value):
+                continue  # undefined (one task) is written as null
+            if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not abs(stored - value) <= TOLERANCE:
+                return (f"has {where}'s {key} = {short_repr(stored)}, but its matrix gives {value:.6g}: the file "
+                        "was edited or is damaged")
+    return None
+
+
+def _matrix_problem(track: str, matrix: Any, n: int) -> str | None:
+    """A ``n × n`` list of scores in [0, 100]; an LLM run's entries above the diagonal are null (not evaluated)."""
+    if not (isinstance(matrix, list) and len(matrix) == n and all(isinstance(r, list) and len(r) == n for r in matrix)):
+        return f"is not {n} × {n} (one row and column per task)"
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if v is None and track == "llm" and j > i:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+                return f"has [{i}][{j}] = {short_repr(v)}: expected a score in [0, 100]"
+    return None
+
+
+def read_run(path: Path, summary: dict) -> dict:
+    """A summary and the settings of its run: ``config.json`` beside it when it is that command's record."""
+    config = None
+    try:
+        record = json.loads((path.parent / "config.json").read_text())
+        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
+            config = record
+    except (OSError, ValueError, RecursionError):
+        pass  # a summary copied out of its run folder: rendered without its settings
+    return {"path": str(path), "summary": summary, "config": config}
+
+
+def runs_problem(runs: list[dict], track: str) -> str | None:
+    """Why these runs cannot be averaged into one table (methods, tasks or settings differ), or None."""
+    first = runs[0]
+    for run in runs:
+        if run["config"] is not None and run["config"].get("command") != track:
+            return f"{run['path']}: its config.json beside it is a `moram-ref {run['config'].get('command')}` run's"
+    for run in runs[1:]:
+        if list(run["summary"]) != list(first["summary"]):
+            return (f"{run['path']} has methods {list(run['summary'])}, {first['path']} {list(first['summary'])}: "
+                    "several files are runs of one setting, averaged")
+        here, there = (next(iter(r["summary"].values()))["tasks"] for r in (run, first))
+        if here != there:
+            return f"{run['path']} is on tasks {here}, {first['path']} on {there}"
+    known = [r for r in runs if r["config"] is not None]
+    for run in known[1:]:
+        a, b = known[0]["config"]["settings"], run["config"]["settings"]
+        differ = sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k) != b.get(k))
+        if differ:
+            k = differ[0]
+            return (f"{run['path']} was run with {k} = {short_repr(b.get(k))}, {known[0]['path']} with "
+                    f"{short_repr(a.get(k))}: only runs that differ in their seed are averaged")
+    return None
+
+
+def table(track: str, *runs: dict) -> str:
+    """The Markdown tables of one or more checked runs (:func:`problem`, :func:`runs_problem`)."""
+    names = labels(track)
+    first = runs[0]["summary"]
+    tasks = next(iter(first.values()))["tasks"]
+    lines = [f"| method | {' | '.join(h for _, h in COLUMNS[track])} |", "|---|" + "---|" * len(COLUMNS[track])]
+    values = {m: [recomputed(track, np.array(r["summary"][m]["matrix"], dtype=float)) for r in runs] for m in first}
+    for method, per_run in values.items():
+        lines.append(f"| {names[method]} | " + " | ".join(_cell([v[k] for v in per_run]) for k, _ in COLUMNS[track])
+                     + " |")
+    what = "accuracy" if track == "clip" else "score"
+    for method in first:
+        mean = np.mean([np.array(r["summary"][method]["matrix"], dtype=float) for r in runs], axis=0)
+        lines += ["", f"{names[method]}: {what} (%) after each task (rows) on each task (columns)"
+                  f"{'' if len(runs) == 1 else f', mean over {len(runs)} runs'}", "",
+                  "| after \\ on | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {t} | " + " | ".join("·" if np.isnan(v) else f"{v:.1f}" for v in row) + " |"
+                  for t, row in zip(tasks, mean)]
+    return "\n".join(lines) + "\n\n" + _note(track, runs)
+
+
+def _cell(values: list[float]) -> str:
+    """One cell: the run's value, or the mean ± 95 % half-width over runs; ``—`` where undefined (one task)."""
+    if any(math.isnan(v) for v in values):
+        return "—"
+    mean, half = metrics.confidence_interval(np.array(values))
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {half:.1f}"
+
+
+def _note(track: str, runs: list[dict]) -> str:
+    """What the cells are and which runs they come from."""
+    known = [r["config"]["settings"] for r in runs if r["config"] is not None]
+    cells = ("the one run's values" if len(runs) == 1
+             else f"mean ± 95 % CI half-width over {len(runs)} runs")
+    text = f"Cells: {cells}, in points (%); metrics of spec §6, recomputed from the matrices."
+    if len(known) == len(runs):
+        text = f"{seeds_phrase([s.get('seed') for s in known], runs=None)}. " + text
+        text = f"{describe(track, known[0])}. " + text
+    else:
+        text += f" ({len(runs) - len(known)} of the {len(runs)} files have no config.json beside them: their settings are unknown.)"
+    return text
+
+
+BENCHMARKS = {"xtail": "X-TAIL", "mtil": "MTIL"}  # the rest (the LLM sequences) are written in capitals
+
+
+def describe(track: str, s: dict) -> str:
+    """The settings of a run in words, from its config.json's ``settings``; a CLIP run's with the paper's
+    figures for scale (``clip.run.PAPER``)."""
+    bench = BENCHMARKS.get(s.get("benchmark"), str(s.get("benchmark")).upper())
+    core = (f"lr {s.get('lr'):g}" if isinstance(s.get("lr"), (int, float)) else f"lr {s.get('lr')}") + (
+        f", MoRAM r = {s.get('atoms_per_task')}, k = {s.get('top_k')}, τ = {s.get('temperature')}, "
+        f"δ = {s.get('threshold')}")
+    if track == "clip":
+        from moram_ref.experiments.clip.run import PAPER  # noqa: PLC0415
+
+        tiny = bool(s.get("tiny"))
+        backbone = ("a tiny random CLIP" if tiny else f"{s.get('model') or 'ViT-B-16'} ({s.get('pretrained') or 'openai'})")
+        order = f" order {s.get('order') or '1'}" if s.get("benchmark") == "mtil" else ""
+        shots = f"{s['shots']}-shot" if s.get("shots") else "full training sets"
+        paper = PAPER.get(s.get("benchmark"))
+        scale = "" if paper is None else (f" (--tiny: a pipeline check whose numbers mean nothing; for scale only, the {paper})"
+                                          if tiny else f" ({paper})")
+        return (f"{bench}{order}, {backbone}, {shots}, {s.get('iterations')} iterations of batch {s.get('batch')} "
+                f"per task, {core}{scale}")
+    backbone = (f"a tiny random {s.get('tiny')} decoder (--tiny: a pipeline check whose numbers mean nothing)"
+                if s.get("tiny") else str(s.get("model")))
+    epochs = s.get("epochs")
+    return (f"{bench}, {backbone}, {epochs} epoch{'' if epochs == 1 else 's'} per task, batch {s.get('batch')}, "
+            f"{core}")

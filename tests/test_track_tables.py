@@ -1,0 +1,164 @@
+"""``moram-ref report --table clip|llm``: a CLIP/LLM run's summary.json rendered again (moram_ref/experiments/
+track_tables.py) — metrics recomputed from the matrices and checked against the stored ones, several runs
+averaged with their 95 % CI, every damaged or mismatched input refused in one line naming the file."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from moram_ref import metrics
+from moram_ref.cli import main
+
+TASKS = ["caltech101", "dtd", "eurosat"]
+
+
+def clip_entry(matrix: list[list[float]], tasks=TASKS) -> dict:
+    m = np.array(matrix, dtype=float)
+    return {"units": "percent", "tasks": list(tasks), "matrix": matrix,
+            **{k: (None if np.isnan(v) else 100 * v) for k, v in metrics.summary(m / 100).items()}}
+
+
+def llm_entry(matrix: list[list[float | None]], tasks=("C-STANCE", "FOMC")) -> dict:
+    m = np.array(matrix, dtype=float)
+    return {"units": "percent", "tasks": list(tasks), "matrix": matrix, "op": 100 * metrics.op(m / 100),
+            "bwt": 100 * metrics.bwt(m / 100), "bwt_clipped": 100 * metrics.bwt_clipped(m / 100),
+            "numglue_mode": "numeric"}
+
+
+def clip_settings(**changes) -> dict:
+    s = {"benchmark": "xtail", "order": "1", "tiny": False, "model": None, "pretrained": None, "shots": 16,
+         "iterations": 500, "batch": 64, "lr": 5e-4, "seed": 42, "data_root": "/data", "atoms_per_task": 16,
+         "top_k": 16, "temperature": 0.01, "threshold": 0.2, "methods": ["moram", "zero_shot"]}
+    return {**s, **changes}
+
+
+def write_run(folder, summary: dict, settings: dict | None = None, command: str = "clip"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if settings is not None:
+        (folder / "config.json").write_text(json.dumps({"command": command, "settings": settings, "info": {}}))
+    return folder / "summary.json"
+
+
+A = [[80.0, 40.0, 30.0], [78.0, 70.0, 31.0], [75.0, 66.0, 90.0]]
+B = [[82.0, 41.0, 29.0], [79.0, 72.0, 33.0], [77.0, 65.0, 92.0]]
+ZERO = [[60.0, 40.0, 30.0]] * 3
+
+
+def report(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["report", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_one_run_renders_its_metrics_matrix_and_settings(tmp_path, capsys):
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A), "zero_shot": clip_entry(ZERO)}, clip_settings())
+    code, out, _ = report(capsys, "--table", "clip", path)
+    assert code == 0
+    want = metrics.summary(np.array(A) / 100)
+    cells = [f"{100 * want[k]:.1f}" for k in ("transfer", "average", "last", "bwt", "forgetting")]
+    assert f"| MoRAM | {' | '.join(cells)} |" in out
+    assert "| zero-shot CLIP | " in out and "| after \\ on | caltech101 | dtd | eurosat |" in out
+    assert "| dtd | 78.0 | 70.0 | 31.0 |" in out
+    assert out.rstrip().endswith("recomputed from the matrices.")
+    assert "X-TAIL, ViT-B-16 (openai), 16-shot, 500 iterations of batch 64 per task, lr 0.0005" in out
+    assert "paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9" in out and "Seed 42." in out
+
+
+def test_several_runs_give_the_mean_and_the_student_t_half_width(tmp_path, capsys):
+    paths = [write_run(tmp_path / f"s{seed}", {"moram": clip_entry(m)}, clip_settings(seed=seed, methods=["moram"]))
+             for seed, m in ((1, A), (2, B))]
+    code, out, _ = report(capsys, "--table", "clip", *paths)
+    assert code == 0
+    values = [100 * metrics.last(np.array(m) / 100) for m in (A, B)]
+    mean, half = metrics.confidence_interval(np.array(values))
+    assert f"| {mean:.1f} ± {half:.1f} |" in out and "mean over 2 runs" in out and "Seeds 1–2." in out
+    assert f"| caltech101 | {(A[0][0] + B[0][0]) / 2:.1f} |" in out
+
+
+def test_an_llm_run_shows_unevaluated_entries_and_its_bwts(tmp_path, capsys):
+    matrix = [[50.0, None], [40.0, 70.0]]
+    path = write_run(tmp_path / "llm", {"moram": llm_entry(matrix)}, None)
+    code, out, _ = report(capsys, "--table", "llm", path)
+    assert code == 0
+    assert "| MoRAM | 55.0 | -10.0 | 5.0 |" in out and "| C-STANCE | 50.0 | · |" in out
+    assert "have no config.json beside them" in out
+
+
+def test_one_task_has_no_transfer(tmp_path, capsys):
+    path = write_run(tmp_path / "one", {"moram": clip_entry([[70.0]], ["dtd"])})
+    code, out, _ = report(capsys, "--table", "clip", path)
+    assert code == 0 and "| MoRAM | — | 70.0 | 70.0 | — | 0.0 |" in out
+
+
+def test_write_and_check_put_the_table_into_a_document(tmp_path, capsys):
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings(methods=["moram"]))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n<!-- BEGIN generated: clip -->\nold\n<!-- END generated: clip -->\n")
+    assert report(capsys, "--table", "clip", path, "--write", doc)[0] == 0
+    assert "| MoRAM | " in doc.read_text() and "old" not in doc.read_text()
+    assert report(capsys, "--table", "clip", path, "--check", doc)[0] == 0
+
+
+def _damage(summary: dict, how: str) -> dict:
+    s = copy.deepcopy(summary)
+    e = s["moram"]
+    if how == "units":
+        e["units"] = "fraction"
+    elif how == "edited metric":
+        e["last"] += 1.0
+    elif how == "score above 100":
+        e["matrix"][0][0] = 140.0
+    elif how == "short matrix":
+        e["matrix"] = e["matrix"][:2]
+    elif how == "null below the diagonal":
+        e["matrix"][2][0] = None
+    elif how == "text score":
+        e["matrix"][1][1] = "70"
+    elif how == "unknown method":
+        s["lora9"] = s.pop("moram")
+    elif how == "tasks differ between methods":
+        s["zero_shot"]["tasks"] = ["a", "b", "c"]
+    elif how == "pipe in a task name":
+        e["tasks"][0] = "cal|tech"
+    elif how == "not a run's summary":
+        return {"streams": {}}
+    return s
+
+
+@pytest.mark.parametrize("how, said", [
+    ("units", "in units 'fraction': expected 'percent'"),
+    ("edited metric", "'s last = "),
+    ("score above 100", "[0][0] = 140.0: expected a score in [0, 100]"),
+    ("short matrix", "is not 3 × 3"),
+    ("null below the diagonal", "[2][0] = None"),
+    ("text score", "[1][1] = '70'"),
+    ("unknown method", "has method 'lora9': `moram-ref clip` runs"),
+    ("tasks differ between methods", "another method on"),
+    ("pipe in a task name", "expected a non-empty list of distinct names"),
+    ("not a run's summary", "is not the summary.json of a `moram-ref clip` run"),
+])
+def test_a_damaged_summary_is_one_line_naming_the_file(how, said, tmp_path, capsys):
+    path = write_run(tmp_path / "run", _damage({"moram": clip_entry(A), "zero_shot": clip_entry(ZERO)}, how))
+    code, out, err = report(capsys, "--table", "clip", path)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"moram-ref report: error: results: {path} ") and said in err, err
+
+
+def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
+    one = write_run(tmp_path / "a", {"moram": clip_entry(A)}, clip_settings())
+    shots = write_run(tmp_path / "b", {"moram": clip_entry(B)}, clip_settings(shots=4, seed=7))
+    methods = write_run(tmp_path / "c", {"zero_shot": clip_entry(ZERO)}, clip_settings())
+    llm = write_run(tmp_path / "d", {"moram": llm_entry([[50.0, None], [40.0, 70.0]])})
+    other = write_run(tmp_path / "e", {"moram": clip_entry(B)}, clip_settings(), command="llm")
+    for paths, said in (([one, shots], "was run with shots = 4"), ([one, methods], "has methods ['zero_shot']"),
+                        ([one, llm], "is the summary.json of a `moram-ref llm` run: pass --table llm"),
+                        ([other], "its config.json beside it is a `moram-ref llm` run's")):
+        code, out, err = report(capsys, "--table", "clip", *paths)
+        assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (said, err)
+    code, _, err = report(capsys, one)  # the default table (demo) says which one to pass
+    assert code == 2 and "pass --table clip" in err
