@@ -42,10 +42,13 @@ def data(tmp_path_factory):
     (base / "busy").mkdir()
     (base / "busy" / "thesis.tex").write_text("the user's own work\n")
     (base / "nomodel").mkdir()
+    for held in ("real/trace/C-STANCE/train.json", "real/xtail/dtd/split.json"):  # a user's own data
+        (base / held).parent.mkdir(parents=True)
+        (base / held).write_text("[]")
     (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
     return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
-            "MISSING": base / "no" / "such" / "folder"}
+            "MISSING": base / "no" / "such" / "folder", "REAL": base / "real"}
 
 
 def _set(rel: str, content) -> callable:
@@ -180,6 +183,13 @@ CASES = [
                                "--classnames-field", "clip"],
      ["--classnames-json", "classnames.json: dtd: 2 class names given"], None),
     ("clip-synthetic-verify", ["clip", "--make-synthetic", "OUT", "--verify"], ["--make-synthetic", "--verify"], None),
+    ("clip-synthetic-over-real-data", ["clip", "--make-synthetic", "REAL"],
+     ["--make-synthetic", "/real/xtail already holds files that --make-synthetic did not write"], None),
+    ("llm-synthetic-over-real-data", ["llm", "--make-synthetic", "REAL"],
+     ["--make-synthetic", "/real/trace already holds files that --make-synthetic did not write"], None),
+    ("llm-synthetic-data-root", ["llm", "--make-synthetic", "OUT", "--data-root", "TEXT"],
+     ["--make-synthetic and --data-root cannot be used together"], None),
+    ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
     # llm

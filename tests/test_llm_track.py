@@ -262,3 +262,19 @@ def test_bf16_on_a_cpu_is_said_not_silent():
     assert "several times slower than in float32" in cpu_bf16_note(SimpleNamespace(bf16=True, device="cpu"))
     assert cpu_bf16_note(SimpleNamespace(bf16=False, device="cpu")) is None
     assert cpu_bf16_note(SimpleNamespace(bf16=True, device="cuda:0")) is None
+
+
+def test_make_synthetic_gives_a_run_without_the_benchmark(tmp_path, capsys):
+    """``llm --make-synthetic DIR`` writes the 8 TRACE tasks (marked, so writing them again is allowed) and a
+    tiny run on them completes: the README's CPU pipeline check for users without the data."""
+    from moram_ref.cli import main
+
+    for _ in range(2):  # the second time over its own marked output
+        assert main(["llm", "--make-synthetic", str(tmp_path / "syn")]) == 0
+    root = tmp_path / "syn" / "trace"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(data.SEQUENCES["trace"])
+    assert len(json.loads((root / "FOMC" / "train.json").read_text())) == data.SYNTHETIC_TRAIN
+    assert main(["llm", "--tiny", "llama", "--data-root", str(root), "--out", str(tmp_path / "out"), "--max-train", "4",
+                 "--max-test", "2", "--epochs", "1", "--batch", "4", "--micro-batch", "4", "--max-new-tokens", "2",
+                 "--atoms-per-task", "2", "--top-k", "2"]) == 0
+    assert "after task 8/8 (20Minuten)" in capsys.readouterr().out

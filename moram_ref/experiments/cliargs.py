@@ -170,6 +170,20 @@ def conflict(args: argparse.Namespace, *flags: str) -> None:
         raise UsageError(f"{used[0]} and {used[1]} cannot be used together")
 
 
+def synthetic_target(flag: str, root: Path, marker: str) -> None:
+    """Refuse to generate data into ``root`` when it already holds files that generation did not write (no
+    ``marker`` file there): a user's real data under the folder given to ``flag`` would be overwritten."""
+    try:
+        held = root.is_dir() and next(root.iterdir(), None) is not None
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {root}: {exc.strerror or exc}") from None
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{flag}: {root} exists and is not a folder")
+    if held and not (root / marker).is_file():
+        raise UsageError(f"{flag}: {root} already holds files that {flag} did not write (no {marker} there); "
+                         "generated data would overwrite them: give another folder")
+
+
 def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:
     """Add the MoRAM settings as flags with ``defaults`` (a :class:`~moram_ref.config.MoRAMConfig`), one
     wording for every command (spec §3–§5): ``--atoms-per-task``, ``--top-k``, ``--temperature``,

@@ -97,8 +97,12 @@ def validate(args: argparse.Namespace) -> list:
 
     mtil = args.benchmark == "mtil"
     if args.make_synthetic:
+        from moram_ref.experiments.clip.data import SYNTHETIC_MARKER
+
         for flag in ("--data-root", "--verify", "--resume", "--eval-only", "--datasets"):
             cliargs.conflict(args, "--make-synthetic", flag)
+        for layout in ("xtail", "mtil"):
+            cliargs.synthetic_target("--make-synthetic", args.make_synthetic / layout, SYNTHETIC_MARKER)
         return []
     if args.data_root is None:
         raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")

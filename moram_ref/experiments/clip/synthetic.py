@@ -88,13 +88,14 @@ def make_torchvision_eurosat(root: str | Path, classes=("AnnualCrop", "Forest", 
 def make_all(directory: str | Path) -> dict[str, Path]:
     """Both layouts under ``directory``: ``xtail/`` and ``mtil/``; returns the two data roots."""
     directory = Path(directory)
+    for layout, keys in (("xtail", ["caltech101", "dtd", "eurosat"]), ("mtil", ["mnist", "dtd", "eurosat"])):
+        (directory / layout).mkdir(parents=True, exist_ok=True)
+        mark_synthetic(directory / layout, keys)  # first: a run stopped half-way leaves a folder marked as ours
     for i, key in enumerate(("caltech101", "dtd", "eurosat")):
         make_coop_dataset(directory / "xtail", key, n_train=8, n_test=4, seed=i)
     make_torchvision_mnist(directory / "mtil")
     make_torchvision_dtd(directory / "mtil")
     make_torchvision_eurosat(directory / "mtil")
-    mark_synthetic(directory / "xtail", ["caltech101", "dtd", "eurosat"])
-    mark_synthetic(directory / "mtil", ["mnist", "dtd", "eurosat"])
     return {"xtail": directory / "xtail", "mtil": directory / "mtil"}
 
 

@@ -169,3 +169,20 @@ def write_trace_shaped(root: str | Path, names: tuple[str, ...] = SEQUENCES["tra
         for split in ("eval", "test"):
             (folder / f"{split}.json").write_text(json.dumps(rows[n_train:], ensure_ascii=False, indent=1))
     return Path(root)
+
+
+SYNTHETIC_MARKER = "moram_ref_synthetic.json"  # written first at the root --make-synthetic fills
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 32, 8  # rows per task: enough for the tiny pipeline check's --max-train/--max-test
+
+
+def make_synthetic(directory: str | Path) -> Path:
+    """``moram-ref llm --make-synthetic DIR``: the TRACE tasks, generated (:func:`write_trace_shaped`,
+    ``SYNTHETIC_TRAIN`` training and ``SYNTHETIC_TEST`` evaluation/test rows each), in ``DIR/trace``, marked by
+    ``SYNTHETIC_MARKER`` (written first). Returns the data root. A pipeline check for users without the
+    benchmark: the answers are random, so the scores mean nothing."""
+    root = Path(directory) / "trace"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SYNTHETIC_MARKER).write_text(json.dumps(
+        {"made_by": "moram-ref llm --make-synthetic", "tasks": list(SEQUENCES["trace"]),
+         "note": "random words and answers: a pipeline check, not a benchmark"}) + "\n")
+    return write_trace_shaped(root, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST)

@@ -25,10 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.llm import METHODS
 
     p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence (default %(default)s)")
-    p.add_argument("--data-root", type=cliargs.existing_dir, required=True,
-                   help="folder with one sub-folder per task (train.json, test.json: lists of prompt/answer rows)")
+    p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
+                   help="folder with one sub-folder per task (train.json, test.json: lists of prompt/answer rows); "
+                        "required except with --make-synthetic")
+    p.add_argument("--make-synthetic", type=cliargs.out_dir, default=None, metavar="DIR",
+                   help="write the TRACE tasks, generated (random words and answers in the benchmark's layout), to "
+                        "DIR/trace and exit: a pipeline check without the benchmark")
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/llm"), help="run folder (default %(default)s)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of the two is required, except with --make-synthetic (validate)
     src.add_argument("--model", help="a local folder (or a cached hub name) for AutoModelForCausalLM.from_pretrained")
     src.add_argument("--tiny", choices=["llama", "qwen2", "gemma"], help="a tiny random decoder (CPU tests)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS, metavar="METHOD",
@@ -71,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # flags that do not shape the results (a resume may change them)
-RUNTIME_ONLY = ("out", "resume", "eval_only", "device", "eval_batch", "gradient_checkpointing", "fsdp", "command")
+RUNTIME_ONLY = ("out", "resume", "eval_only", "make_synthetic", "device", "eval_batch", "gradient_checkpointing", "fsdp",
+                "command")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -88,6 +93,18 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
     """Every check before any work: flags, the model, every data file, the run folder; returns (tasks, skipped)."""
     from moram_ref.experiments.llm.data import SEQUENCES, load_sequence
 
+    if args.make_synthetic:
+        from moram_ref.experiments.llm.data import SYNTHETIC_MARKER
+
+        for flag in ("--data-root", "--resume", "--eval-only"):
+            cliargs.conflict(args, "--make-synthetic", flag)
+        cliargs.synthetic_target("--make-synthetic", args.make_synthetic / "trace", SYNTHETIC_MARKER)
+        return [], []
+    if args.data_root is None:
+        raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")
+    if args.model is None and args.tiny is None:
+        raise cliargs.UsageError("--model or --tiny: one is required (a local model folder for "
+                                 "AutoModelForCausalLM, or a tiny random decoder for a CPU check)")
     cliargs.conflict(args, "--resume", "--eval-only")
     for flag in ("--methods", "--targets"):
         cliargs.no_repeats(flag, getattr(args, flag[2:]))
@@ -237,6 +254,13 @@ PRINT_EVERY = 10  # a progress line every this many steps, and one at the end of
 
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, skipped = validate(args)
+    if args.make_synthetic:
+        from moram_ref.experiments.llm.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
+
+        root = make_synthetic(args.make_synthetic)
+        log(f"wrote TRACE-layout data to {root}: the 8 TRACE tasks generated, {SYNTHETIC_TRAIN} training and "
+            f"{SYNTHETIC_TEST} test rows each (random answers: a pipeline check whose scores mean nothing)")
+        return {"trace": str(root)}
     info = {"tasks": [t.name for t in tasks], "skipped": skipped,
             "threads": threads.current()}  # torch's CPU thread count: a resume continues on it
     continued = threads.started_on(args.out) if args.resume or args.eval_only else None  # checked before the lock
