@@ -254,6 +254,15 @@ def _main(argv: list[str], exiting: bool) -> int:
                   "that diverged (try a smaller --lr, in a new --out) or adapter weights that are finite but too "
                   "large (a checkpoint that matches its checksum was written so)", file=sys.stderr)
             return 1
+        if isinstance(exc, RuntimeError) and "device-side assert" in str(exc):
+            # a check on the GPU failed (torch._assert_async: the forward's NaN/inf check is one); the CUDA
+            # context cannot be used after it, so the process stops
+            print(f"{name}: error: a check on the GPU failed (a device-side assertion: CUDA printed which one "
+                  "above) and the GPU cannot continue in this process. An adapted layer's NaN/inf input check fails "
+                  "after training that diverged (try a smaller --lr, in a new --out) or with adapter weights finite "
+                  "but too large; on a CPU (--device cpu) the message names the layer. Files written before are "
+                  "whole", file=sys.stderr)
+            return 1
         if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone
             _drop_stdout()
             return _closed(name, finished=False)

@@ -512,3 +512,18 @@ def test_training_that_diverges_is_one_line_naming_the_layer(data, tmp_path, cap
     assert err.startswith("moram-ref clip: error: x contains NaN or inf (")
     for said in ("; it is the input of adapted layer '", "a smaller --lr", "a checkpoint that matches its checksum"):
         assert said in err, (said, err)
+
+
+def test_a_failed_device_side_assertion_is_one_line(tmp_path, capsys, monkeypatch):
+    """On CUDA the NaN/inf check is a device-side assertion; torch raises a RuntimeError at the next
+    synchronisation and the GPU is unusable: one line and exit 1, not a CUDA traceback."""
+    from moram_ref import report
+
+    def failed(args):
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with `TORCH_USE_CUDA_DSA` to enable "
+                           "device-side assertions.\n")
+
+    monkeypatch.setattr(report, "run", failed)
+    assert main(["report", str(tmp_path / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("moram-ref report: error: a check on the GPU failed") and "--lr" in err

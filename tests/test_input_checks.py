@@ -83,3 +83,23 @@ def test_a_named_site_is_in_both_messages(monkeypatch):
     monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: calls.append(msg))
     check_input("x", torch.tensor([[1.0, float("nan"), 0.0]]), 3, site="blocks.3.fc")
     assert calls == ["x contains NaN or inf; it is the input of adapted layer 'blocks.3.fc'"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a device-side assertion exists only on CUDA")
+def test_on_cuda_a_non_finite_input_stops_at_the_next_synchronisation(tmp_path):
+    """On CUDA the check is ``torch._assert_async``: it must fail — never pass silently — by the next
+    synchronisation. Run in a child process, since a device-side assertion leaves the CUDA context unusable;
+    the command line turns what it raises into one line (``moram_ref.cli``: ``device-side assert``)."""
+    import subprocess
+    import sys
+
+    script = ("import torch\n"
+              "from moram_ref.shapes import check_input\n"
+              "x = torch.ones(4, 3, device='cuda'); x[1, 2] = float('nan')\n"
+              "check_input('x', x, 3, site='blocks.0.fc')\n"
+              "torch.cuda.synchronize()\n"
+              "print('PASSED SILENTLY')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "PASSED SILENTLY" not in said, said
+    assert "device-side assert" in said or "contains NaN or inf" in said, said[-2000:]
