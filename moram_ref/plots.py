@@ -21,7 +21,8 @@ def _pyplot():
 
 def accuracy_figure(matrices: dict[str, np.ndarray], task_names: list[str], title: str):
     """One panel per method: ``a[i, j]`` (fractions in [0, 1]) after task i (rows) on task j (columns),
-    as a matplotlib figure, returned unsaved (pyplot's current backend: inline in a notebook)."""
+    as a matplotlib figure, returned unsaved (pyplot's current backend: inline in a notebook). NaN entries
+    (not evaluated: an LLM run scores only the tasks learned so far) are left blank."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     n = len(matrices)
@@ -29,6 +30,8 @@ def accuracy_figure(matrices: dict[str, np.ndarray], task_names: list[str], titl
     for ax, (name, a) in zip(axes[0], matrices.items()):
         ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
         for (i, j), v in np.ndenumerate(a):
+            if np.isnan(v):
+                continue
             ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if v < 0.6 else "black")
         ax.set_title(name, fontsize=9)

@@ -236,6 +236,7 @@ def test_cli_prints_progress_lines(tmp_path, capsys):
     for t, name in enumerate(("C-STANCE", "FOMC"), 1):  # 6 samples in batches of 4: 2 steps per task
         assert re.search(rf"^moram task {t}/2 \({name}\) step 2/2 loss \d+\.\d{{4}}$", printed, re.M), printed
         assert f"after task {t}/2 ({name})" in printed
+    assert (tmp_path / "out" / "scores.png").is_file()  # the score matrices, one panel per method
     # report renders the run's summary.json again, as Markdown, with the same OP and BWT as the printed table
     op, bwt = re.search(r"^MoRAM\s+(-?\d+\.\d\d)\s+(-?\d+\.\d\d)", printed, re.M).groups()
     assert main(["report", "--table", "llm", str(tmp_path / "out" / "summary.json")]) == 0

@@ -296,8 +296,15 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
                               log=None if quiet else log, on_step=None if quiet else printer(PRINT_EVERY, log))
         summary[method] = _finish(matrix, [t.name for t in tasks], out, settings, dist.rank == 0)
     if dist.rank == 0:
-        log("\n" + format_table(summary, [t.name for t in tasks]))
-        rundir.write_json(args.out / "summary.json", summary)
+        names = [t.name for t in tasks]
+        log("\n" + format_table(summary, names))
+        from moram_ref import plots
+
+        with rundir.staging(args.out) as stage:  # the summary and its figure replace the earlier ones together
+            rundir.write_json(stage / "summary.json", summary)
+            plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"], dtype=float) / 100 for m, s in summary.items()},
+                                    names, stage / "scores.png", f"{args.benchmark.upper()} scores (0–100)")
+            rundir.publish(stage, args.out, stale=("scores.png",))
     return summary
 
 
