@@ -204,7 +204,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "textcl-routing and textcl-shares, confusion.json (text-cl-confusion) for textcl-confusion, "
                         "sensitivity.json (text-cl-sensitivity) for textcl-sensitivity; one or more summary.json of "
                         "`moram-ref clip` / `moram-ref llm` runs for clip / llm")
-    p.add_argument("--table", default="demo", choices=sorted(GENERATORS), help="which table to render")
+    p.add_argument("--table", default=None, choices=sorted(GENERATORS), help="which table to render (default demo)")
     p.add_argument("--block", metavar="NAME", default=None,
                    help="the generated block to --write/--check (default: the table's name; e.g. textcl:standard-2 "
                         "when a file holds several tables of one kind)")
@@ -217,6 +217,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = args.results if isinstance(args.results, list) else [args.results]
+    chosen = "the default --table demo" if args.table is None else f"--table {args.table}"
+    args.table = args.table or "demo"
     what, least, most = INPUTS.get(args.table, ("a results file", 1, 1))
     if len(paths) < least or (most is not None and len(paths) > most):
         count = f"{least}" if least == most else f"{least} or more" if most is None else f"{least}–{most}"
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     for i, (path, data) in enumerate(zip(paths, loaded)):
         why = check(data, i) if check else None
         if why:
-            raise UsageError(f"results: {path} {why} (--table {args.table})")
+            raise UsageError(f"results: {path} {why} ({chosen})")
     if args.table in ("clip", "llm"):  # a run's summary with its settings (config.json beside it), then across runs
         loaded = [track_tables.read_run(path, data) for path, data in zip(paths, loaded)]
         if why := track_tables.runs_problem(loaded, args.table):

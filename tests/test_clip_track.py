@@ -153,7 +153,7 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     assert main(["report", "--table", "clip", str(out / "summary.json")]) == 0
     table = capsys.readouterr().out
     assert f"| MoRAM | {' | '.join(row)} | " in table and "| zero-shot CLIP | " in table, (row, table)
-    assert "X-TAIL, a tiny random CLIP, 2-shot, 2 iterations of batch 4 per task" in table
+    assert f"X-TAIL ({', '.join(KEYS)}), a tiny random CLIP, 2-shot, 2 iterations of batch 4 per task" in table
     progress = json.loads((out / "moram" / "progress.json").read_text())
     assert len(progress["n99"]) == 3 and set(progress["maps"]) == {"after_task_1", "after_task_2", "after_task_3"}
     capsys.readouterr()

@@ -86,7 +86,7 @@ def test_an_llm_run_shows_unevaluated_entries_and_its_bwts(tmp_path, capsys):
     code, out, _ = report(capsys, "--table", "llm", path)
     assert code == 0
     assert "| MoRAM | 55.0 | -10.0 | 5.0 |" in out and "| C-STANCE | 50.0 | · |" in out
-    assert "have no config.json beside them" in out
+    assert "No config.json beside the file: the run's settings are unknown." in out
 
 
 def test_one_task_has_no_transfer(tmp_path, capsys):
@@ -132,7 +132,7 @@ def _damage(summary: dict, how: str) -> dict:
 
 @pytest.mark.parametrize("how, said", [
     ("units", "in units 'fraction': expected 'percent'"),
-    ("edited metric", "'s last = "),
+    ("edited metric", "has method 'moram': its last = 78.0, but its matrix gives 77"),
     ("score above 100", "[0][0] = 140.0: expected a score in [0, 100]"),
     ("short matrix", "is not 3 × 3"),
     ("null below the diagonal", "[2][0] = None"),
@@ -152,13 +152,15 @@ def test_a_damaged_summary_is_one_line_naming_the_file(how, said, tmp_path, caps
 def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
     one = write_run(tmp_path / "a", {"moram": clip_entry(A)}, clip_settings())
     shots = write_run(tmp_path / "b", {"moram": clip_entry(B)}, clip_settings(shots=4, seed=7))
-    methods = write_run(tmp_path / "c", {"zero_shot": clip_entry(ZERO)}, clip_settings())
+    methods = write_run(tmp_path / "c", {"zero_shot": clip_entry(ZERO)}, clip_settings(seed=9))
     llm = write_run(tmp_path / "d", {"moram": llm_entry([[50.0, None], [40.0, 70.0]])})
-    other = write_run(tmp_path / "e", {"moram": clip_entry(B)}, clip_settings(), command="llm")
+    other = write_run(tmp_path / "e", {"moram": clip_entry(B)}, clip_settings(seed=3), command="llm")
+    again = write_run(tmp_path / "f", {"moram": clip_entry(B)}, clip_settings())  # seed 42 again
     for paths, said in (([one, shots], "was run with shots = 4"), ([one, methods], "has methods ['zero_shot']"),
+                        ([one, one], "is given twice"), ([one, again], "were both run with seed 42"),
                         ([one, llm], "is the summary.json of a `moram-ref llm` run: pass --table llm"),
                         ([other], "its config.json beside it is a `moram-ref llm` run's")):
         code, out, err = report(capsys, "--table", "clip", *paths)
         assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (said, err)
     code, _, err = report(capsys, one)  # the default table (demo) says which one to pass
-    assert code == 2 and "pass --table clip" in err
+    assert code == 2 and err.rstrip().endswith("pass --table clip (the default --table demo)")

@@ -72,17 +72,18 @@ def problem(summary: Any, track: str) -> str | None:
     tasks = None
     for method, entry in summary.items():
         where = f"method {short_repr(method)}"
+        its = f"{where}: its"
         if method not in known:
             return f"has {where}: `moram-ref {track}` runs {', '.join(known)}"
         if entry.get("units") != "percent":
             return f"has {where} in units {short_repr(entry.get('units'))}: expected 'percent'"
-        if (why := names_problem(f"{where}'s tasks", entry.get("tasks"))) is not None:
+        if (why := names_problem(f"{where}: tasks", entry.get("tasks"))) is not None:
             return why
         if tasks is not None and entry["tasks"] != tasks:
             return f"has {where} on tasks {short_repr(entry['tasks'])}, another method on {short_repr(tasks)}"
         tasks = entry["tasks"]
         if (why := _matrix_problem(track, entry.get("matrix"), len(tasks))) is not None:
-            return f"has {where}'s matrix {why}"
+            return f"has {its} matrix {why}"
         matrix = np.array(entry["matrix"], dtype=float)
         for key, value in recomputed(track, matrix).items():
             stored = entry.get(key)
@@ -91,7 +92,7 @@ def problem(summary: Any, track: str) -> str | None:
             if stored is None and math.isnan(value):
                 continue  # undefined (one task) is written as null
             if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not abs(stored - value) <= TOLERANCE:
-                return (f"has {where}'s {key} = {short_repr(stored)}, but its matrix gives {value:.6g}: the file "
+                return (f"has {its} {key} = {short_repr(stored)}, but its matrix gives {value:.6g}: the file "
                         "was edited or is damaged")
     return None
 
@@ -127,6 +128,20 @@ def runs_problem(runs: list[dict], track: str) -> str | None:
     for run in runs:
         if run["config"] is not None and run["config"].get("command") != track:
             return f"{run['path']}: its config.json beside it is a `moram-ref {run['config'].get('command')}` run's"
+    seen: dict = {}
+    for run in runs:  # one run counted twice would shrink the interval as if it were two
+        where = Path(run["path"]).resolve()
+        if where in seen:
+            return f"{run['path']} is given twice ({seen[where]}): several files are different runs, averaged"
+        seen[where] = run["path"]
+    seeds: dict = {}
+    for run in runs:
+        seed = run["config"]["settings"].get("seed") if run["config"] is not None else None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            if seed in seeds:
+                return (f"{run['path']} and {seeds[seed]} were both run with seed {seed}: the same run twice would "
+                        "shrink the interval; several files are runs with other --seeds, averaged")
+            seeds[seed] = run["path"]
     for run in runs[1:]:
         if list(run["summary"]) != list(first["summary"]):
             return (f"{run['path']} has methods {list(run['summary'])}, {first['path']} {list(first['summary'])}: "
@@ -184,7 +199,9 @@ def _note(track: str, runs: list[dict]) -> str:
         text = f"{seeds_phrase([s.get('seed') for s in known], runs=None)}. " + text
         text = f"{describe(track, known[0])}. " + text
     else:
-        text += f" ({len(runs) - len(known)} of the {len(runs)} files have no config.json beside them: their settings are unknown.)"
+        text += (" (No config.json beside the file: the run's settings are unknown.)" if len(runs) == 1 else
+                 f" ({len(runs) - len(known)} of the {len(runs)} files have no config.json beside them: their settings "
+                 "are unknown.)")
     return text
 
 
@@ -203,7 +220,9 @@ def describe(track: str, s: dict) -> str:
 
         tiny = bool(s.get("tiny"))
         backbone = ("a tiny random CLIP" if tiny else f"{s.get('model') or 'ViT-B-16'} ({s.get('pretrained') or 'openai'})")
-        order = f" order {s.get('order') or '1'}" if s.get("benchmark") == "mtil" else ""
+        chosen = s.get("datasets")
+        order = (f" ({', '.join(map(str, chosen))})" if isinstance(chosen, list) and chosen
+                 else f" order {s.get('order') or '1'}" if s.get("benchmark") == "mtil" else "")
         shots = f"{s['shots']}-shot" if s.get("shots") else "full training sets"
         paper = PAPER.get(s.get("benchmark"))
         scale = "" if paper is None else (f" (--tiny: a pipeline check whose numbers mean nothing; for scale only, the {paper})"

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates-field", default=None, help="the list to use in a datasets.json-style file")
     p.add_argument("--data-root", type=cliargs.existing_dir, default=None, help="required except with --make-synthetic")
     p.add_argument("--make-synthetic", type=cliargs.out_dir, default=None, metavar="DIR",
-                   help="write small synthetic X-TAIL (DIR/xtail) and MTIL (DIR/mtil) data sets and exit")
+                   help="write small synthetic data sets and exit: X-TAIL layout in DIR/xtail (caltech101, dtd, "
+                        "eurosat), torchvision layout in DIR/mtil (mnist, dtd, eurosat); run on them with --datasets")
     p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/xtail"), help="run folder (default %(default)s)")
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
@@ -117,6 +118,16 @@ def validate(args: argparse.Namespace) -> list:
         if getattr(args, f"{name}_field") is not None and getattr(args, f"{name}_json") is None:
             raise cliargs.UsageError(f"--{name}-field: needs --{name}-json")
     args.order = args.order or "1"
+    if args.datasets is None:  # the benchmark's whole order: on --make-synthetic data, say which it holds
+        from moram_ref.experiments.clip.data import synthetic_keys
+
+        held = synthetic_keys(args.data_root)
+        whole = mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"]
+        if held and not set(whole) <= held:
+            mine = [k for k in whole if k in held]
+            raise cliargs.UsageError(f"--datasets: --data-root {args.data_root} holds --make-synthetic data of "
+                                     f"{', '.join(mine)} only, not the {len(whole)} data sets of the benchmark's order; "
+                                     f"pass --datasets {' '.join(mine)}")
     known = sorted({k for order in mtil_spec()["orders"].values() for k in order}) if mtil else xtail_spec()["order"]
     args.datasets = cliargs.name_list("--datasets", args.datasets, known) or (
         mtil_spec()["orders"][args.order] if mtil else xtail_spec()["order"])

@@ -98,6 +98,9 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
 
         for flag in ("--data-root", "--resume", "--eval-only"):
             cliargs.conflict(args, "--make-synthetic", flag)
+        if args.benchmark != "trace":
+            raise cliargs.UsageError(f"--make-synthetic: generates the TRACE tasks only; --benchmark {args.benchmark} "
+                                     "needs its real data (the O-LoRA releases' layout, docs/experiments.md)")
         cliargs.synthetic_target("--make-synthetic", args.make_synthetic / "trace", SYNTHETIC_MARKER)
         return [], []
     if args.data_root is None:
@@ -322,11 +325,13 @@ def _finish(matrix: np.ndarray, names: list[str], out: Path, settings, write: bo
 
 def format_table(summary: dict, names: list[str]) -> str:
     lines = []
+    width = min(max(9, *map(len, names)), 16)  # whole task names (NumGLUE-cm vs -ds), up to 16 characters
     for method, r in summary.items():
         lines.append(f"{LABELS[method]} — scores (0–100), row = after task, column = task")
-        lines.append("            " + " ".join(f"{n[:9]:>9}" for n in names))
+        lines.append(" " * (width + 1) + " ".join(f"{n[:width]:>{width}}" for n in names))
         for name, row in zip(names, r["matrix"]):
-            lines.append(f"{name[:11]:<11} " + " ".join("        ·" if np.isnan(v) else f"{v:9.1f}" for v in row))
+            lines.append(f"{name[:width]:<{width}} " + " ".join(f"{'·':>{width}}" if np.isnan(v) else f"{v:{width}.1f}"
+                                                                for v in row))
         lines.append("")
     lines.append("method               OP     BWT   BWT(clipped, paper's positive)")
     for method, r in summary.items():
