@@ -250,7 +250,7 @@ def _main(argv: list[str], exiting: bool) -> int:
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
             return 2
         if isinstance(exc, NonFiniteError):  # activations overflowed: a diverged run or overflowing weights
-            print(f"{name}: error: {' '.join(str(exc).split())}: activations overflowed before it — training "
+            print(f"{name}: error: {' '.join(str(exc).split())}: activations overflowed on the way — training "
                   "that diverged (try a smaller --lr, in a new --out) or adapter weights that are finite but too "
                   "large (a checkpoint that matches its checksum was written so)", file=sys.stderr)
             return 1

@@ -135,6 +135,25 @@ def test_logits_do_not_depend_on_eval_batch_size(data_root, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_non_finite_class_scores_stop_the_evaluation(data_root, monkeypatch):
+    """Overflow after the last adapted layer reaches no adapter's input check: the scores are checked before
+    the argmax, which would otherwise count NaN rows as predictions of class 0."""
+    from moram_ref.experiments.clip import train as T
+    from moram_ref.shapes import NonFiniteError
+
+    model, _, transform, tokenizer = backbone.tiny_clip()
+    real = T._features
+
+    def overflowed(model, images=None, tokens=None):
+        out = real(model, images=images, tokens=tokens)
+        return out if images is None else torch.where(torch.arange(len(out))[:, None] == 1, float("inf"), out)
+
+    monkeypatch.setattr(T, "_features", overflowed)
+    domains = [load_domain(data_root, k) for k in KEYS[:1]]
+    with pytest.raises(NonFiniteError, match=r"the class scores of 1 of 4 test images of caltech101 contain NaN"):
+        evaluate(model, tokenizer, transform, domains, ClipSettings(eval_batch=4), "cpu", data_root)
+
+
 def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
     from moram_ref.cli import main
 

@@ -111,3 +111,26 @@ def test_generation_errors(tokenizer, models):
         generation_throughput(moram, tokenizer, PROMPTS, 0)
     with pytest.raises(ValueError, match="int64"):
         generation_throughput(moram, None, torch.ones(2, 3), 2)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_non_finite_next_token_scores_stop_generation(tokenizer, models, mode):
+    """Greedy decoding of NaN scores would pick a token from garbage and be scored as an answer: a logits
+    processor notes any NaN/inf on the device and generation stops with NonFiniteError after the batch."""
+    from moram_ref.shapes import NonFiniteError
+
+    plain, _ = models
+    model = copy.deepcopy(plain)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            output = output.clone()
+            output[..., 7] = float("nan")  # one token's score
+        return output
+
+    model.lm_head.register_forward_hook(poison)  # the third decoding step's scores hold NaN
+    with pytest.raises(NonFiniteError, match=r"next-token scores contain NaN or inf while generating answers"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode=mode)
+    assert generate(plain, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode=mode)  # untouched: no alarm

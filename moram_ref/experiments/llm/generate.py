@@ -92,7 +92,23 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
             module.training = training
 
 
+class _FiniteScores:
+    """A logits processor that notes, on the device, whether any next-token score was NaN or inf (greedy
+    decoding would then pick a token from garbage): read once per batch, no synchronisation per step."""
+
+    def __init__(self, device) -> None:
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.bad |= ~torch.isfinite(scores).all()
+        return scores
+
+
 def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt, synced, mode) -> list[str]:
+    from transformers import LogitsProcessorList  # noqa: PLC0415
+
+    from moram_ref.shapes import NonFiniteError  # noqa: PLC0415
+
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p, max_prompt)[0] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
@@ -100,10 +116,15 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt,
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
+        finite = _FiniteScores(device)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             synced_gpus=synced, **generation_kwargs(model, mode))
+                             synced_gpus=synced, logits_processor=LogitsProcessorList([finite]),
+                             **generation_kwargs(model, mode))
+        if bool(finite.bad):
+            raise NonFiniteError(f"the model's next-token scores contain NaN or inf while generating answers to "
+                                 f"{len(idx)} prompts, so greedy decoding would pick garbage")
         for row, i in enumerate(idx):
             results[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
     return [results[i] for i in range(len(prompts))]
