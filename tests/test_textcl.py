@@ -43,6 +43,24 @@ def test_loads_offline_and_matches_the_full_model(encoder):
     assert e.shape == (2, 384)
 
 
+def test_adapters_are_named_as_in_the_whole_encoder(encoder):
+    """attach acts on the top blocks (``enc.top``), whose names restart at 0; ``name_adapters`` gives each
+    adapter the name a NaN/inf message should print: its place in the whole encoder."""
+    import copy
+
+    from moram_ref.config import MoRAMConfig
+    from moram_ref.torch import attach as A
+
+    model, tok = encoder
+    enc = CachedEncoder(copy.deepcopy(model), tok, adapt_layers=2)
+    A.attach(enc.top, MoRAMConfig(atoms_per_task=2, top_k=2), enc.target_names("ffn"))
+    enc.name_adapters()
+    sites = sorted(layer.site for _, layer in A.attached_layers(enc.top))
+    assert sites == ["encoder.layer.4.intermediate.dense", "encoder.layer.4.output.dense",
+                     "encoder.layer.5.intermediate.dense", "encoder.layer.5.output.dense"], sites
+    assert all(dict(model.named_modules()).get(site) is not None for site in sites)
+
+
 def test_loading_draws_no_progress_bar_and_keeps_the_callers_setting(capfd):
     from transformers.utils import logging as hf_logging
 

@@ -97,6 +97,16 @@ def real(low: float | None = None, high: float | None = None, *, low_open: bool 
     return _typed("number", parse)
 
 
+# --lr's range: above about 3e37 torch's Adam/AdamW cannot convert the step to float32 (a raw RuntimeError);
+# no run diverging from a large rate needs more than 1e30 to show it.
+MAX_LR = 1e30
+
+
+def learning_rate() -> Callable[[str], float]:
+    """An argparse type for ``--lr``: a finite number in (0, :data:`MAX_LR`]."""
+    return real(0, MAX_LR, low_open=True)
+
+
 def existing_dir(text: str) -> Path:
     """An argparse type: a folder that exists."""
     path = Path(text).expanduser()

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
     p.add_argument("--iterations", type=cliargs.integer(1), default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
     p.add_argument("--batch", type=cliargs.integer(1), default=64, help="at most the smallest training set")
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4,
+    p.add_argument("--lr", type=cliargs.learning_rate(), default=5e-4,
                    help="AdamW learning rate, cosine schedule over each task's iterations (spec §5; default %(default)s)")
     p.add_argument("--eval-batch", type=cliargs.integer(1), default=256,
                    help="images per evaluation batch (memory; default %(default)s)")

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs per task (default: the paper's TRACE epochs, 1 for other tasks)")
     p.add_argument("--batch", type=cliargs.integer(1), default=32, help="effective batch (gradient accumulation)")
     p.add_argument("--micro-batch", type=cliargs.integer(1), default=4, help="at most --batch")
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=5e-4,
+    p.add_argument("--lr", type=cliargs.learning_rate(), default=5e-4,
                    help="Adam learning rate, constant (spec §5; default %(default)s)")
     p.add_argument("--max-prompt", type=cliargs.integer(1), default=1024,
                    help="prompt tokens kept, from the end (MeetingBank: 4096 always, spec §5; default %(default)s)")

@@ -108,6 +108,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
                     for t in range(1, n + 1):
                         A.detach(enc.top)
                         A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                        enc.name_adapters()
                         checkpoint.load(enc.top, run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
                                         config, method, tasks_done=t)
                         if t < n:

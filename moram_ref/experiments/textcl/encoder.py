@@ -91,6 +91,15 @@ class CachedEncoder:
             raise ValueError(f"placement must be one of {sorted(PLACEMENTS)}, got {placement!r}")
         return [f"{i}.{name}" for i in range(len(self.top)) for name in PLACEMENTS[placement]]
 
+    def name_adapters(self) -> None:
+        """After ``attach(self.top, …)``: give each adapter its name in the whole encoder
+        (``encoder.layer.4.intermediate.dense``, not ``0.intermediate.dense``), which its input errors print."""
+        from moram_ref.torch.attach import attached_layers  # noqa: PLC0415
+
+        for name, layer in attached_layers(self.top):
+            block, _, rest = name.partition(".")
+            layer.site = f"encoder.layer.{self.split + int(block)}.{rest}"
+
     @torch.no_grad()
     def precompute(self, texts: Sequence[str], batch_size: int = 64) -> None:
         """Cache the frozen bottom blocks' output for every text not cached yet."""

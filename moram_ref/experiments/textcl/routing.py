@@ -100,6 +100,7 @@ def _probe(args, settings: dict, methods: list[str], tasks: list, log) -> dict:
                 for t in range(1, len(names) + 1):
                     A.detach(enc.top)
                     A.attach(enc.top, config, enc.target_names(settings["placement"]), method=method)
+                    enc.name_adapters()
                     checkpoint.load(enc.top, args.run / "state" / f"{method}_seed{seed}" / f"task{t}.safetensors",
                                     config, method, tasks_done=t)
                     enc.top.eval()

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"parts run with disjoint --methods join with text-cl-merge")
     p.add_argument("--steps", type=cliargs.integer(1), default=DEFAULTS["steps"], help="training steps per task (default %(default)s)")
     p.add_argument("--batch", type=cliargs.integer(1), default=DEFAULTS["batch"], help="texts per step (default 16)")
-    p.add_argument("--lr", type=cliargs.real(0, low_open=True), default=DEFAULTS["lr"], help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--lr", type=cliargs.learning_rate(), default=DEFAULTS["lr"], help="AdamW learning rate (default 2e-3)")
     p.add_argument("--adapt-layers", type=cliargs.integer(1), default=DEFAULTS["adapt_layers"],
                    help="adapters on the encoder's top N blocks (default %(default)s; MiniLM has 6)")
     p.add_argument("--placement", default=DEFAULTS["placement"], choices=["attention", "ffn", "all"],

@@ -115,6 +115,7 @@ def run_method(method: str, seed: int, settings: TrainSettings, enc: CachedEncod
     trained = method != "zero_shot"
     if trained:
         A.attach(enc.top, settings.moram, enc.target_names(settings.placement), method=method)
+        enc.name_adapters()
     enc.top.eval()  # the backbone's own dropout stays off; adapters switch train/eval themselves
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
