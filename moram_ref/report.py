@@ -12,12 +12,13 @@ import argparse
 import difflib
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from moram_ref import provenance
-from moram_ref.experiments import track_tables
+from moram_ref.experiments import rundir, track_tables
 from moram_ref.experiments.cliargs import UsageError
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
@@ -181,11 +182,30 @@ def _block(name: str) -> re.Pattern:
 
 
 def replace_block(text: str, name: str, body: str) -> str:
-    """``text`` with the generated block ``name`` replaced by ``body``; ValueError if the markers are missing."""
+    """``text`` with the generated block ``name`` replaced by ``body``. ValueError if the markers are missing,
+    if ``text`` holds two blocks of that name (one would go stale unseen), or if ``body`` holds a marker
+    (it would end the block early, and every later --write would add a copy)."""
     pattern = _block(name)
-    if not pattern.search(text):
+    found = len(pattern.findall(text))
+    if not found:
         raise ValueError(f"no block '<!-- BEGIN generated: {name} ... -->' … '<!-- END generated: {name} -->' found")
+    if found > 1:
+        raise ValueError(f"{found} blocks are named {name!r}: give each its own name (--block)")
+    if "<!-- BEGIN generated:" in body or "<!-- END generated:" in body:
+        raise ValueError("the rendered table holds a block marker ('<!-- … generated:'): its input's text would "
+                         "end the block early")
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text, count=1)
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads``' object hook: a key given twice in one object is refused (JSON keeps the last silently,
+    leaving the first unchecked)."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        again = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {again!r} appears twice in one object")
+    return out
 
 
 def read_block(text: str, name: str) -> str:
@@ -223,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < least or (most is not None and len(paths) > most):
         count = f"{least}" if least == most else f"{least} or more" if most is None else f"{least}–{most}"
         raise UsageError(f"results: --table {args.table} takes {count} file(s) ({what}), got {len(paths)}")
+    if args.block is not None and args.write is None and args.check is None:
+        raise UsageError(f"--block: names the block --write or --check acts on; neither was given")
     block = args.table if args.block is None else args.block
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", block):
         raise UsageError(f"--block: {block!r} is not a block name (letters, digits, '_', '.', ':', '-')")
@@ -235,8 +257,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot: cannot write {args.plot}: the folder {args.plot.parent} does not exist")
     loaded = []
     for path in paths:
+        if path.exists() and not path.is_file():  # a folder, a FIFO (would block), a device (/dev/zero: endless)
+            raise UsageError(f"results: {path} is not a regular file")
         try:
-            loaded.append(json.loads(path.read_text()))
+            loaded.append(json.loads(path.read_text(), object_pairs_hook=_no_repeated_keys))
         except (OSError, ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, an over-long integer
             raise UsageError(f"results: cannot read {path}: {err}") from None
     check = FILE_CHECKS.get(args.table)
@@ -257,9 +281,15 @@ def run(args: argparse.Namespace) -> int:
                          f"({type(err).__name__}: {err})") from None
     target: Path | None = args.write or args.check
     new = text = None
+    crlf = False
     if target is not None:  # the target is checked before anything is written
+        flag = "--check" if args.check else "--write"
+        if target.exists() and not target.is_file():
+            raise UsageError(f"{flag}: {target} is not a regular file")
         try:
-            text = target.read_text()
+            raw = target.read_bytes()
+            crlf = b"\r\n" in raw  # written back with the line endings it has
+            text = raw.decode("utf-8").replace("\r\n", "\n")
             new = replace_block(text, block, body)
         except (OSError, ValueError) as err:
             raise UsageError(f"{'--check' if args.check else '--write'}: {target}: {err}") from None
@@ -279,9 +309,10 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{target}: the '{block}' table matches {names}")
         return 0
-    try:
-        target.write_text(new)
+    try:  # whole or not at all: a full disk leaves the document as it was
+        rundir.write_text(target, new.replace("\n", "\r\n") if crlf else new)
     except OSError as err:
-        raise UsageError(f"--write: cannot write {target}: {err}") from None
+        print(f"moram-ref report: error: --write: {err.strerror or err}; {target} is as it was", file=sys.stderr)
+        return 1
     print(f"wrote the '{block}' table into {target}")
     return 0

@@ -32,7 +32,7 @@ def llm_entry(matrix: list[list[float | None]], tasks=("C-STANCE", "FOMC")) -> d
 def clip_settings(**changes) -> dict:
     s = {"benchmark": "xtail", "order": "1", "tiny": False, "model": None, "pretrained": None, "shots": 16,
          "iterations": 500, "batch": 64, "lr": 5e-4, "seed": 42, "data_root": "/data", "atoms_per_task": 16,
-         "top_k": 16, "temperature": 0.01, "threshold": 0.2, "methods": ["moram", "zero_shot"]}
+         "top_k": 16, "temperature": 0.01, "threshold": 0.2, "methods": ["moram", "zero_shot"], "datasets": None}
     return {**s, **changes}
 
 
@@ -159,8 +159,101 @@ def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
     for paths, said in (([one, shots], "was run with shots = 4"), ([one, methods], "has methods ['zero_shot']"),
                         ([one, one], "is given twice"), ([one, again], "were both run with seed 42"),
                         ([one, llm], "is the summary.json of a `moram-ref llm` run: pass --table llm"),
-                        ([other], "its config.json beside it is a `moram-ref llm` run's")):
+                        ([other], "is the record of a run of 'llm', not of `moram-ref clip`")):
         code, out, err = report(capsys, "--table", "clip", *paths)
         assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (said, err)
     code, _, err = report(capsys, one)  # the default table (demo) says which one to pass
     assert code == 2 and err.rstrip().endswith("pass --table clip (the default --table demo)")
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"lr": "fast"}, "settings.lr = 'fast': expected a finite number > 0"),
+    ({"lr": True}, "settings.lr = True"),
+    ({"seed": [1, 2]}, "settings.seed = [1, 2]: expected an integer ≥ 0"),
+    ({"iterations": {"a": 1}}, "settings.iterations = {'a': 1}"),
+    ({"tiny": "false"}, "settings.tiny = 'false': expected true or false"),
+    ({"benchmark": ["xtail"]}, "settings.benchmark = ['xtail']"),
+    ({"benchmark": "imagenet"}, "settings.benchmark = 'imagenet'"),
+    ({"model": "x|y\n# heading"}, "settings.model = "),
+    ({"datasets": ["mnist", "dtd", "eurosat"]}, "has settings.datasets = ['mnist', 'dtd', 'eurosat'], but"),
+    ({"methods": ["zero_shot"]}, "has settings.methods = ['zero_shot'], but"),
+    ({"seed": None}, "settings.seed = None"),
+])
+def test_a_record_beside_the_summary_that_cannot_describe_it_is_refused(change, said, tmp_path, capsys):
+    """config.json is where the note's settings come from: a field of the wrong type, or settings that do not
+    match the summary (other data sets, methods), are refused naming the file and the field."""
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings(**change))
+    code, out, err = report(capsys, "--table", "clip", path)
+    assert code == 2 and out == "" and err.count("\n") == 1 and said in err, err
+    assert "config.json" in err
+
+
+def test_a_damaged_record_beside_the_summary_is_refused(tmp_path, capsys):
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings())
+    for content in (b"{", b"\xff\xfe", b"[]", b'{"command": "clip", "settings": []}'):
+        (tmp_path / "run" / "config.json").write_bytes(content)
+        code, _, err = report(capsys, "--table", "clip", path)
+        assert code == 2 and "config.json" in err and err.count("\n") == 1, (content, err)
+
+
+@pytest.mark.parametrize("how, said", [
+    ("a key twice", "the key 'moram' appears twice in one object"),
+    ("llm score above the diagonal", "above the diagonal an LLM run writes null"),
+    ("end marker in a task name", "expected a non-empty list of distinct names"),
+    ("space before a task name", "expected a non-empty list of distinct names"),
+])
+def test_inputs_that_would_mislead_the_table_are_refused(how, said, tmp_path, capsys):
+    table = "clip"
+    if how == "a key twice":
+        (tmp_path / "run").mkdir()
+        one = json.dumps(clip_entry(A))
+        (tmp_path / "run" / "summary.json").write_text('{"moram": {"units": 1}, "moram": ' + one + "}")
+        path = tmp_path / "run" / "summary.json"
+    elif how == "llm score above the diagonal":
+        table, path = "llm", write_run(tmp_path / "run", {"moram": llm_entry([[50.0, 12.0], [40.0, 70.0]])})
+    else:
+        name = "<!-- END generated: clip -->" if how.startswith("end") else " dtd"
+        path = write_run(tmp_path / "run", {"moram": clip_entry(A, [name, "b", "c"])})
+    code, out, err = report(capsys, "--table", table, path)
+    assert code == 2 and out == "" and said in err, err
+
+
+def test_one_task_with_nan_written_for_null_is_accepted(tmp_path, capsys):
+    entry = clip_entry([[70.0]], ["dtd"])
+    entry["transfer"] = entry["bwt"] = float("nan")
+    path = write_run(tmp_path / "one", {"moram": entry})
+    code, out, _ = report(capsys, "--table", "clip", path)
+    assert code == 0 and "| MoRAM | — | 70.0 |" in out
+
+
+def test_writing_a_block_keeps_the_document_whole(tmp_path, capsys, monkeypatch):
+    """Two blocks of one name, --block without a target, a non-regular file are refused; CRLF line endings are
+    kept; a write that fails leaves the document as it was (exit 1)."""
+    from moram_ref.experiments import rundir
+
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings(methods=["moram"]))
+    block = "<!-- BEGIN generated: clip -->\nold\n<!-- END generated: clip -->\n"
+    twice = tmp_path / "twice.md"
+    twice.write_text(block + "text\n" + block)
+    code, _, err = report(capsys, "--table", "clip", path, "--write", twice)
+    assert code == 2 and "2 blocks are named 'clip'" in err
+    code, _, err = report(capsys, "--table", "clip", path, "--block", "x")
+    assert code == 2 and "--block: names the block --write or --check acts on" in err
+    code, _, err = report(capsys, "--table", "clip", path, "--write", tmp_path)
+    assert code == 2 and "is not a regular file" in err
+    crlf = tmp_path / "crlf.md"
+    crlf.write_bytes(("# Title\n" + block + "end\n").replace("\n", "\r\n").encode())
+    assert report(capsys, "--table", "clip", path, "--write", crlf)[0] == 0
+    raw = crlf.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n") and b"| MoRAM |" in raw
+    assert report(capsys, "--table", "clip", path, "--check", crlf)[0] == 0
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Mine\n" + block)
+    before = doc.read_bytes()
+
+    def full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir, "write_text", full)
+    code, _, err = report(capsys, "--table", "clip", path, "--write", doc)
+    assert code == 1 and "No space left on device" in err and doc.read_bytes() == before

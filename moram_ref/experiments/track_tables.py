@@ -22,7 +22,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.experiments.toy.demo import seeds_phrase
-from moram_ref.experiments.toy.results_check import names_problem, short_repr
+from moram_ref.experiments.toy.results_check import names_problem, short_repr, table_text
 
 # What each track's table shows: (the metric's key in summary.json, its column header).
 COLUMNS = {
@@ -30,6 +30,7 @@ COLUMNS = {
              ("forgetting", "forgetting")),
     "llm": (("op", "OP"), ("bwt", "BWT"), ("forgetting", "BWT (clipped, paper's positive)")),
 }
+BENCHMARKS = {"xtail": "X-TAIL", "mtil": "MTIL"}  # the rest (the LLM sequences) are written in capitals
 # Settings that may differ between runs averaged together (the seed is what several runs are for).
 MAY_DIFFER = {"seed", "data_root", "classnames_json", "templates_json"}
 TOLERANCE = 1e-6  # stored metric vs the one recomputed from the matrix, in points (%): JSON keeps 17 digits
@@ -89,7 +90,8 @@ def problem(summary: Any, track: str) -> str | None:
             stored = entry.get(key)
             if key == "forgetting" and track == "llm":
                 continue  # the LLM run stores bwt_clipped only
-            if stored is None and math.isnan(value):
+            undefined = stored is None or (isinstance(stored, float) and math.isnan(stored))
+            if undefined and math.isnan(value):
                 continue  # undefined (one task) is written as null
             if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not abs(stored - value) <= TOLERANCE:
                 return (f"has {its} {key} = {short_repr(stored)}, but its matrix gives {value:.6g}: the file "
@@ -103,7 +105,9 @@ def _matrix_problem(track: str, matrix: Any, n: int) -> str | None:
         return f"is not {n} × {n} (one row and column per task)"
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
-            if v is None and track == "llm" and j > i:
+            if track == "llm" and j > i:  # a task not learned yet is not evaluated: the run writes null
+                if v is not None:
+                    return f"has [{i}][{j}] = {short_repr(v)}: above the diagonal an LLM run writes null (not evaluated)"
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
                 return f"has [{i}][{j}] = {short_repr(v)}: expected a score in [0, 100]"
@@ -111,37 +115,100 @@ def _matrix_problem(track: str, matrix: Any, n: int) -> str | None:
 
 
 def read_run(path: Path, summary: dict) -> dict:
-    """A summary and the settings of its run: ``config.json`` beside it when it is that command's record."""
-    config = None
-    try:
-        record = json.loads((path.parent / "config.json").read_text())
-        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
-            config = record
-    except (OSError, ValueError, RecursionError):
-        pass  # a summary copied out of its run folder: rendered without its settings
-    return {"path": str(path), "summary": summary, "config": config}
+    """A summary and its run's record: ``config.json`` beside it, parsed (None when there is none: a summary
+    copied out of its run folder), or the reason it cannot be read (``config_error``)."""
+    record, error = None, None
+    beside = path.parent / "config.json"
+    if beside.exists() or beside.is_symlink():
+        try:
+            record = json.loads(beside.read_text())
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes
+            error = f"cannot be read ({' '.join(str(exc).split())[:200]})"
+    return {"path": str(path), "summary": summary, "config": record, "config_error": error}
+
+
+def _count(low: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(low: float, open_low: bool = True) -> Any:
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (v > low if open_low else v >= low))
+
+
+def _text_or_none(v: Any) -> bool:
+    return v is None or table_text(v)
+
+
+def _settings_rules(track: str) -> dict[str, tuple[Any, str]]:
+    """Each setting the table reads or compares: (its test, what it must be)."""
+    from moram_ref.experiments.llm.data import SEQUENCES  # noqa: PLC0415
+
+    common = {"lr": (_number(0), "a finite number > 0"), "seed": (_count(0), "an integer ≥ 0"),
+              "batch": (_count(1), "an integer ≥ 1"), "atoms_per_task": (_count(1), "an integer ≥ 1"),
+              "top_k": (_count(1), "an integer ≥ 1"), "temperature": (_number(0), "a finite number > 0"),
+              "threshold": (_number(0, open_low=False), "a finite number ≥ 0"),
+              "model": (_text_or_none, "null or a name a table can show"),
+              "methods": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), "a list of methods")}
+    if track == "clip":
+        return {**common,
+                "benchmark": (lambda v: isinstance(v, str) and v in BENCHMARKS, f"one of {sorted(BENCHMARKS)}"),
+                "order": (lambda v: v is None or v in ("1", "2"), "null, '1' or '2'"),
+                "tiny": (lambda v: isinstance(v, bool), "true or false"),
+                "pretrained": (_text_or_none, "null or a name a table can show"),
+                "shots": (_count(0), "an integer ≥ 0"), "iterations": (_count(1), "an integer ≥ 1"),
+                "datasets": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, str) for d in v)),
+                             "null or a list of data set names")}
+    return {**common,
+            "benchmark": (lambda v: isinstance(v, str) and v in SEQUENCES, f"one of {sorted(SEQUENCES)}"),
+            "tiny": (lambda v: v is None or (isinstance(v, str) and v in ("llama", "qwen2", "gemma")),
+                     "null, 'llama', 'qwen2' or 'gemma'"),
+            "epochs": (lambda v: v is None or _count(1)(v), "null or an integer ≥ 1")}
+
+def config_problem(run: dict, track: str) -> str | None:
+    """Why the record beside a summary cannot describe it (another command's, a field of the wrong type, other
+    data sets or methods than the summary's), or None (also when there is no record)."""
+    where = Path(run["path"]).parent / "config.json"
+    if run["config_error"] is not None:
+        return f"{where} (beside {run['path']}) {run['config_error']}"
+    record = run["config"]
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        return f"{where} (beside {run['path']}) is not a run's record: expected an object with its settings"
+    if record.get("command") != track:
+        return (f"{where} (beside {run['path']}) is the record of a run of {short_repr(record.get('command'))}, "
+                f"not of `moram-ref {track}`")
+    settings = record["settings"]
+    for key, (ok, what) in _settings_rules(track).items():
+        if key not in settings or not ok(settings[key]):
+            shown = short_repr(settings[key]) if key in settings else "missing"
+            return f"{where} has settings.{key} = {shown}: expected {what}"
+    tasks = next(iter(run["summary"].values()))["tasks"]
+    chosen = settings.get("datasets")
+    if track == "clip" and isinstance(chosen, list) and chosen != tasks:
+        return f"{where} has settings.datasets = {short_repr(chosen)}, but {run['path']} is on tasks {short_repr(tasks)}"
+    ran = (record.get("info") or {}).get("tasks") if isinstance(record.get("info"), dict) else None
+    if track == "llm" and isinstance(ran, list) and ran != tasks:
+        return f"{where} has info.tasks = {short_repr(ran)}, but {run['path']} is on tasks {short_repr(tasks)}"
+    missing = [m for m in run["summary"] if m not in settings["methods"]]
+    if missing:
+        return f"{where} has settings.methods = {short_repr(settings['methods'])}, but {run['path']} holds {missing}"
+    return None
 
 
 def runs_problem(runs: list[dict], track: str) -> str | None:
     """Why these runs cannot be averaged into one table (methods, tasks or settings differ), or None."""
     first = runs[0]
     for run in runs:
-        if run["config"] is not None and run["config"].get("command") != track:
-            return f"{run['path']}: its config.json beside it is a `moram-ref {run['config'].get('command')}` run's"
+        if why := config_problem(run, track):
+            return why
     seen: dict = {}
     for run in runs:  # one run counted twice would shrink the interval as if it were two
         where = Path(run["path"]).resolve()
         if where in seen:
             return f"{run['path']} is given twice ({seen[where]}): several files are different runs, averaged"
         seen[where] = run["path"]
-    seeds: dict = {}
-    for run in runs:
-        seed = run["config"]["settings"].get("seed") if run["config"] is not None else None
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            if seed in seeds:
-                return (f"{run['path']} and {seeds[seed]} were both run with seed {seed}: the same run twice would "
-                        "shrink the interval; several files are runs with other --seeds, averaged")
-            seeds[seed] = run["path"]
     for run in runs[1:]:
         if list(run["summary"]) != list(first["summary"]):
             return (f"{run['path']} has methods {list(run['summary'])}, {first['path']} {list(first['summary'])}: "
@@ -157,6 +224,14 @@ def runs_problem(runs: list[dict], track: str) -> str | None:
             k = differ[0]
             return (f"{run['path']} was run with {k} = {short_repr(b.get(k))}, {known[0]['path']} with "
                     f"{short_repr(a.get(k))}: only runs that differ in their seed are averaged")
+    seeds: dict = {}
+    for run in runs:
+        seed = run["config"]["settings"].get("seed") if run["config"] is not None else None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            if seed in seeds:
+                return (f"{run['path']} and {seeds[seed]} were both run with seed {seed}: the same run twice would "
+                        "shrink the interval; several files are runs with other --seeds, averaged")
+            seeds[seed] = run["path"]
     return None
 
 
@@ -205,7 +280,6 @@ def _note(track: str, runs: list[dict]) -> str:
     return text
 
 
-BENCHMARKS = {"xtail": "X-TAIL", "mtil": "MTIL"}  # the rest (the LLM sequences) are written in capitals
 
 
 def describe(track: str, s: dict) -> str:

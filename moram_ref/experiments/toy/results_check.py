@@ -97,22 +97,28 @@ def array_problem(where: str, value: Any, shape: tuple[int, ...], low: float = -
     return walk(where, value, shape)
 
 
+TABLE_TEXT_RULE = ("printable characters on one line, without '|', '<!--' or '-->', no space at either end, at most "
+                   "100 characters")
+
+
 def table_text(value: Any) -> bool:
-    """A string a Markdown table cell can show as it is: non-blank, one line, no ``|``, at most 100 characters."""
-    return (isinstance(value, str) and bool(value.strip()) and len(value) <= 100
-            and not any(c in value for c in "|\n\r") and value.isprintable())
+    """A string a Markdown table cell can show as it is (:data:`TABLE_TEXT_RULE`): ``|`` would split the cell,
+    a comment marker could end a generated block early (``report --write``), a space at an end hides a
+    difference between two names."""
+    return (isinstance(value, str) and bool(value.strip()) and value == value.strip() and len(value) <= 100
+            and not any(c in value for c in "|\n\r") and value.isprintable()
+            and "<!--" not in value and "-->" not in value)
 
 
 def _stream_name_problem(name: Any) -> str:
-    return f"has a stream named {short_repr(name)}: expected a name a table can show (one line, no '|')"
+    return f"has a stream named {short_repr(name)}: expected a name a table can show ({TABLE_TEXT_RULE})"
 
 
 def names_problem(where: str, value: Any) -> str | None:
     """A non-empty list of distinct names a table can show (:func:`table_text`): task or domain names."""
     if (not isinstance(value, list) or not value or not all(table_text(v) for v in value)
             or len(set(value)) != len(value)):
-        return (f"has {where} = {short_repr(value)}: expected a non-empty list of distinct names (one line each, "
-                "no '|')")
+        return (f"has {where} = {short_repr(value)}: expected a non-empty list of distinct names ({TABLE_TEXT_RULE})")
     return None
 
 
