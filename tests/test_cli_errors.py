@@ -42,13 +42,17 @@ def data(tmp_path_factory):
     (base / "busy").mkdir()
     (base / "busy" / "thesis.tex").write_text("the user's own work\n")
     (base / "nomodel").mkdir()
+    (base / "unfinished").mkdir()
+    (base / "unfinished" / "moram_ref_synthetic.json").write_text('{"made_by": "x", "complete": false}')
+    (base / "links").mkdir()
+    (base / "links" / "trace").symlink_to(base / "nowhere")
     for held in ("real/trace/C-STANCE/train.json", "real/xtail/dtd/split.json"):  # a user's own data
         (base / held).parent.mkdir(parents=True)
         (base / held).write_text("[]")
     (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
     return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
-            "MISSING": base / "no" / "such" / "folder", "REAL": base / "real"}
+            "MISSING": base / "no" / "such" / "folder", "REAL": base / "real", "LINKS": base / "links", "UNFINISHED": base / "unfinished"}
 
 
 def _set(rel: str, content) -> callable:
@@ -194,6 +198,16 @@ CASES = [
      None),
     ("llm-synthetic-olora", ["llm", "--make-synthetic", "OUT", "--benchmark", "olora-1"],
      ["--make-synthetic: generates the TRACE tasks only", "olora-1"], None),
+    ("llm-unknown-flag", ["llm", "--make-synthetic", "OUT", "--verify"],
+     ["moram-ref llm: error: unrecognized arguments: --verify"], None),
+    ("clip-synthetic-unused-flag", ["clip", "--make-synthetic", "OUT", "--tiny", "--lr", "0.1"],
+     ["--tiny: not used with --make-synthetic"], None),
+    ("llm-synthetic-dangling-link", ["llm", "--make-synthetic", "LINKS"],
+     ["--make-synthetic", "is a symbolic link to", "which does not exist"], None),
+    ("llm-unfinished-synthetic", ["llm", "--tiny", "llama", "--data-root", "UNFINISHED"],
+     ["--data-root", "whose writing was stopped before it finished", "run --make-synthetic again"], None),
+    ("clip-unfinished-synthetic", ["clip", "--tiny", "--data-root", "UNFINISHED", "--datasets", "dtd"],
+     ["--data-root", "whose writing was stopped before it finished"], None),
     ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),

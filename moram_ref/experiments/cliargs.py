@@ -47,6 +47,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102  (argparse's hook)
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, D102
+        # argparse reports flags no command knows from the top parser ("moram-ref: error: unrecognized
+        # arguments"); name the command they were given to
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command and not self.prog.endswith(f" {command}") else self.prog
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}\n")
+        return parsed
+
 
 def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     parse.__name__ = name  # argparse shows it in "invalid <name> value"
@@ -189,9 +199,37 @@ def synthetic_target(flag: str, root: Path, marker: str) -> None:
         raise UsageError(f"{flag}: cannot read {root}: {exc.strerror or exc}") from None
     if root.exists() and not root.is_dir():
         raise UsageError(f"{flag}: {root} exists and is not a folder")
+    if root.is_symlink() and not root.exists():
+        raise UsageError(f"{flag}: {root} is a symbolic link to {os.readlink(root)}, which does not exist")
     if held and not (root / marker).is_file():
-        raise UsageError(f"{flag}: {root} already holds files that {flag} did not write (no {marker} there); "
+        raise UsageError(f"{flag}: {root} already holds files that {flag} did not write (no {marker} file there); "
                          "generated data would overwrite them: give another folder")
+
+
+def unused_with(args: argparse.Namespace, add_arguments: Callable[[argparse.ArgumentParser], None], flag: str) -> None:
+    """Refuse every other flag given with ``flag`` (a command's mode that reads no other setting, e.g.
+    --make-synthetic): a flag that changes nothing would pass silently. Flags are found by comparing ``args``
+    with the defaults of the command's own arguments (``add_arguments``)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    defaults = {a.dest: a.default for a in parser._actions}
+    given = [flags[k] for k, v in vars(args).items() if k in flags and k != dest and v != defaults.get(k)]
+    if given:
+        raise UsageError(f"{given[0]}: not used with {flag}, which only writes the data and exits")
+
+
+def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
+    """Refuse generated data whose writing was stopped: its marker (written first) still says
+    ``"complete": false`` — some files would be missing or cut short while the marker vouches for the rest."""
+    try:
+        record = json.loads((root / marker).read_text())
+    except (OSError, ValueError):
+        return  # no marker (real data), or one not ours: nothing to say
+    if isinstance(record, dict) and record.get("complete") is False:
+        raise UsageError(f"{flag}: {root} holds --make-synthetic data whose writing was stopped before it finished "
+                         f"({marker} says so); run --make-synthetic again to complete it")
 
 
 def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:

@@ -93,20 +93,20 @@ def settings_of(args: argparse.Namespace) -> dict:
 def validate(args: argparse.Namespace) -> list:
     """Every check before any work: flags, their combinations, the data (loaded), the run folder; returns
     the domains (empty for --make-synthetic and --verify, which check nothing else)."""
-    from moram_ref.experiments.clip.data import xtail_spec
+    from moram_ref.experiments.clip.data import SYNTHETIC_MARKER, xtail_spec
     from moram_ref.experiments.clip.tvdata import mtil_spec
 
     mtil = args.benchmark == "mtil"
     if args.make_synthetic:
-        from moram_ref.experiments.clip.data import SYNTHETIC_MARKER
-
         for flag in ("--data-root", "--verify", "--resume", "--eval-only", "--datasets"):
             cliargs.conflict(args, "--make-synthetic", flag)
+        cliargs.unused_with(args, add_arguments, "--make-synthetic")
         for layout in ("xtail", "mtil"):
             cliargs.synthetic_target("--make-synthetic", args.make_synthetic / layout, SYNTHETIC_MARKER)
         return []
     if args.data_root is None:
         raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")
+    cliargs.synthetic_unfinished("--data-root", args.data_root, SYNTHETIC_MARKER)
     for flag in ("--resume", "--eval-only"):
         cliargs.conflict(args, "--verify", flag)
     cliargs.conflict(args, "--resume", "--eval-only")

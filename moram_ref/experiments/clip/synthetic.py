@@ -88,20 +88,24 @@ def make_torchvision_eurosat(root: str | Path, classes=("AnnualCrop", "Forest", 
 def make_all(directory: str | Path) -> dict[str, Path]:
     """Both layouts under ``directory``: ``xtail/`` and ``mtil/``; returns the two data roots."""
     directory = Path(directory)
-    for layout, keys in (("xtail", ["caltech101", "dtd", "eurosat"]), ("mtil", ["mnist", "dtd", "eurosat"])):
-        (directory / layout).mkdir(parents=True, exist_ok=True)
-        mark_synthetic(directory / layout, keys)  # first: a run stopped half-way leaves a folder marked as ours
+    layouts = (("xtail", ["caltech101", "dtd", "eurosat"]), ("mtil", ["mnist", "dtd", "eurosat"]))
+    for layout, keys in layouts:  # first, marked unfinished: a run stopped half-way leaves folders that are
+        (directory / layout).mkdir(parents=True, exist_ok=True)  # ours (written again) and refused until then
+        mark_synthetic(directory / layout, keys, complete=False)
     for i, key in enumerate(("caltech101", "dtd", "eurosat")):
         make_coop_dataset(directory / "xtail", key, n_train=8, n_test=4, seed=i)
     make_torchvision_mnist(directory / "mtil")
     make_torchvision_dtd(directory / "mtil")
     make_torchvision_eurosat(directory / "mtil")
+    for layout, keys in layouts:
+        mark_synthetic(directory / layout, keys)
     return {"xtail": directory / "xtail", "mtil": directory / "mtil"}
 
 
-def mark_synthetic(root: str | Path, keys: list[str]) -> None:
+def mark_synthetic(root: str | Path, keys: list[str], complete: bool = True) -> None:
     """Mark ``root`` as generated data (:data:`~moram_ref.experiments.clip.data.SYNTHETIC_MARKER`): ``--verify``
-    then checks its files but does not compare its split sizes with the releases'."""
+    then checks its files but does not compare its split sizes with the releases'. ``complete=False`` (written
+    before the data): the runs and ``--verify`` refuse the folder until the writing finished."""
     (Path(root) / SYNTHETIC_MARKER).write_text(json.dumps(
-        {"made_by": SYNTHETIC_BY, "datasets": keys,
+        {"made_by": SYNTHETIC_BY, "datasets": keys, "complete": complete,
          "note": "random images: a pipeline check, not a benchmark"}) + "\n")

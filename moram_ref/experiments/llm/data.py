@@ -182,7 +182,13 @@ def make_synthetic(directory: str | Path) -> Path:
     benchmark: the answers are random, so the scores mean nothing."""
     root = Path(directory) / "trace"
     root.mkdir(parents=True, exist_ok=True)
-    (root / SYNTHETIC_MARKER).write_text(json.dumps(
-        {"made_by": "moram-ref llm --make-synthetic", "tasks": list(SEQUENCES["trace"]),
-         "note": "random words and answers: a pipeline check, not a benchmark"}) + "\n")
-    return write_trace_shaped(root, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST)
+
+    def mark(complete: bool) -> None:  # unfinished first: a stopped run leaves a folder refused until rewritten
+        (root / SYNTHETIC_MARKER).write_text(json.dumps(
+            {"made_by": "moram-ref llm --make-synthetic", "tasks": list(SEQUENCES["trace"]), "complete": complete,
+             "note": "random words and answers: a pipeline check, not a benchmark"}) + "\n")
+
+    mark(False)
+    write_trace_shaped(root, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST)
+    mark(True)
+    return root

@@ -101,10 +101,14 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
         if args.benchmark != "trace":
             raise cliargs.UsageError(f"--make-synthetic: generates the TRACE tasks only; --benchmark {args.benchmark} "
                                      "needs its real data (the O-LoRA releases' layout, docs/experiments.md)")
+        cliargs.unused_with(args, add_arguments, "--make-synthetic")
         cliargs.synthetic_target("--make-synthetic", args.make_synthetic / "trace", SYNTHETIC_MARKER)
         return [], []
     if args.data_root is None:
         raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")
+    from moram_ref.experiments.llm.data import SYNTHETIC_MARKER
+
+    cliargs.synthetic_unfinished("--data-root", args.data_root, SYNTHETIC_MARKER)
     if args.model is None and args.tiny is None:
         raise cliargs.UsageError("--model or --tiny: one is required (a local model folder for "
                                  "AutoModelForCausalLM, or a tiny random decoder for a CPU check)")
