@@ -39,7 +39,8 @@ COMMANDS = {
     "ablation": ("moram_ref.experiments.toy.ablation",
                  "the paper's claims on the NumPy streams: granularity, top-k budget, routing diagnostics, takeover"),
     "report": ("moram_ref.report",
-               "render a results table from a run's results.json (the README's and docs' generated blocks)"),
+               "render a results table from a run's results.json or summary.json (the README's and docs' generated "
+               "blocks)"),
     "bench": ("moram_ref.bench:cli_run", "the layer benchmark: MoRAM vs LoRA speed ratios measured side by side (torch)"),
 }
 
