@@ -243,11 +243,11 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < least or (most is not None and len(paths) > most):
         count = f"{least}" if least == most else f"{least} or more" if most is None else f"{least}–{most}"
         raise UsageError(f"results: --table {args.table} takes {count} file(s) ({what}), got {len(paths)}")
-    if args.block is not None and args.write is None and args.check is None:
-        raise UsageError(f"--block: names the block --write or --check acts on; neither was given")
     block = args.table if args.block is None else args.block
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", block):
         raise UsageError(f"--block: {block!r} is not a block name (letters, digits, '_', '.', ':', '-')")
+    if args.block is not None and args.write is None and args.check is None:
+        raise UsageError("--block: names the block --write or --check acts on; neither was given")
     if args.plot is not None:
         if args.table not in PLOTS:
             raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
