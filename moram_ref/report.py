@@ -197,17 +197,6 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text, count=1)
 
 
-def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    """``json.loads``' object hook: a key given twice in one object is refused (JSON keeps the last silently,
-    leaving the first unchecked)."""
-    out = dict(pairs)
-    if len(out) < len(pairs):
-        seen: set = set()
-        again = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"the key {again!r} appears twice in one object")
-    return out
-
-
 def read_block(text: str, name: str) -> str:
     match = _block(name).search(text)
     if not match:
@@ -260,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         if path.exists() and not path.is_file():  # a folder, a FIFO (would block), a device (/dev/zero: endless)
             raise UsageError(f"results: {path} is not a regular file")
         try:
-            loaded.append(json.loads(path.read_text(), object_pairs_hook=_no_repeated_keys))
+            loaded.append(json.loads(rundir.read_results_text(path), object_pairs_hook=rundir.unique_keys))
         except (OSError, ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, an over-long integer
             raise UsageError(f"results: cannot read {path}: {err}") from None
     check = FILE_CHECKS.get(args.table)
@@ -289,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             raw = target.read_bytes()
             crlf = b"\r\n" in raw  # written back with the line endings it has
+            if crlf and raw.count(b"\r\n") != raw.count(b"\n"):
+                raise ValueError("mixes CRLF and LF line endings: make them one kind first (it is written back "
+                                 "with its own)")
             text = raw.decode("utf-8").replace("\r\n", "\n")
             new = replace_block(text, block, body)
         except (OSError, ValueError) as err:
@@ -310,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target}: the '{block}' table matches {names}")
         return 0
     try:  # whole or not at all: a full disk leaves the document as it was
-        rundir.write_text(target, new.replace("\n", "\r\n") if crlf else new)
+        # through a symbolic link to the document itself (the rename would replace the link)
+        rundir.write_text(target.resolve(), new.replace("\n", "\r\n") if crlf else new)
     except OSError as err:
         print(f"moram-ref report: error: --write: {err.strerror or err}; {target} is as it was", file=sys.stderr)
         return 1

@@ -546,3 +546,13 @@ def test_a_failed_device_side_assertion_is_one_line(tmp_path, capsys, monkeypatc
     assert main(["report", str(tmp_path / "x.json")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("moram-ref report: error: a check on the GPU failed") and "--lr" in err
+
+
+@pytest.mark.parametrize("complete", ['"false"', "0", "null"])
+def test_a_marker_that_does_not_say_complete_true_is_refused(complete, tmp_path, capsys):
+    root = tmp_path / "syn"
+    root.mkdir()
+    (root / "moram_ref_synthetic.json").write_text('{"made_by": "moram-ref llm --make-synthetic", "complete": '
+                                                   f'{complete}}}')
+    code, _, err = _run_in_process(["llm", "--tiny", "llama", "--data-root", str(root)], capsys)
+    assert code == 2 and "whose writing was stopped before it finished" in err

@@ -134,3 +134,19 @@ def test_non_finite_next_token_scores_stop_generation(tokenizer, models, mode):
     with pytest.raises(NonFiniteError, match=r"next-token scores contain NaN or inf while generating answers"):
         generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode=mode)
     assert generate(plain, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, mode=mode)  # untouched: no alarm
+
+
+def test_hidden_states_the_final_norm_cannot_normalise_are_refused(tokenizer, models):
+    """Hidden states above √(float32 max) make the RMS norm's variance inf and its output zeros: the logits
+    are finite but flat, which no NaN check sees. guard_final_norm refuses them before the norm."""
+    from moram_ref.shapes import NonFiniteError
+
+    plain, _ = models
+    model = copy.deepcopy(plain)
+    assert backbones.guard_final_norm(model)
+    ids = torch.tensor([[5, 6, 7]])
+    model(input_ids=ids)  # ordinary hidden states pass
+    model.model.layers[-1].register_forward_hook(
+        lambda module, inputs, output: (output[0] * 1e21, *output[1:]) if isinstance(output, tuple) else output * 1e21)
+    with pytest.raises(NonFiniteError, match=r"hidden states entering the decoder's final norm .* above 1\.8e\+19"):
+        model(input_ids=ids)

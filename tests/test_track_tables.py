@@ -174,7 +174,7 @@ def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
     ({"tiny": "false"}, "settings.tiny = 'false': expected true or false"),
     ({"benchmark": ["xtail"]}, "settings.benchmark = ['xtail']"),
     ({"benchmark": "imagenet"}, "settings.benchmark = 'imagenet'"),
-    ({"model": "x|y\n# heading"}, "settings.model = "),
+    ({"model": "  "}, "expected null or a non-empty name"),
     ({"datasets": ["mnist", "dtd", "eurosat"]}, "has settings.datasets = ['mnist', 'dtd', 'eurosat'], but"),
     ({"methods": ["zero_shot"]}, "has settings.methods = ['zero_shot'], but"),
     ({"seed": None}, "settings.seed = None"),
@@ -257,3 +257,50 @@ def test_writing_a_block_keeps_the_document_whole(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(rundir, "write_text", full)
     code, _, err = report(capsys, "--table", "clip", path, "--write", doc)
     assert code == 1 and "No space left on device" in err and doc.read_bytes() == before
+
+
+def test_the_same_run_by_another_way_is_refused(tmp_path, capsys):
+    """A hard link, or a copy without its record, is one run counted twice; a record with a key twice could
+    hide the seed; a FIFO beside the summary would block."""
+    import os
+
+    one = write_run(tmp_path / "a", {"moram": clip_entry(A)}, clip_settings())
+    (tmp_path / "b").mkdir()
+    os.link(one, tmp_path / "b" / "summary.json")
+    copy_ = write_run(tmp_path / "c", {"moram": clip_entry(A)})  # no config.json beside it
+    twice = write_run(tmp_path / "d", {"moram": clip_entry(B)})
+    (tmp_path / "d" / "config.json").write_text(json.dumps({"command": "clip", "settings": clip_settings()})
+                                                .replace('"seed": 42', '"seed": 42, "seed": 99'))
+    fifo = write_run(tmp_path / "e", {"moram": clip_entry(B)})
+    os.mkfifo(tmp_path / "e" / "config.json")
+    for paths, said in (([one, tmp_path / "b" / "summary.json"], "is given twice"),
+                        ([one, copy_], "hold the same results, and no record says"),
+                        ([one, twice], "the key 'seed' appears twice"),
+                        ([fifo], "not a regular file")):
+        code, out, err = report(capsys, "--table", "clip", *paths)
+        assert code == 2 and out == "" and said in err, (said, err)
+
+
+def test_what_a_real_run_may_record_is_rendered(tmp_path, capsys):
+    """A negative δ (the CLI allows [-1, 1]) and a long local model path with odd characters are valid
+    records: the path is shown shortened and escaped, never breaking the table."""
+    model = "/home/me/.cache/huggingface/hub/models--org--name/snapshots/" + "0" * 40 + "/a|b"
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)},
+                     clip_settings(threshold=-0.1, model=model, methods=["moram"]))
+    code, out, err = report(capsys, "--table", "clip", path)
+    assert code == 0, err
+    note = out.rstrip().splitlines()[-1]
+    assert "δ = -0.1" in note and "a\\|b (openai)" in note and "…" in note
+
+
+def test_a_document_is_written_through_its_link_and_mixed_line_endings_are_refused(tmp_path, capsys):
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings(methods=["moram"]))
+    real = tmp_path / "real.md"
+    real.write_text("<!-- BEGIN generated: clip -->\nold\n<!-- END generated: clip -->\n")
+    (tmp_path / "link.md").symlink_to(real)
+    assert report(capsys, "--table", "clip", path, "--write", tmp_path / "link.md")[0] == 0
+    assert (tmp_path / "link.md").is_symlink() and "| MoRAM |" in real.read_text()
+    mixed = tmp_path / "mixed.md"
+    mixed.write_bytes(b"# a\n<!-- BEGIN generated: clip -->\r\nold\r\n<!-- END generated: clip -->\r\n")
+    code, _, err = report(capsys, "--table", "clip", path, "--write", mixed)
+    assert code == 2 and "mixes CRLF and LF line endings" in err

@@ -227,7 +227,8 @@ def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
         record = json.loads((root / marker).read_text())
     except (OSError, ValueError):
         return  # no marker (real data), or one not ours: nothing to say
-    if isinstance(record, dict) and record.get("complete") is False:
+    if isinstance(record, dict) and "complete" in record and record["complete"] is not True:  # (older markers
+        # have no "complete": written before it existed, whole)
         raise UsageError(f"{flag}: {root} holds --make-synthetic data whose writing was stopped before it finished "
                          f"({marker} says so); run --make-synthetic again to complete it")
 

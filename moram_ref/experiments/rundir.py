@@ -90,6 +90,31 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice in one object (``json`` keeps the
+    last silently, so the first would never be checked): ``ValueError`` naming the key."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        again = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {again!r} appears twice in one object")
+    return out
+
+
+MAX_RESULTS_BYTES = 256 * 2**20  # a results or record file read whole: the largest run's files are a few MiB
+
+
+def read_results_text(path: Path) -> str:
+    """A results/record file's text: only a regular file (a FIFO would block, a device never end) of at most
+    :data:`MAX_RESULTS_BYTES`. ``ValueError`` says which rule it broke; ``OSError`` as reading raises it."""
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    size = path.stat().st_size
+    if size > MAX_RESULTS_BYTES:
+        raise ValueError(f"{size} bytes: more than a results file holds ({MAX_RESULTS_BYTES} at most)")
+    return path.read_text()
+
+
 def umask() -> int:
     """The process's file-creation mask (os.umask can only be read by setting it: set to 0 and back at once)."""
     mask = os.umask(0)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from moram_ref import metrics
+from moram_ref.experiments import rundir
 from moram_ref.experiments.toy.demo import seeds_phrase
-from moram_ref.experiments.toy.results_check import names_problem, short_repr, table_text
+from moram_ref.experiments.toy.results_check import names_problem, short_repr
 
 # What each track's table shows: (the metric's key in summary.json, its column header).
 COLUMNS = {
@@ -121,8 +122,8 @@ def read_run(path: Path, summary: dict) -> dict:
     beside = path.parent / "config.json"
     if beside.exists() or beside.is_symlink():
         try:
-            record = json.loads(beside.read_text())
-        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes
+            record = json.loads(rundir.read_results_text(beside), object_pairs_hook=rundir.unique_keys)
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes, not a file
             error = f"cannot be read ({' '.join(str(exc).split())[:200]})"
     return {"path": str(path), "summary": summary, "config": record, "config_error": error}
 
@@ -136,8 +137,15 @@ def _number(low: float, open_low: bool = True) -> Any:
                       and (v > low if open_low else v >= low))
 
 
-def _text_or_none(v: Any) -> bool:
-    return v is None or table_text(v)
+def _name_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and bool(v.strip()))
+
+
+def _shown(name: Any) -> str:
+    """A model name or path as a table note can show it: one line, ``|`` escaped, comment markers defused,
+    a long path shortened to its end."""
+    text = " ".join(str(name).split()).replace("|", "\\|").replace("<!--", "&lt;!--").replace("-->", "--&gt;")
+    return text if len(text) <= 100 else "…" + text[-80:]
 
 
 def _settings_rules(track: str) -> dict[str, tuple[Any, str]]:
@@ -147,15 +155,15 @@ def _settings_rules(track: str) -> dict[str, tuple[Any, str]]:
     common = {"lr": (_number(0), "a finite number > 0"), "seed": (_count(0), "an integer ≥ 0"),
               "batch": (_count(1), "an integer ≥ 1"), "atoms_per_task": (_count(1), "an integer ≥ 1"),
               "top_k": (_count(1), "an integer ≥ 1"), "temperature": (_number(0), "a finite number > 0"),
-              "threshold": (_number(0, open_low=False), "a finite number ≥ 0"),
-              "model": (_text_or_none, "null or a name a table can show"),
+              "threshold": (lambda v: _number(-1, open_low=False)(v) and v <= 1, "a number in [-1, 1]"),
+              "model": (_name_or_none, "null or a non-empty name"),
               "methods": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), "a list of methods")}
     if track == "clip":
         return {**common,
                 "benchmark": (lambda v: isinstance(v, str) and v in BENCHMARKS, f"one of {sorted(BENCHMARKS)}"),
                 "order": (lambda v: v is None or v in ("1", "2"), "null, '1' or '2'"),
                 "tiny": (lambda v: isinstance(v, bool), "true or false"),
-                "pretrained": (_text_or_none, "null or a name a table can show"),
+                "pretrained": (_name_or_none, "null or a non-empty name"),
                 "shots": (_count(0), "an integer ≥ 0"), "iterations": (_count(1), "an integer ≥ 1"),
                 "datasets": (lambda v: v is None or (isinstance(v, list) and all(isinstance(d, str) for d in v)),
                              "null or a list of data set names")}
@@ -205,10 +213,17 @@ def runs_problem(runs: list[dict], track: str) -> str | None:
             return why
     seen: dict = {}
     for run in runs:  # one run counted twice would shrink the interval as if it were two
-        where = Path(run["path"]).resolve()
+        info = Path(run["path"]).stat()
+        where = (info.st_dev, info.st_ino)  # the same file by any path: a symlink, '..', a hard link
         if where in seen:
             return f"{run['path']} is given twice ({seen[where]}): several files are different runs, averaged"
         seen[where] = run["path"]
+    unknown = [r for r in runs if r["config"] is None]
+    for i, run in enumerate(runs):
+        for other in runs[i + 1:]:
+            if (run in unknown or other in unknown) and run["summary"] == other["summary"]:
+                return (f"{run['path']} and {other['path']} hold the same results, and no record says they are runs "
+                        "of different seeds: one run counted twice would shrink the interval")
     for run in runs[1:]:
         if list(run["summary"]) != list(first["summary"]):
             return (f"{run['path']} has methods {list(run['summary'])}, {first['path']} {list(first['summary'])}: "
@@ -293,7 +308,7 @@ def describe(track: str, s: dict) -> str:
         from moram_ref.experiments.clip.run import PAPER  # noqa: PLC0415
 
         tiny = bool(s.get("tiny"))
-        backbone = ("a tiny random CLIP" if tiny else f"{s.get('model') or 'ViT-B-16'} ({s.get('pretrained') or 'openai'})")
+        backbone = ("a tiny random CLIP" if tiny else f"{_shown(s.get('model') or 'ViT-B-16')} ({_shown(s.get('pretrained') or 'openai')})")
         chosen = s.get("datasets")
         order = (f" ({', '.join(map(str, chosen))})" if isinstance(chosen, list) and chosen
                  else f" order {s.get('order') or '1'}" if s.get("benchmark") == "mtil" else "")
@@ -304,7 +319,7 @@ def describe(track: str, s: dict) -> str:
         return (f"{bench}{order}, {backbone}, {shots}, {s.get('iterations')} iterations of batch {s.get('batch')} "
                 f"per task, {core}{scale}")
     backbone = (f"a tiny random {s.get('tiny')} decoder (--tiny: a pipeline check whose numbers mean nothing)"
-                if s.get("tiny") else str(s.get("model")))
+                if s.get("tiny") else _shown(s.get("model")))
     epochs = s.get("epochs")
     return (f"{bench}, {backbone}, {epochs} epoch{'' if epochs == 1 else 's'} per task, batch {s.get('batch')}, "
             f"{core}")

@@ -92,7 +92,8 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"refusing to save {path}: tensor {name} holds NaN or inf "
-                                  f"({int((~torch.isfinite(tensor)).sum())} entries)")
+                                  f"({int((~torch.isfinite(tensor)).sum())} entries): training produced them "
+                                  "(a diverged run: try a smaller --lr, in a new --out)")
     meta["sha256"] = {name: tensor_digest(tensor) for name, tensor in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

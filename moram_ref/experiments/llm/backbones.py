@@ -88,3 +88,38 @@ def load_pretrained(name_or_path: str, dtype=None, device: str = "cpu"):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype or torch.float32).to(device)
     return model.eval(), tokenizer
+
+
+# Beyond this magnitude a hidden state's square overflows float32 (√(3.4e38) ≈ 1.8e19), in which the
+# decoders' RMS norms compute their variance: the norm then outputs zeros (x · rsqrt(inf)) and the logits
+# are flat — finite, so no NaN check downstream would notice (every next token equally likely).
+NORM_LIMIT = 1.8e19
+
+
+def guard_final_norm(model) -> bool:
+    """Refuse hidden states that the decoder's final norm cannot normalise: a forward pre-hook on
+    ``model.get_decoder().norm`` (Llama, Qwen2, Gemma) raises :class:`~moram_ref.shapes.NonFiniteError`
+    when one is NaN, inf or above :data:`NORM_LIMIT` in magnitude — a diverged run or overflowing adapter
+    weights. Sync-free like the layers' input check: a device-side assertion on CUDA and under
+    ``torch.compile``. Returns whether a norm was found (a model without one is left as it is)."""
+    import torch  # noqa: PLC0415
+
+    from moram_ref.shapes import NonFiniteError  # noqa: PLC0415
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        return False
+    message = (f"the hidden states entering the decoder's final norm are NaN, inf or above {NORM_LIMIT:.1e} in "
+               "magnitude: squaring them overflows float32, so the norm would output zeros and every next token "
+               "would be equally likely")
+
+    def check(module, args):
+        ok = args[0].detach().abs().amax() < NORM_LIMIT  # NaN compares False
+        if torch.compiler.is_compiling() or args[0].device.type != "cpu":
+            torch._assert_async(ok, message)
+        elif not bool(ok):
+            raise NonFiniteError(message)
+
+    norm.register_forward_pre_hook(check)
+    return True

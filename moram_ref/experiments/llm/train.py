@@ -24,6 +24,7 @@ import torch
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import rundir, seeding, sequence_state
 from moram_ref.experiments.llm import scoring
+from moram_ref.experiments.llm import backbones
 from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
 from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
 from moram_ref.experiments.llm.generate import generate
@@ -206,6 +207,7 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
     trained = settings.method != "zero_shot"
     if settings.fsdp and dist.world > 1:
         shard(model)
+    backbones.guard_final_norm(model)  # overflow that leaves the logits finite but flat is refused too
     if trained:  # atoms in float32 on a bf16/fp16 model (they are few; Adam on half-precision weights is lossy)
         base_dtype = next(model.parameters()).dtype
         atoms_dtype = torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
