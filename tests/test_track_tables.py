@@ -178,6 +178,7 @@ def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
     ({"datasets": ["mnist", "dtd", "eurosat"]}, "has settings.datasets = ['mnist', 'dtd', 'eurosat'], but"),
     ({"methods": ["zero_shot"]}, "has settings.methods = ['zero_shot'], but"),
     ({"seed": None}, "settings.seed = None"),
+    ({"lr": 10**400}, "expected a finite number > 0"),  # an int JSON holds but a float cannot
 ])
 def test_a_record_beside_the_summary_that_cannot_describe_it_is_refused(change, said, tmp_path, capsys):
     """config.json is where the note's settings come from: a field of the wrong type, or settings that do not

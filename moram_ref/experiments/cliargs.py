@@ -191,16 +191,18 @@ def conflict(args: argparse.Namespace, *flags: str) -> None:
 
 
 def synthetic_target(flag: str, root: Path, marker: str) -> None:
-    """Refuse to generate data into ``root`` when it already holds files that generation did not write (no
-    ``marker`` file there): a user's real data under the folder given to ``flag`` would be overwritten."""
+    """Refuse to generate data into ``root`` (a folder inside the one given to ``flag``) when it already holds
+    files that generation did not write (no ``marker`` file there): a user's real data would be overwritten.
+    Also refused: ``root`` not a folder, or it or its parent a symbolic link to nothing."""
     try:
         held = root.is_dir() and next(root.iterdir(), None) is not None
     except OSError as exc:
         raise UsageError(f"{flag}: cannot read {root}: {exc.strerror or exc}") from None
     if root.exists() and not root.is_dir():
         raise UsageError(f"{flag}: {root} exists and is not a folder")
-    if root.is_symlink() and not root.exists():
-        raise UsageError(f"{flag}: {root} is a symbolic link to {os.readlink(root)}, which does not exist")
+    for path in (root.parent, root):  # the folder given to ``flag``, and the one generation fills in it
+        if path.is_symlink() and not path.exists():
+            raise UsageError(f"{flag}: {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     if held and not (root / marker).is_file():
         raise UsageError(f"{flag}: {root} already holds files that {flag} did not write (no {marker} file there); "
                          "generated data would overwrite them: give another folder")

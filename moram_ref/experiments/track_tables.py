@@ -23,6 +23,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.experiments import rundir
 from moram_ref.experiments.toy.demo import seeds_phrase
+from moram_ref.experiments.toy.results_check import _number as finite_number
 from moram_ref.experiments.toy.results_check import names_problem, short_repr
 
 # What each track's table shows: (the metric's key in summary.json, its column header).
@@ -133,8 +134,7 @@ def _count(low: int) -> Any:
 
 
 def _number(low: float, open_low: bool = True) -> Any:
-    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                      and (v > low if open_low else v >= low))
+    return lambda v: finite_number(v) and (v > low if open_low else v >= low)
 
 
 def _name_or_none(v: Any) -> bool:

@@ -101,9 +101,6 @@ def validate(args: argparse.Namespace) -> list:
         for flag in ("--data-root", "--verify", "--resume", "--eval-only", "--datasets"):
             cliargs.conflict(args, "--make-synthetic", flag)
         cliargs.unused_with(args, add_arguments, "--make-synthetic")
-        if args.make_synthetic.is_symlink() and not args.make_synthetic.exists():
-            raise cliargs.UsageError(f"--make-synthetic: {args.make_synthetic} is a symbolic link to "
-                                     f"{os.readlink(args.make_synthetic)}, which does not exist")
         for layout in ("xtail", "mtil"):
             cliargs.synthetic_target("--make-synthetic", args.make_synthetic / layout, SYNTHETIC_MARKER)
         return []

@@ -102,9 +102,6 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
             raise cliargs.UsageError(f"--make-synthetic: generates the TRACE tasks only; --benchmark {args.benchmark} "
                                      "needs its real data (the O-LoRA releases' layout, docs/experiments.md)")
         cliargs.unused_with(args, add_arguments, "--make-synthetic")
-        if args.make_synthetic.is_symlink() and not args.make_synthetic.exists():
-            raise cliargs.UsageError(f"--make-synthetic: {args.make_synthetic} is a symbolic link to "
-                                     f"{os.readlink(args.make_synthetic)}, which does not exist")
         cliargs.synthetic_target("--make-synthetic", args.make_synthetic / "trace", SYNTHETIC_MARKER)
         return [], []
     if args.data_root is None:

@@ -23,8 +23,7 @@ import torch
 
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import rundir, seeding, sequence_state
-from moram_ref.experiments.llm import scoring
-from moram_ref.experiments.llm import backbones
+from moram_ref.experiments.llm import backbones, scoring
 from moram_ref.experiments.llm.backbones import ATTENTION_TARGETS
 from moram_ref.experiments.llm.data import MAX_PROMPT, TRACE_EPOCHS, Task, collate, encode_examples
 from moram_ref.experiments.llm.generate import generate
