@@ -251,9 +251,12 @@ def _main(argv: list[str], exiting: bool) -> int:
             print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
             return 2
         if isinstance(exc, NonFiniteError):  # activations overflowed: a diverged run or overflowing weights
-            print(f"{name}: error: {' '.join(str(exc).split())}: activations overflowed on the way — training "
-                  "that diverged (try a smaller --lr, in a new --out) or adapter weights that are finite but too "
-                  "large (a checkpoint that matches its checksum was written so)", file=sys.stderr)
+            diverged = type(exc).__name__ == "DivergedError"  # the progress printer saw a NaN/inf loss
+            print(f"{name}: error: {' '.join(str(exc).split())}: "
+                  + ("training diverged (try a smaller --lr, in a new --out)" if diverged else
+                     "activations overflowed on the way — training that diverged (try a smaller --lr, in a new "
+                     "--out) or adapter weights that are finite but too large (a checkpoint that matches its "
+                     "checksum was written so)"), file=sys.stderr)
             return 1
         if isinstance(exc, RuntimeError) and "device-side assert" in str(exc):
             # a check on the GPU failed (torch._assert_async: the forward's NaN/inf check is one); the CUDA

@@ -97,6 +97,22 @@ def check_finite(name: str, arr: Any, sync_free: bool = False, where: str = "") 
         raise NonFiniteError(f"{name} contains NaN or inf ({bad} entries){where}")
 
 
+def check_scores(scores: Any, kind: str, rows: str, source: str) -> None:
+    """:class:`NonFiniteError` if a row of ``scores`` (a torch tensor ``(N, C)``: one row of class scores per
+    sample) holds NaN or inf — before an argmax, which would silently count such a row as some class.
+
+    The message says how many of the ``N`` rows: ``"the {kind} scores of {bad} of {N} {rows} contain NaN or
+    inf ({source})"``, e.g. ``kind="class"``, ``rows="test images of dtd"``,
+    ``source="image or class-name features"``. Reads one value back to the host (an evaluation, not a forward).
+    """
+    import torch  # noqa: PLC0415  (only called with a tensor)
+
+    finite = torch.isfinite(scores).all(1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(f"the {kind} scores of {bad} of {len(scores)} {rows} contain NaN or inf ({source})")
+
+
 def check_input(name: str, x: Any, size: int, site: str = "") -> None:
     """A torch forward's input: a floating tensor of shape (..., size) without NaN/inf (sync-free).
 

@@ -200,6 +200,11 @@ CASES = [
      ["--make-synthetic: generates the TRACE tasks only", "olora-1"], None),
     ("llm-unknown-flag", ["llm", "--make-synthetic", "OUT", "--verify"],
      ["moram-ref llm: error: unrecognized arguments: --verify"], None),
+    ("textcl-unknown-flag-first", ["text-cl", "--bogus"], ["moram-ref text-cl: error: unrecognized arguments: --bogus"],
+     None),
+    ("report-unknown-flag-first", ["report", "--bogus"], ["moram-ref report: error: unrecognized arguments: --bogus"],
+     None),
+    ("textcl-required-named", ["text-cl"], ["the following arguments are required: --data-root"], None),
     ("clip-synthetic-unused-flag", ["clip", "--make-synthetic", "OUT", "--tiny", "--lr", "0.1"],
      ["--tiny: not used with --make-synthetic"], None),
     ("llm-synthetic-dangling-link", ["llm", "--make-synthetic", "LINKS"],
@@ -529,8 +534,30 @@ def test_training_that_diverges_is_one_line_naming_the_layer(data, tmp_path, cap
     code, _, err = _run_in_process(argv, capsys)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("moram-ref clip: error: x contains NaN or inf (")
-    for said in ("; it is the input of adapted layer '", "a smaller --lr", "a checkpoint that matches its checksum"):
+    for said in ("; it is the input of adapted layer '", "; met after moram task 1/3 (", ") step ",
+                 "the last training step taken", "a smaller --lr", "a checkpoint that matches its checksum"):
         assert said in err, (said, err)
+
+
+def test_a_nan_training_loss_is_one_line_naming_the_step(data, tmp_path, capsys, monkeypatch):
+    """A loss that turns NaN ends the run at the next progress line (or the overflow it causes), naming the
+    first step whose loss was NaN — read on the device, without a sync per step — and the cause."""
+    from moram_ref.experiments.clip import train
+
+    calls = []
+    real = train.two_term_loss
+
+    def poisoned(*a, **k):  # the second step's loss is NaN (and so are its gradients)
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train, "two_term_loss", poisoned)
+    argv = _argv(XT + ["--shots", "2", "--iterations", "3", "--methods", "moram"], dict(data, OUT=tmp_path / "out"))
+    code, _, err = _run_in_process(argv, capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "; the training loss was first NaN or inf at moram task 1/3 (" in err, err
+    assert ") step 2/" in err and err.rstrip().endswith("training diverged (try a smaller --lr, in a new --out)"), err
 
 
 def test_a_failed_device_side_assertion_is_one_line(tmp_path, capsys, monkeypatch):

@@ -59,3 +59,68 @@ def test_printer_stops_a_run_at_the_next_step_after_a_swallowed_interrupt():
             report(second)
     finally:
         rundir.clear_stop()
+
+
+def _tensor_steps(losses, n_steps=None, task=1):
+    import torch
+
+    n = n_steps or len(losses)
+    return [Step("moram", task, 2, f"T{task}", s, n, torch.tensor(v)) for s, v in enumerate(losses, 1)]
+
+
+def test_a_line_whose_loss_is_not_finite_stops_the_run_naming_the_first_such_step():
+    from moram_ref.experiments.progress import DivergedError
+
+    lines = []
+    report = printer(3, lines.append)
+    with pytest.raises(DivergedError, match=r"^the training loss is nan at moram task 1/2 \(T1\) step 3/4; it was "
+                                            r"first NaN or inf at moram task 1/2 \(T1\) step 2/4$"):
+        for step in _tensor_steps([1.0, float("inf"), float("nan"), 1.0]):
+            report(step)
+    assert lines == []
+
+
+def test_a_plain_number_loss_is_checked_when_its_line_is_printed():
+    from moram_ref.experiments.progress import DivergedError
+
+    report = printer(2, lambda _: None)
+    report(Step("moram", 1, 1, "T", 1, 4, float("nan")))  # not a line: not read
+    with pytest.raises(DivergedError, match=r"loss is inf at moram task 1/1 \(T\) step 2/4$"):
+        report(Step("moram", 1, 1, "T", 2, 4, float("inf")))
+
+
+def test_the_watch_reads_nothing_back_from_the_device_between_lines():
+    """Losses on the meta device have no values: any read (``bool``, ``item``, ``float``) would raise."""
+    import torch
+
+    report = printer(100, lambda _: None)
+    for s in range(1, 50):
+        report(Step("moram", 1, 1, "T", s, 200, torch.empty((), device="meta")))
+    with pytest.raises(RuntimeError, match="meta"):  # reading it needs the values: done only when asked
+        report.first_non_finite()
+
+
+@pytest.mark.parametrize("losses, said", [
+    ([1.0, 2.0], "x contains NaN or inf; met after moram task 2/2 (T2) step 2/5, the last training step taken"),
+    ([1.0, float("nan")], "x contains NaN or inf; the training loss was first NaN or inf at moram task 2/2 (T2) step 2/5"),
+])
+def test_an_overflow_met_inside_is_completed_with_when_it_happened(losses, said):
+    from moram_ref.experiments.progress import DivergedError
+    from moram_ref.shapes import NonFiniteError
+
+    with pytest.raises(NonFiniteError) as caught, printer(10, lambda _: None) as report:
+        for step in _tensor_steps(losses, n_steps=5, task=2):
+            report(step)
+        raise NonFiniteError("x contains NaN or inf")
+    assert str(caught.value) == said
+    assert isinstance(caught.value, DivergedError) == ("first NaN" in said)
+
+
+def test_an_overflow_before_any_step_or_another_error_passes_unchanged():
+    from moram_ref.shapes import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"^x contains NaN or inf$"), printer(10) as report:
+        raise NonFiniteError("x contains NaN or inf")
+    with pytest.raises(KeyError), printer(10) as report:
+        report(_tensor_steps([float("nan")], n_steps=5)[0])
+        raise KeyError("other")

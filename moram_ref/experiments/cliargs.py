@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,13 +49,30 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):  # noqa: ANN001, D102
         # argparse reports flags no command knows from the top parser ("moram-ref: error: unrecognized
-        # arguments"); name the command they were given to
-        parsed, extras = self.parse_known_args(args, namespace)
+        # arguments"), and only once every required argument was given; here a flag nobody knows is named
+        # first (a typo in `--data-roo` is the error, not the --data-root it seems to lack), with its command
+        required = [a for p in _parsers(self) for a in p._actions if a.required]
+        for action in required:
+            action.required = False
+        try:
+            parsed, extras = self.parse_known_args(args, namespace)
+        finally:
+            for action in required:
+                action.required = True
         if extras:
             command = getattr(parsed, "command", None)
             prog = f"{self.prog} {command}" if command and not self.prog.endswith(f" {command}") else self.prog
             self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}\n")
-        return parsed
+        return super().parse_args(args, namespace)
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every sub-command's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
 
 
 def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -7,11 +7,13 @@ The loss is kept as given (a 0-d tensor, possibly on a GPU) and converted to a n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moram_ref.experiments import rundir
+from moram_ref.shapes import NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -41,24 +43,93 @@ class Step:
         """The task's last step."""
         return self.step == self.steps
 
-    def line(self) -> str:
+    @property
+    def place(self) -> str:
+        """Where in the run: ``"<method>[ seed <s>] task <t>/<T> (<name>) step <s>/<S>"``."""
         seed = "" if self.seed is None else f" seed {self.seed}"
-        return (f"{self.method}{seed} task {self.task}/{self.tasks} ({self.name}) "
-                f"step {self.step}/{self.steps} loss {self.loss:.4f}")
+        return f"{self.method}{seed} task {self.task}/{self.tasks} ({self.name}) step {self.step}/{self.steps}"
+
+    def line(self, loss: float | None = None) -> str:
+        """The progress line; ``loss`` (optional) is :attr:`loss` already read."""
+        return f"{self.place} loss {self.loss if loss is None else loss:.4f}"
 
 
-def printer(every: int, log: Callable[[str], Any] = print) -> Callable[[Step], None]:
-    """A progress callback that logs :meth:`Step.line` every ``every`` steps and at each task's last step.
+class DivergedError(NonFiniteError):
+    """Training diverged: a step's loss was NaN or inf (the message names the first such step)."""
+
+
+class Printer:
+    """The CLIs' progress callback (made by :func:`printer`): logs :meth:`Step.line` every ``every`` steps and
+    at each task's last step, and watches the loss for NaN and inf.
+
+    The watch reads nothing back to the host between lines: for a tensor loss it keeps, on the loss's device,
+    the number of the first step whose loss was not finite (a few element-wise kernels per step). A line whose
+    loss is NaN or inf raises :class:`DivergedError` (a ``NonFiniteError``) naming that step and the first such
+    one. Used as a context manager around training, it completes a ``NonFiniteError`` raised inside (an adapted
+    layer's input check, a score check): into a ``DivergedError`` naming the first step whose loss was NaN or
+    inf, if one was seen, else with the last step taken — when the run diverged, not only where the overflow
+    was met.
 
     It also raises ``KeyboardInterrupt`` at the next step once a stop signal was noted
-    (:func:`moram_ref.experiments.rundir.check_stop`) but Python swallowed its interrupt (one raised
-    inside a garbage-collection callback): a long run stops within a step, not at its end."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    (:func:`moram_ref.experiments.rundir.check_stop`) but Python swallowed its interrupt (one raised inside a
+    garbage-collection callback): a long run stops within a step, not at its end.
+    """
 
-    def report(step: Step) -> None:
+    def __init__(self, every: int, log: Callable[[str], Any] = print):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.every, self.log = every, log
+        self._last: Step | None = None  # the latest step, its loss dropped (no tensor kept alive)
+        self._tasks: dict[int, Step] = {}  # each task's latest step, its loss dropped (no tensor kept alive)
+        self._first: Any = None  # 0-d int64 tensor on the loss's device: 0 while every loss was finite, else
+        #                          the first non-finite one's task × 2³² + step
+
+    def __call__(self, step: Step) -> None:
         rundir.check_stop()
-        if step.step % every == 0 or step.last:
-            log(step.line())
+        self._watch(step)
+        if step.step % self.every == 0 or step.last:
+            loss = step.loss  # the one read back from the device
+            if not math.isfinite(loss):
+                raise DivergedError(f"the training loss is {loss} at {step.place}{self._since(step)}")
+            self.log(step.line(loss))
 
-    return report
+    def __enter__(self) -> Printer:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if not isinstance(exc, NonFiniteError) or isinstance(exc, DivergedError) or self._last is None:
+            return
+        first = self.first_non_finite()
+        if first is not None:
+            raise DivergedError(f"{exc}; the training loss was first NaN or inf at {first.place}") from exc
+        raise NonFiniteError(f"{exc}; met after {self._last.place}, the last training step taken") from exc
+
+    def first_non_finite(self) -> Step | None:
+        """The first watched step whose loss (a tensor) was NaN or inf, its loss dropped; ``None`` if none
+        was. Reads the device once."""
+        code = 0 if self._first is None else int(self._first)
+        if not code:
+            return None
+        return replace(self._tasks[code >> 32], step=code & 0xFFFFFFFF)
+
+    def _watch(self, step: Step) -> None:
+        self._last = replace(step, loss_value=None)
+        loss = step.loss_value
+        if not callable(getattr(loss, "isfinite", None)):  # a plain number: checked when its line is printed
+            return
+        import torch  # noqa: PLC0415  (a tensor loss: torch is loaded)
+
+        self._tasks[step.task] = self._last
+        if self._first is None:
+            self._first = loss.new_zeros((), dtype=torch.int64)
+        self._first = self._first.where(loss.isfinite() | (self._first > 0), (step.task << 32) | step.step)
+
+    def _since(self, step: Step) -> str:
+        first = self.first_non_finite()
+        return "" if first is None or first.place == step.place else f"; it was first NaN or inf at {first.place}"
+
+
+def printer(every: int, log: Callable[[str], Any] = print) -> Printer:
+    """A :class:`Printer`: the progress callback the CLIs pass to the training loops (``every`` ≥ 1 steps
+    between lines; ``log`` receives each line). ``ValueError`` for a bad ``every``."""
+    return Printer(every, log)

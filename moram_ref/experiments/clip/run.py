@@ -303,8 +303,9 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
                                 targets=backbone.target_regex(args.encoders, args.kinds), moram=config)
         out = args.out / method
         out.mkdir(parents=True, exist_ok=True)
-        matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume, args.eval_only,
-                              Path(args.data_root), log, on_step=printer(PRINT_EVERY, log))
+        with printer(PRINT_EVERY, log) as on_step:  # names the first step whose loss was NaN or inf
+            matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume,
+                                  args.eval_only, Path(args.data_root), log, on_step=on_step)
         summary[method] = {"units": UNITS, "tasks": keys, "matrix": matrix,
                            **{k: 100 * v for k, v in metrics.summary(matrix / 100).items()}}
         if _rank() == 0:

@@ -23,7 +23,7 @@ from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import rundir, seeding, sequence_state
 from moram_ref.experiments.clip.data import Domain, few_shot
 from moram_ref.experiments.progress import Step
-from moram_ref.shapes import NonFiniteError
+from moram_ref.shapes import check_scores
 from moram_ref.torch import attach as A
 from moram_ref.torch import checkpoint
 from moram_ref.torch.losses import two_term_loss
@@ -128,10 +128,7 @@ def evaluate(model, tokenizer, transform, domains: list[Domain], settings: ClipS
         for images, labels in loader:
             with autocast:  # bf16 on a GPU
                 scores = _features(model, images=images.to(device)).float() @ classifier.T
-            if not bool(torch.isfinite(scores).all()):  # the argmax of NaN scores would be counted silently
-                bad = int((~torch.isfinite(scores).all(1)).sum())
-                raise NonFiniteError(f"the class scores of {bad} of {len(labels)} test images of {d.key} contain "
-                                     "NaN or inf (image or class-name features)")
+            check_scores(scores, "class", f"test images of {d.key}", "image or class-name features")
             if settings.protocol == "mtil":
                 hits += int((scores[:, own].argmax(1).cpu() == labels).sum())
             else:

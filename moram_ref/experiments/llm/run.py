@@ -4,6 +4,7 @@ print the matrix, OP and both BWTs; resumable; ``torchrun`` for several processe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -299,8 +300,10 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
                                fsdp=args.fsdp)
         model, tok = build(args, tasks, args.out, args.seed)
         quiet = dist.rank != 0  # one process reports
-        matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only, dist=dist,
-                              log=None if quiet else log, on_step=None if quiet else printer(PRINT_EVERY, log))
+        on_step = None if quiet else printer(PRINT_EVERY, log)  # names the first step whose loss was NaN or inf
+        with on_step or contextlib.nullcontext():
+            matrix = run_sequence(model, tok, tasks, settings, out, resume=args.resume, eval_only=args.eval_only,
+                                  dist=dist, log=None if quiet else log, on_step=on_step)
         summary[method] = _finish(matrix, [t.name for t in tasks], out, settings, dist.rank == 0)
     if dist.rank == 0:
         names = [t.name for t in tasks]

@@ -228,8 +228,8 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
                                        part_threads.get(method), started_on)
             trains = not args.resume or state.tasks_done(folder) < len(tasks)  # a finished pair is only restored
             with threads.continued(count, log if trains and args.resume else None, f"{method} seed {seed}",
-                                   why or "", "its run"):
-                res = run_method(method, seed, settings, enc, tasks, on_step=printer(settings.steps, log),
+                                   why or "", "its run"), printer(settings.steps, log) as on_step:
+                res = run_method(method, seed, settings, enc, tasks, on_step=on_step,
                                  state_dir=folder, resume=args.resume, on_task=after_task, on_resume=restored,
                                  recorded=state.shaping(settings_of(args)))
             res["seconds"] = float(sum(res["seconds_per_task"]))

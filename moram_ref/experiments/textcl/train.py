@@ -23,7 +23,7 @@ from moram_ref.experiments.progress import Step
 from moram_ref.experiments.textcl import METHODS, state  # METHODS re-exported
 from moram_ref.experiments.textcl.data import TaskData
 from moram_ref.experiments.textcl.encoder import CachedEncoder
-from moram_ref.shapes import NonFiniteError
+from moram_ref.shapes import check_scores
 from moram_ref.torch import attach as A
 from moram_ref.torch.losses import two_term_loss
 from moram_ref.torch.olora import orthogonality_penalty
@@ -77,10 +77,7 @@ def predict(enc: CachedEncoder, tasks: list[TaskData], split: str = "test",
         texts = getattr(tasks[j], f"{split}_text")
         emb = torch.cat([enc.embed(texts[i : i + 64]) for i in range(0, len(texts), 64)])
         scores = emb @ labels.T  # (N, n_classes)
-        if not bool(torch.isfinite(scores).all()):  # the argmax of NaN scores would be counted silently
-            bad = int((~torch.isfinite(scores).all(1)).sum())
-            raise NonFiniteError(f"the label scores of {bad} of {len(texts)} {split} texts of task {tasks[j].name} "
-                                 "contain NaN or inf (text or label embeddings)")
+        check_scores(scores, "label", f"{split} texts of task {tasks[j].name}", "text or label embeddings")
         out.append((scores.argmax(1), scores[:, offsets[j] : offsets[j + 1]].argmax(1)))
     return out
 
