@@ -192,7 +192,8 @@ assert cos_crowd.min() > 0.99 and np.sum(s_crowd >= delta_thr) == 0
 # respond shrinks as the bank grows. For random responses $s_{\max} = \max_i p_i / \lVert p\rVert$ is
 # roughly the largest of $R$ standard normal draws divided by $\sqrt{R}$. The classical estimate of that
 # largest draw is $m_R = \sqrt{2\ln R} - \frac{\ln\ln R + \ln 4\pi}{2\sqrt{2\ln R}}$; its leading term alone,
-# $\sqrt{2\ln R / R}$ for $s_{\max}$, overestimates by about 20 % at these sizes. From $R \approx 64$ on,
+# $\sqrt{2\ln R / R}$ for $s_{\max}$, overestimates it: by about 40 % at $R = 4$, still 20 % at
+# $R = 1024$ (the table below). From $R \approx 64$ on,
 # $m_R / \sqrt{R}$ follows the measured median of $s_{\max}$ within a few per cent (it is an asymptotic
 # estimate: poor for a handful of atoms), and both fall below $\delta = 0.2$ near $R \approx 170$ (computed
 # below). A token that matches *no* atom is then silenced: the layer hands it
@@ -480,7 +481,7 @@ assert fresh_wins.any() and norm_after < 0.1 * norm_before and white.any()
 # 1. With $k = 1$, what is $\sum_i w_i$ before the threshold, for any token?
 # 2. Double every key ($A \to 2A$). Which of $p$, $s$, $w$, $\Delta$ change, and how?
 # 3. For a bank of $R = 256$ random atoms, roughly what share of random tokens does $\delta = 0.1$ silence
-#    (instead of 0.2)? Use $\sqrt{2 \ln R / R}$.
+#    (instead of 0.2)? Use $m_R / \sqrt{R}$ (not the cruder $\sqrt{2 \ln R / R}$, which is above 0.2 there).
 
 # %%
 # 1. Exactly 1: one kept atom, softmax over one entry.

@@ -172,9 +172,9 @@ if not REAL:  # a claim about the tiny toy
 # 3. How many atoms does the text encoder's first `c_fc` layer hold now?
 
 # %%
-# 2. None here: every token keeps an atom whose score is above δ. On most tokens one atom holds nearly all
-#    the weight; on some tokens of one image a second atom takes up to a fifth of it (the smallest per-token
-#    largest weight, printed below).
+# 2. None here: every token keeps an atom whose score is above δ. On most tokens one atom holds all or
+#    nearly all the weight; where it does not, the rest goes to other atoms (one minus the smallest
+#    per-token largest weight, printed below per image, is the most any token gives away).
 silenced = np.mean([(w.sum(axis=1) == 0).mean() for w in maps["after task 3"].values()])
 print("2. share of silenced image tokens after the last task:", round(float(silenced), 3),
       "| smallest per-token largest weight, per image:",

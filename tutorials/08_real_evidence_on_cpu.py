@@ -203,8 +203,9 @@ assert r["atoms99"]["mean"] < 2 and 1 / len(names) < r["own"]["mean"] < 0.5 and 
 #
 # ![activation maps of the full run](../docs/img/text-cl/activation_moram.png)
 #
-# The activation maps: final weights `w` at the first adapted block's key projection, one test text per task,
-# after tasks 1, 2 and 4 (seed 0). After task 1 only the first block of atoms exists and carries all the weight.
+# The activation maps: final weights `w` at the first adapted block's key projection (the encoder's fifth of
+# six; the stored figure, drawn by an earlier version, titles it "block 1"), one test text per task, after
+# tasks 1, 2 and 4 (seed 0). After task 1 only the first block of atoms exists and carries all the weight.
 #
 # ![share of each task's atoms on each task's tokens](../docs/img/text-cl/routing_share_moram.png)
 
