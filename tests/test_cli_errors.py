@@ -583,3 +583,26 @@ def test_a_marker_that_does_not_say_complete_true_is_refused(complete, tmp_path,
                                                    f'{complete}}}')
     code, _, err = _run_in_process(["llm", "--tiny", "llama", "--data-root", str(root)], capsys)
     assert code == 2 and "whose writing was stopped before it finished" in err
+
+
+@pytest.mark.parametrize("command", ["clip", "llm"])
+def test_a_full_disk_during_make_synthetic_names_the_folder_and_what_follows(command, tmp_path, capsys, monkeypatch):
+    """A full disk fails a write with an OSError naming no file: the line names the folder, and the data
+    stays refused (its marker says unfinished) until --make-synthetic is run again."""
+    import errno
+    import pathlib
+
+    written = []
+    real = pathlib.Path.write_bytes if command == "clip" else pathlib.Path.write_text
+
+    def full(self, data, *a, **k):
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(self)
+        return real(self, data, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes" if command == "clip" else "write_text", full)
+    code, _, err = _run_in_process([command, "--make-synthetic", str(tmp_path / "syn")], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"could not write the data under {tmp_path / 'syn'} (No space left on device)" in err, err
+    assert "runs refuse it until --make-synthetic completes it" in err, err

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -250,6 +251,20 @@ def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
         # have no "complete": written before it existed, whole)
         raise UsageError(f"{flag}: {root} holds --make-synthetic data whose writing was stopped before it finished "
                          f"({marker} says so); run --make-synthetic again to complete it")
+
+
+@contextmanager
+def writing_synthetic(flag: str, root: Path) -> Iterator[None]:
+    """Around generating data into ``root``: an ``OSError`` that names no file (a full disk fails a write
+    so) is raised again naming ``root`` and what follows — the marker, written first, still says unfinished,
+    so runs refuse the data until ``flag`` is run again."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"could not write the data under {root} ({exc.strerror}); it is marked unfinished "
+                                 f"and runs refuse it until {flag} completes it") from exc
 
 
 def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:

@@ -242,7 +242,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if args.make_synthetic:
         from moram_ref.experiments.clip.synthetic import make_all
 
-        roots = make_all(args.make_synthetic)
+        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic):
+            roots = make_all(args.make_synthetic)
         log(f"wrote X-TAIL-layout data to {roots['xtail']} (caltech101 dtd eurosat) and torchvision-layout "
             f"data to {roots['mtil']} (mnist dtd eurosat)")
         return {k: str(v) for k, v in roots.items()}

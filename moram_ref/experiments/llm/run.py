@@ -265,7 +265,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if args.make_synthetic:
         from moram_ref.experiments.llm.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
 
-        root = make_synthetic(args.make_synthetic)
+        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic):
+            root = make_synthetic(args.make_synthetic)
         log(f"wrote TRACE-layout data to {root}: the 8 TRACE tasks generated, {SYNTHETIC_TRAIN} training and "
             f"{SYNTHETIC_TEST} test rows each (random answers: a pipeline check whose scores mean nothing)")
         return {"trace": str(root)}
