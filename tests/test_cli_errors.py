@@ -528,14 +528,14 @@ def test_a_closed_pipe_that_also_held_standard_error_still_ends_with_141(unbuffe
 
 def test_training_that_diverges_is_one_line_naming_the_layer(data, tmp_path, capsys):
     """NaN/inf activations (here: a learning rate of 10¹²) end the run with one line: the first adapted
-    layer they reach, and the two usual causes — no traceback; the tasks finished before stay."""
+    layer they reach, the last training step taken, and the cause — no traceback; the tasks finished before stay."""
     argv = _argv(XT + ["--shots", "2", "--iterations", "3", "--methods", "moram", "--lr", "1e12"],
                  dict(data, OUT=tmp_path / "out"))
     code, _, err = _run_in_process(argv, capsys)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("moram-ref clip: error: x contains NaN or inf (")
     for said in ("; it is the input of adapted layer '", "; met after moram task 1/3 (", ") step ",
-                 "the last training step taken", "a smaller --lr", "a checkpoint that matches its checksum"):
+                 "the last training step taken: training diverged (try a smaller --lr, in a new --out)"):
         assert said in err, (said, err)
 
 
@@ -586,23 +586,68 @@ def test_a_marker_that_does_not_say_complete_true_is_refused(complete, tmp_path,
 
 
 @pytest.mark.parametrize("command", ["clip", "llm"])
-def test_a_full_disk_during_make_synthetic_names_the_folder_and_what_follows(command, tmp_path, capsys, monkeypatch):
-    """A full disk fails a write with an OSError naming no file: the line names the folder, and the data
-    stays refused (its marker says unfinished) until --make-synthetic is run again."""
+@pytest.mark.parametrize("fails", ["first marker", "data", "last marker"])
+def test_a_full_disk_during_make_synthetic_names_the_folder_and_what_it_leaves(command, fails, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A full disk fails a write with an OSError naming no file: one line naming the folder and what is left.
+    The marker is written whole (temporary file, rename) before the data, as unfinished, and rewritten finished
+    after it: a failure there leaves no empty marker, and data written is refused until generated again."""
     import errno
     import pathlib
 
-    written = []
-    real = pathlib.Path.write_bytes if command == "clip" else pathlib.Path.write_text
+    calls = []
 
-    def full(self, data, *a, **k):
-        if written:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written.append(self)
-        return real(self, data, *a, **k)
+    def full_on_second_call(real):
+        def write(*a, **k):
+            calls.append(1)
+            if len(calls) == failing:
+                if real is os.fdopen:
+                    os.close(a[0])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(*a, **k)
+        return write
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes" if command == "clip" else "write_text", full)
-    code, _, err = _run_in_process([command, "--make-synthetic", str(tmp_path / "syn")], capsys)
+    # the markers are written first for every folder (clip: xtail, then mtil), the data, then the markers again
+    failing = {"first marker": 1, "data": 2, "last marker": 3 if command == "clip" else 2}[fails]
+    if fails == "data":
+        name = "write_bytes" if command == "clip" else "write_text"
+        monkeypatch.setattr(pathlib.Path, name, full_on_second_call(getattr(pathlib.Path, name)))
+    else:  # the marker's whole-file write (rundir.write_text)
+        monkeypatch.setattr(os, "fdopen", full_on_second_call(os.fdopen))
+    root = tmp_path / "syn"
+    first = root / ("xtail" if command == "clip" else "trace")
+    code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
     assert code == 1 and err.count("\n") == 1, err
-    assert f"could not write the data under {tmp_path / 'syn'} (No space left on device)" in err, err
-    assert "runs refuse it until --make-synthetic completes it" in err, err
+    monkeypatch.undo()
+    marker = first / "moram_ref_synthetic.json"
+    if fails == "first marker":
+        assert f"could not write {marker} (No space left on device); no folder is left marked unfinished" in err, err
+        assert not marker.exists() and list(first.iterdir()) == []  # nothing written, no temporary file left
+        return
+    said = (f"could not write the data under {root}" if fails == "data" else f"could not write {marker}")
+    left = f"{root / 'mtil'}, {root / 'xtail'}" if command == "clip" else str(first)
+    assert f"{said} (No space left on device); marked unfinished, so runs refuse it until --make-synthetic " \
+           f"completes it: {left}\n" in err, err
+    assert json.loads(marker.read_text())["complete"] is False
+    run = (["clip", "--tiny", "--datasets", "dtd"] if command == "clip" else ["llm", "--tiny", "llama"])
+    code, _, err = _run_in_process(run + ["--data-root", str(first), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "whose writing was stopped before it finished" in err, err
+
+
+def test_a_damaged_marker_is_refused_not_read_as_real_data(tmp_path, capsys):
+    root = tmp_path / "trace"
+    root.mkdir()
+    (root / "moram_ref_synthetic.json").write_text("")  # what a full disk left before markers were written whole
+    code, _, err = _run_in_process(["llm", "--tiny", "llama", "--data-root", str(root)], capsys)
+    assert code == 2 and "moram_ref_synthetic.json that cannot be read as JSON" in err and "run --make-synthetic again" in err
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["text-cl", "--help"], "usage: moram-ref text-cl [-h] --data-root DATA_ROOT "),
+    (["text-cl-merge", "--bogus", "--help"], "usage: moram-ref text-cl-merge [-h] --out OUT "),
+])
+def test_help_still_shows_required_flags_as_required(argv, usage, capsys):
+    """The look for unknown flags (required arguments off) must not reach --help's usage line."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0 and capsys.readouterr().out.startswith(usage)

@@ -112,8 +112,19 @@ def test_an_overflow_met_inside_is_completed_with_when_it_happened(losses, said)
         for step in _tensor_steps(losses, n_steps=5, task=2):
             report(step)
         raise NonFiniteError("x contains NaN or inf")
-    assert str(caught.value) == said
-    assert isinstance(caught.value, DivergedError) == ("first NaN" in said)
+    assert str(caught.value) == said and isinstance(caught.value, DivergedError)
+
+
+def test_a_loss_that_was_not_finite_between_lines_is_noted_once():
+    lines = []
+    report = printer(3, lines.append)
+    for step in _tensor_steps([1.0, float("nan"), 3.0, 4.0, 5.0, 6.0]):
+        report(step)
+    assert lines == ["moram task 1/2 (T1) step 3/6 loss 3.0000",
+                     "note: the training loss was NaN or inf at moram task 1/2 (T1) step 2/6 (the first such step); "
+                     "the losses since are finite",
+                     "moram task 1/2 (T1) step 6/6 loss 6.0000"]
+
 
 
 def test_an_overflow_before_any_step_or_another_error_passes_unchanged():

@@ -45,6 +45,13 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpWithDefaults)
         super().__init__(*args, **kwargs)
 
+    _probing = False  # True while parse_args looks for unknown flags (required arguments switched off)
+
+    def print_help(self, file=None):  # noqa: ANN001, D102
+        if self._probing:
+            raise _HelpAsked
+        super().print_help(file)
+
     def error(self, message: str):  # noqa: D102  (argparse's hook)
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
@@ -52,19 +59,30 @@ class Parser(argparse.ArgumentParser):
         # argparse reports flags no command knows from the top parser ("moram-ref: error: unrecognized
         # arguments"), and only once every required argument was given; here a flag nobody knows is named
         # first (a typo in `--data-roo` is the error, not the --data-root it seems to lack), with its command
-        required = [a for p in _parsers(self) for a in p._actions if a.required]
+        parsers = list(_parsers(self))
+        required = [a for p in parsers for a in p._actions if a.required]
         for action in required:
             action.required = False
+        for parser in parsers:
+            parser._probing = True  # a --help now would show the required flags as optional: asked again below
         try:
             parsed, extras = self.parse_known_args(args, namespace)
+        except _HelpAsked:
+            extras = []
         finally:
             for action in required:
                 action.required = True
+            for parser in parsers:
+                parser._probing = False
         if extras:
             command = getattr(parsed, "command", None)
             prog = f"{self.prog} {command}" if command and not self.prog.endswith(f" {command}") else self.prog
             self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}\n")
         return super().parse_args(args, namespace)
+
+
+class _HelpAsked(Exception):
+    """--help met while :meth:`Parser.parse_args` looks for unknown flags: the help is shown by the real parse."""
 
 
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -243,10 +261,15 @@ def unused_with(args: argparse.Namespace, add_arguments: Callable[[argparse.Argu
 def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
     """Refuse generated data whose writing was stopped: its marker (written first) still says
     ``"complete": false`` — some files would be missing or cut short while the marker vouches for the rest."""
+    path = root / marker
+    if not path.is_file():
+        return  # no marker: real data
     try:
-        record = json.loads((root / marker).read_text())
-    except (OSError, ValueError):
-        return  # no marker (real data), or one not ours: nothing to say
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{flag}: {root} holds a {marker} that cannot be read as JSON ({exc}): a marker of "
+                         "--make-synthetic damaged (written by a version without whole-file writes when a disk "
+                         "filled?); run --make-synthetic again, or remove the file if the data is real") from None
     if isinstance(record, dict) and "complete" in record and record["complete"] is not True:  # (older markers
         # have no "complete": written before it existed, whole)
         raise UsageError(f"{flag}: {root} holds --make-synthetic data whose writing was stopped before it finished "
@@ -254,17 +277,31 @@ def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
 
 
 @contextmanager
-def writing_synthetic(flag: str, root: Path) -> Iterator[None]:
-    """Around generating data into ``root``: an ``OSError`` that names no file (a full disk fails a write
-    so) is raised again naming ``root`` and what follows — the marker, written first, still says unfinished,
-    so runs refuse the data until ``flag`` is run again."""
+def writing_synthetic(flag: str, directory: Path, marker: str) -> Iterator[None]:
+    """Around generating data into the folders of ``directory`` (each marked by its ``marker`` file, written
+    whole before the data as unfinished and rewritten finished after it): an ``OSError`` that names no file (a
+    full disk fails a write so) is raised again naming ``directory`` and what it leaves — folders marked
+    unfinished, which runs refuse until ``flag`` completes them, or, where the failed write was a marker's,
+    nothing marked unfinished (no data is written before its marker)."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is not None or exc.errno is None:
+        if exc.filename is not None:
             raise
-        raise OSError(exc.errno, f"could not write the data under {root} ({exc.strerror}); it is marked unfinished "
-                                 f"and runs refuse it until {flag} completes it") from exc
+        said = exc.strerror or str(exc)
+        said = said if said.startswith("could not write ") else f"could not write the data under {directory} ({said})"
+        unfinished = [str(m.parent) for m in sorted(Path(directory).glob(f"*/{marker}")) if not _finished(m)]
+        left = (f"marked unfinished, so runs refuse it until {flag} completes it: {', '.join(unfinished)}" if unfinished
+                else "no folder is left marked unfinished (no data is written before its marker)")
+        raise OSError(exc.errno, f"{said}; {left}") from exc
+
+
+def _finished(marker: Path) -> bool:
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return not isinstance(record, dict) or record.get("complete", True) is True
 
 
 def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:

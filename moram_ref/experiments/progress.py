@@ -65,10 +65,11 @@ class Printer:
     The watch reads nothing back to the host between lines: for a tensor loss it keeps, on the loss's device,
     the number of the first step whose loss was not finite (a few element-wise kernels per step). A line whose
     loss is NaN or inf raises :class:`DivergedError` (a ``NonFiniteError``) naming that step and the first such
-    one. Used as a context manager around training, it completes a ``NonFiniteError`` raised inside (an adapted
-    layer's input check, a score check): into a ``DivergedError`` naming the first step whose loss was NaN or
-    inf, if one was seen, else with the last step taken — when the run diverged, not only where the overflow
-    was met.
+    one; a finite line after such a loss logs a note naming the first one (once). Used as a context manager
+    around training, it turns a ``NonFiniteError`` raised inside after a step was taken (an adapted layer's input
+    check, a score check) into a ``DivergedError``, completed with the first step whose loss was NaN or inf, if
+    one was seen, else with the last step taken: when the run diverged, not only where the overflow was met
+    (before any step, e.g. with a loaded checkpoint, it passes unchanged).
 
     It also raises ``KeyboardInterrupt`` at the next step once a stop signal was noted
     (:func:`moram_ref.experiments.rundir.check_stop`) but Python swallowed its interrupt (one raised inside a
@@ -79,6 +80,7 @@ class Printer:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         self.every, self.log = every, log
+        self._noted = False  # a loss NaN or inf between lines was told (once)
         self._last: Step | None = None  # the latest step, its loss dropped (no tensor kept alive)
         self._tasks: dict[int, Step] = {}  # each task's latest step, its loss dropped (no tensor kept alive)
         self._first: Any = None  # 0-d int64 tensor on the loss's device: 0 while every loss was finite, else
@@ -88,21 +90,26 @@ class Printer:
         rundir.check_stop()
         self._watch(step)
         if step.step % self.every == 0 or step.last:
-            loss = step.loss  # the one read back from the device
+            loss = step.loss  # the one read back from the device (the watch's flag is then ready too)
             if not math.isfinite(loss):
                 raise DivergedError(f"the training loss is {loss} at {step.place}{self._since(step)}")
             self.log(step.line(loss))
+            first = self.first_non_finite() if not self._noted else None
+            if first is not None:  # a loss that was NaN or inf between lines, finite again since
+                self._noted = True
+                self.log(f"note: the training loss was NaN or inf at {first.place} (the first such step); the "
+                         "losses since are finite")
 
     def __enter__(self) -> Printer:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
         if not isinstance(exc, NonFiniteError) or isinstance(exc, DivergedError) or self._last is None:
-            return
+            return  # (no step taken in this process: a loaded checkpoint may be the cause, not training)
         first = self.first_non_finite()
         if first is not None:
             raise DivergedError(f"{exc}; the training loss was first NaN or inf at {first.place}") from exc
-        raise NonFiniteError(f"{exc}; met after {self._last.place}, the last training step taken") from exc
+        raise DivergedError(f"{exc}; met after {self._last.place}, the last training step taken") from exc
 
     def first_non_finite(self) -> Step | None:
         """The first watched step whose loss (a tensor) was NaN or inf, its loss dropped; ``None`` if none

@@ -240,9 +240,10 @@ PRINT_EVERY = 50  # a progress line every this many steps, and one at the end of
 def run(args: argparse.Namespace, log=print) -> dict:
     domains = validate(args)
     if args.make_synthetic:
+        from moram_ref.experiments.clip.data import SYNTHETIC_MARKER
         from moram_ref.experiments.clip.synthetic import make_all
 
-        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic):
+        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic, SYNTHETIC_MARKER):
             roots = make_all(args.make_synthetic)
         log(f"wrote X-TAIL-layout data to {roots['xtail']} (caltech101 dtd eurosat) and torchvision-layout "
             f"data to {roots['mtil']} (mnist dtd eurosat)")

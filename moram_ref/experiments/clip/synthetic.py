@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moram_ref.experiments import rundir
 from moram_ref.experiments.clip.data import SYNTHETIC_BY, SYNTHETIC_MARKER, xtail_spec
 
 
@@ -106,6 +107,6 @@ def mark_synthetic(root: str | Path, keys: list[str], complete: bool = True) -> 
     """Mark ``root`` as generated data (:data:`~moram_ref.experiments.clip.data.SYNTHETIC_MARKER`): ``--verify``
     then checks its files but does not compare its split sizes with the releases'. ``complete=False`` (written
     before the data): the runs and ``--verify`` refuse the folder until the writing finished."""
-    (Path(root) / SYNTHETIC_MARKER).write_text(json.dumps(
-        {"made_by": SYNTHETIC_BY, "datasets": keys, "complete": complete,
-         "note": "random images: a pipeline check, not a benchmark"}) + "\n")
+    rundir.write_json(Path(root) / SYNTHETIC_MARKER,  # whole or not at all, also on a full disk
+                      {"made_by": SYNTHETIC_BY, "datasets": keys, "complete": complete,
+                       "note": "random images: a pipeline check, not a benchmark"})

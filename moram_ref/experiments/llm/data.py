@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moram_ref.experiments import rundir
+
 SEQUENCES = {
     "trace": ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten"),
     "olora-1": ("dbpedia", "amazon", "yahoo", "agnews"),
@@ -184,9 +186,9 @@ def make_synthetic(directory: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
 
     def mark(complete: bool) -> None:  # unfinished first: a stopped run leaves a folder refused until rewritten
-        (root / SYNTHETIC_MARKER).write_text(json.dumps(
-            {"made_by": "moram-ref llm --make-synthetic", "tasks": list(SEQUENCES["trace"]), "complete": complete,
-             "note": "random words and answers: a pipeline check, not a benchmark"}) + "\n")
+        rundir.write_json(root / SYNTHETIC_MARKER,  # whole or not at all, also on a full disk
+                          {"made_by": "moram-ref llm --make-synthetic", "tasks": list(SEQUENCES["trace"]),
+                           "complete": complete, "note": "random words and answers: a pipeline check, not a benchmark"})
 
     mark(False)
     write_trace_shaped(root, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST)

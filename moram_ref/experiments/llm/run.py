@@ -263,9 +263,9 @@ PRINT_EVERY = 10  # a progress line every this many steps, and one at the end of
 def run(args: argparse.Namespace, log=print) -> dict:
     tasks, skipped = validate(args)
     if args.make_synthetic:
-        from moram_ref.experiments.llm.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
+        from moram_ref.experiments.llm.data import SYNTHETIC_MARKER, SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
 
-        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic):
+        with cliargs.writing_synthetic("--make-synthetic", args.make_synthetic, SYNTHETIC_MARKER):
             root = make_synthetic(args.make_synthetic)
         log(f"wrote TRACE-layout data to {root}: the 8 TRACE tasks generated, {SYNTHETIC_TRAIN} training and "
             f"{SYNTHETIC_TEST} test rows each (random answers: a pipeline check whose scores mean nothing)")
