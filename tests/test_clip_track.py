@@ -204,6 +204,27 @@ def test_cli_runs_and_prints_the_table(data_root, tmp_path, capsys):
             assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == snapshot, (what, flag)
         path.write_bytes(original)
 
+    # a fresh re-run with the same settings starts from scratch: the earlier run's outputs go first, all at once
+    # (an interrupted re-run would otherwise leave the old summary and later checkpoints beside new progress)
+    from moram_ref.experiments.clip import train as clip_train
+
+    seen = {}
+
+    def interrupted(*args, **kwargs):
+        seen["left"] = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        raise KeyboardInterrupt
+
+    real = clip_train.run_sequence
+    clip_train.run_sequence = interrupted
+    try:
+        assert main([*argv, "--out", str(out)]) == 130
+    finally:
+        clip_train.run_sequence = real
+    printed = capsys.readouterr().out
+    assert f"a fresh run into {out}: removed the earlier run's accuracy.png, activation_moram.png, " \
+           "atoms_for_99_mass_moram.png, moram, summary.json, zero_shot" in printed, printed
+    assert seen["left"] == [".lock", "config.json", "moram"], seen  # the method's folder made anew, empty
+
 
 def test_aircraft_loader_reads_the_official_lists(tmp_path):
     from PIL import Image

@@ -437,6 +437,21 @@ def test_publish_undoes_every_step_when_the_file_system_refuses(tmp_path, monkey
         "results.json": "old results.json", "a.png": "old a.png", "b.png": "old b.png, not redrawn"}
 
 
+def test_publish_refuses_a_folder_where_a_file_goes_and_deletes_nothing(tmp_path):
+    """A folder named like an output (a user's, or ``mkdir summary.json`` by mistake) was moved aside with the
+    replaced files and deleted with them, contents and all; now nothing is touched."""
+    out, stage = _staged(tmp_path)
+    (out / "a.png").unlink()
+    (out / "a.png").mkdir()
+    (out / "a.png" / "keep.txt").write_text("a user's file")
+    with pytest.raises(IsADirectoryError, match=r"could not write a\.png: a folder of that name is there \(nothing "
+                                                r"was replaced\); move it away"):
+        rundir.publish(stage, out, stale=("*.png",))
+    assert (out / "a.png" / "keep.txt").read_text() == "a user's file"
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == {
+        "results.json": "old results.json", "b.png": "old b.png, not redrawn"}
+
+
 def test_publish_refuses_after_a_swallowed_interrupt(tmp_path):
     out, stage = _staged(tmp_path)
     rundir.request_stop()

@@ -57,6 +57,33 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]  # no temporary left behind
 
 
+def test_a_folder_the_file_system_refuses_is_an_os_error_naming_the_path(tmp_path, monkeypatch):
+    """safetensors reports a refused write (a full disk, a read-only folder) as its own SafetensorError; the
+    commands print an OSError as one line, so save raises one, naming the checkpoint, not the hidden temporary."""
+    import errno
+    import os
+
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at path '
+                              '"/x/.tmpQ8h3BO"')
+
+    monkeypatch.setattr(C, "save_file", full)
+    path = tmp_path / "ck.safetensors"
+    with pytest.raises(OSError) as refused:
+        C.save(trained(1), path, CFG, tasks_done=1)
+    assert refused.value.errno == errno.ENOSPC
+    assert str(refused.value) == f"[Errno 28] could not write {path} ({os.strerror(errno.ENOSPC)})"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        with pytest.raises(OSError, match=f"could not write {folder / 'ck.safetensors'}"):
+            C.save(trained(1), folder / "ck.safetensors", CFG, tasks_done=1)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_files_are_rejected_and_model_unchanged(tmp_path, damage):
     path = C.save(trained(2), tmp_path / "ck.safetensors", CFG, tasks_done=2)

@@ -99,6 +99,11 @@ def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+# Upper bounds on sizes, far above any real setting: a typo (10⁸ atoms, 10²⁰ shots) is refused by its flag
+# instead of asking for tens of GB, overflowing a C integer, or forking processes without end.
+MAX_ATOMS = 2**16  # --atoms-per-task, --top-k (the paper: 16 per task for CLIP, 8 for LLMs)
+MAX_COUNT = 2**20  # sample counts per batch or task: --shots, --eval-batch
+MAX_WORKERS = 1024  # data-loader worker processes
 MAX_SEED = 2**32 - 1  # --seed: what every seeding API takes (the tracks derive per-task seeds as seed·1000 + t)
 
 
@@ -154,7 +159,9 @@ def learning_rate() -> Callable[[str], float]:
 
 
 def existing_dir(text: str) -> Path:
-    """An argparse type: a folder that exists."""
+    """An argparse type: a folder that exists ('' is refused, not read as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder path, got {text!r}")
     path = Path(text).expanduser()
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder" if path.exists()
@@ -164,6 +171,8 @@ def existing_dir(text: str) -> Path:
 
 def existing_file(text: str) -> Path:
     """An argparse type: a file that exists."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file path, got {text!r}")
     path = Path(text).expanduser()
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else f"file {text!r} does not exist")
@@ -313,10 +322,10 @@ def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ())
     if unknown:
         raise ValueError(f"extra: unknown MoRAM flags {sorted(unknown)}")
     when = "when --threshold-mode says" if "threshold_mode" in extra else "in evaluation only, as in the paper"
-    p.add_argument("--atoms-per-task", type=integer(1), default=defaults.atoms_per_task, metavar="R",
+    p.add_argument("--atoms-per-task", type=integer(1, MAX_ATOMS), default=defaults.atoms_per_task, metavar="R",
                    help="rank-1 atoms (key/value pairs) each task adds to every adapted layer (spec §4; "
                         "default %(default)s)")
-    p.add_argument("--top-k", type=integer(1), default=defaults.top_k, metavar="K",
+    p.add_argument("--top-k", type=integer(1, MAX_ATOMS), default=defaults.top_k, metavar="K",
                    help="atoms MoRAM keeps per token, by normalised key response (spec §3 step 3; dense MoRAM "
                         "keeps all; default %(default)s)")
     from moram_ref.config import MIN_TEMPERATURE  # noqa: PLC0415

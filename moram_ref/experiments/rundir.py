@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -108,7 +109,7 @@ def read_results_text(path: Path) -> str:
     """A results/record file's text: only a regular file (a FIFO would block, a device never end) of at most
     :data:`MAX_RESULTS_BYTES`. ``ValueError`` says which rule it broke; ``OSError`` as reading raises it."""
     if not path.is_file():
-        raise ValueError("not a regular file")
+        raise ValueError("not a regular file" if path.exists() or path.is_symlink() else "no such file")
     size = path.stat().st_size
     if size > MAX_RESULTS_BYTES:
         raise ValueError(f"{size} bytes: more than a results file holds ({MAX_RESULTS_BYTES} at most)")
@@ -287,13 +288,19 @@ def publish(stage: Path, out: str | os.PathLike, stale: tuple[str, ...] = ()) ->
     not redraw); returns the names moved, sorted.
 
     All or nothing: everything happens under :func:`uninterrupted`, JSON files last; on an ``OSError`` (a
-    read-only folder, a full disk) every step taken is undone, best effort, and the error is raised.
+    read-only folder, a full disk) every step taken is undone, best effort, and the error is raised. A folder
+    where a file goes is refused before any step (``IsADirectoryError``): it is never moved aside and deleted.
     Raises ``KeyboardInterrupt`` without touching ``out`` if a stop was requested (:func:`request_stop`)
     but swallowed on its way. Only a kill (SIGKILL, power) inside the renames can leave a mix.
     """
     check_stop()
     out = Path(out)
     names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: (n.endswith(".json"), n))
+    for name in names:  # a folder there would be moved aside with the replaced files, and deleted with them
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise IsADirectoryError(errno.EISDIR, f"{out}: could not write {name}: a folder of that name is there "
+                                                  "(nothing was replaced); move it away and run again (with "
+                                                  "--resume, where the command has it: the work done is kept)")
     gone = sorted({p for pattern in stale for p in out.glob(pattern) if p.is_file() and p.name not in names})
     aside = Path(tempfile.mkdtemp(prefix=".previous-", dir=stage))  # the replaced files, until the stage goes
     moves: list[tuple[Path, Path]] = []
@@ -328,6 +335,16 @@ def remove(out: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
         finally:
             shutil.rmtree(trash, ignore_errors=True)  # the removed files, or nothing if all was undone
     return [p.name for p in found]
+
+
+def clear_earlier(out: str | os.PathLike, patterns: tuple[str, ...], log: Callable[[str], Any] | None) -> None:
+    """A fresh run (not ``--resume``/``--eval-only``) into a folder that holds an earlier run with the same
+    settings starts from scratch: the earlier run's outputs and state (``patterns``, see :func:`remove`) go
+    first, all or nothing, so an interrupted re-run never leaves old results beside new progress. ``log``
+    (optional) is told what was removed."""
+    removed = remove(out, patterns)
+    if removed and log is not None:
+        log(f"a fresh run into {out}: removed the earlier run's {', '.join(removed)}")
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:

@@ -15,14 +15,16 @@ match their checksum (damage a valid header does not reveal), a non-finite tenso
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -60,7 +62,8 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
 
     Refuses (``CheckpointError``, a ``ValueError``) a model without attached layers, a non-finite tensor,
     and bad arguments: ``config`` not a MoRAMConfig, ``tasks_done`` not an int >= 0, an unknown
-    ``method``, ``extra`` not a JSON-serialisable dict."""
+    ``method``, ``extra`` not a JSON-serialisable dict. ``OSError`` naming ``path`` where the file system
+    refuses (a full disk, a read-only folder); ``path`` is then as before."""
     if not isinstance(config, MoRAMConfig):
         raise CheckpointError(f"config must be a MoRAMConfig, got {type(config).__name__}")
     if isinstance(tasks_done, bool) or not isinstance(tasks_done, int) or tasks_done < 0:
@@ -98,7 +101,12 @@ def save(model: nn.Module, path: str | os.PathLike, config: MoRAMConfig, tasks_d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={"moram_ref": json.dumps(meta)})
+        try:
+            save_file(tensors, str(tmp), metadata={"moram_ref": json.dumps(meta)})
+        except SafetensorError as exc:  # the file system refused (a full disk, a read-only folder): an OSError
+            found = re.search(r"os error (\d+)", str(exc))
+            code = int(found.group(1)) if found else errno.EIO
+            raise OSError(code, f"could not write {path} ({os.strerror(code)})") from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         mask = os.umask(0)

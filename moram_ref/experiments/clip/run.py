@@ -14,6 +14,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir, threads
+from moram_ref.experiments.clip import METHODS
 
 LABELS = {"zero_shot": "zero-shot CLIP", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -25,7 +26,6 @@ PAPER = {"xtail": "paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9; zero-shot T
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from moram_ref.experiments.clip import METHODS
 
     p.add_argument("--benchmark", default="xtail", choices=["xtail", "mtil"],
                    help="X-TAIL (10 domains, one label space for all) or MTIL (11 data sets, each its own labels) (spec §6; "
@@ -52,14 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings, on the thread count it started on)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the run's saved per-task checkpoints (on the thread count it started on)")
     p.add_argument("--verify", action="store_true", help="check the data on disk and exit (non-zero on a problem)")
-    p.add_argument("--shots", type=cliargs.integer(0), default=16, help="K-shot training subsets; 0 = every training image")
+    p.add_argument("--shots", type=cliargs.integer(0, cliargs.MAX_COUNT), default=16, help="K-shot training subsets; 0 = every training image")
     p.add_argument("--iterations", type=cliargs.integer(1), default=500, help="per task (ZSCL's full-shot MTIL uses 1000)")
     p.add_argument("--batch", type=cliargs.integer(1), default=64, help="at most the smallest training set")
     p.add_argument("--lr", type=cliargs.learning_rate(), default=5e-4,
                    help="AdamW learning rate, cosine schedule over each task's iterations (spec §5; default %(default)s)")
-    p.add_argument("--eval-batch", type=cliargs.integer(1), default=256,
+    p.add_argument("--eval-batch", type=cliargs.integer(1, cliargs.MAX_COUNT), default=256,
                    help="images per evaluation batch (memory; default %(default)s)")
-    p.add_argument("--workers", type=cliargs.integer(0), default=0,
+    p.add_argument("--workers", type=cliargs.integer(0, cliargs.MAX_WORKERS), default=0,
                    help="data-loader worker processes; 0 loads in the main process (default %(default)s)")
     p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=42,
                    help="seeds the few-shot subsets, each task's fresh atoms and its batch order (spec §5; "
@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # flags that do not shape the results (a resume may change them)
+# what a fresh re-run with the same settings removes first (rundir.clear_earlier)
+EARLIER_RUN = (*METHODS, "summary.json", "accuracy.png", "activation_*.png", "atoms_for_99_mass_*.png")
 RUNTIME_ONLY = ("out", "resume", "eval_only", "verify", "make_synthetic", "workers", "device", "eval_batch", "command")
 
 
@@ -255,6 +257,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     with rundir.open_run(args.out, "clip", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
         resuming = (args.resume or args.eval_only) and _rank() == 0
+        if not (args.resume or args.eval_only) and _rank() == 0:  # a re-run with the same settings starts from
+            rundir.clear_earlier(args.out, EARLIER_RUN, log)  # scratch: the earlier run's outputs and state go
         with threads.continued(continued, log if resuming else None, "clip", "the run started"):
             return _run(args, domains, log)
 

@@ -14,6 +14,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir, threads
+from moram_ref.experiments.llm import METHODS
 
 LABELS = {"zero_shot": "frozen (zero-shot)", "seq_lora": "sequential LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -23,7 +24,6 @@ UNITS = "percent"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moram_ref.experiments.llm.data import SEQUENCES
-    from moram_ref.experiments.llm import METHODS
 
     p.add_argument("--benchmark", default="trace", choices=sorted(SEQUENCES), help="task sequence (default %(default)s)")
     p.add_argument("--data-root", type=cliargs.existing_dir, default=None,
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="answer tokens trained on (spec §5; default %(default)s)")
     p.add_argument("--max-new-tokens", type=cliargs.integer(1), default=64,
                    help="tokens generated per test prompt (greedy) (default %(default)s)")
-    p.add_argument("--eval-batch", type=cliargs.integer(1), default=16,
+    p.add_argument("--eval-batch", type=cliargs.integer(1, cliargs.MAX_COUNT), default=16,
                    help="prompts generated per batch (default %(default)s)")
     p.add_argument("--numglue-mode", default="numeric", choices=["numeric", "accuracy"],
                    help="NumGLUE scoring: the answer's final number compared numerically (the authors' code) or as "
@@ -76,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # flags that do not shape the results (a resume may change them)
+# what a fresh re-run with the same settings removes first (rundir.clear_earlier)
+EARLIER_RUN = (*METHODS, "summary.json", "scores.png")
 RUNTIME_ONLY = ("out", "resume", "eval_only", "make_synthetic", "device", "eval_batch", "gradient_checkpointing", "fsdp",
                 "command")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -276,6 +278,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     with rundir.open_run(args.out, "llm", settings_of(args), resume=args.resume, eval_only=args.eval_only,
                          info=info, primary=_rank() == 0):
         resuming = (args.resume or args.eval_only) and _rank() == 0
+        if not (args.resume or args.eval_only) and _rank() == 0:  # a re-run with the same settings starts from
+            rundir.clear_earlier(args.out, EARLIER_RUN, log)  # scratch: the earlier run's outputs and state go
         with threads.continued(continued, log if resuming else None, "llm", "the run started"):
             return _run(args, tasks, skipped, log)
 

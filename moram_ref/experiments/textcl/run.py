@@ -173,9 +173,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     info["threads"] = threads.current()  # the count a resume continues on (a fresh run records it)
     with rundir.open_run(args.out, "text-cl", settings_of(args), resume=args.resume, info=info):
         if not args.resume:  # a re-run with the same settings starts from scratch: the earlier run goes
-            removed = rundir.remove(args.out, EARLIER_RUN)
-            if removed:
-                log(f"a fresh run into {args.out}: removed the earlier run's {', '.join(removed)}")
+            rundir.clear_earlier(args.out, EARLIER_RUN, log)
         return _run(args, tasks, config, log, loaded, started_on, part_threads)
 
 
