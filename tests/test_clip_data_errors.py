@@ -169,6 +169,34 @@ def test_a_manifest_drawn_from_other_labels_is_refused(tmp_path):
     assert len(first) == 6
 
 
+def test_a_manifest_edited_or_copied_from_another_draw_is_refused(tmp_path):
+    """A resumed run reads its manifests back: one whose indices are not this draw's (edited, or copied from a
+    run with another seed, shot count or dataset) would train on other images than the run it continues."""
+    from moram_ref.experiments.clip.data import few_shot
+
+    make_coop_dataset(tmp_path, "dtd", n_classes=3, n_train=8)
+    domain = load_domain(tmp_path, "dtd")
+    first = few_shot(domain, 2, 0, tmp_path / "m")
+    other = few_shot(domain, 2, 7, tmp_path / "m")
+    assert first.tolist() != other.tolist()
+    path = tmp_path / "m" / "dtd_2shot_seed0.json"
+    good = path.read_text()
+    record = json.loads(good)
+    edits = {"copied from seed 7": (tmp_path / "m" / "dtd_2shot_seed7.json").read_text(),
+             "indices edited": json.dumps(dict(record, indices=sorted(set(record["indices"][:-1]) | {
+                 next(i for i in range(8 * 3) if i not in record["indices"])}))),
+             "seed field edited": json.dumps(dict(record, seed=7)),
+             "dataset field edited": json.dumps(dict(record, dataset="eurosat")),
+             "shots field edited": json.dumps(dict(record, shots=3))}
+    for what, text in edits.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"dtd_2shot_seed0\.json holds another subset than the 2-shot draw of "
+                                             r"dtd with seed 0 .*delete it to draw again"):
+            few_shot(domain, 2, 0, tmp_path / "m")
+    path.write_text(good)
+    assert few_shot(domain, 2, 0, tmp_path / "m").tolist() == first.tolist()
+
+
 def test_a_names_file_that_lacks_a_dataset_is_refused(tmp_path):
     from moram_ref.experiments.clip.tvdata import read_classnames
 

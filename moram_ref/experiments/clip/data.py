@@ -167,9 +167,19 @@ def manifest_path(key: str, shots: int, seed: int, manifest_dir: Path) -> Path:
 
 
 def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.ndarray:
-    """Indices into ``domain.train`` of the K-shot subset, from (or written to) its manifest."""
+    """Indices into ``domain.train`` of the K-shot subset: ``shots`` images of each class, drawn by a generator
+    seeded by ``(seed, shots, dataset)``, recorded in a manifest (written on the first call, checked on every
+    later one). ``ValueError`` naming the manifest where it cannot be read, was drawn from other training data,
+    or holds another subset than this draw (edited, or copied from another dataset, shot count or seed): a
+    resumed run would otherwise train on other images than the run it continues."""
     path = manifest_path(domain.key, shots, seed, manifest_dir)
     digest = hashlib.sha256(np.asarray(domain.train.labels, dtype=np.int64).tobytes()).hexdigest()
+    rng = np.random.default_rng([seed, shots, zlib.crc32(domain.key.encode())])
+    chosen = []
+    for c in range(len(domain.classnames)):
+        members = np.flatnonzero(domain.train.labels == c)
+        chosen.extend(rng.permutation(members)[:shots].tolist())
+    indices = np.array(sorted(chosen))
     if path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -190,13 +200,13 @@ def few_shot(domain: Domain, shots: int, seed: int, manifest_dir: Path) -> np.nd
         if data.get("labels_sha256", digest) != digest:  # same count, other labels or order: other images
             raise ValueError(f"manifest {path} was drawn from training labels that differ from the data on disk "
                              f"(same count, other labels or order); delete it to draw again")
-        return np.array(data["indices"])
-    rng = np.random.default_rng([seed, shots, zlib.crc32(domain.key.encode())])
-    chosen = []
-    for c in range(len(domain.classnames)):
-        members = np.flatnonzero(domain.train.labels == c)
-        chosen.extend(rng.permutation(members)[:shots].tolist())
-    indices = np.array(sorted(chosen))
+        recorded = {k: data[k] for k in ("dataset", "shots", "seed") if k in data}
+        if recorded != {k: v for k, v in (("dataset", domain.key), ("shots", shots), ("seed", seed)) if k in data} \
+                or data["indices"] != indices.tolist():
+            raise ValueError(f"manifest {path} holds another subset than the {shots}-shot draw of {domain.key} with "
+                             f"seed {seed} (recorded {recorded or 'no settings'}; edited, or copied from another "
+                             "run?); delete it to draw again")
+        return indices
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({"dataset": domain.key, "shots": shots, "seed": seed,  # atomic: a kill leaves none
                                 "n_train": len(domain.train.labels), "labels_sha256": digest,
