@@ -112,3 +112,34 @@ def test_the_clip_track_needs_whole_rows_for_the_tasks_done(tmp_path):
     S.read(path, 3, trained=True)
     with pytest.raises(C.CheckpointError, match=r"matrix\[0\]\[1\] = null, not an accuracy .*task 1 is done"):
         S.read(path, 3, trained=True, full_rows=True)
+
+
+def test_a_progress_record_and_checkpoints_of_different_runs_are_refused(tmp_path):
+    """progress.json records the digest of every checkpoint written with it: a record copied from another run
+    (its accuracies beside these checkpoints), or a checkpoint copied in from one, is named before any work."""
+    from moram_ref.experiments import rundir
+
+    runs = {}
+    for run, seed in (("a", 0), ("b", 1)):
+        folder = tmp_path / run / "moram"
+        (folder / "checkpoints").mkdir(parents=True)
+        progress = {"tasks_done": 1, "matrix": [[50.0 + seed, None, None], [None] * 3, [None] * 3], "train": [{}]}
+        S.vouch(progress, C.save(trained(1, seed=seed), folder / "checkpoints" / "task1.safetensors", CFG,
+                                 tasks_done=1))
+        rundir.write_json(folder / "progress.json", progress)
+        runs[run] = folder
+    S.check_run(tmp_path / "a", ["moram"], 3, CFG, eval_only=False)  # a run's own files pass
+    good = (runs["a"] / "progress.json").read_bytes()
+    (runs["a"] / "progress.json").write_bytes((runs["b"] / "progress.json").read_bytes())
+    with pytest.raises(C.CheckpointError, match=r"a/moram/progress\.json was not written with .*task1\.safetensors"):
+        S.check_run(tmp_path / "a", ["moram"], 3, CFG, eval_only=False)
+    (runs["a"] / "progress.json").write_bytes(good)
+    (runs["a"] / "checkpoints" / "task1.safetensors").write_bytes(
+        (runs["b"] / "checkpoints" / "task1.safetensors").read_bytes())
+    with pytest.raises(C.CheckpointError, match=r"was not written with .*a/moram/checkpoints/task1\.safetensors"):
+        S.check_run(tmp_path / "a", ["moram"], 3, CFG, eval_only=False)
+    bad = json.loads(good)
+    bad["checkpoints"] = ["x"]
+    (runs["a"] / "progress.json").write_text(json.dumps(bad))
+    with pytest.raises(C.CheckpointError, match=r"has checkpoints \[\"x\"\], not an object of file digests"):
+        S.check_run(tmp_path / "a", ["moram"], 3, CFG, eval_only=False)

@@ -11,6 +11,7 @@ task's place would otherwise be loaded and give other results without a word).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -73,7 +74,26 @@ def read(path: Path, n_tasks: int, trained: bool | None = None, full_rows: bool 
     for key, kind in (("n99", list), ("maps", dict)):
         if key in record and not isinstance(record[key], kind):
             raise bad(f"has {key} {type(record[key]).__name__}, not a {'list' if kind is list else 'JSON object'}")
+    vouched = record.get("checkpoints", {})
+    if not (isinstance(vouched, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in vouched.items())):
+        raise bad(f"has checkpoints {json.dumps(vouched)[:80]}, not an object of file digests")
     return record
+
+
+def vouch(progress: dict[str, Any], path: Path) -> None:
+    """Record in ``progress`` the sha256 of the checkpoint just written at ``path`` (under ``checkpoints``, by
+    file name): :func:`check_run` then refuses a ``progress.json`` beside checkpoints it was not written with
+    (one copied from another run would report that run's accuracies over these checkpoints)."""
+    progress.setdefault("checkpoints", {})[path.name] = file_digest(path)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_checkpoints(folder: Path, upto: int, config: MoRAMConfig, method: str, seed: int | None = None) -> None:
@@ -100,10 +120,18 @@ def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, 
     """``--resume`` or ``--eval-only`` of a CLIP or LLM run in ``out``, before any work: for every method, its
     ``progress.json`` (where there is one) reads back (:func:`read`) and, but for ``zero_shot``, the
     checkpoints a run will load are whole and in their places (:func:`check_checkpoints`: with ``eval_only``
-    all ``n_tasks``, else those of the tasks done). ``CheckpointError`` naming the first file that is not."""
+    all ``n_tasks``, else those of the tasks done) and the files ``progress.json`` was written with
+    (:func:`vouch`). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
         path = Path(out) / method / "progress.json"
-        done = read(path, n_tasks, method != "zero_shot", full_rows)["tasks_done"] if os.path.lexists(path) else 0
+        record = read(path, n_tasks, method != "zero_shot", full_rows) if os.path.lexists(path) else {}
+        done = record.get("tasks_done", 0)
         if method != "zero_shot":
-            check_checkpoints(Path(out) / method / "checkpoints", n_tasks if eval_only else done, config, method,
-                              seed)
+            folder = Path(out) / method / "checkpoints"
+            check_checkpoints(folder, n_tasks if eval_only else done, config, method, seed)
+            for name, digest in record.get("checkpoints", {}).items():  # (records written before hold none)
+                if (folder / name).is_file() and file_digest(folder / name) != digest:
+                    raise checkpoint.CheckpointError(
+                        f"{path} was not written with {folder / name}: it vouches for another file of that name "
+                        "(a progress.json or checkpoint copied from another run?); restore the run's own files or "
+                        "start a fresh run")

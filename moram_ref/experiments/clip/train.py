@@ -262,8 +262,9 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
                               on_step)
             progress["train"].append({"task": domains[t].key, **info})
             if rank == 0:
-                checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram, t + 1,
-                                settings.method, sequence_state.extra(settings.seed))
+                saved = checkpoint.save(model, out / "checkpoints" / f"task{t + 1}.safetensors", settings.moram,
+                                        t + 1, settings.method, sequence_state.extra(settings.seed))
+                sequence_state.vouch(progress, saved)
             _barrier()
         if trained:
             row = evaluate(model, tokenizer, transform, domains, settings, device, data_root)

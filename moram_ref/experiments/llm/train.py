@@ -232,8 +232,9 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                 log(f"{tasks[t].name}: truncated {cut['prompt']} prompt(s) to their last tokens and "
                     f"{cut['answer']} answer(s) (max prompt {settings.max_prompt}, max answer {settings.max_answer})")
             if dist.rank == 0:
-                checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1, settings.method,
-                                sequence_state.extra(settings.seed))
+                saved = checkpoint.save(model, ck_dir / f"task{t + 1}.safetensors", settings.moram, t + 1,
+                                        settings.method, sequence_state.extra(settings.seed))
+                sequence_state.vouch(progress, saved)
             dist.barrier()
         if trained:
             results = evaluate_tasks(model, tokenizer, tasks[: t + 1], settings, dist)
