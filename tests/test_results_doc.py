@@ -110,3 +110,25 @@ def test_verdict_rules():
                        [{"share": [[1.0, 0.25, 0.5], [0.0, 0.75, 0.5]]}],
                        [{"share": [[0.9, 0.2, 0.3], [0.1, 0.8, 0.2], [0.0, 0.0, 0.5]]}]]}
     assert old_on_new(run) == pytest.approx((0.25 + 0.5) / 2)
+
+
+def test_ablation_publishes_its_figures_with_results_json(tmp_path, monkeypatch):
+    """The routing-share figure is drawn with results.json into a staging folder and published together: an
+    interrupt before the end leaves no figure without its results (it used to be drawn into the folder mid-run)."""
+    from moram_ref.experiments.toy import ablation
+
+    out = tmp_path / "abl"
+    argv = ["ablation", "--out", str(out), "--steps", "2", "--seeds", "1", "--streams", "recall",
+            "--studies", "granularity"]
+    grouped = ablation.run_grouped
+
+    def then_stopped(*args, **kwargs):  # the stream ran; stopped before results.json
+        grouped(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "run_grouped", then_stopped)
+    assert main(argv) == 130
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.json"]
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert [p.name for p in out.glob("*.png")] == ["recall_routing_share.png"] and (out / "results.json").is_file()

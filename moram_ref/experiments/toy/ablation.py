@@ -108,8 +108,6 @@ def run_grouped(args, seeds, log) -> dict:
             log(f"{name:<7} {key:<7} " + "".join(f"{format_cell(runs[key]['summary'][m]):>14}" for m in METRICS)
                 + f"   atoms99 {runs[key]['summary']['atoms99']['mean']:.2f}  ({runs[key]['seconds']:.1f} s)")
         out[name] = {"tasks": tasks, "settings": asdict(settings), "runs": runs}
-        if not args.no_plots:
-            share_figure(name, out[name], args.out)
     return out
 
 
@@ -199,9 +197,14 @@ def _run_all(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     if "takeover" in args.studies:
         results["takeover"] = run_takeover(args, seeds, log)
     results["seconds"] = time.perf_counter() - t0
-    path = args.out / "results.json"
-    rundir.write_text(path, rundir.dumps(_rounded(results)))
-    log(f"\nwrote {path} ({results['seconds']:.0f} s)" + ("" if args.no_plots else " and *_routing_share.png"))
+    with rundir.staging(args.out) as stage:  # the figures and results.json replace the earlier ones together
+        rundir.write_text(stage / "results.json", rundir.dumps(_rounded(results)))
+        for name, stream in results.get("streams", {}).items():
+            if not args.no_plots:
+                share_figure(name, stream, stage)
+        rundir.publish(stage, args.out, stale=("*_routing_share.png",))
+    log(f"\nwrote {args.out / 'results.json'} ({results['seconds']:.0f} s)"
+        + ("" if args.no_plots else " and *_routing_share.png"))
     return results
 
 
