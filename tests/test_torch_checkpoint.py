@@ -330,3 +330,23 @@ def test_the_extrapolated_layout_equals_the_built_one(monkeypatch, method, open_
         monkeypatch.setattr(C, "EXACT_TASKS", 100)
         assert C.expected_layout(meta, open_task) == fast
         monkeypatch.undo()
+
+
+def test_a_checkpoint_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
+    """safetensors reports a refused open (no read permission) as "No such file or directory"; the file
+    system's own reason is given instead."""
+    import builtins
+    import errno
+    import os
+
+    path = C.save(trained(1), tmp_path / "ck.safetensors", CFG, tasks_done=1)
+    real = builtins.open
+
+    def refused(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+    with pytest.raises(C.CheckpointError, match=r"ck\.safetensors cannot be opened \(Permission denied\)"):
+        C.read_metadata(path)

@@ -143,6 +143,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    try:  # safetensors words a refused open as a missing file: the file system's own reason first
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be opened ({exc.strerror})") from None
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("moram_ref")
