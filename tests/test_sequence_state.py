@@ -143,3 +143,14 @@ def test_a_progress_record_and_checkpoints_of_different_runs_are_refused(tmp_pat
     (runs["a"] / "progress.json").write_text(json.dumps(bad))
     with pytest.raises(C.CheckpointError, match=r"has checkpoints \[\"x\"\], not an object of file digests"):
         S.check_run(tmp_path / "a", ["moram"], 3, CFG, eval_only=False)
+
+
+@pytest.mark.parametrize("place, make", [("moram", "file"), ("moram/checkpoints", "file"), ("moram/manifests", "file"),
+                                         ("moram/checkpoints/task3.safetensors", "folder")])
+def test_what_is_in_the_way_of_the_runs_writes_is_named_before_any_work(tmp_path, place, make):
+    target = tmp_path / place
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.mkdir() if make == "folder" else target.write_text("x")
+    with pytest.raises(C.CheckpointError, match=rf"{place} is {'a folder' if make == 'folder' else 'not a folder'}: "
+                                                r"the run writes .* there; move it away"):
+        S.check_run(tmp_path, ["moram"], 3, CFG, eval_only=False)

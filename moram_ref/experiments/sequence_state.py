@@ -123,6 +123,13 @@ def check_run(out: Path, methods: list[str], n_tasks: int, config: MoRAMConfig, 
     all ``n_tasks``, else those of the tasks done) and the files ``progress.json`` was written with
     (:func:`vouch`). ``CheckpointError`` naming the first file that is not."""
     for method in methods:
+        places = [Path(out) / method / sub for sub in ("", "checkpoints", "manifests")]
+        places += [Path(out) / method / "checkpoints" / f"task{t}.safetensors" for t in range(1, n_tasks + 1)]
+        for place in places:  # what the run writes into must not be in the way (found now, not after training)
+            if place.suffix and place.is_dir() or not place.suffix and place.exists() and not place.is_dir():
+                raise checkpoint.CheckpointError(f"{place} is {'a folder' if place.suffix else 'not a folder'}: the "
+                                                 f"run writes {'a file' if place.suffix else 'into a folder'} there; "
+                                                 "move it away")
         path = Path(out) / method / "progress.json"
         record = read(path, n_tasks, method != "zero_shot", full_rows) if os.path.lexists(path) else {}
         done = record.get("tasks_done", 0)
