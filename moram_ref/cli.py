@@ -122,8 +122,8 @@ def _how_to_continue(name: str, argv: list[str]) -> str:
 
 
 def _given(argv: list[str], flag: str) -> bool:
-    """Whether ``argv`` gives ``flag``, also as the unique prefix argparse accepts (``--resu``)."""
-    return any(a.startswith("--") and len(a) > 3 and flag.startswith(a.partition("=")[0]) for a in argv)
+    """Whether ``argv`` gives ``flag`` (the parsers take no abbreviation)."""
+    return flag in argv
 
 
 def main(argv: list[str] | None = None) -> int:

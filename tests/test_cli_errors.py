@@ -465,8 +465,6 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
      "; the same command with `--resume` continues the run in {out}"),
     (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "--resume"],
      "; the same command again continues the run in {out}"),
-    (["llm", "--data-root", "{root}", "--tiny", "llama", "--out", "{out}", "--resu"],  # argparse's prefix
-     "; the same command again continues the run in {out}"),
     (["clip", "--tiny", "--data-root", "{root}", "--out", "{out}", "--eval-only"],
      "; the same command again continues the run in {out}"),
     (["text-cl-merge", "{root}", "--out", "{out}"],

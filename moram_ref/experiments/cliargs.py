@@ -38,11 +38,12 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block, and whose
-    help names every flag's default."""
+    """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block, whose
+    help names every flag's default, and which takes no abbreviated flag (a typo is refused, not guessed)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        kwargs.setdefault("allow_abbrev", False)  # `--shot 4` is a typo, not --shots: refused, never guessed
         super().__init__(*args, **kwargs)
 
     _probing = False  # True while parse_args looks for unknown flags (required arguments switched off)

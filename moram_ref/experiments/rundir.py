@@ -344,7 +344,8 @@ def clear_earlier(out: str | os.PathLike, patterns: tuple[str, ...], log: Callab
     (optional) is told what was removed."""
     removed = remove(out, patterns)
     if removed and log is not None:
-        log(f"a fresh run into {out}: removed the earlier run's {', '.join(removed)}")
+        log(f"a fresh run into {out}: removed the earlier run's {', '.join(removed)} (--resume continues a run "
+            "instead of starting it again)")
 
 
 def write_csv(path: str | os.PathLike, rows: list[list]) -> None:

@@ -312,7 +312,7 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
         summary[method] = _finish(matrix, [t.name for t in tasks], out, settings, dist.rank == 0)
     if dist.rank == 0:
         names = [t.name for t in tasks]
-        log("\n" + format_table(summary, names))
+        log("\n" + format_table(summary, names, tiny=bool(args.tiny)))
         from moram_ref import plots
 
         with rundir.staging(args.out) as stage:  # the summary and its figure replace the earlier ones together
@@ -335,7 +335,7 @@ def _finish(matrix: np.ndarray, names: list[str], out: Path, settings, write: bo
     return result
 
 
-def format_table(summary: dict, names: list[str]) -> str:
+def format_table(summary: dict, names: list[str], tiny: bool = False) -> str:
     lines = []
     width = min(max(9, *map(len, names)), 16)  # whole task names (NumGLUE-cm vs -ds), up to 16 characters
     for method, r in summary.items():
@@ -348,4 +348,6 @@ def format_table(summary: dict, names: list[str]) -> str:
     lines.append("method               OP     BWT   BWT(clipped, paper's positive)")
     for method, r in summary.items():
         lines.append(f"{LABELS[method]:<18} {r['op']:6.2f} {r['bwt']:7.2f} {-r['bwt_clipped'] + 0.0:8.2f}")
+    if tiny:
+        lines.append("(--tiny: a small random decoder, a pipeline check whose numbers mean nothing — docs/experiments.md)")
     return "\n".join(lines)
