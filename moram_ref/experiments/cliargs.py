@@ -280,8 +280,7 @@ def synthetic_unfinished(flag: str, root: Path, marker: str) -> None:
         raise UsageError(f"{flag}: {root} holds a {marker} that cannot be read as JSON ({exc}): a marker of "
                          "--make-synthetic damaged (written by a version without whole-file writes when a disk "
                          "filled?); run --make-synthetic again, or remove the file if the data is real") from None
-    if isinstance(record, dict) and "complete" in record and record["complete"] is not True:  # (older markers
-        # have no "complete": written before it existed, whole)
+    if _says_unfinished(record):
         raise UsageError(f"{flag}: {root} holds --make-synthetic data whose writing was stopped before it finished "
                          f"({marker} says so); run --make-synthetic again to complete it")
 
@@ -311,7 +310,13 @@ def _finished(marker: Path) -> bool:
         record = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return not isinstance(record, dict) or record.get("complete", True) is True
+    return not _says_unfinished(record)
+
+
+def _says_unfinished(record: Any) -> bool:
+    """A marker record saying ``"complete"`` other than ``true`` (older markers have no ``"complete"``:
+    written before it existed, whole; a marker that is not an object is not ours)."""
+    return isinstance(record, dict) and "complete" in record and record["complete"] is not True
 
 
 def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ()) -> None:
