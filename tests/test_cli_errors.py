@@ -46,13 +46,15 @@ def data(tmp_path_factory):
     (base / "unfinished" / "moram_ref_synthetic.json").write_text('{"made_by": "x", "complete": false}')
     (base / "links").mkdir()
     (base / "links" / "trace").symlink_to(base / "nowhere")
+    (base / "loop").symlink_to(base / "loop")  # a link to itself: Path.exists() only says False
     for held in ("real/trace/C-STANCE/train.json", "real/xtail/dtd/split.json"):  # a user's own data
         (base / held).parent.mkdir(parents=True)
         (base / held).write_text("[]")
     (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
     return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
-            "MISSING": base / "no" / "such" / "folder", "REAL": base / "real", "LINKS": base / "links", "UNFINISHED": base / "unfinished"}
+            "MISSING": base / "no" / "such" / "folder", "REAL": base / "real", "LINKS": base / "links", "UNFINISHED": base / "unfinished",
+            "LOOP": base / "loop", "LATIN1": base / "caf\udce9"}  # b"caf\xe9": a Latin-1 name, not UTF-8
 
 
 def _set(rel: str, content) -> callable:
@@ -218,6 +220,12 @@ CASES = [
      ["--data-root", "whose writing was stopped before it finished", "run --make-synthetic again"], None),
     ("clip-unfinished-synthetic", ["clip", "--tiny", "--data-root", "UNFINISHED", "--datasets", "dtd"],
      ["--data-root", "whose writing was stopped before it finished"], None),
+    ("clip-out-dangling-link", XT[:-1] + ["LINKS/trace"], ["--out", "cannot be created", "symbolic link to",
+     "which does not exist"], None),
+    ("llm-out-inside-loop", LLM[:-1] + ["LOOP/run"], ["--out", "cannot be created", "loop of symbolic links"], None),
+    ("textcl-data-root-loop", ["text-cl", "--data-root", "LOOP"], ["--data-root", "loop of symbolic links"], None),
+    ("llm-out-not-utf8", LLM[:-1] + ["LATIN1"], ["--out", "caf\\xe9", "is not valid UTF-8"], None),
+    ("clip-data-root-not-utf8", ["clip", "--tiny", "--data-root", "LATIN1/x"], ["--data-root", "not valid UTF-8"], None),
     ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import math
 import os
@@ -159,34 +160,69 @@ def learning_rate() -> Callable[[str], float]:
     return real(0, MAX_LR, low_open=True)
 
 
+def _path(text: str, what: str) -> Path:
+    """``text`` as a path, after the checks every path flag shares: not empty (which would read as the current
+    folder) and UTF-8 (a name in another encoding reaches Python as unpaired surrogates, which the run's JSON
+    records, the tokenizer files and ``--resume`` cannot write back)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a {what} path, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise argparse.ArgumentTypeError(f"'{shown}' is not valid UTF-8 (moram-ref records the paths it is given "
+                                         "in UTF-8 JSON): rename it, or give another path") from None
+    return Path(text).expanduser()
+
+
+def broken_link(path: Path) -> str | None:
+    """What is wrong with ``path`` or the nearest of its parents that is a symbolic link leading nowhere: a link
+    to a missing target, or a loop of links (both of which ``Path.exists`` reports only as False); ``None`` when
+    ``path`` and its parents are plain, or links that resolve."""
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            try:
+                os.stat(link)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return f"{link} is a loop of symbolic links"
+            return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
+        if link.exists():
+            return None
+    return None
+
+
+def _missing(text: str, path: Path, what: str) -> str:
+    """The message for a ``what`` ('folder' or 'file') at ``path`` that does not exist."""
+    return broken_link(path) or f"{what} {text!r} does not exist"
+
+
 def existing_dir(text: str) -> Path:
     """An argparse type: a folder that exists ('' is refused, not read as the current folder)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a folder path, got {text!r}")
-    path = Path(text).expanduser()
+    path = _path(text, "folder")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder" if path.exists()
-                                         else f"folder {text!r} does not exist")
+                                         else _missing(text, path, "folder"))
     return path
 
 
 def existing_file(text: str) -> Path:
     """An argparse type: a file that exists."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a file path, got {text!r}")
-    path = Path(text).expanduser()
+    path = _path(text, "file")
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else f"file {text!r} does not exist")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else _missing(text, path, "file"))
     return path
 
 
 def out_dir(text: str) -> Path:
-    """An argparse type: a run folder to create or reuse; not a file, its nearest existing parent a folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a folder path, got ''")
-    path = Path(text).expanduser()
+    """An argparse type: a run folder to create or reuse; not a file, its nearest existing parent a folder,
+    no symbolic link on the way that leads nowhere."""
+    path = _path(text, "folder")
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    trouble = broken_link(path.absolute())
+    if trouble:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {trouble}")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -197,9 +233,12 @@ def out_dir(text: str) -> Path:
 
 def out_file(text: str) -> Path:
     """An argparse type: a file to write, in a folder that exists; not a folder itself."""
-    path = Path(text).expanduser()
-    if not text.strip() or path.is_dir():
+    path = _path(text, "file")
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
+    trouble = broken_link(path.absolute())
+    if trouble:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {trouble}")
     if not path.absolute().parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r}: folder {path.parent} does not exist")
     return path
