@@ -24,7 +24,7 @@ def _write_text_tasks(root: Path) -> Path:
         folder.mkdir(parents=True)
         labels = [f"{name}{i}" for i in range(3)]
         (folder / "labels.json").write_text(json.dumps(labels))
-        for split, n in (("train", 30), ("test", 6)):
+        for split, n in (("train", 40), ("test", 6)):
             rows = [{"prompt": f"Classify this.\ntext {t} {split} {i}\nAnswer:", "answer": labels[i % 3]}
                     for i in range(n)]
             (folder / f"{split}.json").write_text(json.dumps(rows))
@@ -240,6 +240,9 @@ CASES = [
     ("llm-max-test-0", LLM + ["--max-test", "0"], ["--max-test", "0"], None),
     ("llm-epochs-0", LLM + ["--epochs", "0"], ["--epochs", "0"], None),
     ("llm-micro-0", LLM + ["--micro-batch", "0"], ["--micro-batch", "0"], None),
+    ("llm-batch-gt-train", LLM + ["--batch", "41", "--micro-batch", "1"],
+     ["--batch: 41 exceeds the 40 training samples of dbpedia", "use --batch 40 or less"], None),
+    ("llm-batch-gt-max-train", LLM + ["--batch", "8", "--max-train", "5"], ["--batch: 8", "(--max-train 5)"], None),
     ("llm-micro-gt-batch", LLM + ["--batch", "8", "--micro-batch", "64"], ["--micro-batch", "64"], None),
     ("llm-lr-0", LLM + ["--lr", "0"], ["--lr", "0"], None),
     ("llm-dropout-1", LLM + ["--dropout", "1"], ["--dropout", "1"], None),

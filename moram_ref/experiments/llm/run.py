@@ -157,6 +157,12 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
         sequence_state.check_run(args.out, args.methods, len(tasks),
                                  cliargs.moram_config(args, scale=args.scale, dropout=args.dropout), args.eval_only,
                                  args.seed)
+    if not args.eval_only:  # after the record checks: a changed --resume names every changed flag first
+        for task in tasks:  # a larger global batch would train each step on fewer samples than asked
+            if args.batch > len(task.train):
+                capped = f" (--max-train {args.max_train})" if args.max_train is not None else ""
+                raise cliargs.UsageError(f"--batch: {args.batch} exceeds the {len(task.train)} training samples of "
+                                         f"{task.name}{capped}; use --batch {len(task.train)} or less")
     return tasks, skipped
 
 
