@@ -290,6 +290,8 @@ def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsy
     assert "--lr: recorded 0.0005, now 0.1" in err and "--max-train: recorded 4, now 3" in err
     assert _snapshot(out) == before
     assert main(args + ["--resume"]) == 0  # same settings: continues (nothing left to train)
+    said = capsys.readouterr().out
+    assert "moram: all tasks (2 of 2) were already done; nothing left to train" in said, said
 
 
 def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys):

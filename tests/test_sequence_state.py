@@ -154,3 +154,8 @@ def test_what_is_in_the_way_of_the_runs_writes_is_named_before_any_work(tmp_path
     with pytest.raises(C.CheckpointError, match=rf"{place} is {'a folder' if make == 'folder' else 'not a folder'}: "
                                                 r"the run writes .* there; move it away"):
         S.check_run(tmp_path, ["moram"], 3, CFG, eval_only=False)
+
+
+def test_the_resume_line_says_whether_anything_is_left():
+    assert S.resumed_line("moram", 2, 3) == "moram: resumed after task 2 of 3"
+    assert S.resumed_line("lora", 3, 3).startswith("lora: all tasks (3 of 3) were already done; nothing left to train")

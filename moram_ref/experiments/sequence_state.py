@@ -87,6 +87,14 @@ def vouch(progress: dict[str, Any], path: Path) -> None:
     progress.setdefault("checkpoints", {})[path.name] = file_digest(path)
 
 
+def resumed_line(method: str, tasks_done: int, n_tasks: int) -> str:
+    """The line ``--resume`` prints for a method whose record says ``tasks_done`` of ``n_tasks`` are done."""
+    if tasks_done >= n_tasks:
+        return (f"{method}: all tasks ({n_tasks} of {n_tasks}) were already done; nothing left to train (the "
+                "results are written again from progress.json)")
+    return f"{method}: resumed after task {tasks_done} of {n_tasks}"
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (hex)."""
     digest = hashlib.sha256()

@@ -247,10 +247,11 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
     if (resume or eval_only) and progress_path.is_file():  # the CLI checked the folder (sequence_state.check_run)
         progress = sequence_state.read(progress_path, n, trained, full_rows=True)
-        if resume and progress["tasks_done"] and trained:
-            checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
-                            settings.moram, settings.method, tasks_done=progress["tasks_done"])
-            log(f"{settings.method}: resumed after task {progress['tasks_done']}")
+        if resume and progress["tasks_done"]:
+            if trained:
+                checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
+                                settings.moram, settings.method, tasks_done=progress["tasks_done"])
+            log(sequence_state.resumed_line(settings.method, progress["tasks_done"], n))
     start = 0 if eval_only else progress["tasks_done"]
     zero_shot_row = None
     for t in range(start, n):

@@ -213,10 +213,11 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         A.attach(model, settings.moram, list(settings.targets), method=settings.method, dtype=atoms_dtype)
     if (resume or eval_only) and progress_path.is_file():  # the CLI checked the folder (sequence_state.check_run)
         progress = sequence_state.read(progress_path, n, trained)
-        if resume and progress["tasks_done"] and trained:
-            checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
-                            tasks_done=progress["tasks_done"])
-            log(f"{settings.method}: resumed after task {progress['tasks_done']}")
+        if resume and progress["tasks_done"]:
+            if trained:
+                checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
+                                tasks_done=progress["tasks_done"])
+            log(sequence_state.resumed_line(settings.method, progress["tasks_done"], n))
     start = 0 if eval_only else progress["tasks_done"]
     frozen_results: dict[str, dict] = {}  # the frozen model's answers never change: generate each task once
     for t in range(start, n):
