@@ -215,8 +215,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
         progress = sequence_state.read(progress_path, n, trained)
         if resume and progress["tasks_done"]:
             if trained:
-                checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram, settings.method,
-                                tasks_done=progress["tasks_done"])
+                checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram,
+                                settings.method, tasks_done=progress["tasks_done"])
             log(sequence_state.resumed_line(settings.method, progress["tasks_done"], n))
     start = 0 if eval_only else progress["tasks_done"]
     frozen_results: dict[str, dict] = {}  # the frozen model's answers never change: generate each task once
