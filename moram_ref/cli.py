@@ -217,6 +217,12 @@ def _name(argv: list[str]) -> str:
     return f"moram-ref {argv[0]}" if argv and argv[0] in COMMANDS else "moram-ref"
 
 
+def _smaller(command: str | None) -> str:
+    """What to lower after training diverged: the learning rate, and the LLM track's ``--scale`` α (spec §5:
+    the current values' output and their gradients grow with it)."""
+    return "a smaller --lr or --scale" if command == "llm" else "a smaller --lr"
+
+
 def _main(argv: list[str], exiting: bool) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     name = _name(argv)
@@ -253,9 +259,9 @@ def _main(argv: list[str], exiting: bool) -> int:
         if isinstance(exc, NonFiniteError):  # activations overflowed: a diverged run or overflowing weights
             diverged = type(exc).__name__ == "DivergedError"  # the progress printer saw a NaN/inf loss
             print(f"{name}: error: {' '.join(str(exc).split())}: "
-                  + ("training diverged (try a smaller --lr, in a new --out)" if diverged else
-                     "activations overflowed on the way — training that diverged (try a smaller --lr, in a new "
-                     "--out) or adapter weights that are finite but too large (a checkpoint that matches its "
+                  + (f"training diverged (try {_smaller(command)}, in a new --out)" if diverged else
+                     f"activations overflowed on the way — training that diverged (try {_smaller(command)}, in a "
+                     "new --out) or adapter weights that are finite but too large (a checkpoint that matches its "
                      "checksum was written so)"), file=sys.stderr)
             return 1
         if isinstance(exc, RuntimeError) and "device-side assert" in str(exc):
@@ -263,8 +269,8 @@ def _main(argv: list[str], exiting: bool) -> int:
             # context cannot be used after it, so the process stops
             print(f"{name}: error: a check on the GPU failed (a device-side assertion: CUDA printed which one "
                   "above) and the GPU cannot continue in this process. An adapted layer's NaN/inf input check fails "
-                  "after training that diverged (try a smaller --lr, in a new --out) or with adapter weights finite "
-                  "but too large; on a CPU (--device cpu) the message names the layer. Files written before are "
+                  f"after training that diverged (try {_smaller(command)}, in a new --out) or with adapter weights "
+                  "finite but too large; on a CPU (--device cpu) the message names the layer. Files written before are "
                   "whole", file=sys.stderr)
             return 1
         if isinstance(exc, BrokenPipeError):  # `moram-ref … | head`: the reader of the output has gone

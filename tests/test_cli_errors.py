@@ -574,6 +574,19 @@ def test_a_nan_training_loss_is_one_line_naming_the_step(data, tmp_path, capsys,
     assert ") step 2/" in err and err.rstrip().endswith("training diverged (try a smaller --lr, in a new --out)"), err
 
 
+def test_an_infinite_gradient_norm_is_one_line_naming_the_step_and_scale(data, tmp_path, capsys):
+    """--scale 1e30 multiplies the values' gradients past float32's range: the LLM track clips the infinite
+    norm to a zero update, so the loss stays finite while nothing is learnt. The run stops at the next
+    progress line naming the first such step, and says what to lower."""
+    argv = _argv(LLM + ["--max-train", "8", "--batch", "4", "--micro-batch", "4", "--epochs", "1", "--max-test", "2",
+                        "--max-new-tokens", "2", "--methods", "moram", "--scale", "1e30"], dict(data, OUT=tmp_path / "out"))
+    code, _, err = _run_in_process(argv, capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("moram-ref llm: error: the gradient norm is inf at moram task 1/4 (dbpedia) step 2/2"), err
+    assert "; the gradient norm was first NaN or inf at moram task 1/4 (dbpedia) step 1/2" in err, err
+    assert err.rstrip().endswith("training diverged (try a smaller --lr or --scale, in a new --out)"), err
+
+
 def test_a_failed_device_side_assertion_is_one_line(tmp_path, capsys, monkeypatch):
     """On CUDA the NaN/inf check is a device-side assertion; torch raises a RuntimeError at the next
     synchronisation and the GPU is unusable: one line and exit 1, not a CUDA traceback."""

@@ -73,8 +73,8 @@ def test_a_line_whose_loss_is_not_finite_stops_the_run_naming_the_first_such_ste
 
     lines = []
     report = printer(3, lines.append)
-    with pytest.raises(DivergedError, match=r"^the training loss is nan at moram task 1/2 \(T1\) step 3/4; it was "
-                                            r"first NaN or inf at moram task 1/2 \(T1\) step 2/4$"):
+    with pytest.raises(DivergedError, match=r"^the training loss is nan at moram task 1/2 \(T1\) step 3/4; the training "
+                                            r"loss was first NaN or inf at moram task 1/2 \(T1\) step 2/4$"):
         for step in _tensor_steps([1.0, float("inf"), float("nan"), 1.0]):
             report(step)
     assert lines == []
@@ -122,9 +122,58 @@ def test_a_loss_that_was_not_finite_between_lines_is_noted_once():
         report(step)
     assert lines == ["moram task 1/2 (T1) step 3/6 loss 3.0000",
                      "note: the training loss was NaN or inf at moram task 1/2 (T1) step 2/6 (the first such step); "
-                     "the losses since are finite",
+                     "the steps since are finite",
                      "moram task 1/2 (T1) step 6/6 loss 6.0000"]
 
+
+
+def _norm_steps(norms, losses=None):
+    import torch
+
+    losses = losses or [1.0] * len(norms)
+    return [Step("lora", 1, 1, "T", s, len(norms), torch.tensor(v), grad_norm=torch.tensor(g))
+            for s, (v, g) in enumerate(zip(losses, norms), 1)]
+
+
+def test_an_infinite_gradient_norm_on_a_line_stops_the_run_though_the_loss_is_finite():
+    """Clipping an infinite norm zeroes the update: the loss stays finite while nothing is learnt."""
+    from moram_ref.experiments.progress import DivergedError
+
+    report = printer(2, lambda _: None)
+    with pytest.raises(DivergedError, match=r"^the gradient norm is inf at lora task 1/1 \(T\) step 2/3 \(clipping "
+                                            r"an infinite gradient norm zeroes the update: training stopped learning\)$"):
+        for step in _norm_steps([1.0, float("inf"), 1.0]):
+            report(step)
+
+
+@pytest.mark.parametrize("norms, losses, what", [
+    ([1.0, float("inf"), float("nan"), 2.0], None, "the gradient norm"),
+    ([1.0, float("nan"), 3.0, 2.0], [1.0, float("nan"), 1.0, 1.0], "the training loss"),  # both: the loss is named
+])
+def test_the_first_step_with_an_infinite_gradient_norm_is_noted_and_named(norms, losses, what):
+    from moram_ref.experiments.progress import DivergedError
+    from moram_ref.shapes import NonFiniteError
+
+    lines = []
+    with pytest.raises(DivergedError) as caught, printer(4, lines.append) as report:
+        for step in _norm_steps(norms, losses):
+            report(step)
+        raise NonFiniteError("x contains NaN or inf")
+    assert lines == ["lora task 1/1 (T) step 4/4 loss 1.0000",
+                     f"note: {what} was NaN or inf at lora task 1/1 (T) step 2/4 (the first such step); the steps "
+                     "since are finite"]
+    assert str(caught.value) == f"x contains NaN or inf; {what} was first NaN or inf at lora task 1/1 (T) step 2/4"
+
+
+def test_the_gradient_norm_is_watched_without_reading_the_device():
+    import torch
+
+    report = printer(100, lambda _: None)
+    for s in range(1, 20):
+        meta = torch.empty((), device="meta")
+        report(Step("moram", 1, 1, "T", s, 200, meta, grad_norm=meta))
+    with pytest.raises(RuntimeError, match="meta"):
+        report.first_non_finite()
 
 
 def test_an_overflow_before_any_step_or_another_error_passes_unchanged():

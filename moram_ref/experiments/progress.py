@@ -22,7 +22,10 @@ class Step:
 
     ``task`` and ``step`` count from 1; ``steps`` is the number of steps of this task; ``loss_value``
     is the step's training loss (with several processes, the LLM track reports process 0's estimate of
-    the global batch's loss; the CLIP track's loss is the whole batch's on every process).
+    the global batch's loss; the CLIP track's loss is the whole batch's on every process). ``grad_norm``
+    (optional, a 0-d tensor or a number) is the total gradient norm a loop that clips gradients measured
+    before clipping (the LLM track): an infinite one is clipped to a zero update, so training stops
+    learning while its loss stays finite.
     """
 
     method: str
@@ -33,6 +36,7 @@ class Step:
     steps: int
     loss_value: Any
     seed: int | None = None
+    grad_norm: Any = None
 
     @property
     def loss(self) -> float:
@@ -54,18 +58,25 @@ class Step:
         return f"{self.place} loss {self.loss if loss is None else loss:.4f}"
 
 
+_NORM_ONLY = 1 << 31  # the watch's flag: the first non-finite step's loss was finite, its gradient norm not
+_STEP = (1 << 31) - 1  # the watch's step bits
+_CLIPPED = "clipping an infinite gradient norm zeroes the update: training stopped learning"
+
+
 class DivergedError(NonFiniteError):
-    """Training diverged: a step's loss was NaN or inf (the message names the first such step)."""
+    """Training diverged: a step's loss or gradient norm was NaN or inf (the message names the first such
+    step)."""
 
 
 class Printer:
     """The CLIs' progress callback (made by :func:`printer`): logs :meth:`Step.line` every ``every`` steps and
-    at each task's last step, and watches the loss for NaN and inf.
+    at each task's last step, and watches the loss (and :attr:`Step.grad_norm`, where given) for NaN and inf.
 
     The watch reads nothing back to the host between lines: for a tensor loss it keeps, on the loss's device,
-    the number of the first step whose loss was not finite (a few element-wise kernels per step). A line whose
-    loss is NaN or inf raises :class:`DivergedError` (a ``NonFiniteError``) naming that step and the first such
-    one; a finite line after such a loss logs a note naming the first one (once). Used as a context manager
+    the number of the first step whose loss or gradient norm was not finite (a few element-wise kernels per
+    step). A line whose loss or gradient norm is NaN or inf raises :class:`DivergedError` (a
+    ``NonFiniteError``) naming that step and the first such one; a finite line after such a step logs a note
+    naming the first one (once). Used as a context manager
     around training, it turns a ``NonFiniteError`` raised inside after a step was taken (an adapted layer's input
     check, a score check) into a ``DivergedError``, completed with the first step whose loss was NaN or inf, if
     one was seen, else with the last step taken: when the run diverged, not only where the overflow was met
@@ -83,8 +94,9 @@ class Printer:
         self._noted = False  # a loss NaN or inf between lines was told (once)
         self._last: Step | None = None  # the latest step, its loss dropped (no tensor kept alive)
         self._tasks: dict[int, Step] = {}  # each task's latest step, its loss dropped (no tensor kept alive)
-        self._first: Any = None  # 0-d int64 tensor on the loss's device: 0 while every loss was finite, else
-        #                          the first non-finite one's task × 2³² + step
+        self._first: Any = None  # 0-d int64 tensor on the loss's device: 0 while every step was finite, else
+        #                          the first other one's task × 2³² + step, + 2³¹ if its loss was finite
+        #                          (its gradient norm was not)
 
     def __call__(self, step: Step) -> None:
         rundir.check_stop()
@@ -93,12 +105,15 @@ class Printer:
             loss = step.loss  # the one read back from the device (the watch's flag is then ready too)
             if not math.isfinite(loss):
                 raise DivergedError(f"the training loss is {loss} at {step.place}{self._since(step)}")
+            norm = None if step.grad_norm is None else float(step.grad_norm)
+            if norm is not None and not math.isfinite(norm):
+                raise DivergedError(f"the gradient norm is {norm} at {step.place} ({_CLIPPED}){self._since(step)}")
             self.log(step.line(loss))
             first = self.first_non_finite() if not self._noted else None
-            if first is not None:  # a loss that was NaN or inf between lines, finite again since
+            if first is not None:  # a step NaN or inf between lines, finite again since
                 self._noted = True
-                self.log(f"note: the training loss was NaN or inf at {first.place} (the first such step); the "
-                         "losses since are finite")
+                self.log(f"note: {self._what()} was NaN or inf at {first.place} (the first such step); the "
+                         "steps since are finite")
 
     def __enter__(self) -> Printer:
         return self
@@ -108,16 +123,21 @@ class Printer:
             return  # (no step taken in this process: a loaded checkpoint may be the cause, not training)
         first = self.first_non_finite()
         if first is not None:
-            raise DivergedError(f"{exc}; the training loss was first NaN or inf at {first.place}") from exc
+            raise DivergedError(f"{exc}; {self._what()} was first NaN or inf at {first.place}") from exc
         raise DivergedError(f"{exc}; met after {self._last.place}, the last training step taken") from exc
 
     def first_non_finite(self) -> Step | None:
-        """The first watched step whose loss (a tensor) was NaN or inf, its loss dropped; ``None`` if none
-        was. Reads the device once."""
+        """The first watched step whose loss or gradient norm (a tensor) was NaN or inf, its loss dropped;
+        ``None`` if none was. Reads the device once."""
         code = 0 if self._first is None else int(self._first)
         if not code:
             return None
-        return replace(self._tasks[code >> 32], step=code & 0xFFFFFFFF)
+        return replace(self._tasks[code >> 32], step=code & _STEP)
+
+    def _what(self) -> str:
+        """What the first non-finite step had: its loss, or (its loss finite) its gradient norm."""
+        code = 0 if self._first is None else int(self._first)
+        return "the gradient norm" if code & _NORM_ONLY else "the training loss"
 
     def _watch(self, step: Step) -> None:
         self._last = replace(step, loss_value=None)
@@ -129,11 +149,18 @@ class Printer:
         self._tasks[step.task] = self._last
         if self._first is None:
             self._first = loss.new_zeros((), dtype=torch.int64)
-        self._first = self._first.where(loss.isfinite() | (self._first > 0), (step.task << 32) | step.step)
+        loss_ok = loss.isfinite()
+        fine, code = loss_ok, (step.task << 32) | step.step
+        if step.grad_norm is not None:  # a number or a tensor on the loss's device
+            fine = loss_ok & torch.as_tensor(step.grad_norm, device=loss.device).isfinite()
+            code = torch.where(loss_ok, code | _NORM_ONLY, code)
+        self._first = self._first.where(fine | (self._first > 0), code)
 
     def _since(self, step: Step) -> str:
         first = self.first_non_finite()
-        return "" if first is None or first.place == step.place else f"; it was first NaN or inf at {first.place}"
+        if first is None or first.place == step.place:
+            return ""
+        return f"; {self._what()} was first NaN or inf at {first.place}"
 
 
 def printer(every: int, log: Callable[[str], Any] = print) -> Printer:

@@ -135,11 +135,12 @@ def train_task(model, tokenizer, task: Task, t: int, settings: LLMSettings, dist
                         for p in params:
                             torch.distributed.all_reduce(p.grad)
                             p.grad /= dist.world
-                    torch.nn.utils.clip_grad_norm_(params, settings.clip)
+                    norm = torch.nn.utils.clip_grad_norm_(params, settings.clip)  # inf: a zero update
                     opt.step()
                     steps += 1
                     if on_step is not None:
-                        on_step(Step(settings.method, t + 1, n_tasks or t + 1, task.name, steps, total, step_loss))
+                        on_step(Step(settings.method, t + 1, n_tasks or t + 1, task.name, steps, total, step_loss,
+                                     grad_norm=norm))
     finally:
         model.eval()
     A.end_task(model)
