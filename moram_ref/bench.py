@@ -170,10 +170,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moram_ref.experiments.cliargs import Parser, UsageError  # noqa: PLC0415
+    from moram_ref.experiments.cliargs import DescribedHelp, Parser, UsageError  # noqa: PLC0415
 
     p = Parser(prog="python -m moram_ref.bench", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=DescribedHelp)
     add_arguments(p)
     try:
         return cli_run(p.parse_args(argv))

@@ -96,7 +96,7 @@ def run(d: int = 768, tasks: int = 10, r: int = 16, k: int = 16, tokens: int = 8
 
 def main(argv: list[str] | None = None) -> int:
     p = cliargs.Parser(prog="python -m moram_ref.bench_routing", description=__doc__,  # errors: one line, exit 2
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=cliargs.DescribedHelp)
     bench.add_size_arguments(p)
     p.add_argument("--no-compile", action="store_true", help="skip the eager vs compiled layer timings")
     a = p.parse_args(argv)

@@ -150,12 +150,13 @@ def summary(sections: dict, judged: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = cliargs.Parser(prog="python -m moram_ref.gpu_check", description=__doc__,  # errors: one line, exit 2
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=cliargs.DescribedHelp)
     p.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="folder for gpu_check.json")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--quick", "--small", action="store_true", 
                    help="tiny sizes: the whole script on a CPU in 15-60 s; its ratios are not GPU figures")
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), metavar="SECTION",
+                   help=f"the sections to run, of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--budget-s", type=cliargs.real(0, low_open=True), default=300.0,
                    help="time budget in seconds (default 300); compilation and optional variants stop when their "
                         "share is spent")

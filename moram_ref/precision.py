@@ -20,7 +20,6 @@ synthetic images and captions, then two MoRAM tasks), all in evaluation mode.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
@@ -188,18 +187,23 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moram_ref.precision", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d", type=int, default=768, help="width of the random layer (default 768)")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens of the random case (default 4096)")
-    p.add_argument("--clip-width", type=int, default=128, help="width of the tiny CLIP (default 128; 0 skips it)")
-    p.add_argument("--seed", type=int, default=0)
+    from moram_ref.experiments import cliargs  # noqa: PLC0415
+
+    p = cliargs.Parser(prog="python -m moram_ref.precision", description=__doc__,  # errors: one line, exit 2
+                       formatter_class=cliargs.DescribedHelp)
+    p.add_argument("--d", type=cliargs.integer(1, cliargs.MAX_COUNT), default=768, help="width of the random layer")
+    p.add_argument("--tokens", type=cliargs.integer(1, cliargs.MAX_COUNT), default=4096,
+                   help="tokens of the random case")
+    p.add_argument("--clip-width", type=cliargs.integer(0, 4096), default=128,
+                   help="width of the tiny CLIP (0 skips it; else a multiple of 32, the head width)")
+    p.add_argument("--seed", type=cliargs.integer(0), default=0, help="seed of the random cases")
     a = p.parse_args(argv)
-    for name in ("d", "tokens"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
-    if a.clip_width < 0 or a.clip_width % 32:
-        p.error(f"--clip-width must be 0 or a positive multiple of 32 (the head width), got {a.clip_width}")
+    if a.clip_width % 32:
+        p.error(f"--clip-width: expected 0 or a positive multiple of 32 (the head width), got {a.clip_width}")
+    try:  # float64 references of the weights and a few (tokens, d) activations
+        cliargs.fits_in_memory("--d/--tokens", 8 * (4 * a.d * a.d + 8 * a.tokens * a.d), "cpu")
+    except cliargs.UsageError as exc:
+        p.error(str(exc))
     cases = {f"random, d={a.d}, 2×16 atoms, paper CLIP": random_case(a.d, 2, MoRAMConfig.paper_clip(), a.tokens, a.seed),
              f"random, d={a.d}, 2×8 atoms, paper LLM": random_case(a.d, 2, MoRAMConfig.paper_llm(), a.tokens, a.seed)}
     if a.clip_width:

@@ -92,8 +92,20 @@ def test_precision_errors():
     layer, x = precision.random_case(d=8, tasks=1, tokens=4)[0]
     with pytest.raises(ValueError, match="variant must be one of"):
         precision.variant_trace(layer, x, "fp8")
-    with pytest.raises(SystemExit):
-        precision.main(["--clip-width", "48"])
+
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--clip-width", "48"], "--clip-width: expected 0 or a positive multiple of 32 (the head width), got 48"),
+    (["--d", "0"], "argument --d: expected an integer in [1, 1048576], got 0"),
+    (["--seed", "-1"], "argument --seed: expected an integer ≥ 0, got -1"),
+    (["--d", "1000000"], "--d/--tokens: these sizes need about"),
+])
+def test_bad_flags_of_the_script_are_one_line(argv, said, capsys):
+    with pytest.raises(SystemExit) as stop:
+        precision.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and said in err[0], err
 
 
 def test_runs_on_a_device_without_autocast():

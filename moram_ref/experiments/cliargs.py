@@ -38,6 +38,11 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return f"{text} (default {shown.replace('%', '%%')})"
 
 
+class DescribedHelp(argparse.RawDescriptionHelpFormatter, _HelpWithDefaults):
+    """:class:`_HelpWithDefaults` for a module run as a script (``python -m moram_ref.bench``): its
+    description (the module docstring) kept with its own line breaks."""
+
+
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are a single line on stderr (exit status 2), no usage block, whose
     help names every flag's default, and which takes no abbreviated flag (a typo is refused, not guessed)."""
