@@ -353,7 +353,7 @@ def format_table(summary: dict, names: list[str], tiny: bool = False) -> str:
         lines.append("")
     lines.append("method               OP     BWT   BWT(clipped, paper's positive)")
     for method, r in summary.items():
-        lines.append(f"{LABELS[method]:<18} {r['op']:6.2f} {r['bwt']:7.2f} {-r['bwt_clipped'] + 0.0:8.2f}")
+        lines.append(f"{LABELS[method]:<18} {r['op']:6.1f} {r['bwt']:7.1f} {-r['bwt_clipped'] + 0.0:8.1f}")  # as report
     if tiny:
         lines.append("(--tiny: a small random decoder, a pipeline check whose numbers mean nothing — docs/experiments.md)")
     return "\n".join(lines)
