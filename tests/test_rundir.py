@@ -631,3 +631,26 @@ def test_the_console_script_ignores_a_stop_once_the_command_has_ended():
         done = subprocess.run([sys.executable, "-c", prelude + _LATE], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 0 and "usage: moram-ref demo" in done.stdout, (done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("error, stopping, printed", [
+    (KeyboardInterrupt(), True, False),
+    (RuntimeError("DataLoader worker (pid 8811) is killed by signal: Terminated. "), True, False),
+    (RuntimeError("DataLoader worker (pid 8811) is killed by signal: Terminated. "), False, True),  # no stop asked
+    (RuntimeError("something else"), True, True),
+    (KeyboardInterrupt(), False, True),
+])
+def test_after_a_stop_signal_only_its_own_echoes_are_kept_quiet(error, stopping, printed, monkeypatch):
+    """A stop signal sent to the process group (--workers: the DataLoader's workers too) interrupts callbacks
+    Python cannot raise from and ends the workers; those echoes print no traceback. Anything else does."""
+    seen = []
+    monkeypatch.setattr(sys, "__unraisablehook__", seen.append)
+    unraisable = type("U", (), {"exc_type": type(error), "exc_value": error})()
+    rundir.clear_stop()
+    try:
+        if stopping:
+            rundir.request_stop()
+        rundir.quiet_swallowed_interrupts(unraisable)
+    finally:
+        rundir.clear_stop()
+    assert (seen == [unraisable]) is printed

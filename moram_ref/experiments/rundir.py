@@ -170,10 +170,19 @@ def published_while_held() -> list[Path]:
 def quiet_swallowed_interrupts(unraisable) -> None:
     """A ``sys.unraisablehook`` for a command that handles stop signals: an interrupt raised inside a callback
     Python cannot propagate from (garbage collection, an import lock's, fork) was noted by
-    :func:`request_stop` and ends the command at its next check, so no traceback is printed for it; anything
-    else goes to Python's own hook."""
-    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and stop_requested()):
-        sys.__unraisablehook__(unraisable)
+    :func:`request_stop` and ends the command at its next check, so no traceback is printed for it. Nor for a
+    DataLoader worker that the same stop signal ended (SIGTERM or SIGINT to the process group: ``--workers``),
+    which torch reports as a ``RuntimeError`` while the loader shuts down. Anything else goes to Python's own
+    hook."""
+    if stop_requested() and (issubclass(unraisable.exc_type, KeyboardInterrupt) or _worker_stopped(unraisable)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _worker_stopped(unraisable) -> bool:
+    """Torch's report of a DataLoader worker ended by a signal ("DataLoader worker (pid N) is killed by signal")."""
+    return (issubclass(unraisable.exc_type, RuntimeError) and "DataLoader worker" in str(unraisable.exc_value)
+            and "killed by signal" in str(unraisable.exc_value))
 
 
 def exit_after_a_stop(status: int) -> None:
