@@ -147,6 +147,8 @@ def _edit(path: Path, **changes) -> None:
     ("checkpoint-a-folder", ["task3.safetensors", "is not a readable file"]),
     ("data", ["the task data under --data-root (as read with --max-train and --max-test) differs"]),
     ("early-format", ["progress.json", "records no seed, data", "earlier moram-ref text-cl"]),
+    ("pair-a-file", ["seq_lora_seed1: is not a folder"]),  # was met only when the first task was saved
+    ("progress-a-folder", ["progress.json: is not a file"]),
 ])
 def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path, capsys, case, words):
     data, out = _finished_copy(uninterrupted, tmp_path)
@@ -177,6 +179,12 @@ def test_damaged_or_foreign_state_stops_before_any_work(uninterrupted, tmp_path,
         _flip_last_bytes(where / "task3.safetensors")
     elif case == "earlier-checkpoint-damaged":  # never loaded by the resume, but a merge would copy it
         _flip_last_bytes(where / "task1.safetensors")
+    elif case == "pair-a-file":
+        shutil.rmtree(where)
+        where.write_text("not a folder\n")
+    elif case == "progress-a-folder":
+        progress.unlink()
+        progress.mkdir()
     elif case == "checkpoint-a-folder":
         (where / "task3.safetensors").unlink()
         (where / "task3.safetensors").mkdir()

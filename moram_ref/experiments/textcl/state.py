@@ -243,8 +243,15 @@ def check(where: Path, method: str, seed: int, names: list[str], fingerprint: st
     :func:`shaping` settings), the settings recorded in ``progress.json`` and in each of those checkpoints
     must equal them (the StateError names each that differs: ``--lr 0.002 recorded, 0.5 now``, ``now`` naming
     where ``settings`` come from); a file written before settings were recorded is checked without them
-    (module docstring)."""
+    (module docstring). A file where ``where`` or its ``state`` folder goes is a StateError too (the run would
+    meet it only when saving its first task)."""
+    for held in (where.parent, where):
+        if held.exists() and not held.is_dir():
+            raise StateError(held, "is not a folder (the run keeps each method and seed's records in a folder "
+                                   "there)", advice="move or delete it")
     path = where / PROGRESS
+    if path.exists() and not path.is_file():
+        raise StateError(path, "is not a file", advice="move or delete it")
     if not path.is_file():
         return None
     try:
