@@ -141,8 +141,17 @@ def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     if v.size == 1:
         return float(v[0]), math.nan
-    t_crit = _student_t_quantile(0.5 + level / 2, v.size - 1)
-    return float(v.mean()), float(t_crit * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), float(half_width_factor(v.size, level) * v.std(ddof=1))
+
+
+def half_width_factor(n: int, level: float = 0.95) -> float:
+    """The Student-t confidence interval's half-width over ``n`` ≥ 2 values, in units of their sample standard
+    deviation: ``t_{(1 + level)/2, n − 1} / √n`` (3 seeds at 95 %: 2.48)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    return _student_t_quantile(0.5 + level / 2, n - 1) / math.sqrt(n)
 
 
 def _student_t_quantile(q: float, dof: int) -> float:

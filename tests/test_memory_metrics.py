@@ -84,6 +84,11 @@ def test_confidence_interval_on_known_numbers():
     assert mean == 2.0 and half == pytest.approx(4.302652729 * 1.0 / math.sqrt(3), rel=1e-6)
     mean, half = metrics.confidence_interval(np.array([5.0]))
     assert mean == 5.0 and math.isnan(half)
+    assert metrics.half_width_factor(3) == pytest.approx(4.302652729 / math.sqrt(3), rel=1e-6)
+    assert metrics.half_width_factor(10) == pytest.approx(2.262157163 / math.sqrt(10), rel=1e-6)
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="n must be an int >= 2"):
+            metrics.half_width_factor(bad)
 
 
 def test_atoms_for_mass():

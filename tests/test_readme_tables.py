@@ -96,4 +96,4 @@ def test_the_seeds_of_a_table_are_listed_when_they_are_not_a_range():
     assert demo.seeds_phrase([0, 1, 2]) == "Seeds 0–2 (3 runs)"
     assert demo.seeds_phrase([0, 4, 7], " per row") == "Seeds 0, 4, 7 (3 runs per row)"
     assert demo.seeds_phrase([5], None) == "Seed 5"
-    assert demo.cells_phrase([0, 1]) == "mean ± 95 % CI half-width"
+    assert demo.cells_phrase([0, 1]) == "mean ± 95 % CI half-width (Student t over 2 seeds: 8.98 × the seeds' standard deviation)"

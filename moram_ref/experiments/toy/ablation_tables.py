@@ -154,7 +154,8 @@ def takeover_table(results: dict) -> str:
     seeds = results["seeds"]
     return "\n".join(lines) + ("\n\nPooled over the grid: " + "; ".join(pooled) + "." if pooled else "") + (
         f"\n\nDigits stream, MoRAM (r = k = 8, δ = 0.2 at evaluation), {seeds_phrase(seeds, None).lower()}, layer 1, after "
-        f"the last domain; {cells_phrase(seeds, 'mean ± 95 % CI over seeds')} (shares and Last in %). Newest atoms' share: the part of the weight "
+        f"the last domain; {cells_phrase(seeds, 'mean ± 95 % CI over seeds')}; shares and Last in %. Newest atoms' "
+        "share: the part of the weight "
         "on the four earlier domains' inputs that the last domain's atoms take (20 % would be an even split over 5 "
         "tasks). Key–input alignment: the mean cosine between a task's keys and the mean direction of the layer's "
         "inputs. Input coherence: the length of the mean unit input (1: every input points the same way).")

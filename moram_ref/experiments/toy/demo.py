@@ -224,8 +224,12 @@ def seeds_phrase(seeds: list[int], runs: str | None = "") -> str:
 
 def cells_phrase(seeds: list[int], many: str = "mean ± 95 % CI half-width") -> str:
     """What a cell of a seeds table is: ``many`` (a mean with its 95 % CI) over several seeds, the one run's value
-    over a single seed (which gives no confidence interval)."""
-    return many if len(seeds) > 1 else "the one run's values (a single seed gives no confidence interval)"
+    over a single seed (which gives no confidence interval). Over a few seeds the phrase gives the half-width's
+    size in standard deviations of the seeds' values (3 seeds: 2.48), which is why it can exceed the mean."""
+    if len(seeds) <= 1:
+        return "the one run's values (a single seed gives no confidence interval)"
+    return (f"{many} (Student t over {len(seeds)} seeds: {metrics.half_width_factor(len(seeds)):.2f} × the seeds' "
+            "standard deviation)")
 
 
 def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str, sweep) -> None:
