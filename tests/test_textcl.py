@@ -128,6 +128,15 @@ def test_union_and_per_task_evaluation(encoder):
     assert union[0] == 0.5
 
 
+def test_texts_longer_than_max_length_are_told_apart_from_those_exactly_as_long(encoder):
+    model, tok = encoder
+    enc = CachedEncoder(model, tok, adapt_layers=1, max_length=8)
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    exact = next(" ".join(words[:n]) for n in range(1, 12) if len(tok(" ".join(words[:n]))["input_ids"]) == 8)
+    assert [enc.is_cut(x) for x in ("short text", exact, " ".join(words))] == [False, False, True]
+    assert enc.token_count(exact) == enc.token_count(" ".join(words)) == 8
+
+
 @needs_data
 def test_reduced_run_end_to_end(tmp_path, capsys):
     from moram_ref.cli import main
@@ -138,6 +147,7 @@ def test_reduced_run_end_to_end(tmp_path, capsys):
                  "--adapt-layers", "1"]) == 0
     printed = capsys.readouterr().out
     assert "moram seed 0 task 2/2 (amazon) step 3/3 loss " in printed  # one progress line per task
+    assert "passages are longer than --max-length 48 tokens: each is read as its first 48" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"zero_shot", "seq_lora", "moe_lora", "olora", "dense_moram", "moram"}
     m = results["methods"]["moram"]["union"]["mean_matrix"]

@@ -303,7 +303,10 @@ def test_texts_cut_counts_texts_longer_than_max_length():
         assert verbose is False  # no warning about long inputs: counting them is the point
         return {"input_ids": ["[CLS]", *text.split(), "[SEP]"]}
 
+    from moram_ref.experiments.textcl.encoder import CachedEncoder
+
     enc = SimpleNamespace(tokenizer=tokenizer, max_length=4)  # [CLS] + 2 words + [SEP] fit, 3 words do not
+    enc.is_cut = lambda text: CachedEncoder.is_cut(enc, text)  # the encoder's own rule, on this tokenizer
     tasks = [SimpleNamespace(test_text=["a b", "a b c", "a"], val_text=["a b c d"]),
              SimpleNamespace(test_text=["a b c d e"], val_text=[])]
     assert texts_cut(enc, tasks, "test") == [1, 1] and texts_cut(enc, tasks, "val") == [1, 0]

@@ -139,8 +139,7 @@ def _count(settings: dict, methods: list[str], tasks: list, records: dict, run: 
 def texts_cut(enc, tasks: list, split: str) -> list[int]:
     """Per task, how many of its ``split`` texts have more tokens (with [CLS] and [SEP]) than the run's
     ``--max-length``: the encoder sees only their beginning."""
-    return [sum(len(enc.tokenizer(x, verbose=False)["input_ids"]) > enc.max_length for x in getattr(t, f"{split}_text"))
-            for t in tasks]
+    return [sum(map(enc.is_cut, getattr(t, f"{split}_text"))) for t in tasks]
 
 
 def _figure(result: dict, path: Path) -> None:

@@ -131,6 +131,11 @@ class CachedEncoder:
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D) mean over real tokens
         return nn.functional.normalize(pooled, dim=-1)
 
+    def is_cut(self, text: str) -> bool:
+        """Whether ``text`` has more tokens (with [CLS] and [SEP]) than ``max_length``: the encoder reads only
+        its first ``max_length``."""
+        return len(self.tokenizer(text, verbose=False)["input_ids"]) > self.max_length
+
     def token_count(self, text: str) -> int:
         self.precompute([text])
         return int(self._cache[text][1].sum())

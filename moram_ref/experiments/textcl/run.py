@@ -207,6 +207,11 @@ def _run(args: argparse.Namespace, tasks: list, config: MoRAMConfig, log, loaded
     with threads.pinned(run_threads):  # the cached blocks' rounding is the run's too
         enc.precompute([x for t in tasks for x in t.train_text + getattr(t, split_text) + t.prompts])
     log(f"cached {len(enc._cache)} texts in {time.perf_counter() - t0:.0f} s")
+    for task in tasks:
+        texts = task.train_text + getattr(task, split_text)
+        if cut := sum(map(enc.is_cut, texts)):
+            log(f"note: {cut} of {len(texts)} {task.name} passages are longer than --max-length {args.max_length} "
+                f"tokens: each is read as its first {args.max_length}")
     rundir.check_stop()
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     total = len(args.methods) * args.seeds
