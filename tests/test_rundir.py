@@ -273,7 +273,7 @@ def _llm_data(root: Path) -> Path:
     return root
 
 
-def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsys):
+def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsys, monkeypatch):
     data = _llm_data(tmp_path / "data")
     out = tmp_path / "run"
     args = ["llm", "--tiny", "llama", "--benchmark", "olora-1", "--skip-missing", "--data-root", str(data),
@@ -289,18 +289,38 @@ def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsy
     err = capsys.readouterr().err
     assert "--lr: recorded 0.0005, now 0.1" in err and "--max-train: recorded 4, now 3" in err
     assert _snapshot(out) == before
+    summary = (out / "summary.json").read_bytes()
+    from moram_ref.experiments.llm import run as llm_run
+
+    def no_model(*_, **__):
+        raise AssertionError("a finished run's --resume loaded the model")
+
+    monkeypatch.setattr(llm_run, "build", no_model)
     assert main(args + ["--resume"]) == 0  # same settings: continues (nothing left to train)
+    assert (out / "summary.json").read_bytes() == summary
     said = capsys.readouterr().out
     assert "moram: all tasks (2 of 2) were already done; nothing left to train" in said, said
 
 
-def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys):
+def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys, monkeypatch):
+    from moram_ref.experiments.clip import backbone
     from moram_ref.experiments.clip.synthetic import make_all
 
     roots = make_all(tmp_path / "data")
     out = tmp_path / "run"
-    assert main(["clip", "--tiny", "--data-root", str(roots["xtail"]), "--datasets", "dtd", "eurosat", "--shots", "2",
-                 "--iterations", "1", "--batch", "2", "--methods", "zero_shot", "--out", str(out)]) == 0
+    argv = ["clip", "--tiny", "--data-root", str(roots["xtail"]), "--datasets", "dtd", "eurosat", "--shots", "2",
+            "--iterations", "1", "--batch", "2", "--methods", "zero_shot", "--out", str(out)]
+    assert main(argv) == 0
+    written = {p.name: p.read_bytes() for p in (out / "summary.json", out / "zero_shot" / "matrix.json")}
+
+    def no_model(*_, **__):
+        raise AssertionError("a finished run's --resume loaded the model")
+
+    monkeypatch.setattr(backbone, "tiny_clip", no_model)
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0  # finished: the results again, from progress.json alone
+    assert "zero_shot: all tasks (2 of 2) were already done" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / "summary.json", out / "zero_shot" / "matrix.json")} == written
     s = _strict_load((out / "summary.json").read_text())["zero_shot"]
     matrix = np.array(s["matrix"])
     assert s["units"] == "percent" and matrix.max() > 1  # percent, not fractions

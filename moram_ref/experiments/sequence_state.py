@@ -87,11 +87,22 @@ def vouch(progress: dict[str, Any], path: Path) -> None:
     progress.setdefault("checkpoints", {})[path.name] = file_digest(path)
 
 
+def finished_matrix(folder: Path, n_tasks: int, trained: bool, full_rows: bool = False) -> list[list] | None:
+    """The accuracy matrix recorded in ``folder/progress.json`` when it says all ``n_tasks`` tasks are done (as
+    :func:`read` checks it), else ``None``: ``--resume`` of a finished method writes its results from it without
+    loading the model."""
+    path = Path(folder) / "progress.json"
+    if not path.is_file():
+        return None
+    record = read(path, n_tasks, trained, full_rows)
+    return record["matrix"] if record["tasks_done"] == n_tasks else None
+
+
 def resumed_line(method: str, tasks_done: int, n_tasks: int) -> str:
     """The line ``--resume`` prints for a method whose record says ``tasks_done`` of ``n_tasks`` are done."""
     if tasks_done >= n_tasks:
         return (f"{method}: all tasks ({n_tasks} of {n_tasks}) were already done; nothing left to train (the "
-                "results are written again from progress.json)")
+                "results are written again from progress.json, without loading the model)")
     return f"{method}: resumed after task {tasks_done} of {n_tasks}"
 
 

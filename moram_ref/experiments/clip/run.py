@@ -289,29 +289,21 @@ def _verify(args: argparse.Namespace, log) -> dict:
 def _run(args: argparse.Namespace, domains: list, log) -> dict:
     import torch
 
-    from moram_ref.experiments.clip import backbone
-    from moram_ref.experiments.clip.train import ClipSettings, run_sequence
-    from moram_ref.experiments.progress import printer
+    from moram_ref.experiments import sequence_state
 
     keys = args.datasets
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = cliargs.moram_config(args)
     summary = {}
     for method in args.methods:
-        if args.tiny:
-            model, _, transform, tokenizer = backbone.tiny_clip(seed=0)
-        else:
-            model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
-        model = model.to(device)
-        settings = ClipSettings(method=method, protocol=args.benchmark, shots=args.shots or None,
-                                iterations=args.iterations, batch=args.batch,
-                                lr=args.lr, eval_batch=args.eval_batch, seed=args.seed, workers=args.workers,
-                                targets=backbone.target_regex(args.encoders, args.kinds), moram=config)
         out = args.out / method
-        out.mkdir(parents=True, exist_ok=True)
-        with printer(PRINT_EVERY, log) as on_step:  # names the first step whose loss was NaN or inf
-            matrix = run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume,
-                                  args.eval_only, Path(args.data_root), log, on_step=on_step)
+        n, trained = len(domains), method != "zero_shot"
+        done = sequence_state.finished_matrix(out, n, trained, full_rows=True) if args.resume else None
+        if done is not None:  # every task done: nothing to load, train or evaluate
+            log(sequence_state.resumed_line(method, n, n))
+            matrix = np.array(done, dtype=float)
+        else:
+            matrix = _run_method(args, method, domains, config, device, log)
         summary[method] = {"units": UNITS, "tasks": keys, "matrix": matrix,
                            **{k: 100 * v for k, v in metrics.summary(matrix / 100).items()}}
         if _rank() == 0:
@@ -330,6 +322,28 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         _probe_figures(args, config, keys, stage)
         rundir.publish(stage, args.out, stale=("accuracy.png", "activation_*.png", "atoms_for_99_mass_*.png"))
     return summary
+
+
+def _run_method(args: argparse.Namespace, method: str, domains: list, config, device: str, log) -> np.ndarray:
+    """Build the model and run ``method``'s sequence (or its rest, or its evaluation); its accuracy matrix."""
+    from moram_ref.experiments.clip import backbone
+    from moram_ref.experiments.clip.train import ClipSettings, run_sequence
+    from moram_ref.experiments.progress import printer
+
+    if args.tiny:
+        model, _, transform, tokenizer = backbone.tiny_clip(seed=0)
+    else:
+        model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
+    model = model.to(device)
+    settings = ClipSettings(method=method, protocol=args.benchmark, shots=args.shots or None,
+                            iterations=args.iterations, batch=args.batch,
+                            lr=args.lr, eval_batch=args.eval_batch, seed=args.seed, workers=args.workers,
+                            targets=backbone.target_regex(args.encoders, args.kinds), moram=config)
+    out = args.out / method
+    out.mkdir(parents=True, exist_ok=True)
+    with printer(PRINT_EVERY, log) as on_step:  # names the first step whose loss was NaN or inf
+        return run_sequence(model, tokenizer, transform, domains, settings, out, device, args.resume,
+                            args.eval_only, Path(args.data_root), log, on_step=on_step)
 
 
 def _probe_figures(args, config, keys, where: Path) -> None:

@@ -291,6 +291,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 
 def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict:
+    from moram_ref.experiments import sequence_state
     from moram_ref.experiments.llm.train import LLMSettings, run_sequence
     from moram_ref.experiments.progress import printer
 
@@ -303,12 +304,20 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
     summary = {}
     for method in args.methods:
         out = args.out / method
-        out.mkdir(parents=True, exist_ok=True)
         settings = LLMSettings(method=method, epochs=args.epochs, batch=args.batch, micro_batch=args.micro_batch,
                                lr=args.lr, max_prompt=args.max_prompt, max_answer=args.max_answer,
                                max_new_tokens=args.max_new_tokens, eval_batch=args.eval_batch,
                                numglue_mode=args.numglue_mode, seed=args.seed, targets=tuple(args.targets), moram=config,
                                fsdp=args.fsdp)
+        n = len(tasks)
+        done = sequence_state.finished_matrix(out, n, method != "zero_shot") if args.resume else None
+        if done is not None:  # every task done: nothing to load, train or generate
+            if dist.rank == 0:
+                log(sequence_state.resumed_line(method, n, n))
+            summary[method] = _finish(np.array(done, dtype=float), [t.name for t in tasks], out, settings,
+                                      dist.rank == 0)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
         model, tok = build(args, tasks, args.out, args.seed)
         quiet = dist.rank != 0  # one process reports
         on_step = None if quiet else printer(PRINT_EVERY, log)  # names the first step whose loss was NaN or inf
