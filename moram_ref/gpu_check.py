@@ -151,10 +151,10 @@ def summary(sections: dict, judged: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = cliargs.Parser(prog="python -m moram_ref.gpu_check", description=__doc__,  # errors: one line, exit 2
                        formatter_class=cliargs.DescribedHelp)
-    p.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="folder for gpu_check.json")
+    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/gpu_check"), help="folder for gpu_check.json")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--quick", "--small", action="store_true", 
-                   help="tiny sizes: the whole script on a CPU in 15-60 s; its ratios are not GPU figures")
+                   help="tiny sizes: the whole script on a CPU in 15-90 s; its ratios are not GPU figures")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), metavar="SECTION",
                    help=f"the sections to run, of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--budget-s", type=cliargs.real(0, low_open=True), default=300.0,
@@ -169,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.command:  # one device run, under the 10-minute limit of one command (docs/performance.md)
         print(GPU_SESSION)
         return 0
-    if a.out.exists() and not a.out.is_dir():
-        p.error(f"--out must be a folder, got the file {a.out}")
     import torch
 
     from moram_ref.perf import timing

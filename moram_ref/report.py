@@ -19,7 +19,7 @@ import numpy as np
 
 from moram_ref import provenance
 from moram_ref.experiments import rundir, track_tables
-from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.cliargs import UsageError, broken_link
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims, results_check
@@ -242,10 +242,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
         if args.plot.suffix.lower() not in PLOT_SUFFIXES or args.plot.is_dir():
             raise UsageError(f"--plot: {args.plot} is not a figure file name (ending in {', '.join(PLOT_SUFFIXES)})")
+        if why := broken_link(args.plot.absolute()):
+            raise UsageError(f"--plot: cannot write {args.plot}: {why}")
         if not args.plot.parent.is_dir():
             raise UsageError(f"--plot: cannot write {args.plot}: the folder {args.plot.parent} does not exist")
     loaded = []
     for path in paths:
+        if why := broken_link(path.absolute()):
+            raise UsageError(f"results: {why}")
         if path.exists() and not path.is_file():  # a folder, a FIFO (would block), a device (/dev/zero: endless)
             raise UsageError(f"results: {path} is not a regular file")
         try:
@@ -273,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
     crlf = False
     if target is not None:  # the target is checked before anything is written
         flag = "--check" if args.check else "--write"
+        if why := broken_link(target.absolute()):
+            raise UsageError(f"{flag}: {why}")
         if target.exists() and not target.is_file():
             raise UsageError(f"{flag}: {target} is not a regular file")
         try:

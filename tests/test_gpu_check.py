@@ -177,12 +177,13 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
             gpu_check.main([*flags, "--out", str(tmp_path)])
         assert message in capsys.readouterr().err
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit):
-        gpu_check.main(["--out", str(tmp_path / "file")])
-    assert "--out must be a folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # a folder under a file: named, no traceback
-        gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "file" / "sub")])
-    assert "cannot make the folder" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for out, said in (("file", "exists and is not a folder"), ("file/sub", "is not a folder"),  # no traceback
+                      ("link", "is a symbolic link to")):  # was "cannot make the folder (File exists)"
+        with pytest.raises(SystemExit):
+            gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / out)])
+        err = capsys.readouterr().err
+        assert "argument --out" in err and said in err and err.count("\n") == 1, err
 
 
 def test_command_prints_the_gpu_line(capsys):

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--make-synthetic", type=cliargs.out_dir, default=None, metavar="DIR",
                    help="write small synthetic data sets and exit: X-TAIL layout in DIR/xtail (caltech101, dtd, "
                         "eurosat), torchvision layout in DIR/mtil (mnist, dtd, eurosat); run on them with --datasets")
-    p.add_argument("--out", type=cliargs.out_dir, default=Path("runs/xtail"), help="run folder (default %(default)s)")
+    p.add_argument("--out", type=cliargs.out_dir, default=None,
+                   help="run folder (default runs/<--benchmark>: runs/xtail or runs/mtil)")
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16)")
@@ -106,6 +107,7 @@ def validate(args: argparse.Namespace) -> list:
         for layout in ("xtail", "mtil"):
             cliargs.synthetic_target("--make-synthetic", args.make_synthetic / layout, SYNTHETIC_MARKER)
         return []
+    args.out = Path("runs") / args.benchmark if args.out is None else args.out
     if args.data_root is None:
         raise cliargs.UsageError("--data-root: required (except with --make-synthetic)")
     cliargs.synthetic_unfinished("--data-root", args.data_root, SYNTHETIC_MARKER)
@@ -320,7 +322,10 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"]) / 100 for m, s in summary.items()}, keys,
                                 stage / "accuracy.png", f"{args.benchmark.upper()} accuracy matrices")
         _probe_figures(args, config, keys, stage)
+        figures = sorted(p.name for p in stage.glob("*.png"))
         rundir.publish(stage, args.out, stale=("accuracy.png", "activation_*.png", "atoms_for_99_mass_*.png"))
+    log(f"wrote {args.out}/summary.json, {', '.join(figures)}; per method <method>/: matrix.json, matrix.csv, "
+        "progress.json, checkpoints/ (methods that train)")
     return summary
 
 

@@ -238,11 +238,11 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
         log = lambda *_: None  # noqa: E731  (one process reports)
     if rank:
         on_step = None
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     n = len(domains)
     progress_path = out / "progress.json"
     progress = sequence_state.fresh(n)
     trained = settings.method != "zero_shot"
+    (out / "checkpoints" if trained else out).mkdir(parents=True, exist_ok=True)  # zero_shot saves no checkpoint
     if trained:
         A.attach(model, settings.moram, settings.targets or target_regex(), method=settings.method)
     if (resume or eval_only) and progress_path.is_file():  # the CLI checked the folder (sequence_state.check_run)

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last finished task (same settings, on the thread count the run started on)")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved per-task checkpoints (on the thread count the run started on)")
     p.add_argument("--skip-missing", action="store_true", help="leave out tasks whose train/test file is absent")
-    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task")
-    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task")
+    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (default: every one)")
+    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task (default: every one)")
     p.add_argument("--epochs", type=cliargs.integer(1), default=None,
                    help="epochs per task (default: the paper's TRACE epochs, 1 for other tasks)")
     p.add_argument("--batch", type=cliargs.integer(1), default=32, help="effective batch (gradient accumulation)")
@@ -335,6 +335,8 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
             plots.accuracy_heatmaps({LABELS[m]: np.array(s["matrix"], dtype=float) / 100 for m, s in summary.items()},
                                     names, stage / "scores.png", f"{args.benchmark.upper()} scores (0–100)")
             rundir.publish(stage, args.out, stale=("scores.png",))
+        log(f"wrote {args.out}/summary.json, scores.png; per method <method>/: matrix.json, matrix.csv, "
+            "progress.json, predictions/, checkpoints/ (methods that train)")
     return summary
 
 
@@ -360,7 +362,7 @@ def format_table(summary: dict, names: list[str], tiny: bool = False) -> str:
             lines.append(f"{name[:width]:<{width}} " + " ".join(f"{'·':>{width}}" if np.isnan(v) else f"{v:{width}.1f}"
                                                                 for v in row))
         lines.append("")
-    lines.append("method               OP     BWT   BWT(clipped, paper's positive)")
+    lines.append("method               OP     BWT   BWT (clipped, paper's positive)")
     for method, r in summary.items():
         lines.append(f"{LABELS[method]:<18} {r['op']:6.1f} {r['bwt']:7.1f} {-r['bwt_clipped'] + 0.0:8.1f}")  # as report
     if tiny:

@@ -199,12 +199,14 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
     n = len(tasks)
     progress_path = out / "progress.json"
     progress = sequence_state.fresh(n)
+    trained = settings.method != "zero_shot"
     if dist.rank == 0:
-        ck_dir.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if trained:  # zero_shot saves no checkpoint
+            ck_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_json(out / "config.json", {"settings": _jsonable(asdict(settings)),
                                                 "tasks": [t.name for t in tasks]})
     dist.barrier()
-    trained = settings.method != "zero_shot"
     if settings.fsdp and dist.world > 1:
         shard(model)
     backbones.guard_final_norm(model)  # overflow that leaves the logits finite but flat is refused too

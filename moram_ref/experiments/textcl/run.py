@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per input, [CLS] and [SEP] included; longer texts are cut (default %(default)s)")
     cliargs.moram_flags(p, MoRAMConfig(**{k: DEFAULTS[k] for k in ("atoms_per_task", "top_k", "temperature",
                                                                     "threshold")}))
-    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (quick runs)")
-    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task (quick runs)")
+    p.add_argument("--max-train", type=cliargs.integer(1), default=None, help="cap training samples per task (quick runs; default: every one)")
+    p.add_argument("--max-test", type=cliargs.integer(1), default=None, help="cap test samples per task (quick runs; default: every one)")
     p.add_argument("--eval-split", default="test", choices=["test", "val"], help="'val' for sweeps")
     p.add_argument("--model-path", type=cliargs.existing_dir, default=None,
                    help="encoder folder (default: the packaged MiniLM)")
