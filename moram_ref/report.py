@@ -19,7 +19,7 @@ import numpy as np
 
 from moram_ref import provenance
 from moram_ref.experiments import rundir, track_tables
-from moram_ref.experiments.cliargs import UsageError, broken_link
+from moram_ref.experiments.cliargs import UsageError, usable_path
 from moram_ref.experiments.textcl import confusion_tables, routing_tables, sensitivity_tables
 from moram_ref.experiments.textcl import tables as textcl_tables
 from moram_ref.experiments.toy import ablation_tables, claims, results_check
@@ -205,7 +205,7 @@ def read_block(text: str, name: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, nargs="+",
+    p.add_argument("results", nargs="+",
                    help="the files the table is rendered from: a run's results.json (e.g. runs/demo/results.json) "
                         "for demo, ablation, routing, takeover and textcl; one or more text-CL results.json for "
                         "textcl-matrix and textcl-brief; the main job's, the ablation's, then text-CL results.json "
@@ -217,15 +217,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", metavar="NAME", default=None,
                    help="the generated block to --write/--check (default: the table's name; e.g. textcl:standard-2 "
                         "when a file holds several tables of one kind)")
-    p.add_argument("--plot", type=Path, metavar="PNG", default=None,
+    p.add_argument("--plot", metavar="PNG", default=None,
                    help=f"also draw the table as a figure (only --table {' or '.join(sorted(PLOTS))})")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--write", type=Path, metavar="FILE", help="replace the table's generated block in FILE")
-    group.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's block differs from the results")
+    group.add_argument("--write", metavar="FILE", help="replace the table's generated block in FILE")
+    group.add_argument("--check", metavar="FILE", help="exit 1 if FILE's block differs from the results")
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = args.results if isinstance(args.results, list) else [args.results]
+    results = args.results if isinstance(args.results, list) else [args.results]
+    # every path: not empty, UTF-8, ~ expanded, no symbolic link on the way leading nowhere (cliargs.usable_path)
+    paths = [usable_path("results", str(p)) for p in results]
+    for flag in ("plot", "write", "check"):
+        if getattr(args, flag) is not None:
+            setattr(args, flag, usable_path(f"--{flag}", str(getattr(args, flag))))
     chosen = "the default --table demo" if args.table is None else f"--table {args.table}"
     args.table = args.table or "demo"
     what, least, most = INPUTS.get(args.table, ("a results file", 1, 1))
@@ -242,14 +247,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot: --table {args.table} has no figure (only {', '.join(sorted(PLOTS))})")
         if args.plot.suffix.lower() not in PLOT_SUFFIXES or args.plot.is_dir():
             raise UsageError(f"--plot: {args.plot} is not a figure file name (ending in {', '.join(PLOT_SUFFIXES)})")
-        if why := broken_link(args.plot.absolute()):
-            raise UsageError(f"--plot: cannot write {args.plot}: {why}")
         if not args.plot.parent.is_dir():
             raise UsageError(f"--plot: cannot write {args.plot}: the folder {args.plot.parent} does not exist")
     loaded = []
     for path in paths:
-        if why := broken_link(path.absolute()):
-            raise UsageError(f"results: {why}")
         if path.exists() and not path.is_file():  # a folder, a FIFO (would block), a device (/dev/zero: endless)
             raise UsageError(f"results: {path} is not a regular file")
         try:
@@ -277,8 +278,6 @@ def run(args: argparse.Namespace) -> int:
     crlf = False
     if target is not None:  # the target is checked before anything is written
         flag = "--check" if args.check else "--write"
-        if why := broken_link(target.absolute()):
-            raise UsageError(f"{flag}: {why}")
         if target.exists() and not target.is_file():
             raise UsageError(f"{flag}: {target} is not a regular file")
         try:

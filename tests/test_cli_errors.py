@@ -229,6 +229,14 @@ CASES = [
     ("report-results-dangling", ["report", "LINKS/trace"], ["results:", "is a symbolic link to", "which does not exist"],
      None),
     ("report-results-loop", ["report", "LOOP"], ["results:", "is a loop of symbolic links"], None),
+    ("llm-model-dangling", LLM[:1] + ["--model", "LINKS/trace"] + LLM[3:], ["--model:", "is a symbolic link to"], None),
+    ("llm-model-not-utf8", LLM[:1] + ["--model", "LATIN1"] + LLM[3:], ["--model:", "is not valid UTF-8"], None),
+    ("clip-pretrained-empty", ["clip", "--data-root", "XTAIL", "--datasets", "dtd", "--pretrained", ""],
+     ["--pretrained: expected a tag of ViT-B-16 or a weights file, got ''"], None),
+    ("clip-pretrained-dangling", ["clip", "--data-root", "XTAIL", "--datasets", "dtd", "--pretrained", "LOOP/w.pt"],
+     ["--pretrained:", "loop of symbolic links"], None),
+    ("report-results-empty", ["report", ""], ["results: expected a file path, got ''"], None),
+    ("report-write-empty", ["report", "CLASSNAMES", "--write", ""], ["--write: expected a file path, got ''"], None),
     ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
@@ -588,6 +596,23 @@ def test_an_infinite_gradient_norm_is_one_line_naming_the_step_and_scale(data, t
     assert err.startswith("moram-ref llm: error: the gradient norm is inf at moram task 1/4 (dbpedia) step 2/2"), err
     assert "; the gradient norm was first NaN or inf at moram task 1/4 (dbpedia) step 1/2" in err, err
     assert err.rstrip().endswith("training diverged (try a smaller --lr or --scale, in a new --out)"), err
+
+
+def test_weights_open_clip_cannot_load_are_one_line_and_leave_no_run_folder(data, tmp_path, capsys, monkeypatch):
+    """Offline without the weights in the cache, open_clip raises a RuntimeError after the run folder was made:
+    one line naming --pretrained, and no folder left that would refuse the next run's other settings."""
+    from moram_ref.experiments.clip import backbone
+
+    def offline(*_, **__):
+        raise RuntimeError("Failed to download weights for tag 'openai': offline")
+
+    monkeypatch.setattr(backbone, "load_clip", offline)
+    out = tmp_path / "out"
+    code, _, err = _run_in_process(["clip", "--data-root", str(data["XTAIL"]), "--datasets", "dtd", "--shots", "2",
+                                    "--batch", "2", "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--pretrained: open_clip could not load ViT-B-16 'openai' (Failed to download weights" in err, err
+    assert not out.exists()
 
 
 def test_a_failed_device_side_assertion_is_one_line(tmp_path, capsys, monkeypatch):

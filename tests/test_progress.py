@@ -184,3 +184,12 @@ def test_an_overflow_before_any_step_or_another_error_passes_unchanged():
     with pytest.raises(KeyError), printer(10) as report:
         report(_tensor_steps([float("nan")], n_steps=5)[0])
         raise KeyError("other")
+
+
+def test_a_nan_gradient_norm_says_the_update_is_nan_not_zero():
+    from moram_ref.experiments.progress import DivergedError
+
+    with pytest.raises(DivergedError, match=r"^the gradient norm is nan at lora task 1/1 \(T\) step 2/2 \(a NaN gradient "
+                                            r"makes the update NaN\)$"):
+        for step in _norm_steps([1.0, float("nan")]):
+            printer(2, lambda _: None)(step) if step.step == 2 else None

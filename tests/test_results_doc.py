@@ -44,7 +44,7 @@ def test_docs_table_is_what_its_marker_command_renders(doc, block, argv):
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)
     args = parser.parse_args(argv)
-    assert args.write is not None and args.write.name == doc.name, f"{block}: the marker's command must --write {doc.name}"
+    assert args.write is not None and Path(args.write).name == doc.name, f"{block}: the marker's command must --write {doc.name}"
     assert (args.block or args.table) == block
     loaded = [json.loads((ROOT / p).read_text()) for p in args.results]
     expected = report.GENERATORS[args.table](*loaded)

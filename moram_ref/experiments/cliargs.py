@@ -165,18 +165,25 @@ def learning_rate() -> Callable[[str], float]:
     return real(0, MAX_LR, low_open=True)
 
 
-def _path(text: str, what: str) -> Path:
-    """``text`` as a path, after the checks every path flag shares: not empty (which would read as the current
-    folder) and UTF-8 (a name in another encoding reaches Python as unpaired surrogates, which the run's JSON
-    records, the tokenizer files and ``--resume`` cannot write back)."""
+def path_problem(text: str, what: str) -> str | None:
+    """What makes ``text`` unusable as a ``what`` ('file' or 'folder') path, or ``None``: empty (which would read
+    as the current folder), or not UTF-8 (a name in another encoding reaches Python as unpaired surrogates, which
+    the run's JSON records, the tokenizer files and ``--resume`` cannot write back)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a {what} path, got {text!r}")
+        return f"expected a {what} path, got {text!r}"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(text).decode("utf-8", "backslashreplace")
-        raise argparse.ArgumentTypeError(f"'{shown}' is not valid UTF-8 (moram-ref records the paths it is given "
-                                         "in UTF-8 JSON): rename it, or give another path") from None
+        return (f"'{shown}' is not valid UTF-8 (moram-ref records the paths it is given in UTF-8 JSON): rename it, "
+                "or give another path")
+    return None
+
+
+def _path(text: str, what: str) -> Path:
+    """``text`` as a path (``~`` expanded) after :func:`path_problem`'s checks (``ArgumentTypeError``)."""
+    if why := path_problem(text, what):
+        raise argparse.ArgumentTypeError(why)
     return Path(text).expanduser()
 
 
@@ -191,10 +198,23 @@ def broken_link(path: Path) -> str | None:
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     return f"{link} is a loop of symbolic links"
-            return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
+            target, end = os.readlink(link), os.path.realpath(link)
+            via = "" if os.path.join(link.parent, target) == end else f", which leads to {end}"
+            return f"{link} is a symbolic link to {target}{via}, which does not exist"
         if link.exists():
             return None
     return None
+
+
+def usable_path(flag: str, text: str, what: str = "file") -> Path:
+    """``text`` checked as :func:`path_problem` and :func:`broken_link` do, for a path flag that argparse does
+    not type (one that may also name something else, e.g. a hub model); :class:`UsageError` naming ``flag``."""
+    if why := path_problem(text, what):
+        raise UsageError(f"{flag}: {why}")
+    path = Path(text).expanduser()
+    if why := broken_link(path.absolute()):
+        raise UsageError(f"{flag}: {why}")
+    return path
 
 
 def _missing(text: str, path: Path, what: str) -> str:
@@ -237,10 +257,19 @@ def out_dir(text: str) -> Path:
 
 
 def out_file(text: str) -> Path:
-    """An argparse type: a file to write, in a folder that exists; not a folder itself."""
+    """An argparse type: a file to write, in a folder that exists; not a folder itself. A symbolic link is
+    written through: the file it names is returned (created if missing; files are written whole by a rename,
+    which would replace the link itself)."""
     path = _path(text, "file")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
+    if path.is_symlink() and broken_link(path.absolute().parent) is None:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise argparse.ArgumentTypeError(f"{text!r} cannot be written: it is a loop of symbolic links") from None
+        path = Path(os.path.realpath(path))  # a missing file it names is made, in its folder
     trouble = broken_link(path.absolute())
     if trouble:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {trouble}")

@@ -107,7 +107,8 @@ class Printer:
                 raise DivergedError(f"the training loss is {loss} at {step.place}{self._since(step)}")
             norm = None if step.grad_norm is None else float(step.grad_norm)
             if norm is not None and not math.isfinite(norm):
-                raise DivergedError(f"the gradient norm is {norm} at {step.place} ({_CLIPPED}){self._since(step)}")
+                effect = _CLIPPED if math.isinf(norm) else "a NaN gradient makes the update NaN"
+                raise DivergedError(f"the gradient norm is {norm} at {step.place} ({effect}){self._since(step)}")
             self.log(step.line(loss))
             first = self.first_non_finite() if not self._noted else None
             if first is not None:  # a step NaN or inf between lines, finite again since

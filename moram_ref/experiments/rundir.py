@@ -372,12 +372,18 @@ def _flag(key: str) -> str:
 
 
 def differences(recorded: dict, settings: dict) -> list[str]:
-    """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values). A file digest
+    """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values; an unset flag: "not
+    given"). A file digest
     (``*_sha256``) that the record lacks is not compared: records written before digests were kept."""
     new = jsonable(settings)
     keys = sorted(set(recorded) | {k for k in new if not (k.endswith("_sha256") and k not in recorded)})
-    return [f"{_flag(k)}: recorded {json.dumps(recorded.get(k))}, now {json.dumps(new.get(k))}"
+    return [f"{_flag(k)}: recorded {_shown(recorded.get(k))}, now {_shown(new.get(k))}"
             for k in keys if recorded.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def _shown(value: Any) -> str:
+    """A setting as a message gives it: its JSON, or "not given" for a flag left unset (None)."""
+    return "not given" if value is None else json.dumps(value)
 
 
 def _holder(out: Path) -> str | None:
@@ -491,6 +497,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         return
     check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
+    new = not out.exists() or (out.is_dir() and next(out.iterdir(), None) is None)  # this run makes the folder
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -532,8 +539,21 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         if not reads_only:
             _opened.append(out)
         yield folder
+    except Exception:
+        if new and _only_its_record(out):  # failed before writing anything: no folder left behind to refuse the
+            folder.close()  #                next run with other settings ("holds a run with other settings")
+            shutil.rmtree(out, ignore_errors=True)
+            if out in _opened:
+                _opened.remove(out)
+        raise
     finally:
         folder.close()
+
+
+def _only_its_record(out: Path) -> bool:
+    """Whether ``out`` holds nothing but the run's record and lock (and empty folders)."""
+    return all(p.is_dir() and not p.is_symlink() or (p.parent == out and p.name in (CONFIG, LOCK))
+               for p in out.rglob("*"))
 
 
 def _unwritable(out: Path, exc: OSError, where: str, arg: str, existing_run: bool) -> OSError:

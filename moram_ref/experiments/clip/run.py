@@ -140,7 +140,7 @@ def validate(args: argparse.Namespace) -> list:
     if args.tiny and args.pretrained is not None:
         raise cliargs.UsageError("--pretrained: not used with --tiny (a random model)")
     args.model = None if args.tiny else (args.model or "ViT-B-16")
-    args.pretrained = None if args.tiny else (args.pretrained or "openai")
+    args.pretrained = None if args.tiny else ("openai" if args.pretrained is None else args.pretrained)
     if not args.tiny:
         _check_model(args.model, args.pretrained)
     for flag in ("--methods", "--encoders", "--kinds"):
@@ -187,8 +187,10 @@ def _check_model(model: str, pretrained: str) -> None:
         close = difflib.get_close_matches(model, open_clip.list_models(), n=1)
         raise cliargs.UsageError(f"--model: unknown open_clip model {model!r}"
                                  + (f" (did you mean {close[0]!r}?)" if close else " (see open_clip.list_models())"))
+    if not pretrained.strip():
+        raise cliargs.UsageError(f"--pretrained: expected a tag of {model} or a weights file, got {pretrained!r}")
     looks_like_path = pretrained.endswith((".pt", ".bin", ".safetensors")) or "/" in pretrained
-    if looks_like_path and not Path(pretrained).is_file():
+    if looks_like_path and not cliargs.usable_path("--pretrained", pretrained).is_file():
         raise cliargs.UsageError(f"--pretrained: file {pretrained!r} does not exist")
     if not looks_like_path and pretrained not in open_clip.list_pretrained_tags_by_model(model):
         raise cliargs.UsageError(f"--pretrained: {pretrained!r} is not a tag of {model} (tags: "
@@ -338,7 +340,12 @@ def _run_method(args: argparse.Namespace, method: str, domains: list, config, de
     if args.tiny:
         model, _, transform, tokenizer = backbone.tiny_clip(seed=0)
     else:
-        model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
+        try:
+            model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
+        except (RuntimeError, OSError, ValueError) as exc:  # weights not downloadable (offline), unreadable
+            raise cliargs.UsageError(f"--pretrained: open_clip could not load {args.model} {args.pretrained!r} "
+                                     f"({' '.join(str(exc).split())[:300]}); offline, its weights must be in the "
+                                     "cache, or give --pretrained FILE") from None
     model = model.to(device)
     settings = ClipSettings(method=method, protocol=args.benchmark, shots=args.shots or None,
                             iterations=args.iterations, batch=args.batch,

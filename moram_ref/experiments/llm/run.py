@@ -157,10 +157,10 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
         sequence_state.check_run(args.out, args.methods, len(tasks),
                                  cliargs.moram_config(args, scale=args.scale, dropout=args.dropout), args.eval_only,
                                  args.seed)
-    if not args.eval_only:  # after the record checks: a changed --resume names every changed flag first
-        for task in tasks:  # a larger global batch would train each step on fewer samples than asked
-            if args.batch > len(task.train):
-                capped = f" (--max-train {args.max_train})" if args.max_train is not None else ""
+    if not args.eval_only and set(args.methods) != {"zero_shot"}:  # after the record checks: a changed --resume
+        for task in tasks:  # names every changed flag first. A larger global batch would train each step on
+            if args.batch > len(task.train):  # fewer samples than asked
+                capped = f" (--max-train {args.max_train})" if len(task.train) == args.max_train else ""
                 raise cliargs.UsageError(f"--batch: {args.batch} exceeds the {len(task.train)} training samples of "
                                          f"{task.name}{capped}; use --batch {len(task.train)} or less")
     return tasks, skipped
@@ -168,7 +168,7 @@ def validate(args: argparse.Namespace) -> tuple[list, list[str]]:
 
 def _check_model(model: str) -> None:
     """--model: a local folder with config.json, or a hub name (in the local cache when offline)."""
-    path = Path(model).expanduser()
+    path = cliargs.usable_path("--model", model, "folder")  # not empty, UTF-8, no link leading nowhere
     if path.exists():
         if not (path / "config.json").is_file():
             raise cliargs.UsageError(f"--model: {model!r} is not a model folder (no config.json)")
