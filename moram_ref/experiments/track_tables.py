@@ -22,7 +22,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.experiments import rundir
-from moram_ref.experiments.toy.demo import seeds_phrase
+from moram_ref.experiments.toy.demo import ci_note, seeds_phrase
 from moram_ref.experiments.toy.results_check import _number as finite_number
 from moram_ref.experiments.toy.results_check import names_problem, short_repr
 
@@ -283,7 +283,7 @@ def _note(track: str, runs: list[dict]) -> str:
     """What the cells are and which runs they come from."""
     known = [r["config"]["settings"] for r in runs if r["config"] is not None]
     cells = ("the one run's values" if len(runs) == 1
-             else f"mean ± 95 % CI half-width over {len(runs)} runs")
+             else f"mean ± 95 % CI half-width over {len(runs)} runs ({ci_note(len(runs), 'runs')})")
     text = f"Cells: {cells}, in points (%); metrics of spec §6, recomputed from the matrices."
     if len(known) == len(runs):
         text = f"{seeds_phrase([s.get('seed') for s in known], runs=None)}. " + text

@@ -14,7 +14,7 @@ import numpy as np
 from moram_ref import metrics
 from moram_ref.config import MoRAMConfig
 from moram_ref.experiments import cliargs, rundir, threads
-from moram_ref.experiments.toy.demo import format_cell
+from moram_ref.experiments.toy.demo import ci_note, format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "sequential LoRA", "moe_lora": "MoE-LoRA (router)", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -320,7 +320,7 @@ def format_table(results: dict) -> str:
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {params:,} | {e['seconds_mean']:.0f} |")
         lines.append("")
     seeds = next(iter(results["methods"].values()))["seeds"]
-    lines.append(f"Mean ± 95 % confidence half-width (Student t) over {seeds} seed(s), in %." if seeds > 1
+    lines.append(f"Mean ± 95 % confidence half-width over {seeds} seeds ({ci_note(seeds)}), in %." if seeds > 1
                  else "One seed: each cell is that run's value, in % (a single seed gives no confidence interval).")
     return "\n".join(lines) + "\n"
 

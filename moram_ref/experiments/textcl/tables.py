@@ -16,7 +16,7 @@ import numpy as np
 
 from moram_ref.experiments.threads import MAX_THREADS, is_count
 from moram_ref.experiments.toy.ablation_tables import paired_difference
-from moram_ref.experiments.toy.demo import format_cell
+from moram_ref.experiments.toy.demo import ci_note, format_cell
 
 LABELS = {"zero_shot": "zero-shot", "seq_lora": "seq. LoRA", "moe_lora": "MoE-LoRA", "olora": "O-LoRA",
           "dense_moram": "dense MoRAM", "moram": "MoRAM"}
@@ -215,6 +215,7 @@ def matrix_table(*runs: dict) -> str:
     seeds = sorted({next(iter(r["methods"].values()))["seeds"] for r in runs})
     walls = "; ".join(f"{label}: {timing(r)}" for r, label in zip(runs, labels))
     over = ("One seed: each cell is that run's value (no confidence interval)" if seeds == [1]
+            else f"Mean ± 95 % CI half-width over {seeds[0]} seeds ({ci_note(seeds[0])})" if len(seeds) == 1
             else f"Mean ± 95 % CI half-width over {'/'.join(map(str, seeds))} seeds")
     out.append(f"{over}; bold: the best adapter's mean "
                f"(zero-shot, the frozen encoder, is not ranked). Time of each run: {walls}. Commands: "

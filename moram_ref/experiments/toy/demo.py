@@ -228,8 +228,13 @@ def cells_phrase(seeds: list[int], many: str = "mean ± 95 % CI half-width") -> 
     size in standard deviations of the seeds' values (3 seeds: 2.48), which is why it can exceed the mean."""
     if len(seeds) <= 1:
         return "the one run's values (a single seed gives no confidence interval)"
-    return (f"{many} (Student t over {len(seeds)} seeds: {metrics.half_width_factor(len(seeds)):.2f} × the seeds' "
-            "standard deviation)")
+    return f"{many} ({ci_note(len(seeds))})"
+
+
+def ci_note(n: int, what: str = "seeds") -> str:
+    """How wide a 95 % Student-t half-width over ``n`` ≥ 2 values is, for a table's note: ``"Student t over 3
+    seeds: 2.48 × the seeds' standard deviation"`` (over so few values it can exceed the mean)."""
+    return f"Student t over {n} {what}: {metrics.half_width_factor(n):.2f} × the {what}' standard deviation"
 
 
 def _figures(runs: dict, task_names: list[str], config: MoRAMConfig, out: Path, stream: str, sweep) -> None:
