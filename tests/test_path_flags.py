@@ -98,3 +98,11 @@ def test_an_interrupted_run_keeps_its_folder_for_resume(tmp_path):
     assert json.loads((out / "config.json").read_text())["settings"] == {"lr": 1.0}
     assert out in rundir.opened_runs()  # the CLI names it: "--resume continues the run in …"
     rundir.clear_stop()
+
+
+def test_a_folder_the_user_made_stays_though_the_run_failed(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    with pytest.raises(RuntimeError), rundir.open_run(out, "llm", {"lr": 1.0}):
+        raise RuntimeError("no weights")
+    assert out.is_dir() and (out / "config.json").is_file()

@@ -497,7 +497,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         return
     check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
-    new = not out.exists() or (out.is_dir() and next(out.iterdir(), None) is None)  # this run makes the folder
+    new = not out.exists() and not out.is_symlink()  # this command makes the folder (a user's own one stays)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
