@@ -47,6 +47,10 @@ def data(tmp_path_factory):
     (base / "links").mkdir()
     (base / "links" / "trace").symlink_to(base / "nowhere")
     (base / "loop").symlink_to(base / "loop")  # a link to itself: Path.exists() only says False
+    (base / "garbage.pt").write_text("not a checkpoint\n")
+    from moram_ref.experiments.llm.backbones import tiny_config
+
+    tiny_config("llama", 64).save_pretrained(base / "configonly")  # a config, no tokenizer, no weights
     for held in ("real/trace/C-STANCE/train.json", "real/xtail/dtd/split.json"):  # a user's own data
         (base / held).parent.mkdir(parents=True)
         (base / held).write_text("[]")
@@ -54,7 +58,7 @@ def data(tmp_path_factory):
     return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
             "MISSING": base / "no" / "such" / "folder", "REAL": base / "real", "LINKS": base / "links", "UNFINISHED": base / "unfinished",
-            "LOOP": base / "loop", "LATIN1": base / "caf\udce9"}  # b"caf\xe9": a Latin-1 name, not UTF-8
+            "LOOP": base / "loop", "GARBAGE": base / "garbage.pt", "CONFIGONLY": base / "configonly", "LATIN1": base / "caf\udce9"}  # b"caf\xe9": a Latin-1 name, not UTF-8
 
 
 def _set(rel: str, content) -> callable:
@@ -235,6 +239,13 @@ CASES = [
      ["--pretrained: expected a tag of ViT-B-16 or a weights file, got ''"], None),
     ("clip-pretrained-dangling", ["clip", "--data-root", "XTAIL", "--datasets", "dtd", "--pretrained", "LOOP/w.pt"],
      ["--pretrained:", "loop of symbolic links"], None),
+    ("clip-pretrained-folder", ["clip", "--data-root", "XTAIL", "--datasets", "dtd", "--pretrained", "EMPTY"],
+     ["--pretrained:", "is not a weights file"], None),
+    ("clip-pretrained-garbage", ["clip", "--data-root", "XTAIL", "--datasets", "dtd", "--shots", "2", "--batch", "2",
+                                 "--pretrained", "GARBAGE", "--out", "OUT"],
+     ["--pretrained: open_clip could not load ViT-B-16", "garbage.pt"], None),
+    ("llm-model-without-weights", LLM[:1] + ["--model", "CONFIGONLY", "--device", "cpu"] + LLM[3:],
+     ["--model: transformers could not load", "configonly"], None),
     ("report-results-empty", ["report", ""], ["results: expected a file path, got ''"], None),
     ("report-write-empty", ["report", "CLASSNAMES", "--write", ""], ["--write: expected a file path, got ''"], None),
     ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
@@ -601,17 +612,17 @@ def test_an_infinite_gradient_norm_is_one_line_naming_the_step_and_scale(data, t
 def test_weights_open_clip_cannot_load_are_one_line_and_leave_no_run_folder(data, tmp_path, capsys, monkeypatch):
     """Offline without the weights in the cache, open_clip raises a RuntimeError after the run folder was made:
     one line naming --pretrained, and no folder left that would refuse the next run's other settings."""
-    from moram_ref.experiments.clip import backbone
+    import open_clip
 
     def offline(*_, **__):
         raise RuntimeError("Failed to download weights for tag 'openai': offline")
 
-    monkeypatch.setattr(backbone, "load_clip", offline)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
     out = tmp_path / "out"
     code, _, err = _run_in_process(["clip", "--data-root", str(data["XTAIL"]), "--datasets", "dtd", "--shots", "2",
                                     "--batch", "2", "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "--pretrained: open_clip could not load ViT-B-16 'openai' (Failed to download weights" in err, err
+    assert "--pretrained: open_clip could not load ViT-B-16 'openai' (RuntimeError: Failed to download" in err, err
     assert not out.exists()
 
 

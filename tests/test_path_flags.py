@@ -101,8 +101,13 @@ def test_an_interrupted_run_keeps_its_folder_for_resume(tmp_path):
 
 
 def test_a_folder_the_user_made_stays_though_the_run_failed(tmp_path):
+    """An empty folder the user made stays, emptied of what the failed run wrote (its record would refuse the
+    next run's other settings)."""
     out = tmp_path / "mine"
     out.mkdir()
     with pytest.raises(RuntimeError), rundir.open_run(out, "llm", {"lr": 1.0}):
+        (out / "moram").mkdir()
         raise RuntimeError("no weights")
-    assert out.is_dir() and (out / "config.json").is_file()
+    assert out.is_dir() and list(out.iterdir()) == []
+    with rundir.open_run(out, "llm", {"lr": 2.0}):  # another run's settings: accepted
+        pass

@@ -321,6 +321,10 @@ def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys, monkeypatch):
     assert main(argv + ["--resume"]) == 0  # finished: the results again, from progress.json alone
     assert "zero_shot: all tasks (2 of 2) were already done" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in (out / "summary.json", out / "zero_shot" / "matrix.json")} == written
+    monkeypatch.undo()
+    (out / "zero_shot" / "progress.json").unlink()  # its record gone: --resume runs it again, and says so
+    assert main(argv + ["--resume"]) == 0
+    assert "zero_shot: nothing recorded in" in capsys.readouterr().out
     s = _strict_load((out / "summary.json").read_text())["zero_shot"]
     matrix = np.array(s["matrix"])
     assert s["units"] == "percent" and matrix.max() > 1  # percent, not fractions

@@ -69,6 +69,15 @@ def test_one_run_renders_its_metrics_matrix_and_settings(tmp_path, capsys):
     assert "paper, ViT-B/16 X-TAIL: MoRAM 63.3 / 72.7 / 80.9" in out and "Seed 42." in out
 
 
+def test_a_summary_given_through_a_link_is_described_by_its_runs_record(tmp_path, capsys):
+    path = write_run(tmp_path / "run", {"moram": clip_entry(A)}, clip_settings(methods=["moram"]))
+    link = tmp_path / "elsewhere" / "latest.json"
+    link.parent.mkdir()
+    link.symlink_to(path)
+    code, out, _ = report(capsys, "--table", "clip", link)
+    assert code == 0 and "Seed 42." in out and "No config.json beside" not in out, out
+
+
 def test_several_runs_give_the_mean_and_the_student_t_half_width(tmp_path, capsys):
     paths = [write_run(tmp_path / f"s{seed}", {"moram": clip_entry(m)}, clip_settings(seed=seed, methods=["moram"]))
              for seed, m in ((1, A), (2, B))]
@@ -77,6 +86,7 @@ def test_several_runs_give_the_mean_and_the_student_t_half_width(tmp_path, capsy
     values = [100 * metrics.last(np.array(m) / 100) for m in (A, B)]
     mean, half = metrics.confidence_interval(np.array(values))
     assert f"| {mean:.1f} ± {half:.1f} |" in out and "mean over 2 runs" in out and "Seeds 1–2." in out
+    assert "(Student t over 2 runs: 8.98 × the runs' standard deviation)" in out
     assert f"| caltech101 | {(A[0][0] + B[0][0]) / 2:.1f} |" in out
 
 

@@ -60,7 +60,8 @@ class Step:
 
 _NORM_ONLY = 1 << 31  # the watch's flag: the first non-finite step's loss was finite, its gradient norm not
 _STEP = (1 << 31) - 1  # the watch's step bits
-_CLIPPED = "clipping an infinite gradient norm zeroes the update: training stopped learning"
+_CLIPPED = ("clipping an infinite gradient norm makes the update zero, or NaN where a gradient is itself inf: "
+            "training stopped learning")
 
 
 class DivergedError(NonFiniteError):

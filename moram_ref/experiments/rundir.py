@@ -498,6 +498,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
     new = not out.exists() and not out.is_symlink()  # this command makes the folder (a user's own one stays)
+    was_empty = out.is_dir() and next(out.iterdir(), None) is None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -540,14 +541,26 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
             _opened.append(out)
         yield folder
     except Exception:
-        if new and _only_its_record(out):  # failed before writing anything: no folder left behind to refuse the
-            folder.close()  #                next run with other settings ("holds a run with other settings")
-            shutil.rmtree(out, ignore_errors=True)
+        if (new or was_empty) and _only_its_record(out):  # failed before writing anything: no record left to
+            _remove_its_record(out, whole=new)  #                refuse the next run ("holds a run with other settings")
             if out in _opened:
                 _opened.remove(out)
         raise
     finally:
         folder.close()
+
+
+def _remove_its_record(out: Path, whole: bool) -> None:
+    """Remove what a failed run wrote into ``out`` (its record, lock and empty folders, while the lock is still
+    held): the folder itself if the run made it (``whole``), else only its contents."""
+    if whole:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        try:
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            pass
 
 
 def _only_its_record(out: Path) -> bool:

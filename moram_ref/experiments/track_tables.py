@@ -120,7 +120,7 @@ def read_run(path: Path, summary: dict) -> dict:
     """A summary and its run's record: ``config.json`` beside it, parsed (None when there is none: a summary
     copied out of its run folder), or the reason it cannot be read (``config_error``)."""
     record, error = None, None
-    beside = path.parent / "config.json"
+    beside = Path(path).resolve().parent / "config.json"  # beside the file itself (a link's target)
     if beside.exists() or beside.is_symlink():
         try:
             record = json.loads(rundir.read_results_text(beside), object_pairs_hook=rundir.unique_keys)

@@ -39,11 +39,19 @@ def prepare(model: nn.Module) -> list[str]:
     return replace_attention(model)
 
 
+class LoadError(RuntimeError):
+    """open_clip could not build the model with its weights (the message says why)."""
+
+
 def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device: str = "cpu"):
-    """(model, train_transform, eval_transform, tokenizer) from open_clip, attention already split."""
+    """(model, train_transform, eval_transform, tokenizer) from open_clip, attention already split. Raises
+    :class:`LoadError` when open_clip cannot build it (weights not downloadable offline, a damaged file)."""
     import open_clip  # noqa: PLC0415  (the 'clip' extra)
 
-    model, train_tf, eval_tf = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    try:
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except Exception as exc:  # noqa: BLE001  (offline download, a damaged .pt/.safetensors: pickle, EOF, header)
+        raise LoadError(f"{type(exc).__name__}: {exc}") from exc
     prepare(model)
     return model.eval(), train_tf, eval_tf, open_clip.get_tokenizer(name)
 

@@ -190,8 +190,10 @@ def _check_model(model: str, pretrained: str) -> None:
     if not pretrained.strip():
         raise cliargs.UsageError(f"--pretrained: expected a tag of {model} or a weights file, got {pretrained!r}")
     looks_like_path = pretrained.endswith((".pt", ".bin", ".safetensors")) or "/" in pretrained
-    if looks_like_path and not cliargs.usable_path("--pretrained", pretrained).is_file():
-        raise cliargs.UsageError(f"--pretrained: file {pretrained!r} does not exist")
+    weights = cliargs.usable_path("--pretrained", pretrained) if looks_like_path else None
+    if weights is not None and not weights.is_file():
+        raise cliargs.UsageError(f"--pretrained: {pretrained!r} is not a weights file" if weights.exists()
+                                 else f"--pretrained: file {pretrained!r} does not exist")
     if not looks_like_path and pretrained not in open_clip.list_pretrained_tags_by_model(model):
         raise cliargs.UsageError(f"--pretrained: {pretrained!r} is not a tag of {model} (tags: "
                                  f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})")
@@ -342,7 +344,7 @@ def _run_method(args: argparse.Namespace, method: str, domains: list, config, de
     else:
         try:
             model, _, transform, tokenizer = backbone.load_clip(args.model, args.pretrained, device)
-        except (RuntimeError, OSError, ValueError) as exc:  # weights not downloadable (offline), unreadable
+        except backbone.LoadError as exc:  # weights not downloadable (offline), unreadable
             raise cliargs.UsageError(f"--pretrained: open_clip could not load {args.model} {args.pretrained!r} "
                                      f"({' '.join(str(exc).split())[:300]}); offline, its weights must be in the "
                                      "cache, or give --pretrained FILE") from None

@@ -79,15 +79,24 @@ def tiny_model(family: str, vocab_size: int, seed: int = 0, dtype=None, **sizes)
 
 
 def load_pretrained(name_or_path: str, dtype=None, device: str = "cpu"):
-    """(model, tokenizer) from a local folder (or a hub name where the network allows it)."""
+    """(model, tokenizer) from a local folder (or a hub name where the network allows it). Raises
+    :class:`LoadError` when transformers cannot build either (no tokenizer or weights files, damaged ones)."""
     import torch  # noqa: PLC0415
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype or torch.float32)
+    except Exception as exc:  # noqa: BLE001  (OSError, ValueError, a SafetensorError, a pickle error …)
+        said = " ".join(str(exc).split())
+        raise LoadError(f"{type(exc).__name__}: {said[:300]}{'…' if len(said) > 300 else ''}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype or torch.float32).to(device)
-    return model.eval(), tokenizer
+    return model.to(device).eval(), tokenizer
+
+
+class LoadError(RuntimeError):
+    """transformers could not build the model or its tokenizer (the message says why)."""
 
 
 # Beyond this magnitude a hidden state's square overflows float32 (√(3.4e38) ≈ 1.8e19), in which the

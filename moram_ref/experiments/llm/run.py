@@ -241,7 +241,10 @@ def build(args, tasks, out: Path, seed: int):
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model:
-        model, tok = backbones.load_pretrained(args.model, dtype, device)
+        try:
+            model, tok = backbones.load_pretrained(args.model, dtype, device)
+        except backbones.LoadError as exc:
+            raise cliargs.UsageError(f"--model: transformers could not load {args.model!r} ({exc})") from None
     else:
         from transformers import AutoTokenizer
 
