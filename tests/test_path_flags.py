@@ -76,6 +76,10 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):
         (out / "moram" / "checkpoints").mkdir(parents=True)
         raise RuntimeError("no weights")
     assert not out.exists() and out not in rundir.opened_runs()
+    nested = tmp_path / "a" / "b" / "run"  # the parents it made go too
+    with pytest.raises(RuntimeError), rundir.open_run(nested, "llm", {"lr": 1.0}):
+        raise RuntimeError("no weights")
+    assert not (tmp_path / "a").exists()
     with pytest.raises(RuntimeError), rundir.open_run(out, "llm", {"lr": 1.0}):
         (out / "moram").mkdir()
         (out / "moram" / "progress.json").write_text("{}")

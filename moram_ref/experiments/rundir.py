@@ -499,6 +499,9 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
     new = not out.exists() and not out.is_symlink()  # this command makes the folder (a user's own one stays)
     was_empty = out.is_dir() and next(out.iterdir(), None) is None
+    made = out  # the outermost folder this command makes (--out a/b/c with only a there: a/b)
+    while new and not made.parent.exists() and made.parent != made:
+        made = made.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -541,8 +544,9 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
             _opened.append(out)
         yield folder
     except Exception:
-        if (new or was_empty) and _only_its_record(out):  # failed before writing anything: no record left to
-            _remove_its_record(out, whole=new)  #                refuse the next run ("holds a run with other settings")
+        # failed before writing anything: no record is left to refuse the next run ("holds a run with other settings")
+        if (new or was_empty) and _only_its_record(out):
+            _remove_its_record(made if new else out, whole=new)
             if out in _opened:
                 _opened.remove(out)
         raise
@@ -552,7 +556,7 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
 
 def _remove_its_record(out: Path, whole: bool) -> None:
     """Remove what a failed run wrote into ``out`` (its record, lock and empty folders, while the lock is still
-    held): the folder itself if the run made it (``whole``), else only its contents."""
+    held): the folder itself, with the parents it made, if the run made it (``whole``), else only its contents."""
     if whole:
         shutil.rmtree(out, ignore_errors=True)
         return
