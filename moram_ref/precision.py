@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="tokens of the random case")
     p.add_argument("--clip-width", type=cliargs.integer(0, 4096), default=128,
                    help="width of the tiny CLIP (0 skips it; else a multiple of 32, the head width)")
-    p.add_argument("--seed", type=cliargs.integer(0, 2**32 - 1), default=0, help="seed of the random cases")
+    p.add_argument("--seed", type=cliargs.integer(0, cliargs.MAX_SEED), default=0, help="seed of the random cases")
     a = p.parse_args(argv)
     if a.clip_width % 32:
         p.error(f"--clip-width: expected 0 or a positive multiple of 32 (the head width), got {a.clip_width}")

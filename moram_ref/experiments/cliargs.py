@@ -193,17 +193,23 @@ def broken_link(path: Path) -> str | None:
     ``path`` and its parents are plain, or links that resolve."""
     for link in (path, *path.parents):
         if link.is_symlink() and not link.exists():
-            try:
-                os.stat(link)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    return f"{link} is a loop of symbolic links"
+            if _loops(link):
+                return f"{link} is a loop of symbolic links"
             target, end = os.readlink(link), os.path.realpath(link)
             via = "" if os.path.join(link.parent, target) == end else f", which leads to {end}"
             return f"{link} is a symbolic link to {target}{via}, which does not exist"
         if link.exists():
             return None
     return None
+
+
+def _loops(link: Path) -> bool:
+    """Whether following ``link`` never ends (a loop of symbolic links)."""
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def usable_path(flag: str, text: str, what: str = "file") -> Path:
@@ -264,11 +270,8 @@ def out_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
     if path.is_symlink() and broken_link(path.absolute().parent) is None:
-        try:
-            os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise argparse.ArgumentTypeError(f"{text!r} cannot be written: it is a loop of symbolic links") from None
+        if _loops(path):
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be written: it is a loop of symbolic links")
         path = Path(os.path.realpath(path))  # a missing file it names is made, in its folder
     trouble = broken_link(path.absolute())
     if trouble:

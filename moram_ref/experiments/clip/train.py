@@ -252,8 +252,8 @@ def run_sequence(model, tokenizer, transform, domains: list[Domain], settings: C
                 checkpoint.load(model, out / "checkpoints" / f"task{progress['tasks_done']}.safetensors",
                                 settings.moram, settings.method, tasks_done=progress["tasks_done"])
             log(sequence_state.resumed_line(settings.method, progress["tasks_done"], n))
-    elif resume:  # no progress.json: stopped before its first task was saved, or the file was removed
-        log(f"{settings.method}: nothing recorded in {progress_path.parent} yet: it starts from task 1")
+    elif resume:  # no progress.json
+        log(sequence_state.resumed_line(settings.method, None, n, progress_path.parent))
     start = 0 if eval_only else progress["tasks_done"]
     zero_shot_row = None
     for t in range(start, n):

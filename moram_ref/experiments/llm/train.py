@@ -221,8 +221,8 @@ def run_sequence(model, tokenizer, tasks: list[Task], settings: LLMSettings, out
                 checkpoint.load(model, ck_dir / f"task{progress['tasks_done']}.safetensors", settings.moram,
                                 settings.method, tasks_done=progress["tasks_done"])
             log(sequence_state.resumed_line(settings.method, progress["tasks_done"], n))
-    elif resume:  # no progress.json: stopped before its first task was saved, or the file was removed
-        log(f"{settings.method}: nothing recorded in {progress_path.parent} yet: it starts from task 1")
+    elif resume:  # no progress.json
+        log(sequence_state.resumed_line(settings.method, None, n, progress_path.parent))
     start = 0 if eval_only else progress["tasks_done"]
     frozen_results: dict[str, dict] = {}  # the frozen model's answers never change: generate each task once
     for t in range(start, n):
