@@ -201,6 +201,7 @@ def cli_run(a: argparse.Namespace) -> int:
         print(f"  check {name:<26} {'ok' if chk['ok'] else 'FAILED'}  ({detail})")
     if a.json:
         rundir.write_json(a.json, res)
+        print(f"wrote {a.json}")
     return 0
 
 

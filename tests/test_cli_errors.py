@@ -159,7 +159,7 @@ CASES = [
     ("clip-seed-huge", XT + ["--seed", "99999999999999999999"], ["--seed", "[0, 4294967295]"], None),
     ("llm-seed-huge", LLM + ["--seed", "9223372036854775807"], ["--seed", "[0, 4294967295]"], None),
     ("clip-batch-0", XT + ["--batch", "0"], ["--batch", "0"], None),
-    ("clip-data-root-empty", ["clip", "--tiny", "--data-root", "", "--datasets", "dtd"], ["--data-root", "got ''"], None),
+    ("clip-data-root-empty", ["clip", "--tiny", "--data-root", "", "--datasets", "dtd"], ["--data-root", "got an empty one"], None),
     ("clip-shots-huge", XT + ["--shots", "99999999999999999999"], ["--shots", "[0, 1048576]"], None),
     ("clip-atoms-huge", XT + ["--atoms-per-task", "100000000"], ["--atoms-per-task", "[1, 65536]"], None),
     ("clip-workers-huge", XT + ["--workers", "99999999999999999999"], ["--workers", "[0, 1024]"], None),
@@ -246,8 +246,8 @@ CASES = [
      ["--pretrained: open_clip could not load ViT-B-16", "garbage.pt"], None),
     ("llm-model-without-weights", LLM[:1] + ["--model", "CONFIGONLY", "--device", "cpu"] + LLM[3:],
      ["--model: transformers could not load", "configonly"], None),
-    ("report-results-empty", ["report", ""], ["results: expected a file path, got ''"], None),
-    ("report-write-empty", ["report", "CLASSNAMES", "--write", ""], ["--write: expected a file path, got ''"], None),
+    ("report-results-empty", ["report", ""], ["results: expected a file path, got an empty one"], None),
+    ("report-write-empty", ["report", "CLASSNAMES", "--write", ""], ["--write: expected a file path, got an empty one"], None),
     ("llm-no-data-root", ["llm", "--tiny", "llama"], ["--data-root: required (except with --make-synthetic)"], None),
     ("clip-device-bogus", XT + ["--device", "gpu0"], ["--device", "'gpu0'"], None),
     ("clip-benchmark", ["clip", "--benchmark", "xtial"], ["--benchmark", "'xtial'"], None),
@@ -444,6 +444,14 @@ def test_help_lists_every_command_and_bench_options(capsys):
     assert code == 0 and set(COMMANDS) <= listed, set(COMMANDS) - listed  # a long name sits on its own line
     code, out, _ = _run_in_process(["bench", "--help"], capsys)
     assert code == 0 and "--tokens" in out and "--device" in out
+
+
+def test_bench_says_where_it_wrote_its_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, printed, err = _run_in_process(["bench", "--d", "32", "--tasks", "2", "--atoms-per-task", "4", "--top-k", "2",
+                                          "--tokens", "64", "--repeat", "1", "--no-numpy", "--json", str(out)], capsys)
+    assert code == 0, err
+    assert printed.splitlines()[-1] == f"wrote {out}" and json.loads(out.read_text())["shapes"]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -698,6 +706,27 @@ def test_a_full_disk_during_make_synthetic_names_the_folder_and_what_it_leaves(c
     run = (["clip", "--tiny", "--datasets", "dtd"] if command == "clip" else ["llm", "--tiny", "llama"])
     code, _, err = _run_in_process(run + ["--data-root", str(first), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "whose writing was stopped before it finished" in err, err
+
+
+@pytest.mark.parametrize("command", ["clip", "llm"])
+def test_make_synthetic_into_a_folder_another_process_is_writing_is_refused(command, tmp_path, capsys):
+    """Two --make-synthetic into one folder would interleave their files: the second is refused, naming the
+    first's pid, and writes nothing; once the first has finished (its lock released), the folder is usable."""
+    import fcntl
+
+    root = tmp_path / "syn"
+    root.mkdir()
+    with open(root / ".lock", "a+") as held:  # what a running --make-synthetic (or a run) holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"--make-synthetic: {root} is being written by another process (pid 4242); wait for it" in err, err
+        assert sorted(p.name for p in root.iterdir()) == [".lock"]
+    code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
+    assert code == 0, err
+    assert (root / ".lock").read_text() == f"{os.getpid()}\n"  # the pid of the one that wrote
 
 
 def test_a_damaged_marker_is_refused_not_read_as_real_data(tmp_path, capsys):

@@ -59,7 +59,9 @@ def test_usable_path_is_the_check_for_flags_argparse_does_not_type(links, monkey
     monkeypatch.setenv("HOME", str(links))
     assert cliargs.usable_path("--model", "~/real", "folder") == links / "real"  # ~ expanded
     assert cliargs.usable_path("--model", "meta-llama/Llama-3.2-1B", "folder").parts[0] == "meta-llama"  # a hub name
-    for text, said in (("", "--model: expected a folder path, got ''"), (LATIN1, "--model: 'caf\\xe9' is not valid"),
+    for text, said in (("", "--model: expected a folder path, got an empty one"),
+                       ("  ", "--model: expected a folder path, got only blanks ('  ')"),
+                       (LATIN1, "--model: 'caf\\xe9' is not valid"),
                        (str(links / "dang"), "--model: "), (str(links / "self"), "--model: ")):
         with pytest.raises(cliargs.UsageError) as caught:
             cliargs.usable_path("--model", text, "folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -169,8 +170,10 @@ def path_problem(text: str, what: str) -> str | None:
     """What makes ``text`` unusable as a ``what`` ('file' or 'folder') path, or ``None``: empty (which would read
     as the current folder), or not UTF-8 (a name in another encoding reaches Python as unpaired surrogates, which
     the run's JSON records, the tokenizer files and ``--resume`` cannot write back)."""
+    if not text:
+        return f"expected a {what} path, got an empty one"
     if not text.strip():
-        return f"expected a {what} path, got {text!r}"
+        return f"expected a {what} path, got only blanks ({text!r})"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -367,7 +370,36 @@ def writing_synthetic(flag: str, directory: Path, marker: str) -> Iterator[None]
     whole before the data as unfinished and rewritten finished after it): an ``OSError`` that names no file (a
     full disk fails a write so) is raised again naming ``directory`` and what it leaves — folders marked
     unfinished, which runs refuse until ``flag`` completes them, or, where the failed write was a marker's,
-    nothing marked unfinished (no data is written before its marker)."""
+    nothing marked unfinished (no data is written before its marker).
+
+    Two commands writing into one ``directory`` at once would interleave their files: the second is refused
+    (:class:`UsageError` naming the first's pid) while the first holds ``directory/.lock`` — the lock a run
+    takes on its folder (:data:`FOLDER_LOCK`), released by the OS when the process ends."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / FOLDER_LOCK, "a+")
+    except OSError as exc:
+        raise UsageError(f"{flag}: could not create {directory / FOLDER_LOCK} "
+                         f"({exc.strerror or exc}); give a folder this user can write") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UsageError(f"{flag}: {directory} is being written by another process (pid "
+                             f"{lock.read().strip() or '?'}); wait for it to finish") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield from _writing(flag, directory, marker)
+
+
+FOLDER_LOCK = ".lock"  # a folder's lock file, held for a run (rundir) or for --make-synthetic
+
+
+def _writing(flag: str, directory: Path, marker: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:

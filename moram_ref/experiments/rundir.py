@@ -42,10 +42,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from moram_ref.experiments.cliargs import UsageError
+from moram_ref.experiments.cliargs import FOLDER_LOCK, UsageError
 
 CONFIG = "config.json"
-LOCK = ".lock"
+LOCK = FOLDER_LOCK
 
 
 def jsonable(obj: Any) -> Any:
