@@ -54,6 +54,7 @@ def _cell(r):
     (lambda r: _cell(r).update(ci95=1e308), "ci95 = 1e+308: expected a half-width ≥ 0 over 3 seeds, at most 1.434"),
     (lambda r: r["streams"]["recall"]["labels"].update(moram="MoRAM | x"), "streams.recall.labels.moram = 'MoRAM | x'"),
     (lambda r: r["streams"].update({"a\nb": r["streams"].pop("recall")}), "has a stream named 'a\\nb'"),
+    (lambda r: r["streams"].update({"<i>x</i>": r["streams"].pop("recall")}), "has a stream named '<i>x</i>'"),
     (lambda r: r["streams"]["digits"]["sweep"].update(chosen=True, temperatures=[1, 2], validation_average=[0.1, 0.2]),
      "streams.digits.sweep.chosen = True: expected one of the temperatures"),
     (lambda r: r["streams"]["recall"]["methods"].update(moram=[1, 2, 3]),

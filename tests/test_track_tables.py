@@ -212,6 +212,7 @@ def test_a_damaged_record_beside_the_summary_is_refused(tmp_path, capsys):
     ("llm score above the diagonal", "above the diagonal an LLM run writes null"),
     ("end marker in a task name", "expected a non-empty list of distinct names"),
     ("space before a task name", "expected a non-empty list of distinct names"),
+    ("html tag in a task name", "expected a non-empty list of distinct names"),
 ])
 def test_inputs_that_would_mislead_the_table_are_refused(how, said, tmp_path, capsys):
     table = "clip"
@@ -223,7 +224,7 @@ def test_inputs_that_would_mislead_the_table_are_refused(how, said, tmp_path, ca
     elif how == "llm score above the diagonal":
         table, path = "llm", write_run(tmp_path / "run", {"moram": llm_entry([[50.0, 12.0], [40.0, 70.0]])})
     else:
-        name = "<!-- END generated: clip -->" if how.startswith("end") else " dtd"
+        name = {"end": "<!-- END generated: clip -->", "spa": " dtd", "htm": "<img src=x onerror=alert(1)>"}[how[:3]]
         path = write_run(tmp_path / "run", {"moram": clip_entry(A, [name, "b", "c"])})
     code, out, err = report(capsys, "--table", table, path)
     assert code == 2 and out == "" and said in err, err
@@ -295,13 +296,13 @@ def test_the_same_run_by_another_way_is_refused(tmp_path, capsys):
 def test_what_a_real_run_may_record_is_rendered(tmp_path, capsys):
     """A negative δ (the CLI allows [-1, 1]) and a long local model path with odd characters are valid
     records: the path is shown shortened and escaped, never breaking the table."""
-    model = "/home/me/.cache/huggingface/hub/models--org--name/snapshots/" + "0" * 40 + "/a|b"
+    model = "/home/me/.cache/huggingface/hub/models--org--name/snapshots/" + "0" * 40 + "/<b>a|b&c-->"
     path = write_run(tmp_path / "run", {"moram": clip_entry(A)},
                      clip_settings(threshold=-0.1, model=model, methods=["moram"]))
     code, out, err = report(capsys, "--table", "clip", path)
     assert code == 0, err
     note = out.rstrip().splitlines()[-1]
-    assert "δ = -0.1" in note and "a\\|b (openai)" in note and "…" in note
+    assert "δ = -0.1" in note and "/&lt;b&gt;a\\|b&amp;c--&gt; (openai)" in note and "…" in note
 
 
 def test_a_document_is_written_through_its_link_and_mixed_line_endings_are_refused(tmp_path, capsys):

@@ -13,6 +13,7 @@ Every file is checked before anything is rendered; a problem names the file and 
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -142,10 +143,12 @@ def _name_or_none(v: Any) -> bool:
 
 
 def _shown(name: Any) -> str:
-    """A model name or path as a table note can show it: one line, ``|`` escaped, comment markers defused,
-    a long path shortened to its end."""
-    text = " ".join(str(name).split()).replace("|", "\\|").replace("<!--", "&lt;!--").replace("-->", "--&gt;")
-    return text if len(text) <= 100 else "…" + text[-80:]
+    """A model name or path as a table note can show it: one line, ``|`` escaped, ``&``, ``<`` and ``>`` as
+    HTML entities (a Markdown page would render a tag, or end a generated block at a comment marker), a long
+    path shortened to its end."""
+    text = " ".join(str(name).split())
+    text = text if len(text) <= 100 else "…" + text[-80:]
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _settings_rules(track: str) -> dict[str, tuple[Any, str]]:

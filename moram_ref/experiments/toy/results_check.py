@@ -97,17 +97,16 @@ def array_problem(where: str, value: Any, shape: tuple[int, ...], low: float = -
     return walk(where, value, shape)
 
 
-TABLE_TEXT_RULE = ("printable characters on one line, without '|', '<!--' or '-->', no space at either end, at most "
+TABLE_TEXT_RULE = ("printable characters on one line, without '|', '<' or '>', no space at either end, at most "
                    "100 characters")
 
 
 def table_text(value: Any) -> bool:
     """A string a Markdown table cell can show as it is (:data:`TABLE_TEXT_RULE`): ``|`` would split the cell,
-    a comment marker could end a generated block early (``report --write``), a space at an end hides a
-    difference between two names."""
+    ``<`` and ``>`` make HTML a Markdown page renders (a tag) or a comment marker that could end a generated
+    block early (``report --write``), a space at an end hides a difference between two names."""
     return (isinstance(value, str) and bool(value.strip()) and value == value.strip() and len(value) <= 100
-            and not any(c in value for c in "|\n\r") and value.isprintable()
-            and "<!--" not in value and "-->" not in value)
+            and not any(c in value for c in "|<>\n\r") and value.isprintable())
 
 
 def _stream_name_problem(name: Any) -> str:
