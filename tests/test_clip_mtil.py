@@ -197,7 +197,8 @@ def test_verify_compares_sizes_and_decodes_a_sample(tv_root, tmp_path, capsys):
 
 
 def test_a_resume_with_an_edited_names_file_is_refused(tv_root, tmp_path, capsys):
-    """config.json records the names file's sha256: a resume whose file was edited would rename classes."""
+    """config.json records the names file's sha256: a resume whose file was edited would rename classes; one
+    whose file was moved (same content) continues."""
     from moram_ref.cli import main
 
     names = tmp_path / "names.json"
@@ -208,6 +209,10 @@ def test_a_resume_with_an_edited_names_file_is_refused(tv_root, tmp_path, capsys
     assert main(argv) == 0
     names.write_text(json.dumps({"dtd": ["banded", "dotted", "zigzagged"]}, indent=4))  # re-indented: the same
     assert main(argv + ["--resume"]) == 0
+    moved = names.rename(tmp_path / "moved.json")  # the same content elsewhere: the digest decides, not the path
+    at = argv.index("--classnames-json") + 1
+    assert main(argv[:at] + [str(moved)] + argv[at + 1:] + ["--resume"]) == 0
+    moved.rename(names)
     names.write_text(json.dumps({"dtd": ["banded", "dotted", "zig-zag"]}))
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 2

@@ -373,10 +373,12 @@ def _flag(key: str) -> str:
 
 def differences(recorded: dict, settings: dict) -> list[str]:
     """``"--flag: recorded R, now N"`` for every setting that differs (both as JSON values; an unset flag: "not
-    given"). A file digest
-    (``*_sha256``) that the record lacks is not compared: records written before digests were kept."""
+    given"). A file digest (``<key>_sha256``) that the record lacks is not compared: records written before
+    digests were kept. Where both hold the digest, the file's path (``<key>``) is not compared: the content
+    decides, so a file moved or renamed since (same content) is accepted."""
     new = jsonable(settings)
-    keys = sorted(set(recorded) | {k for k in new if not (k.endswith("_sha256") and k not in recorded)})
+    by_content = {k.removesuffix("_sha256") for k in recorded if k.endswith("_sha256") and k in new}
+    keys = sorted((set(recorded) | {k for k in new if not (k.endswith("_sha256") and k not in recorded)}) - by_content)
     return [f"{_flag(k)}: recorded {_shown(recorded.get(k))}, now {_shown(new.get(k))}"
             for k in keys if recorded.get(k, "<absent>") != new.get(k, "<absent>")]
 
