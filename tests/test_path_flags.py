@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 
 import pytest
 
@@ -68,6 +69,35 @@ def test_usable_path_is_the_check_for_flags_argparse_does_not_type(links, monkey
         assert str(caught.value).startswith(said), str(caught.value)
     with pytest.raises(cliargs.UsageError, match="is a loop of symbolic links"):
         cliargs.usable_path("--model", str(links / "self"))
+
+
+@pytest.mark.parametrize("removed", [1, rundir.LOCK_ATTEMPTS])
+def test_a_folder_removed_while_a_run_takes_its_lock_is_locked_anew(removed, tmp_path, monkeypatch):
+    """A run failing into a new folder removes it, lock file included, while still holding the lock: a second
+    run that opened that lock file just before gets the lock of a file no longer there. It must not run in a
+    removed folder: it takes the lock again on the folder made anew, and gives up, saying so, if it keeps
+    being removed."""
+    import fcntl
+
+    out = tmp_path / "run"
+    real, calls = fcntl.flock, []
+
+    def flock_after_a_failed_run_removed_the_folder(fh, op):
+        real(fh, op)
+        if op & fcntl.LOCK_EX and len(calls) < removed:
+            calls.append(1)
+            shutil.rmtree(out)  # what the failed run did between this run's open and its lock
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_failed_run_removed_the_folder)
+    if removed == rundir.LOCK_ATTEMPTS:
+        with pytest.raises(cliargs.UsageError, match=f"--out: {out} was removed {removed} times while this run"):
+            with rundir.open_run(out, "llm", {"lr": 1.0}):
+                pass
+        return
+    with rundir.open_run(out, "llm", {"lr": 1.0}):
+        assert (out / "config.json").is_file() and (out / rundir.LOCK).read_text() == f"{os.getpid()}\n"
+        assert rundir._holder(out) is not None  # the lock held is the folder's present one
+    assert calls == [1]
 
 
 def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):

@@ -6,7 +6,9 @@ the settings). The rules:
 
 * **One run at a time.** ``<out>/.lock`` is locked (``fcntl.flock``) for the whole run and holds the
   owner's pid; the OS releases the lock when the process ends, crash included. A second run into the
-  same folder stops with "in use by pid N" before touching anything.
+  same folder stops with "in use by pid N" before touching anything. A run that fails before writing
+  anything removes the folder it made, lock file included; a run that locked that file in the meantime
+  finds it gone and locks the folder made anew (:func:`open_run`).
 * **Settings recorded.** ``<out>/config.json`` holds ``{"command", "settings", "info"}``: ``settings``
   are every flag that shapes the results (model, data, sample caps, seeds, learning rate, methods, …;
   not runtime-only ones such as ``--device`` or ``--workers``, which the command lists), ``info`` is
@@ -499,33 +501,38 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         return
     check_stop()
     check(out, command, settings, resume=resume, eval_only=eval_only, arg=arg)
-    new = not out.exists() and not out.is_symlink()  # this command makes the folder (a user's own one stays)
-    was_empty = out.is_dir() and next(out.iterdir(), None) is None
-    made = out  # the outermost folder this command makes (--out a/b/c with only a there: a/b)
-    while new and not made.parent.exists() and made.parent != made:
-        made = made.parent
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(exc.errno, f"{arg}: could not create the folder {out} ({exc.strerror})") from None
-    if (out / LOCK).exists() and not (out / LOCK).is_file():
-        raise UsageError(f"{arg}: {out / LOCK} (the folder's lock) exists and is not a file; remove it")
-    try:
-        fh = open(out / LOCK, "a+")
-    except OSError as exc:  # a read-only folder or file system: the command could write nothing there either
-        if not reads_only:
-            raise _unwritable(out, exc, f"on its lock file {LOCK}", arg, resume or eval_only) from None
-        fh = None
-    if fh is None:
-        yield from _read_unwritable(out, command, settings, resume, eval_only, arg)
-        return
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "?"
-        fh.close()
-        raise UsageError(_in_use(out, holder, arg)) from None
+    for _ in range(LOCK_ATTEMPTS):
+        new = not out.exists() and not out.is_symlink()  # this command makes the folder (a user's own one stays)
+        was_empty = out.is_dir() and next(out.iterdir(), None) is None
+        made = out  # the outermost folder this command makes (--out a/b/c with only a there: a/b)
+        while new and not made.parent.exists() and made.parent != made:
+            made = made.parent
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{arg}: could not create the folder {out} ({exc.strerror})") from None
+        if (out / LOCK).exists() and not (out / LOCK).is_file():
+            raise UsageError(f"{arg}: {out / LOCK} (the folder's lock) exists and is not a file; remove it")
+        try:
+            fh = open(out / LOCK, "a+")
+        except OSError as exc:  # a read-only folder or file system: the command could write nothing there either
+            if not reads_only:
+                raise _unwritable(out, exc, f"on its lock file {LOCK}", arg, resume or eval_only) from None
+            yield from _read_unwritable(out, command, settings, resume, eval_only, arg)
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise UsageError(_in_use(out, holder, arg)) from None
+        if _is_file_at(fh, out / LOCK):
+            break
+        fh.close()  # a run that failed removed the folder, lock included, between our open and our lock: again
+    else:
+        raise UsageError(f"{arg}: {out} was removed {LOCK_ATTEMPTS} times while this run was taking its lock "
+                         "(other runs failing into it?); try again")
     folder = RunFolder(out, fh)
     try:
         _check_record(out, command, settings, resume, eval_only, arg)  # again: another run may have written meanwhile
@@ -554,6 +561,19 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
         raise
     finally:
         folder.close()
+
+
+LOCK_ATTEMPTS = 3  # open_run's tries at locking a folder that runs failing into it remove meanwhile
+
+
+def _is_file_at(fh, path: Path) -> bool:
+    """Whether the open file ``fh`` is still the one at ``path`` (not removed, nor replaced, since it was opened)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fh.fileno())
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _remove_its_record(out: Path, whole: bool) -> None:
