@@ -299,7 +299,8 @@ def test_llm_cli_writes_strict_json_and_refuses_a_changed_resume(tmp_path, capsy
     assert main(args + ["--resume"]) == 0  # same settings: continues (nothing left to train)
     assert (out / "summary.json").read_bytes() == summary
     said = capsys.readouterr().out
-    assert "moram: all tasks (2 of 2) were already done; nothing left to train" in said, said
+    assert ("moram: all tasks (2 of 2) were already done; nothing left to train (the results are written again "
+            "from progress.json, without loading the model)") in said, said
 
 
 def test_clip_summary_is_strict_json_in_one_unit(tmp_path, capsys, monkeypatch):

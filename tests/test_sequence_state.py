@@ -159,3 +159,5 @@ def test_what_is_in_the_way_of_the_runs_writes_is_named_before_any_work(tmp_path
 def test_the_resume_line_says_whether_anything_is_left():
     assert S.resumed_line("moram", 2, 3) == "moram: resumed after task 2 of 3"
     assert S.resumed_line("lora", 3, 3).startswith("lora: all tasks (3 of 3) were already done; nothing left to train")
+    assert "without loading the model" not in S.resumed_line("lora", 3, 3)  # train() was called with the model
+    assert S.resumed_line("lora", 3, 3, model_loaded=False).endswith("progress.json, without loading the model)")

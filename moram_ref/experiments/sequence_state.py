@@ -98,15 +98,17 @@ def finished_matrix(folder: Path, n_tasks: int, trained: bool, full_rows: bool =
     return record["matrix"] if record["tasks_done"] == n_tasks else None
 
 
-def resumed_line(method: str, tasks_done: int | None, n_tasks: int, folder: Path | None = None) -> str:
+def resumed_line(method: str, tasks_done: int | None, n_tasks: int, folder: Path | None = None,
+                 model_loaded: bool = True) -> str:
     """The line ``--resume`` prints for a method whose record (in ``folder``) says ``tasks_done`` of ``n_tasks``
     are done; ``tasks_done`` None: it has no record there (stopped before its first task was saved, or the file
-    was removed), so it starts from task 1."""
+    was removed), so it starts from task 1. ``model_loaded`` False: the caller wrote a finished method's results
+    without loading the model (:func:`finished_matrix`), and the line says so."""
     if tasks_done is None:
         return f"{method}: nothing recorded in {folder} yet: it starts from task 1"
     if tasks_done >= n_tasks:
         return (f"{method}: all tasks ({n_tasks} of {n_tasks}) were already done; nothing left to train (the "
-                "results are written again from progress.json, without loading the model)")
+                f"results are written again from progress.json{'' if model_loaded else ', without loading the model'})")
     return f"{method}: resumed after task {tasks_done} of {n_tasks}"
 
 

@@ -306,7 +306,7 @@ def _run(args: argparse.Namespace, domains: list, log) -> dict:
         n, trained = len(domains), method != "zero_shot"
         done = sequence_state.finished_matrix(out, n, trained, full_rows=True) if args.resume else None
         if done is not None:  # every task done: nothing to load, train or evaluate
-            log(sequence_state.resumed_line(method, n, n))
+            log(sequence_state.resumed_line(method, n, n, model_loaded=False))
             matrix = np.array(done, dtype=float)
         else:
             matrix = _run_method(args, method, domains, config, device, log)

@@ -316,7 +316,7 @@ def _run(args: argparse.Namespace, tasks: list, skipped: list[str], log) -> dict
         done = sequence_state.finished_matrix(out, n, method != "zero_shot") if args.resume else None
         if done is not None:  # every task done: nothing to load, train or generate
             if dist.rank == 0:
-                log(sequence_state.resumed_line(method, n, n))
+                log(sequence_state.resumed_line(method, n, n, model_loaded=False))
             summary[method] = _finish(np.array(done, dtype=float), [t.name for t in tasks], out, settings,
                                       dist.rank == 0)
             continue
