@@ -727,6 +727,10 @@ def test_make_synthetic_into_a_folder_another_process_is_writing_is_refused(comm
     code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
     assert code == 0, err
     assert (root / ".lock").read_text() == f"{os.getpid()}\n"  # the pid of the one that wrote
+    (root / ".lock").unlink()
+    (root / ".lock").mkdir()
+    code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
+    assert code == 2 and f"{root / '.lock'} (the folder's lock) exists and is not a file; remove it" in err, err
 
 
 def test_a_damaged_marker_is_refused_not_read_as_real_data(tmp_path, capsys):

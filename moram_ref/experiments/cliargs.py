@@ -376,6 +376,8 @@ def writing_synthetic(flag: str, directory: Path, marker: str) -> Iterator[None]
     (:class:`UsageError` naming the first's pid) while the first holds ``directory/.lock`` — the lock a run
     takes on its folder (:data:`FOLDER_LOCK`), released by the OS when the process ends."""
     directory = Path(directory)
+    if (directory / FOLDER_LOCK).exists() and not (directory / FOLDER_LOCK).is_file():
+        raise UsageError(f"{flag}: {directory / FOLDER_LOCK} (the folder's lock) exists and is not a file; remove it")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         lock = open(directory / FOLDER_LOCK, "a+")
