@@ -14,7 +14,7 @@ import sys
 import threading
 
 from moram_ref.experiments import rundir
-from moram_ref.experiments.cliargs import Parser, UsageError
+from moram_ref.experiments.cliargs import Parser, UsageError, one_line
 from moram_ref.shapes import NonFiniteError
 
 # name → (module with add_arguments and run [or module:function to run], one-line description)
@@ -239,7 +239,7 @@ def _main(argv: list[str], exiting: bool) -> int:
         module, _, function = COMMANDS[args.command][0].partition(":")
         status = getattr(importlib.import_module(module), function or "run")(args)
     except UsageError as exc:
-        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{name}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # files are written whole (temporary file, then rename): nothing is half-written
         return _interrupted(name, argv)
@@ -254,11 +254,11 @@ def _main(argv: list[str], exiting: bool) -> int:
             return 2
         checkpoint = sys.modules.get("moram_ref.torch.checkpoint")  # loaded if it can have raised
         if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
-            print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # a damaged run folder file
+            print(f"{name}: error: {one_line(str(exc))}", file=sys.stderr)  # a damaged run folder file
             return 2
         if isinstance(exc, NonFiniteError):  # activations overflowed: a diverged run or overflowing weights
             diverged = type(exc).__name__ == "DivergedError"  # the progress printer saw a NaN/inf loss
-            print(f"{name}: error: {' '.join(str(exc).split())}: "
+            print(f"{name}: error: {one_line(str(exc))}: "
                   + (f"training diverged (try {_smaller(command)}, in a new --out)" if diverged else
                      f"activations overflowed on the way — training that diverged (try {_smaller(command)}, in a "
                      "new --out) or adapter weights that are finite but too large (a checkpoint that matches its "

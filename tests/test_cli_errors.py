@@ -54,11 +54,15 @@ def data(tmp_path_factory):
     for held in ("real/trace/C-STANCE/train.json", "real/xtail/dtd/split.json"):  # a user's own data
         (base / held).parent.mkdir(parents=True)
         (base / held).write_text("[]")
+    (base / "finished").mkdir()
+    (base / "finished" / "config.json").write_text('{"command": "clip", "settings": {}, "info": {}}')
+    (base / "dupnames.json").write_text('{"dtd": ["banded", "dotted"], "dtd": ["a", "b"]}')
     (base / "classnames.json").write_text(json.dumps({"datasets": {"dtd": {"classnames": {"clip": ["a", "b"]}}}}))
     return {"CLASSNAMES": base / "classnames.json", "TEXT": _write_text_tasks(base / "text"), "XTAIL": roots["xtail"], "MTIL": roots["mtil"],
             "EMPTY": base / "empty", "FILE": base / "notes.txt", "BUSY": base / "busy", "NOMODEL": base / "nomodel",
             "MISSING": base / "no" / "such" / "folder", "REAL": base / "real", "LINKS": base / "links", "UNFINISHED": base / "unfinished",
-            "LOOP": base / "loop", "GARBAGE": base / "garbage.pt", "CONFIGONLY": base / "configonly", "LATIN1": base / "caf\udce9"}  # b"caf\xe9": a Latin-1 name, not UTF-8
+            "LOOP": base / "loop", "GARBAGE": base / "garbage.pt", "CONFIGONLY": base / "configonly", "LATIN1": base / "caf\udce9",
+            "FINISHED": base / "finished", "DUPNAMES": base / "dupnames.json"}  # b"caf\xe9": a Latin-1 name, not UTF-8
 
 
 def _set(rel: str, content) -> callable:
@@ -269,6 +273,16 @@ CASES = [
     ("llm-lr-0", LLM + ["--lr", "0"], ["--lr", "0"], None),
     ("llm-dropout-1", LLM + ["--dropout", "1"], ["--dropout", "1"], None),
     ("llm-scale-0", LLM + ["--scale", "0"], ["--scale", "0"], None),
+    ("llm-scale-huge", LLM + ["--scale", "1e308"], ["--scale", "[-1e+30, 1e+30] ≠ 0, got 1e308"], None),
+    ("clip-lr-underscore", XT + ["--lr", "1_0"], ["--lr", "got '1_0'"], None),
+    ("clip-model-empty", ["clip", "--model", "", "--data-root", "XTAIL", "--datasets", "dtd", "--out", "OUT"],
+     ["--model: expected a model name, got an empty one"], None),
+    ("clip-model-blank", ["clip", "--model", "   ", "--data-root", "XTAIL", "--datasets", "dtd", "--out", "OUT"],
+     ["--model: expected a model name, got only blanks ('   ')"], None),
+    ("clip-synthetic-into-a-run", ["clip", "--make-synthetic", "FINISHED"],
+     ["--make-synthetic", "finished holds a run (config.json there); give a folder of its own"], None),
+    ("clip-names-key-twice", MT + ["--classnames-json", "DUPNAMES"],
+     ["--classnames-json", "dupnames.json: the key 'dtd' appears twice in one object"], None),
     ("llm-new-tokens-0", LLM + ["--max-new-tokens", "0"], ["--max-new-tokens", "0"], None),
     ("llm-max-prompt-0", LLM + ["--max-prompt", "0"], ["--max-prompt", "0"], None),
     ("llm-numglue", LLM + ["--numglue-mode", "exact"], ["--numglue-mode", "'exact'"], None),
@@ -731,6 +745,15 @@ def test_make_synthetic_into_a_folder_another_process_is_writing_is_refused(comm
     (root / ".lock").mkdir()
     code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
     assert code == 2 and f"{root / '.lock'} (the folder's lock) exists and is not a file; remove it" in err, err
+    (root / ".lock").rmdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's\n")
+    for target in (precious, tmp_path / "nowhere"):  # the pid written into a lock would land there
+        (root / ".lock").symlink_to(target)
+        code, _, err = _run_in_process([command, "--make-synthetic", str(root)], capsys)
+        assert code == 2 and f"{root / '.lock'} (the folder's lock) is a symbolic link, to {target}" in err, err
+        (root / ".lock").unlink()
+    assert precious.read_text() == "the user's\n" and not (tmp_path / "nowhere").exists()
 
 
 def test_a_damaged_marker_is_refused_not_read_as_real_data(tmp_path, capsys):

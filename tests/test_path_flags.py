@@ -71,6 +71,18 @@ def test_usable_path_is_the_check_for_flags_argparse_does_not_type(links, monkey
         cliargs.usable_path("--model", str(links / "self"))
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_not_written_through(tmp_path):
+    """The run writes its pid into its lock file: through a link it would overwrite the file the link names."""
+    out, precious = tmp_path / "run", tmp_path / "precious.txt"
+    out.mkdir()
+    precious.write_text("the user's\n")
+    (out / rundir.LOCK).symlink_to(precious)
+    with pytest.raises(cliargs.UsageError, match="the folder's lock\\) is a symbolic link, to .*precious.txt; remove"):
+        with rundir.open_run(out, "llm", {"lr": 1.0}):
+            pass
+    assert precious.read_text() == "the user's\n" and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
+
+
 @pytest.mark.parametrize("removed", [1, rundir.LOCK_ATTEMPTS])
 def test_a_folder_removed_while_a_run_takes_its_lock_is_locked_anew(removed, tmp_path, monkeypatch):
     """A run failing into a new folder removes it, lock file included, while still holding the lock: a second

@@ -192,12 +192,10 @@ def test_a_folder_that_cannot_be_created_or_locked_is_one_line_naming_it(tmp_pat
     capsys.readouterr()
     before = _snapshot(out)
 
-    def read_only(path, mode="r", *rest, **kwargs):
-        if Path(path).name == rundir.LOCK and mode != "r":  # reading still works on a read-only mount
-            raise PermissionError(30, "Read-only file system", str(path))
-        return open(path, mode, *rest, **kwargs)
+    def read_only(path, flag):  # opening the lock for writing fails on a read-only mount; reading still works
+        raise PermissionError(30, "Read-only file system", str(path))
 
-    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    monkeypatch.setattr(rundir, "open_lock", read_only)
     assert main([*args, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err == (f"moram-ref demo: error: --out: {out} is not writable here (Read-only file system, on its lock "
@@ -238,12 +236,10 @@ def test_a_folder_only_read_may_be_unwritable(tmp_path, monkeypatch):
         pass
     real_open = open
 
-    def read_only(path, mode="r", *rest, **kwargs):
-        if Path(path).name == rundir.LOCK and mode != "r":
-            raise PermissionError(30, "Read-only file system", str(path))
-        return real_open(path, mode, *rest, **kwargs)
+    def read_only(path, flag):  # opening the lock for writing fails on a read-only mount; reading still works
+        raise PermissionError(30, "Read-only file system", str(path))
 
-    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    monkeypatch.setattr(rundir, "open_lock", read_only)
     with rundir.open_run(out, "demo", {"steps": 1}, resume=True, reads_only=True) as folder:
         with real_open(out / rundir.LOCK) as other:  # a second reader is welcome
             fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)

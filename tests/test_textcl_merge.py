@@ -157,16 +157,17 @@ def test_parts_on_a_read_only_mount_are_merged(uninterrupted, parts, tmp_path, m
 
     _, whole = uninterrupted
     _, a, b = parts
-    real_open = open
+    real_open_lock, refused = rundir.open_lock, []
 
-    def read_only(path, mode="r", *rest, **kwargs):
-        if Path(path).parent in (a, b) and mode != "r":
+    def read_only(path, flag):  # the parts' lock files cannot be opened for writing; the merged folder's can
+        if Path(path).parent in (a, b):
+            refused.append(path)
             raise PermissionError(30, "Read-only file system", str(path))
-        return real_open(path, mode, *rest, **kwargs)
+        return real_open_lock(path, flag)
 
-    monkeypatch.setattr(rundir, "open", read_only, raising=False)
+    monkeypatch.setattr(rundir, "open_lock", read_only)
     assert main(["text-cl-merge", "--out", str(tmp_path / "m"), str(a), str(b), "--no-plots"]) == 0
-    assert _results(tmp_path / "m") == whole
+    assert _results(tmp_path / "m") == whole and {p.parent for p in refused} == {a, b}
 
 
 def test_a_part_in_use_is_named_as_the_part(parts, tmp_path, capsys):

@@ -97,6 +97,14 @@ def test_an_llm_run_shows_unevaluated_entries_and_its_bwts(tmp_path, capsys):
     assert code == 0
     assert "| MoRAM | 55.0 | -10.0 | 5.0 |" in out and "| C-STANCE | 50.0 | · |" in out
     assert "No config.json beside the file: the run's settings are unknown." in out
+    settings = {"benchmark": "trace", "tiny": None, "model": None, "epochs": 1, "batch": 8, "lr": 1e-4, "seed": 0,
+                "atoms_per_task": 8, "top_k": 8, "temperature": 0.5, "threshold": 0.0, "methods": ["moram"]}
+    write_run(tmp_path / "llm", {"moram": llm_entry(matrix)}, settings, command="llm")
+    code, _, err = report(capsys, "--table", "llm", path)  # a record of neither --tiny nor --model: not a run's
+    assert code == 2 and "has settings.tiny = null and settings.model = null" in err, err
+    write_run(tmp_path / "llm", {"moram": llm_entry(matrix)}, {**settings, "model": "/models/llama"}, command="llm")
+    code, out, err = report(capsys, "--table", "llm", path)
+    assert code == 0 and "TRACE, /models/llama, 1 epoch per task" in out, err
 
 
 def test_one_task_has_no_transfer(tmp_path, capsys):
@@ -179,7 +187,8 @@ def test_runs_that_cannot_be_averaged_are_refused(tmp_path, capsys):
 @pytest.mark.parametrize("change, said", [
     ({"lr": "fast"}, "settings.lr = 'fast': expected a finite number > 0"),
     ({"lr": True}, "settings.lr = True"),
-    ({"seed": [1, 2]}, "settings.seed = [1, 2]: expected an integer ≥ 0"),
+    ({"seed": [1, 2]}, "settings.seed = [1, 2]: expected an integer in [0, 4294967295]"),
+    ({"seed": 10**30}, "settings.seed = 1000000000000000000000000000000: expected an integer in [0, 4294967295]"),
     ({"iterations": {"a": 1}}, "settings.iterations = {'a': 1}"),
     ({"tiny": "false"}, "settings.tiny = 'false': expected true or false"),
     ({"benchmark": ["xtail"]}, "settings.benchmark = ['xtail']"),
@@ -213,6 +222,8 @@ def test_a_damaged_record_beside_the_summary_is_refused(tmp_path, capsys):
     ("end marker in a task name", "expected a non-empty list of distinct names"),
     ("space before a task name", "expected a non-empty list of distinct names"),
     ("html tag in a task name", "expected a non-empty list of distinct names"),
+    ("entity in a task name", "expected a non-empty list of distinct names"),
+    ("link as a task name", "expected a non-empty list of distinct names"),
 ])
 def test_inputs_that_would_mislead_the_table_are_refused(how, said, tmp_path, capsys):
     table = "clip"
@@ -224,7 +235,8 @@ def test_inputs_that_would_mislead_the_table_are_refused(how, said, tmp_path, ca
     elif how == "llm score above the diagonal":
         table, path = "llm", write_run(tmp_path / "run", {"moram": llm_entry([[50.0, 12.0], [40.0, 70.0]])})
     else:
-        name = {"end": "<!-- END generated: clip -->", "spa": " dtd", "htm": "<img src=x onerror=alert(1)>"}[how[:3]]
+        name = {"end": "<!-- END generated: clip -->", "spa": " dtd", "htm": "<img src=x onerror=alert(1)>",
+                "ent": "a&lt;img src=x&gt;", "lin": "[x](javascript:alert(1))"}[how[:3]]
         path = write_run(tmp_path / "run", {"moram": clip_entry(A, [name, "b", "c"])})
     code, out, err = report(capsys, "--table", table, path)
     assert code == 2 and out == "" and said in err, err

@@ -18,11 +18,17 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 
 class UsageError(ValueError):
     """Bad command-line input (a flag, a combination of flags, or an input file); the message is one line."""
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, as the CLI prints errors: each line break, with the blanks around it, becomes one
+    space; blanks inside a line stay as they are (a value quoted in the message may hold several)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -61,7 +67,7 @@ class Parser(argparse.ArgumentParser):
         super().print_help(file)
 
     def error(self, message: str):  # noqa: D102  (argparse's hook)
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
     def parse_args(self, args=None, namespace=None):  # noqa: ANN001, D102
         # argparse reports flags no command knows from the top parser ("moram-ref: error: unrecognized
@@ -102,6 +108,14 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
                 yield from _parsers(sub)
 
 
+def _digits(text: str) -> str:
+    """``text`` for ``int``/``float``, which also read ``1_0`` as 10: an underscore is refused (ValueError), so
+    a typo such as ``--lr 1_0`` (for 1.0?) is not taken as 10."""
+    if "_" in text:
+        raise ValueError(text)
+    return text
+
+
 def _typed(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     parse.__name__ = name  # argparse shows it in "invalid <name> value"
     return parse
@@ -121,7 +135,7 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(_digits(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
         if value < minimum or (maximum is not None and value > maximum):
@@ -135,15 +149,16 @@ def real(low: float | None = None, high: float | None = None, *, low_open: bool 
          nonzero: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite real number in the given (half-)open or closed interval."""
     if low is None and high is None:
-        allowed = "a finite number" + (" ≠ 0" if nonzero else "")
+        allowed = "a finite number"
     elif high is None:
         allowed = f"a finite number {'>' if low_open else '≥'} {low:g}"
     else:
         allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    allowed += " ≠ 0" if nonzero else ""
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = float(_digits(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
         bad = not math.isfinite(value) or (nonzero and value == 0)
@@ -161,9 +176,25 @@ def real(low: float | None = None, high: float | None = None, *, low_open: bool 
 MAX_LR = 1e30
 
 
+# --scale's range: far above it the update overflows float32 inside a matrix product (torch raises there);
+# no run needs more than this, and at 1e30 training already stops naming the first non-finite gradient norm.
+MAX_SCALE = 1e30
+
+
 def learning_rate() -> Callable[[str], float]:
     """An argparse type for ``--lr``: a finite number in (0, :data:`MAX_LR`]."""
     return real(0, MAX_LR, low_open=True)
+
+
+def model_name(text: str) -> str:
+    """An argparse type for a model's name (open_clip's ``--model``): not empty, not blank (an empty name
+    would fall back to the default model without a word) and without blanks at either end."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a model name, got " + ("an empty one" if not text
+                                                                           else f"only blanks ({text!r})"))
+    if text != text.strip():
+        raise argparse.ArgumentTypeError(f"expected a model name without blanks at either end, got {text!r}")
+    return text
 
 
 def path_problem(text: str, what: str) -> str | None:
@@ -328,6 +359,9 @@ def synthetic_target(flag: str, root: Path, marker: str) -> None:
     for path in (root.parent, root):  # the folder given to ``flag``, and the one generation fills in it
         if path.is_symlink() and not path.exists():
             raise UsageError(f"{flag}: {path} is a symbolic link to {os.readlink(path)}, which does not exist")
+    if (root.parent / "config.json").is_file():  # rundir.CONFIG: generated data would sit among a run's files
+        raise UsageError(f"{flag}: {root.parent} holds a run (config.json there); give a folder of its own for "
+                         "the data")
     if held and not (root / marker).is_file():
         raise UsageError(f"{flag}: {root} already holds files that {flag} did not write (no {marker} file there); "
                          "generated data would overwrite them: give another folder")
@@ -376,14 +410,15 @@ def writing_synthetic(flag: str, directory: Path, marker: str) -> Iterator[None]
     (:class:`UsageError` naming the first's pid) while the first holds ``directory/.lock`` — the lock a run
     takes on its folder (:data:`FOLDER_LOCK`), released by the OS when the process ends."""
     directory = Path(directory)
-    if (directory / FOLDER_LOCK).exists() and not (directory / FOLDER_LOCK).is_file():
-        raise UsageError(f"{flag}: {directory / FOLDER_LOCK} (the folder's lock) exists and is not a file; remove it")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        lock = open(directory / FOLDER_LOCK, "a+")
     except OSError as exc:
-        raise UsageError(f"{flag}: could not create {directory / FOLDER_LOCK} "
-                         f"({exc.strerror or exc}); give a folder this user can write") from None
+        raise UsageError(f"{flag}: could not create the folder {directory} ({exc.strerror or exc})") from None
+    try:
+        lock = open_lock(directory / FOLDER_LOCK, flag)
+    except OSError as exc:
+        raise UsageError(f"{flag}: could not create {directory / FOLDER_LOCK} ({exc.strerror or exc}); give a "
+                         "folder this user can write") from None
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -399,6 +434,19 @@ def writing_synthetic(flag: str, directory: Path, marker: str) -> Iterator[None]
 
 
 FOLDER_LOCK = ".lock"  # a folder's lock file, held for a run (rundir) or for --make-synthetic
+
+
+def open_lock(path: Path, flag: str) -> IO[str]:
+    """Open (create) the lock file ``path`` for reading and appending, without following a symbolic link: the
+    holder writes its pid into it, which would overwrite whatever a link leads to. :class:`UsageError` (naming
+    ``flag``) for a link or for something other than a file there; ``OSError`` where it cannot be opened."""
+    if path.is_symlink():
+        raise UsageError(f"{flag}: {path} (the folder's lock) is a symbolic link, to {os.readlink(path)}; remove "
+                         "it (the lock's holder writes its pid into the file, which would overwrite what it leads to)")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{flag}: {path} (the folder's lock) exists and is not a file; remove it")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return open(fd, "a+")  # noqa: SIM115 (the caller holds it for the lock's lifetime)
 
 
 def _writing(flag: str, directory: Path, marker: str) -> Iterator[None]:
@@ -457,7 +505,7 @@ def moram_flags(p: argparse.ArgumentParser, defaults, extra: Sequence[str] = ())
                        help="when the δ gate applies: in evaluation only, always, never (spec §3 step 5; "
                             "default %(default)s)")
     if "scale" in extra:
-        p.add_argument("--scale", type=real(nonzero=True), default=defaults.scale, metavar="ALPHA",
+        p.add_argument("--scale", type=real(-MAX_SCALE, MAX_SCALE, nonzero=True), default=defaults.scale, metavar="ALPHA",
                        help="α ≠ 0 multiplying the current task's values; folded into them when the task ends, "
                             "so freezing changes nothing (spec §4, §9; default %(default)s)")
     if "dropout" in extra:
@@ -479,8 +527,24 @@ def moram_config(args: argparse.Namespace, **extra: Any):
         raise UsageError(f"--{flag.replace('_', '-')}: {exc}" if flag else str(exc)) from None
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice in one object (``json`` keeps the
+    last silently, so the first would never be checked): :class:`DuplicateKeyError` naming the key."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        again = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKeyError(f"the key {again!r} appears twice in one object")
+    return out
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that gives a key twice (:func:`unique_keys`)."""
+
+
 def read_json(path: Path, what: str) -> Any:
-    """A JSON file's content; a missing, unreadable or malformed file is a :class:`UsageError` naming it."""
+    """A JSON file's content; a missing, unreadable or malformed file is a :class:`UsageError` naming it, as is
+    one with an object that gives a key twice (:func:`unique_keys`: which of the two counts is a guess)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
@@ -488,11 +552,15 @@ def read_json(path: Path, what: str) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{what}: cannot read {path} ({exc})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting deeper than the stack
+    except DuplicateKeyError as exc:
+        raise UsageError(f"{what}: {path}: {exc}") from None
+    except ValueError as exc:  # an integer of over 4,300 digits
+        raise UsageError(f"{what}: {path} cannot be read as JSON (ValueError: {str(exc)[:120]})") from None
+    except RecursionError as exc:  # nesting deeper than the stack
         raise UsageError(f"{what}: {path} cannot be read as JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from moram_ref.experiments.cliargs import FOLDER_LOCK, UsageError
+from moram_ref.experiments.cliargs import FOLDER_LOCK, UsageError, open_lock, unique_keys  # noqa: F401 (rundir.unique_keys)
 
 CONFIG = "config.json"
 LOCK = FOLDER_LOCK
@@ -91,17 +91,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, f"could not write {path} ({exc.strerror})") from exc
         raise
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice in one object (``json`` keeps the
-    last silently, so the first would never be checked): ``ValueError`` naming the key."""
-    out = dict(pairs)
-    if len(out) < len(pairs):
-        seen: set = set()
-        again = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"the key {again!r} appears twice in one object")
-    return out
 
 
 MAX_RESULTS_BYTES = 256 * 2**20  # a results or record file read whole: the largest run's files are a few MiB
@@ -511,10 +500,8 @@ def open_run(out: Path, command: str, settings: dict, *, resume: bool = False, e
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OSError(exc.errno, f"{arg}: could not create the folder {out} ({exc.strerror})") from None
-        if (out / LOCK).exists() and not (out / LOCK).is_file():
-            raise UsageError(f"{arg}: {out / LOCK} (the folder's lock) exists and is not a file; remove it")
         try:
-            fh = open(out / LOCK, "a+")
+            fh = open_lock(out / LOCK, arg)
         except OSError as exc:  # a read-only folder or file system: the command could write nothing there either
             if not reads_only:
                 raise _unwritable(out, exc, f"on its lock file {LOCK}", arg, resume or eval_only) from None

@@ -23,6 +23,7 @@ import numpy as np
 
 from moram_ref import metrics
 from moram_ref.experiments import rundir
+from moram_ref.experiments.cliargs import MAX_SEED
 from moram_ref.experiments.toy.demo import ci_note, seeds_phrase
 from moram_ref.experiments.toy.results_check import _number as finite_number
 from moram_ref.experiments.toy.results_check import names_problem, short_repr
@@ -130,8 +131,8 @@ def read_run(path: Path, summary: dict) -> dict:
     return {"path": str(path), "summary": summary, "config": record, "config_error": error}
 
 
-def _count(low: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _count(low: int, high: int | None = None) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
 
 
 def _number(low: float, open_low: bool = True) -> Any:
@@ -155,7 +156,7 @@ def _settings_rules(track: str) -> dict[str, tuple[Any, str]]:
     """Each setting the table reads or compares: (its test, what it must be)."""
     from moram_ref.experiments.llm.data import SEQUENCES  # noqa: PLC0415
 
-    common = {"lr": (_number(0), "a finite number > 0"), "seed": (_count(0), "an integer ≥ 0"),
+    common = {"lr": (_number(0), "a finite number > 0"), "seed": (_count(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
               "batch": (_count(1), "an integer ≥ 1"), "atoms_per_task": (_count(1), "an integer ≥ 1"),
               "top_k": (_count(1), "an integer ≥ 1"), "temperature": (_number(0), "a finite number > 0"),
               "threshold": (lambda v: _number(-1, open_low=False)(v) and v <= 1, "a number in [-1, 1]"),
@@ -202,6 +203,8 @@ def config_problem(run: dict, track: str) -> str | None:
     ran = (record.get("info") or {}).get("tasks") if isinstance(record.get("info"), dict) else None
     if track == "llm" and isinstance(ran, list) and ran != tasks:
         return f"{where} has info.tasks = {short_repr(ran)}, but {run['path']} is on tasks {short_repr(tasks)}"
+    if track == "llm" and settings["tiny"] is None and settings["model"] is None:
+        return f"{where} has settings.tiny = null and settings.model = null: a run has one of the two (--tiny, --model)"
     missing = [m for m in run["summary"] if m not in settings["methods"]]
     if missing:
         return f"{where} has settings.methods = {short_repr(settings['methods'])}, but {run['path']} holds {missing}"

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder (default runs/<--benchmark>: runs/xtail or runs/mtil)")
     p.add_argument("--datasets", nargs="+", default=None, help="a subset, in this order (default: the benchmark's)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16)")
+    src.add_argument("--model", type=cliargs.model_name, default=None, help="open_clip model name (default ViT-B-16)")
     src.add_argument("--tiny", action="store_true", help="a tiny random CLIP (CPU tests)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local .pt path (default openai)")
     p.add_argument("--methods", nargs="+", default=["moram"], choices=METHODS, metavar="METHOD",

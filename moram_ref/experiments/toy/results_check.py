@@ -97,16 +97,17 @@ def array_problem(where: str, value: Any, shape: tuple[int, ...], low: float = -
     return walk(where, value, shape)
 
 
-TABLE_TEXT_RULE = ("printable characters on one line, without '|', '<' or '>', no space at either end, at most "
-                   "100 characters")
+TABLE_TEXT_RULE = ("printable characters on one line, without '|', '<', '>', '&' or '](', no space at either end, "
+                   "at most 100 characters")
 
 
 def table_text(value: Any) -> bool:
     """A string a Markdown table cell can show as it is (:data:`TABLE_TEXT_RULE`): ``|`` would split the cell,
     ``<`` and ``>`` make HTML a Markdown page renders (a tag) or a comment marker that could end a generated
-    block early (``report --write``), a space at an end hides a difference between two names."""
+    block early (``report --write``), ``&`` an entity a page shows as another character (``&lt;``), ``](`` a
+    link or an image, a space at an end hides a difference between two names."""
     return (isinstance(value, str) and bool(value.strip()) and value == value.strip() and len(value) <= 100
-            and not any(c in value for c in "|<>\n\r") and value.isprintable())
+            and not any(c in value for c in "|<>&\n\r") and "](" not in value and value.isprintable())
 
 
 def _stream_name_problem(name: Any) -> str:
