@@ -318,13 +318,17 @@ CASES = [
     ("bench-topk-bank", BENCH + ["--tasks", "2", "--atoms-per-task", "4", "--top-k", "9"], ["--top-k", "9"], None),
     ("bench-json-dir", BENCH + ["--json", "EMPTY"], ["--json", "empty"], None),
     ("bench-json-nofolder", BENCH + ["--json", "MISSING/r.json"], ["--json", "r.json"], None),
+    ("bench-json-slash", BENCH + ["--json", "EMPTY/r.json/"], ["--json", "r.json/' ends with '/', which names a folder"],
+     None),
 ]
 
 
 def _argv(argv: list[str], paths: dict[str, Path]) -> list[str]:
     def sub(a: str) -> str:
         head, _, rest = a.partition("/")
-        return str(paths[head] / rest) if head in paths and rest else str(paths[a]) if a in paths else a
+        if head in paths and rest:
+            return str(paths[head] / rest) + ("/" if rest.endswith("/") else "")  # Path would drop the slash
+        return str(paths[a]) if a in paths else a
     return [sub(a) for a in argv]
 
 

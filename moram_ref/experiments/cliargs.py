@@ -303,6 +303,8 @@ def out_file(text: str) -> Path:
     path = _path(text, "file")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
+    if text.endswith(os.sep):  # Path drops the separator: 'b.json/' would write the file b.json
+        raise argparse.ArgumentTypeError(f"{text!r} ends with {os.sep!r}, which names a folder; expected a file path")
     if path.is_symlink() and broken_link(path.absolute().parent) is None:
         if _loops(path):
             raise argparse.ArgumentTypeError(f"{text!r} cannot be written: it is a loop of symbolic links")
