@@ -181,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
 
 
+LEGEND = """\
+How to read it: train = forward+backward with a current task, eval = forward with every atom frozen;
+numpy_* and *_numpy are the NumPy reference layer. A ratio X_over_Y is X's median time over Y's, both
+measured in this run (below 1: X is faster). Each check compares a path's output with a float64 reference
+within bounds derived from the dtype's rounding; tokens near a tie (whose kept atoms or gate decisions
+rounding may change) are left out of it. docs/performance.md has the goals and earlier figures."""
+
+
 def cli_run(a: argparse.Namespace) -> int:
     """Check the flags (:class:`~moram_ref.experiments.cliargs.UsageError`), run, print, write ``--json``."""
     from moram_ref.experiments import cliargs, rundir  # noqa: PLC0415
@@ -199,6 +207,7 @@ def cli_run(a: argparse.Namespace) -> int:
                                       f"{chk['checked_elements']} beyond the bound, "
                                       f"{chk['near_tie_tokens']} tokens near a tie")
         print(f"  check {name:<26} {'ok' if chk['ok'] else 'FAILED'}  ({detail})")
+    print(LEGEND)
     if a.json:
         rundir.write_json(a.json, res)
         print(f"wrote {a.json}")
