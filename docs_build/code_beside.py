@@ -65,6 +65,7 @@ def _block(line: str) -> str:
     numpy_impl = re.search(r"NumPy `([^`]+)`", line)
     torch_impl = re.search(r"torch `([^`]+)`", line)
     test = re.search(r"test `([^`]+)`", line)
+    torch_test = re.search(r"torch test `([^`]+)`", line)
     parts = [line, ""]
     if numpy_impl:
         label, code = _source(numpy_impl.group(1))
@@ -75,6 +76,9 @@ def _block(line: str) -> str:
     if test:
         label, code = _test_source(test.group(1))
         parts += [f'??? note "test: {label}"', "", _fenced(code, "    "), ""]
+    if torch_test:
+        label, code = _test_source(torch_test.group(1))
+        parts += [f'??? note "torch test: {label}"', "", _fenced(code, "    "), ""]
     return "\n".join(parts)
 
 

@@ -77,6 +77,7 @@ def test_genuine_zero_is_a_value_and_nan_is_an_error():
 def test_positive_backward_transfer_is_not_clipped_away():
     a = np.array([[0.5, 0.0], [0.9, 0.6]])
     assert metrics.bwt(a) == pytest.approx(0.4) and metrics.bwt_clipped(a) == 0.0
+    assert metrics.op(a) == pytest.approx((0.9 + 0.6) / 2)
 
 
 def test_confidence_interval_on_known_numbers():

@@ -115,6 +115,10 @@ def test_k_larger_than_bank_and_min_active():
     assert cfg.k_eff(10) == 2 and cfg.k_eff(1) == 1 and cfg.k_eff(0) == 0
     assert MoRAMConfig(top_k=50).k_eff(7) == 7
     assert MoRAMConfig(top_k=None).k_eff(9) == 9
+    assert MoRAMConfig().min_active == 1  # the authors' code behaves as 2: a named setting here
+    dense = MoRAMConfig(top_k=4, threshold=0.3).dense()
+    assert dense.top_k is None and dense.threshold_mode == "never" and dense.threshold == 0.3
+    assert dense.k_eff(9) == 9 and not dense.threshold_active(False)
 
 
 def test_exactly_on_threshold_is_kept():

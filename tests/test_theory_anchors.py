@@ -36,21 +36,31 @@ def test_every_cited_anchor_exists():
 
 @pytest.mark.parametrize("anchor", ANCHORS)
 def test_every_equation_is_implemented_cited_and_tested(anchor):
+    """Each equation's **Code:** line names its implementers (a NumPy one; a torch one, or why none), each of
+    which exists and cites the equation in its first docstring line, and tests that exist; where a torch
+    implementer is named, one of the tests exercises torch (the NumPy tests alone would not check it)."""
     body = sections()[anchor]
     line = re.search(r"\*\*Code:\*\*(.*)", body)
     assert line, f"{anchor}: no **Code:** line"
-    numpy_impl = re.search(r"NumPy `([^`]+)`", line.group(1))
-    torch_impl = re.search(r"torch `([^`]+)`", line.group(1))
-    test = re.search(r"test `([^`]+)`", line.group(1))
-    assert numpy_impl and test, f"{anchor}: needs a NumPy implementer and a test"
-    assert torch_impl or "torch — (" in line.group(1), f"{anchor}: name the torch implementer or say why none"
-    for impl in filter(None, (numpy_impl, torch_impl)):
-        obj = resolve(impl.group(1))
+    code = line.group(1)
+    implementers = re.findall(r"`(moram_ref\.[^`]+)`", code)
+    torch_named = re.search(r"torch `(moram_ref\.[^`]+)`", code)
+    tests = re.findall(r"`(tests/[^`]+::[^`]+)`", code)
+    assert re.search(r"NumPy `moram_ref\.", code) and tests, f"{anchor}: needs a NumPy implementer and a test"
+    assert torch_named or "torch — (" in code, f"{anchor}: name the torch implementer or say why none"
+    for name in implementers:
+        obj = resolve(name)
         first_line = (obj.__doc__ or "").strip().splitlines()[0]
-        assert f"theory.md#{anchor}" in first_line, f"{impl.group(1)} must cite {anchor} in its first docstring line"
-    file, _, name = test.group(1).partition("::")
-    source = (ROOT / file).read_text()
-    assert re.search(rf"def {re.escape(name)}\(", source), f"{anchor}: test {test.group(1)} not found"
+        assert f"theory.md#{anchor}" in first_line, f"{name} must cite {anchor} in its first docstring line"
+    bodies = []
+    for test in tests:
+        file, _, name = test.partition("::")
+        source = (ROOT / file).read_text()
+        found = re.search(rf"\ndef {re.escape(name)}\(.*?(?=\n(?:def |@|class )|\Z)", source, re.S)
+        assert found, f"{anchor}: test {test} not found"
+        bodies.append(found.group(0))
+    if torch_named:
+        assert any("torch" in b for b in bodies), f"{anchor}: no named test exercises the torch implementer"
 
 
 # The docs build (strict, offline, math and tutorial pages) is tested at the end of tests/test_tutorials.py,

@@ -67,6 +67,46 @@ def test_end_task_keeps_the_function(scale):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
+def test_begin_task_adds_zero_valued_atoms_that_route_as_numpy_s(rng):
+    """eq-begin-task in torch, against NumPy: after begin_task the new values are zero and the new keys lie in
+    U(-1/√d_in, 1/√d_in); they join the normaliser, the top-k and the softmax, so routing and the output
+    change (spec §4). Given the keys NumPy's begin_task drew (the generators differ), both layers agree."""
+    from conftest import build_numpy_layer
+
+    cfg = MoRAMConfig(atoms_per_task=3, top_k=2, temperature=0.3, threshold_mode="never")
+    np_layer = build_numpy_layer(rng, tasks=2, config=cfg, in_task=False)
+    layer = MoRAMLinear(torch.nn.Linear(6, 5).double(), cfg)
+    layer.load_state_dict({k: torch.from_numpy(v) for k, v in np_layer.state_dict().items() if v is not None})
+    x = rng.standard_normal((20, 6))
+    before = layer.trace(torch.from_numpy(x))
+    np_layer.begin_task(np.random.default_rng(1))
+    layer.begin_task(torch.Generator().manual_seed(1))
+    assert layer.values.shape == (5, 3) and not layer.values.any()
+    assert layer.keys.shape == (3, 6) and layer.keys.abs().max() <= 1 / 6**0.5
+    drawn = layer.trace(torch.from_numpy(x))
+    assert not torch.allclose(drawn["w"][:, :6], before["w"]) and not torch.allclose(drawn["y"], before["y"])
+    with torch.no_grad():
+        layer.keys.copy_(torch.from_numpy(np_layer.keys))
+    after, np_after = layer.trace(torch.from_numpy(x)), np_layer.trace(x)
+    for name in ("w", "delta", "y"):
+        np.testing.assert_allclose(after[name].detach().numpy(), np_after[name], rtol=1e-12, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("mode", ["eval", "always", "never"])
+def test_the_threshold_follows_module_training(mode):
+    """Torch reads the threshold's switch from ``module.training`` (NumPy from ``training=``): in each mode the
+    output in train() and eval() mode is the trace's with training True and False, and δ gates (some weights
+    set to zero) exactly where ``config.threshold_active`` says it applies."""
+    cfg = MoRAMConfig(atoms_per_task=3, top_k=6, temperature=0.3, threshold=0.2, threshold_mode=mode)
+    layer = trained_layer(tasks=2, cfg=cfg)
+    x = torch.randn(64, 6, dtype=torch.float64)
+    for training in (True, False):
+        traced = layer.trace(x, training=training)
+        torch.testing.assert_close(layer.train(training)(x), traced["y"], rtol=0, atol=0)
+        gated = bool((traced["w"] != traced["w_soft"]).any())
+        assert gated == cfg.threshold_active(training), (mode, training)
+
+
 def test_no_untrained_atom_routes_after_end_task():
     layer = trained_layer(tasks=2, in_task=True)
     trained_keys = layer.keys.detach().clone()
